@@ -1,0 +1,90 @@
+import ArgumentParser
+import Foundation
+import MeshProxyCore
+import NIOCore
+import NIOHTTP1
+import NIOPosix
+
+/// A stand-in service instance that says who it is, so a user (and a drill) sees which
+/// cluster and locality answered.
+struct DemoBackendCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "demo-backend",
+        abstract: "HTTP/1.1 demo service: GET / says which cluster answered; /status/<code>, /delay/<ms>, /bytes/<n>, POST /echo.")
+
+    @Option(help: "Address to listen on, host:port.") var listen: String
+    @Option(help: "Service host name it answers for.") var service: String
+    @Option(help: "Cluster name it reports.") var cluster: String
+    @Option(help: "Locality it reports, region/zone/subzone.") var locality: String = ""
+    @Option(help: "Version label it reports.") var version: String = ""
+    @Option(help: .hidden) var parentPid: Int32?
+
+    func run() async throws {
+        guard let address = HostPort(parsing: listen) else {
+            throw ValidationError("--listen '\(listen)' is not host:port")
+        }
+        if let parentPid { ParentWatch.exitWhenGone(parentPid) }
+        let identity = DemoIdentity(service: service, cluster: cluster, locality: locality, endpoint: address.description, version: version)
+        let channel: any Channel
+        do {
+            channel = try await PlainHTTPServer.bind(host: address.host, port: address.port, role: "demo backend",
+                                                     group: MultiThreadedEventLoopGroup.singleton, responder: identity.respond)
+        } catch {
+            printError("error: \(error)")
+            throw ExitCode(1)
+        }
+        try await channel.closeFuture.get()
+    }
+}
+
+struct DemoIdentity: Sendable, Encodable {
+    var service: String
+    var cluster: String
+    var locality: String
+    var endpoint: String
+    var version: String
+
+    func respond(_ request: PlainHTTPRequest, on eventLoop: any EventLoop) -> EventLoopFuture<PlainHTTPResponse> {
+        let parts = request.path.split(separator: "/").map(String.init)
+        switch (request.method, parts.first, parts.dropFirst().first.flatMap { Int($0) }) {
+        case (.POST, "echo", _):
+            return eventLoop.makeSucceededFuture(PlainHTTPResponse(contentType: "application/octet-stream", body: request.body))
+        case (_, "status", let code?) where (100...599).contains(code):
+            return eventLoop.makeSucceededFuture(json(status: HTTPResponseStatus(statusCode: code)))
+        case (_, "delay", let ms?) where ms >= 0:
+            return eventLoop.scheduleTask(in: .milliseconds(Int64(min(ms, 600_000)))) { json(status: .ok) }.futureResult
+        case (_, "bytes", let count?) where count >= 0 && count <= 1 << 30:
+            var buffer = ByteBuffer()
+            buffer.reserveCapacity(count)
+            for i in 0..<count { buffer.writeInteger(UInt8(truncatingIfNeeded: i &* 31 &+ 7)) }
+            return eventLoop.makeSucceededFuture(PlainHTTPResponse(contentType: "application/octet-stream", body: buffer))
+        case (_, nil, _):
+            return eventLoop.makeSucceededFuture(json(status: .ok))
+        default:
+            return eventLoop.makeSucceededFuture(PlainHTTPResponse(status: .notFound, text: "try /, /status/<code>, /delay/<ms>, /bytes/<n>, POST /echo\n"))
+        }
+    }
+
+    private func json(status: HTTPResponseStatus) -> PlainHTTPResponse {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+        var body = (try? encoder.encode(self)) ?? Data()
+        body.append(0x0A)
+        return PlainHTTPResponse(status: status, contentType: "application/json", body: ByteBuffer(bytes: body))
+    }
+}
+
+/// Child processes of `eastwest up` exit when their parent is gone, so even a SIGKILLed `up`
+/// leaves no orphan listening on the topology's addresses.
+enum ParentWatch {
+    static func exitWhenGone(_ parent: Int32) {
+        let timer = DispatchSource.makeTimerSource(queue: .global())
+        timer.schedule(deadline: .now() + 1, repeating: 1)
+        timer.setEventHandler {
+            if getppid() != parent { exit(0) }
+        }
+        timer.resume()
+        parentTimer = timer
+    }
+    nonisolated(unsafe) private static var parentTimer: (any DispatchSourceTimer)?
+}

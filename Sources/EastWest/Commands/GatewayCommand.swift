@@ -1,0 +1,61 @@
+import ArgumentParser
+import MeshProxyCore
+
+struct GatewayCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "gateway",
+        abstract: "Run one gateway: mTLS on 15443, SNI routing, admin API.")
+
+    @Option(help: "Gateway config file (YAML).")
+    var config: String
+
+    @OptionGroup var logging: LoggingOptions
+    @Option(help: .hidden) var parentPid: Int32?
+
+    func run() async throws {
+        logging.bootstrap()
+        if let parentPid { ParentWatch.exitWhenGone(parentPid) }
+        let gatewayConfig: GatewayConfig
+        do {
+            gatewayConfig = try ConfigLoader.load(GatewayConfig.self, file: config)
+        } catch {
+            printError(error.description)
+            throw ExitCode(2)
+        }
+        do {
+            try await GatewayNode.run(config: gatewayConfig, configPath: config)
+        } catch ExitCodeError.invalidInput {
+            throw ExitCode(2)
+        } catch ExitCodeError.startupFailed {
+            throw ExitCode(1)
+        }
+    }
+}
+
+struct ValidateCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "validate",
+        abstract: "Check topology or gateway config files and print every problem.")
+
+    @Argument(help: "Files to check: topologies (with 'clusters:') or gateway configs.")
+    var files: [String]
+
+    func run() async throws {
+        var failed = false
+        for file in files {
+            let text = (try? String(contentsOfFile: file, encoding: .utf8)) ?? ""
+            do {
+                if text.contains("clusters:") {
+                    _ = try ConfigLoader.load(Topology.self, file: file)
+                } else {
+                    _ = try ConfigLoader.load(GatewayConfig.self, file: file)
+                }
+                print("\(file): ok")
+            } catch {
+                printError(error.description)
+                failed = true
+            }
+        }
+        if failed { throw ExitCode(2) }
+    }
+}

@@ -1,0 +1,51 @@
+import ArgumentParser
+import Foundation
+import MeshProxyCore
+
+/// Runs a whole topology on this machine: CA and certificates, one process per gateway, one
+/// demo backend per endpoint, until Ctrl-C.
+struct UpCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "up",
+        abstract: "Run a topology on loopback: certificates, gateways and demo backends, until Ctrl-C.")
+
+    @Argument(help: "Topology file.") var topology = "topologies/two-clusters.yaml"
+    @Option(help: "State directory for certificates, configs, logs and ready.json. Default .eastwest/<name>.") var stateDir: String?
+    @Option(help: "How long to wait for every process to become ready.") var readyTimeout = "60s"
+    @Option(help: "Log level passed to the gateways.") var gatewayLogLevel = "info"
+
+    func run() async throws {
+        setvbuf(stdout, nil, _IOLBF, 0)  // progress lines reach a pipe or log file as they happen
+        let topo: Topology
+        do {
+            topo = try ConfigLoader.load(Topology.self, file: topology)
+        } catch {
+            printError(error.description)
+            throw ExitCode(2)
+        }
+        guard let timeout = ConfigDuration(parsing: readyTimeout) else { throw ValidationError("--ready-timeout '\(readyTimeout)' is not a duration") }
+        let dir = stateDir ?? ".eastwest/\(topo.name)"
+        let plan: LaunchPlan
+        do {
+            plan = try LaunchPlan.prepare(topology: topo, stateDir: dir, gatewayLogLevel: gatewayLogLevel)
+        } catch {
+            printError("error: \(error)")
+            throw ExitCode(1)
+        }
+        let supervisor = Supervisor(logDirectory: "\(dir)/logs")
+        SignalTrap.install { supervisor.requestStop() }
+        do {
+            try await supervisor.start(plan, readyTimeout: timeout.duration)
+        } catch {
+            printError("error: \(error)")
+            await supervisor.stopAll()
+            throw ExitCode(1)
+        }
+        try plan.writeReadyFile(pids: supervisor.pids)
+        print(plan.summary(pids: supervisor.pids))
+        await supervisor.waitForStop()
+        print("stopping \(supervisor.pids.count) processes…")
+        await supervisor.stopAll()
+        print("stopped; nothing left running")
+    }
+}

@@ -1,0 +1,70 @@
+import Foundation
+import MeshProxyCore
+import NIOCore
+import Prometheus
+import Synchronization
+
+/// Whether the gateway is serving: set once listening with certificates loaded, cleared on drain.
+final class ReadyFlag: Sendable {
+    private let value = Atomic<Bool>(false)
+    func set(_ ready: Bool) { value.store(ready, ordering: .releasing) }
+    var isReady: Bool { value.load(ordering: .acquiring) }
+}
+
+/// The admin listener (Envoy's port 15000 paths): readiness, Prometheus metrics, effective config.
+struct AdminAPI: Sendable {
+    let config: GatewayConfig
+    let registry: PrometheusCollectorRegistry
+    let ready: ReadyFlag
+
+    func respond(_ request: PlainHTTPRequest, on eventLoop: any EventLoop) -> EventLoopFuture<PlainHTTPResponse> {
+        eventLoop.makeSucceededFuture(response(to: request))
+    }
+
+    private func response(to request: PlainHTTPRequest) -> PlainHTTPResponse {
+        guard request.method == .GET else { return PlainHTTPResponse(status: .methodNotAllowed, text: "only GET\n") }
+        switch request.path {
+        case "/healthz/ready":
+            return ready.isReady ? PlainHTTPResponse(text: "LIVE\n") : PlainHTTPResponse(status: .serviceUnavailable, text: "NOT READY\n")
+        case "/stats/prometheus":
+            var bytes: [UInt8] = []
+            registry.emit(into: &bytes)
+            return PlainHTTPResponse(contentType: "text/plain; version=0.0.4", body: ByteBuffer(bytes: bytes))
+        case "/config_dump":
+            let encoder = JSONEncoder()
+            encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
+            let body = (try? encoder.encode(EffectiveConfig(config))) ?? Data("{}".utf8)
+            return PlainHTTPResponse(contentType: "application/json", body: ByteBuffer(bytes: body))
+        default:
+            return PlainHTTPResponse(status: .notFound, text: "unknown admin path \(request.path); try /healthz/ready, /stats/prometheus, /config_dump\n")
+        }
+    }
+}
+
+/// The config as the gateway runs it: every default filled in.
+private struct EffectiveConfig: Encodable {
+    var config: GatewayConfig
+    var effective: Effective
+    struct Effective: Encodable {
+        var trustDomain: String
+        var admin: String
+        var allowedTrustDomains: [String]
+        var peerGatewayIdentities: [String]
+        var connectTimeout: String
+        var idleTimeout: String
+        var handshakeTimeout: String
+        var drainTimeout: String
+        var maxConnectAttempts: Int
+    }
+
+    init(_ config: GatewayConfig) {
+        self.config = config
+        effective = Effective(
+            trustDomain: config.effectiveTrustDomain, admin: config.effectiveAdmin.description,
+            allowedTrustDomains: config.effectiveAllowedTrustDomains.sorted(),
+            peerGatewayIdentities: config.effectivePeerGatewayIdentities.map(\.description).sorted(),
+            connectTimeout: ConfigDuration(config.connectTimeout).description, idleTimeout: ConfigDuration(config.idleTimeout).description,
+            handshakeTimeout: ConfigDuration(config.handshakeTimeout).description, drainTimeout: ConfigDuration(config.drainTimeout).description,
+            maxConnectAttempts: config.effectiveMaxConnectAttempts)
+    }
+}

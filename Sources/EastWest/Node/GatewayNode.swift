@@ -1,0 +1,76 @@
+import Foundation
+import Logging
+import MeshProxyCore
+import Metrics
+import NIOCore
+import NIOPosix
+import Prometheus
+import ServiceLifecycle
+
+/// One gateway process: the 15443 listener and the admin listener, run as a service that drains
+/// on SIGTERM (stop accepting, let connections finish up to the drain timeout, exit 0).
+struct GatewayNode: Service {
+    let config: GatewayConfig
+    let snapshot: DataPlaneSnapshot
+    let registry: PrometheusCollectorRegistry
+    let group: any EventLoopGroup
+    let logger: Logger
+
+    static func run(config: GatewayConfig, configPath: String) async throws {
+        var logger = Logger(label: "eastwest.gateway")
+        logger[metadataKey: "gateway"] = "\(config.name)"
+        let tls: GatewayTLS
+        do {
+            // Reads files: done here, before any event loop work.
+            tls = try GatewayTLS(config: config)
+        } catch {
+            printError("\(configPath): error: tls: \(error)")
+            throw ExitCodeError.invalidInput
+        }
+        let registry = PrometheusCollectorRegistry()
+        MetricsSystem.bootstrap(PrometheusMetricsFactory(registry: registry))
+        let snapshot = DataPlaneSnapshot(config: config, tls: tls, logger: logger)
+        let node = GatewayNode(config: config, snapshot: snapshot, registry: registry,
+                               group: MultiThreadedEventLoopGroup.singleton, logger: logger)
+        let group = ServiceGroup(configuration: .init(
+            services: [.init(service: node)], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
+        try await group.run()
+    }
+
+    func run() async throws {
+        let listener = GatewayListener(snapshot: snapshot, group: group)
+        let ready = ReadyFlag()
+        let admin: any Channel
+        let bound: SocketAddress
+        do {
+            bound = try await listener.bind()
+            admin = try await PlainHTTPServer.bind(
+                host: config.effectiveAdmin.host, port: config.effectiveAdmin.port, role: "admin listener",
+                group: group, responder: AdminAPI(config: config, registry: registry, ready: ready).respond)
+        } catch {
+            printError("error: \(error)")
+            _ = await listener.drain(timeout: .zero)
+            throw ExitCodeError.startupFailed
+        }
+        ready.set(true)
+        logger.info("gateway ready", metadata: [
+            "listen": "\(bound.ipAddress ?? "?"):\(bound.port ?? 0)", "admin": "\(config.effectiveAdmin)", "cluster": "\(config.cluster)",
+            "identity": "\(snapshot.tls.identity?.description ?? "-")"])
+
+        try? await gracefulShutdown()
+
+        ready.set(false)
+        logger.info("draining", metadata: ["timeout": "\(config.drainTimeout)"])
+        let clean = await listener.drain(timeout: config.drainTimeout)
+        logger.info(clean ? "drained; every connection finished" : "drain timeout reached; closing remaining connections")
+        try? await admin.close()
+    }
+}
+
+/// Exit codes the process ends with; `main` maps them.
+enum ExitCodeError: Error {
+    /// Bad config or certificate files: 2, like a usage error.
+    case invalidInput
+    /// Could not bind: 1.
+    case startupFailed
+}

@@ -1,0 +1,160 @@
+import Foundation
+import MeshProxyCore
+import Yams
+
+/// What `eastwest up` starts for a topology, with every file it needs already written:
+/// certificates (reused when present), one gateway config per gateway.
+struct LaunchPlan {
+    struct Child {
+        var name: String
+        var kind: Kind
+        var arguments: [String]
+        /// What "ready" means for this child.
+        var readiness: Readiness
+        enum Kind: String { case gateway, backend }
+    }
+
+    enum Readiness {
+        case httpOK(HostPort, path: String)
+        case tcpAccepts(HostPort)
+    }
+
+    var topology: Topology
+    var stateDir: String
+    var children: [Child]
+    var gatewayConfigs: [GatewayConfig]
+    var clientCertificates: [String: GatewayConfig.TLSFiles]
+
+    static func prepare(topology: Topology, stateDir: String, gatewayLogLevel: String) throws -> LaunchPlan {
+        let fm = FileManager.default
+        try fm.createDirectory(atPath: "\(stateDir)/gateways", withIntermediateDirectories: true)
+        try fm.createDirectory(atPath: "\(stateDir)/logs", withIntermediateDirectories: true)
+        let certs = CertificateDirectory(path: "\(stateDir)/certs")
+        let trustDomain = topology.effectiveTrustDomain
+        if fm.fileExists(atPath: certs.rootKeyPath) {
+            let existing = try certs.rootTrustDomain()
+            guard existing == trustDomain else {
+                throw CertificateFileError(path: certs.rootCertificatePath,
+                    reason: "root is for trust domain '\(existing ?? "?")' but the topology says '\(trustDomain)'; remove \(stateDir)/certs to start over")
+            }
+        } else {
+            try certs.createRoot(trustDomain: trustDomain)
+        }
+        let self_ = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath().path
+        let gatewayID = try SpiffeID(parsing: GatewayConfig.gatewayIdentity(trustDomain: trustDomain))
+        let clientID = try SpiffeID(trustDomain: trustDomain, namespace: "default", serviceAccount: "client")
+        var children: [Child] = []
+        var configs: [GatewayConfig] = []
+        var clients: [String: GatewayConfig.TLSFiles] = [:]
+        let parent = String(getpid())
+
+        for cluster in topology.clusters {
+            if !fm.fileExists(atPath: "\(certs.clusterPath(cluster.name))/ca-key.pem") {
+                try certs.createCluster(cluster.name)
+            }
+            let clientDir = "\(certs.clusterPath(cluster.name))/client"
+            if !fm.fileExists(atPath: "\(clientDir)/key.pem") {
+                try certs.createWorkload(cluster: cluster.name, spiffeID: clientID, outputPath: clientDir)
+            }
+            clients[cluster.name] = files(in: clientDir)
+
+            for gateway in cluster.gateways {
+                let gatewayDir = "\(certs.clusterPath(cluster.name))/gateways/\(gateway.name)"
+                // Re-issued on every `up` so the DNS SANs follow the topology's services.
+                try certs.createWorkload(cluster: cluster.name, spiffeID: gatewayID, dnsNames: topology.serviceHosts,
+                                         outputPath: gatewayDir, force: true)
+                let config = topology.gatewayConfig(cluster: cluster, gateway: gateway, tls: files(in: gatewayDir))
+                let path = "\(stateDir)/gateways/\(gateway.name).yaml"
+                try YAMLEncoder().encode(config).write(toFile: path, atomically: true, encoding: .utf8)
+                configs.append(config)
+                children.append(Child(
+                    name: gateway.name, kind: .gateway,
+                    arguments: [self_, "gateway", "--config", path, "--log-level", gatewayLogLevel, "--parent-pid", parent],
+                    readiness: .httpOK(config.effectiveAdmin, path: "/healthz/ready")))
+            }
+            for service in cluster.services ?? [] {
+                for endpoint in service.endpoints {
+                    children.append(Child(
+                        name: "\(service.host.split(separator: ".").first ?? "svc")@\(endpoint.address)", kind: .backend,
+                        arguments: [self_, "demo-backend", "--listen", endpoint.address.description, "--service", service.host,
+                                    "--cluster", cluster.name, "--locality", endpoint.locality?.description ?? "",
+                                    "--version", endpoint.labels?["version"] ?? "", "--parent-pid", parent],
+                        readiness: .tcpAccepts(endpoint.address)))
+                }
+            }
+        }
+        // Backends first, so a gateway's first connection finds them.
+        children.sort { $0.kind == .backend && $1.kind == .gateway }
+        return LaunchPlan(topology: topology, stateDir: stateDir, children: children, gatewayConfigs: configs, clientCertificates: clients)
+    }
+
+    private static func files(in dir: String) -> GatewayConfig.TLSFiles {
+        let absolute = URL(fileURLWithPath: dir).standardizedFileURL.path
+        return GatewayConfig.TLSFiles(certificateChain: "\(absolute)/cert-chain.pem", privateKey: "\(absolute)/key.pem",
+                                      rootCertificate: "\(absolute)/root-cert.pem")
+    }
+
+    // MARK: - ready.json and the summary
+
+    struct ReadyFile: Codable {
+        struct Gateway: Codable { var name, cluster, address, admin: String; var locality: String?; var pid: Int32 }
+        struct Backend: Codable { var service, cluster, address: String; var pid: Int32 }
+        struct Client: Codable { var certificateChain, privateKey, rootCertificate, spiffeID: String }
+        var topology: String
+        var trustDomain: String
+        var gateways: [Gateway]
+        var backends: [Backend]
+        var clients: [String: Client]
+    }
+
+    func readyFile(pids: [String: Int32]) -> ReadyFile {
+        let td = topology.effectiveTrustDomain
+        return ReadyFile(
+            topology: topology.name, trustDomain: td,
+            gateways: gatewayConfigs.map { .init(name: $0.name, cluster: $0.cluster, address: $0.listen.description,
+                                                 admin: $0.effectiveAdmin.description, locality: $0.locality?.description,
+                                                 pid: pids[$0.name] ?? 0) },
+            backends: topology.clusters.flatMap { cluster in (cluster.services ?? []).flatMap { service in
+                service.endpoints.map { e in
+                    ReadyFile.Backend(service: service.host, cluster: cluster.name, address: e.address.description,
+                                      pid: pids["\(service.host.split(separator: ".").first ?? "svc")@\(e.address)"] ?? 0)
+                } } },
+            clients: clientCertificates.mapValues { .init(certificateChain: $0.certificateChain, privateKey: $0.privateKey,
+                                                          rootCertificate: $0.rootCertificate, spiffeID: "spiffe://\(td)/ns/default/sa/client") })
+    }
+
+    func writeReadyFile(pids: [String: Int32]) throws {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
+        try encoder.encode(readyFile(pids: pids)).write(to: URL(fileURLWithPath: "\(stateDir)/ready.json"))
+    }
+
+    func summary(pids: [String: Int32]) -> String {
+        var lines = ["", "EastWest topology '\(topology.name)' is up (trust domain \(topology.effectiveTrustDomain))", ""]
+        lines.append("  GATEWAY".padding(toLength: 18, withPad: " ", startingAt: 0) + "CLUSTER".padding(toLength: 10, withPad: " ", startingAt: 0)
+                     + "LISTEN".padding(toLength: 20, withPad: " ", startingAt: 0) + "ADMIN".padding(toLength: 20, withPad: " ", startingAt: 0) + "PID")
+        for g in gatewayConfigs {
+            lines.append("  " + g.name.padding(toLength: 16, withPad: " ", startingAt: 0) + g.cluster.padding(toLength: 10, withPad: " ", startingAt: 0)
+                         + g.listen.description.padding(toLength: 20, withPad: " ", startingAt: 0)
+                         + g.effectiveAdmin.description.padding(toLength: 20, withPad: " ", startingAt: 0) + "\(pids[g.name] ?? 0)")
+        }
+        lines.append("")
+        for cluster in topology.clusters {
+            for service in cluster.services ?? [] {
+                lines.append("  \(cluster.name): \(service.host):\(service.port) -> \(service.endpoints.map(\.address.description).joined(separator: ", "))")
+            }
+        }
+        if let first = topology.clusters.first, let gateway = gatewayConfigs.first(where: { $0.cluster == first.name }),
+           let client = clientCertificates[first.name] {
+            // Prefer a service the first cluster does not serve: that request crosses clusters.
+            let local = Set((first.services ?? []).map(\.host))
+            let host = topology.serviceHosts.first { !local.contains($0) } ?? topology.serviceHosts.first ?? "echo.default.svc.cluster.local"
+            lines += ["", "Try it (client in \(first.name) -> \(gateway.name) -> the cluster serving \(host)):", "",
+                      "  curl --cacert \(client.rootCertificate) \\",
+                      "       --cert \(client.certificateChain) --key \(client.privateKey) \\",
+                      "       --resolve \(host):\(gateway.listen.port):\(gateway.listen.host) https://\(host):\(gateway.listen.port)/"]
+        }
+        lines += ["", "State, configs and logs: \(stateDir) (ready.json lists every process). Ctrl-C stops everything.", ""]
+        return lines.joined(separator: "\n")
+    }
+}

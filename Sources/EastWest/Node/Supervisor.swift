@@ -1,0 +1,154 @@
+import Foundation
+import MeshProxyCore
+import NIOCore
+import NIOPosix
+import Synchronization
+
+/// Starts and stops the processes of a launch plan. Each child logs to its own file; a child
+/// that dies before it is ready stops the whole start-up with its last log lines, and stopping
+/// sends SIGTERM, waits, then SIGKILL, so nothing is left running.
+final class Supervisor: Sendable {
+    private struct State {
+        var processes: [(name: String, process: Process)] = []
+        var stopRequested = false
+        var stopWaiters: [CheckedContinuation<Void, Never>] = []
+    }
+
+    private let logDirectory: String
+    private let state = Mutex(State())
+
+    init(logDirectory: String) { self.logDirectory = logDirectory }
+
+    var pids: [String: Int32] {
+        state.withLock { Dictionary($0.processes.map { ($0.name, $0.process.processIdentifier) }, uniquingKeysWith: { a, _ in a }) }
+    }
+
+    func start(_ plan: LaunchPlan, readyTimeout: Duration) async throws {
+        for child in plan.children {
+            if state.withLock({ $0.stopRequested }) { throw StartError("interrupted") }
+            let logPath = "\(logDirectory)/\(child.name.replacingOccurrences(of: "/", with: "_")).log"
+            FileManager.default.createFile(atPath: logPath, contents: nil)
+            let log = try FileHandle(forWritingTo: URL(fileURLWithPath: logPath))
+            let process = Process()
+            process.executableURL = URL(fileURLWithPath: child.arguments[0])
+            process.arguments = Array(child.arguments.dropFirst())
+            process.standardOutput = log
+            process.standardError = log
+            process.standardInput = FileHandle.nullDevice
+            try process.run()
+            state.withLock { $0.processes.append((child.name, process)) }
+        }
+        let deadline = ContinuousClock.now + readyTimeout
+        for child in plan.children {
+            while true {
+                if let dead = state.withLock({ $0.processes.first { !$0.process.isRunning } }) {
+                    let logPath = "\(logDirectory)/\(dead.name.replacingOccurrences(of: "/", with: "_")).log"
+                    let tail = (try? String(contentsOfFile: logPath, encoding: .utf8))?.split(separator: "\n").suffix(5).joined(separator: "\n") ?? ""
+                    throw StartError("\(dead.name) exited with status \(dead.process.terminationStatus) before the topology was ready:\n\(tail)\n(full log: \(logPath))")
+                }
+                if await Probe.isReady(child.readiness) { break }
+                if ContinuousClock.now > deadline { throw StartError("\(child.name) was not ready within \(readyTimeout)") }
+                if state.withLock({ $0.stopRequested }) { throw StartError("interrupted") }
+                try await Task.sleep(for: .milliseconds(50))
+            }
+        }
+    }
+
+    func requestStop() {
+        let waiters = state.withLock { state -> [CheckedContinuation<Void, Never>] in
+            state.stopRequested = true
+            defer { state.stopWaiters = [] }
+            return state.stopWaiters
+        }
+        waiters.forEach { $0.resume() }
+    }
+
+    func waitForStop() async {
+        await withCheckedContinuation { continuation in
+            let resumeNow = state.withLock { state -> Bool in
+                if state.stopRequested { return true }
+                state.stopWaiters.append(continuation)
+                return false
+            }
+            if resumeNow { continuation.resume() }
+        }
+    }
+
+    /// SIGTERM to every child (gateways drain), then SIGKILL to whatever is left after 10 s.
+    func stopAll() async {
+        let processes = state.withLock { $0.processes.map(\.process) }
+        for process in processes where process.isRunning { kill(process.processIdentifier, SIGTERM) }
+        let deadline = ContinuousClock.now + .seconds(10)
+        while processes.contains(where: \.isRunning), ContinuousClock.now < deadline {
+            try? await Task.sleep(for: .milliseconds(50))
+        }
+        for process in processes where process.isRunning { kill(process.processIdentifier, SIGKILL) }
+        for process in processes { process.waitUntilExit() }
+    }
+
+    struct StartError: Error, CustomStringConvertible {
+        var description: String
+        init(_ description: String) { self.description = description }
+    }
+}
+
+/// Ctrl-C and SIGTERM become one call, instead of killing `up` before it stops its children.
+enum SignalTrap {
+    nonisolated(unsafe) private static var sources: [any DispatchSourceSignal] = []
+
+    static func install(_ handler: @escaping @Sendable () -> Void) {
+        for signalNumber in [SIGINT, SIGTERM] {
+            signal(signalNumber, SIG_IGN)
+            let source = DispatchSource.makeSignalSource(signal: signalNumber, queue: .global())
+            source.setEventHandler(handler: handler)
+            source.resume()
+            sources.append(source)
+        }
+    }
+}
+
+/// Readiness checks over real sockets.
+enum Probe {
+    static func isReady(_ readiness: LaunchPlan.Readiness) async -> Bool {
+        switch readiness {
+        case .tcpAccepts(let address):
+            guard let channel = try? await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+                .connectTimeout(.milliseconds(500)).connect(host: address.host, port: address.port).get() else { return false }
+            try? await channel.close()
+            return true
+        case .httpOK(let address, let path):
+            return (try? await httpGet(address, path: path))?.status == 200
+        }
+    }
+
+    /// A one-shot HTTP/1.0 GET: status code and body. Enough for admin APIs.
+    static func httpGet(_ address: HostPort, path: String) async throws -> (status: Int, body: String) {
+        let collected = MultiThreadedEventLoopGroup.singleton.next().makePromise(of: ByteBuffer.self)
+        let channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+            .connectTimeout(.milliseconds(500))
+            .channelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture { try channel.pipeline.syncOperations.addHandler(Collector(promise: collected)) }
+            }
+            .connect(host: address.host, port: address.port).get()
+        try await channel.writeAndFlush(ByteBuffer(string: "GET \(path) HTTP/1.0\r\nHost: \(address)\r\n\r\n"))
+        let buffer = try await collected.futureResult.get()
+        let text = String(buffer: buffer)
+        let statusLine = text.split(separator: "\r\n", maxSplits: 1).first ?? ""
+        let status = statusLine.split(separator: " ").dropFirst().first.flatMap { Int($0) } ?? 0
+        let body = text.components(separatedBy: "\r\n\r\n").dropFirst().joined(separator: "\r\n\r\n")
+        return (status, body)
+    }
+
+    private final class Collector: ChannelInboundHandler {
+        typealias InboundIn = ByteBuffer
+        private var buffer = ByteBuffer()
+        private let promise: EventLoopPromise<ByteBuffer>
+        init(promise: EventLoopPromise<ByteBuffer>) { self.promise = promise }
+        func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+            var chunk = unwrapInboundIn(data)
+            buffer.writeBuffer(&chunk)
+        }
+        func channelInactive(context: ChannelHandlerContext) { promise.succeed(buffer) }
+        func errorCaught(context: ChannelHandlerContext, error: any Error) { promise.fail(error); context.close(promise: nil) }
+    }
+}

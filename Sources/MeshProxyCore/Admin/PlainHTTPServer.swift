@@ -1,0 +1,108 @@
+import NIOCore
+import NIOHTTP1
+import NIOPosix
+
+/// A request as the admin API and the demo backend see it: whole, body aggregated.
+package struct PlainHTTPRequest: Sendable {
+    package var method: HTTPMethod
+    package var uri: String
+    package var headers: HTTPHeaders
+    package var body: ByteBuffer
+
+    package var path: String { String(uri.split(separator: "?", maxSplits: 1).first ?? "") }
+    package func query(_ name: String) -> String? {
+        guard let q = uri.split(separator: "?", maxSplits: 1).dropFirst().first else { return nil }
+        for pair in q.split(separator: "&") {
+            let kv = pair.split(separator: "=", maxSplits: 1)
+            if kv.first.map(String.init) == name { return kv.count > 1 ? String(kv[1]).removingPercentEncoding ?? String(kv[1]) : "" }
+        }
+        return nil
+    }
+}
+
+package struct PlainHTTPResponse: Sendable {
+    package var status: HTTPResponseStatus
+    package var headers: HTTPHeaders
+    package var body: ByteBuffer
+
+    package init(status: HTTPResponseStatus = .ok, contentType: String = "text/plain; charset=utf-8", body: ByteBuffer) {
+        self.status = status
+        self.headers = HTTPHeaders([("Content-Type", contentType)])
+        self.body = body
+    }
+
+    package init(status: HTTPResponseStatus = .ok, contentType: String = "text/plain; charset=utf-8", text: String) {
+        self.init(status: status, contentType: contentType, body: ByteBuffer(string: text))
+    }
+}
+
+/// A small HTTP/1.1 keep-alive server for control-plane endpoints (admin API, demo backend):
+/// a request goes in whole, a response comes out whole. Not on the data path.
+package enum PlainHTTPServer {
+    package typealias Responder = @Sendable (PlainHTTPRequest, any EventLoop) -> EventLoopFuture<PlainHTTPResponse>
+
+    /// Binds `address`; an address in use fails with an error naming it.
+    package static func bind(host: String, port: Int, role: String, group: any EventLoopGroup,
+                             responder: @escaping Responder) async throws -> any Channel {
+        do {
+            return try await ServerBootstrap(group: group)
+                .serverChannelOption(.backlog, value: 256)
+                .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+                .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
+                .childChannelInitializer { channel in
+                    channel.eventLoop.makeCompletedFuture {
+                        try channel.pipeline.syncOperations.configureHTTPServerPipeline()
+                        try channel.pipeline.syncOperations.addHandler(RequestHandler(responder: responder))
+                    }
+                }
+                .bind(host: host, port: port).get()
+        } catch {
+            throw ListenError(address: HostPort(host: host, port: port).description, role: role, underlying: error)
+        }
+    }
+
+    private final class RequestHandler: ChannelInboundHandler {
+        typealias InboundIn = HTTPServerRequestPart
+        typealias OutboundOut = HTTPServerResponsePart
+
+        private let responder: Responder
+        private var head: HTTPRequestHead?
+        private var body = ByteBuffer()
+
+        init(responder: @escaping Responder) { self.responder = responder }
+
+        func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+            switch unwrapInboundIn(data) {
+            case .head(let head):
+                self.head = head
+                body.clear()
+            case .body(var chunk):
+                body.writeBuffer(&chunk)
+            case .end:
+                guard let head else { return }
+                let request = PlainHTTPRequest(method: head.method, uri: head.uri, headers: head.headers, body: body)
+                let keepAlive = head.isKeepAlive
+                let version = head.version
+                let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+                responder(request, context.eventLoop).hop(to: context.eventLoop).whenComplete { result in
+                    let (handler, context) = bound.value
+                    let response = (try? result.get()) ?? PlainHTTPResponse(status: .internalServerError, text: "internal error\n")
+                    handler.write(response, version: version, keepAlive: keepAlive, context: context)
+                }
+            }
+        }
+
+        private func write(_ response: PlainHTTPResponse, version: HTTPVersion, keepAlive: Bool, context: ChannelHandlerContext) {
+            var headers = response.headers
+            headers.replaceOrAdd(name: "Content-Length", value: String(response.body.readableBytes))
+            if !keepAlive { headers.replaceOrAdd(name: "Connection", value: "close") }
+            context.write(wrapOutboundOut(.head(HTTPResponseHead(version: version, status: response.status, headers: headers))), promise: nil)
+            context.write(wrapOutboundOut(.body(.byteBuffer(response.body))), promise: nil)
+            let done = context.writeAndFlush(wrapOutboundOut(.end(nil)))
+            if !keepAlive {
+                let channel = context.channel
+                done.whenComplete { _ in channel.close(promise: nil) }
+            }
+        }
+    }
+}

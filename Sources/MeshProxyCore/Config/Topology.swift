@@ -1,0 +1,108 @@
+/// A whole multi-cluster set-up (`topologies/*.yaml`): clusters, their gateways and services.
+/// `eastwest up` turns it into one `GatewayConfig` per gateway plus demo backends.
+package struct Topology: Codable, Sendable, Equatable {
+    package var name: String
+    /// Default `cluster.local`.
+    package var trustDomain: String?
+    package var clusters: [Cluster]
+    /// Istio YAML files, relative to the topology file.
+    package var policies: [String]?
+
+    package struct Cluster: Codable, Sendable, Equatable {
+        package var name: String
+        package var network: String?
+        package var gateways: [Gateway]
+        package var services: [GatewayConfig.ServiceConfig]?
+    }
+
+    package struct Gateway: Codable, Sendable, Equatable {
+        package var name: String
+        /// An IP address (the gateway listens on port 15443) or `ip:port`.
+        package var address: String
+        package var locality: Locality?
+        /// Admin port on the same address. Default 15000.
+        package var adminPort: Int?
+
+        package var listen: HostPort? {
+            HostPort(parsing: address) ?? (address.isEmpty || address.contains(":") ? nil : HostPort(host: address, port: 15443))
+        }
+        package var admin: HostPort? { listen.map { HostPort(host: $0.host, port: adminPort ?? 15000) } }
+    }
+
+    package var effectiveTrustDomain: String { trustDomain ?? "cluster.local" }
+
+    /// Every service host in the topology; gateway certificates carry them as DNS SANs so a
+    /// client can verify a gateway by the name it asked for.
+    package var serviceHosts: [String] {
+        Array(Set(clusters.flatMap { ($0.services ?? []).map(\.host) })).sorted()
+    }
+
+    /// The config of one gateway: its own cluster's services, and every other cluster as a
+    /// remote cluster reachable through that cluster's gateways.
+    package func gatewayConfig(cluster: Cluster, gateway: Gateway, tls: GatewayConfig.TLSFiles) -> GatewayConfig {
+        let remotes = clusters.filter { $0.name != cluster.name }.map { other in
+            GatewayConfig.RemoteCluster(
+                name: other.name, network: other.network,
+                gateways: other.gateways.compactMap { g in g.listen.map { GatewayConfig.RemoteGateway(name: g.name, address: $0, locality: g.locality) } },
+                services: other.services)
+        }
+        return GatewayConfig(
+            name: gateway.name, cluster: cluster.name, network: cluster.network, locality: gateway.locality,
+            trustDomain: effectiveTrustDomain, listen: gateway.listen!, admin: gateway.admin, tls: tls,
+            services: cluster.services ?? [], remoteClusters: remotes)
+    }
+}
+
+extension Topology: ConfigValidatable {
+    package func validate(_ map: SourceMap) -> [ConfigError] {
+        var errors: [ConfigError] = []
+        let root = FieldPath()
+        if name.isEmpty || name.contains("/") {
+            errors.append(map.error(.invalidValue, at: root.key("name"), "must be a non-empty name without '/'"))
+        }
+        if let trustDomain, (try? SpiffeID(parsing: "spiffe://\(trustDomain)")) == nil {
+            errors.append(map.error(.invalidValue, at: root.key("trustDomain"), "'\(trustDomain)' is not a valid trust domain (lower-case letters, digits, '.', '-', '_')"))
+        }
+        if clusters.isEmpty {
+            errors.append(map.error(.invalidValue, at: root.key("clusters"), "a topology needs at least one cluster"))
+        }
+        var clusterNames = Set<String>(), gatewayNames = Set<String>(), listenAddresses = Set<HostPort>()
+        var endpointAddresses = Set<HostPort>()
+        for (c, cluster) in clusters.enumerated() {
+            let cpath = root.key("clusters").index(c)
+            if cluster.name.isEmpty || cluster.name.contains("/") {
+                errors.append(map.error(.invalidValue, at: cpath.key("name"), "must be a non-empty name without '/'"))
+            } else if !clusterNames.insert(cluster.name).inserted {
+                errors.append(map.error(.duplicate, at: cpath.key("name"), "cluster '\(cluster.name)' appears twice"))
+            }
+            if cluster.gateways.isEmpty {
+                errors.append(map.error(.invalidValue, at: cpath.key("gateways"), "cluster '\(cluster.name)' needs at least one gateway"))
+            }
+            for (g, gateway) in cluster.gateways.enumerated() {
+                let gpath = cpath.key("gateways").index(g)
+                if !gatewayNames.insert(gateway.name).inserted {
+                    errors.append(map.error(.duplicate, at: gpath.key("name"), "gateway '\(gateway.name)' appears twice"))
+                }
+                if let listen = gateway.listen {
+                    if !listenAddresses.insert(listen).inserted {
+                        errors.append(map.error(.duplicate, at: gpath.key("address"), "address \(listen) is used by another gateway"))
+                    }
+                } else {
+                    errors.append(map.error(.invalidValue, at: gpath.key("address"), "'\(gateway.address)' is not an IP address or ip:port"))
+                }
+                if let port = gateway.adminPort, !(1...65_535).contains(port) {
+                    errors.append(map.error(.invalidValue, at: gpath.key("adminPort"), "\(port) is not a port from 1 to 65535"))
+                }
+            }
+            let services = cluster.services ?? []
+            errors += ServiceListValidator.validate(services, at: cpath.key("services"), map: map)
+            for (s, service) in services.enumerated() {
+                for (e, endpoint) in service.endpoints.enumerated() where !endpointAddresses.insert(endpoint.address).inserted {
+                    errors.append(map.error(.duplicate, at: cpath.key("services").index(s).key("endpoints").index(e).key("address"),
+                                            "endpoint address \(endpoint.address) is used twice"))
+                }
+            }
+        }
+        return errors
+    }
+}

@@ -1,0 +1,43 @@
+import Logging
+import Synchronization
+
+/// Everything a new downstream connection needs, frozen for one config generation: a
+/// connection reads the current snapshot once, when it is accepted, and never sees a
+/// half-applied change.
+package struct DataPlaneSnapshot: Sendable {
+    package var config: GatewayConfig
+    package var tls: GatewayTLS
+    package var routes: RouteTable
+    package var picker: EndpointPicker
+    package var cursors: RoundRobinCursors
+    package var metrics: TCPMetrics
+    package var logger: Logger
+
+    package init(config: GatewayConfig, tls: GatewayTLS, logger: Logger) {
+        let endpoints = config.meshEndpoints
+        self.config = config
+        self.tls = tls
+        self.routes = RouteTable(endpoints: endpoints)
+        self.picker = EndpointPicker(endpoints: endpoints)
+        self.cursors = RoundRobinCursors()
+        self.metrics = TCPMetrics()
+        self.logger = logger
+    }
+}
+
+/// One round-robin position per service, shared by every event loop. One lock per accepted
+/// connection; never held across I/O.
+package final class RoundRobinCursors: Sendable {
+    private let positions = Mutex<[ServiceKey: Int]>([:])
+
+    package init() {}
+
+    /// The position for this connection; the next caller gets the one after it.
+    package func next(for service: ServiceKey) -> Int {
+        positions.withLock { positions in
+            let value = positions[service, default: 0]
+            positions[service] = value &+ 1
+            return value
+        }
+    }
+}

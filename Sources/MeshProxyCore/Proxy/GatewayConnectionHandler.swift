@@ -1,0 +1,196 @@
+import Foundation
+import NIOCore
+import NIOTLS
+
+/// Sits at the tail of a terminated downstream connection until it is glued to an upstream.
+/// After the TLS handshake it decides who the client is (workload or peer gateway), asks the
+/// endpoint picker for targets, dials them in order until one answers, then hands the channel
+/// pair to `GlueHandler`s and removes itself. Bytes that arrive meanwhile are held (and reads
+/// paused) so nothing is lost and nothing piles up.
+package final class GatewayConnectionHandler: ChannelDuplexHandler, RemovableChannelHandler {
+    package typealias InboundIn = ByteBuffer
+    package typealias InboundOut = ByteBuffer
+    package typealias OutboundIn = ByteBuffer
+    package typealias OutboundOut = ByteBuffer
+
+    private enum State {
+        case handshaking
+        case connecting
+        case glued
+        case closed
+    }
+
+    private let snapshot: DataPlaneSnapshot
+    private let route: Route
+    private let record: ConnectionRecord
+    private var state = State.handshaking
+    private var held: [ByteBuffer] = []
+    private var inputEnded = false
+    private var pendingRead = false
+    private var handshakeTimer: Scheduled<Void>?
+    private var targets: [UpstreamTarget] = []
+    private var attempt = 0
+    private var failures: [String] = []
+
+    package init(snapshot: DataPlaneSnapshot, route: Route, record: ConnectionRecord) {
+        self.snapshot = snapshot
+        self.route = route
+        self.record = record
+    }
+
+    package func handlerAdded(context: ChannelHandlerContext) {
+        let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+        handshakeTimer = context.eventLoop.scheduleTask(in: TimeAmount(snapshot.config.handshakeTimeout)) {
+            let (handler, context) = bound.value
+            guard case .handshaking = handler.state else { return }
+            handler.record.detail = "TLS handshake did not complete within \(handler.snapshot.config.handshakeTimeout)"
+            context.close(promise: nil)
+        }
+    }
+
+    package func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        switch event {
+        case TLSUserEvent.handshakeCompleted:
+            handshakeTimer?.cancel()
+            startConnecting(context: context)
+        case ChannelEvent.inputClosed where state == .connecting:
+            inputEnded = true
+        default:
+            context.fireUserInboundEventTriggered(event)
+        }
+    }
+
+    package func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        switch state {
+        case .connecting, .handshaking:
+            held.append(unwrapInboundIn(data))
+        case .glued:
+            context.fireChannelRead(data)
+        case .closed:
+            break
+        }
+    }
+
+    package func read(context: ChannelHandlerContext) {
+        if state == .connecting {
+            pendingRead = true  // backpressure: no upstream to write to yet
+        } else {
+            context.read()
+        }
+    }
+
+    package func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        if state == .handshaking, record.detail == nil {
+            record.detail = TLSFailure.describe(error)
+        }
+        context.close(promise: nil)
+    }
+
+    package func channelInactive(context: ChannelHandlerContext) {
+        if state == .connecting { record.flags.append(.downstreamTermination) }
+        state = .closed
+        handshakeTimer?.cancel()
+        context.fireChannelInactive()
+    }
+
+    // MARK: - Choosing and dialling the upstream
+
+    private func startConnecting(context: ChannelHandlerContext) {
+        state = .connecting
+        let origin: TrafficOrigin
+        if let principal = record.sourcePrincipal, let id = try? SpiffeID(parsing: principal),
+           snapshot.config.effectivePeerGatewayIdentities.contains(id) {
+            origin = .peerGateway
+        } else {
+            origin = .client
+        }
+        let cursor = snapshot.cursors.next(for: route.service)
+        targets = Array(snapshot.picker.candidates(for: route, origin: origin, cursor: cursor)
+            .prefix(snapshot.config.effectiveMaxConnectAttempts))
+        guard !targets.isEmpty else {
+            record.flags.append(.noHealthyUpstream)
+            record.detail = origin == .peerGateway
+                ? "no local endpoint for \(route.service) (traffic from a peer gateway is never forwarded again)"
+                : "no endpoint for \(route.service) in any cluster"
+            context.close(promise: nil)
+            return
+        }
+        dialNext(context: context)
+    }
+
+    private func dialNext(context: ChannelHandlerContext) {
+        let target = targets[attempt]
+        let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+        UpstreamConnector.connect(to: target, tls: snapshot.tls, connectTimeout: snapshot.config.connectTimeout,
+                                  handshakeTimeout: snapshot.config.handshakeTimeout, on: context.eventLoop)
+            .whenComplete { result in
+                let (handler, context) = bound.value
+                switch result {
+                case .success(let upstream): handler.connected(to: upstream, target: target, context: context)
+                case .failure(let error): handler.failed(target: target, error: error, context: context)
+                }
+            }
+    }
+
+    private func failed(target: UpstreamTarget, error: any Error, context: ChannelHandlerContext) {
+        guard state == .connecting else { return }
+        failures.append(UpstreamConnector.describe(error))
+        snapshot.logger.debug("upstream attempt failed", metadata: ["target": "\(target)", "error": "\(error)"])
+        attempt += 1
+        if attempt < targets.count {
+            dialNext(context: context)
+            return
+        }
+        record.upstream = target
+        record.flags.append(.upstreamConnectionFailure)
+        if targets.count > 1 { record.flags.append(.upstreamRetryLimitExceeded) }
+        record.detail = "all \(targets.count) upstream attempt(s) failed: " + zip(targets, failures).map { "\($0) (\($1))" }.joined(separator: "; ")
+        context.close(promise: nil)
+    }
+
+    private func connected(to upstream: any Channel, target: UpstreamTarget, context: ChannelHandlerContext) {
+        guard state == .connecting else {
+            upstream.close(promise: nil)  // the client left while we were dialling
+            return
+        }
+        state = .glued
+        record.upstream = target
+        record.upstreamCluster = target.cluster ?? snapshot.config.cluster
+        record.opened(metrics: snapshot.metrics)
+
+        let (downstreamGlue, upstreamGlue) = GlueHandler.matchedPair()
+        do {
+            try upstream.pipeline.syncOperations.addHandler(upstreamGlue)
+            try context.pipeline.syncOperations.addHandler(downstreamGlue, position: .after(self))
+        } catch {
+            record.detail = "cannot join upstream: \(error)"
+            upstream.close(promise: nil)
+            context.close(promise: nil)
+            return
+        }
+        record.glue = (downstream: downstreamGlue, upstream: upstreamGlue)
+        // Replay what arrived while dialling through the glue, so it is counted and ordered.
+        let buffered = held
+        held = []
+        for buffer in buffered { context.fireChannelRead(wrapInboundOut(buffer)) }
+        if !buffered.isEmpty { context.fireChannelReadComplete() }
+        if inputEnded { context.fireUserInboundEventTriggered(ChannelEvent.inputClosed) }
+        context.pipeline.syncOperations.removeHandler(context: context, promise: nil)
+        if pendingRead { context.read() }
+    }
+}
+
+/// Turns a downstream TLS failure into the reason a user reads in the log.
+package enum TLSFailure {
+    package static func describe(_ error: any Error) -> String {
+        let text = "\(error)"
+        if text.contains("PEER_DID_NOT_RETURN_A_CERTIFICATE") || text.contains("CERTIFICATE_REQUIRED") {
+            return PeerRejection.noCertificate.description
+        }
+        if text.contains("WRONG_VERSION_NUMBER") || text.contains("UNSUPPORTED_PROTOCOL") {
+            return "client offered an unsupported TLS version (1.2 or 1.3 required)"
+        }
+        if text.contains("NO_SHARED_CIPHER") { return "no cipher suite in common with the client" }
+        return "TLS handshake failed: \(text)"
+    }
+}

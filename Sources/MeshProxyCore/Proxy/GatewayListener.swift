@@ -1,0 +1,155 @@
+import Foundation
+import Logging
+import NIOConcurrencyHelpers
+import NIOCore
+import NIOExtras
+import NIOPosix
+import NIOSSL
+import NIOTLS
+
+/// The 15443 listener. Per connection: read the SNI from the ClientHello before any crypto,
+/// refuse unknown names (`NR`), terminate mTLS with the mesh policy deciding who gets in, then
+/// hand over to `GatewayConnectionHandler`.
+package final class GatewayListener: Sendable {
+    private let snapshot: DataPlaneSnapshot
+    private let group: any EventLoopGroup
+    private let quiescing: ServerQuiescingHelper
+    private let channel: NIOLockedValueBox<(any Channel)?> = NIOLockedValueBox(nil)
+
+    package init(snapshot: DataPlaneSnapshot, group: any EventLoopGroup) {
+        self.snapshot = snapshot
+        self.group = group
+        self.quiescing = ServerQuiescingHelper(group: group)
+    }
+
+    /// Binds the listen address; an address in use fails with an error naming it.
+    package func bind() async throws -> SocketAddress {
+        let snapshot = self.snapshot
+        let quiescing = self.quiescing
+        let address = snapshot.config.listen
+        do {
+            let server = try await ServerBootstrap(group: group)
+                .serverChannelOption(.backlog, value: 1024)
+                .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+                .serverChannelInitializer { channel in
+                    channel.eventLoop.makeCompletedFuture {
+                        try channel.pipeline.syncOperations.addHandler(quiescing.makeServerChannelHandler(channel: channel))
+                    }
+                }
+                .childChannelOption(.allowRemoteHalfClosure, value: true)
+                .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
+                .childChannelInitializer { channel in
+                    channel.eventLoop.makeCompletedFuture {
+                        try Self.initialize(channel, snapshot: snapshot)
+                    }
+                }
+                .bind(host: address.host, port: address.port).get()
+            channel.withLockedValue { $0 = server }
+            return server.localAddress!
+        } catch {
+            throw ListenError(address: address.description, role: "gateway listener", underlying: error)
+        }
+    }
+
+    /// Stops accepting, lets open connections finish for up to `timeout`, then returns.
+    /// Returns true when every connection finished by itself.
+    package func drain(timeout: Duration) async -> Bool {
+        let promise = group.next().makePromise(of: Void.self)
+        quiescing.initiateShutdown(promise: promise)
+        let deadline = group.next().scheduleTask(in: TimeAmount(timeout)) {}
+        let drained: Bool = await withCheckedContinuation { continuation in
+            let once = NIOLockedValueBox(false)
+            func finish(_ value: Bool) {
+                if once.withLockedValue({ done in defer { done = true }; return !done }) { continuation.resume(returning: value) }
+            }
+            promise.futureResult.whenComplete { _ in finish(true) }
+            deadline.futureResult.whenComplete { _ in finish(false) }
+        }
+        deadline.cancel()
+        return drained
+    }
+
+    private static func initialize(_ channel: any Channel, snapshot: DataPlaneSnapshot) throws {
+        let record = ConnectionRecord(downstreamRemote: channel.remoteAddress.map(Self.describe) ?? "-",
+                                      downstreamLocal: channel.localAddress.map(Self.describe) ?? "-")
+        let logger = snapshot.logger
+        let metrics = snapshot.metrics
+        let bound = NIOLoopBound(record, eventLoop: channel.eventLoop)
+        channel.closeFuture.whenComplete { _ in bound.value.finish(metrics: metrics, logger: logger) }
+
+        let sni = ByteToMessageHandler(SNIHandler { result in
+            let name: String
+            switch result {
+            case .hostname(let hostname): name = hostname
+            case .fallback:
+                record.flags = [.noRoute]
+                record.detail = "client sent no server name (SNI); the gateway routes by it"
+                channel.close(promise: nil)
+                return channel.eventLoop.makeFailedFuture(ChannelError.ioOnClosedChannel)
+            }
+            record.serverName = name
+            let route: Route
+            switch Result(catching: { () throws(ServerNameError) in try ServerName(parsing: name) }) {
+            case .failure(let error):
+                record.flags = [.noRoute]
+                record.detail = error.description
+                channel.close(promise: nil)
+                return channel.eventLoop.makeFailedFuture(error)
+            case .success(let serverName):
+                switch snapshot.routes.resolve(serverName) {
+                case .noRoute(let reason):
+                    record.flags = [.noRoute]
+                    record.detail = reason
+                    channel.close(promise: nil)
+                    return channel.eventLoop.makeFailedFuture(ChannelError.ioOnClosedChannel)
+                case .route(let found):
+                    route = found
+                    record.route = found
+                }
+            }
+            do {
+                let policy = snapshot.tls.clientPolicy
+                let tls = NIOSSLServerHandler(context: snapshot.tls.serverContext) { certificates, verification in
+                    switch policy.evaluate(presented: certificates, now: Date()) {
+                    case .success(let id):
+                        record.sourcePrincipal = id.description
+                        verification.succeed(.certificateVerified)
+                    case .failure(let rejection):
+                        record.detail = "client refused: \(rejection)"
+                        verification.succeed(.failed)
+                    }
+                }
+                let operations = channel.pipeline.syncOperations
+                try operations.addHandler(tls)
+                try operations.addHandler(IdleStateHandler(allTimeout: TimeAmount(snapshot.config.idleTimeout)))
+                try operations.addHandler(GatewayConnectionHandler(snapshot: snapshot, route: route, record: record))
+                return channel.eventLoop.makeSucceededVoidFuture()
+            } catch {
+                return channel.eventLoop.makeFailedFuture(error)
+            }
+        })
+        try channel.pipeline.syncOperations.addHandler(sni)
+    }
+
+    static func describe(_ address: SocketAddress) -> String {
+        guard let ip = address.ipAddress, let port = address.port else { return "\(address)" }
+        return HostPort(host: ip, port: port).description
+    }
+}
+
+/// A listener that could not bind, naming the address.
+package struct ListenError: Error, CustomStringConvertible {
+    package var address: String
+    package var role: String
+    package var underlying: any Error
+    package var description: String {
+        let text = "\(underlying)"
+        if text.contains("Address already in use") || text.contains("EADDRINUSE") {
+            return "\(role): cannot listen on \(address): address already in use"
+        }
+        if text.contains("Cannot assign requested address") || text.contains("EADDRNOTAVAIL") {
+            return "\(role): cannot listen on \(address): no such local address"
+        }
+        return "\(role): cannot listen on \(address): \(text)"
+    }
+}

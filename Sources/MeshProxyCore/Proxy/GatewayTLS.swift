@@ -1,0 +1,81 @@
+import Foundation
+import NIOCore
+import NIOSSL
+import X509
+
+/// The TLS side of one gateway config: the server context for 15443, the client context for
+/// dialling peer gateways, and the trust policies both sides check peers against.
+/// Built once per config generation, off the event loop (it reads files), then shared.
+package struct GatewayTLS: Sendable {
+    package let serverContext: NIOSSLContext
+    package let clientContext: NIOSSLContext
+    /// Who may connect to this gateway.
+    package let clientPolicy: MeshTrustPolicy
+    /// Who we accept when we dial another cluster's gateway.
+    package let peerGatewayPolicy: MeshTrustPolicy
+    /// Our own identity, from our certificate.
+    package let identity: SpiffeID?
+
+    package init(config: GatewayConfig) throws {
+        let files = config.tls
+        let chain = try Self.certificates(files.certificateChain)
+        let roots = try Self.certificates(files.rootCertificate)
+        let key: NIOSSLPrivateKey
+        do {
+            _ = try PEMFiles.read(files.privateKey)
+            key = try NIOSSLPrivateKey(file: files.privateKey, format: .pem)
+        } catch let error as CertificateFileError {
+            throw error
+        } catch {
+            throw CertificateFileError(path: files.privateKey, reason: "is not a valid PEM private key: \(error)")
+        }
+        let rootCertificates = try PEMFiles.certificates(at: files.rootCertificate)
+        let leaf = try PEMFiles.certificates(at: files.certificateChain)[0]
+        guard leaf.publicKey == (try Certificate.PrivateKey(pemEncoded: try PEMFiles.read(files.privateKey))).publicKey else {
+            throw CertificateFileError(path: files.privateKey, reason: "does not match the certificate in \(files.certificateChain)")
+        }
+        identity = try? leaf.spiffeID()
+
+        var server = TLSConfiguration.makeServerConfiguration(
+            certificateChain: chain.map { .certificate($0) }, privateKey: .privateKey(key))
+        server.minimumTLSVersion = .tlsv12
+        // Requires a client certificate; the chain and SPIFFE checks are ours (MeshTrustPolicy),
+        // run from the per-connection verification callback.
+        server.certificateVerification = .noHostnameVerification
+        server.trustRoots = .certificates(roots)
+        serverContext = try NIOSSLContext(configuration: server)
+
+        var client = TLSConfiguration.makeClientConfiguration()
+        client.minimumTLSVersion = .tlsv12
+        client.certificateChain = chain.map { .certificate($0) }
+        client.privateKey = .privateKey(key)
+        client.trustRoots = .certificates(roots)
+        client.certificateVerification = .noHostnameVerification
+        clientContext = try NIOSSLContext(configuration: client)
+
+        clientPolicy = MeshTrustPolicy(roots: rootCertificates, allowedTrustDomains: config.effectiveAllowedTrustDomains)
+        peerGatewayPolicy = MeshTrustPolicy(roots: rootCertificates, allowedTrustDomains: config.effectiveAllowedTrustDomains,
+                                            allowedIdentities: config.effectivePeerGatewayIdentities)
+    }
+
+    private static func certificates(_ path: String) throws -> [NIOSSLCertificate] {
+        _ = try PEMFiles.certificates(at: path)  // names the path in any error
+        do {
+            return try NIOSSLCertificate.fromPEMFile(path)
+        } catch {
+            throw CertificateFileError(path: path, reason: "is not a valid PEM certificate file: \(error)")
+        }
+    }
+}
+
+extension MeshTrustPolicy {
+    /// Runs the policy on certificates as NIOSSL hands them to a verification callback.
+    package func evaluate(presented: [NIOSSLCertificate], now: Date) -> Result<SpiffeID, PeerRejection> {
+        do {
+            let chain = try presented.map { try Certificate(derEncoded: try $0.toDERBytes()) }
+            return evaluate(presented: chain, now: now)
+        } catch {
+            return .failure(.malformedSpiffeID("peer certificate cannot be parsed: \(error)"))
+        }
+    }
+}

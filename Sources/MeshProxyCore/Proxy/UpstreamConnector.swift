@@ -1,0 +1,134 @@
+import Foundation
+import NIOCore
+import NIOPosix
+import NIOSSL
+import NIOTLS
+
+/// Why one upstream attempt failed; the access log prints it.
+package struct UpstreamConnectError: Error, CustomStringConvertible {
+    package var target: UpstreamTarget
+    package var reason: String
+    package var description: String { "\(target): \(reason)" }
+}
+
+/// Dials one upstream target on the downstream's event loop, so the glued pair shares one
+/// isolation domain. A local endpoint is plain TCP; a peer gateway is mTLS with our gateway
+/// certificate, Istio-form SNI, and the peer's SPIFFE ID checked against the peer policy. The
+/// returned channel is ready for bytes (TLS handshake done).
+package enum UpstreamConnector {
+    package static func connect(to target: UpstreamTarget, tls: GatewayTLS, connectTimeout: Duration,
+                                handshakeTimeout: Duration, on eventLoop: any EventLoop) -> EventLoopFuture<any Channel> {
+        let bootstrap = ClientBootstrap(group: eventLoop)
+            .connectTimeout(TimeAmount(connectTimeout))
+            .channelOption(.allowRemoteHalfClosure, value: true)
+            .channelOption(.socketOption(.tcp_nodelay), value: 1)
+        let address = target.address
+        switch target {
+        case .local:
+            return bootstrap.connect(host: address.host, port: address.port).flatMapErrorThrowing { error in
+                throw UpstreamConnectError(target: target, reason: describe(error))
+            }
+        case .peerGateway(_, _, let serverName):
+            let handshake = eventLoop.makePromise(of: Void.self)
+            let policy = tls.peerGatewayPolicy
+            let context = tls.clientContext
+            let sni = serverName.istioForm
+            return bootstrap.channelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    let watcher = HandshakeWatcher(promise: handshake, timeout: handshakeTimeout)
+                    let handler = try NIOSSLClientHandler(context: context, serverHostname: sni) { certificates, verification in
+                        switch policy.evaluate(presented: certificates, now: Date()) {
+                        case .success:
+                            verification.succeed(.certificateVerified)
+                        case .failure(let rejection):
+                            watcher.reject("peer gateway refused: \(rejection)")
+                            verification.succeed(.failed)
+                        }
+                    }
+                    try channel.pipeline.syncOperations.addHandler(handler)
+                    try channel.pipeline.syncOperations.addHandler(watcher)
+                }
+            }
+            .connect(host: address.host, port: address.port)
+            .flatMapErrorThrowing { error in
+                handshake.fail(error)
+                throw UpstreamConnectError(target: target, reason: describe(error))
+            }
+            .flatMap { channel in
+                handshake.futureResult.map { _ in channel }.flatMapErrorThrowing { error in
+                    channel.close(promise: nil)
+                    throw UpstreamConnectError(target: target, reason: describe(error))
+                }
+            }
+        }
+    }
+
+    static func describe(_ error: any Error) -> String {
+        switch error {
+        case let error as UpstreamConnectError: error.reason
+        case let error as ChannelError where error == .connectTimeout(.zero): "connect timeout"
+        case ChannelError.connectTimeout: "connect timeout"
+        case let error as NIOConnectionError:
+            error.connectionErrors.first.map { "connect failed: \($0.error)" } ?? "connect failed: \(error)"
+        case let error as IOError: "connect failed: \(error)"
+        case let error as HandshakeWatcher.Failure: error.reason
+        case let error as NIOSSLError: "TLS handshake failed: \(error)"
+        default: "\(error)"
+        }
+    }
+}
+
+/// Completes a promise when the upstream TLS handshake finishes, fails, or takes too long,
+/// then steps out of the pipeline.
+final class HandshakeWatcher: ChannelInboundHandler, RemovableChannelHandler {
+    typealias InboundIn = NIOAny
+    struct Failure: Error { var reason: String }
+
+    private let promise: EventLoopPromise<Void>
+    private let timeout: Duration
+    private var isDone = false
+    private var rejection: String?
+    private var timer: Scheduled<Void>?
+
+    init(promise: EventLoopPromise<Void>, timeout: Duration) {
+        self.promise = promise
+        self.timeout = timeout
+    }
+
+    /// Called from the verification callback: remember why, so the failure names it.
+    func reject(_ reason: String) { rejection = reason }
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        let loopBound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+        timer = context.eventLoop.scheduleTask(in: TimeAmount(timeout)) {
+            let (watcher, context) = loopBound.value
+            watcher.finish(.failure(Failure(reason: "TLS handshake with peer gateway timed out")), context: context)
+            context.close(promise: nil)
+        }
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if case TLSUserEvent.handshakeCompleted = event {
+            finish(.success(()), context: context)
+            context.pipeline.syncOperations.removeHandler(context: context, promise: nil)
+        }
+        context.fireUserInboundEventTriggered(event)
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        finish(.failure(Failure(reason: rejection ?? "TLS handshake with peer gateway failed: \(error)")), context: context)
+        context.fireErrorCaught(error)
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        finish(.failure(Failure(reason: rejection ?? "peer gateway closed the connection during the TLS handshake")), context: context)
+        context.fireChannelInactive()
+    }
+
+    private func finish(_ result: Result<Void, any Error>, context: ChannelHandlerContext) {
+        guard !isDone else { return }
+        isDone = true
+        timer?.cancel()
+        promise.completeWith(result)
+    }
+}

@@ -1,0 +1,68 @@
+import Foundation
+import Logging
+
+/// The facts about one downstream connection that end up in its access-log line and metrics.
+/// Filled in as the connection progresses, written once when it closes. Lives on the
+/// connection's event loop only.
+package final class ConnectionRecord {
+    package let start = ContinuousClock.now
+    package let startDate = Date()
+    package var downstreamRemote: String
+    package var downstreamLocal: String
+    package var serverName: String = "-"
+    package var sourcePrincipal: String?
+    package var route: Route?
+    package var upstream: UpstreamTarget?
+    package var upstreamCluster: String?
+    package var flags: [ResponseFlag] = []
+    /// Why the connection was refused or failed, for the log reader.
+    package var detail: String?
+    /// The glued pair, once there is one: their read counts are the connection's bytes.
+    package var glue: (downstream: GlueHandler, upstream: GlueHandler)?
+    /// Bytes from the client.
+    package var bytesReceived: Int { glue?.downstream.bytesRead ?? 0 }
+    /// Bytes to the client.
+    package var bytesSent: Int { glue?.upstream.bytesRead ?? 0 }
+    private var isOpenInMetrics = false
+    private var isFinished = false
+
+    package init(downstreamRemote: String, downstreamLocal: String) {
+        self.downstreamRemote = downstreamRemote
+        self.downstreamLocal = downstreamLocal
+    }
+
+    package var metricLabels: TCPMetrics.Labels? {
+        guard let route, let upstreamCluster else { return nil }
+        return TCPMetrics.Labels(sourcePrincipal: sourcePrincipal ?? "unknown",
+                                 destinationService: route.service.host, destinationCluster: upstreamCluster)
+    }
+
+    package func opened(metrics: TCPMetrics) {
+        guard let labels = metricLabels else { return }
+        isOpenInMetrics = true
+        metrics.opened(labels)
+    }
+
+    /// Writes the access-log line (and closes the metrics) once.
+    package func finish(metrics: TCPMetrics, logger: Logger) {
+        guard !isFinished else { return }
+        isFinished = true
+        if isOpenInMetrics, let labels = metricLabels {
+            metrics.closed(labels, sent: bytesSent, received: bytesReceived)
+        }
+        let level: Logger.Level = flags.isEmpty && detail == nil ? .info : .warning
+        logger.log(level: level, "\(accessLogLine)")
+    }
+
+    /// Envoy's default TCP access-log fields, in Istio's order, with `-` for empty values,
+    /// followed by our `reason` so a refused connection says why in the same line.
+    package var accessLogLine: String {
+        let duration = Int((ContinuousClock.now - start).timeInterval * 1000)
+        let flagText = flags.isEmpty ? "-" : flags.map(\.rawValue).joined(separator: ",")
+        let upstreamHost = upstream?.address.description ?? "-"
+        let cluster = route.map { "outbound|\($0.service.port)|\($0.subset ?? "")|\($0.service.host)" } ?? "-"
+        var line = "[\(startDate.formatted(.iso8601))] \"- - -\" 0 \(flagText) \(bytesReceived) \(bytesSent) \(duration) \"\(upstreamHost)\" \(cluster) \(downstreamLocal) \(downstreamRemote) \(serverName) principal=\(sourcePrincipal ?? "-") upstream_cluster=\(upstreamCluster ?? "-")"
+        if let detail { line += " reason=\"\(detail)\"" }
+        return line
+    }
+}

@@ -1,0 +1,18 @@
+/// Envoy's response flags (access log `%RESPONSE_FLAGS%`, Istio's `response_flags` label), so a
+/// user greps our logs with the flags they already know.
+package enum ResponseFlag: String, Sendable, CaseIterable {
+    /// No route for the server name: no filter chain matched.
+    case noRoute = "NR"
+    /// No healthy upstream host to try.
+    case noHealthyUpstream = "UH"
+    /// Upstream connection failure.
+    case upstreamConnectionFailure = "UF"
+    /// Every allowed connect attempt failed (TCP proxy `max_connect_attempts`).
+    case upstreamRetryLimitExceeded = "URX"
+    /// Upstream overflow: circuit breaker open.
+    case upstreamOverflow = "UO"
+    /// Idle timeout or max duration.
+    case durationTimeout = "DT"
+    /// Downstream connection termination before the upstream was reached.
+    case downstreamTermination = "DC"
+}
