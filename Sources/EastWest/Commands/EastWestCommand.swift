@@ -31,3 +31,8 @@ extension Logger.Level: @retroactive ExpressibleByArgument {}
 func printError(_ text: String) {
     FileHandle.standardError.write(Data((text + "\n").utf8))
 }
+
+/// Prints to standard output unbuffered, so progress reaches a pipe or log file as it happens.
+func say(_ text: String) {
+    FileHandle.standardOutput.write(Data((text + "\n").utf8))
+}

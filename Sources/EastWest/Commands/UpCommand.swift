@@ -15,7 +15,6 @@ struct UpCommand: AsyncParsableCommand {
     @Option(help: "Log level passed to the gateways.") var gatewayLogLevel = "info"
 
     func run() async throws {
-        setvbuf(stdout, nil, _IOLBF, 0)  // progress lines reach a pipe or log file as they happen
         let topo: Topology
         do {
             topo = try ConfigLoader.load(Topology.self, file: topology)
@@ -42,10 +41,10 @@ struct UpCommand: AsyncParsableCommand {
             throw ExitCode(1)
         }
         try plan.writeReadyFile(pids: supervisor.pids)
-        print(plan.summary(pids: supervisor.pids))
+        say(plan.summary(pids: supervisor.pids))
         await supervisor.waitForStop()
-        print("stopping \(supervisor.pids.count) processes…")
+        say("stopping \(supervisor.pids.count) processes…")
         await supervisor.stopAll()
-        print("stopped; nothing left running")
+        say("stopped; nothing left running")
     }
 }

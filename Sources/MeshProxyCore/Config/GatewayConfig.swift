@@ -195,7 +195,7 @@ package enum ServiceListValidator {
         for (i, service) in services.enumerated() {
             let here = path.index(i)
             if case .failure(let error) = Result(catching: { () throws(ServerNameError) in try ServerName(parsing: service.host) }) {
-                errors.append(map.error(.invalidValue, at: here.key("host"), "\(error.reason): '\(service.host)' is not a valid host name"))
+                errors.append(map.error(.invalidValue, at: here.key("host"), error.reason))
             } else if service.host != service.host.lowercased() || service.host.hasPrefix("outbound_") {
                 errors.append(map.error(.invalidValue, at: here.key("host"), "'\(service.host)' must be a lower-case DNS name"))
             }

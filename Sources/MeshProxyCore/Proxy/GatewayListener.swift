@@ -110,7 +110,7 @@ package final class GatewayListener: Sendable {
             do {
                 let policy = snapshot.tls.clientPolicy
                 let tls = NIOSSLServerHandler(context: snapshot.tls.serverContext) { certificates, verification in
-                    switch policy.evaluate(presented: certificates, now: Date()) {
+                    switch policy.evaluate(peerCertificates: certificates, now: Date()) {
                     case .success(let id):
                         record.sourcePrincipal = id.description
                         verification.succeed(.certificateVerified)

@@ -70,7 +70,7 @@ package struct GatewayTLS: Sendable {
 
 extension MeshTrustPolicy {
     /// Runs the policy on certificates as NIOSSL hands them to a verification callback.
-    package func evaluate(presented: [NIOSSLCertificate], now: Date) -> Result<SpiffeID, PeerRejection> {
+    package func evaluate(peerCertificates presented: [NIOSSLCertificate], now: Date) -> Result<SpiffeID, PeerRejection> {
         do {
             let chain = try presented.map { try Certificate(derEncoded: try $0.toDERBytes()) }
             return evaluate(presented: chain, now: now)

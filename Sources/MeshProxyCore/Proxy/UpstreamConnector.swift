@@ -37,7 +37,7 @@ package enum UpstreamConnector {
                 channel.eventLoop.makeCompletedFuture {
                     let watcher = HandshakeWatcher(promise: handshake, timeout: handshakeTimeout)
                     let handler = try NIOSSLClientHandler(context: context, serverHostname: sni) { certificates, verification in
-                        switch policy.evaluate(presented: certificates, now: Date()) {
+                        switch policy.evaluate(peerCertificates: certificates, now: Date()) {
                         case .success:
                             verification.succeed(.certificateVerified)
                         case .failure(let rejection):

@@ -1,0 +1,133 @@
+import Foundation
+import MeshProxyCore
+import Testing
+
+/// Real gateways on 127.0.x.x:15443, real certificates, real curl and openssl.
+@Suite("Gateway routing (processes on loopback)", .serialized, .timeLimit(.minutes(3)))
+struct GatewayRoutingTests {
+    @Test("A client in the cluster reaches a local endpoint; metrics and config dump show it")
+    func localRoute() async throws {
+        let mesh = try TestMesh("local", clusters: ["east"])
+        defer { mesh.processes.stopAll() }
+        try await mesh.startBackend("127.0.21.10:8080", cluster: "east")
+        let gateway = mesh.gatewayConfig(name: "east-gw", cluster: "east", ip: "127.0.21.1", services: [.echo("127.0.21.10:8080")])
+        try await mesh.startGateway(gateway)
+
+        let result = try mesh.curl(gateway, host: "echo.default.svc.cluster.local")
+        #expect(result.status == 0, "curl failed: \(result.stderr)")
+        #expect(mesh.answer(result)?["cluster"] == "east")
+        #expect(mesh.answer(result)?["endpoint"] == "127.0.21.10:8080")
+
+        let metrics = try mesh.admin(gateway, "/stats/prometheus")
+        #expect(metrics.contains(#"istio_tcp_connections_opened_total{reporter="destination",source_principal="spiffe://cluster.local/ns/default/sa/client",destination_service="echo.default.svc.cluster.local",destination_cluster="east""#))
+        #expect(metrics.contains("istio_tcp_received_bytes_total"))
+        let dump = try mesh.admin(gateway, "/config_dump")
+        #expect(dump.contains(#""maxConnectAttempts" : 3"#))
+        #expect(dump.contains(#""cluster" : "east""#))
+    }
+
+    @Test("A client in east reaches a service that only west serves: east gateway -> west gateway (mTLS, Istio SNI) -> west backend")
+    func crossClusterRoute() async throws {
+        let mesh = try TestMesh("cross", clusters: ["east", "west"])
+        defer { mesh.processes.stopAll() }
+        try await mesh.startBackend("127.0.23.20:9080", service: "ratings.default.svc.cluster.local", cluster: "west")
+        let ratings = GatewayConfig.ServiceConfig.echo("127.0.23.20:9080", host: "ratings.default.svc.cluster.local", port: 9080)
+        let west = mesh.gatewayConfig(name: "west-gw", cluster: "west", ip: "127.0.23.1", services: [ratings])
+        let east = mesh.gatewayConfig(name: "east-gw", cluster: "east", ip: "127.0.22.1", services: [], remotes: [
+            .init(name: "west", gateways: [.init(name: "west-gw", address: west.listen)], services: [ratings]),
+        ])
+        let westProcess = try await mesh.startGateway(west)
+        let eastProcess = try await mesh.startGateway(east)
+
+        let result = try mesh.curl(east, host: "ratings.default.svc.cluster.local")
+        #expect(result.status == 0, "curl failed: \(result.stderr)")
+        #expect(mesh.answer(result)?["cluster"] == "west")
+        // The west gateway saw the Istio-form SNI and the east gateway's identity.
+        #expect(await eventually { westProcess.log.contains("outbound_.9080_._.ratings.default.svc.cluster.local principal=spiffe://cluster.local/ns/istio-system/sa/eastwest-gateway") })
+        #expect(await eventually { eastProcess.log.contains("upstream_cluster=west") })
+        let metrics = try mesh.admin(east, "/stats/prometheus")
+        #expect(metrics.contains(#"destination_service="ratings.default.svc.cluster.local",destination_cluster="west""#))
+    }
+
+    @Test("Traffic from a peer gateway is never forwarded again (one hop, no loop)")
+    func peerTrafficStaysLocal() async throws {
+        let mesh = try TestMesh("hop", clusters: ["east", "west"])
+        defer { mesh.processes.stopAll() }
+        let ratings = GatewayConfig.ServiceConfig.echo("127.0.25.20:9080", host: "ratings.default.svc.cluster.local", port: 9080)
+        // West believes east serves ratings, east believes west does: a loop waiting to happen.
+        let west = mesh.gatewayConfig(name: "west-gw", cluster: "west", ip: "127.0.25.1", services: [], remotes: [
+            .init(name: "east", gateways: [.init(name: "east-gw", address: HostPort(host: "127.0.24.1", port: 15443))], services: [ratings])])
+        let east = mesh.gatewayConfig(name: "east-gw", cluster: "east", ip: "127.0.24.1", services: [], remotes: [
+            .init(name: "west", gateways: [.init(name: "west-gw", address: west.listen)], services: [ratings])])
+        let westProcess = try await mesh.startGateway(west)
+        try await mesh.startGateway(east)
+        let result = try mesh.curl(east, host: "ratings.default.svc.cluster.local")
+        #expect(result.status != 0)
+        #expect(await eventually { westProcess.log.contains("UH") && westProcess.log.contains("traffic from a peer gateway is never forwarded again") })
+    }
+
+    @Test("openssl s_client with Istio's outbound_.8080_._.<host> SNI is routed")
+    func istioFormSNI() async throws {
+        let mesh = try TestMesh("sni", clusters: ["east"])
+        defer { mesh.processes.stopAll() }
+        try await mesh.startBackend("127.0.26.10:8080", cluster: "east")
+        let gateway = mesh.gatewayConfig(name: "east-gw", cluster: "east", ip: "127.0.26.1", services: [.echo("127.0.26.10:8080")])
+        try await mesh.startGateway(gateway)
+        let client = mesh.clientCertPath("east")
+        let result = try runCommand("/usr/bin/openssl", [
+            "s_client", "-connect", "127.0.26.1:15443", "-servername", "outbound_.8080_._.echo.default.svc.cluster.local",
+            "-cert", "\(client)/cert-chain.pem", "-cert_chain", "\(mesh.certs.clusterPath("east"))/ca-cert.pem",
+            "-key", "\(client)/key.pem", "-CAfile", mesh.certs.rootCertificatePath, "-verify_return_error", "-quiet", "-ign_eof",
+        ], stdin: Data("GET / HTTP/1.0\r\nHost: echo\r\n\r\n".utf8))
+        #expect(result.stdout.contains("HTTP/1.0 200 OK") || result.stdout.contains("HTTP/1.1 200 OK"), "openssl said: \(result.stderr)")
+        #expect(result.stdout.contains(#""cluster":"east""#))
+    }
+
+    @Test("An unknown server name is refused and logged with Envoy's NR flag; the gateway keeps serving")
+    func unknownServerName() async throws {
+        let mesh = try TestMesh("nr", clusters: ["east"], serviceHosts: ["echo.default.svc.cluster.local", "unknown.default.svc.cluster.local"])
+        defer { mesh.processes.stopAll() }
+        try await mesh.startBackend("127.0.27.10:8080", cluster: "east")
+        let gateway = mesh.gatewayConfig(name: "east-gw", cluster: "east", ip: "127.0.27.1", services: [.echo("127.0.27.10:8080")])
+        let process = try await mesh.startGateway(gateway)
+        let refused = try mesh.curl(gateway, host: "unknown.default.svc.cluster.local")
+        #expect(refused.status != 0)
+        #expect(await eventually { process.log.contains(" NR ") && process.log.contains("no service 'unknown.default.svc.cluster.local' in the mesh") })
+        let wrongPort = try runCommand("/usr/bin/openssl", ["s_client", "-connect", "127.0.27.1:15443", "-servername",
+                                                            "outbound_.9999_._.echo.default.svc.cluster.local", "-quiet"], stdin: Data())
+        #expect(wrongPort.status != 0)
+        #expect(await eventually { process.log.contains("has no port 9999") })
+        #expect(mesh.answer(try mesh.curl(gateway, host: "echo.default.svc.cluster.local"))?["cluster"] == "east")
+    }
+
+    @Test("A killed backend makes the next connections use the other endpoint")
+    func killedBackend() async throws {
+        let mesh = try TestMesh("failover", clusters: ["east"])
+        defer { mesh.processes.stopAll() }
+        let doomed = try await mesh.startBackend("127.0.28.10:8080", cluster: "east")
+        try await mesh.startBackend("127.0.28.11:8080", cluster: "east")
+        let gateway = mesh.gatewayConfig(name: "east-gw", cluster: "east", ip: "127.0.28.1",
+                                         services: [.echo("127.0.28.10:8080", "127.0.28.11:8080")])
+        let process = try await mesh.startGateway(gateway)
+        doomed.signal(SIGKILL)
+        _ = await doomed.waitForExit(timeout: .seconds(5))
+        for _ in 0..<4 {
+            let result = try mesh.curl(gateway, host: "echo.default.svc.cluster.local")
+            #expect(result.status == 0, "curl failed: \(result.stderr)")
+            #expect(mesh.answer(result)?["endpoint"] == "127.0.28.11:8080")
+        }
+        #expect(process.log.contains("upstream attempt failed"))
+    }
+
+    @Test("When every endpoint is down the client is refused with UF,URX and the reason")
+    func allEndpointsDown() async throws {
+        let mesh = try TestMesh("down", clusters: ["east"])
+        defer { mesh.processes.stopAll() }
+        let gateway = mesh.gatewayConfig(name: "east-gw", cluster: "east", ip: "127.0.29.1",
+                                         services: [.echo("127.0.29.10:8080", "127.0.29.11:8080")])
+        let process = try await mesh.startGateway(gateway)
+        let result = try mesh.curl(gateway, host: "echo.default.svc.cluster.local")
+        #expect(result.status != 0)
+        #expect(await eventually { process.log.contains("UF,URX") && process.log.contains("all 2 upstream attempt(s) failed") })
+    }
+}

@@ -1,0 +1,102 @@
+import Foundation
+import MeshProxyCore
+import Testing
+import Yams
+
+/// Real certificates made at test time (nothing committed, nothing expires) plus helpers to
+/// start gateways and demo backends as processes and talk to them with curl.
+final class TestMesh: @unchecked Sendable {  // used from one test task only
+    let processes: ProcessSet
+    let certs: CertificateDirectory
+    let trustDomain = "cluster.local"
+    /// Every service host a gateway certificate names, so curl can verify by name.
+    let serviceHosts: [String]
+
+    init(_ label: String, clusters: [String], serviceHosts: [String] = ["echo.default.svc.cluster.local", "ratings.default.svc.cluster.local", "tcp-echo.default.svc.cluster.local"]) throws {
+        processes = try ProcessSet(label)
+        certs = CertificateDirectory(path: "\(processes.directory.path)/certs")
+        self.serviceHosts = serviceHosts
+        try certs.createRoot(trustDomain: trustDomain)
+        for cluster in clusters {
+            try certs.createCluster(cluster)
+            try certs.createWorkload(cluster: cluster, spiffeID: try SpiffeID(parsing: GatewayConfig.gatewayIdentity(trustDomain: trustDomain)),
+                                     dnsNames: serviceHosts, outputPath: gatewayCertPath(cluster))
+            try certs.createWorkload(cluster: cluster, spiffeID: try SpiffeID(parsing: "spiffe://cluster.local/ns/default/sa/client"),
+                                     outputPath: clientCertPath(cluster))
+        }
+    }
+
+    var directory: String { processes.directory.path }
+    func gatewayCertPath(_ cluster: String) -> String { "\(certs.path)/\(cluster)/gateway" }
+    func clientCertPath(_ cluster: String) -> String { "\(certs.path)/\(cluster)/client" }
+
+    func tlsFiles(_ dir: String) -> GatewayConfig.TLSFiles {
+        .init(certificateChain: "\(dir)/cert-chain.pem", privateKey: "\(dir)/key.pem", rootCertificate: "\(dir)/root-cert.pem")
+    }
+
+    // MARK: - Processes
+
+    @discardableResult
+    func startBackend(_ address: String, service: String = "echo.default.svc.cluster.local", cluster: String) async throws -> ChildProcess {
+        let child = try processes.start("backend-\(address)", ["demo-backend", "--listen", address, "--service", service, "--cluster", cluster])
+        let hostPort = HostPort(parsing: address)!
+        let ready = await eventually { (try? runCommand("/usr/bin/curl", ["-s", "-o", "/dev/null", "-w", "%{http_code}", "http://\(hostPort)/"]).stdout) == "200" }
+        try #require(ready, "demo backend on \(address) did not start: \(child.log)")
+        return child
+    }
+
+    func writeConfig(_ config: GatewayConfig) throws -> String {
+        let path = "\(directory)/\(config.name).yaml"
+        try YAMLEncoder().encode(config).write(toFile: path, atomically: true, encoding: .utf8)
+        return path
+    }
+
+    @discardableResult
+    func startGateway(_ config: GatewayConfig) async throws -> ChildProcess {
+        let path = try writeConfig(config)
+        let child = try processes.start(config.name, ["gateway", "--config", path, "--log-level", "debug"])
+        let ready = await eventually { (try? await adminStatus(config, "/healthz/ready")) == "200" }
+        try #require(ready, "gateway \(config.name) did not become ready: \(child.log)")
+        return child
+    }
+
+    func gatewayConfig(name: String, cluster: String, ip: String, services: [GatewayConfig.ServiceConfig],
+                       remotes: [GatewayConfig.RemoteCluster] = [], timeouts: GatewayConfig.Timeouts? = nil) -> GatewayConfig {
+        GatewayConfig(name: name, cluster: cluster, locality: Locality(region: "r-\(cluster)"), trustDomain: trustDomain,
+                      listen: HostPort(host: ip, port: 15443), admin: HostPort(host: ip, port: 15000),
+                      tls: tlsFiles(gatewayCertPath(cluster)), timeouts: timeouts, services: services, remoteClusters: remotes)
+    }
+
+    func adminStatus(_ config: GatewayConfig, _ path: String) async throws -> String {
+        try runCommand("/usr/bin/curl", ["-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "2", "http://\(config.effectiveAdmin)\(path)"]).stdout
+    }
+
+    func admin(_ config: GatewayConfig, _ path: String) throws -> String {
+        try runCommand("/usr/bin/curl", ["-s", "--max-time", "5", "http://\(config.effectiveAdmin)\(path)"]).stdout
+    }
+
+    // MARK: - Clients
+
+    /// curl through a gateway with mTLS, verifying the gateway by the service host name.
+    func curl(_ gateway: GatewayConfig, host: String, path: String = "/", client: String? = nil, extra: [String] = []) throws -> CommandResult {
+        let dir = client ?? clientCertPath(gateway.cluster)
+        var arguments = ["-sS", "--max-time", "10", "--cacert", "\(certs.rootCertificatePath)"]
+        if FileManager.default.fileExists(atPath: "\(dir)/key.pem") {
+            arguments += ["--cert", "\(dir)/cert-chain.pem", "--key", "\(dir)/key.pem"]
+        }
+        arguments += ["--resolve", "\(host):\(gateway.listen.port):\(gateway.listen.host)"] + extra
+        arguments.append("https://\(host):\(gateway.listen.port)\(path)")
+        return try runCommand("/usr/bin/curl", arguments)
+    }
+
+    /// The JSON a demo backend answered with.
+    func answer(_ result: CommandResult) -> [String: String]? {
+        (try? JSONSerialization.jsonObject(with: Data(result.stdout.utf8))) as? [String: String]
+    }
+}
+
+extension GatewayConfig.ServiceConfig {
+    static func echo(_ addresses: String..., host: String = "echo.default.svc.cluster.local", port: Int = 8080) -> Self {
+        .init(host: host, port: port, endpoints: addresses.map { Endpoint(address: HostPort(parsing: $0)!) })
+    }
+}

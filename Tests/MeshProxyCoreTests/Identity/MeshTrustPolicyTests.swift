@@ -1,0 +1,82 @@
+import Foundation
+import Testing
+import X509
+@testable import MeshProxyCore
+
+@Suite("Mesh trust policy (who may connect)")
+struct MeshTrustPolicyTests {
+    let now = Date()
+    let root: IssuedCertificate
+    let intermediate: IssuedCertificate
+    let client: IssuedCertificate
+
+    init() throws {
+        root = try CertificateAuthority.makeRoot(trustDomain: "cluster.local", now: now)
+        intermediate = try CertificateAuthority.makeIntermediate(cluster: "east", trustDomain: "cluster.local", issuer: root, now: now)
+        client = try CertificateAuthority.makeWorkload(
+            spiffeID: try SpiffeID(parsing: "spiffe://cluster.local/ns/default/sa/client"), issuer: intermediate, now: now)
+    }
+
+    var policy: MeshTrustPolicy { MeshTrustPolicy(roots: [root.certificate], allowedTrustDomains: ["cluster.local"]) }
+
+    @Test("A leaf chained through the cluster intermediate to the mesh root is accepted with its SPIFFE ID")
+    func acceptsMeshClient() throws {
+        let result = policy.evaluate(presented: [client.certificate, intermediate.certificate], now: now)
+        #expect(try result.get().description == "spiffe://cluster.local/ns/default/sa/client")
+    }
+
+    @Test("No certificate, another root, expired, missing intermediate and foreign trust domain are refused with the reason")
+    func refusals() throws {
+        #expect(policy.evaluate(presented: [], now: now) == .failure(.noCertificate))
+
+        let otherRoot = try CertificateAuthority.makeRoot(trustDomain: "cluster.local", now: now)
+        let otherIntermediate = try CertificateAuthority.makeIntermediate(cluster: "x", trustDomain: "cluster.local", issuer: otherRoot, now: now)
+        let stranger = try CertificateAuthority.makeWorkload(
+            spiffeID: try SpiffeID(parsing: "spiffe://cluster.local/ns/default/sa/client"), issuer: otherIntermediate, now: now)
+        guard case .failure(.untrustedIssuer) = policy.evaluate(presented: [stranger.certificate, otherIntermediate.certificate], now: now) else {
+            Issue.record("a certificate from another root was accepted"); return
+        }
+        guard case .failure(.untrustedIssuer) = policy.evaluate(presented: [client.certificate], now: now) else {
+            Issue.record("a chain without its intermediate was accepted"); return
+        }
+
+        let expired = try CertificateAuthority.makeWorkload(
+            spiffeID: try SpiffeID(parsing: "spiffe://cluster.local/ns/default/sa/client"), issuer: intermediate,
+            validity: .seconds(60), now: now, notBefore: now - 7200)
+        let expiredResult = policy.evaluate(presented: [expired.certificate, intermediate.certificate], now: now)
+        guard case .failure(let rejection) = expiredResult, case .expired = rejection else {
+            Issue.record("an expired certificate was accepted: \(expiredResult)"); return
+        }
+        #expect(rejection.description.contains("expired at"))
+
+        let foreign = try CertificateAuthority.makeWorkload(
+            spiffeID: try SpiffeID(parsing: "spiffe://evil.example/ns/default/sa/client"), issuer: intermediate, now: now)
+        let foreignResult = policy.evaluate(presented: [foreign.certificate, intermediate.certificate], now: now)
+        #expect(foreignResult == .failure(.trustDomainNotAllowed(try SpiffeID(parsing: "spiffe://evil.example/ns/default/sa/client"))))
+        guard case .failure(let foreignRejection) = foreignResult else { return }
+        #expect(foreignRejection.description == "trust domain 'evil.example' of spiffe://evil.example/ns/default/sa/client is not allowed")
+    }
+
+    @Test("A peer gateway must carry one of the expected identities")
+    func peerGatewayIdentity() throws {
+        let gatewayID = try SpiffeID(parsing: "spiffe://cluster.local/ns/istio-system/sa/eastwest-gateway")
+        let gateway = try CertificateAuthority.makeWorkload(spiffeID: gatewayID, issuer: intermediate, now: now)
+        var peerPolicy = policy
+        peerPolicy.allowedIdentities = [gatewayID]
+        #expect(try peerPolicy.evaluate(presented: [gateway.certificate, intermediate.certificate], now: now).get() == gatewayID)
+        let clientID = try SpiffeID(parsing: "spiffe://cluster.local/ns/default/sa/client")
+        #expect(peerPolicy.evaluate(presented: [client.certificate, intermediate.certificate], now: now) == .failure(.identityNotAllowed(clientID)))
+    }
+
+    @Test("Workload certificates carry the SPIFFE URI SAN and DNS names, no subject, and are not CAs")
+    func workloadShape() throws {
+        let leaf = try CertificateAuthority.makeWorkload(
+            spiffeID: try SpiffeID(parsing: "spiffe://cluster.local/ns/istio-system/sa/eastwest-gateway"),
+            dnsNames: ["echo.default.svc.cluster.local"], issuer: intermediate, now: now)
+        #expect(try leaf.certificate.spiffeID()?.serviceAccount == "eastwest-gateway")
+        #expect(leaf.certificate.dnsNames == ["echo.default.svc.cluster.local"])
+        #expect(leaf.certificate.subject.isEmpty)
+        #expect(try leaf.certificate.extensions.basicConstraints == .notCertificateAuthority)
+        #expect(leaf.certificate.issuer == intermediate.certificate.subject)
+    }
+}
