@@ -32,8 +32,11 @@ struct GatewayNode: Service {
         let snapshot = DataPlaneSnapshot(config: config, tls: tls, logger: logger)
         let node = GatewayNode(config: config, snapshot: snapshot, registry: registry,
                                group: MultiThreadedEventLoopGroup.singleton, logger: logger)
+        // The lifecycle's own debug lines print the whole node; keep them out of gateway logs.
+        var lifecycleLogger = Logger(label: "eastwest.lifecycle")
+        lifecycleLogger.logLevel = .notice
         let group = ServiceGroup(configuration: .init(
-            services: [.init(service: node)], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
+            services: [.init(service: node)], gracefulShutdownSignals: [.sigterm, .sigint], logger: lifecycleLogger))
         try await group.run()
     }
 

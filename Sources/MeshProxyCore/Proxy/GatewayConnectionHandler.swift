@@ -112,6 +112,7 @@ package final class GatewayConnectionHandler: ChannelDuplexHandler, RemovableCha
             record.detail = origin == .peerGateway
                 ? "no local endpoint for \(route.service) (traffic from a peer gateway is never forwarded again)"
                 : "no endpoint for \(route.service) in any cluster"
+            state = .closed
             context.close(promise: nil)
             return
         }
@@ -145,6 +146,7 @@ package final class GatewayConnectionHandler: ChannelDuplexHandler, RemovableCha
         record.flags.append(.upstreamConnectionFailure)
         if targets.count > 1 { record.flags.append(.upstreamRetryLimitExceeded) }
         record.detail = "all \(targets.count) upstream attempt(s) failed: " + zip(targets, failures).map { "\($0) (\($1))" }.joined(separator: "; ")
+        state = .closed
         context.close(promise: nil)
     }
 
@@ -175,8 +177,13 @@ package final class GatewayConnectionHandler: ChannelDuplexHandler, RemovableCha
         for buffer in buffered { context.fireChannelRead(wrapInboundOut(buffer)) }
         if !buffered.isEmpty { context.fireChannelReadComplete() }
         if inputEnded { context.fireUserInboundEventTriggered(ChannelEvent.inputClosed) }
+        // Replay the held read before leaving: once removed, this context no longer reaches
+        // the pipeline, and a read lost here stalls the client's upload for good.
+        if pendingRead {
+            pendingRead = false
+            context.read()
+        }
         context.pipeline.syncOperations.removeHandler(context: context, promise: nil)
-        if pendingRead { context.read() }
     }
 }
 

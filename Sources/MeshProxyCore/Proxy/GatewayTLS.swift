@@ -43,6 +43,10 @@ package struct GatewayTLS: Sendable {
         // run from the per-connection verification callback.
         server.certificateVerification = .noHostnameVerification
         server.trustRoots = .certificates(roots)
+        // After we send close_notify, wait this long for the peer's. With half-closure
+        // allowed, a peer that just drops TCP would otherwise hold the connection for NIOSSL's
+        // default 5 s and stall drains.
+        server.shutdownTimeout = .seconds(1)
         serverContext = try NIOSSLContext(configuration: server)
 
         var client = TLSConfiguration.makeClientConfiguration()
@@ -51,6 +55,7 @@ package struct GatewayTLS: Sendable {
         client.privateKey = .privateKey(key)
         client.trustRoots = .certificates(roots)
         client.certificateVerification = .noHostnameVerification
+        client.shutdownTimeout = .seconds(1)
         clientContext = try NIOSSLContext(configuration: client)
 
         clientPolicy = MeshTrustPolicy(roots: rootCertificates, allowedTrustDomains: config.effectiveAllowedTrustDomains)

@@ -69,8 +69,8 @@ package enum UpstreamConnector {
         case let error as ChannelError where error == .connectTimeout(.zero): "connect timeout"
         case ChannelError.connectTimeout: "connect timeout"
         case let error as NIOConnectionError:
-            error.connectionErrors.first.map { "connect failed: \($0.error)" } ?? "connect failed: \(error)"
-        case let error as IOError: "connect failed: \(error)"
+            error.connectionErrors.first.map { describe($0.error) } ?? "connect failed: \(error)"
+        case let error as IOError: "connect failed: " + String(cString: strerror(error.errnoCode)).lowercased()
         case let error as HandshakeWatcher.Failure: error.reason
         case let error as NIOSSLError: "TLS handshake failed: \(error)"
         default: "\(error)"

@@ -1,0 +1,98 @@
+import Crypto
+import Foundation
+import MeshProxyCore
+import NIOCore
+import NIOPosix
+import NIOSSL
+import Testing
+
+@Suite("Data path: bytes, half-close, drain", .serialized, .timeLimit(.minutes(3)))
+struct DataPathTests {
+    @Test("1 MiB up and 1 MiB back arrive intact (sha256) across two gateways, with half-close in both directions")
+    func megabyteWithHalfClose() async throws {
+        let mesh = try TestMesh("bytes", clusters: ["east", "west"])
+        defer { mesh.processes.stopAll() }
+        // A raw TCP echo server: echoes everything, then closes its side when the client's side ends.
+        let echoServer = try await TCPEchoServer.start(host: "127.0.33.30", port: 7000)
+        defer { echoServer.stop() }
+        let tcpEcho = GatewayConfig.ServiceConfig.echo("127.0.33.30:7000", host: "tcp-echo.default.svc.cluster.local", port: 7000)
+        let west = mesh.gatewayConfig(name: "west-gw", cluster: "west", ip: "127.0.33.1", services: [tcpEcho])
+        let east = mesh.gatewayConfig(name: "east-gw", cluster: "east", ip: "127.0.32.1", services: [], remotes: [
+            .init(name: "west", gateways: [.init(name: "west-gw", address: west.listen)], services: [tcpEcho])])
+        try await mesh.startGateway(west)
+        try await mesh.startGateway(east)
+
+        var payload = [UInt8](repeating: 0, count: 1 << 20)
+        var generator = SystemRandomNumberGenerator()
+        for i in payload.indices { payload[i] = UInt8.random(in: 0...255, using: &generator) }
+        let received = try await MeshTLSClient.sendAndHalfClose(
+            payload, to: east.listen, serverName: "outbound_.7000_._.tcp-echo.default.svc.cluster.local",
+            client: mesh.clientCertPath("east"), root: mesh.certs.rootCertificatePath)
+        #expect(received.count == payload.count)
+        #expect(SHA256.hash(data: received) == SHA256.hash(data: payload))
+        #expect(echoServer.sawHalfClose)
+    }
+
+    @Test("1 MiB HTTP upload and download through curl are intact")
+    func megabyteOverHTTP() async throws {
+        let mesh = try TestMesh("http", clusters: ["east"])
+        defer { mesh.processes.stopAll() }
+        try await mesh.startBackend("127.0.34.10:8080", cluster: "east")
+        let gateway = mesh.gatewayConfig(name: "east-gw", cluster: "east", ip: "127.0.34.1", services: [.echo("127.0.34.10:8080")])
+        try await mesh.startGateway(gateway)
+        let file = "\(mesh.directory)/upload.bin"
+        var bytes = Data(count: 1 << 20)
+        for i in 0..<bytes.count { bytes[i] = UInt8(truncatingIfNeeded: i &* 7 &+ i >> 8) }
+        try bytes.write(to: URL(fileURLWithPath: file))
+        let upload = try mesh.curl(gateway, host: "echo.default.svc.cluster.local", path: "/echo",
+                                   extra: ["--data-binary", "@\(file)", "-o", "\(mesh.directory)/echoed.bin"])
+        #expect(upload.status == 0, "\(upload.stderr)")
+        let echoed = try Data(contentsOf: URL(fileURLWithPath: "\(mesh.directory)/echoed.bin"))
+        #expect(SHA256.hash(data: echoed) == SHA256.hash(data: bytes))
+        let download = try mesh.curl(gateway, host: "echo.default.svc.cluster.local", path: "/bytes/1048576",
+                                     extra: ["-o", "\(mesh.directory)/down.bin"])
+        #expect(download.status == 0, "\(download.stderr)")
+        let down = try Data(contentsOf: URL(fileURLWithPath: "\(mesh.directory)/down.bin"))
+        let expected = Data((0..<(1 << 20)).map { UInt8(truncatingIfNeeded: $0 &* 31 &+ 7) })
+        #expect(down == expected)
+    }
+
+    @Test("SIGTERM drains: an in-flight request finishes, new connections are refused, exit code 0")
+    func gracefulDrain() async throws {
+        let mesh = try TestMesh("drain", clusters: ["east"])
+        defer { mesh.processes.stopAll() }
+        try await mesh.startBackend("127.0.35.10:8080", cluster: "east")
+        let gateway = mesh.gatewayConfig(name: "east-gw", cluster: "east", ip: "127.0.35.1", services: [.echo("127.0.35.10:8080")])
+        let process = try await mesh.startGateway(gateway)
+        let slow = Task.detached { try mesh.curl(gateway, host: "echo.default.svc.cluster.local", path: "/delay/1500") }
+        try await Task.sleep(for: .milliseconds(400))
+        process.signal(SIGTERM)
+        try await Task.sleep(for: .milliseconds(200))
+        let refused = try mesh.curl(gateway, host: "echo.default.svc.cluster.local")
+        #expect(refused.status != 0, "a new connection was accepted while draining")
+        let inFlight = try await slow.value
+        #expect(inFlight.status == 0, "\(inFlight.stderr)")
+        #expect(mesh.answer(inFlight)?["cluster"] == "east")
+        #expect(await process.waitForExit(timeout: .seconds(10)) == 0)
+        #expect(process.log.contains("drained; every connection finished"))
+    }
+
+    @Test("An idle connection is closed after the idle timeout")
+    func idleTimeout() async throws {
+        let mesh = try TestMesh("idle", clusters: ["east"])
+        defer { mesh.processes.stopAll() }
+        let echoServer = try await TCPEchoServer.start(host: "127.0.36.30", port: 7000)
+        defer { echoServer.stop() }
+        let tcpEcho = GatewayConfig.ServiceConfig.echo("127.0.36.30:7000", host: "tcp-echo.default.svc.cluster.local", port: 7000)
+        let gateway = mesh.gatewayConfig(name: "east-gw", cluster: "east", ip: "127.0.36.1", services: [tcpEcho],
+                                         timeouts: .init(idle: ConfigDuration(parsing: "500ms")))
+        try await mesh.startGateway(gateway)
+        let start = ContinuousClock.now
+        let received = try await MeshTLSClient.sendAndWaitForClose(
+            [1, 2, 3], to: gateway.listen, serverName: "tcp-echo.default.svc.cluster.local",
+            client: mesh.clientCertPath("east"), root: mesh.certs.rootCertificatePath)
+        let elapsed = ContinuousClock.now - start
+        #expect(received == [1, 2, 3])
+        #expect(elapsed >= .milliseconds(450) && elapsed < .seconds(5), "closed after \(elapsed)")
+    }
+}

@@ -1,0 +1,114 @@
+import Foundation
+import NIOConcurrencyHelpers
+import NIOCore
+import NIOPosix
+import NIOSSL
+import MeshProxyCore
+
+/// A plain TCP echo server in the test process: echoes every byte and closes its write side
+/// once the client's side has ended, so a client sees EOF only if half-close crossed the
+/// whole chain.
+final class TCPEchoServer: Sendable {
+    private let channel: any Channel
+    private let halfClosed: NIOLockedValueBox<Bool>
+
+    var sawHalfClose: Bool { halfClosed.withLockedValue { $0 } }
+
+    private init(channel: any Channel, halfClosed: NIOLockedValueBox<Bool>) {
+        self.channel = channel
+        self.halfClosed = halfClosed
+    }
+
+    static func start(host: String, port: Int) async throws -> TCPEchoServer {
+        let flag = NIOLockedValueBox(false)
+        let channel = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+            .childChannelOption(.allowRemoteHalfClosure, value: true)
+            .childChannelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture { try channel.pipeline.syncOperations.addHandler(Echo(flag: flag)) }
+            }
+            .bind(host: host, port: port).get()
+        return TCPEchoServer(channel: channel, halfClosed: flag)
+    }
+
+    func stop() { channel.close(promise: nil) }
+
+    private final class Echo: ChannelInboundHandler {
+        typealias InboundIn = ByteBuffer
+        typealias OutboundOut = ByteBuffer
+        let flag: NIOLockedValueBox<Bool>
+        init(flag: NIOLockedValueBox<Bool>) { self.flag = flag }
+        func channelRead(context: ChannelHandlerContext, data: NIOAny) { context.write(data, promise: nil) }
+        func channelReadComplete(context: ChannelHandlerContext) { context.flush() }
+        func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+            if case ChannelEvent.inputClosed = event {
+                flag.withLockedValue { $0 = true }
+                context.close(mode: .output, promise: nil)
+            }
+        }
+        func errorCaught(context: ChannelHandlerContext, error: any Error) { context.close(promise: nil) }
+    }
+}
+
+/// A mesh client written with NIO: mTLS with a workload certificate, a chosen SNI, and
+/// control over half-close that curl does not give.
+enum MeshTLSClient {
+    /// Sends `payload`, ends the write side (TLS close_notify), reads until the server ends.
+    static func sendAndHalfClose(_ payload: [UInt8], to address: HostPort, serverName: String,
+                                 client: String, root: String) async throws -> [UInt8] {
+        try await exchange(payload, to: address, serverName: serverName, client: client, root: root, halfClose: true)
+    }
+
+    /// Sends `payload` and reads until the gateway closes the connection.
+    static func sendAndWaitForClose(_ payload: [UInt8], to address: HostPort, serverName: String,
+                                    client: String, root: String) async throws -> [UInt8] {
+        try await exchange(payload, to: address, serverName: serverName, client: client, root: root, halfClose: false)
+    }
+
+    private static func exchange(_ payload: [UInt8], to address: HostPort, serverName: String, client: String,
+                                 root: String, halfClose: Bool) async throws -> [UInt8] {
+        var tls = TLSConfiguration.makeClientConfiguration()
+        tls.certificateChain = try NIOSSLCertificate.fromPEMFile("\(client)/cert-chain.pem").map { .certificate($0) }
+        tls.privateKey = .file("\(client)/key.pem")
+        tls.trustRoots = .file(root)
+        // The gateway certificate names service hosts, not Istio-form SNI strings.
+        tls.certificateVerification = .noHostnameVerification
+        let context = try NIOSSLContext(configuration: tls)
+        let done = MultiThreadedEventLoopGroup.singleton.next().makePromise(of: [UInt8].self)
+        let channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+            .channelOption(.allowRemoteHalfClosure, value: true)
+            .channelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandler(try NIOSSLClientHandler(context: context, serverHostname: serverName))
+                    try channel.pipeline.syncOperations.addHandler(Collector(promise: done))
+                }
+            }
+            .connect(host: address.host, port: address.port).get()
+        try await channel.writeAndFlush(ByteBuffer(bytes: payload))
+        if halfClose { try await channel.close(mode: .output) }
+        return try await done.futureResult.get()
+    }
+
+    private final class Collector: ChannelInboundHandler {
+        typealias InboundIn = ByteBuffer
+        private var bytes: [UInt8] = []
+        private let promise: EventLoopPromise<[UInt8]>
+        init(promise: EventLoopPromise<[UInt8]>) { self.promise = promise }
+        func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+            var buffer = unwrapInboundIn(data)
+            bytes += buffer.readBytes(length: buffer.readableBytes) ?? []
+        }
+        func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+            if case ChannelEvent.inputClosed = event {
+                promise.succeed(bytes)
+                context.close(promise: nil)
+            }
+        }
+        func channelInactive(context: ChannelHandlerContext) { promise.succeed(bytes) }
+        func errorCaught(context: ChannelHandlerContext, error: any Error) {
+            // An unclean TLS shutdown after all bytes arrived still counts as the end.
+            promise.succeed(bytes)
+            context.close(promise: nil)
+        }
+    }
+}
