@@ -64,7 +64,7 @@ package enum ConfigLoader {
                 guard let name = key.string else { continue }
                 if let knownValue = k[key] {
                     findUnknownKeys(source: value, known: knownValue, path: path.key(name), map: map, into: &errors)
-                } else if value.null == nil, !(value.sequence?.isEmpty ?? false), !(value.mapping?.isEmpty ?? false) {
+                } else if value.null == nil {  // `key:` with no value decodes to nil and re-encodes to nothing
                     let expected = k.keys.compactMap(\.string).sorted().joined(separator: ", ")
                     errors.append(map.error(.unknownField, at: path.key(name), "unknown field '\(name)'" + (expected.isEmpty ? "" : " (known here: \(expected))")))
                 }

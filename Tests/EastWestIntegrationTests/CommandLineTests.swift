@@ -1,0 +1,150 @@
+import Foundation
+import MeshProxyCore
+import Testing
+
+@Suite("The eastwest command: CA, bad input, up", .serialized, .timeLimit(.minutes(3)))
+struct CommandLineTests {
+    func eastwest(_ arguments: String...) throws -> CommandResult {
+        try runCommand(PackagePaths.eastwest, arguments)
+    }
+
+    @Test("ca init/cluster/workload write Istio's file names, keys 0600, chains pass openssl verify, and inspect shows the SPIFFE ID")
+    func certificateAuthority() throws {
+        let dir = try TemporaryDirectory("ca")
+        defer { dir.cleanUp() }
+        let ca = "\(dir.path)/ca"
+        #expect(try eastwest("ca", "init", "--dir", ca, "--trust-domain", "mesh.example").status == 0)
+        #expect(try eastwest("ca", "cluster", "--dir", ca, "--cluster", "east").status == 0)
+        let workload = try eastwest("ca", "workload", "--dir", ca, "--cluster", "east", "--spiffe", "spiffe://mesh.example/ns/shop/sa/cart",
+                                    "--dns", "cart.shop.svc.cluster.local", "--out", "\(dir.path)/cart", "--validity", "2d")
+        #expect(workload.status == 0, "\(workload.stderr)")
+        for file in ["root-cert.pem", "root-key.pem", "east/ca-cert.pem", "east/ca-key.pem", "east/cert-chain.pem", "east/root-cert.pem"] {
+            #expect(FileManager.default.fileExists(atPath: "\(ca)/\(file)"), "missing \(file)")
+        }
+        for key in ["\(ca)/root-key.pem", "\(ca)/east/ca-key.pem", "\(dir.path)/cart/key.pem"] {
+            let mode = try FileManager.default.attributesOfItem(atPath: key)[.posixPermissions] as? Int
+            #expect(mode == 0o600, "\(key) has mode \(String(mode ?? 0, radix: 8))")
+        }
+        let verify = try runCommand("/usr/bin/openssl", ["verify", "-CAfile", "\(ca)/root-cert.pem", "-untrusted", "\(ca)/east/ca-cert.pem",
+                                                         "\(dir.path)/cart/cert-chain.pem"])
+        #expect(verify.status == 0 && verify.stdout.contains(": OK"), "\(verify.stdout)\(verify.stderr)")
+        let intermediate = try runCommand("/usr/bin/openssl", ["verify", "-CAfile", "\(ca)/root-cert.pem", "\(ca)/east/ca-cert.pem"])
+        #expect(intermediate.status == 0, "\(intermediate.stderr)")
+
+        let inspect = try eastwest("ca", "inspect", "\(dir.path)/cart/cert-chain.pem")
+        #expect(inspect.stdout.contains("SPIFFE ID:  spiffe://mesh.example/ns/shop/sa/cart"))
+        #expect(inspect.stdout.contains("DNS:cart.shop.svc.cluster.local"))
+        #expect(inspect.stdout.contains("issuer:     CN=EastWest Intermediate CA east,O=mesh.example"))
+        #expect(inspect.stdout.contains("status:     valid"))
+
+        let again = try eastwest("ca", "init", "--dir", ca)
+        #expect(again.status != 0)
+        #expect(again.stderr.contains("\(ca)/root-key.pem: already exists; pass --force to replace it"))
+        #expect(try eastwest("ca", "init", "--dir", ca, "--force").status == 0)
+        let badID = try eastwest("ca", "workload", "--dir", ca, "--cluster", "east", "--spiffe", "spiffe://Bad/x", "--out", "\(dir.path)/bad")
+        #expect(badID.status != 0)
+        #expect(badID.stderr.contains("is not a SPIFFE ID"))
+    }
+
+    @Test("A malformed gateway config exits 2 with FILE:LINE:COLUMN; a missing key names its path; nothing is left running")
+    func badInput() throws {
+        let dir = try TemporaryDirectory("bad")
+        defer { dir.cleanUp() }
+        let config = "\(dir.path)/gw.yaml"
+        try """
+            name: gw
+            cluster: east
+            listen: 127.0.37.1:99999
+            tls: {certificateChain: a.pem, privateKey: k.pem, rootCertificate: r.pem}
+            """.write(toFile: config, atomically: true, encoding: .utf8)
+        let malformed = try eastwest("gateway", "--config", config)
+        #expect(malformed.status == 2)
+        #expect(malformed.stderr.contains("\(config):3:1: error: listen: '127.0.37.1:99999' is not an address"))
+
+        try """
+            name: gw
+            cluster: east
+            listen: 127.0.37.1:15443
+            tls: {certificateChain: \(dir.path)/missing/cert-chain.pem, privateKey: \(dir.path)/missing/key.pem, rootCertificate: \(dir.path)/missing/root-cert.pem}
+            """.write(toFile: config, atomically: true, encoding: .utf8)
+        let missing = try eastwest("gateway", "--config", config)
+        #expect(missing.status == 2)
+        #expect(missing.stderr.contains("\(dir.path)/missing/cert-chain.pem: no such file"))
+
+        let topology = "\(dir.path)/topo.yaml"
+        try "name: t\nclusters:\n- name: east\n  gateways: []\n  servics: []\n".write(toFile: topology, atomically: true, encoding: .utf8)
+        let up = try eastwest("up", topology, "--state-dir", "\(dir.path)/state")
+        #expect(up.status == 2)
+        #expect(up.stderr.contains("\(topology):5:3: error: clusters[0].servics: unknown field 'servics'"))
+        #expect(up.stderr.contains("\(topology):4:3: error: clusters[0].gateways: cluster 'east' needs at least one gateway") == false,
+                "meaning checks run only once the shape is right; one round of errors at a time")
+        #expect(!FileManager.default.fileExists(atPath: "\(dir.path)/state"), "a rejected topology must not create state")
+    }
+
+    @Test("A listen address in use is an error naming the address, exit 1")
+    func addressInUse() async throws {
+        let mesh = try TestMesh("inuse", clusters: ["east"])
+        defer { mesh.processes.stopAll() }
+        let gateway = mesh.gatewayConfig(name: "east-gw", cluster: "east", ip: "127.0.38.1", services: [.echo("127.0.38.10:8080")])
+        try await mesh.startGateway(gateway)
+        var second = gateway
+        second.name = "east-gw-2"
+        second.admin = HostPort(host: "127.0.38.1", port: 15001)
+        let path = try mesh.writeConfig(second)
+        let result = try eastwest("gateway", "--config", path)
+        #expect(result.status == 1)
+        #expect(result.stderr.contains("gateway listener: cannot listen on 127.0.38.1:15443: address already in use"))
+    }
+
+    @Test("eastwest up: empty state dir to ready, a cross-cluster curl, then Ctrl-C leaves no process behind")
+    func upAndDown() async throws {
+        let dir = try TemporaryDirectory("up")
+        defer { dir.cleanUp() }
+        let topology = "\(dir.path)/topo.yaml"
+        try """
+            name: test-up
+            clusters:
+            - name: east
+              gateways: [{name: up-east-gw, address: 127.0.39.1, locality: us-east1/us-east1-a}]
+              services:
+              - host: echo.default.svc.cluster.local
+                port: 8080
+                endpoints: [{address: 127.0.39.10:8080, locality: us-east1/us-east1-a}]
+            - name: west
+              gateways: [{name: up-west-gw, address: 127.0.40.1, locality: us-west1/us-west1-a}]
+              services:
+              - host: ratings.default.svc.cluster.local
+                port: 9080
+                endpoints: [{address: 127.0.40.20:9080, locality: us-west1/us-west1-a}]
+            """.write(toFile: topology, atomically: true, encoding: .utf8)
+        let state = "\(dir.path)/state"
+        let up = try ChildProcess(name: "up", arguments: [PackagePaths.eastwest, "up", topology, "--state-dir", state], logPath: "\(dir.path)/up.log")
+        defer { up.stop() }
+        let ready = await eventually(timeout: .seconds(60)) { FileManager.default.fileExists(atPath: "\(state)/ready.json") }
+        try #require(ready, "up never became ready: \(up.log)")
+        #expect(await eventually { up.log.contains("curl --cacert") })
+
+        struct Ready: Decodable {
+            struct Gateway: Decodable { var name: String; var pid: Int32; var admin: String }
+            struct Backend: Decodable { var pid: Int32 }
+            struct Client: Decodable { var certificateChain: String; var privateKey: String; var rootCertificate: String }
+            var gateways: [Gateway]; var backends: [Backend]; var clients: [String: Client]
+        }
+        let info = try JSONDecoder().decode(Ready.self, from: Data(contentsOf: URL(fileURLWithPath: "\(state)/ready.json")))
+        #expect(info.gateways.map(\.name).sorted() == ["up-east-gw", "up-west-gw"])
+        let client = try #require(info.clients["east"])
+        let curl = try runCommand("/usr/bin/curl", ["-sS", "--max-time", "10", "--cacert", client.rootCertificate, "--cert", client.certificateChain,
+                                                    "--key", client.privateKey, "--resolve", "ratings.default.svc.cluster.local:15443:127.0.39.1",
+                                                    "https://ratings.default.svc.cluster.local:15443/"])
+        #expect(curl.stdout.contains(#""cluster":"west""#), "\(curl.stderr)")
+
+        up.signal(SIGINT)
+        #expect(await up.waitForExit(timeout: .seconds(20)) == 0)
+        let pids = info.gateways.map(\.pid) + info.backends.map(\.pid)
+        #expect(pids.count == 4)
+        for pid in pids {
+            #expect(kill(pid, 0) != 0, "process \(pid) is still running")
+        }
+        #expect(up.log.contains("stopped; nothing left running"))
+    }
+}
