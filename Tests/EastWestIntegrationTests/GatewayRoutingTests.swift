@@ -131,3 +131,30 @@ struct GatewayRoutingTests {
         #expect(await eventually { process.log.contains("UF,URX") && process.log.contains("all 2 upstream attempt(s) failed") })
     }
 }
+
+@Suite("Connect timeout against a black-holed endpoint (iptables)", .serialized, .timeLimit(.minutes(2)))
+struct ConnectTimeoutTests {
+    @Test("A silent endpoint costs the connect timeout, then the next endpoint serves",
+          .enabled(if: isRoot && FileManager.default.isExecutableFile(atPath: "/usr/sbin/iptables"), "needs root and iptables to drop packets on loopback"))
+    func blackholedEndpoint() async throws {
+        let mesh = try TestMesh("timeout", clusters: ["east"])
+        defer { mesh.processes.stopAll() }
+        try await mesh.startBackend("127.0.41.11:8080", cluster: "east")
+        // SYNs to 127.0.41.10:8080 vanish: a host that is down without saying so.
+        let rule = ["-d", "127.0.41.10", "-p", "tcp", "--dport", "8080", "-j", "DROP"]
+        let added = try runCommand("/usr/sbin/iptables", ["-I", "OUTPUT"] + rule)
+        try #require(added.status == 0, "iptables: \(added.stderr)")
+        defer { _ = try? runCommand("/usr/sbin/iptables", ["-D", "OUTPUT"] + rule) }
+        let gateway = mesh.gatewayConfig(name: "east-gw", cluster: "east", ip: "127.0.41.1",
+                                         services: [.echo("127.0.41.10:8080", "127.0.41.11:8080")],
+                                         timeouts: .init(connect: ConfigDuration(parsing: "300ms")))
+        let process = try await mesh.startGateway(gateway)
+        // Round robin starts at the black-holed endpoint for the first connection.
+        let start = ContinuousClock.now
+        let result = try mesh.curl(gateway, host: "echo.default.svc.cluster.local")
+        let elapsed = ContinuousClock.now - start
+        #expect(mesh.answer(result)?["endpoint"] == "127.0.41.11:8080", "\(result.stderr)")
+        #expect(elapsed >= .milliseconds(250) && elapsed < .seconds(3), "took \(elapsed)")
+        #expect(await eventually { process.log.contains("connect timeout") })
+    }
+}

@@ -14,7 +14,6 @@ package final class GatewayListener: Sendable {
     private let snapshot: DataPlaneSnapshot
     private let group: any EventLoopGroup
     private let quiescing: ServerQuiescingHelper
-    private let channel: NIOLockedValueBox<(any Channel)?> = NIOLockedValueBox(nil)
 
     package init(snapshot: DataPlaneSnapshot, group: any EventLoopGroup) {
         self.snapshot = snapshot
@@ -44,7 +43,6 @@ package final class GatewayListener: Sendable {
                     }
                 }
                 .bind(host: address.host, port: address.port).get()
-            channel.withLockedValue { $0 = server }
             return server.localAddress!
         } catch {
             throw ListenError(address: address.description, role: "gateway listener", underlying: error)
