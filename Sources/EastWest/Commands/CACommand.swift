@@ -47,7 +47,7 @@ struct CACommand: AsyncParsableCommand {
         @Flag(help: "Replace an existing intermediate key.") var force = false
 
         func run() async throws {
-            try reportingFileErrors { try CertificateDirectory(path: dir).createCluster(
+            _ = try reportingFileErrors { try CertificateDirectory(path: dir).createCluster(
                 cluster, validity: validity.duration(default: CertificateAuthority.defaultIntermediateValidity), force: force) }
             print("created \(dir)/\(cluster)/ca-cert.pem, ca-key.pem, cert-chain.pem, root-cert.pem")
         }

@@ -27,7 +27,7 @@ final class Supervisor: Sendable {
         for child in plan.children {
             if state.withLock({ $0.stopRequested }) { throw StartError("interrupted") }
             let logPath = "\(logDirectory)/\(child.name.replacingOccurrences(of: "/", with: "_")).log"
-            FileManager.default.createFile(atPath: logPath, contents: nil)
+            _ = FileManager.default.createFile(atPath: logPath, contents: nil)
             let log = try FileHandle(forWritingTo: URL(fileURLWithPath: logPath))
             let process = Process()
             process.executableURL = URL(fileURLWithPath: child.arguments[0])

@@ -57,7 +57,7 @@ package final class GatewayListener: Sendable {
         let deadline = group.next().scheduleTask(in: TimeAmount(timeout)) {}
         let drained: Bool = await withCheckedContinuation { continuation in
             let once = NIOLockedValueBox(false)
-            func finish(_ value: Bool) {
+            @Sendable func finish(_ value: Bool) {
                 if once.withLockedValue({ done in defer { done = true }; return !done }) { continuation.resume(returning: value) }
             }
             promise.futureResult.whenComplete { _ in finish(true) }
