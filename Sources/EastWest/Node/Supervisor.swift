@@ -124,12 +124,18 @@ enum Probe {
     /// A one-shot HTTP/1.0 GET: status code and body. Enough for admin APIs.
     static func httpGet(_ address: HostPort, path: String) async throws -> (status: Int, body: String) {
         let collected = MultiThreadedEventLoopGroup.singleton.next().makePromise(of: ByteBuffer.self)
-        let channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
-            .connectTimeout(.milliseconds(500))
-            .channelInitializer { channel in
-                channel.eventLoop.makeCompletedFuture { try channel.pipeline.syncOperations.addHandler(Collector(promise: collected)) }
-            }
-            .connect(host: address.host, port: address.port).get()
+        let channel: any Channel
+        do {
+            channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+                .connectTimeout(.milliseconds(500))
+                .channelInitializer { channel in
+                    channel.eventLoop.makeCompletedFuture { try channel.pipeline.syncOperations.addHandler(Collector(promise: collected)) }
+                }
+                .connect(host: address.host, port: address.port).get()
+        } catch {
+            collected.fail(error)  // a promise must be completed, even when nothing connected
+            throw error
+        }
         try await channel.writeAndFlush(ByteBuffer(string: "GET \(path) HTTP/1.0\r\nHost: \(address)\r\n\r\n"))
         let buffer = try await collected.futureResult.get()
         let text = String(buffer: buffer)

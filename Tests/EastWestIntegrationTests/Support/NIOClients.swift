@@ -69,21 +69,27 @@ enum MeshTLSClient {
                                  root: String, halfClose: Bool) async throws -> [UInt8] {
         var tls = TLSConfiguration.makeClientConfiguration()
         tls.certificateChain = try NIOSSLCertificate.fromPEMFile("\(client)/cert-chain.pem").map { .certificate($0) }
-        tls.privateKey = .file("\(client)/key.pem")
+        tls.privateKey = .privateKey(try NIOSSLPrivateKey(file: "\(client)/key.pem", format: .pem))
         tls.trustRoots = .file(root)
         // The gateway certificate names service hosts, not Istio-form SNI strings.
         tls.certificateVerification = .noHostnameVerification
         let context = try NIOSSLContext(configuration: tls)
         let done = MultiThreadedEventLoopGroup.singleton.next().makePromise(of: [UInt8].self)
-        let channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
-            .channelOption(.allowRemoteHalfClosure, value: true)
-            .channelInitializer { channel in
-                channel.eventLoop.makeCompletedFuture {
-                    try channel.pipeline.syncOperations.addHandler(try NIOSSLClientHandler(context: context, serverHostname: serverName))
-                    try channel.pipeline.syncOperations.addHandler(Collector(promise: done))
+        let channel: any Channel
+        do {
+            channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+                .channelOption(.allowRemoteHalfClosure, value: true)
+                .channelInitializer { channel in
+                    channel.eventLoop.makeCompletedFuture {
+                        try channel.pipeline.syncOperations.addHandler(try NIOSSLClientHandler(context: context, serverHostname: serverName))
+                        try channel.pipeline.syncOperations.addHandler(Collector(promise: done))
+                    }
                 }
-            }
-            .connect(host: address.host, port: address.port).get()
+                .connect(host: address.host, port: address.port).get()
+        } catch {
+            done.fail(error)
+            throw error
+        }
         try await channel.writeAndFlush(ByteBuffer(bytes: payload))
         if halfClose { try await channel.close(mode: .output) }
         return try await done.futureResult.get()
