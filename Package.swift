@@ -43,7 +43,10 @@ let package = Package(
         ),
         .target(
             name: "Federation",
-            dependencies: ["MeshProxyCore"]
+            dependencies: [
+                "MeshProxyCore",
+                .product(name: "NIOCore", package: "swift-nio"),
+            ]
         ),
         .executableTarget(
             name: "EastWest",
@@ -58,6 +61,10 @@ let package = Package(
         .testTarget(
             name: "MeshProxyCoreTests",
             dependencies: ["MeshProxyCore"]
+        ),
+        .testTarget(
+            name: "FederationTests",
+            dependencies: ["Federation", "MeshProxyCore", .product(name: "NIOCore", package: "swift-nio")]
         ),
         .testTarget(
             name: "EastWestIntegrationTests",

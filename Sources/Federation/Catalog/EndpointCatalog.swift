@@ -183,6 +183,11 @@ package struct EndpointCatalog: Sendable {
 
     // MARK: - Views
 
+    /// Whether any origin currently publishes `key`.
+    package func holds(_ key: CatalogKey) -> Bool {
+        origins.values.contains { $0.entries[key].map { !$0.isTombstone } ?? false }
+    }
+
     /// Endpoints per cluster and service, merged over every origin of the cluster (two gateways
     /// of one cluster publishing the same endpoint give it once). `includeOrigin` filters
     /// origins, e.g. to those whose gateway is alive.

@@ -5,10 +5,10 @@ import MeshProxyCore
 /// apart so a large catalog never crowds out failure detection).
 package enum GossipMessage: Sendable, Equatable {
     /// "Are you alive?" `target` is who the sender thinks it is talking to.
-    case ping(sequence: UInt32, from: MemberID, target: MemberID, updates: [MemberUpdate])
+    case ping(sequence: UInt32, from: MemberID, fromAddress: HostPort, target: MemberID, updates: [MemberUpdate])
     case ack(sequence: UInt32, from: MemberID, updates: [MemberUpdate])
     /// Ask `from`'s peer to probe `target` and relay the answer (SWIM ping-req).
-    case pingRequest(sequence: UInt32, from: MemberID, target: MemberID, targetAddress: HostPort, updates: [MemberUpdate])
+    case pingRequest(sequence: UInt32, from: MemberID, fromAddress: HostPort, target: MemberID, targetAddress: HostPort, updates: [MemberUpdate])
     /// Lifeguard: the helper did not hear from the target in time, but the path to it works.
     case nack(sequence: UInt32, from: MemberID)
     /// Dedicated gossip (memberlist's gossip timer).
@@ -22,7 +22,7 @@ package enum GossipMessage: Sendable, Equatable {
 
     package var sender: MemberID {
         switch self {
-        case .ping(_, let from, _, _), .ack(_, let from, _), .pingRequest(_, let from, _, _, _), .nack(_, let from),
+        case .ping(_, let from, _, _, _), .ack(_, let from, _), .pingRequest(_, let from, _, _, _, _), .nack(_, let from),
              .gossip(let from, _), .pushPull(let from, _, _), .catalogDigest(let from, _, _), .catalogDeltas(let from, _):
             from
         }

@@ -25,9 +25,13 @@ package struct MemberUpdate: Hashable, Sendable {
     package var cluster: String
     package var incarnation: UInt64
     package var state: MemberState
+    /// For `suspect`: who raised the suspicion, so independent confirmations can be counted
+    /// (Lifeguard). Nil otherwise.
+    package var accuser: MemberID?
 
-    package init(id: MemberID, address: HostPort, cluster: String, incarnation: UInt64, state: MemberState) {
+    package init(id: MemberID, address: HostPort, cluster: String, incarnation: UInt64, state: MemberState, accuser: MemberID? = nil) {
         self.id = id; self.address = address; self.cluster = cluster; self.incarnation = incarnation; self.state = state
+        self.accuser = accuser
     }
 
     /// Whether this claim replaces `current` (memberlist state.go precedence):

@@ -1,0 +1,157 @@
+import MeshProxyCore
+
+extension Membership {
+    // MARK: - Messages
+
+    /// Handles one membership message. Catalog messages are not membership's business and
+    /// return nothing.
+    package mutating func received(_ message: GossipMessage, now: ContinuousClock.Instant) -> [Directive] {
+        guard !isLeaving else { return [] }
+        var directives: [Directive] = []
+        switch message {
+        case .ping(let seq, let from, let fromAddress, let target, let updates):
+            directives += merge(updates, now: now)
+            // A ping meant for a previous holder of our address is not ours to answer.
+            guard target == myself.id else { return directives }
+            let reply = members[from]?.address ?? fromAddress
+            directives.append(.send(.ack(sequence: seq, from: myself.id, updates: piggyback()), to: reply))
+
+        case .ack(let seq, let from, let updates):
+            directives += merge(updates, now: now)
+            if let current = probe, current.sequence == seq, current.target == from {
+                probe = nil
+                adjustHealth(by: -1)
+            } else if let relay = relays.removeValue(forKey: seq) {
+                directives.append(.send(.ack(sequence: relay.requesterSequence, from: from, updates: []), to: relay.requesterAddress))
+            }
+
+        case .pingRequest(let seq, let from, let fromAddress, let target, let targetAddress, let updates):
+            directives += merge(updates, now: now)
+            let mine = nextSequence()
+            // Nack a little before the requester gives up, so it can count our answer.
+            relays[mine] = Relay(requester: from, requesterAddress: members[from]?.address ?? fromAddress,
+                                 requesterSequence: seq, nackDeadline: now + settings.probeTimeout * 0.8)
+            directives.append(.send(.ping(sequence: mine, from: myself.id, fromAddress: myself.address, target: target,
+                                          updates: piggyback()), to: targetAddress))
+
+        case .nack(let seq, _):
+            if let current = probe, current.sequence == seq { probe?.nacks = current.nacks + 1 }
+
+        case .gossip(_, let updates):
+            directives += merge(updates, now: now)
+
+        case .pushPull(let from, let state, let isReply):
+            directives += merge(state, now: now)
+            if !isReply, let sender = state.first(where: { $0.id == from }) ?? members[from]?.update {
+                directives.append(.send(.pushPull(from: myself.id, members: fullState, isReply: true), to: sender.address))
+            }
+
+        case .catalogDigest, .catalogDeltas:
+            break
+        }
+        return directives
+    }
+
+    private mutating func merge(_ updates: [MemberUpdate], now: ContinuousClock.Instant) -> [Directive] {
+        updates.flatMap { apply($0, now: now) }
+    }
+
+    // MARK: - Applying a claim
+
+    /// Applies one claim about a member with SWIM's precedence rules; refutes claims about us.
+    mutating func apply(_ update: MemberUpdate, now: ContinuousClock.Instant) -> [Directive] {
+        if update.id == myself.id { return refute(update) }
+        guard let existing = members[update.id] else {
+            // Never learn a member from a claim that it is gone: that is how full-state syncs
+            // resurrect long-dead nodes (hashicorp/memberlist#312).
+            guard !update.state.isGone else { return [] }
+            return record(update, previous: nil, now: now)
+        }
+        if update.state == .suspect, existing.state == .suspect, update.incarnation == existing.incarnation,
+           let accuser = update.accuser, var suspicion = suspicions[update.id], !suspicion.accusers.contains(accuser) {
+            // An independent confirmation shortens the timer (Lifeguard); pass it on once.
+            suspicion.accusers.insert(accuser)
+            suspicions[update.id] = suspicion
+            enqueue(update)
+            return []
+        }
+        guard update.overrides(existing.update) else { return [] }
+        return record(update, previous: existing.state, now: now)
+    }
+
+    private mutating func record(_ update: MemberUpdate, previous: MemberState?, now: ContinuousClock.Instant) -> [Directive] {
+        var stored = update
+        if stored.state != .suspect { stored.accuser = nil }
+        members[update.id] = Member(update: stored, lastChange: now)
+        switch update.state {
+        case .suspect:
+            suspicions[update.id] = Suspicion(incarnation: update.incarnation, start: now,
+                                              accusers: update.accuser.map { [$0] } ?? [])
+        case .alive, .dead, .left:
+            suspicions[update.id] = nil
+        }
+        if previous == nil, !probeOrder.contains(update.id) {
+            // Joiners go to a random place in the walk (SWIM §4.3); the end is fine here
+            // because the order is reshuffled at every wrap.
+            probeOrder.append(update.id)
+        }
+        enqueue(update)
+        guard previous != update.state else { return [] }
+        return [.memberChanged(stored, previous: previous)]
+    }
+
+    /// Someone says we are suspect, dead or left, or knows an incarnation of ours we forgot
+    /// (we restarted): outbid it and tell everyone.
+    private mutating func refute(_ update: MemberUpdate) -> [Directive] {
+        guard !isLeaving else { return [] }
+        guard update.incarnation >= myself.incarnation, update.state != .alive || update.incarnation > myself.incarnation else { return [] }
+        myself.incarnation = update.incarnation + 1
+        myself.state = .alive
+        if update.state == .suspect || update.state == .dead {
+            adjustHealth(by: 1)  // Lifeguard: being suspected hints that we are the slow one
+        }
+        enqueue(myself)
+        return []
+    }
+
+    // MARK: - Dissemination
+
+    mutating func enqueue(_ update: MemberUpdate) {
+        // A newer claim about a member replaces the queued older one: the queue stays ≤ N.
+        broadcasts[update.id] = Broadcast(update: update, transmits: 0)
+    }
+
+    /// Least-sent updates first, each sent at most retransmitMultiplier·⌈log10(N+1)⌉ times.
+    mutating func piggyback() -> [MemberUpdate] {
+        guard !broadcasts.isEmpty else { return [] }
+        let limit = settings.retransmitLimit(members: groupSize)
+        let chosen = broadcasts.values.sorted { ($0.transmits, $0.update.id) < ($1.transmits, $1.update.id) }
+            .prefix(settings.maxUpdatesPerMessage)
+        var updates: [MemberUpdate] = []
+        for broadcast in chosen {
+            updates.append(broadcast.update)
+            if broadcast.transmits + 1 >= limit {
+                broadcasts[broadcast.update.id] = nil
+            } else {
+                broadcasts[broadcast.update.id]?.transmits += 1
+            }
+        }
+        return updates
+    }
+
+    /// Dedicated gossip to a few random members; recently dead ones included so a wrongly
+    /// killed member hears it and refutes. Nothing is sent when nothing is queued.
+    mutating func gossip(now: ContinuousClock.Instant, random: inout some RandomNumberGenerator) -> [Directive] {
+        guard !broadcasts.isEmpty else { return [] }
+        let targets = members.values.filter { !$0.state.isGone || now - $0.lastChange < settings.gossipToTheDead }
+            .sorted { $0.id < $1.id }.shuffled(using: &random).prefix(settings.gossipFanout)
+        guard !targets.isEmpty else { return [] }
+        var directives: [Directive] = []
+        for target in targets {
+            let updates = piggyback()
+            guard !updates.isEmpty else { break }
+            directives.append(.send(.gossip(from: myself.id, updates: updates), to: target.address))
+        }
+        return directives
+    }
+}

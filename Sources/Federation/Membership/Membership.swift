@@ -1,0 +1,129 @@
+import MeshProxyCore
+
+/// SWIM failure detection with Lifeguard's refinements (local health multiplier, dynamic
+/// suspicion timeout, buddy system) and memberlist's dedicated gossip and push/pull repair.
+///
+/// Pure: it never reads a clock, draws a random number or touches a socket. Every input is a
+/// `mutating func` taking `now` (and a random source where it chooses), returning the
+/// directives the shell carries out. The shell calls `tick` at `nextDeadline` (or sooner).
+package struct Membership: Sendable {
+    package enum Directive: Sendable, Equatable {
+        case send(GossipMessage, to: HostPort)
+        /// A member's state as this node sees it changed; the shell updates routing and logs.
+        case memberChanged(MemberUpdate, previous: MemberState?)
+    }
+
+    struct Probe: Sendable {
+        var sequence: UInt32
+        var target: MemberID
+        var ackDeadline: ContinuousClock.Instant
+        var endDeadline: ContinuousClock.Instant
+        var isIndirect = false
+        var expectedNacks = 0
+        var nacks = 0
+    }
+
+    /// A ping we send on someone else's behalf (ping-req).
+    struct Relay: Sendable {
+        var requester: MemberID
+        var requesterAddress: HostPort
+        var requesterSequence: UInt32
+        var nackDeadline: ContinuousClock.Instant
+    }
+
+    struct Suspicion: Sendable {
+        var incarnation: UInt64
+        var start: ContinuousClock.Instant
+        var accusers: Set<MemberID>
+    }
+
+    struct Broadcast: Sendable {
+        var update: MemberUpdate
+        var transmits: Int
+    }
+
+    package let settings: MembershipSettings
+    package internal(set) var myself: MemberUpdate
+    package internal(set) var members: [MemberID: Member] = [:]
+    /// Lifeguard's local health score S ∈ [0, max − 1]: timeouts are scaled by S + 1.
+    package internal(set) var localHealth = 0
+
+    var probe: Probe?
+    var relays: [UInt32: Relay] = [:]
+    var suspicions: [MemberID: Suspicion] = [:]
+    var broadcasts: [MemberID: Broadcast] = [:]
+    var probeOrder: [MemberID] = []
+    var probeIndex = 0
+    var probeFirst: MemberID?
+    var sequence: UInt32 = 0
+    var nextProbe: ContinuousClock.Instant
+    var nextGossip: ContinuousClock.Instant
+    var nextPushPull: ContinuousClock.Instant
+    package internal(set) var isLeaving = false
+
+    package init(myself id: MemberID, address: HostPort, cluster: String, settings: MembershipSettings = .gateway,
+                 now: ContinuousClock.Instant) {
+        self.settings = settings
+        self.myself = MemberUpdate(id: id, address: address, cluster: cluster, incarnation: 0, state: .alive)
+        nextProbe = now + settings.probeInterval
+        nextGossip = now + settings.gossipInterval
+        nextPushPull = now + settings.pushPullInterval
+    }
+
+    /// The earliest time `tick` has work to do.
+    package var nextDeadline: ContinuousClock.Instant {
+        var deadline = min(nextProbe, nextGossip, nextPushPull)
+        if let probe { deadline = min(deadline, probe.isIndirect ? probe.endDeadline : probe.ackDeadline) }
+        for relay in relays.values { deadline = min(deadline, relay.nackDeadline) }
+        for (id, suspicion) in suspicions { deadline = min(deadline, suspicion.start + suspicionTimeout(for: id, suspicion)) }
+        return deadline
+    }
+
+    /// Members that are alive or suspect (suspects still count: they may refute).
+    package var liveMembers: [Member] {
+        members.values.filter { !$0.state.isGone }.sorted { $0.id < $1.id }
+    }
+
+    /// Group size as Lifeguard and memberlist count it: every known non-gone member and us.
+    var groupSize: Int { liveMembers.count + 1 }
+
+    var lhmScale: Double { Double(localHealth + 1) }
+
+    mutating func nextSequence() -> UInt32 {
+        sequence &+= 1
+        return sequence
+    }
+
+    // MARK: - Joining and leaving
+
+    /// Introduces this node to seeds: a push/pull with each, so the first reply teaches us the
+    /// whole group (memberlist's join).
+    package mutating func join(seeds: [HostPort]) -> [Directive] {
+        seeds.filter { $0 != myself.address }.map { .send(.pushPull(from: myself.id, members: fullState, isReply: false), to: $0) }
+    }
+
+    /// Announces a graceful leave: `left` outranks `alive` at our next incarnation.
+    package mutating func leave(now: ContinuousClock.Instant) -> [Directive] {
+        isLeaving = true
+        myself.incarnation += 1
+        myself.state = .left
+        enqueue(myself)
+        let updates = piggyback()
+        return liveMembers.prefix(max(settings.gossipFanout, 3) * 2).map { .send(.gossip(from: myself.id, updates: updates), to: $0.address) }
+    }
+
+    /// Every member we know plus ourselves, as sent in push/pull.
+    var fullState: [MemberUpdate] {
+        [myself] + members.values.map(\.update).sorted { $0.id < $1.id }
+    }
+
+    // MARK: - Data-plane hints
+
+    /// A connect to this member's gateway failed on the data path: probe it next rather than
+    /// waiting for its turn, so a dead gateway is suspected sooner.
+    package mutating func reportUnreachable(_ id: MemberID, now: ContinuousClock.Instant) {
+        guard let member = members[id], !member.state.isGone, probe?.target != id else { return }
+        probeFirst = id
+        if probe == nil { nextProbe = min(nextProbe, now) }
+    }
+}

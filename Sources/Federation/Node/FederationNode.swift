@@ -1,0 +1,141 @@
+import MeshProxyCore
+
+/// One gateway's whole federation protocol: membership (who is alive) and the endpoint
+/// catalog (what every cluster serves), pure like its parts. The transport shell and the
+/// simulator both drive this type, so what the simulator measures is what gateways run.
+package struct FederationNode: Sendable {
+    package enum Directive: Sendable, Equatable {
+        case send(GossipMessage, to: HostPort)
+        case memberChanged(MemberUpdate, previous: MemberState?)
+        /// Catalog keys whose value changed here; the shell rebuilds the routing snapshot.
+        case catalogChanged([CatalogKey])
+    }
+
+    package struct CatalogSettings: Sendable, Equatable {
+        /// Digest exchange with one random member (the repair path).
+        package var syncInterval: Duration = .seconds(2)
+        /// Peers a fresh change is pushed to at once (the fast path); receivers forward what
+        /// was new to them once, so a change spreads in ~log N hops.
+        package var pushFanout = 3
+        /// Most entries per deltas message.
+        package var maxEntriesPerMessage = 2_000
+        /// How long a delete is remembered.
+        package var tombstoneRetention: Duration = .seconds(3600)
+        package init() {}
+    }
+
+    package private(set) var membership: Membership
+    package private(set) var catalog: EndpointCatalog
+    package let catalogSettings: CatalogSettings
+    private var nextCatalogSync: ContinuousClock.Instant
+
+    package init(id: MemberID, address: HostPort, cluster: String, generation: UInt64,
+                 settings: MembershipSettings = .gateway, catalogSettings: CatalogSettings = .init(),
+                 now: ContinuousClock.Instant) {
+        membership = Membership(myself: id, address: address, cluster: cluster, settings: settings, now: now)
+        catalog = EndpointCatalog(myself: id, cluster: cluster, generation: generation)
+        self.catalogSettings = catalogSettings
+        nextCatalogSync = now + catalogSettings.syncInterval
+    }
+
+    package var id: MemberID { membership.myself.id }
+    package var nextDeadline: ContinuousClock.Instant { min(membership.nextDeadline, nextCatalogSync) }
+
+    package mutating func join(seeds: [HostPort], now: ContinuousClock.Instant) -> [Directive] {
+        var directives = membership.join(seeds: seeds).map(Self.lift)
+        // Ask the seeds for the catalog at once instead of waiting for the first sync.
+        for seed in seeds where seed != membership.myself.address {
+            directives.append(.send(.catalogDigest(from: id, digest: catalog.digest, isReply: false), to: seed))
+        }
+        return directives
+    }
+
+    package mutating func leave(now: ContinuousClock.Instant) -> [Directive] {
+        membership.leave(now: now).map(Self.lift)
+    }
+
+    package mutating func reportUnreachable(_ member: MemberID, now: ContinuousClock.Instant) {
+        membership.reportUnreachable(member, now: now)
+    }
+
+    package mutating func tick(now: ContinuousClock.Instant, random: inout some RandomNumberGenerator) -> [Directive] {
+        var directives = membership.tick(now: now, random: &random).map(Self.lift)
+        if now >= nextCatalogSync {
+            nextCatalogSync = now + catalogSettings.syncInterval
+            catalog.collectGarbage(now: now, retention: catalogSettings.tombstoneRetention) { origin in
+                // An origin whose member is gone from the table entirely was reaped.
+                membership.members[origin] == nil
+            }
+            if let peer = membership.liveMembers.randomElement(using: &random) {
+                directives.append(.send(.catalogDigest(from: id, digest: catalog.digest, isReply: false), to: peer.address))
+            }
+        }
+        return directives
+    }
+
+    /// Publishes this gateway's own endpoints (replacing what it published before) and pushes
+    /// the change to a few peers at once.
+    package mutating func publish(_ records: [CatalogKey: CatalogRecord], now: ContinuousClock.Instant,
+                                  random: inout some RandomNumberGenerator) -> [Directive] {
+        guard let delta = catalog.publish(records, now: now) else { return [] }
+        return [.catalogChanged(delta.entries.map(\.key))] + push([delta], except: nil, random: &random)
+    }
+
+    package mutating func register(_ key: CatalogKey, _ record: CatalogRecord, now: ContinuousClock.Instant,
+                                   random: inout some RandomNumberGenerator) -> [Directive] {
+        var records = catalog.localRecords
+        records[key] = record
+        return publish(records, now: now, random: &random)
+    }
+
+    package mutating func deregister(_ key: CatalogKey, now: ContinuousClock.Instant,
+                                     random: inout some RandomNumberGenerator) -> [Directive] {
+        var records = catalog.localRecords
+        guard records.removeValue(forKey: key) != nil else { return [] }
+        return publish(records, now: now, random: &random)
+    }
+
+    package mutating func received(_ message: GossipMessage, now: ContinuousClock.Instant,
+                                   random: inout some RandomNumberGenerator) -> [Directive] {
+        switch message {
+        case .catalogDigest(let from, let digest, let isReply):
+            var directives: [Directive] = []
+            // A digest from someone we have not learned yet is answered by the next sync.
+            guard let address = membership.members[from]?.address else { return [] }
+            let deltas = catalog.deltas(for: digest, budget: catalogSettings.maxEntriesPerMessage)
+            if !deltas.isEmpty { directives.append(.send(.catalogDeltas(from: id, deltas: deltas), to: address)) }
+            // Scuttlebutt's second leg: they know more somewhere; send our digest back.
+            if !isReply, catalog.isBehind(digest) {
+                directives.append(.send(.catalogDigest(from: id, digest: catalog.digest, isReply: true), to: address))
+            }
+            return directives
+        case .catalogDeltas(let from, let deltas):
+            var changed: [CatalogKey] = []
+            var news: [CatalogDelta] = []
+            for delta in deltas {
+                let keys = catalog.apply(delta, now: now)
+                if !keys.isEmpty {
+                    changed += keys
+                    news.append(delta)
+                }
+            }
+            guard !changed.isEmpty else { return [] }
+            // Rumour mongering: forward what was new to us, once.
+            return [.catalogChanged(changed)] + push(news, except: from, random: &random)
+        default:
+            return membership.received(message, now: now).map(Self.lift)
+        }
+    }
+
+    private func push(_ deltas: [CatalogDelta], except: MemberID?, random: inout some RandomNumberGenerator) -> [Directive] {
+        let peers = membership.liveMembers.filter { $0.id != except }.shuffled(using: &random).prefix(catalogSettings.pushFanout)
+        return peers.map { .send(.catalogDeltas(from: id, deltas: deltas), to: $0.address) }
+    }
+
+    private static func lift(_ directive: Membership.Directive) -> Directive {
+        switch directive {
+        case .send(let message, let address): .send(message, to: address)
+        case .memberChanged(let update, let previous): .memberChanged(update, previous: previous)
+        }
+    }
+}
