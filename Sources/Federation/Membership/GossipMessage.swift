@@ -16,14 +16,14 @@ package enum GossipMessage: Sendable, Equatable {
     /// Full membership state; a join is a push/pull with a seed.
     case pushPull(from: MemberID, members: [MemberUpdate], isReply: Bool)
     /// Catalog anti-entropy (Scuttlebutt): what I have, per origin.
-    case catalogDigest(from: MemberID, digest: CatalogDigest, isReply: Bool)
+    case catalogDigest(from: MemberID, fromAddress: HostPort, digest: CatalogDigest, isReply: Bool)
     /// Catalog entries the receiver lacks, each origin's in version order.
     case catalogDeltas(from: MemberID, deltas: [CatalogDelta])
 
     package var sender: MemberID {
         switch self {
         case .ping(_, let from, _, _, _), .ack(_, let from, _), .pingRequest(_, let from, _, _, _, _), .nack(_, let from),
-             .gossip(let from, _), .pushPull(let from, _, _), .catalogDigest(let from, _, _), .catalogDeltas(let from, _):
+             .gossip(let from, _), .pushPull(let from, _, _), .catalogDigest(let from, _, _, _), .catalogDeltas(let from, _):
             from
         }
     }

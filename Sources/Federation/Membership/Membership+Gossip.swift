@@ -5,19 +5,25 @@ extension Membership {
 
     /// Handles one membership message. Catalog messages are not membership's business and
     /// return nothing.
-    package mutating func received(_ message: GossipMessage, now: ContinuousClock.Instant) -> [Directive] {
+    package mutating func received(_ message: GossipMessage, now: ContinuousClock.Instant,
+                                   random: inout some RandomNumberGenerator) -> [Directive] {
         guard !isLeaving else { return [] }
         var directives: [Directive] = []
         switch message {
         case .ping(let seq, let from, let fromAddress, let target, let updates):
-            directives += merge(updates, now: now)
+            directives += merge(updates, now: now, random: &random)
             // A ping meant for a previous holder of our address is not ours to answer.
             guard target == myself.id else { return directives }
             let reply = members[from]?.address ?? fromAddress
             directives.append(.send(.ack(sequence: seq, from: myself.id, updates: piggyback()), to: reply))
+            if members[from] == nil {
+                // Someone probes us whom we never heard of: a dissemination gap. Sync with it
+                // now rather than at the next push/pull.
+                directives.append(.send(.pushPull(from: myself.id, members: fullState, isReply: false), to: fromAddress))
+            }
 
         case .ack(let seq, let from, let updates):
-            directives += merge(updates, now: now)
+            directives += merge(updates, now: now, random: &random)
             if let current = probe, current.sequence == seq, current.target == from {
                 probe = nil
                 adjustHealth(by: -1)
@@ -26,7 +32,7 @@ extension Membership {
             }
 
         case .pingRequest(let seq, let from, let fromAddress, let target, let targetAddress, let updates):
-            directives += merge(updates, now: now)
+            directives += merge(updates, now: now, random: &random)
             let mine = nextSequence()
             // Nack a little before the requester gives up, so it can count our answer.
             relays[mine] = Relay(requester: from, requesterAddress: members[from]?.address ?? fromAddress,
@@ -38,10 +44,10 @@ extension Membership {
             if let current = probe, current.sequence == seq { probe?.nacks = current.nacks + 1 }
 
         case .gossip(_, let updates):
-            directives += merge(updates, now: now)
+            directives += merge(updates, now: now, random: &random)
 
         case .pushPull(let from, let state, let isReply):
-            directives += merge(state, now: now)
+            directives += merge(state, now: now, random: &random)
             if !isReply, let sender = state.first(where: { $0.id == from }) ?? members[from]?.update {
                 directives.append(.send(.pushPull(from: myself.id, members: fullState, isReply: true), to: sender.address))
             }
@@ -52,8 +58,20 @@ extension Membership {
         return directives
     }
 
-    private mutating func merge(_ updates: [MemberUpdate], now: ContinuousClock.Instant) -> [Directive] {
-        updates.flatMap { apply($0, now: now) }
+    private mutating func merge(_ updates: [MemberUpdate], now: ContinuousClock.Instant,
+                                random: inout some RandomNumberGenerator) -> [Directive] {
+        var directives: [Directive] = []
+        for update in updates {
+            let isNew = members[update.id] == nil && update.id != myself.id
+            directives += apply(update, now: now)
+            if isNew, members[update.id] != nil {
+                // SWIM §4.3: a joiner goes to a random place in the rest of the walk, so every
+                // node does not probe the same members in the same order.
+                let position = Int.random(in: probeIndex...probeOrder.count, using: &random)
+                probeOrder.insert(update.id, at: position)
+            }
+        }
+        return directives
     }
 
     // MARK: - Applying a claim
@@ -89,11 +107,6 @@ extension Membership {
                                               accusers: update.accuser.map { [$0] } ?? [])
         case .alive, .dead, .left:
             suspicions[update.id] = nil
-        }
-        if previous == nil, !probeOrder.contains(update.id) {
-            // Joiners go to a random place in the walk (SWIM §4.3); the end is fine here
-            // because the order is reshuffled at every wrap.
-            probeOrder.append(update.id)
         }
         enqueue(update)
         guard previous != update.state else { return [] }

@@ -90,7 +90,9 @@ extension Membership {
         // No ack at all. Lifeguard: every helper that did not even nack is evidence that our
         // own network or CPU is the problem.
         adjustHealth(by: 1 + max(0, current.expectedNacks - current.nacks))
-        guard let member = members[current.target], member.state == .alive else { return [] }
+        // Accuse an alive target; for one already suspected, our failed probe is an
+        // independent confirmation that shortens everyone's timer (Lifeguard).
+        guard let member = members[current.target], member.state == .alive || member.state == .suspect else { return [] }
         var suspect = member.update
         suspect.state = .suspect
         suspect.accuser = myself.id

@@ -99,7 +99,10 @@ package struct Membership: Sendable {
     /// Introduces this node to seeds: a push/pull with each, so the first reply teaches us the
     /// whole group (memberlist's join).
     package mutating func join(seeds: [HostPort]) -> [Directive] {
-        seeds.filter { $0 != myself.address }.map { .send(.pushPull(from: myself.id, members: fullState, isReply: false), to: $0) }
+        // Announce ourselves too, not only through the seed: whoever we learn about hears of
+        // us from us, so a join that raced another join is not left to the next push/pull.
+        enqueue(myself)
+        return seeds.filter { $0 != myself.address }.map { .send(.pushPull(from: myself.id, members: fullState, isReply: false), to: $0) }
     }
 
     /// Announces a graceful leave: `left` outranks `alive` at our next incarnation.

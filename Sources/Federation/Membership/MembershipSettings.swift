@@ -49,9 +49,9 @@ package struct MembershipSettings: Sendable, Equatable {
     /// Fast detection for gateways on a LAN or one region's network.
     package static let gateway = MembershipSettings(
         probeInterval: .milliseconds(200), probeTimeout: .milliseconds(100), indirectChecks: 3,
-        suspicionMultiplier: 3, suspicionMaxTimeoutMultiplier: 4, suspicionConfirmations: 1,
+        suspicionMultiplier: 2.5, suspicionMaxTimeoutMultiplier: 4, suspicionConfirmations: 1,
         retransmitMultiplier: 4, gossipInterval: .milliseconds(100), gossipFanout: 3,
-        gossipToTheDead: .seconds(30), pushPullInterval: .seconds(10), deadMemberRetention: .seconds(3600),
+        gossipToTheDead: .seconds(30), pushPullInterval: .seconds(30), deadMemberRetention: .seconds(3600),
         maxLocalHealthMultiplier: 8, maxUpdatesPerMessage: 16)
 
     /// For gateways across continents: slower, fewer bytes, tolerant of 150 ms round trips.

@@ -13,10 +13,12 @@ package struct FederationNode: Sendable {
 
     package struct CatalogSettings: Sendable, Equatable {
         /// Digest exchange with one random member (the repair path).
-        package var syncInterval: Duration = .seconds(2)
+        package var syncInterval: Duration = .seconds(5)
         /// Peers a fresh change is pushed to at once (the fast path); receivers forward what
         /// was new to them once, so a change spreads in ~log N hops.
         package var pushFanout = 3
+        /// Extra gossip ticks a fresh delta is pushed on, after the first push.
+        package var retransmitRounds = 2
         /// Most entries per deltas message.
         package var maxEntriesPerMessage = 2_000
         /// How long a delete is remembered.
@@ -28,6 +30,11 @@ package struct FederationNode: Sendable {
     package private(set) var catalog: EndpointCatalog
     package let catalogSettings: CatalogSettings
     private var nextCatalogSync: ContinuousClock.Instant
+    /// Fresh deltas pushed again on the next few gossip ticks: a single push to 3 peers that
+    /// each forward once misses about e⁻³ ≈ 5 % of nodes; a few more rounds make a miss rare
+    /// and leave the rest to the digest sync.
+    private var pendingDeltas: [(delta: CatalogDelta, rounds: Int)] = []
+    private var nextDeltaRound: ContinuousClock.Instant
 
     package init(id: MemberID, address: HostPort, cluster: String, generation: UInt64,
                  settings: MembershipSettings = .gateway, catalogSettings: CatalogSettings = .init(),
@@ -36,16 +43,19 @@ package struct FederationNode: Sendable {
         catalog = EndpointCatalog(myself: id, cluster: cluster, generation: generation)
         self.catalogSettings = catalogSettings
         nextCatalogSync = now + catalogSettings.syncInterval
+        nextDeltaRound = now + settings.gossipInterval
     }
 
     package var id: MemberID { membership.myself.id }
-    package var nextDeadline: ContinuousClock.Instant { min(membership.nextDeadline, nextCatalogSync) }
+    package var nextDeadline: ContinuousClock.Instant {
+        min(membership.nextDeadline, nextCatalogSync, pendingDeltas.isEmpty ? nextCatalogSync : nextDeltaRound)
+    }
 
     package mutating func join(seeds: [HostPort], now: ContinuousClock.Instant) -> [Directive] {
         var directives = membership.join(seeds: seeds).map(Self.lift)
         // Ask the seeds for the catalog at once instead of waiting for the first sync.
         for seed in seeds where seed != membership.myself.address {
-            directives.append(.send(.catalogDigest(from: id, digest: catalog.digest, isReply: false), to: seed))
+            directives.append(.send(.catalogDigest(from: id, fromAddress: membership.myself.address, digest: catalog.digest, isReply: false), to: seed))
         }
         return directives
     }
@@ -60,6 +70,15 @@ package struct FederationNode: Sendable {
 
     package mutating func tick(now: ContinuousClock.Instant, random: inout some RandomNumberGenerator) -> [Directive] {
         var directives = membership.tick(now: now, random: &random).map(Self.lift)
+        if now >= nextDeltaRound {
+            nextDeltaRound = now + membership.settings.gossipInterval
+            if !pendingDeltas.isEmpty {
+                let deltas = pendingDeltas.map(\.delta)
+                pendingDeltas = pendingDeltas.compactMap { $0.rounds > 1 ? ($0.delta, $0.rounds - 1) : nil }
+                let peers = membership.liveMembers.shuffled(using: &random).prefix(catalogSettings.pushFanout)
+                directives += peers.map { .send(.catalogDeltas(from: id, deltas: deltas), to: $0.address) }
+            }
+        }
         if now >= nextCatalogSync {
             nextCatalogSync = now + catalogSettings.syncInterval
             catalog.collectGarbage(now: now, retention: catalogSettings.tombstoneRetention) { origin in
@@ -67,7 +86,7 @@ package struct FederationNode: Sendable {
                 membership.members[origin] == nil
             }
             if let peer = membership.liveMembers.randomElement(using: &random) {
-                directives.append(.send(.catalogDigest(from: id, digest: catalog.digest, isReply: false), to: peer.address))
+                directives.append(.send(.catalogDigest(from: id, fromAddress: membership.myself.address, digest: catalog.digest, isReply: false), to: peer.address))
             }
         }
         return directives
@@ -98,15 +117,15 @@ package struct FederationNode: Sendable {
     package mutating func received(_ message: GossipMessage, now: ContinuousClock.Instant,
                                    random: inout some RandomNumberGenerator) -> [Directive] {
         switch message {
-        case .catalogDigest(let from, let digest, let isReply):
+        case .catalogDigest(let from, let fromAddress, let digest, let isReply):
             var directives: [Directive] = []
-            // A digest from someone we have not learned yet is answered by the next sync.
-            guard let address = membership.members[from]?.address else { return [] }
+            // A joiner's digest can arrive before its membership does: answer the address it gave.
+            let address = membership.members[from]?.address ?? fromAddress
             let deltas = catalog.deltas(for: digest, budget: catalogSettings.maxEntriesPerMessage)
             if !deltas.isEmpty { directives.append(.send(.catalogDeltas(from: id, deltas: deltas), to: address)) }
             // Scuttlebutt's second leg: they know more somewhere; send our digest back.
             if !isReply, catalog.isBehind(digest) {
-                directives.append(.send(.catalogDigest(from: id, digest: catalog.digest, isReply: true), to: address))
+                directives.append(.send(.catalogDigest(from: id, fromAddress: membership.myself.address, digest: catalog.digest, isReply: true), to: address))
             }
             return directives
         case .catalogDeltas(let from, let deltas):
@@ -123,11 +142,12 @@ package struct FederationNode: Sendable {
             // Rumour mongering: forward what was new to us, once.
             return [.catalogChanged(changed)] + push(news, except: from, random: &random)
         default:
-            return membership.received(message, now: now).map(Self.lift)
+            return membership.received(message, now: now, random: &random).map(Self.lift)
         }
     }
 
-    private func push(_ deltas: [CatalogDelta], except: MemberID?, random: inout some RandomNumberGenerator) -> [Directive] {
+    private mutating func push(_ deltas: [CatalogDelta], except: MemberID?, random: inout some RandomNumberGenerator) -> [Directive] {
+        pendingDeltas += deltas.map { ($0, catalogSettings.retransmitRounds) }
         let peers = membership.liveMembers.filter { $0.id != except }.shuffled(using: &random).prefix(catalogSettings.pushFanout)
         return peers.map { .send(.catalogDeltas(from: id, deltas: deltas), to: $0.address) }
     }

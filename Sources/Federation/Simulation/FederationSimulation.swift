@@ -29,6 +29,7 @@ package final class FederationSimulation {
     /// Every time some node declared another dead: (observer, subject, when).
     package private(set) var deathDeclarations: [(observer: Int, subject: Int, at: Duration)] = []
     /// When each node first held each catalog key live.
+    package private(set) var messagesToDead = 0
     package private(set) var catalogFirstSeen: [CatalogKey: [Int: Duration]] = [:]
 
     private let origin = ContinuousClock.now
@@ -74,9 +75,10 @@ package final class FederationSimulation {
     /// Starts every node; node 0 is the seed, the others join it at random times within
     /// `spread`, each publishing one endpoint of its own.
     package func startAll(spread: Duration = .milliseconds(500)) {
-        for i in nodes.indices {
-            let at = i == 0 ? Duration.zero : spread * Double.random(in: 0..<1, using: &random)
-            start(i, at: now + at)
+        let begin = now
+        let times = nodes.indices.map { i in i == 0 ? Duration.zero : spread * Double.random(in: 0..<1, using: &random) }
+        for i in nodes.indices.sorted(by: { (times[$0], $0) < (times[$1], $1) }) {
+            start(i, at: begin + times[i])
         }
     }
 
@@ -149,6 +151,7 @@ package final class FederationSimulation {
             case .send(let message, let address):
                 bytesSent[i] += GossipCodec.encode(message).readableBytes
                 guard let j = indexOf[address], j != i else { continue }
+                if !isAlive[j] { messagesToDead += 1 }
                 if network.loss > 0, Double.random(in: 0..<1, using: &random) < network.loss { continue }
                 if blocked.contains([i, j]) { continue }
                 let delay = network.latency + network.jitter * Double.random(in: 0..<1, using: &random) + slowDelay[j]

@@ -39,9 +39,9 @@ package enum GossipCodec {
         case .pushPull(let from, let members, let isReply):
             buffer.writeInteger(Kind.pushPull.rawValue)
             writeString(from.name, &buffer); buffer.writeInteger(UInt8(isReply ? 1 : 0)); writeUpdates(members, &buffer)
-        case .catalogDigest(let from, let digest, let isReply):
+        case .catalogDigest(let from, let fromAddress, let digest, let isReply):
             buffer.writeInteger(Kind.catalogDigest.rawValue)
-            writeString(from.name, &buffer); buffer.writeInteger(UInt8(isReply ? 1 : 0))
+            writeString(from.name, &buffer); writeAddress(fromAddress, &buffer); buffer.writeInteger(UInt8(isReply ? 1 : 0))
             buffer.writeInteger(UInt16(digest.count))
             for (origin, version) in digest.sorted(by: { $0.key < $1.key }) {
                 writeString(origin.name, &buffer); buffer.writeInteger(version.generation); buffer.writeInteger(version.version)
@@ -135,6 +135,7 @@ package enum GossipCodec {
             message = .pushPull(from: from, members: try readUpdates(&reader), isReply: isReply == 1)
         case .catalogDigest:
             let from = MemberID(try readString(&reader))
+            let fromAddress = try readAddress(&reader)
             let isReply: UInt8 = try read(&reader)
             let count: UInt16 = try read(&reader)
             var digest: CatalogDigest = [:]
@@ -142,7 +143,7 @@ package enum GossipCodec {
                 let origin = MemberID(try readString(&reader))
                 digest[origin] = OriginVersion(generation: try read(&reader), version: try read(&reader))
             }
-            message = .catalogDigest(from: from, digest: digest, isReply: isReply == 1)
+            message = .catalogDigest(from: from, fromAddress: fromAddress, digest: digest, isReply: isReply == 1)
         case .catalogDeltas:
             let from = MemberID(try readString(&reader))
             let count: UInt16 = try read(&reader)
