@@ -58,13 +58,17 @@ package struct CatalogDelta: Hashable, Sendable {
     package var cluster: String
     package var generation: UInt64
     package var since: UInt64
-    /// A snapshot replaces everything the receiver holds for the origin (new generation, or the
-    /// receiver is older than the tombstones still kept).
+    /// The origin version the receiver holds after applying this (when `since` is no newer
+    /// than what it had): the last entry's version for a truncated batch, else the origin's.
+    package var through: UInt64
+    /// A snapshot is the origin's whole live state: it replaces everything the receiver holds
+    /// for the origin (new generation, or the receiver is older than the tombstones still kept).
+    /// Snapshots are never truncated.
     package var isSnapshot: Bool
     package var entries: [CatalogEntry]
 
-    package init(origin: MemberID, cluster: String, generation: UInt64, since: UInt64, isSnapshot: Bool, entries: [CatalogEntry]) {
-        self.origin = origin; self.cluster = cluster; self.generation = generation; self.since = since
+    package init(origin: MemberID, cluster: String, generation: UInt64, since: UInt64, through: UInt64, isSnapshot: Bool, entries: [CatalogEntry]) {
+        self.origin = origin; self.cluster = cluster; self.generation = generation; self.since = since; self.through = through
         self.isSnapshot = isSnapshot; self.entries = entries
     }
 }

@@ -64,7 +64,7 @@ package struct EndpointCatalog: Sendable {
         origins[myself] = log
         guard !written.isEmpty else { return nil }
         return CatalogDelta(origin: myself, cluster: myCluster, generation: log.generation, since: since,
-                            isSnapshot: false, entries: written)
+                            through: log.watermark, isSnapshot: false, entries: written)
     }
 
     /// Adds or replaces one local endpoint (the register API).
@@ -100,10 +100,12 @@ package struct EndpointCatalog: Sendable {
             let since: UInt64 = snapshot ? 0 : theirs!.version
             let candidates = snapshot ? log.live : log.entries.values.filter { $0.version > since }
             guard !candidates.isEmpty || snapshot else { continue }
-            let entries = Array(candidates.sorted { $0.version < $1.version }.prefix(left))
+            let sorted = candidates.sorted { $0.version < $1.version }
+            let entries = snapshot ? sorted : Array(sorted.prefix(left))
             left -= entries.count
+            let through = entries.count < sorted.count ? entries.last?.version ?? since : log.watermark
             result.append(CatalogDelta(origin: origin, cluster: log.cluster, generation: log.generation, since: since,
-                                       isSnapshot: snapshot, entries: entries))
+                                       through: through, isSnapshot: snapshot, entries: entries))
         }
         return result
     }
@@ -130,10 +132,10 @@ package struct EndpointCatalog: Sendable {
         if let existing = origins[delta.origin], existing.generation >= delta.generation {
             guard existing.generation == delta.generation else { return [] }
             log = existing
-            if delta.isSnapshot && delta.since == 0 && log.watermark < (delta.entries.last?.version ?? 0) {
-                // A snapshot for our generation: replace what we hold below its versions.
-                let keep = Set(delta.entries.map(\.key))
-                for (key, entry) in log.entries where !keep.contains(key) && !entry.isTombstone && entry.version <= (delta.entries.last?.version ?? 0) {
+            if delta.isSnapshot {
+                // Everything the snapshot does not list is gone at the origin.
+                let listed = Set(delta.entries.map(\.key))
+                for (key, entry) in log.entries where !listed.contains(key) && !entry.isTombstone {
                     log.entries[key] = CatalogEntry(key: key, version: entry.version, record: nil)
                     log.tombstoneSince[key] = now
                     changed.append(key)
@@ -152,8 +154,8 @@ package struct EndpointCatalog: Sendable {
             log.tombstoneSince[entry.key] = entry.isTombstone ? now : nil
             if before != entry.record { changed.append(entry.key) }
         }
-        if delta.since <= log.watermark || delta.isSnapshot, let last = delta.entries.last?.version {
-            log.watermark = max(log.watermark, last)
+        if delta.since <= log.watermark || delta.isSnapshot {
+            log.watermark = max(log.watermark, delta.through)
         }
         origins[delta.origin] = log
         return changed

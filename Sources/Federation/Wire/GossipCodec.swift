@@ -52,7 +52,7 @@ package enum GossipCodec {
             buffer.writeInteger(UInt16(deltas.count))
             for delta in deltas {
                 writeString(delta.origin.name, &buffer); writeString(delta.cluster, &buffer)
-                buffer.writeInteger(delta.generation); buffer.writeInteger(delta.since)
+                buffer.writeInteger(delta.generation); buffer.writeInteger(delta.since); buffer.writeInteger(delta.through)
                 buffer.writeInteger(UInt8(delta.isSnapshot ? 1 : 0))
                 buffer.writeInteger(UInt32(delta.entries.count))
                 for entry in delta.entries { writeEntry(entry, &buffer) }
@@ -153,6 +153,7 @@ package enum GossipCodec {
                 let cluster = try readString(&reader)
                 let generation: UInt64 = try read(&reader)
                 let since: UInt64 = try read(&reader)
+                let through: UInt64 = try read(&reader)
                 let snapshot: UInt8 = try read(&reader)
                 let entryCount: UInt32 = try read(&reader)
                 guard Int(entryCount) <= reader.readableBytes else { throw .malformed("entry count \(entryCount) exceeds the message") }
@@ -160,7 +161,7 @@ package enum GossipCodec {
                 entries.reserveCapacity(Int(entryCount))
                 for _ in 0..<entryCount { entries.append(try readEntry(&reader)) }
                 deltas.append(CatalogDelta(origin: origin, cluster: cluster, generation: generation, since: since,
-                                           isSnapshot: snapshot == 1, entries: entries))
+                                           through: through, isSnapshot: snapshot == 1, entries: entries))
             }
             message = .catalogDeltas(from: from, deltas: deltas)
         }
