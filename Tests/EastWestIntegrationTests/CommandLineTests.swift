@@ -148,3 +148,27 @@ struct CommandLineTests {
         #expect(up.log.contains("stopped; nothing left running"))
     }
 }
+
+@Suite("eastwest simulate")
+struct SimulateCommandTests {
+    @Test("The same seed gives the same report; a killed gateway is detected with no false positives")
+    func deterministicReport() throws {
+        let first = try runCommand(PackagePaths.eastwest, ["simulate", "--nodes", "20", "--seed", "4", "--duration", "15s", "--json"])
+        let second = try runCommand(PackagePaths.eastwest, ["simulate", "--nodes", "20", "--seed", "4", "--duration", "15s", "--json"])
+        #expect(first.status == 0, "\(first.stderr)")
+        #expect(first.stdout == second.stdout)
+        struct Report: Decodable {
+            struct Detection: Decodable { var allSeconds: Double? }
+            var convergenceSeconds: Double?; var falsePositives: Int; var detections: [Detection]; var catalogSpread100Seconds: Double?
+        }
+        let report = try JSONDecoder().decode(Report.self, from: Data(first.stdout.utf8))
+        #expect(report.convergenceSeconds != nil)
+        #expect(report.falsePositives == 0)
+        #expect(report.detections.count == 1)
+        #expect((report.detections.first?.allSeconds ?? 99) < 2)
+        #expect(report.catalogSpread100Seconds != nil)
+        let bad = try runCommand(PackagePaths.eastwest, ["simulate", "--nodes", "1"])
+        #expect(bad.status != 0)
+        #expect(bad.stderr.contains("--nodes must be at least 2"))
+    }
+}
