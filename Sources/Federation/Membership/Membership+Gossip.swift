@@ -78,7 +78,7 @@ extension Membership {
 
     /// Applies one claim about a member with SWIM's precedence rules; refutes claims about us.
     mutating func apply(_ update: MemberUpdate, now: ContinuousClock.Instant) -> [Directive] {
-        if update.id == myself.id { return refute(update) }
+        if update.id == myself.id { return refute(update, now: now) }
         guard let existing = members[update.id] else {
             // Never learn a member from a claim that it is gone: that is how full-state syncs
             // resurrect long-dead nodes (hashicorp/memberlist#312).
@@ -100,6 +100,12 @@ extension Membership {
     private mutating func record(_ update: MemberUpdate, previous: MemberState?, now: ContinuousClock.Instant) -> [Directive] {
         var stored = update
         if stored.state != .suspect { stored.accuser = nil }
+        if previous == nil {
+            let index = roster.firstIndex { $0 > update.id } ?? roster.endIndex
+            roster.insert(update.id, at: index)
+        }
+        let wasLive = previous.map { !$0.isGone } ?? false
+        if wasLive != !update.state.isGone { liveCount += wasLive ? -1 : 1 }
         members[update.id] = Member(update: stored, lastChange: now)
         switch update.state {
         case .suspect:
@@ -115,16 +121,21 @@ extension Membership {
 
     /// Someone says we are suspect, dead or left, or knows an incarnation of ours we forgot
     /// (we restarted): outbid it and tell everyone.
-    private mutating func refute(_ update: MemberUpdate) -> [Directive] {
+    private mutating func refute(_ update: MemberUpdate, now: ContinuousClock.Instant) -> [Directive] {
         guard !isLeaving else { return [] }
         guard update.incarnation >= myself.incarnation, update.state != .alive || update.incarnation > myself.incarnation else { return [] }
         myself.incarnation = update.incarnation + 1
         myself.state = .alive
-        if update.state == .suspect || update.state == .dead {
-            adjustHealth(by: 1)  // Lifeguard: being suspected hints that we are the slow one
-        }
         enqueue(myself)
-        return []
+        guard update.state == .suspect || update.state == .dead else { return [] }
+        adjustHealth(by: 1)  // Lifeguard: being suspected hints that we are the slow one
+        // Tell a few members at once instead of waiting for the next gossip tick: the
+        // refutation races every suspicion timer in the group.
+        var random = SplitMix64(seed: UInt64(myself.incarnation) &* 0x9E37_79B9 &+ UInt64(sequence))
+        let refutation = [myself]
+        return randomMembers(settings.gossipFanout * 2, random: &random).map {
+            .send(.gossip(from: myself.id, updates: refutation), to: $0.address)
+        }
     }
 
     // MARK: - Dissemination
@@ -156,8 +167,9 @@ extension Membership {
     /// killed member hears it and refutes. Nothing is sent when nothing is queued.
     mutating func gossip(now: ContinuousClock.Instant, random: inout some RandomNumberGenerator) -> [Directive] {
         guard !broadcasts.isEmpty else { return [] }
-        let targets = members.values.filter { !$0.state.isGone || now - $0.lastChange < settings.gossipToTheDead }
-            .sorted { $0.id < $1.id }.shuffled(using: &random).prefix(settings.gossipFanout)
+        let targets = randomMembers(settings.gossipFanout, random: &random) {
+            !$0.state.isGone || now - $0.lastChange < settings.gossipToTheDead
+        }
         guard !targets.isEmpty else { return [] }
         var directives: [Directive] = []
         for target in targets {

@@ -12,7 +12,13 @@ extension Membership {
         directives += expireRelays(now: now)
         directives += expireSuspicions(now: now)
         if probe == nil, now >= nextProbe {
-            directives += startProbe(now: now, random: &random)
+            if liveCount == 0, !seeds.isEmpty {
+                // Alone: the join (or everyone) was lost. Ask the seeds again, once a period.
+                nextProbe = now + settings.probeInterval
+                directives += seeds.map { .send(.pushPull(from: myself.id, members: fullState, isReply: false), to: $0) }
+            } else {
+                directives += startProbe(now: now, random: &random)
+            }
         }
         if now >= nextGossip {
             nextGossip = now + settings.gossipInterval
@@ -20,14 +26,13 @@ extension Membership {
         }
         if now >= nextPushPull {
             nextPushPull = now + settings.pushPullInterval
-            if let peer = liveMembers.randomElement(using: &random) {
+            if let peer = randomMembers(1, random: &random).first {
                 directives.append(.send(.pushPull(from: myself.id, members: fullState, isReply: false), to: peer.address))
             }
             // Reconnect (Serf's ReconnectInterval): also try one member we think is dead. After a
             // partition heals this is how the two sides find each other again; a member that is
             // really gone just does not answer.
-            let dead = members.values.filter { $0.state == .dead }.sorted { $0.id < $1.id }
-            if let peer = dead.randomElement(using: &random) {
+            if let peer = randomMembers(1, random: &random, where: { $0.state == .dead }).first {
                 directives.append(.send(.pushPull(from: myself.id, members: fullState, isReply: false), to: peer.address))
             }
         }
@@ -74,8 +79,7 @@ extension Membership {
         guard var current = probe else { return [] }
         if !current.isIndirect, now >= current.ackDeadline {
             current.isIndirect = true
-            let helpers = liveMembers.filter { $0.id != current.target && $0.state == .alive }
-                .shuffled(using: &random).prefix(settings.indirectChecks)
+            let helpers = randomMembers(settings.indirectChecks, random: &random) { $0.id != current.target && $0.state == .alive }
             current.expectedNacks = helpers.count
             probe = current
             guard let target = members[current.target] else { return [] }
@@ -144,6 +148,7 @@ extension Membership {
         for (id, member) in members where member.state.isGone && now - member.lastChange >= settings.deadMemberRetention {
             members[id] = nil
             broadcasts[id] = nil
+            roster.removeAll { $0 == id }
         }
     }
 }

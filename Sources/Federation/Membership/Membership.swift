@@ -45,6 +45,13 @@ package struct Membership: Sendable {
     package let settings: MembershipSettings
     package internal(set) var myself: MemberUpdate
     package internal(set) var members: [MemberID: Member] = [:]
+    /// Every member's name, sorted: a stable order for seeded random choices (dictionary order
+    /// changes from process to process).
+    var roster: [MemberID] = []
+    /// Members that are alive or suspect.
+    var liveCount = 0
+    /// Where we joined; asked again while we know nobody (a lost join must not strand us).
+    var seeds: [HostPort] = []
     /// Lifeguard's local health score S ∈ [0, max − 1]: timeouts are scaled by S + 1.
     package internal(set) var localHealth = 0
 
@@ -79,13 +86,35 @@ package struct Membership: Sendable {
         return deadline
     }
 
-    /// Members that are alive or suspect (suspects still count: they may refute).
+    /// Members that are alive or suspect (suspects still count: they may refute), by name.
     package var liveMembers: [Member] {
-        members.values.filter { !$0.state.isGone }.sorted { $0.id < $1.id }
+        roster.compactMap { members[$0] }.filter { !$0.state.isGone }
     }
 
     /// Group size as Lifeguard and memberlist count it: every known non-gone member and us.
-    var groupSize: Int { liveMembers.count + 1 }
+    var groupSize: Int { liveCount + 1 }
+
+    /// Up to `count` distinct random members that pass `include`, without scanning the whole
+    /// group: what probing and gossip need many times a second.
+    package func randomMembers(_ count: Int, random: inout some RandomNumberGenerator,
+                               where include: (Member) -> Bool = { !$0.state.isGone }) -> [Member] {
+        guard count > 0, !roster.isEmpty else { return [] }
+        var chosen: [Member] = []
+        var seen = Set<MemberID>()
+        var attempts = 0
+        while chosen.count < count, attempts < count * 8 {
+            attempts += 1
+            let id = roster[Int.random(in: 0..<roster.count, using: &random)]
+            guard seen.insert(id).inserted, let member = members[id], include(member) else { continue }
+            chosen.append(member)
+        }
+        if chosen.count < count {
+            // Few eligible members: fall back to a scan, still in a seeded order.
+            let rest = roster.filter { !seen.contains($0) }.compactMap { members[$0] }.filter(include).shuffled(using: &random)
+            chosen += rest.prefix(count - chosen.count)
+        }
+        return chosen
+    }
 
     var lhmScale: Double { Double(localHealth + 1) }
 
@@ -99,6 +128,7 @@ package struct Membership: Sendable {
     /// Introduces this node to seeds: a push/pull with each, so the first reply teaches us the
     /// whole group (memberlist's join).
     package mutating func join(seeds: [HostPort]) -> [Directive] {
+        self.seeds = seeds.filter { $0 != myself.address }
         // Announce ourselves too, not only through the seed: whoever we learn about hears of
         // us from us, so a join that raced another join is not left to the next push/pull.
         enqueue(myself)

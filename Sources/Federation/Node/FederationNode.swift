@@ -75,7 +75,7 @@ package struct FederationNode: Sendable {
             if !pendingDeltas.isEmpty {
                 let deltas = pendingDeltas.map(\.delta)
                 pendingDeltas = pendingDeltas.compactMap { $0.rounds > 1 ? ($0.delta, $0.rounds - 1) : nil }
-                let peers = membership.liveMembers.shuffled(using: &random).prefix(catalogSettings.pushFanout)
+                let peers = membership.randomMembers(catalogSettings.pushFanout, random: &random)
                 directives += peers.map { .send(.catalogDeltas(from: id, deltas: deltas), to: $0.address) }
             }
         }
@@ -85,7 +85,7 @@ package struct FederationNode: Sendable {
                 // An origin whose member is gone from the table entirely was reaped.
                 membership.members[origin] == nil
             }
-            if let peer = membership.liveMembers.randomElement(using: &random) {
+            if let peer = membership.randomMembers(1, random: &random).first {
                 directives.append(.send(.catalogDigest(from: id, fromAddress: membership.myself.address, digest: catalog.digest, isReply: false), to: peer.address))
             }
         }
@@ -148,7 +148,7 @@ package struct FederationNode: Sendable {
 
     private mutating func push(_ deltas: [CatalogDelta], except: MemberID?, random: inout some RandomNumberGenerator) -> [Directive] {
         pendingDeltas += deltas.map { ($0, catalogSettings.retransmitRounds) }
-        let peers = membership.liveMembers.filter { $0.id != except }.shuffled(using: &random).prefix(catalogSettings.pushFanout)
+        let peers = membership.randomMembers(catalogSettings.pushFanout, random: &random) { !$0.state.isGone && $0.id != except }
         return peers.map { .send(.catalogDeltas(from: id, deltas: deltas), to: $0.address) }
     }
 

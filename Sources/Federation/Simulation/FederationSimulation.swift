@@ -30,6 +30,8 @@ package final class FederationSimulation {
     package private(set) var deathDeclarations: [(observer: Int, subject: Int, at: Duration)] = []
     /// When each node first held each catalog key live.
     package private(set) var messagesToDead = 0
+    /// Catalog keys whose spread is recorded; nil records every key (costly at large N).
+    package var trackedKeys: Set<CatalogKey>?
     package private(set) var catalogFirstSeen: [CatalogKey: [Int: Duration]] = [:]
 
     private let origin = ContinuousClock.now
@@ -161,7 +163,7 @@ package final class FederationSimulation {
                     deathDeclarations.append((i, subject, now))
                 }
             case .catalogChanged(let keys):
-                for key in keys where catalogFirstSeen[key]?[i] == nil && nodes[i].catalog.holds(key) {
+                for key in keys where (trackedKeys?.contains(key) ?? true) && catalogFirstSeen[key]?[i] == nil && nodes[i].catalog.holds(key) {
                     catalogFirstSeen[key, default: [:]][i] = now
                 }
             }

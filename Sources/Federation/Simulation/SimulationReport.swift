@@ -22,6 +22,8 @@ package struct SimulationScenario: Sendable {
 
     package func run() -> SimulationReport {
         let sim = FederationSimulation(nodes: nodes, settings: settings, network: .init(loss: loss), seed: seed)
+        let key = CatalogKey(host: "simulated.default.svc.cluster.local", port: 8080, endpoint: HostPort(host: "10.250.0.1", port: 8080))
+        sim.trackedKeys = [key]
         sim.startAll()
         var converged: Duration?
         while sim.now < min(duration, catalogChangeAt), converged == nil {
@@ -29,7 +31,6 @@ package struct SimulationScenario: Sendable {
             if sim.membershipConverged { converged = sim.now }
         }
         sim.run(until: catalogChangeAt)
-        let key = CatalogKey(host: "simulated.default.svc.cluster.local", port: 8080, endpoint: HostPort(host: "10.250.0.1", port: 8080))
         var records = sim.nodes[min(1, nodes - 1)].catalog.localRecords
         records[key] = CatalogRecord(locality: Locality(region: "sim"))
         sim.publish(min(1, nodes - 1), records)
