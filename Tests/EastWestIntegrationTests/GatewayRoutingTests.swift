@@ -158,3 +158,27 @@ struct ConnectTimeoutTests {
         #expect(await eventually { process.log.contains("connect timeout") })
     }
 }
+
+@Suite("Peer gateway identity", .serialized, .timeLimit(.minutes(2)))
+struct PeerGatewayIdentityTests {
+    @Test("A 'gateway' whose certificate is a workload identity is refused as a peer: the client gets no bytes, the log says why")
+    func impostorGatewayRefused() async throws {
+        let mesh = try TestMesh("impostor", clusters: ["east", "west"])
+        defer { mesh.processes.stopAll() }
+        try await mesh.startBackend("127.0.43.20:9080", service: "ratings.default.svc.cluster.local", cluster: "west")
+        let ratings = GatewayConfig.ServiceConfig.echo("127.0.43.20:9080", host: "ratings.default.svc.cluster.local", port: 9080)
+        // West runs with a client workload certificate instead of the gateway identity.
+        var west = mesh.gatewayConfig(name: "west-gw", cluster: "west", ip: "127.0.43.1", services: [ratings])
+        west.tls = mesh.tlsFiles(mesh.clientCertPath("west"))
+        let east = mesh.gatewayConfig(name: "east-gw", cluster: "east", ip: "127.0.42.1", services: [], remotes: [
+            .init(name: "west", gateways: [.init(name: "west-gw", address: west.listen)], services: [ratings])])
+        try await mesh.startGateway(west)
+        let eastProcess = try await mesh.startGateway(east)
+        let result = try mesh.curl(east, host: "ratings.default.svc.cluster.local")
+        #expect(result.status != 0)
+        #expect(!result.stdout.contains("west"))
+        #expect(await eventually {
+            eastProcess.log.contains("UF") && eastProcess.log.contains("identity spiffe://cluster.local/ns/default/sa/client is not an allowed peer")
+        })
+    }
+}
