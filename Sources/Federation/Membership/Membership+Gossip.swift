@@ -141,26 +141,13 @@ extension Membership {
     // MARK: - Dissemination
 
     mutating func enqueue(_ update: MemberUpdate) {
-        // A newer claim about a member replaces the queued older one: the queue stays ≤ N.
-        broadcasts[update.id] = Broadcast(update: update, transmits: 0)
+        broadcasts.enqueue(update)
     }
 
     /// Least-sent updates first, each sent at most retransmitMultiplier·⌈log10(N+1)⌉ times.
     mutating func piggyback() -> [MemberUpdate] {
         guard !broadcasts.isEmpty else { return [] }
-        let limit = settings.retransmitLimit(members: groupSize)
-        let chosen = broadcasts.values.sorted { ($0.transmits, $0.update.id) < ($1.transmits, $1.update.id) }
-            .prefix(settings.maxUpdatesPerMessage)
-        var updates: [MemberUpdate] = []
-        for broadcast in chosen {
-            updates.append(broadcast.update)
-            if broadcast.transmits + 1 >= limit {
-                broadcasts[broadcast.update.id] = nil
-            } else {
-                broadcasts[broadcast.update.id]?.transmits += 1
-            }
-        }
-        return updates
+        return broadcasts.take(settings.maxUpdatesPerMessage, maxTransmits: settings.retransmitLimit(members: groupSize))
     }
 
     /// Dedicated gossip to a few random members; recently dead ones included so a wrongly

@@ -37,11 +37,6 @@ package struct Membership: Sendable {
         var accusers: Set<MemberID>
     }
 
-    struct Broadcast: Sendable {
-        var update: MemberUpdate
-        var transmits: Int
-    }
-
     package let settings: MembershipSettings
     package internal(set) var myself: MemberUpdate
     package internal(set) var members: [MemberID: Member] = [:]
@@ -58,7 +53,7 @@ package struct Membership: Sendable {
     var probe: Probe?
     var relays: [UInt32: Relay] = [:]
     var suspicions: [MemberID: Suspicion] = [:]
-    var broadcasts: [MemberID: Broadcast] = [:]
+    var broadcasts = BroadcastQueue()
     var probeOrder: [MemberID] = []
     var probeIndex = 0
     var probeFirst: MemberID?
