@@ -16,6 +16,8 @@ struct SimulateCommand: AsyncParsableCommand {
     @Option(help: "Random seed; the same seed gives the same report.") var seed: UInt64 = 1
     @Option(help: "Simulated time, e.g. 30s or 10m.") var duration = "30s"
     @Option(help: "Timing profile: gateway (default) or wan.") var profile = "gateway"
+    @Option(help: "Gateways that process every inbound message late (from t = 3 s).") var slow = 0
+    @Option(help: "How late slow gateways process messages.") var slowDelay = "2500ms"
     @Flag(help: "Print the report as JSON.") var json = false
 
     func run() async throws {
@@ -26,7 +28,10 @@ struct SimulateCommand: AsyncParsableCommand {
             throw ValidationError("--duration '\(duration)' must be a duration of at least 11s (kills happen at 10 s)")
         }
         guard let settings = MembershipSettings.profile(named: profile) else { throw ValidationError("--profile must be gateway or wan") }
-        let report = SimulationScenario(nodes: nodes, loss: loss, kill: kill, seed: seed, duration: time.duration, settings: settings).run()
+        guard let delay = ConfigDuration(parsing: slowDelay) else { throw ValidationError("--slow-delay '\(slowDelay)' is not a duration") }
+        guard slow >= 0, slow + kill <= max(0, nodes - 2) else { throw ValidationError("--slow plus --kill must be at most nodes - 2") }
+        let report = SimulationScenario(nodes: nodes, loss: loss, kill: kill, seed: seed, duration: time.duration, settings: settings,
+                                        slow: slow, slowDelay: delay.duration).run()
         if json {
             let encoder = JSONEncoder()
             encoder.outputFormatting = [.prettyPrinted, .sortedKeys]

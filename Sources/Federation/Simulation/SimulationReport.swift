@@ -10,10 +10,15 @@ package struct SimulationScenario: Sendable {
     package var seed: UInt64
     package var duration: Duration
     package var settings: MembershipSettings
+    /// Members that process every inbound message `slowDelay` late from t = 3 s (Lifeguard's
+    /// scenario). They are never killed.
+    package var slow: Int
+    package var slowDelay: Duration
 
     package init(nodes: Int, loss: Double = 0, kill: Int = 1, seed: UInt64 = 1, duration: Duration = .seconds(30),
-                 settings: MembershipSettings = .gateway) {
+                 settings: MembershipSettings = .gateway, slow: Int = 0, slowDelay: Duration = .milliseconds(2500)) {
         self.nodes = nodes; self.loss = loss; self.kill = kill; self.seed = seed; self.duration = duration; self.settings = settings
+        self.slow = slow; self.slowDelay = slowDelay
     }
 
     /// When the catalog change and the kills happen.
@@ -25,11 +30,16 @@ package struct SimulationScenario: Sendable {
         let key = CatalogKey(host: "simulated.default.svc.cluster.local", port: 8080, endpoint: HostPort(host: "10.250.0.1", port: 8080))
         sim.trackedKeys = [key]
         sim.startAll()
+        var picker = SplitMix64(seed: seed &+ 0x5EED)
+        let candidates = Array(2..<max(2, nodes)).shuffled(using: &picker)
+        let slowMembers = Array(candidates.suffix(min(slow, candidates.count)))
         var converged: Duration?
         while sim.now < min(duration, catalogChangeAt), converged == nil {
             sim.run(for: .milliseconds(50))
             if sim.membershipConverged { converged = sim.now }
         }
+        sim.run(until: .seconds(3))
+        for member in slowMembers { sim.slow(member, by: slowDelay) }
         sim.run(until: catalogChangeAt)
         var records = sim.nodes[min(1, nodes - 1)].catalog.localRecords
         records[key] = CatalogRecord(locality: Locality(region: "sim"))
@@ -43,8 +53,7 @@ package struct SimulationScenario: Sendable {
         let idleSeconds = max(0.001, (min(duration, killAt) - idleStart).seconds)
 
         // Kill victims other than the seed and the publisher, chosen by the seed.
-        var random = SplitMix64(seed: seed &+ 0x5EED)
-        let victims = Array(Array(2..<max(2, nodes)).shuffled(using: &random).prefix(kill))
+        let victims = Array(candidates.prefix(min(kill, candidates.count - slowMembers.count)))
         let killedAt = sim.now
         for victim in victims { sim.kill(victim) }
         sim.run(until: duration)
@@ -60,7 +69,12 @@ package struct SimulationScenario: Sendable {
                 allSeconds: observers.count == liveAtEnd.count ? declarations.map(\.at).max().map { ($0 - killedAt).seconds } : nil,
                 observers: observers.count))
         }
-        let falsePositives = sim.deathDeclarations.filter { !victims.contains($0.subject) }
+        // A false positive is a healthy member declaring another healthy member dead; the slow
+        // members' own views, and their being found out, are reported apart.
+        let falsePositives = sim.deathDeclarations.filter {
+            !victims.contains($0.subject) && !slowMembers.contains($0.subject) && !slowMembers.contains($0.observer)
+        }
+        let slowDeaths = sim.deathDeclarations.filter { slowMembers.contains($0.subject) }.count
         let seen = (sim.catalogFirstSeen[key] ?? [:]).values.sorted()
         func spread(_ fraction: Double) -> Double? {
             let needed = Int((Double(nodes) * fraction).rounded(.up))
@@ -74,6 +88,7 @@ package struct SimulationScenario: Sendable {
             detections: detections,
             falsePositives: falsePositives.count,
             falsePositiveMembers: Set(falsePositives.map { FederationSimulation.name($0.subject).name }).sorted(),
+            slowMembers: slowMembers.map { FederationSimulation.name($0).name }, slowMemberDeathDeclarations: slowDeaths,
             catalogSpread99Seconds: spread(0.99), catalogSpread100Seconds: spread(1.0),
             bytesPerNodePerSecond: Double(sim.bytesSent.reduce(0, +)) / Double(nodes) / duration.seconds,
             idleBytesPerNodePerSecond: Double(idleBytes) / Double(nodes) / idleSeconds)
@@ -101,6 +116,9 @@ package struct SimulationReport: Sendable, Codable, Equatable {
     /// Dead declarations about members that were never killed.
     package var falsePositives: Int
     package var falsePositiveMembers: [String]
+    package var slowMembers: [String]
+    /// How often a slow member was declared dead by someone (it refutes and flaps).
+    package var slowMemberDeathDeclarations: Int
     package var catalogSpread99Seconds: Double?
     package var catalogSpread100Seconds: Double?
     package var bytesPerNodePerSecond: Double
@@ -116,6 +134,9 @@ package struct SimulationReport: Sendable, Codable, Equatable {
             lines.append("killed \(detection.member) dead at first peer \(s(detection.firstSeconds)), at every peer \(s(detection.allSeconds)) (\(detection.observers) peers)")
         }
         lines.append("false positives           \(falsePositives)" + (falsePositiveMembers.isEmpty ? "" : " (\(falsePositiveMembers.joined(separator: ", ")))"))
+        if !slowMembers.isEmpty {
+            lines.append("slow members              \(slowMembers.joined(separator: ", ")): declared dead \(slowMemberDeathDeclarations) times")
+        }
         lines.append("catalog change at 99%     \(s(catalogSpread99Seconds)), at 100% \(s(catalogSpread100Seconds))")
         lines.append(String(format: "bytes per node per second %.0f overall, %.0f idle", bytesPerNodePerSecond, idleBytesPerNodePerSecond))
         return lines.joined(separator: "\n")
