@@ -96,3 +96,35 @@ struct DataPathTests {
         #expect(elapsed >= .milliseconds(450) && elapsed < .seconds(5), "closed after \(elapsed)")
     }
 }
+
+@Suite("HTTP/2 with prior knowledge through the gateway", .serialized, .timeLimit(.minutes(2)))
+struct HTTP2PriorKnowledgeTests {
+    static let hasTools = FileManager.default.isExecutableFile(atPath: "/usr/sbin/nghttpd")
+        && ((try? runCommand("/usr/bin/env", ["python3", "-c", "import h2"]))?.status == 0)
+
+    @Test("An h2 client speaking prior knowledge over mTLS reaches an h2c backend (nghttpd) unchanged",
+          .enabled(if: hasTools, "needs nghttpd (Debian nghttp2-server) and python3's h2 package; .ci/run installs both"))
+    func h2PriorKnowledge() async throws {
+        let mesh = try TestMesh("h2", clusters: ["east"])
+        defer { mesh.processes.stopAll() }
+        let root = "\(mesh.directory)/h2root"
+        try FileManager.default.createDirectory(atPath: root, withIntermediateDirectories: true)
+        try "hello over h2\n".write(toFile: "\(root)/index.html", atomically: true, encoding: .utf8)
+        let backend = try ChildProcess(name: "nghttpd", arguments: ["/usr/sbin/nghttpd", "--no-tls", "-a", "127.0.45.10", "-d", root, "8443"],
+                                       logPath: "\(mesh.directory)/nghttpd.log")
+        defer { backend.stop() }
+        let gateway = mesh.gatewayConfig(name: "east-gw", cluster: "east", ip: "127.0.45.1",
+                                         services: [.echo("127.0.45.10:8443", port: 8443)])
+        try await mesh.startGateway(gateway)
+        let client = mesh.clientCertPath("east")
+        let script = "\(PackagePaths.root)/Tests/EastWestIntegrationTests/Support/h2_prior_knowledge_client.py"
+        var result = CommandResult(status: -1, stdout: "", stderr: "")
+        _ = await eventually(timeout: .seconds(5)) {
+            result = (try? runCommand("/usr/bin/env", ["python3", script, "127.0.45.1", "15443", "echo.default.svc.cluster.local",
+                                                      "\(client)/cert-chain.pem", "\(client)/key.pem", mesh.certs.rootCertificatePath,
+                                                      "/index.html"])) ?? result
+            return result.stdout.hasPrefix("200")
+        }
+        #expect(result.stdout == "200\nhello over h2\n\n", "client said: \(result.stdout) \(result.stderr)")
+    }
+}

@@ -1,0 +1,41 @@
+"""An HTTP/2 client that speaks h2 with prior knowledge over mutual TLS (no ALPN), as a mesh
+workload would through the gateway. Prints the response status and body.
+
+usage: h2_prior_knowledge_client.py HOST PORT SNI CERT_CHAIN KEY ROOT PATH
+"""
+import socket
+import ssl
+import sys
+
+import h2.config
+import h2.connection
+import h2.events
+
+host, port, sni, chain, key, root, path = sys.argv[1:8]
+context = ssl.create_default_context(cafile=root)
+context.check_hostname = False  # the gateway certificate names service hosts, not this SNI
+context.load_cert_chain(chain, key)
+with socket.create_connection((host, int(port)), timeout=10) as raw:
+    with context.wrap_socket(raw, server_hostname=sni) as tls:
+        conn = h2.connection.H2Connection(config=h2.config.H2Configuration(client_side=True))
+        conn.initiate_connection()
+        stream = conn.get_next_available_stream_id()
+        conn.send_headers(stream, [(":method", "GET"), (":path", path), (":scheme", "http"), (":authority", "backend")],
+                          end_stream=True)
+        tls.sendall(conn.data_to_send())
+        status, body, done = None, b"", False
+        while not done:
+            data = tls.recv(65536)
+            if not data:
+                break
+            for event in conn.receive_data(data):
+                if isinstance(event, h2.events.ResponseReceived):
+                    status = dict(event.headers).get(b":status", b"?").decode()
+                elif isinstance(event, h2.events.DataReceived):
+                    body += event.data
+                    conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+                elif isinstance(event, h2.events.StreamEnded):
+                    done = True
+            tls.sendall(conn.data_to_send())
+        print(status)
+        print(body.decode(errors="replace"))
