@@ -182,3 +182,54 @@ struct PeerGatewayIdentityTests {
         })
     }
 }
+
+@Suite("Federation between gateway processes", .serialized, .timeLimit(.minutes(3)))
+struct FederationIntegrationTests {
+    func members(_ mesh: TestMesh, _ config: GatewayConfig) -> [String: String] {
+        struct Body: Decodable { struct Member: Decodable { var name: String; var state: String }; var members: [Member] }
+        guard let body = try? JSONDecoder().decode(Body.self, from: Data(mesh.admin(config, "/v1/members").utf8)) else { return [:] }
+        return Dictionary(uniqueKeysWithValues: body.members.map { ($0.name, $0.state) })
+    }
+
+    @Test("Three gateways seeded in a ring learn each other and every cluster's services; kill -9 is noticed; a restart rejoins; a workload identity cannot join")
+    func gossipOnLoopback() async throws {
+        let mesh = try TestMesh("fed", clusters: ["c0", "c1", "c2"])
+        defer { mesh.processes.stopAll() }
+        var configs: [GatewayConfig] = []
+        for i in 0..<3 {
+            var config = mesh.gatewayConfig(name: "gw-\(i)", cluster: "c\(i)", ip: "127.0.4\(6 + i).1",
+                                            services: [.echo("127.0.4\(6 + i).10:8080")])
+            config.federation = .init(seeds: [HostPort(host: "127.0.4\(6 + (i + 1) % 3).1", port: 15443)])
+            configs.append(config)
+        }
+        var processes: [ChildProcess] = []
+        for config in configs { processes.append(try await mesh.startGateway(config)) }
+        #expect(await eventually(timeout: .seconds(10)) {
+            configs.allSatisfy { config in members(mesh, config).values.filter { $0 == "alive" }.count == 2 }
+        }, "members: \(configs.map { members(mesh, $0) })")
+        let services = try mesh.admin(configs[0], "/v1/services")
+        #expect(services.contains(#""c0" : 1"#) && services.contains(#""c1" : 1"#) && services.contains(#""c2" : 1"#), "\(services)")
+
+        // A process with a workload certificate tries to join: refused, never a member.
+        var impostor = mesh.gatewayConfig(name: "impostor", cluster: "c0", ip: "127.0.49.1", services: [])
+        impostor.tls = mesh.tlsFiles(mesh.clientCertPath("c0"))
+        impostor.federation = .init(seeds: [configs[0].listen])
+        try await mesh.startGateway(impostor)
+        #expect(await eventually(timeout: .seconds(5)) { processes[0].log.contains("federation peer refused") })
+        #expect(members(mesh, configs[1])["impostor"] == nil)
+
+        // kill -9 one gateway: the others mark it dead.
+        processes[2].signal(SIGKILL)
+        let killed = ContinuousClock.now
+        #expect(await eventually(timeout: .seconds(10)) {
+            members(mesh, configs[0])["gw-2"] == "dead" && members(mesh, configs[1])["gw-2"] == "dead"
+        })
+        let detection = ContinuousClock.now - killed
+        #expect(detection < .seconds(5), "took \(detection)")
+        // Restart: it rejoins.
+        processes[2] = try await mesh.startGateway(configs[2])
+        #expect(await eventually(timeout: .seconds(10)) {
+            members(mesh, configs[0])["gw-2"] == "alive" && members(mesh, configs[1])["gw-2"] == "alive"
+        })
+    }
+}

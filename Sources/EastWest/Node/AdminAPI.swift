@@ -1,3 +1,4 @@
+import Federation
 import Foundation
 import MeshProxyCore
 import NIOCore
@@ -16,6 +17,7 @@ struct AdminAPI: Sendable {
     let config: GatewayConfig
     let registry: PrometheusCollectorRegistry
     let ready: ReadyFlag
+    let gossip: GossipService?
 
     func respond(_ request: PlainHTTPRequest, on eventLoop: any EventLoop) -> EventLoopFuture<PlainHTTPResponse> {
         eventLoop.makeSucceededFuture(response(to: request))
@@ -35,9 +37,46 @@ struct AdminAPI: Sendable {
             encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
             let body = (try? encoder.encode(EffectiveConfig(config))) ?? Data("{}".utf8)
             return PlainHTTPResponse(contentType: "application/json", body: ByteBuffer(bytes: body))
+        case "/v1/members":
+            guard let view = gossip?.view else { return PlainHTTPResponse(status: .notFound, text: "federation is not configured\n") }
+            return json(MembersBody(myself: view.myself, members: view.members, droppedMessages: gossip?.droppedMessages ?? [:]))
+        case "/v1/services":
+            guard let view = gossip?.view else { return PlainHTTPResponse(status: .notFound, text: "federation is not configured\n") }
+            var services: [String: ServiceBody] = [:]
+            for (cluster, byService) in view.endpointsByCluster {
+                for (key, endpoints) in byService {
+                    let name = "\(key.host):\(key.port)"
+                    var body = services[name] ?? ServiceBody(host: key.host, port: key.port, clusters: [:])
+                    body.clusters[cluster] = endpoints.count
+                    services[name] = body
+                }
+            }
+            return json(services.values.sorted { ($0.host, $0.port) < ($1.host, $1.port) })
         default:
-            return PlainHTTPResponse(status: .notFound, text: "unknown admin path \(request.path); try /healthz/ready, /stats/prometheus, /config_dump\n")
+            return PlainHTTPResponse(status: .notFound, text: "unknown admin path \(request.path); try /healthz/ready, /stats/prometheus, /config_dump, /v1/members, /v1/services\n")
         }
+    }
+}
+
+extension AdminAPI {
+    struct MembersBody: Encodable {
+        var myself: GossipService.MemberView
+        var members: [GossipService.MemberView]
+        var droppedMessages: [String: Int]
+    }
+
+    struct ServiceBody: Encodable {
+        var host: String
+        var port: Int
+        /// Endpoint count per cluster that serves it.
+        var clusters: [String: Int]
+    }
+
+    func json(_ value: some Encodable) -> PlainHTTPResponse {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
+        let body = (try? encoder.encode(value)) ?? Data("{}".utf8)
+        return PlainHTTPResponse(contentType: "application/json", body: ByteBuffer(bytes: body))
     }
 }
 

@@ -1,3 +1,4 @@
+import Federation
 import Foundation
 import Logging
 import MeshProxyCore
@@ -40,8 +41,31 @@ struct GatewayNode: Service {
         try await group.run()
     }
 
+    /// Gossip with other gateways, when the config asks for it.
+    func makeGossip() -> GossipService? {
+        guard let federation = config.federation else { return nil }
+        var records: [CatalogKey: CatalogRecord] = [:]
+        for service in config.services ?? [] {
+            for endpoint in service.endpoints {
+                records[CatalogKey(host: service.host, port: service.port, endpoint: endpoint.address)] =
+                    CatalogRecord(locality: endpoint.locality, labels: endpoint.labels ?? [:])
+            }
+        }
+        var gossipLogger = logger
+        gossipLogger[metadataKey: "component"] = "federation"
+        return GossipService(id: MemberID(config.name), address: config.listen, cluster: config.cluster,
+                             settings: MembershipSettings.profile(named: federation.profile ?? "gateway") ?? .gateway,
+                             seeds: federation.seeds, records: records, tls: snapshot.tls, group: group, logger: gossipLogger)
+    }
+
     func run() async throws {
-        let listener = GatewayListener(snapshot: snapshot, group: group)
+        let gossip = makeGossip()
+        var acceptor: (@Sendable (any Channel) throws -> Void)?
+        if let gossip {
+            acceptor = { channel in try gossip.acceptConnection(channel) }
+        }
+        let listener = GatewayListener(snapshot: snapshot, group: group, federationServerName: FederationTransport.serverName,
+                                       federationAcceptor: acceptor)
         let ready = ReadyFlag()
         let admin: any Channel
         let bound: SocketAddress
@@ -49,12 +73,14 @@ struct GatewayNode: Service {
             bound = try await listener.bind()
             admin = try await PlainHTTPServer.bind(
                 host: config.effectiveAdmin.host, port: config.effectiveAdmin.port, role: "admin listener",
-                group: group, responder: AdminAPI(config: config, registry: registry, ready: ready).respond)
+                group: group, responder: AdminAPI(config: config, registry: registry, ready: ready, gossip: gossip).respond)
         } catch {
             printError("error: \(error)")
             _ = await listener.drain(timeout: .zero)
             throw ExitCodeError.startupFailed
         }
+        // Ended below, after the drain: the gossip loop announces our leave when cancelled.
+        let gossipTask = gossip.map { service in Task { await service.run() } }
         ready.set(true)
         logger.info("gateway ready", metadata: [
             "listen": "\(bound.ipAddress ?? "?"):\(bound.port ?? 0)", "admin": "\(config.effectiveAdmin)", "cluster": "\(config.cluster)",
@@ -66,6 +92,8 @@ struct GatewayNode: Service {
         logger.info("draining", metadata: ["timeout": "\(config.drainTimeout)"])
         let clean = await listener.drain(timeout: config.drainTimeout)
         logger.info(clean ? "drained; every connection finished" : "drain timeout reached; closing remaining connections")
+        gossipTask?.cancel()
+        await gossipTask?.value
         try? await admin.close()
     }
 }

@@ -41,6 +41,16 @@ package struct GatewayConfig: Codable, Sendable, Equatable {
     package var maxConnectAttempts: Int?
     package var services: [ServiceConfig]?
     package var remoteClusters: [RemoteCluster]?
+    /// Gossip with other gateways (membership and endpoint catalog). Absent: no federation.
+    package var federation: Federation?
+
+    package struct Federation: Codable, Sendable, Equatable {
+        /// Other gateways' `ADDRESS:15443` to join through; one reachable seed is enough.
+        package var seeds: [HostPort]
+        /// Timing profile: `gateway` (default) or `wan`.
+        package var profile: String?
+        package init(seeds: [HostPort], profile: String? = nil) { self.seeds = seeds; self.profile = profile }
+    }
 
     package struct TLSFiles: Codable, Sendable, Equatable {
         package var certificateChain: String

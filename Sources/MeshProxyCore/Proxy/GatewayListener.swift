@@ -15,7 +15,14 @@ package final class GatewayListener: Sendable {
     private let group: any EventLoopGroup
     private let quiescing: ServerQuiescingHelper
 
-    package init(snapshot: DataPlaneSnapshot, group: any EventLoopGroup) {
+    /// Takes over connections whose server name is `federationServerName` (gossip between gateways).
+    private let federationAcceptor: (@Sendable (any Channel) throws -> Void)?
+    private let federationServerName: String?
+
+    package init(snapshot: DataPlaneSnapshot, group: any EventLoopGroup, federationServerName: String? = nil,
+                 federationAcceptor: (@Sendable (any Channel) throws -> Void)? = nil) {
+        self.federationServerName = federationServerName
+        self.federationAcceptor = federationAcceptor
         self.snapshot = snapshot
         self.group = group
         self.quiescing = ServerQuiescingHelper(group: group)
@@ -26,6 +33,7 @@ package final class GatewayListener: Sendable {
         let snapshot = self.snapshot
         let quiescing = self.quiescing
         let address = snapshot.config.listen
+        let federation = federationServerName.flatMap { name in federationAcceptor.map { (name, $0) } }
         do {
             let server = try await ServerBootstrap(group: group)
                 .serverChannelOption(.backlog, value: 1024)
@@ -39,7 +47,7 @@ package final class GatewayListener: Sendable {
                 .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
                 .childChannelInitializer { channel in
                     channel.eventLoop.makeCompletedFuture {
-                        try Self.initialize(channel, snapshot: snapshot)
+                        try Self.initialize(channel, snapshot: snapshot, federation: federation)
                     }
                 }
                 .bind(host: address.host, port: address.port).get()
@@ -67,7 +75,8 @@ package final class GatewayListener: Sendable {
         return drained
     }
 
-    private static func initialize(_ channel: any Channel, snapshot: DataPlaneSnapshot) throws {
+    private static func initialize(_ channel: any Channel, snapshot: DataPlaneSnapshot,
+                                   federation: (String, @Sendable (any Channel) throws -> Void)?) throws {
         let record = ConnectionRecord(downstreamRemote: channel.remoteAddress.map(Self.describe) ?? "-",
                                       downstreamLocal: channel.localAddress.map(Self.describe) ?? "-")
         let logger = snapshot.logger
@@ -84,6 +93,17 @@ package final class GatewayListener: Sendable {
                 record.detail = "client sent no server name (SNI); the gateway routes by it"
                 channel.close(promise: nil)
                 return channel.eventLoop.makeFailedFuture(ChannelError.ioOnClosedChannel)
+            }
+            if let (federationName, accept) = federation, name == federationName {
+                // Gossip between gateways shares the port; it is not a proxied connection.
+                record.serverName = name
+                record.isFederation = true
+                do {
+                    try accept(channel)
+                    return channel.eventLoop.makeSucceededVoidFuture()
+                } catch {
+                    return channel.eventLoop.makeFailedFuture(error)
+                }
             }
             record.serverName = name
             let route: Route

@@ -23,6 +23,8 @@ package final class ConnectionRecord {
     package var bytesReceived: Int { glue?.downstream.bytesRead ?? 0 }
     /// Bytes to the client.
     package var bytesSent: Int { glue?.upstream.bytesRead ?? 0 }
+    /// Gossip connections are not proxied traffic and get no access-log line.
+    package var isFederation = false
     private var isOpenInMetrics = false
     private var isFinished = false
 
@@ -45,7 +47,7 @@ package final class ConnectionRecord {
 
     /// Writes the access-log line (and closes the metrics) once.
     package func finish(metrics: TCPMetrics, logger: Logger) {
-        guard !isFinished else { return }
+        guard !isFinished, !isFederation else { return }
         isFinished = true
         if isOpenInMetrics, let labels = metricLabels {
             metrics.closed(labels, sent: bytesSent, received: bytesReceived)

@@ -1,0 +1,149 @@
+import Foundation
+import Logging
+import MeshProxyCore
+import NIOConcurrencyHelpers
+import NIOCore
+import NIOExtras
+import NIOPosix
+import NIOSSL
+import NIOTLS
+
+/// Carries gossip between gateways over the same `ADDRESS:15443` listener as the data plane:
+/// mutual TLS with the gateway certificates, a reserved server name so the SNI router hands the
+/// connection here, and length-prefixed `GossipCodec` frames. Only peers with a gateway
+/// identity are heard; a malformed frame is dropped and counted, never fatal.
+package final class FederationTransport: Sendable {
+    /// The SNI federation connections use; no service may have this name.
+    package static let serverName = "federation.eastwest.internal"
+
+    private let tls: GatewayTLS
+    private let group: any EventLoopGroup
+    private let inbound: AsyncStream<FederationEvent>.Continuation
+    private let logger: Logger
+    private let connections = NIOLockedValueBox<[HostPort: EventLoopFuture<any Channel>]>([:])
+    private let dropped = NIOLockedValueBox<[String: Int]>([:])
+
+    package init(tls: GatewayTLS, group: any EventLoopGroup, inbound: AsyncStream<FederationEvent>.Continuation, logger: Logger) {
+        self.tls = tls
+        self.group = group
+        self.inbound = inbound
+        self.logger = logger
+    }
+
+    /// Messages dropped by reason (`malformed`, `oversized`, `unknown_version`, `send_failed`).
+    package var droppedMessages: [String: Int] { dropped.withLockedValue { $0 } }
+
+    private func countDrop(_ reason: String) { dropped.withLockedValue { $0[reason, default: 0] += 1 } }
+
+    // MARK: - Inbound
+
+    /// Called by the listener, on the connection's event loop, for the reserved server name.
+    package func acceptConnection(_ channel: any Channel) throws {
+        let policy = tls.peerGatewayPolicy
+        let logger = self.logger
+        let remote = channel.remoteAddress.map { "\($0)" } ?? "?"
+        let handler = NIOSSLServerHandler(context: tls.serverContext) { certificates, verification in
+            switch policy.evaluate(peerCertificates: certificates, now: Date()) {
+            case .success:
+                verification.succeed(.certificateVerified)
+            case .failure(let rejection):
+                logger.warning("federation peer refused", metadata: ["peer": "\(remote)", "reason": "\(rejection)"])
+                verification.succeed(.failed)
+            }
+        }
+        let operations = channel.pipeline.syncOperations
+        try operations.addHandler(handler)
+        try operations.addHandler(ByteToMessageHandler(LengthFieldBasedFrameDecoder(lengthFieldBitLength: .fourBytes)))
+        try operations.addHandler(FrameReceiver(transport: self))
+    }
+
+    fileprivate func received(_ frame: ByteBuffer) {
+        do {
+            inbound.yield(.message(try GossipCodec.decode(frame)))
+        } catch {
+            countDrop(error.reason)
+            logger.debug("dropped federation message", metadata: ["reason": "\(error)"])
+        }
+    }
+
+    private final class FrameReceiver: ChannelInboundHandler {
+        typealias InboundIn = ByteBuffer
+        let transport: FederationTransport
+        init(transport: FederationTransport) { self.transport = transport }
+        func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+            transport.received(unwrapInboundIn(data))
+        }
+        func errorCaught(context: ChannelHandlerContext, error: any Error) {
+            context.close(promise: nil)
+        }
+        func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+            // A draining gateway closes gossip connections at once: they would never end by
+            // themselves and would hold the drain for its whole timeout.
+            if event is ChannelShouldQuiesceEvent {
+                context.close(promise: nil)
+                return
+            }
+            context.fireUserInboundEventTriggered(event)
+        }
+    }
+
+    // MARK: - Outbound
+
+    /// Sends one message, reusing the connection to that peer. Like a datagram: a failure drops
+    /// the message (the protocol tolerates loss) and the next send dials again.
+    package func send(_ message: GossipMessage, to address: HostPort) {
+        let frame = GossipCodec.encode(message)
+        guard frame.readableBytes <= GossipCodec.maximumMessageSize else {
+            countDrop("oversized")
+            return
+        }
+        let future = connection(to: address)
+        future.whenSuccess { channel in channel.writeAndFlush(frame, promise: nil) }
+        future.whenFailure { [weak self] _ in
+            self?.countDrop("send_failed")
+            self?.forget(address, future)
+        }
+    }
+
+    private func connection(to address: HostPort) -> EventLoopFuture<any Channel> {
+        connections.withLockedValue { connections in
+            if let existing = connections[address] { return existing }
+            let future = dial(address)
+            connections[address] = future
+            future.whenSuccess { [weak self] channel in
+                channel.closeFuture.whenComplete { _ in self?.forget(address, future) }
+            }
+            return future
+        }
+    }
+
+    private func forget(_ address: HostPort, _ future: EventLoopFuture<any Channel>) {
+        connections.withLockedValue { connections in
+            if connections[address] === future { connections[address] = nil }
+        }
+    }
+
+    private func dial(_ address: HostPort) -> EventLoopFuture<any Channel> {
+        let context = tls.clientContext
+        let policy = tls.peerGatewayPolicy
+        let logger = self.logger
+        return ClientBootstrap(group: group)
+            .connectTimeout(.seconds(1))
+            .channelOption(.socketOption(.tcp_nodelay), value: 1)
+            .channelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    let handler = try NIOSSLClientHandler(context: context, serverHostname: Self.serverName) { certificates, verification in
+                        switch policy.evaluate(peerCertificates: certificates, now: Date()) {
+                        case .success: verification.succeed(.certificateVerified)
+                        case .failure(let rejection):
+                            logger.warning("federation peer refused", metadata: ["peer": "\(address)", "reason": "\(rejection)"])
+                            verification.succeed(.failed)
+                        }
+                    }
+                    try channel.pipeline.syncOperations.addHandler(handler)
+                    try channel.pipeline.syncOperations.addHandler(LengthFieldPrepender(lengthFieldBitLength: .fourBytes))
+                }
+            }
+            .connect(host: address.host, port: address.port)
+    }
+}

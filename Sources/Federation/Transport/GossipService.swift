@@ -1,0 +1,132 @@
+import Logging
+import MeshProxyCore
+import NIOCore
+import Synchronization
+
+/// What the gossip loop reacts to: a message from a peer, or the clock.
+package enum FederationEvent: Sendable {
+    case message(GossipMessage)
+    case tick
+}
+
+/// The shell around `FederationNode`: one loop owns the node (no locks, no re-entrancy), fed by
+/// the transport's inbound messages and a 20 ms ticker; it carries out the node's directives and
+/// publishes a read-only view for the admin API and the data plane.
+package final class GossipService: Sendable {
+    package struct MemberView: Sendable, Codable, Equatable {
+        package var name: String
+        package var cluster: String
+        package var address: String
+        package var state: String
+        package var incarnation: UInt64
+        package var lastChangeSecondsAgo: Double
+    }
+
+    package struct View: Sendable {
+        package var myself: MemberView
+        package var members: [MemberView]
+        package var endpointsByCluster: [String: [ServiceKey: [Endpoint]]]
+    }
+
+    private let id: MemberID
+    private let address: HostPort
+    private let cluster: String
+    private let settings: MembershipSettings
+    private let seeds: [HostPort]
+    private let records: [CatalogKey: CatalogRecord]
+    private let transport: FederationTransport
+    private let events: AsyncStream<FederationEvent>
+    private let continuation: AsyncStream<FederationEvent>.Continuation
+    private let logger: Logger
+    private let onChange: @Sendable (View) -> Void
+    private let current: Mutex<View?> = Mutex(nil)
+
+    package init(id: MemberID, address: HostPort, cluster: String, settings: MembershipSettings, seeds: [HostPort],
+                 records: [CatalogKey: CatalogRecord], tls: GatewayTLS, group: any EventLoopGroup, logger: Logger,
+                 onChange: @escaping @Sendable (View) -> Void = { _ in }) {
+        self.id = id; self.address = address; self.cluster = cluster; self.settings = settings
+        self.seeds = seeds; self.records = records; self.logger = logger; self.onChange = onChange
+        (events, continuation) = AsyncStream.makeStream(of: FederationEvent.self, bufferingPolicy: .bufferingNewest(10_000))
+        transport = FederationTransport(tls: tls, group: group, inbound: continuation, logger: logger)
+    }
+
+    package var view: View? { current.withLock { $0 } }
+    package var droppedMessages: [String: Int] { transport.droppedMessages }
+
+    /// The listener hands connections with the federation server name here.
+    package func acceptConnection(_ channel: any Channel) throws { try transport.acceptConnection(channel) }
+
+    /// Runs until the task is cancelled; then announces a graceful leave.
+    package func run() async {
+        var random = SystemRandomNumberGenerator()
+        let start = ContinuousClock.now
+        // A new generation per process start, so peers drop what an earlier run published.
+        let generation = UInt64(Date.timeIntervalSinceReferenceDate * 1000)
+        var node = FederationNode(id: id, address: address, cluster: cluster, generation: generation, settings: settings, now: start)
+        carryOut(node.publish(records, now: start, random: &random), node: node)
+        carryOut(node.join(seeds: seeds, now: start), node: node)
+        let continuation = self.continuation
+        let ticker = Task {
+            while !Task.isCancelled {
+                try? await Task.sleep(for: .milliseconds(20))
+                continuation.yield(.tick)
+            }
+        }
+        defer { ticker.cancel() }
+        await withTaskCancellationHandler {
+            for await event in events {
+                let now = ContinuousClock.now
+                switch event {
+                case .tick:
+                    if now >= node.nextDeadline { carryOut(node.tick(now: now, random: &random), node: node) }
+                case .message(let message):
+                    carryOut(node.received(message, now: now, random: &random), node: node)
+                }
+                if Task.isCancelled { break }
+            }
+        } onCancel: {
+            continuation.finish()
+        }
+        carryOut(node.leave(now: .now), node: node)
+    }
+
+    private func carryOut(_ directives: [FederationNode.Directive], node: FederationNode) {
+        var changed = false
+        for directive in directives {
+            switch directive {
+            case .send(let message, let to):
+                transport.send(message, to: to)
+            case .memberChanged(let update, let previous):
+                changed = true
+                let level: Logger.Level = update.state == .alive ? .info : .warning
+                logger.log(level: level, "member \(update.state.rawValue)", metadata: [
+                    "member": "\(update.id)", "cluster": "\(update.cluster)", "address": "\(update.address)",
+                    "incarnation": "\(update.incarnation)", "previous": "\(previous?.rawValue ?? "-")"])
+            case .catalogChanged:
+                changed = true
+            }
+        }
+        // Rebuilt after every batch: O(members), and a federation has tens of them.
+        let view = makeView(node)
+        current.withLock { $0 = view }
+        if changed { onChange(view) }
+    }
+
+    private func makeView(_ node: FederationNode) -> View {
+        let now = ContinuousClock.now
+        func member(_ m: Member) -> MemberView {
+            MemberView(name: m.id.name, cluster: m.cluster, address: m.address.description, state: m.state.rawValue,
+                       incarnation: m.incarnation, lastChangeSecondsAgo: (now - m.lastChange).seconds)
+        }
+        let me = node.membership.myself
+        let members = node.membership.members.values.sorted { $0.id < $1.id }.map(member)
+        let alive = Set(node.membership.members.values.filter { $0.state == .alive }.map(\.id))
+        return View(
+            myself: MemberView(name: me.id.name, cluster: me.cluster, address: me.address.description, state: me.state.rawValue,
+                               incarnation: me.incarnation, lastChangeSecondsAgo: 0),
+            members: members,
+            endpointsByCluster: node.catalog.endpointsByCluster { $0 == node.id || alive.contains($0) })
+    }
+}
+
+import Foundation
