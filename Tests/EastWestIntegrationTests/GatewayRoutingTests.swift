@@ -191,7 +191,7 @@ struct FederationIntegrationTests {
         return Dictionary(uniqueKeysWithValues: body.members.map { ($0.name, $0.state) })
     }
 
-    @Test("Three gateways seeded in a ring learn each other and every cluster's services; kill -9 is noticed; a restart rejoins; a workload identity cannot join")
+    @Test("Three gateways seeded in a ring learn each other and every cluster's services and route to them; kill -9 is noticed; a restart rejoins; a workload identity cannot join")
     func gossipOnLoopback() async throws {
         let mesh = try TestMesh("fed", clusters: ["c0", "c1", "c2"])
         defer { mesh.processes.stopAll() }
@@ -202,11 +202,22 @@ struct FederationIntegrationTests {
             config.federation = .init(seeds: [HostPort(host: "127.0.4\(6 + (i + 1) % 3).1", port: 15443)])
             configs.append(config)
         }
+        // ratings runs only in c1; gw-0 has no static route to it and must learn it.
+        let ratings = GatewayConfig.ServiceConfig.echo("127.0.47.20:9080", host: "ratings.default.svc.cluster.local", port: 9080)
+        configs[1].services?.append(ratings)
+        try await mesh.startBackend("127.0.47.20:9080", service: "ratings.default.svc.cluster.local", cluster: "c1")
         var processes: [ChildProcess] = []
         for config in configs { processes.append(try await mesh.startGateway(config)) }
         #expect(await eventually(timeout: .seconds(10)) {
             configs.allSatisfy { config in members(mesh, config).values.filter { $0 == "alive" }.count == 2 }
         }, "members: \(configs.map { members(mesh, $0) })")
+        // The data plane follows: a client of c0 reaches c1's ratings through gw-0 -> gw-1.
+        var answer: [String: String]?
+        _ = await eventually(timeout: .seconds(5)) {
+            answer = mesh.answer((try? mesh.curl(configs[0], host: "ratings.default.svc.cluster.local")) ?? CommandResult(status: 1, stdout: "", stderr: ""))
+            return answer?["cluster"] == "c1"
+        }
+        #expect(answer?["cluster"] == "c1")
         let services = try mesh.admin(configs[0], "/v1/services")
         #expect(services.contains(#""c0" : 1"#) && services.contains(#""c1" : 1"#) && services.contains(#""c2" : 1"#), "\(services)")
 

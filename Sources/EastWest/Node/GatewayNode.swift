@@ -13,6 +13,7 @@ import ServiceLifecycle
 struct GatewayNode: Service {
     let config: GatewayConfig
     let snapshot: DataPlaneSnapshot
+    let store: DataPlaneStore
     let registry: PrometheusCollectorRegistry
     let group: any EventLoopGroup
     let logger: Logger
@@ -31,7 +32,7 @@ struct GatewayNode: Service {
         let registry = PrometheusCollectorRegistry()
         MetricsSystem.bootstrap(PrometheusMetricsFactory(registry: registry))
         let snapshot = DataPlaneSnapshot(config: config, tls: tls, logger: logger)
-        let node = GatewayNode(config: config, snapshot: snapshot, registry: registry,
+        let node = GatewayNode(config: config, snapshot: snapshot, store: DataPlaneStore(snapshot), registry: registry,
                                group: MultiThreadedEventLoopGroup.singleton, logger: logger)
         // The lifecycle's own debug lines print the whole node; keep them out of gateway logs.
         var lifecycleLogger = Logger(label: "eastwest.lifecycle")
@@ -53,9 +54,16 @@ struct GatewayNode: Service {
         }
         var gossipLogger = logger
         gossipLogger[metadataKey: "component"] = "federation"
+        let base = config.meshEndpoints
+        let store = self.store
         return GossipService(id: MemberID(config.name), address: config.listen, cluster: config.cluster,
                              settings: MembershipSettings.profile(named: federation.profile ?? "gateway") ?? .gateway,
-                             seeds: federation.seeds, records: records, tls: snapshot.tls, group: group, logger: gossipLogger)
+                             seeds: federation.seeds, records: records, tls: snapshot.tls, group: group, logger: gossipLogger,
+                             onChange: { view in
+                                 // New connections route by what federation knows now.
+                                 let endpoints = view.meshEndpoints(base: base)
+                                 store.update { $0.with(endpoints: endpoints) }
+                             })
     }
 
     func run() async throws {
@@ -64,7 +72,7 @@ struct GatewayNode: Service {
         if let gossip {
             acceptor = { channel in try gossip.acceptConnection(channel) }
         }
-        let listener = GatewayListener(snapshot: snapshot, group: group, federationServerName: FederationTransport.serverName,
+        let listener = GatewayListener(store: store, group: group, federationServerName: FederationTransport.serverName,
                                        federationAcceptor: acceptor)
         let ready = ReadyFlag()
         let admin: any Channel

@@ -25,6 +25,30 @@ package struct DataPlaneSnapshot: Sendable {
     }
 }
 
+extension DataPlaneSnapshot {
+    /// The same gateway with a new view of the mesh's endpoints (federation learned something).
+    /// Round-robin positions carry over.
+    package func with(endpoints: MeshEndpoints) -> DataPlaneSnapshot {
+        var next = self
+        next.routes = RouteTable(endpoints: endpoints)
+        next.picker = EndpointPicker(endpoints: endpoints)
+        return next
+    }
+}
+
+/// The current snapshot, swapped whole when the mesh changes; a connection reads it once.
+package final class DataPlaneStore: Sendable {
+    private let snapshot: Mutex<DataPlaneSnapshot>
+
+    package init(_ initial: DataPlaneSnapshot) { snapshot = Mutex(initial) }
+
+    package var current: DataPlaneSnapshot { snapshot.withLock { $0 } }
+
+    package func update(_ change: (DataPlaneSnapshot) -> DataPlaneSnapshot) {
+        snapshot.withLock { $0 = change($0) }
+    }
+}
+
 /// One round-robin position per service, shared by every event loop. One lock per accepted
 /// connection; never held across I/O.
 package final class RoundRobinCursors: Sendable {

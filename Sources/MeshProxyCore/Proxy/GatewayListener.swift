@@ -11,7 +11,7 @@ import NIOTLS
 /// refuse unknown names (`NR`), terminate mTLS with the mesh policy deciding who gets in, then
 /// hand over to `GatewayConnectionHandler`.
 package final class GatewayListener: Sendable {
-    private let snapshot: DataPlaneSnapshot
+    private let store: DataPlaneStore
     private let group: any EventLoopGroup
     private let quiescing: ServerQuiescingHelper
 
@@ -19,20 +19,20 @@ package final class GatewayListener: Sendable {
     private let federationAcceptor: (@Sendable (any Channel) throws -> Void)?
     private let federationServerName: String?
 
-    package init(snapshot: DataPlaneSnapshot, group: any EventLoopGroup, federationServerName: String? = nil,
+    package init(store: DataPlaneStore, group: any EventLoopGroup, federationServerName: String? = nil,
                  federationAcceptor: (@Sendable (any Channel) throws -> Void)? = nil) {
         self.federationServerName = federationServerName
         self.federationAcceptor = federationAcceptor
-        self.snapshot = snapshot
+        self.store = store
         self.group = group
         self.quiescing = ServerQuiescingHelper(group: group)
     }
 
     /// Binds the listen address; an address in use fails with an error naming it.
     package func bind() async throws -> SocketAddress {
-        let snapshot = self.snapshot
+        let store = self.store
         let quiescing = self.quiescing
-        let address = snapshot.config.listen
+        let address = store.current.config.listen
         let federation = federationServerName.flatMap { name in federationAcceptor.map { (name, $0) } }
         do {
             let server = try await ServerBootstrap(group: group)
@@ -47,7 +47,8 @@ package final class GatewayListener: Sendable {
                 .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
                 .childChannelInitializer { channel in
                     channel.eventLoop.makeCompletedFuture {
-                        try Self.initialize(channel, snapshot: snapshot, federation: federation)
+                        // Read once per connection: a swap later never changes a connection's view.
+                        try Self.initialize(channel, snapshot: store.current, federation: federation)
                     }
                 }
                 .bind(host: address.host, port: address.port).get()
