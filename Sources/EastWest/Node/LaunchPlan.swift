@@ -17,6 +17,8 @@ struct LaunchPlan {
     enum Readiness {
         case httpOK(HostPort, path: String)
         case tcpAccepts(HostPort)
+        /// The gateway's admin API lists these members as alive: federation has converged.
+        case federated(HostPort, peers: [String])
     }
 
     var topology: Topology
@@ -85,6 +87,12 @@ struct LaunchPlan {
         }
         // Backends first, so a gateway's first connection finds them.
         children.sort { $0.kind == .backend && $1.kind == .gateway }
+        // Ready means federated: every gateway sees every other one alive, so the curl we print
+        // crosses clusters at once.
+        for config in configs {
+            children.append(Child(name: "\(config.name) (federation)", kind: .gateway, arguments: [],
+                                  readiness: .federated(config.effectiveAdmin, peers: topology.gatewayNames.filter { $0 != config.name })))
+        }
         return LaunchPlan(topology: topology, stateDir: stateDir, children: children, gatewayConfigs: configs, clientCertificates: clients)
     }
 

@@ -24,7 +24,7 @@ final class Supervisor: Sendable {
     }
 
     func start(_ plan: LaunchPlan, readyTimeout: Duration) async throws {
-        for child in plan.children {
+        for child in plan.children where !child.arguments.isEmpty {
             if state.withLock({ $0.stopRequested }) { throw StartError("interrupted") }
             let logPath = "\(logDirectory)/\(child.name.replacingOccurrences(of: "/", with: "_")).log"
             _ = FileManager.default.createFile(atPath: logPath, contents: nil)
@@ -118,6 +118,12 @@ enum Probe {
             return true
         case .httpOK(let address, let path):
             return (try? await httpGet(address, path: path))?.status == 200
+        case .federated(let address, let peers):
+            guard let reply = try? await httpGet(address, path: "/v1/members"), reply.status == 200 else { return false }
+            struct Body: Decodable { struct Member: Decodable { var name: String; var state: String }; var members: [Member] }
+            guard let body = try? JSONDecoder().decode(Body.self, from: Data(reply.body.utf8)) else { return false }
+            let alive = Set(body.members.filter { $0.state == "alive" }.map(\.name))
+            return Set(peers).isSubset(of: alive)
         }
     }
 

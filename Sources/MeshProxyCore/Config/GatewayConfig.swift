@@ -109,12 +109,12 @@ package struct GatewayConfig: Codable, Sendable, Equatable {
     package init(name: String, cluster: String, network: String? = nil, locality: Locality? = nil, trustDomain: String? = nil,
                  listen: HostPort, admin: HostPort? = nil, tls: TLSFiles, allowedTrustDomains: [String]? = nil,
                  peerGatewayIdentities: [String]? = nil, timeouts: Timeouts? = nil, maxConnectAttempts: Int? = nil,
-                 services: [ServiceConfig]? = nil, remoteClusters: [RemoteCluster]? = nil) {
+                 services: [ServiceConfig]? = nil, remoteClusters: [RemoteCluster]? = nil, federation: Federation? = nil) {
         self.name = name; self.cluster = cluster; self.network = network; self.locality = locality
         self.trustDomain = trustDomain; self.listen = listen; self.admin = admin; self.tls = tls
         self.allowedTrustDomains = allowedTrustDomains; self.peerGatewayIdentities = peerGatewayIdentities
         self.timeouts = timeouts; self.maxConnectAttempts = maxConnectAttempts
-        self.services = services; self.remoteClusters = remoteClusters
+        self.services = services; self.remoteClusters = remoteClusters; self.federation = federation
     }
 
     // MARK: - Effective values (defaults applied)

@@ -37,20 +37,20 @@ package struct Topology: Codable, Sendable, Equatable {
         Array(Set(clusters.flatMap { ($0.services ?? []).map(\.host) })).sorted()
     }
 
-    /// The config of one gateway: its own cluster's services, and every other cluster as a
-    /// remote cluster reachable through that cluster's gateways.
+    /// The config of one gateway: its own cluster's services and seed addresses; every other
+    /// cluster is learned by gossip. The seeds are the first gateway of every other cluster
+    /// and the other gateways of its own, so any one of them being up is enough to join.
     package func gatewayConfig(cluster: Cluster, gateway: Gateway, tls: GatewayConfig.TLSFiles) -> GatewayConfig {
-        let remotes = clusters.filter { $0.name != cluster.name }.map { other in
-            GatewayConfig.RemoteCluster(
-                name: other.name, network: other.network,
-                gateways: other.gateways.compactMap { g in g.listen.map { GatewayConfig.RemoteGateway(name: g.name, address: $0, locality: g.locality) } },
-                services: other.services)
-        }
+        var seeds: [HostPort] = cluster.gateways.filter { $0.name != gateway.name }.compactMap(\.listen)
+        seeds += clusters.filter { $0.name != cluster.name }.compactMap { $0.gateways.first?.listen }
         return GatewayConfig(
             name: gateway.name, cluster: cluster.name, network: cluster.network, locality: gateway.locality,
             trustDomain: effectiveTrustDomain, listen: gateway.listen!, admin: gateway.admin, tls: tls,
-            services: cluster.services ?? [], remoteClusters: remotes)
+            services: cluster.services ?? [], federation: .init(seeds: seeds))
     }
+
+    /// Every gateway's name, for readiness checks.
+    package var gatewayNames: [String] { clusters.flatMap { $0.gateways.map(\.name) } }
 }
 
 extension Topology: ConfigValidatable {
