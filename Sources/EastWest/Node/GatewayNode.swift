@@ -32,7 +32,8 @@ struct GatewayNode: Service {
         let registry = PrometheusCollectorRegistry()
         MetricsSystem.bootstrap(PrometheusMetricsFactory(registry: registry))
         let snapshot = DataPlaneSnapshot(config: config, tls: tls, logger: logger)
-        let node = GatewayNode(config: config, snapshot: snapshot, store: DataPlaneStore(snapshot), registry: registry,
+        let store = DataPlaneStore(snapshot)
+        let node = GatewayNode(config: config, snapshot: snapshot, store: store, registry: registry,
                                group: MultiThreadedEventLoopGroup.singleton, logger: logger)
         // The lifecycle's own debug lines print the whole node; keep them out of gateway logs.
         var lifecycleLogger = Logger(label: "eastwest.lifecycle")
@@ -68,6 +69,13 @@ struct GatewayNode: Service {
 
     func run() async throws {
         let gossip = makeGossip()
+        if let gossip {
+            store.update { current in
+                var next = current
+                next.peerGatewayUnreachable = { gateway in gossip.reportUnreachable(gateway) }
+                return next
+            }
+        }
         var acceptor: (@Sendable (any Channel) throws -> Void)?
         if let gossip {
             acceptor = { channel in try gossip.acceptConnection(channel) }

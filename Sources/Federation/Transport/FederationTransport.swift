@@ -1,6 +1,7 @@
 import Foundation
 import Logging
 import MeshProxyCore
+import Metrics
 import NIOConcurrencyHelpers
 import NIOCore
 import NIOExtras
@@ -33,7 +34,10 @@ package final class FederationTransport: Sendable {
     /// Messages dropped by reason (`malformed`, `oversized`, `unknown_version`, `send_failed`).
     package var droppedMessages: [String: Int] { dropped.withLockedValue { $0 } }
 
-    private func countDrop(_ reason: String) { dropped.withLockedValue { $0[reason, default: 0] += 1 } }
+    private func countDrop(_ reason: String) {
+        dropped.withLockedValue { $0[reason, default: 0] += 1 }
+        Counter(label: "eastwest_federation_messages_dropped_total", dimensions: [("reason", reason)]).increment()
+    }
 
     // MARK: - Inbound
 

@@ -7,6 +7,8 @@ import Synchronization
 package enum FederationEvent: Sendable {
     case message(GossipMessage)
     case tick
+    /// The data path could not connect to this member's gateway.
+    case unreachable(MemberID)
 }
 
 /// The shell around `FederationNode`: one loop owns the node (no locks, no re-entrancy), fed by
@@ -53,6 +55,9 @@ package final class GossipService: Sendable {
     package var view: View? { current.withLock { $0 } }
     package var droppedMessages: [String: Int] { transport.droppedMessages }
 
+    /// Feeds a data-path connect failure to the failure detector.
+    package func reportUnreachable(_ gateway: String) { continuation.yield(.unreachable(MemberID(gateway))) }
+
     /// The listener hands connections with the federation server name here.
     package func acceptConnection(_ channel: any Channel) throws { try transport.acceptConnection(channel) }
 
@@ -81,6 +86,8 @@ package final class GossipService: Sendable {
                     if now >= node.nextDeadline { carryOut(node.tick(now: now, random: &random), node: node) }
                 case .message(let message):
                     carryOut(node.received(message, now: now, random: &random), node: node)
+                case .unreachable(let member):
+                    node.reportUnreachable(member, now: now)
                 }
                 if Task.isCancelled { break }
             }

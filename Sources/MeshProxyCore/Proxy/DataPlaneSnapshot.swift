@@ -12,6 +12,9 @@ package struct DataPlaneSnapshot: Sendable {
     package var cursors: RoundRobinCursors
     package var metrics: TCPMetrics
     package var logger: Logger
+    /// Told when a connect to a peer gateway fails on the data path (gateway name), so the
+    /// failure detector probes it now instead of at its turn.
+    package var peerGatewayUnreachable: @Sendable (String) -> Void = { _ in }
 
     package init(config: GatewayConfig, tls: GatewayTLS, logger: Logger) {
         let endpoints = config.meshEndpoints

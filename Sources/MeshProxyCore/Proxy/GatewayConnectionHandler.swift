@@ -136,6 +136,7 @@ package final class GatewayConnectionHandler: ChannelDuplexHandler, RemovableCha
     private func failed(target: UpstreamTarget, error: any Error, context: ChannelHandlerContext) {
         guard state == .connecting else { return }
         failures.append(UpstreamConnector.describe(error))
+        if case .peerGateway(_, let gateway, _) = target { snapshot.peerGatewayUnreachable(gateway.name) }
         snapshot.logger.debug("upstream attempt failed", metadata: ["target": "\(target)", "error": "\(error)"])
         attempt += 1
         if attempt < targets.count {
