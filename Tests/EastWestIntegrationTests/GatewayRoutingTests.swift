@@ -221,6 +221,25 @@ struct FederationIntegrationTests {
         let services = try mesh.admin(configs[0], "/v1/services")
         #expect(services.contains(#""c0" : 1"#) && services.contains(#""c1" : 1"#) && services.contains(#""c2" : 1"#), "\(services)")
 
+        // An endpoint registered in one cluster appears in the others; deregistered, it goes.
+        let register = try runCommand("/usr/bin/curl", ["-s", "-X", "PUT", "--data",
+            #"{"host": "inventory.default.svc.cluster.local", "port": 7070, "address": "127.0.48.30:7070", "locality": "r-c2/z1"}"#,
+            "http://\(configs[2].effectiveAdmin)/v1/catalog/register"])
+        #expect(register.stdout.contains("accepted"))
+        #expect(await eventually(timeout: .seconds(5)) {
+            ((try? mesh.admin(configs[0], "/v1/services")) ?? "").contains("inventory.default.svc.cluster.local")
+        })
+        let endpoints = try runCommand(PackagePaths.eastwest, ["endpoints", "inventory.default.svc.cluster.local", "--admin", configs[1].effectiveAdmin.description])
+        #expect(endpoints.stdout.contains("c2") && endpoints.stdout.contains("7070"), "\(endpoints.stdout)\(endpoints.stderr)")
+        _ = try runCommand("/usr/bin/curl", ["-s", "-X", "PUT", "--data",
+            #"{"host": "inventory.default.svc.cluster.local", "port": 7070, "address": "127.0.48.30:7070"}"#,
+            "http://\(configs[2].effectiveAdmin)/v1/catalog/deregister"])
+        #expect(await eventually(timeout: .seconds(5)) {
+            !((try? mesh.admin(configs[0], "/v1/services")) ?? "inventory").contains("inventory.default.svc.cluster.local")
+        })
+        let table = try runCommand(PackagePaths.eastwest, ["members", "--admin", configs[0].effectiveAdmin.description])
+        #expect(table.stdout.contains("gw-1") && table.stdout.contains("alive"), "\(table.stdout)\(table.stderr)")
+
         // A process with a workload certificate tries to join: refused, never a member.
         var impostor = mesh.gatewayConfig(name: "impostor", cluster: "c0", ip: "127.0.49.1", services: [])
         impostor.tls = mesh.tlsFiles(mesh.clientCertPath("c0"))

@@ -24,6 +24,9 @@ struct AdminAPI: Sendable {
     }
 
     private func response(to request: PlainHTTPRequest) -> PlainHTTPResponse {
+        if request.method == .PUT, request.path == "/v1/catalog/register" || request.path == "/v1/catalog/deregister" {
+            return catalogChange(request)
+        }
         guard request.method == .GET else { return PlainHTTPResponse(status: .methodNotAllowed, text: "only GET\n") }
         switch request.path {
         case "/healthz/ready":
@@ -70,6 +73,29 @@ extension AdminAPI {
         var port: Int
         /// Endpoint count per cluster that serves it.
         var clusters: [String: Int]
+    }
+
+    /// `PUT /v1/catalog/register|deregister` with
+    /// `{"host": "...", "port": 8080, "address": "10.0.0.1:8080", "locality": "r/z", "labels": {...}}`.
+    func catalogChange(_ request: PlainHTTPRequest) -> PlainHTTPResponse {
+        struct Body: Decodable { var host: String; var port: Int; var address: String; var locality: String?; var labels: [String: String]? }
+        guard let gossip else { return PlainHTTPResponse(status: .notFound, text: "federation is not configured\n") }
+        guard let body = try? JSONDecoder().decode(Body.self, from: Data(request.body.readableBytesView)) else {
+            return PlainHTTPResponse(status: .badRequest, text: "body must be JSON {host, port, address, locality?, labels?}\n")
+        }
+        guard (try? ServerName(parsing: body.host)) != nil, (1...65_535).contains(body.port) else {
+            return PlainHTTPResponse(status: .badRequest, text: "host must be a DNS name and port 1-65535\n")
+        }
+        guard let address = HostPort(parsing: body.address) else {
+            return PlainHTTPResponse(status: .badRequest, text: "address '\(body.address)' is not host:port\n")
+        }
+        let key = CatalogKey(host: body.host.lowercased(), port: body.port, endpoint: address)
+        if request.path.hasSuffix("/register") {
+            gossip.register(key, CatalogRecord(locality: body.locality.flatMap(Locality.init(parsing:)), labels: body.labels ?? [:]))
+        } else {
+            gossip.deregister(key)
+        }
+        return PlainHTTPResponse(status: .accepted, text: "accepted; announced to every cluster\n")
     }
 
     func json(_ value: some Encodable) -> PlainHTTPResponse {

@@ -9,6 +9,9 @@ package enum FederationEvent: Sendable {
     case tick
     /// The data path could not connect to this member's gateway.
     case unreachable(MemberID)
+    /// The admin API added or removed one of this cluster's endpoints.
+    case register(CatalogKey, CatalogRecord)
+    case deregister(CatalogKey)
 }
 
 /// The shell around `FederationNode`: one loop owns the node (no locks, no re-entrancy), fed by
@@ -55,6 +58,10 @@ package final class GossipService: Sendable {
     package var view: View? { current.withLock { $0 } }
     package var droppedMessages: [String: Int] { transport.droppedMessages }
 
+    /// Publishes or withdraws one of this cluster's endpoints; every cluster hears of it.
+    package func register(_ key: CatalogKey, _ record: CatalogRecord) { continuation.yield(.register(key, record)) }
+    package func deregister(_ key: CatalogKey) { continuation.yield(.deregister(key)) }
+
     /// Feeds a data-path connect failure to the failure detector.
     package func reportUnreachable(_ gateway: String) { continuation.yield(.unreachable(MemberID(gateway))) }
 
@@ -88,6 +95,10 @@ package final class GossipService: Sendable {
                     carryOut(node.received(message, now: now, random: &random), node: node)
                 case .unreachable(let member):
                     node.reportUnreachable(member, now: now)
+                case .register(let key, let record):
+                    carryOut(node.register(key, record, now: now, random: &random), node: node)
+                case .deregister(let key):
+                    carryOut(node.deregister(key, now: now, random: &random), node: node)
                 }
                 if Task.isCancelled { break }
             }
