@@ -263,3 +263,38 @@ struct FederationIntegrationTests {
         })
     }
 }
+
+@Suite("Federation across a partition (iptables)", .serialized, .timeLimit(.minutes(3)))
+struct FederationPartitionTests {
+    @Test("Cut one cluster's gateway off: both sides mark the other dead and keep serving local traffic; after heal everything converges",
+          .enabled(if: isRoot && FileManager.default.isExecutableFile(atPath: "/usr/sbin/iptables"), "needs root and iptables to drop packets between loopback addresses"))
+    func partitionAndHeal() async throws {
+        let mesh = try TestMesh("partition", clusters: ["c0", "c1"])
+        defer { mesh.processes.stopAll() }
+        try await mesh.startBackend("127.0.51.10:8080", cluster: "c0")
+        var a = mesh.gatewayConfig(name: "part-a", cluster: "c0", ip: "127.0.51.1", services: [.echo("127.0.51.10:8080")])
+        var b = mesh.gatewayConfig(name: "part-b", cluster: "c1", ip: "127.0.52.1", services: [])
+        a.federation = .init(seeds: [b.listen])
+        b.federation = .init(seeds: [a.listen])
+        try await mesh.startGateway(a)
+        try await mesh.startGateway(b)
+        let members = FederationIntegrationTests().members
+        #expect(await eventually(timeout: .seconds(10)) { members(mesh, a)["part-b"] == "alive" && members(mesh, b)["part-a"] == "alive" })
+
+        let rules = [["-s", "127.0.51.1", "-d", "127.0.52.1", "-j", "DROP"], ["-s", "127.0.52.1", "-d", "127.0.51.1", "-j", "DROP"]]
+        for rule in rules {
+            let added = try runCommand("/usr/sbin/iptables", ["-I", "OUTPUT"] + rule)
+            try #require(added.status == 0, "iptables: \(added.stderr)")
+        }
+        var healed = false
+        defer { if !healed { for rule in rules { _ = try? runCommand("/usr/sbin/iptables", ["-D", "OUTPUT"] + rule) } } }
+
+        #expect(await eventually(timeout: .seconds(15)) { members(mesh, a)["part-b"] == "dead" && members(mesh, b)["part-a"] == "dead" })
+        // The cut-off side still serves its own cluster's traffic.
+        #expect(mesh.answer(try mesh.curl(a, host: "echo.default.svc.cluster.local"))?["cluster"] == "c0")
+
+        for rule in rules { _ = try runCommand("/usr/sbin/iptables", ["-D", "OUTPUT"] + rule) }
+        healed = true
+        #expect(await eventually(timeout: .seconds(60)) { members(mesh, a)["part-b"] == "alive" && members(mesh, b)["part-a"] == "alive" })
+    }
+}

@@ -21,10 +21,13 @@ package final class FederationTransport: Sendable {
     private let group: any EventLoopGroup
     private let inbound: AsyncStream<FederationEvent>.Continuation
     private let logger: Logger
+    private let localAddress: HostPort
     private let connections = NIOLockedValueBox<[HostPort: EventLoopFuture<any Channel>]>([:])
     private let dropped = NIOLockedValueBox<[String: Int]>([:])
 
-    package init(tls: GatewayTLS, group: any EventLoopGroup, inbound: AsyncStream<FederationEvent>.Continuation, logger: Logger) {
+    package init(tls: GatewayTLS, group: any EventLoopGroup, inbound: AsyncStream<FederationEvent>.Continuation,
+                 localAddress: HostPort, logger: Logger) {
+        self.localAddress = localAddress
         self.tls = tls
         self.group = group
         self.inbound = inbound
@@ -131,8 +134,11 @@ package final class FederationTransport: Sendable {
         let context = tls.clientContext
         let policy = tls.peerGatewayPolicy
         let logger = self.logger
-        return ClientBootstrap(group: group)
-            .connectTimeout(.seconds(1))
+        // Dial from our own gateway address, as a multi-homed gateway must: peers and
+        // firewalls see the gateway, not whichever address the kernel picks.
+        var bootstrap = ClientBootstrap(group: group).connectTimeout(.seconds(1))
+        if let source = try? SocketAddress(ipAddress: localAddress.host, port: 0) { bootstrap = bootstrap.bind(to: source) }
+        return bootstrap
             .channelOption(.socketOption(.tcp_nodelay), value: 1)
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {

@@ -52,7 +52,7 @@ package final class GossipService: Sendable {
         self.id = id; self.address = address; self.cluster = cluster; self.settings = settings
         self.seeds = seeds; self.records = records; self.logger = logger; self.onChange = onChange
         (events, continuation) = AsyncStream.makeStream(of: FederationEvent.self, bufferingPolicy: .bufferingNewest(10_000))
-        transport = FederationTransport(tls: tls, group: group, inbound: continuation, logger: logger)
+        transport = FederationTransport(tls: tls, group: group, inbound: continuation, localAddress: address, logger: logger)
     }
 
     package var view: View? { current.withLock { $0 } }
