@@ -83,7 +83,8 @@ let package = Package(
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),
-            ]
+            ],
+            exclude: ["Support/h2_prior_knowledge_client.py"]
         ),
     ],
     swiftLanguageModes: [.v6]

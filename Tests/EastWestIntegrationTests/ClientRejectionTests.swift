@@ -8,9 +8,7 @@ struct ClientRejectionTests {
     func rejectionMatrix() async throws {
         let mesh = try TestMesh("reject", clusters: ["east"])
         defer { mesh.processes.stopAll() }
-        try await mesh.startBackend("127.0.31.10:8080", cluster: "east")
-        let gateway = mesh.gatewayConfig(name: "east-gw", cluster: "east", ip: "127.0.31.1", services: [.echo("127.0.31.10:8080")])
-        let process = try await mesh.startGateway(gateway)
+        let (gateway, process) = try await mesh.startEchoCluster(block: 31)
 
         // Clients the gateway must refuse.
         let other = CertificateDirectory(path: "\(mesh.directory)/other-ca")

@@ -37,9 +37,7 @@ struct DataPathTests {
     func megabyteOverHTTP() async throws {
         let mesh = try TestMesh("http", clusters: ["east"])
         defer { mesh.processes.stopAll() }
-        try await mesh.startBackend("127.0.34.10:8080", cluster: "east")
-        let gateway = mesh.gatewayConfig(name: "east-gw", cluster: "east", ip: "127.0.34.1", services: [.echo("127.0.34.10:8080")])
-        try await mesh.startGateway(gateway)
+        let (gateway, _) = try await mesh.startEchoCluster(block: 34)
         let file = "\(mesh.directory)/upload.bin"
         var bytes = Data(count: 1 << 20)
         for i in 0..<bytes.count { bytes[i] = UInt8(truncatingIfNeeded: i &* 7 &+ i >> 8) }
@@ -61,9 +59,7 @@ struct DataPathTests {
     func gracefulDrain() async throws {
         let mesh = try TestMesh("drain", clusters: ["east"])
         defer { mesh.processes.stopAll() }
-        try await mesh.startBackend("127.0.35.10:8080", cluster: "east")
-        let gateway = mesh.gatewayConfig(name: "east-gw", cluster: "east", ip: "127.0.35.1", services: [.echo("127.0.35.10:8080")])
-        let process = try await mesh.startGateway(gateway)
+        let (gateway, process) = try await mesh.startEchoCluster(block: 35)
         let slow = Task.detached { try mesh.curl(gateway, host: "echo.default.svc.cluster.local", path: "/delay/1500") }
         try await Task.sleep(for: .milliseconds(400))
         process.signal(SIGTERM)

@@ -9,9 +9,7 @@ struct GatewayRoutingTests {
     func localRoute() async throws {
         let mesh = try TestMesh("local", clusters: ["east"])
         defer { mesh.processes.stopAll() }
-        try await mesh.startBackend("127.0.21.10:8080", cluster: "east")
-        let gateway = mesh.gatewayConfig(name: "east-gw", cluster: "east", ip: "127.0.21.1", services: [.echo("127.0.21.10:8080")])
-        try await mesh.startGateway(gateway)
+        let (gateway, _) = try await mesh.startEchoCluster(block: 21)
 
         let result = try mesh.curl(gateway, host: "echo.default.svc.cluster.local")
         #expect(result.status == 0, "curl failed: \(result.stderr)")
@@ -70,12 +68,10 @@ struct GatewayRoutingTests {
     func istioFormSNI() async throws {
         let mesh = try TestMesh("sni", clusters: ["east"])
         defer { mesh.processes.stopAll() }
-        try await mesh.startBackend("127.0.26.10:8080", cluster: "east")
-        let gateway = mesh.gatewayConfig(name: "east-gw", cluster: "east", ip: "127.0.26.1", services: [.echo("127.0.26.10:8080")])
-        try await mesh.startGateway(gateway)
+        let (gateway, _) = try await mesh.startEchoCluster(block: 26)
         let client = mesh.clientCertPath("east")
         let result = try runCommand("/usr/bin/openssl", [
-            "s_client", "-connect", "127.0.26.1:15443", "-servername", "outbound_.8080_._.echo.default.svc.cluster.local",
+            "s_client", "-connect", "\(gateway.listen)", "-servername", "outbound_.8080_._.echo.default.svc.cluster.local",
             "-cert", "\(client)/cert-chain.pem", "-cert_chain", "\(mesh.certs.clusterPath("east"))/ca-cert.pem",
             "-key", "\(client)/key.pem", "-CAfile", mesh.certs.rootCertificatePath, "-verify_return_error", "-quiet", "-ign_eof",
         ], stdin: Data("GET / HTTP/1.0\r\nHost: echo\r\n\r\n".utf8))
@@ -87,9 +83,7 @@ struct GatewayRoutingTests {
     func unknownServerName() async throws {
         let mesh = try TestMesh("nr", clusters: ["east"], serviceHosts: ["echo.default.svc.cluster.local", "unknown.default.svc.cluster.local"])
         defer { mesh.processes.stopAll() }
-        try await mesh.startBackend("127.0.27.10:8080", cluster: "east")
-        let gateway = mesh.gatewayConfig(name: "east-gw", cluster: "east", ip: "127.0.27.1", services: [.echo("127.0.27.10:8080")])
-        let process = try await mesh.startGateway(gateway)
+        let (gateway, process) = try await mesh.startEchoCluster(block: 27)
         let refused = try mesh.curl(gateway, host: "unknown.default.svc.cluster.local")
         #expect(refused.status != 0)
         #expect(await eventually { process.log.contains(" NR ") && process.log.contains("no service 'unknown.default.svc.cluster.local' in the mesh") })

@@ -45,6 +45,14 @@ final class TestMesh: @unchecked Sendable {  // used from one test task only
         return child
     }
 
+    /// The most common set-up: cluster `east` with one echo backend at `127.0.<block>.10:8080`
+    /// behind gateway `east-gw` on `127.0.<block>.1`.
+    func startEchoCluster(block: Int) async throws -> (GatewayConfig, ChildProcess) {
+        try await startBackend("127.0.\(block).10:8080", cluster: "east")
+        let gateway = gatewayConfig(name: "east-gw", cluster: "east", ip: "127.0.\(block).1", services: [.echo("127.0.\(block).10:8080")])
+        return (gateway, try await startGateway(gateway))
+    }
+
     func writeConfig(_ config: GatewayConfig) throws -> String {
         let path = "\(directory)/\(config.name).yaml"
         try YAMLEncoder().encode(config).write(toFile: path, atomically: true, encoding: .utf8)
