@@ -172,3 +172,28 @@ struct SimulateCommandTests {
         #expect(bad.stderr.contains("--nodes must be at least 2"))
     }
 }
+
+@Suite("The shipped three-regions topology", .serialized, .timeLimit(.minutes(3)))
+struct ThreeRegionsTopologyTests {
+    @Test("eastwest up topologies/three-regions.yaml federates its four gateways; a client in us-east reaches ledger in eu-west")
+    func threeRegions() async throws {
+        let dir = try TemporaryDirectory("three")
+        defer { dir.cleanUp() }
+        let state = "\(dir.path)/state"
+        let up = try ChildProcess(name: "up", arguments: [PackagePaths.eastwest, "up", "\(PackagePaths.root)/topologies/three-regions.yaml",
+                                                         "--state-dir", state], logPath: "\(dir.path)/up.log")
+        defer { up.stop() }
+        let ready = await eventually(timeout: .seconds(60)) { FileManager.default.fileExists(atPath: "\(state)/ready.json") }
+        try #require(ready, "not ready: \(up.log)")
+        let client = "\(state)/certs/us-east/client"
+        let curl = try runCommand("/usr/bin/curl", ["-sS", "--max-time", "10", "--cacert", "\(client)/root-cert.pem",
+                                                    "--cert", "\(client)/cert-chain.pem", "--key", "\(client)/key.pem",
+                                                    "--resolve", "ledger.default.svc.cluster.local:15443:127.0.1.1",
+                                                    "https://ledger.default.svc.cluster.local:15443/"])
+        #expect(curl.stdout.contains(#""cluster":"eu-west""#), "\(curl.stderr)")
+        let members = try runCommand(PackagePaths.eastwest, ["members", "--admin", "127.0.1.2:15000"])
+        #expect(members.stdout.split(separator: "\n").filter { $0.contains("alive") }.count == 4, "\(members.stdout)")
+        up.signal(SIGINT)
+        #expect(await up.waitForExit(timeout: .seconds(30)) == 0)
+    }
+}
