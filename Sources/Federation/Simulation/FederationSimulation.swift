@@ -29,6 +29,7 @@ package final class FederationSimulation {
     /// Every time some node declared another dead: (observer, subject, when).
     package private(set) var deathDeclarations: [(observer: Int, subject: Int, at: Duration)] = []
     /// When each node first held each catalog key live.
+    /// Messages addressed to killed nodes: the cost of a dead member before it is detected.
     package private(set) var messagesToDead = 0
     /// Catalog keys whose spread is recorded; nil records every key (costly at large N).
     package var trackedKeys: Set<CatalogKey>?
