@@ -98,8 +98,8 @@ package final class GatewayConnectionHandler: ChannelDuplexHandler, RemovableCha
     private func startConnecting(context: ChannelHandlerContext) {
         state = .connecting
         let origin: TrafficOrigin
-        if let principal = record.sourcePrincipal, let id = try? SpiffeID(parsing: principal),
-           snapshot.config.effectivePeerGatewayIdentities.contains(id) {
+        // The identity verified at the handshake, against the same set that admits peer gateways.
+        if let id = record.sourceIdentity, snapshot.tls.peerGatewayPolicy.allowedIdentities?.contains(id) == true {
             origin = .peerGateway
         } else {
             origin = .client

@@ -131,7 +131,7 @@ package final class GatewayListener: Sendable {
                 let tls = NIOSSLServerHandler(context: snapshot.tls.serverContext) { certificates, verification in
                     switch policy.evaluate(peerCertificates: certificates, now: Date()) {
                     case .success(let id):
-                        record.sourcePrincipal = id.description
+                        record.sourceIdentity = id
                         verification.succeed(.certificateVerified)
                     case .failure(let rejection):
                         record.detail = "client refused: \(rejection)"

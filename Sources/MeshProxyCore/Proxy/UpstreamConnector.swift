@@ -25,7 +25,7 @@ package enum UpstreamConnector {
         let address = target.address
         switch target {
         case .local:
-            return bootstrap.connect(host: address.host, port: address.port).flatMapErrorThrowing { error in
+            return connect(bootstrap, to: address).flatMapErrorThrowing { error in
                 throw UpstreamConnectError(target: target, reason: describe(error))
             }
         case .peerGateway(_, _, let serverName):
@@ -33,7 +33,7 @@ package enum UpstreamConnector {
             let policy = tls.peerGatewayPolicy
             let context = tls.clientContext
             let sni = serverName.istioForm
-            return bootstrap.channelInitializer { channel in
+            return connect(bootstrap.channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     let watcher = HandshakeWatcher(promise: handshake, timeout: handshakeTimeout)
                     let handler = try NIOSSLClientHandler(context: context, serverHostname: sni) { certificates, verification in
@@ -48,8 +48,7 @@ package enum UpstreamConnector {
                     try channel.pipeline.syncOperations.addHandler(handler)
                     try channel.pipeline.syncOperations.addHandler(watcher)
                 }
-            }
-            .connect(host: address.host, port: address.port)
+            }, to: address)
             .flatMapErrorThrowing { error in
                 handshake.fail(error)
                 throw UpstreamConnectError(target: target, reason: describe(error))
@@ -61,6 +60,15 @@ package enum UpstreamConnector {
                 }
             }
         }
+    }
+
+    /// Endpoints and gateways are IP literals in practice: connect to the address directly
+    /// rather than through the resolver, which would hop to a thread pool on every connection.
+    private static func connect(_ bootstrap: ClientBootstrap, to address: HostPort) -> EventLoopFuture<any Channel> {
+        if let socket = try? SocketAddress(ipAddress: address.host, port: address.port) {
+            return bootstrap.connect(to: socket)
+        }
+        return bootstrap.connect(host: address.host, port: address.port)
     }
 
     static func describe(_ error: any Error) -> String {

@@ -10,7 +10,9 @@ package final class ConnectionRecord {
     package var downstreamRemote: String
     package var downstreamLocal: String
     package var serverName: String = "-"
-    package var sourcePrincipal: String?
+    /// The client's SPIFFE ID, as the trust policy verified it.
+    package var sourceIdentity: SpiffeID?
+    package var sourcePrincipal: String? { sourceIdentity?.description }
     package var route: Route?
     package var upstream: UpstreamTarget?
     package var upstreamCluster: String?
