@@ -13,11 +13,7 @@ struct MembersCommand: AsyncParsableCommand {
     func run() async throws {
         let body = try await fetch(admin: admin, path: "/v1/members")
         if json { print(body); return }
-        struct Members: Decodable {
-            struct Member: Decodable { var name, cluster, address, state: String; var incarnation: UInt64; var lastChangeSecondsAgo: Double }
-            var myself: Member; var members: [Member]
-        }
-        let decoded = try JSONDecoder().decode(Members.self, from: Data(body.utf8))
+        let decoded = try JSONDecoder().decode(AdminAPI.MembersBody.self, from: Data(body.utf8))
         print(row("NAME", "CLUSTER", "ADDRESS", "STATE", "INCARNATION", "LAST CHANGE"))
         for m in [decoded.myself] + decoded.members {
             let change = m.name == decoded.myself.name ? "(self)" : String(format: "%.1fs ago", m.lastChangeSecondsAgo)

@@ -36,13 +36,10 @@ struct AdminAPI: Sendable {
             registry.emit(into: &bytes)
             return PlainHTTPResponse(contentType: "text/plain; version=0.0.4", body: ByteBuffer(bytes: bytes))
         case "/config_dump":
-            let encoder = JSONEncoder()
-            encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
-            let body = (try? encoder.encode(EffectiveConfig(config))) ?? Data("{}".utf8)
-            return PlainHTTPResponse(contentType: "application/json", body: ByteBuffer(bytes: body))
+            return json(EffectiveConfig(config))
         case "/v1/members":
             guard let view = gossip?.view else { return PlainHTTPResponse(status: .notFound, text: "federation is not configured\n") }
-            return json(MembersBody(myself: view.myself, members: view.members, droppedMessages: gossip?.droppedMessages ?? [:]))
+            return json(MembersBody(view, droppedMessages: gossip?.droppedMessages ?? [:]))
         case "/v1/services":
             guard let view = gossip?.view else { return PlainHTTPResponse(status: .notFound, text: "federation is not configured\n") }
             var services: [String: ServiceBody] = [:]
@@ -62,10 +59,27 @@ struct AdminAPI: Sendable {
 }
 
 extension AdminAPI {
-    struct MembersBody: Encodable {
-        var myself: GossipService.MemberView
-        var members: [GossipService.MemberView]
+    /// `GET /v1/members`, also what `eastwest members` and `eastwest up`'s readiness check read.
+    struct MembersBody: Codable {
+        struct Member: Codable {
+            var name, cluster, address, state: String
+            var incarnation: UInt64
+            var lastChangeSecondsAgo: Double
+        }
+        var myself: Member
+        var members: [Member]
         var droppedMessages: [String: Int]
+
+        init(_ view: GossipService.View, droppedMessages: [String: Int]) {
+            let now = ContinuousClock.now
+            func member(_ m: GossipService.MemberView, age: Double) -> Member {
+                Member(name: m.name, cluster: m.cluster, address: m.address, state: m.state, incarnation: m.incarnation,
+                       lastChangeSecondsAgo: age)
+            }
+            myself = member(view.myself, age: 0)
+            members = view.members.map { member($0, age: (now - $0.lastChange).seconds) }
+            self.droppedMessages = droppedMessages
+        }
     }
 
     struct ServiceBody: Encodable {

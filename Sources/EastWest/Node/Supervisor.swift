@@ -120,8 +120,7 @@ enum Probe {
             return (try? await httpGet(address, path: path))?.status == 200
         case .federated(let address, let peers):
             guard let reply = try? await httpGet(address, path: "/v1/members"), reply.status == 200 else { return false }
-            struct Body: Decodable { struct Member: Decodable { var name: String; var state: String }; var members: [Member] }
-            guard let body = try? JSONDecoder().decode(Body.self, from: Data(reply.body.utf8)) else { return false }
+            guard let body = try? JSONDecoder().decode(AdminAPI.MembersBody.self, from: Data(reply.body.utf8)) else { return false }
             let alive = Set(body.members.filter { $0.state == "alive" }.map(\.name))
             return Set(peers).isSubset(of: alive)
         }

@@ -107,6 +107,7 @@ extension Membership {
         let wasLive = previous.map { !$0.isGone } ?? false
         if wasLive != !update.state.isGone { liveCount += wasLive ? -1 : 1 }
         members[update.id] = Member(update: stored, lastChange: now)
+        revision &+= 1
         switch update.state {
         case .suspect:
             suspicions[update.id] = Suspicion(incarnation: update.incarnation, start: now,
@@ -126,6 +127,7 @@ extension Membership {
         guard update.incarnation >= myself.incarnation, update.state != .alive || update.incarnation > myself.incarnation else { return [] }
         myself.incarnation = update.incarnation + 1
         myself.state = .alive
+        revision &+= 1
         enqueue(myself)
         guard update.state == .suspect || update.state == .dead else { return [] }
         adjustHealth(by: 1)  // Lifeguard: being suspected hints that we are the slow one

@@ -147,6 +147,7 @@ extension Membership {
     private mutating func reap(now: ContinuousClock.Instant) {
         for (id, member) in members where member.state.isGone && now - member.lastChange >= settings.deadMemberRetention {
             members[id] = nil
+            revision &+= 1
             broadcasts.remove(id)
             roster.removeAll { $0 == id }
         }

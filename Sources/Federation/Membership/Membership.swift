@@ -47,6 +47,9 @@ package struct Membership: Sendable {
     var liveCount = 0
     /// Where we joined; asked again while we know nobody (a lost join must not strand us).
     var seeds: [HostPort] = []
+    /// Bumped whenever the member table or our own record changes, so a reader can tell
+    /// whether a view it built is still current without rebuilding it.
+    package internal(set) var revision: UInt64 = 0
     /// Lifeguard's local health score S ∈ [0, max − 1]: timeouts are scaled by S + 1.
     package internal(set) var localHealth = 0
 
@@ -135,6 +138,7 @@ package struct Membership: Sendable {
         isLeaving = true
         myself.incarnation += 1
         myself.state = .left
+        revision &+= 1
         enqueue(myself)
         let updates = piggyback()
         return liveMembers.prefix(max(settings.gossipFanout, 3) * 2).map { .send(.gossip(from: myself.id, updates: updates), to: $0.address) }

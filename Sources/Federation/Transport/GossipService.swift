@@ -18,19 +18,22 @@ package enum FederationEvent: Sendable {
 /// the transport's inbound messages and a 20 ms ticker; it carries out the node's directives and
 /// publishes a read-only view for the admin API and the data plane.
 package final class GossipService: Sendable {
-    package struct MemberView: Sendable, Codable, Equatable {
+    package struct MemberView: Sendable, Equatable {
         package var name: String
         package var cluster: String
         package var address: String
         package var state: String
         package var incarnation: UInt64
-        package var lastChangeSecondsAgo: Double
+        /// When its state last changed here; readers turn it into an age when they show it.
+        package var lastChange: ContinuousClock.Instant
     }
 
     package struct View: Sendable {
         package var myself: MemberView
         package var members: [MemberView]
         package var endpointsByCluster: [String: [ServiceKey: [Endpoint]]]
+        /// The membership revision this view was built from.
+        package var revision: UInt64
     }
 
     private let id: MemberID
@@ -124,26 +127,28 @@ package final class GossipService: Sendable {
                 changed = true
             }
         }
-        // Rebuilt after every batch: O(members), and a federation has tens of them.
+        // Rebuilt only when something it shows changed, not on every tick: it merges the
+        // whole catalog.
+        guard changed || current.withLock({ $0?.revision }) != node.membership.revision else { return }
         let view = makeView(node)
         current.withLock { $0 = view }
         if changed { onChange(view) }
     }
 
     private func makeView(_ node: FederationNode) -> View {
-        let now = ContinuousClock.now
         func member(_ m: Member) -> MemberView {
             MemberView(name: m.id.name, cluster: m.cluster, address: m.address.description, state: m.state.rawValue,
-                       incarnation: m.incarnation, lastChangeSecondsAgo: (now - m.lastChange).seconds)
+                       incarnation: m.incarnation, lastChange: m.lastChange)
         }
         let me = node.membership.myself
         let members = node.membership.members.values.sorted { $0.id < $1.id }.map(member)
         let alive = Set(node.membership.members.values.filter { $0.state == .alive }.map(\.id))
         return View(
             myself: MemberView(name: me.id.name, cluster: me.cluster, address: me.address.description, state: me.state.rawValue,
-                               incarnation: me.incarnation, lastChangeSecondsAgo: 0),
+                               incarnation: me.incarnation, lastChange: .now),
             members: members,
-            endpointsByCluster: node.catalog.endpointsByCluster { $0 == node.id || alive.contains($0) })
+            endpointsByCluster: node.catalog.endpointsByCluster { $0 == node.id || alive.contains($0) },
+            revision: node.membership.revision)
     }
 }
 
