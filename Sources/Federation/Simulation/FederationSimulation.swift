@@ -29,8 +29,6 @@ package final class FederationSimulation {
     /// Every time some node declared another dead: (observer, subject, when).
     package private(set) var deathDeclarations: [(observer: Int, subject: Int, at: Duration)] = []
     /// When each node first held each catalog key live.
-    /// Messages addressed to killed nodes: the cost of a dead member before it is detected.
-    package private(set) var messagesToDead = 0
     /// Catalog keys whose spread is recorded; nil records every key (costly at large N).
     package var trackedKeys: Set<CatalogKey>?
     package private(set) var catalogFirstSeen: [CatalogKey: [Int: Duration]] = [:]
@@ -154,7 +152,6 @@ package final class FederationSimulation {
             case .send(let message, let address):
                 bytesSent[i] += GossipCodec.encode(message).readableBytes
                 guard let j = indexOf[address], j != i else { continue }
-                if !isAlive[j] { messagesToDead += 1 }
                 if network.loss > 0, Double.random(in: 0..<1, using: &random) < network.loss { continue }
                 if blocked.contains([i, j]) { continue }
                 let delay = network.latency + network.jitter * Double.random(in: 0..<1, using: &random) + slowDelay[j]

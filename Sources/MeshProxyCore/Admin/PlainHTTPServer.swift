@@ -10,14 +10,6 @@ package struct PlainHTTPRequest: Sendable {
     package var body: ByteBuffer
 
     package var path: String { String(uri.split(separator: "?", maxSplits: 1).first ?? "") }
-    package func query(_ name: String) -> String? {
-        guard let q = uri.split(separator: "?", maxSplits: 1).dropFirst().first else { return nil }
-        for pair in q.split(separator: "&") {
-            let kv = pair.split(separator: "=", maxSplits: 1)
-            if kv.first.map(String.init) == name { return kv.count > 1 ? String(kv[1]).removingPercentEncoding ?? String(kv[1]) : "" }
-        }
-        return nil
-    }
 }
 
 package struct PlainHTTPResponse: Sendable {

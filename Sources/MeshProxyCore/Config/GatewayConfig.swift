@@ -165,9 +165,7 @@ extension GatewayConfig: ConfigValidatable {
         let root = FieldPath()
         if name.isEmpty { errors.append(map.error(.invalidValue, at: root.key("name"), "must not be empty")) }
         if cluster.isEmpty { errors.append(map.error(.invalidValue, at: root.key("cluster"), "must not be empty")) }
-        if let trustDomain, (try? SpiffeID(parsing: "spiffe://\(trustDomain)")) == nil {
-            errors.append(map.error(.invalidValue, at: root.key("trustDomain"), "'\(trustDomain)' is not a valid trust domain (lower-case letters, digits, '.', '-', '_')"))
-        }
+        errors += ServiceListValidator.validateTrustDomain(trustDomain, at: root.key("trustDomain"), map: map)
         for (i, identity) in (peerGatewayIdentities ?? []).enumerated() {
             do { _ = try SpiffeID(parsing: identity) } catch {
                 errors.append(map.error(.invalidValue, at: root.key("peerGatewayIdentities").index(i), error.description))
@@ -197,8 +195,14 @@ extension GatewayConfig: ConfigValidatable {
     }
 }
 
-/// Checks shared by topologies and gateway configs: service hosts, ports and duplicates.
+/// Checks shared by topologies and gateway configs: trust domains, service hosts, ports and
+/// duplicates.
 package enum ServiceListValidator {
+    package static func validateTrustDomain(_ trustDomain: String?, at path: FieldPath, map: SourceMap) -> [ConfigError] {
+        guard let trustDomain, (try? SpiffeID(parsing: "spiffe://\(trustDomain)")) == nil else { return [] }
+        return [map.error(.invalidValue, at: path, "'\(trustDomain)' is not a valid trust domain (lower-case letters, digits, '.', '-', '_')")]
+    }
+
     package static func validate(_ services: [GatewayConfig.ServiceConfig], at path: FieldPath, map: SourceMap) -> [ConfigError] {
         var errors: [ConfigError] = []
         var seen = Set<ServiceKey>()

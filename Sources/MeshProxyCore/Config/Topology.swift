@@ -60,9 +60,7 @@ extension Topology: ConfigValidatable {
         if name.isEmpty || name.contains("/") {
             errors.append(map.error(.invalidValue, at: root.key("name"), "must be a non-empty name without '/'"))
         }
-        if let trustDomain, (try? SpiffeID(parsing: "spiffe://\(trustDomain)")) == nil {
-            errors.append(map.error(.invalidValue, at: root.key("trustDomain"), "'\(trustDomain)' is not a valid trust domain (lower-case letters, digits, '.', '-', '_')"))
-        }
+        errors += ServiceListValidator.validateTrustDomain(trustDomain, at: root.key("trustDomain"), map: map)
         if clusters.isEmpty {
             errors.append(map.error(.invalidValue, at: root.key("clusters"), "a topology needs at least one cluster"))
         }
