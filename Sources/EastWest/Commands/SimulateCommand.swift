@@ -27,7 +27,10 @@ struct SimulateCommand: AsyncParsableCommand {
         guard let time = ConfigDuration(parsing: duration), time.duration >= .seconds(11) else {
             throw ValidationError("--duration '\(duration)' must be a duration of at least 11s (kills happen at 10 s)")
         }
-        guard let settings = MembershipSettings.profile(named: profile) else { throw ValidationError("--profile must be gateway or wan") }
+        guard let named = FederationProfile(rawValue: profile) else {
+            throw ValidationError("--profile must be one of \(FederationProfile.allCases.map(\.rawValue).joined(separator: ", "))")
+        }
+        let settings = MembershipSettings.profile(named)
         guard let delay = ConfigDuration(parsing: slowDelay) else { throw ValidationError("--slow-delay '\(slowDelay)' is not a duration") }
         guard slow >= 0, slow + kill <= max(0, nodes - 2) else { throw ValidationError("--slow plus --kill must be at most nodes - 2") }
         let report = SimulationScenario(nodes: nodes, loss: loss, kill: kill, seed: seed, duration: time.duration, settings: settings,

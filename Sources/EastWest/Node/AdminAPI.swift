@@ -134,6 +134,8 @@ private struct EffectiveConfig: Encodable {
         var handshakeTimeout: String
         var drainTimeout: String
         var maxConnectAttempts: Int
+        /// The failure detector's timing: the profile with every override applied.
+        var federationTiming: FederationTiming?
     }
 
     init(_ config: GatewayConfig) {
@@ -144,6 +146,7 @@ private struct EffectiveConfig: Encodable {
             peerGatewayIdentities: config.effectivePeerGatewayIdentities.map(\.description).sorted(),
             connectTimeout: ConfigDuration(config.connectTimeout).description, idleTimeout: ConfigDuration(config.idleTimeout).description,
             handshakeTimeout: ConfigDuration(config.handshakeTimeout).description, drainTimeout: ConfigDuration(config.drainTimeout).description,
-            maxConnectAttempts: config.effectiveMaxConnectAttempts)
+            maxConnectAttempts: config.effectiveMaxConnectAttempts,
+            federationTiming: config.federation.map { MembershipSettings($0).asTiming })
     }
 }

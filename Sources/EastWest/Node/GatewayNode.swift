@@ -58,8 +58,8 @@ struct GatewayNode: Service {
         let base = config.meshEndpoints
         let store = self.store
         return GossipService(id: MemberID(config.name), address: config.listen, cluster: config.cluster,
-                             settings: MembershipSettings.profile(named: federation.profile ?? "gateway") ?? .gateway,
-                             seeds: federation.seeds, records: records, tls: snapshot.tls, group: group, logger: gossipLogger,
+                             settings: MembershipSettings(federation),
+                             seeds: federation.seeds ?? [], records: records, tls: snapshot.tls, group: group, logger: gossipLogger,
                              onChange: { view in
                                  // New connections route by what federation knows now.
                                  let endpoints = view.meshEndpoints(base: base)

@@ -1,3 +1,5 @@
+import MeshProxyCore
+
 /// Timing of the failure detector and dissemination. Every value can be overridden in the
 /// gateway config; profiles give sensible sets.
 ///
@@ -62,12 +64,45 @@ package struct MembershipSettings: Sendable, Equatable {
         gossipToTheDead: .seconds(60), pushPullInterval: .seconds(30), deadMemberRetention: .seconds(4 * 3600),
         maxLocalHealthMultiplier: 8, maxUpdatesPerMessage: 16)
 
-    package static func profile(named name: String) -> MembershipSettings? {
-        switch name {
-        case "gateway", "default": .gateway
-        case "wan": .wan
-        default: nil
+    package static func profile(_ profile: FederationProfile) -> MembershipSettings {
+        switch profile {
+        case .gateway: .gateway
+        case .wan: .wan
         }
+    }
+
+    /// A config's `federation:` block: the profile (default `gateway`) with each `timing` value
+    /// that is set replacing the profile's.
+    package init(_ config: FederationConfig?) {
+        self = Self.profile(config?.profile ?? .gateway)
+        guard let timing = config?.timing else { return }
+        if let v = timing.probeInterval { probeInterval = v.duration }
+        if let v = timing.probeTimeout { probeTimeout = v.duration }
+        if let v = timing.indirectChecks { indirectChecks = v }
+        if let v = timing.suspicionMultiplier { suspicionMultiplier = v }
+        if let v = timing.suspicionMaxTimeoutMultiplier { suspicionMaxTimeoutMultiplier = v }
+        if let v = timing.suspicionConfirmations { suspicionConfirmations = v }
+        if let v = timing.retransmitMultiplier { retransmitMultiplier = v }
+        if let v = timing.gossipInterval { gossipInterval = v.duration }
+        if let v = timing.gossipFanout { gossipFanout = v }
+        if let v = timing.gossipToTheDead { gossipToTheDead = v.duration }
+        if let v = timing.pushPullInterval { pushPullInterval = v.duration }
+        if let v = timing.deadMemberRetention { deadMemberRetention = v.duration }
+        if let v = timing.maxLocalHealthMultiplier { maxLocalHealthMultiplier = v }
+        if let v = timing.maxUpdatesPerMessage { maxUpdatesPerMessage = v }
+    }
+
+    /// The values in effect, written back as a complete `timing:` block (for `/config_dump`).
+    package var asTiming: FederationTiming {
+        var t = FederationTiming()
+        t.probeInterval = ConfigDuration(probeInterval); t.probeTimeout = ConfigDuration(probeTimeout)
+        t.indirectChecks = indirectChecks; t.suspicionMultiplier = suspicionMultiplier
+        t.suspicionMaxTimeoutMultiplier = suspicionMaxTimeoutMultiplier; t.suspicionConfirmations = suspicionConfirmations
+        t.retransmitMultiplier = retransmitMultiplier; t.gossipInterval = ConfigDuration(gossipInterval)
+        t.gossipFanout = gossipFanout; t.gossipToTheDead = ConfigDuration(gossipToTheDead)
+        t.pushPullInterval = ConfigDuration(pushPullInterval); t.deadMemberRetention = ConfigDuration(deadMemberRetention)
+        t.maxLocalHealthMultiplier = maxLocalHealthMultiplier; t.maxUpdatesPerMessage = maxUpdatesPerMessage
+        return t
     }
 
     /// memberlist `suspicionTimeout`: grows with log N so large groups get time to refute.

@@ -42,15 +42,7 @@ package struct GatewayConfig: Codable, Sendable, Equatable {
     package var services: [ServiceConfig]?
     package var remoteClusters: [RemoteCluster]?
     /// Gossip with other gateways (membership and endpoint catalog). Absent: no federation.
-    package var federation: Federation?
-
-    package struct Federation: Codable, Sendable, Equatable {
-        /// Other gateways' `ADDRESS:15443` to join through; one reachable seed is enough.
-        package var seeds: [HostPort]
-        /// Timing profile: `gateway` (default) or `wan`.
-        package var profile: String?
-        package init(seeds: [HostPort], profile: String? = nil) { self.seeds = seeds; self.profile = profile }
-    }
+    package var federation: FederationConfig?
 
     package struct TLSFiles: Codable, Sendable, Equatable {
         package var certificateChain: String
@@ -109,7 +101,7 @@ package struct GatewayConfig: Codable, Sendable, Equatable {
     package init(name: String, cluster: String, network: String? = nil, locality: Locality? = nil, trustDomain: String? = nil,
                  listen: HostPort, admin: HostPort? = nil, tls: TLSFiles, allowedTrustDomains: [String]? = nil,
                  peerGatewayIdentities: [String]? = nil, timeouts: Timeouts? = nil, maxConnectAttempts: Int? = nil,
-                 services: [ServiceConfig]? = nil, remoteClusters: [RemoteCluster]? = nil, federation: Federation? = nil) {
+                 services: [ServiceConfig]? = nil, remoteClusters: [RemoteCluster]? = nil, federation: FederationConfig? = nil) {
         self.name = name; self.cluster = cluster; self.network = network; self.locality = locality
         self.trustDomain = trustDomain; self.listen = listen; self.admin = admin; self.tls = tls
         self.allowedTrustDomains = allowedTrustDomains; self.peerGatewayIdentities = peerGatewayIdentities
@@ -191,6 +183,7 @@ extension GatewayConfig: ConfigValidatable {
             }
             errors += ServiceListValidator.validate(remote.services ?? [], at: path.key("services"), map: map)
         }
+        errors += federation?.validate(at: root.key("federation"), map: map) ?? []
         return errors
     }
 }

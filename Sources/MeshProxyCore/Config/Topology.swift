@@ -7,6 +7,8 @@ package struct Topology: Codable, Sendable, Equatable {
     package var clusters: [Cluster]
     /// Istio YAML files, relative to the topology file.
     package var policies: [String]?
+    /// Timing for every gateway's federation (`profile`, `timing`); seeds are derived.
+    package var federation: FederationConfig?
 
     package struct Cluster: Codable, Sendable, Equatable {
         package var name: String
@@ -46,7 +48,8 @@ package struct Topology: Codable, Sendable, Equatable {
         return GatewayConfig(
             name: gateway.name, cluster: cluster.name, network: cluster.network, locality: gateway.locality,
             trustDomain: effectiveTrustDomain, listen: gateway.listen!, admin: gateway.admin, tls: tls,
-            services: cluster.services ?? [], federation: .init(seeds: seeds))
+            services: cluster.services ?? [],
+            federation: FederationConfig(seeds: seeds, profile: federation?.profile, timing: federation?.timing))
     }
 
     /// Every gateway's name, for readiness checks.
@@ -101,6 +104,11 @@ extension Topology: ConfigValidatable {
                 }
             }
         }
+        if federation?.seeds != nil {
+            errors.append(map.error(.invalidValue, at: root.key("federation").key("seeds"),
+                                    "a topology derives every gateway's seeds; leave them out"))
+        }
+        errors += federation?.validate(at: root.key("federation"), map: map) ?? []
         return errors
     }
 }
