@@ -185,6 +185,31 @@ struct FederationIntegrationTests {
         return Dictionary(uniqueKeysWithValues: body.members.map { ($0.name, $0.state) })
     }
 
+    struct Service: Decodable {
+        struct Count: Decodable { var healthy: Int; var total: Int }
+        var host: String
+        var port: Int
+        var clusters: [String: Count]
+    }
+
+    struct EndpointEntry: Decodable {
+        var cluster: String
+        var address: String
+        var reachable: Bool
+        var via: [String]
+    }
+
+    func listEndpoints(_ mesh: TestMesh, _ config: GatewayConfig, host: String) -> [EndpointEntry] {
+        (try? JSONDecoder().decode([EndpointEntry].self, from: Data(mesh.admin(config, "/v1/endpoints?host=\(host)").utf8))) ?? []
+    }
+
+    /// The `X-EastWest-Index` a discovery path answers with.
+    func adminIndex(_ config: GatewayConfig, _ path: String) throws -> UInt64? {
+        let headers = try runCommand("/usr/bin/curl", ["-s", "-D", "-", "-o", "/dev/null", "--max-time", "5", "http://\(config.effectiveAdmin)\(path)"]).stdout
+        let line = headers.split(whereSeparator: \.isNewline).first { $0.lowercased().hasPrefix("x-eastwest-index:") }
+        return line.flatMap { UInt64($0.split(separator: ":")[1].trimmingCharacters(in: .whitespaces)) }
+    }
+
     @Test("Three gateways seeded in a ring learn each other and every cluster's services and route to them; kill -9 is noticed; a restart rejoins; a workload identity cannot join")
     func gossipOnLoopback() async throws {
         let mesh = try TestMesh("fed", clusters: ["c0", "c1", "c2"])
@@ -212,14 +237,29 @@ struct FederationIntegrationTests {
             return answer?["cluster"] == "c1"
         }
         #expect(answer?["cluster"] == "c1")
-        let services = try mesh.admin(configs[0], "/v1/services")
-        #expect(services.contains(#""c0" : 1"#) && services.contains(#""c1" : 1"#) && services.contains(#""c2" : 1"#), "\(services)")
+        let services = try JSONDecoder().decode([Service].self, from: Data(mesh.admin(configs[0], "/v1/services").utf8))
+        let echo = services.first { $0.host == "echo.default.svc.cluster.local" }
+        #expect(echo?.clusters.mapValues(\.healthy) == ["c0": 1, "c1": 1, "c2": 1], "\(services)")
+
+        // A blocking query (Consul-style) parks until the catalog changes, then answers at once.
+        let inventoryPath = "/v1/endpoints?host=inventory.default.svc.cluster.local"
+        let index = try #require(try adminIndex(configs[0], inventoryPath))
+        let blocking = try ChildProcess(name: "blocking-query", arguments: [
+            "/usr/bin/curl", "-s", "-i", "--max-time", "30", "http://\(configs[0].effectiveAdmin)\(inventoryPath)&index=\(index)&wait=20s"],
+            logPath: "\(mesh.processes.directory.path)/blocking-query.log")
+        defer { blocking.stop() }
+        try await Task.sleep(for: .milliseconds(500))
+        #expect(blocking.isRunning, "a blocking query with the current index must wait: \(blocking.log)")
 
         // An endpoint registered in one cluster appears in the others; deregistered, it goes.
         let register = try runCommand("/usr/bin/curl", ["-s", "-X", "PUT", "--data",
             #"{"host": "inventory.default.svc.cluster.local", "port": 7070, "address": "127.0.48.30:7070", "locality": "r-c2/z1"}"#,
             "http://\(configs[2].effectiveAdmin)/v1/catalog/register"])
         #expect(register.stdout.contains("accepted"))
+        let registered = ContinuousClock.now
+        #expect(await blocking.waitForExit(timeout: .seconds(5)) == 0)
+        #expect(ContinuousClock.now - registered < .seconds(5))
+        #expect(blocking.log.contains("127.0.48.30:7070") && blocking.log.contains("X-EastWest-Index"), "\(blocking.log)")
         #expect(await eventually(timeout: .seconds(5)) {
             ((try? mesh.admin(configs[0], "/v1/services")) ?? "").contains("inventory.default.svc.cluster.local")
         })
@@ -241,6 +281,14 @@ struct FederationIntegrationTests {
         try await mesh.startGateway(impostor)
         #expect(await eventually(timeout: .seconds(5)) { processes[0].log.contains("federation peer refused") })
         #expect(members(mesh, configs[1])["impostor"] == nil)
+        // A gateway identity that does not speak the federation protocol (ALPN) is closed too.
+        _ = try runCommand("/usr/bin/openssl", ["s_client", "-ign_eof", "-connect", configs[0].listen.description,
+            "-servername", "federation.eastwest.internal", "-alpn", "h2", "-cert", configs[1].tls.certificateChain, "-cert_chain", configs[1].tls.certificateChain,
+            "-key", configs[1].tls.privateKey, "-CAfile", configs[1].tls.rootCertificate], stdin: Data(), timeout: 10)
+        #expect(await eventually(timeout: .seconds(5)) {
+            processes[0].log.contains("expected 'eastwest-federation/1'")
+                && ((try? mesh.admin(configs[0], "/v1/members")) ?? "").contains(#""wrong_protocol" : 1"#)
+        }, "\(processes[0].log)")
 
         // kill -9 one gateway: the others mark it dead.
         processes[2].signal(SIGKILL)
@@ -250,11 +298,15 @@ struct FederationIntegrationTests {
         })
         let detection = ContinuousClock.now - killed
         #expect(detection < .seconds(5), "took \(detection)")
+        // Its cluster's endpoints stay listed but unreachable, so they return at once on heal.
+        let c2Echo = { listEndpoints(mesh, configs[0], host: "echo.default.svc.cluster.local").first { $0.cluster == "c2" } }
+        #expect(c2Echo()?.reachable == false && c2Echo()?.address == "127.0.48.10:8080", "\(String(describing: c2Echo()))")
         // Restart: it rejoins.
         processes[2] = try await mesh.startGateway(configs[2])
         #expect(await eventually(timeout: .seconds(10)) {
             members(mesh, configs[0])["gw-2"] == "alive" && members(mesh, configs[1])["gw-2"] == "alive"
         })
+        #expect(await eventually(timeout: .seconds(5)) { c2Echo()?.reachable == true && c2Echo()?.via == ["gw-2"] })
     }
 }
 

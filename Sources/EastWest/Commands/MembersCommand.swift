@@ -14,42 +14,41 @@ struct MembersCommand: AsyncParsableCommand {
         let body = try await fetch(admin: admin, path: "/v1/members")
         if json { print(body); return }
         let decoded = try JSONDecoder().decode(AdminAPI.MembersBody.self, from: Data(body.utf8))
-        print(row("NAME", "CLUSTER", "ADDRESS", "STATE", "INCARNATION", "LAST CHANGE"))
+        var rows = [["NAME", "CLUSTER", "ADDRESS", "STATE", "INCARNATION", "LAST CHANGE"]]
         for m in [decoded.myself] + decoded.members {
             let change = m.name == decoded.myself.name ? "(self)" : String(format: "%.1fs ago", m.lastChangeSecondsAgo)
-            print(row(m.name, m.cluster, m.address, m.state, String(m.incarnation), change))
+            rows.append([m.name, m.cluster, m.address, m.state, String(m.incarnation), change])
         }
+        print(table(rows))
     }
 }
 
 struct EndpointsCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
-        commandName: "endpoints", abstract: "Show which clusters serve a service, as a running gateway knows it.")
+        commandName: "endpoints", abstract: "Show every endpoint of a service, as a running gateway knows it.")
 
     @Argument(help: "Service host, e.g. echo.default.svc.cluster.local.") var host: String
     @Option(help: "Admin address of a gateway, host:port.") var admin: String
+    @Option(help: "Only this service port.") var port: Int?
     @Flag(help: "Print the raw JSON.") var json = false
 
     func run() async throws {
-        let body = try await fetch(admin: admin, path: "/v1/services")
-        struct Service: Codable { var host: String; var port: Int; var clusters: [String: Int] }
-        let services = try JSONDecoder().decode([Service].self, from: Data(body.utf8)).filter { $0.host == host }
-        if json {
-            let encoder = JSONEncoder()
-            encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
-            print(String(decoding: try encoder.encode(services), as: UTF8.self))
-            return
-        }
-        guard !services.isEmpty else {
+        var path = "/v1/endpoints?host=\(host.addingPercentEncoding(withAllowedCharacters: .urlQueryAllowed) ?? host)"
+        if let port { path += "&port=\(port)" }
+        let body = try await fetch(admin: admin, path: path)
+        if json { print(body); return }
+        let endpoints = try JSONDecoder().decode([AdminAPI.EndpointBody].self, from: Data(body.utf8))
+        guard !endpoints.isEmpty else {
             printError("no cluster serves \(host) (as \(admin) knows it)")
             throw ExitCode(1)
         }
-        print(row("HOST", "PORT", "CLUSTER", "ENDPOINTS", "", ""))
-        for service in services {
-            for (cluster, count) in service.clusters.sorted(by: { $0.key < $1.key }) {
-                print(row(service.host, String(service.port), cluster, String(count), "", ""))
-            }
+        var rows = [["CLUSTER", "PORT", "ADDRESS", "REACHABLE", "LOCALITY", "VIA", "LABELS"]]
+        for e in endpoints {
+            let labels = e.labels.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: ",")
+            rows.append([e.cluster, String(e.port), e.address, e.reachable ? "yes" : "no", e.locality ?? "-",
+                         e.via.isEmpty ? "direct" : e.via.joined(separator: ","), labels.isEmpty ? "-" : labels])
         }
+        print(table(rows))
     }
 }
 
@@ -69,8 +68,15 @@ private func fetch(admin: String, path: String) async throws -> String {
     return reply.body
 }
 
-private func row(_ columns: String...) -> String {
-    let widths = [18, 12, 22, 9, 12, 12]
-    return zip(columns, widths).map { $0.padding(toLength: max($1, $0.count + 1), withPad: " ", startingAt: 0) }.joined()
-        .trimmingCharacters(in: .whitespaces)
+/// Left-aligned columns, each as wide as its widest cell plus two spaces.
+private func table(_ rows: [[String]]) -> String {
+    let widths = rows.reduce(into: [Int]()) { widths, row in
+        for (i, cell) in row.enumerated() {
+            if i < widths.count { widths[i] = max(widths[i], cell.count) } else { widths.append(cell.count) }
+        }
+    }
+    return rows.map { row in
+        row.enumerated().map { $1.padding(toLength: widths[$0] + 2, withPad: " ", startingAt: 0) }.joined()
+            .trimmingCharacters(in: .whitespaces)
+    }.joined(separator: "\n")
 }

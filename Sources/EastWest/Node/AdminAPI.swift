@@ -20,8 +20,30 @@ struct AdminAPI: Sendable {
     let gossip: GossipService?
 
     func respond(_ request: PlainHTTPRequest, on eventLoop: any EventLoop) -> EventLoopFuture<PlainHTTPResponse> {
-        eventLoop.makeSucceededFuture(response(to: request))
+        // A blocking query parks until the federation view passes the index the caller saw.
+        if request.method == .GET, let gossip, Self.discoveryPaths.contains(request.path), let indexText = request.query["index"] {
+            guard let index = UInt64(indexText) else {
+                return eventLoop.makeSucceededFuture(PlainHTTPResponse(status: .badRequest, text: "index must be a whole number\n"))
+            }
+            var wait = Self.defaultWait
+            if let text = request.query["wait"] {
+                guard let parsed = ConfigDuration(parsing: text) else {
+                    return eventLoop.makeSucceededFuture(PlainHTTPResponse(status: .badRequest, text: "wait '\(text)' is not a duration such as 30s\n"))
+                }
+                wait = min(parsed.duration, Self.maximumWait)
+            }
+            return eventLoop.makeFutureWithTask {
+                _ = await gossip.view(after: index, timeout: wait)
+                return self.response(to: request)
+            }
+        }
+        return eventLoop.makeSucceededFuture(response(to: request))
     }
+
+    /// Consul's defaults for blocking queries.
+    static let defaultWait: Duration = .seconds(300)
+    static let maximumWait: Duration = .seconds(600)
+    static let discoveryPaths: Set<String> = ["/v1/members", "/v1/services", "/v1/endpoints"]
 
     private func response(to request: PlainHTTPRequest) -> PlainHTTPResponse {
         if request.method == .PUT, request.path == "/v1/catalog/register" || request.path == "/v1/catalog/deregister" {
@@ -37,23 +59,36 @@ struct AdminAPI: Sendable {
             return PlainHTTPResponse(contentType: "text/plain; version=0.0.4", body: ByteBuffer(bytes: bytes))
         case "/config_dump":
             return json(EffectiveConfig(config))
-        case "/v1/members":
+        case let path where Self.discoveryPaths.contains(path):
             guard let view = gossip?.view else { return PlainHTTPResponse(status: .notFound, text: "federation is not configured\n") }
+            var response = discovery(path, view: view, request: request)
+            response.headers.replaceOrAdd(name: "X-EastWest-Index", value: String(view.index))
+            return response
+        default:
+            return PlainHTTPResponse(status: .notFound, text: "unknown admin path \(request.path); try /healthz/ready, /stats/prometheus, /config_dump, /v1/members, /v1/services, /v1/endpoints?host=H\n")
+        }
+    }
+
+    /// The discovery API, answered from one view so the body and its index agree.
+    private func discovery(_ path: String, view: GossipService.View, request: PlainHTTPRequest) -> PlainHTTPResponse {
+        switch path {
+        case "/v1/members":
             return json(MembersBody(view, droppedMessages: gossip?.droppedMessages ?? [:]))
         case "/v1/services":
-            guard let view = gossip?.view else { return PlainHTTPResponse(status: .notFound, text: "federation is not configured\n") }
-            var services: [String: ServiceBody] = [:]
-            for (cluster, byService) in view.endpointsByCluster {
-                for (key, endpoints) in byService {
-                    let name = "\(key.host):\(key.port)"
-                    var body = services[name] ?? ServiceBody(host: key.host, port: key.port, clusters: [:])
-                    body.clusters[cluster] = endpoints.count
-                    services[name] = body
-                }
+            var services: [ServiceKey: ServiceBody] = [:]
+            for endpoint in view.endpoints {
+                var body = services[endpoint.service] ?? ServiceBody(host: endpoint.service.host, port: endpoint.service.port, clusters: [:])
+                body.clusters[endpoint.cluster, default: .init(healthy: 0, total: 0)].count(reachable: endpoint.reachable)
+                services[endpoint.service] = body
             }
-            return json(services.values.sorted { ($0.host, $0.port) < ($1.host, $1.port) })
+            return json(services.sorted { $0.key < $1.key }.map(\.value))
         default:
-            return PlainHTTPResponse(status: .notFound, text: "unknown admin path \(request.path); try /healthz/ready, /stats/prometheus, /config_dump, /v1/members, /v1/services\n")
+            guard let host = request.query["host"], !host.isEmpty else {
+                return PlainHTTPResponse(status: .badRequest, text: "/v1/endpoints needs ?host=H (and optionally &port=P)\n")
+            }
+            let port = request.query["port"].flatMap(Int.init)
+            let endpoints = view.endpoints.filter { $0.service.host == host.lowercased() && (port == nil || $0.service.port == port) }
+            return json(endpoints.map(EndpointBody.init))
         }
     }
 }
@@ -64,6 +99,8 @@ extension AdminAPI {
         struct Member: Codable {
             var name, cluster, address, state: String
             var incarnation: UInt64
+            /// When its state last changed, as this gateway saw it (RFC 3339, UTC).
+            var lastChange: String
             var lastChangeSecondsAgo: Double
         }
         var myself: Member
@@ -72,9 +109,10 @@ extension AdminAPI {
 
         init(_ view: GossipService.View, droppedMessages: [String: Int]) {
             let now = ContinuousClock.now
+            let wallNow = Date()
             func member(_ m: GossipService.MemberView, age: Double) -> Member {
                 Member(name: m.name, cluster: m.cluster, address: m.address, state: m.state, incarnation: m.incarnation,
-                       lastChangeSecondsAgo: age)
+                       lastChange: wallNow.addingTimeInterval(-age).formatted(.iso8601), lastChangeSecondsAgo: age)
             }
             myself = member(view.myself, age: 0)
             members = view.members.map { member($0, age: (now - $0.lastChange).seconds) }
@@ -82,11 +120,39 @@ extension AdminAPI {
         }
     }
 
-    struct ServiceBody: Encodable {
+    /// `GET /v1/services`: each service port and, per cluster that serves it, its endpoints.
+    struct ServiceBody: Codable {
+        struct Count: Codable {
+            /// Endpoints new connections can reach now.
+            var healthy: Int
+            var total: Int
+            mutating func count(reachable: Bool) { total += 1; if reachable { healthy += 1 } }
+        }
         var host: String
         var port: Int
-        /// Endpoint count per cluster that serves it.
-        var clusters: [String: Int]
+        var clusters: [String: Count]
+    }
+
+    /// `GET /v1/endpoints?host=H`: one endpoint.
+    struct EndpointBody: Codable {
+        struct Announcement: Codable { var gateway: String; var version: UInt64 }
+        var cluster: String
+        var host: String
+        var port: Int
+        var address: String
+        var locality: String?
+        var labels: [String: String]
+        /// Gateways of a remote cluster it is reached through; empty when dialled directly.
+        var via: [String]
+        var reachable: Bool
+        var announcedBy: [Announcement]
+
+        init(_ endpoint: GossipService.EndpointView) {
+            cluster = endpoint.cluster; host = endpoint.service.host; port = endpoint.service.port
+            address = endpoint.address.description; locality = endpoint.locality?.description; labels = endpoint.labels
+            via = endpoint.via; reachable = endpoint.reachable
+            announcedBy = endpoint.announcedBy.map { Announcement(gateway: $0.gateway, version: $0.version) }
+        }
     }
 
     /// `PUT /v1/catalog/register|deregister` with

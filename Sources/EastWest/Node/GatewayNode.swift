@@ -44,7 +44,7 @@ struct GatewayNode: Service {
     }
 
     /// Gossip with other gateways, when the config asks for it.
-    func makeGossip() -> GossipService? {
+    func makeGossip() throws -> GossipService? {
         guard let federation = config.federation else { return nil }
         var records: [CatalogKey: CatalogRecord] = [:]
         for service in config.services ?? [] {
@@ -57,7 +57,7 @@ struct GatewayNode: Service {
         gossipLogger[metadataKey: "component"] = "federation"
         let base = config.meshEndpoints
         let store = self.store
-        return GossipService(id: MemberID(config.name), address: config.listen, cluster: config.cluster,
+        return try GossipService(id: MemberID(config.name), address: config.listen, cluster: config.cluster,
                              settings: MembershipSettings(federation),
                              seeds: federation.seeds ?? [], records: records, tls: snapshot.tls, group: group, logger: gossipLogger,
                              onChange: { view in
@@ -68,7 +68,7 @@ struct GatewayNode: Service {
     }
 
     func run() async throws {
-        let gossip = makeGossip()
+        let gossip = try makeGossip()
         if let gossip {
             store.update { current in
                 var next = current

@@ -185,6 +185,34 @@ package struct EndpointCatalog: Sendable {
 
     // MARK: - Views
 
+    /// One endpoint as the discovery API lists it: every origin that announces it, with the
+    /// version of that origin's state that did.
+    package struct Listing: Sendable, Equatable {
+        package var cluster: String
+        package var key: CatalogKey
+        package var record: CatalogRecord
+        package var announcedBy: [(origin: MemberID, version: UInt64)]
+
+        package static func == (a: Listing, b: Listing) -> Bool {
+            a.cluster == b.cluster && a.key == b.key && a.record == b.record
+                && a.announcedBy.map(\.origin) == b.announcedBy.map(\.origin) && a.announcedBy.map(\.version) == b.announcedBy.map(\.version)
+        }
+    }
+
+    /// Every live endpoint of every origin, merged per cluster, sorted by cluster and key.
+    package var listings: [Listing] {
+        var merged: [String: [CatalogKey: Listing]] = [:]
+        for (origin, log) in origins.sorted(by: { $0.key < $1.key }) {
+            for entry in log.live {
+                var listing = merged[log.cluster]?[entry.key]
+                    ?? Listing(cluster: log.cluster, key: entry.key, record: entry.record!, announcedBy: [])
+                listing.announcedBy.append((origin, entry.version))
+                merged[log.cluster, default: [:]][entry.key] = listing
+            }
+        }
+        return merged.sorted { $0.key < $1.key }.flatMap { $0.value.values.sorted { $0.key < $1.key } }
+    }
+
     /// Whether any origin currently publishes `key`.
     package func holds(_ key: CatalogKey) -> Bool {
         origins.values.contains { $0.entries[key].map { !$0.isTombstone } ?? false }

@@ -11,22 +11,29 @@ import NIOTLS
 
 /// Carries gossip between gateways over the same `ADDRESS:15443` listener as the data plane:
 /// mutual TLS with the gateway certificates, a reserved server name so the SNI router hands the
-/// connection here, and length-prefixed `GossipCodec` frames. Only peers with a gateway
-/// identity are heard; a malformed frame is dropped and counted, never fatal.
+/// connection here before any crypto, the ALPN protocol `eastwest-federation/1` agreed in the
+/// handshake (a peer that does not speak this protocol version is closed), and
+/// length-prefixed `GossipCodec` frames. Only peers with a gateway identity are heard; a
+/// malformed frame is dropped and counted, never fatal.
 package final class FederationTransport: Sendable {
     /// The SNI federation connections use; no service may have this name.
     package static let serverName = "federation.eastwest.internal"
+    /// The ALPN protocol both ends must agree on; a new wire version gets a new name.
+    package static let applicationProtocol = "eastwest-federation/1"
 
     private let tls: GatewayTLS
+    private let serverContext: NIOSSLContext
+    private let clientContext: NIOSSLContext
     private let group: any EventLoopGroup
     private let inbound: AsyncStream<FederationEvent>.Continuation
-    private let logger: Logger
+    fileprivate let logger: Logger
     private let localAddress: HostPort
     private let connections = NIOLockedValueBox<[HostPort: EventLoopFuture<any Channel>]>([:])
     private let dropped = NIOLockedValueBox<[String: Int]>([:])
 
     package init(tls: GatewayTLS, group: any EventLoopGroup, inbound: AsyncStream<FederationEvent>.Continuation,
-                 localAddress: HostPort, logger: Logger) {
+                 localAddress: HostPort, logger: Logger) throws {
+        (serverContext, clientContext) = try tls.contexts(applicationProtocols: [Self.applicationProtocol])
         self.localAddress = localAddress
         self.tls = tls
         self.group = group
@@ -37,7 +44,7 @@ package final class FederationTransport: Sendable {
     /// Messages dropped by reason (`malformed`, `oversized`, `unknown_version`, `send_failed`).
     package var droppedMessages: [String: Int] { dropped.withLockedValue { $0 } }
 
-    private func countDrop(_ reason: String) {
+    fileprivate func countDrop(_ reason: String) {
         dropped.withLockedValue { $0[reason, default: 0] += 1 }
         Counter(label: "eastwest_federation_messages_dropped_total", dimensions: [("reason", reason)]).increment()
     }
@@ -49,7 +56,7 @@ package final class FederationTransport: Sendable {
         let policy = tls.peerGatewayPolicy
         let logger = self.logger
         let remote = channel.remoteAddress.map { "\($0)" } ?? "?"
-        let handler = NIOSSLServerHandler(context: tls.serverContext) { certificates, verification in
+        let handler = NIOSSLServerHandler(context: serverContext) { certificates, verification in
             switch policy.evaluate(peerCertificates: certificates, now: Date()) {
             case .success:
                 verification.succeed(.certificateVerified)
@@ -60,6 +67,7 @@ package final class FederationTransport: Sendable {
         }
         let operations = channel.pipeline.syncOperations
         try operations.addHandler(handler)
+        try operations.addHandler(ProtocolGuard(transport: self, peer: remote))
         try operations.addHandler(ByteToMessageHandler(LengthFieldBasedFrameDecoder(lengthFieldBitLength: .fourBytes)))
         try operations.addHandler(FrameReceiver(transport: self))
     }
@@ -87,6 +95,27 @@ package final class FederationTransport: Sendable {
             // A draining gateway closes gossip connections at once: they would never end by
             // themselves and would hold the drain for its whole timeout.
             if event is ChannelShouldQuiesceEvent {
+                context.close(promise: nil)
+                return
+            }
+            context.fireUserInboundEventTriggered(event)
+        }
+    }
+
+    /// Closes a connection whose handshake did not agree on `applicationProtocol`: the peer
+    /// is not an EastWest gateway speaking this wire version.
+    private final class ProtocolGuard: ChannelInboundHandler {
+        typealias InboundIn = ByteBuffer
+        typealias InboundOut = ByteBuffer
+        let transport: FederationTransport
+        let peer: String
+        init(transport: FederationTransport, peer: String) { self.transport = transport; self.peer = peer }
+
+        func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+            if case .handshakeCompleted(let negotiated) = event as? TLSUserEvent, negotiated != FederationTransport.applicationProtocol {
+                transport.countDrop("wrong_protocol")
+                transport.logger.warning("federation peer refused", metadata: [
+                    "peer": "\(peer)", "reason": "ALPN '\(negotiated ?? "none")', expected '\(FederationTransport.applicationProtocol)'"])
                 context.close(promise: nil)
                 return
             }
@@ -131,7 +160,7 @@ package final class FederationTransport: Sendable {
     }
 
     private func dial(_ address: HostPort) -> EventLoopFuture<any Channel> {
-        let context = tls.clientContext
+        let context = clientContext
         let policy = tls.peerGatewayPolicy
         let logger = self.logger
         // Dial from our own gateway address, as a multi-homed gateway must: peers and
@@ -151,6 +180,7 @@ package final class FederationTransport: Sendable {
                         }
                     }
                     try channel.pipeline.syncOperations.addHandler(handler)
+                    try channel.pipeline.syncOperations.addHandler(ProtocolGuard(transport: self, peer: "\(address)"))
                     try channel.pipeline.syncOperations.addHandler(LengthFieldPrepender(lengthFieldBitLength: .fourBytes))
                 }
             }

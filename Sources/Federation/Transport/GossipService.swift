@@ -28,12 +28,38 @@ package final class GossipService: Sendable {
         package var lastChange: ContinuousClock.Instant
     }
 
+    /// One endpoint as the discovery API shows it.
+    package struct EndpointView: Sendable, Equatable {
+        package var cluster: String
+        package var service: ServiceKey
+        package var address: HostPort
+        package var locality: Locality?
+        package var labels: [String: String]
+        /// The alive gateways of a remote cluster it is reached through; empty for this
+        /// cluster's own endpoints, which are dialled directly.
+        package var via: [String]
+        /// Whether new connections can reach it: local, or announced by an alive gateway.
+        package var reachable: Bool
+        /// The gateways that announce it and the version of their state that did.
+        package var announcedBy: [Announcement]
+    }
+
+    package struct Announcement: Sendable, Equatable {
+        package var gateway: String
+        package var version: UInt64
+    }
+
     package struct View: Sendable {
         package var myself: MemberView
         package var members: [MemberView]
+        /// What the data plane routes to: endpoints of this gateway and of alive gateways.
         package var endpointsByCluster: [String: [ServiceKey: [Endpoint]]]
+        /// Every endpoint in the catalog, reachable or not.
+        package var endpoints: [EndpointView]
         /// The membership revision this view was built from.
         package var revision: UInt64
+        /// Grows by one each time the view changes; blocking queries wait for it to pass theirs.
+        package var index: UInt64
     }
 
     private let id: MemberID
@@ -48,17 +74,24 @@ package final class GossipService: Sendable {
     private let logger: Logger
     private let onChange: @Sendable (View) -> Void
     private let current: Mutex<View?> = Mutex(nil)
+    private let waiters = IndexWaiters()
 
     package init(id: MemberID, address: HostPort, cluster: String, settings: MembershipSettings, seeds: [HostPort],
                  records: [CatalogKey: CatalogRecord], tls: GatewayTLS, group: any EventLoopGroup, logger: Logger,
-                 onChange: @escaping @Sendable (View) -> Void = { _ in }) {
+                 onChange: @escaping @Sendable (View) -> Void = { _ in }) throws {
         self.id = id; self.address = address; self.cluster = cluster; self.settings = settings
         self.seeds = seeds; self.records = records; self.logger = logger; self.onChange = onChange
         (events, continuation) = AsyncStream.makeStream(of: FederationEvent.self, bufferingPolicy: .bufferingNewest(10_000))
-        transport = FederationTransport(tls: tls, group: group, inbound: continuation, localAddress: address, logger: logger)
+        transport = try FederationTransport(tls: tls, group: group, inbound: continuation, localAddress: address, logger: logger)
     }
 
     package var view: View? { current.withLock { $0 } }
+
+    /// The view once its index passes `index`, or the current one after `timeout`.
+    package func view(after index: UInt64, timeout: Duration) async -> View? {
+        await waiters.wait(beyond: index, timeout: timeout)
+        return view
+    }
     package var droppedMessages: [String: Int] { transport.droppedMessages }
 
     /// Publishes or withdraws one of this cluster's endpoints; every cluster hears of it.
@@ -130,25 +163,42 @@ package final class GossipService: Sendable {
         // Rebuilt only when something it shows changed, not on every tick: it merges the
         // whole catalog.
         guard changed || current.withLock({ $0?.revision }) != node.membership.revision else { return }
-        let view = makeView(node)
-        current.withLock { $0 = view }
+        let view = current.withLock { current in
+            let next = makeView(node, index: (current?.index ?? 0) + 1)
+            current = next
+            return next
+        }
+        waiters.advance(to: view.index)
         if changed { onChange(view) }
     }
 
-    private func makeView(_ node: FederationNode) -> View {
+    private func makeView(_ node: FederationNode, index: UInt64) -> View {
         func member(_ m: Member) -> MemberView {
             MemberView(name: m.id.name, cluster: m.cluster, address: m.address.description, state: m.state.rawValue,
                        incarnation: m.incarnation, lastChange: m.lastChange)
         }
         let me = node.membership.myself
         let members = node.membership.members.values.sorted { $0.id < $1.id }.map(member)
-        let alive = Set(node.membership.members.values.filter { $0.state == .alive }.map(\.id))
+        let aliveMembers = node.membership.members.values.filter { $0.state == .alive }
+        let alive = Set(aliveMembers.map(\.id))
+        var gatewaysByCluster: [String: [String]] = [:]
+        for member in aliveMembers { gatewaysByCluster[member.cluster, default: []].append(member.id.name) }
+        let endpoints = node.catalog.listings.map { listing in
+            let local = listing.cluster == me.cluster
+            return EndpointView(
+                cluster: listing.cluster, service: listing.key.service, address: listing.key.endpoint,
+                locality: listing.record.locality, labels: listing.record.labels,
+                via: local ? [] : (gatewaysByCluster[listing.cluster] ?? []).sorted(),
+                reachable: listing.announcedBy.contains { $0.origin == node.id || alive.contains($0.origin) },
+                announcedBy: listing.announcedBy.map { Announcement(gateway: $0.origin.name, version: $0.version) })
+        }
         return View(
             myself: MemberView(name: me.id.name, cluster: me.cluster, address: me.address.description, state: me.state.rawValue,
                                incarnation: me.incarnation, lastChange: .now),
             members: members,
             endpointsByCluster: node.catalog.endpointsByCluster { $0 == node.id || alive.contains($0) },
-            revision: node.membership.revision)
+            endpoints: endpoints,
+            revision: node.membership.revision, index: index)
     }
 }
 

@@ -1,3 +1,4 @@
+import Foundation
 import NIOCore
 import NIOHTTP1
 import NIOPosix
@@ -10,6 +11,19 @@ package struct PlainHTTPRequest: Sendable {
     package var body: ByteBuffer
 
     package var path: String { String(uri.split(separator: "?", maxSplits: 1).first ?? "") }
+
+    /// Query parameters, percent-decoded (`+` as space); the last of a repeated name wins.
+    package var query: [String: String] {
+        guard let text = uri.split(separator: "?", maxSplits: 1).dropFirst().first else { return [:] }
+        var result: [String: String] = [:]
+        for pair in text.split(separator: "&") {
+            let parts = pair.split(separator: "=", maxSplits: 1).map {
+                $0.replacingOccurrences(of: "+", with: " ").removingPercentEncoding ?? String($0)
+            }
+            result[parts[0]] = parts.count > 1 ? parts[1] : ""
+        }
+        return result
+    }
 }
 
 package struct PlainHTTPResponse: Sendable {

@@ -15,6 +15,8 @@ package struct GatewayTLS: Sendable {
     package let peerGatewayPolicy: MeshTrustPolicy
     /// Our own identity, from our certificate.
     package let identity: SpiffeID?
+    private let serverConfiguration: TLSConfiguration
+    private let clientConfiguration: TLSConfiguration
 
     package init(config: GatewayConfig) throws {
         let files = config.tls
@@ -48,6 +50,7 @@ package struct GatewayTLS: Sendable {
         // default 5 s and stall drains.
         server.shutdownTimeout = .seconds(1)
         serverContext = try NIOSSLContext(configuration: server)
+        serverConfiguration = server
 
         var client = TLSConfiguration.makeClientConfiguration()
         client.minimumTLSVersion = .tlsv12
@@ -57,10 +60,21 @@ package struct GatewayTLS: Sendable {
         client.certificateVerification = .noHostnameVerification
         client.shutdownTimeout = .seconds(1)
         clientContext = try NIOSSLContext(configuration: client)
+        clientConfiguration = client
 
         clientPolicy = MeshTrustPolicy(roots: rootCertificates, allowedTrustDomains: config.effectiveAllowedTrustDomains)
         peerGatewayPolicy = MeshTrustPolicy(roots: rootCertificates, allowedTrustDomains: config.effectiveAllowedTrustDomains,
                                             allowedIdentities: config.effectivePeerGatewayIdentities)
+    }
+
+    /// The same certificates and checks for a protocol of our own on the 15443 port (gossip
+    /// between gateways), negotiated by ALPN so a peer speaking anything else is turned away.
+    package func contexts(applicationProtocols: [String]) throws -> (server: NIOSSLContext, client: NIOSSLContext) {
+        var server = serverConfiguration
+        server.applicationProtocols = applicationProtocols
+        var client = clientConfiguration
+        client.applicationProtocols = applicationProtocols
+        return (try NIOSSLContext(configuration: server), try NIOSSLContext(configuration: client))
     }
 
     private static func certificates(_ path: String) throws -> [NIOSSLCertificate] {
