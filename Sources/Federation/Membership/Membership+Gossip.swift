@@ -27,6 +27,8 @@ extension Membership {
             if let current = probe, current.sequence == seq, current.target == from {
                 probe = nil
                 adjustHealth(by: -1)
+            } else if lastChanceAnswered(sequence: seq, from: from, now: now) {
+                break
             } else if let relay = relays.removeValue(forKey: seq) {
                 directives.append(.send(.ack(sequence: relay.requesterSequence, from: from, updates: []), to: relay.requesterAddress))
             }

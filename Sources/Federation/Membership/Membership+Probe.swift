@@ -131,17 +131,48 @@ extension Membership {
         return max(minimum, timeout)
     }
 
+    /// When the suspicion of `id` runs out: its timer, or the end of its last-chance ping.
+    func suspicionDeadline(for id: MemberID, _ suspicion: Suspicion) -> ContinuousClock.Instant {
+        suspicion.lastChance?.deadline ?? suspicion.start + suspicionTimeout(for: id, suspicion)
+    }
+
+    /// A suspicion that runs out declares the member dead — unless we only heard of it from
+    /// others. Then we first ping the member ourselves, carrying the suspicion so it can refute:
+    /// epidemic gossip misses a node now and then, and a refutation that missed us must not
+    /// cost a live gateway its traffic (a slow member accusing healthy ones makes this common).
+    /// A real death costs one probe timeout more here.
     private mutating func expireSuspicions(now: ContinuousClock.Instant) -> [Directive] {
         var directives: [Directive] = []
-        for (id, suspicion) in suspicions.sorted(by: { $0.key < $1.key }) where now >= suspicion.start + suspicionTimeout(for: id, suspicion) {
+        for (id, suspicion) in suspicions.sorted(by: { $0.key < $1.key }) where now >= suspicionDeadline(for: id, suspicion) {
+            guard let member = members[id], member.state == .suspect, member.incarnation == suspicion.incarnation else {
+                suspicions[id] = nil
+                continue
+            }
+            if suspicion.lastChance == nil, !suspicion.accusers.contains(myself.id) {
+                let seq = nextSequence()
+                let deadline = now + settings.probeTimeout * lhmScale
+                suspicions[id]?.lastChance = (seq, deadline)
+                directives.append(.send(.ping(sequence: seq, from: myself.id, fromAddress: myself.address, target: id,
+                                              updates: [member.update]), to: member.address))
+                continue
+            }
             suspicions[id] = nil
-            guard let member = members[id], member.state == .suspect, member.incarnation == suspicion.incarnation else { continue }
             var dead = member.update
             dead.state = .dead
             dead.accuser = nil
             directives += apply(dead, now: now)
         }
         return directives
+    }
+
+    /// An ack to a last-chance ping: the member lives. Its refutation is on the way (the ping
+    /// told it); give it a whole timer to arrive.
+    mutating func lastChanceAnswered(sequence: UInt32, from id: MemberID, now: ContinuousClock.Instant) -> Bool {
+        guard var suspicion = suspicions[id], suspicion.lastChance?.sequence == sequence else { return false }
+        suspicion.lastChance = nil
+        suspicion.start = now
+        suspicions[id] = suspicion
+        return true
     }
 
     private mutating func reap(now: ContinuousClock.Instant) {

@@ -35,6 +35,8 @@ package struct Membership: Sendable {
         var incarnation: UInt64
         var start: ContinuousClock.Instant
         var accusers: Set<MemberID>
+        /// The last-chance ping sent when the timer ran out (see `expireSuspicions`).
+        var lastChance: (sequence: UInt32, deadline: ContinuousClock.Instant)?
     }
 
     package let settings: MembershipSettings
@@ -80,7 +82,7 @@ package struct Membership: Sendable {
         var deadline = min(nextProbe, nextGossip, nextPushPull)
         if let probe { deadline = min(deadline, probe.isIndirect ? probe.endDeadline : probe.ackDeadline) }
         for relay in relays.values { deadline = min(deadline, relay.nackDeadline) }
-        for (id, suspicion) in suspicions { deadline = min(deadline, suspicion.start + suspicionTimeout(for: id, suspicion)) }
+        for (id, suspicion) in suspicions { deadline = min(deadline, suspicionDeadline(for: id, suspicion)) }
         return deadline
     }
 
