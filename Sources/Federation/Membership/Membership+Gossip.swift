@@ -49,7 +49,10 @@ extension Membership {
             directives += merge(updates, now: now, random: &random)
 
         case .pushPull(let from, let state, let isReply):
-            directives += merge(state, now: now, random: &random)
+            // A full state is mostly what everyone knows: members new to us (a joiner learning
+            // the table) are not gossiped on, or every join would re-broadcast the whole group.
+            // The sender itself and changes of state still are.
+            directives += merge(state, now: now, random: &random) { update, isNew in !isNew || update.id == from }
             if !isReply, let sender = state.first(where: { $0.id == from }) ?? members[from]?.update {
                 directives.append(.send(.pushPull(from: myself.id, members: fullState, isReply: true), to: sender.address))
             }
@@ -61,11 +64,12 @@ extension Membership {
     }
 
     private mutating func merge(_ updates: [MemberUpdate], now: ContinuousClock.Instant,
-                                random: inout some RandomNumberGenerator) -> [Directive] {
+                                random: inout some RandomNumberGenerator,
+                                rebroadcast: (MemberUpdate, _ isNew: Bool) -> Bool = { _, _ in true }) -> [Directive] {
         var directives: [Directive] = []
         for update in updates {
             let isNew = members[update.id] == nil && update.id != myself.id
-            directives += apply(update, now: now)
+            directives += apply(update, now: now, rebroadcast: rebroadcast(update, isNew))
             if isNew, members[update.id] != nil {
                 // SWIM §4.3: a joiner goes to a random place in the rest of the walk, so every
                 // node does not probe the same members in the same order.
@@ -79,13 +83,13 @@ extension Membership {
     // MARK: - Applying a claim
 
     /// Applies one claim about a member with SWIM's precedence rules; refutes claims about us.
-    mutating func apply(_ update: MemberUpdate, now: ContinuousClock.Instant) -> [Directive] {
+    mutating func apply(_ update: MemberUpdate, now: ContinuousClock.Instant, rebroadcast: Bool = true) -> [Directive] {
         if update.id == myself.id { return refute(update, now: now) }
         guard let existing = members[update.id] else {
             // Never learn a member from a claim that it is gone: that is how full-state syncs
             // resurrect long-dead nodes (hashicorp/memberlist#312).
             guard !update.state.isGone else { return [] }
-            return record(update, previous: nil, now: now)
+            return record(update, previous: nil, now: now, rebroadcast: rebroadcast)
         }
         if update.state == .suspect, existing.state == .suspect, update.incarnation == existing.incarnation,
            let accuser = update.accuser, var suspicion = suspicions[update.id], !suspicion.accusers.contains(accuser) {
@@ -96,10 +100,11 @@ extension Membership {
             return []
         }
         guard update.overrides(existing.update) else { return [] }
-        return record(update, previous: existing.state, now: now)
+        return record(update, previous: existing.state, now: now, rebroadcast: rebroadcast)
     }
 
-    private mutating func record(_ update: MemberUpdate, previous: MemberState?, now: ContinuousClock.Instant) -> [Directive] {
+    private mutating func record(_ update: MemberUpdate, previous: MemberState?, now: ContinuousClock.Instant,
+                                 rebroadcast: Bool = true) -> [Directive] {
         var stored = update
         if stored.state != .suspect { stored.accuser = nil }
         if previous == nil {
@@ -117,7 +122,7 @@ extension Membership {
         case .alive, .dead, .left:
             suspicions[update.id] = nil
         }
-        enqueue(update)
+        if rebroadcast { enqueue(update) }
         guard previous != update.state else { return [] }
         return [.memberChanged(stored, previous: previous)]
     }

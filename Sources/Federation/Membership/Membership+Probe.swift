@@ -36,7 +36,10 @@ extension Membership {
                 directives.append(.send(.pushPull(from: myself.id, members: fullState, isReply: false), to: peer.address))
             }
         }
-        reap(now: now)
+        if now >= nextReap {
+            nextReap = now + .seconds(1)
+            reap(now: now)
+        }
         return directives
     }
 

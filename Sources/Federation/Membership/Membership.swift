@@ -66,6 +66,8 @@ package struct Membership: Sendable {
     var nextProbe: ContinuousClock.Instant
     var nextGossip: ContinuousClock.Instant
     var nextPushPull: ContinuousClock.Instant
+    /// Reaping scans the whole table: once a second is plenty for an hour-long retention.
+    var nextReap: ContinuousClock.Instant
     package internal(set) var isLeaving = false
 
     package init(myself id: MemberID, address: HostPort, cluster: String, settings: MembershipSettings = .gateway,
@@ -75,6 +77,7 @@ package struct Membership: Sendable {
         nextProbe = now + settings.probeInterval
         nextGossip = now + settings.gossipInterval
         nextPushPull = now + settings.pushPullInterval
+        nextReap = now + .seconds(1)
     }
 
     /// The earliest time `tick` has work to do.
@@ -127,11 +130,15 @@ package struct Membership: Sendable {
 
     /// Introduces this node to seeds: a push/pull with each, so the first reply teaches us the
     /// whole group (memberlist's join).
-    package mutating func join(seeds: [HostPort]) -> [Directive] {
+    package mutating func join(seeds: [HostPort], now: ContinuousClock.Instant) -> [Directive] {
         self.seeds = seeds.filter { $0 != myself.address }
         // Announce ourselves too, not only through the seed: whoever we learn about hears of
         // us from us, so a join that raced another join is not left to the next push/pull.
         enqueue(myself)
+        // And sync whole tables with a random member soon: members that joined at the same
+        // time as us may have been announced before anyone knew us (state learned by push/pull
+        // is not re-gossiped, so this is the repair).
+        nextPushPull = min(nextPushPull, now + settings.probeInterval * 10)
         return seeds.filter { $0 != myself.address }.map { .send(.pushPull(from: myself.id, members: fullState, isReply: false), to: $0) }
     }
 

@@ -52,7 +52,7 @@ package struct FederationNode: Sendable {
     }
 
     package mutating func join(seeds: [HostPort], now: ContinuousClock.Instant) -> [Directive] {
-        var directives = membership.join(seeds: seeds).map(Self.lift)
+        var directives = membership.join(seeds: seeds, now: now).map(Self.lift)
         // Ask the seeds for the catalog at once instead of waiting for the first sync.
         for seed in seeds where seed != membership.myself.address {
             directives.append(.send(.catalogDigest(from: id, fromAddress: membership.myself.address, digest: catalog.digest, isReply: false), to: seed))
@@ -133,14 +133,14 @@ package struct FederationNode: Sendable {
             var news: [CatalogDelta] = []
             for delta in deltas {
                 let keys = catalog.apply(delta, now: now)
-                if !keys.isEmpty {
-                    changed += keys
-                    news.append(delta)
-                }
+                changed += keys
+                // Rumour mongering: forward a fresh change that was new to us, once. A snapshot
+                // is anti-entropy catching us up on old state (a joiner gets every origin's);
+                // everyone else has it, and forwarding it is what made joins storm.
+                if !keys.isEmpty, !delta.isSnapshot { news.append(delta) }
             }
             guard !changed.isEmpty else { return [] }
-            // Rumour mongering: forward what was new to us, once.
-            return [.catalogChanged(changed)] + push(news, except: from, random: &random)
+            return [.catalogChanged(changed)] + (news.isEmpty ? [] : push(news, except: from, random: &random))
         default:
             return membership.received(message, now: now, random: &random).map(Self.lift)
         }

@@ -33,22 +33,26 @@ package struct SimulationScenario: Sendable {
         var picker = SplitMix64(seed: seed &+ 0x5EED)
         let candidates = Array(2..<max(2, nodes)).shuffled(using: &picker)
         let slowMembers = Array(candidates.suffix(min(slow, candidates.count)))
+        // Runs to `time`, checking every 50 ms until the group has formed (up to the kill).
         var converged: Duration?
-        while sim.now < min(duration, catalogChangeAt), converged == nil {
-            sim.run(for: .milliseconds(50))
-            if sim.membershipConverged { converged = sim.now }
+        func advance(to time: Duration) {
+            while converged == nil, sim.now < min(time, killAt) {
+                sim.run(for: .milliseconds(50))
+                if sim.membershipConverged { converged = sim.now }
+            }
+            sim.run(until: time)
         }
-        sim.run(until: .seconds(3))
+        advance(to: min(duration, .seconds(3)))
         for member in slowMembers { sim.slow(member, by: slowDelay) }
-        sim.run(until: catalogChangeAt)
+        advance(to: min(duration, catalogChangeAt))
         var records = sim.nodes[min(1, nodes - 1)].catalog.localRecords
         records[key] = CatalogRecord(locality: Locality(region: "sim"))
         sim.publish(min(1, nodes - 1), records)
 
         let idleStart = catalogChangeAt + .seconds(2)
-        sim.run(until: min(duration, idleStart))
+        advance(to: min(duration, idleStart))
         let bytesAtIdleStart = sim.bytesSent.reduce(0, +)
-        sim.run(until: min(duration, killAt))
+        advance(to: min(duration, killAt))
         let idleBytes = sim.bytesSent.reduce(0, +) - bytesAtIdleStart
         let idleSeconds = max(0.001, (min(duration, killAt) - idleStart).seconds)
 
@@ -125,10 +129,10 @@ package struct SimulationReport: Sendable, Codable, Equatable {
     package var idleBytesPerNodePerSecond: Double
 
     package var text: String {
-        func s(_ value: Double?) -> String { value.map { String(format: "%.3f s", $0) } ?? "never" }
+        func s(_ value: Double?, never: String = "never") -> String { value.map { String(format: "%.3f s", $0) } ?? never }
         var lines = [
             "nodes \(nodes), loss \(String(format: "%.1f", loss * 100))%, seed \(seed), \(String(format: "%.0f", durationSeconds)) s simulated",
-            "membership converged      \(s(convergenceSeconds))" + (convergenceRounds.map { String(format: " (%.1f gossip rounds)", $0) } ?? ""),
+            "membership converged      \(s(convergenceSeconds, never: "not within 10 s"))" + (convergenceRounds.map { String(format: " (%.1f gossip rounds)", $0) } ?? ""),
         ]
         for detection in detections {
             lines.append("killed \(detection.member) dead at first peer \(s(detection.firstSeconds)), at every peer \(s(detection.allSeconds)) (\(detection.observers) peers)")
