@@ -197,3 +197,52 @@ struct ThreeRegionsTopologyTests {
         #expect(await up.waitForExit(timeout: .seconds(30)) == 0)
     }
 }
+
+@Suite("eastwest plan")
+struct PlanCommandTests {
+    struct Plan: Decodable {
+        struct Level: Decodable { var priority: Int; var health: Int; var load: Int; var localities: [Locality] }
+        struct Locality: Decodable { var locality: String; var healthy: Int; var total: Int; var share: Double }
+        var panic: Bool
+        var priorities: [Level]
+        var shares: [String: Double]
+    }
+
+    func plan(_ arguments: [String]) throws -> (Plan?, CommandResult) {
+        let result = try runCommand(PackagePaths.eastwest, ["plan"] + arguments + ["--json"])
+        return (try? JSONDecoder().decode(Plan.self, from: Data(result.stdout.utf8)), result)
+    }
+
+    @Test("With the shipped failover policy, us-east1-a keeps its traffic; when its region is down us-west1 takes all of it, eu-west1 none")
+    func shippedFailoverPolicy() throws {
+        let directory = try TemporaryDirectory("plan")
+        defer { directory.cleanUp() }
+        let policy = "\(PackagePaths.root)/topologies/policies/echo-failover.yaml"
+        let endpoints = "\(PackagePaths.root)/topologies/endpoints/three-regions-echo.yaml"
+        let (healthy, result) = try plan(["--from", "us-east1/us-east1-a", "--endpoints", endpoints, "--policy", policy])
+        #expect(result.status == 0, "\(result.stderr)")
+        #expect(healthy?.shares == ["us-east1/us-east1-a": 1])
+        #expect(healthy?.priorities.count == 4)
+
+        // us-east1 down: the failover rule sends everything to us-west1, split by its zones.
+        let text = try String(contentsOfFile: endpoints, encoding: .utf8)
+            .replacingOccurrences(of: "us-east1/us-east1-a, labels: {version: v1}, healthy: true", with: "us-east1/us-east1-a, labels: {version: v1}, healthy: false")
+            .replacingOccurrences(of: "us-east1/us-east1-b, labels: {version: v1}, healthy: true", with: "us-east1/us-east1-b, labels: {version: v1}, healthy: false")
+        let down = "\(directory.path)/down.yaml"
+        try text.write(toFile: down, atomically: true, encoding: .utf8)
+        let (failover, _) = try plan(["--from", "us-east1/us-east1-a", "--endpoints", down, "--policy", policy])
+        #expect(failover?.shares == ["us-west1/us-west1-a": 0.5, "us-west1/us-west1-b": 0.5])
+        #expect(abs((failover?.shares.values.reduce(0, +) ?? 0) - 1) < 1e-9)
+    }
+
+    @Test("A bad endpoints file exits 2 naming file, line and field")
+    func badEndpoints() throws {
+        let directory = try TemporaryDirectory("plan-bad")
+        defer { directory.cleanUp() }
+        let file = "\(directory.path)/endpoints.yaml"
+        try "endpoints:\n- {locality: us-east1/a, healthy: maybe}\n".write(toFile: file, atomically: true, encoding: .utf8)
+        let (_, result) = try plan(["--from", "us-east1/a", "--endpoints", file])
+        #expect(result.status == 2)
+        #expect(result.stderr.contains("endpoints.yaml:2:") && result.stderr.contains("endpoints[0].healthy"), "\(result.stderr)")
+    }
+}

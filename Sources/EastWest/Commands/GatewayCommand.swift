@@ -35,9 +35,9 @@ struct GatewayCommand: AsyncParsableCommand {
 struct ValidateCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "validate",
-        abstract: "Check topology or gateway config files and print every problem.")
+        abstract: "Check topologies, gateway configs and Istio policy files; print every problem, and what Istio would do differently.")
 
-    @Argument(help: "Files to check: topologies (with 'clusters:') or gateway configs.")
+    @Argument(help: "Files to check: topologies (with 'clusters:'), gateway configs, or Istio YAML (with 'kind:').")
     var files: [String]
 
     func run() async throws {
@@ -45,7 +45,10 @@ struct ValidateCommand: AsyncParsableCommand {
         for file in files {
             let text = (try? String(contentsOfFile: file, encoding: .utf8)) ?? ""
             do {
-                if text.contains("clusters:") {
+                if text.contains("kind:") && text.contains("apiVersion:") {
+                    let loaded = try IstioPolicyLoader.load(file: file)
+                    (loaded.skipped + loaded.warnings.map(\.description)).forEach(printError)
+                } else if text.contains("clusters:") {
                     _ = try ConfigLoader.load(Topology.self, file: file)
                 } else {
                     _ = try ConfigLoader.load(GatewayConfig.self, file: file)

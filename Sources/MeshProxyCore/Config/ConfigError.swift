@@ -10,6 +10,9 @@ package struct ConfigError: Error, Sendable, Equatable, CustomStringConvertible 
         package static let unknownField = Code(name: "unknown-field")
         package static let invalidValue = Code(name: "invalid-value")
         package static let duplicate = Code(name: "duplicate")
+        /// A valid Istio field EastWest does not carry out yet, or an Istio-incompatible choice.
+        package static let notImplemented = Code(name: "not-implemented")
+        package static let istioDifference = Code(name: "istio-difference")
         package var description: String { name }
     }
 
@@ -22,15 +25,22 @@ package struct ConfigError: Error, Sendable, Equatable, CustomStringConvertible 
     /// `clusters[0].gateways[1].address`; empty for whole-file problems.
     package var field: String
     package var message: String
+    /// The field as a path, for callers that judge problems by where they are.
+    package var fieldPath: FieldPath = []
+    /// A warning loads; an error does not.
+    package var isWarning = false
 
     package init(code: Code, file: String, line: Int = 0, column: Int = 0, field: String = "", message: String) {
         self.code = code; self.file = file; self.line = line; self.column = column
         self.field = field; self.message = message
     }
 
+    package var asWarning: ConfigError { var copy = self; copy.isWarning = true; return copy }
+
     package var description: String {
         let position = line > 0 ? "\(file):\(line):\(column)" : file
-        return field.isEmpty ? "\(position): error: \(message)" : "\(position): error: \(field): \(message)"
+        let severity = isWarning ? "warning" : "error"
+        return field.isEmpty ? "\(position): \(severity): \(message)" : "\(position): \(severity): \(field): \(message)"
     }
 }
 

@@ -55,6 +55,25 @@ package enum ConfigLoader {
         return (value, map)
     }
 
+    /// Decodes one node of a larger document (an Istio object's `spec`), with errors pointing
+    /// at `prefix` + the field. Unknown keys come back as paths for the caller to judge.
+    package static func decode<T: Codable>(_ type: T.Type, node: Node, map: SourceMap,
+                                           at prefix: FieldPath) -> Result<(T, unknownKeys: [FieldPath]), ConfigError> {
+        let value: T
+        do {
+            value = try YAMLDecoder().decode(type, from: node)
+        } catch let error as DecodingError {
+            return .failure(decodingError(error, map: map, prefix: prefix))
+        } catch {
+            return .failure(map.error(.invalidValue, at: prefix, "\(error)"))
+        }
+        var unknown: [ConfigError] = []
+        if let encoded = try? Yams.compose(yaml: YAMLEncoder().encode(value)) {
+            findUnknownKeys(source: node, known: encoded, path: prefix, map: map, into: &unknown)
+        }
+        return .success((value, unknown.map(\.fieldPath)))
+    }
+
     /// A key the model did not keep is a key it does not know: re-encoding the decoded value
     /// gives exactly the keys the model understood.
     private static func findUnknownKeys(source: Node, known: Node, path: FieldPath, map: SourceMap, into errors: inout [ConfigError]) {
@@ -78,18 +97,18 @@ package enum ConfigLoader {
         }
     }
 
-    private static func decodingError(_ error: DecodingError, map: SourceMap) -> ConfigError {
+    private static func decodingError(_ error: DecodingError, map: SourceMap, prefix: FieldPath = []) -> ConfigError {
+        func path(_ codingPath: [any CodingKey]) -> FieldPath { FieldPath(prefix.components + FieldPath(codingPath: codingPath).components) }
         switch error {
         case .keyNotFound(let key, let context):
-            return map.error(.missingField, at: FieldPath(codingPath: context.codingPath).key(key.stringValue),
+            return map.error(.missingField, at: path(context.codingPath).key(key.stringValue),
                              "missing required field '\(key.stringValue)'")
         case .typeMismatch(let type, let context):
-            return map.error(.wrongType, at: FieldPath(codingPath: context.codingPath),
-                             "expected \(describe(type))")
+            return map.error(.wrongType, at: path(context.codingPath), "expected \(describe(type))")
         case .valueNotFound(let type, let context):
-            return map.error(.missingField, at: FieldPath(codingPath: context.codingPath), "expected \(describe(type)), found nothing")
+            return map.error(.missingField, at: path(context.codingPath), "expected \(describe(type)), found nothing")
         case .dataCorrupted(let context):
-            return map.error(.invalidValue, at: FieldPath(codingPath: context.codingPath), context.debugDescription)
+            return map.error(.invalidValue, at: path(context.codingPath), context.debugDescription)
         @unknown default:
             return ConfigError(code: .invalidValue, file: map.file, message: "\(error)")
         }

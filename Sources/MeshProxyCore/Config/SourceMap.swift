@@ -66,7 +66,9 @@ package struct SourceMap {
 
     package func error(_ code: ConfigError.Code, at path: FieldPath, _ message: String) -> ConfigError {
         let mark = mark(of: path)
-        return ConfigError(code: code, file: file, line: mark?.line ?? 0, column: mark?.column ?? 0,
-                           field: path.description, message: message)
+        var error = ConfigError(code: code, file: file, line: mark?.line ?? 0, column: mark?.column ?? 0,
+                                field: path.description, message: message)
+        error.fieldPath = path
+        return error
     }
 }

@@ -1,0 +1,141 @@
+import Foundation
+import Yams
+
+/// Istio policy files as users already run them: multi-document YAML where DestinationRules
+/// are read and every other kind is skipped with a note. Valid Istio fields EastWest does not
+/// carry out yet load with a warning naming them; only what Istio itself would reject, and
+/// fields Istio does not have, are errors — except the choices EastWest deliberately accepts
+/// (`distribute` with `failover`, the design document's `circuitBreaker:`), which warn.
+package enum IstioPolicyLoader {
+    package struct Loaded: Sendable {
+        package var destinationRules: [DestinationRule] = []
+        package var warnings: [ConfigError] = []
+        /// One line per document that is not a DestinationRule.
+        package var skipped: [String] = []
+
+        /// The rule for `host` (Istio's short names match their FQDN's first label).
+        package func rule(for host: String) -> DestinationRule? {
+            destinationRules.first { $0.host == host }
+                ?? destinationRules.first { !$0.host.contains(".") && host.hasPrefix($0.host + ".") }
+        }
+    }
+
+    static let apiVersions: Set<String> = ["networking.istio.io/v1", "networking.istio.io/v1beta1", "networking.istio.io/v1alpha3"]
+
+    /// Valid DestinationRule fields (istio/api destination_rule.proto) EastWest does not carry
+    /// out yet: they load with a warning.
+    static let notImplemented: Set<String> = [
+        "workloadSelector", "tls", "tunnel", "proxyProtocol", "consistentHash", "warmupDurationSecs", "warmup", "http",
+        "maxConnectionDuration", "idleTimeout", "splitExternalLocalOriginErrors", "consecutiveLocalOriginFailures",
+        "consecutiveErrors", "trafficDistribution",
+    ]
+
+    package static func load(file: String) throws(ConfigErrors) -> Loaded {
+        let text: String
+        do {
+            text = try String(contentsOfFile: file, encoding: .utf8)
+        } catch {
+            throw ConfigErrors([ConfigError(code: .unreadableFile, file: file, message: "cannot read file: \((error as NSError).localizedDescription)")])
+        }
+        return try load(yaml: text, file: file)
+    }
+
+    package static func load(yaml: String, file: String) throws(ConfigErrors) -> Loaded {
+        let documents: [Node]
+        do {
+            documents = Array(try Yams.compose_all(yaml: yaml))
+        } catch {
+            throw ConfigErrors([ConfigError(code: .malformedYAML, file: file, message: "invalid YAML: \(error)")])
+        }
+        var loaded = Loaded()
+        var errors: [ConfigError] = []
+        for (index, document) in documents.enumerated() {
+            let map = SourceMap(file: file, root: document)
+            guard let mapping = document.mapping else { continue }
+            let kind = mapping["kind"]?.string ?? ""
+            let apiVersion = mapping["apiVersion"]?.string ?? ""
+            let name = mapping["metadata"]?.mapping?["name"]?.string ?? "document \(index + 1)"
+            guard kind == "DestinationRule" else {
+                loaded.skipped.append("\(file): note: skipped \(kind.isEmpty ? "a document without kind" : kind) '\(name)' (EastWest reads DestinationRule)")
+                continue
+            }
+            guard apiVersions.contains(apiVersion) else {
+                errors.append(map.error(.invalidValue, at: FieldPath().key("apiVersion"),
+                    "'\(apiVersion)' is not a DestinationRule version (\(apiVersions.sorted().joined(separator: ", ")))"))
+                continue
+            }
+            guard let spec = mapping["spec"] else {
+                errors.append(map.error(.missingField, at: [], "missing required field 'spec'"))
+                continue
+            }
+            switch ConfigLoader.decode(DestinationRule.self, node: spec, map: map, at: FieldPath().key("spec")) {
+            case .failure(let error):
+                errors.append(error)
+            case .success(let (rule, unknownKeys)):
+                for path in unknownKeys {
+                    guard case .key(let key)? = path.components.last else { continue }
+                    if notImplemented.contains(key) {
+                        loaded.warnings.append(map.error(.notImplemented, at: path, "valid Istio field, not carried out by EastWest yet; ignored").asWarning)
+                    } else {
+                        errors.append(map.error(.unknownField, at: path, "unknown field '\(key)' (not a DestinationRule field)"))
+                    }
+                }
+                let (problems, warnings) = check(rule, map: map)
+                errors += problems
+                loaded.warnings += warnings
+                loaded.destinationRules.append(rule)
+            }
+        }
+        guard errors.isEmpty else { throw ConfigErrors(errors) }
+        return loaded
+    }
+
+    /// What Istio's validation rejects (errors) and what it would do differently (warnings).
+    static func check(_ rule: DestinationRule, map: SourceMap) -> (errors: [ConfigError], warnings: [ConfigError]) {
+        var errors: [ConfigError] = []
+        var warnings: [ConfigError] = []
+        let spec = FieldPath().key("spec")
+        if rule.host.isEmpty { errors.append(map.error(.invalidValue, at: spec.key("host"), "must not be empty")) }
+        var policies: [(FieldPath, TrafficPolicy)] = rule.trafficPolicy.map { [(spec.key("trafficPolicy"), $0)] } ?? []
+        for (i, subset) in (rule.subsets ?? []).enumerated() {
+            if let policy = subset.trafficPolicy { policies.append((spec.key("subsets").index(i).key("trafficPolicy"), policy)) }
+        }
+        for (path, policy) in policies {
+            if policy.circuitBreaker != nil {
+                warnings.append(map.error(.istioDifference, at: path.key("circuitBreaker"),
+                    "not an Istio field; read as 'outlierDetection' (write it as outlierDetection: Istio rejects circuitBreaker)").asWarning)
+            }
+            if let setting = policy.loadBalancer?.localityLbSetting {
+                let settingPath = path.key("loadBalancer").key("localityLbSetting")
+                for (i, rule) in (setting.distribute ?? []).enumerated() {
+                    let total = rule.to.values.reduce(0, +)
+                    if rule.to.values.contains(where: { !(1...100).contains($0) }) || total != 100 {
+                        errors.append(map.error(.invalidValue, at: settingPath.key("distribute").index(i).key("to"),
+                            "weights must each be 1-100 and sum to 100 (they sum to \(total))"))
+                    }
+                }
+                for (i, rule) in (setting.failover ?? []).enumerated() where rule.from == rule.to || rule.to.contains("*") {
+                    errors.append(map.error(.invalidValue, at: settingPath.key("failover").index(i),
+                        "failover 'from' and 'to' must be different regions, without '*'"))
+                }
+                if !(setting.distribute ?? []).isEmpty, !(setting.failover ?? []).isEmpty {
+                    warnings.append(map.error(.istioDifference, at: settingPath,
+                        "Istio rejects 'distribute' together with 'failover'; EastWest accepts it: the matching distribute rule's localities form the first priority with its weights, failover orders the rest behind them").asWarning)
+                }
+                let failover = !(setting.failover ?? []).isEmpty || !(setting.failoverPriority ?? []).isEmpty || setting.enabled == true
+                if failover, (setting.distribute ?? []).isEmpty, policy.effectiveOutlierDetection == nil, rule.trafficPolicy?.effectiveOutlierDetection == nil {
+                    warnings.append(map.error(.istioDifference, at: settingPath,
+                        "locality failover is configured but there is no outlierDetection: Istio (and EastWest) then do NO failover — every locality gets traffic as if in one priority. Add outlierDetection to turn failover on").asWarning)
+                }
+            }
+            if policy.connectionPool != nil {
+                warnings.append(map.error(.notImplemented, at: path.key("connectionPool"), "loaded; not enforced by the gateway yet").asWarning)
+            }
+            if let simple = policy.loadBalancer?.simple, simple != .roundRobin, simple != .unspecified {
+                warnings.append(map.error(.notImplemented, at: path.key("loadBalancer").key("simple"),
+                    "\(simple.rawValue) loaded; the gateway balances round robin inside a locality for now").asWarning)
+            }
+        }
+        return (errors, warnings)
+    }
+}

@@ -1,0 +1,121 @@
+import Testing
+@testable import MeshProxyCore
+
+@Suite("Istio DestinationRule loading")
+struct IstioPolicyLoaderTests {
+    /// The design document's YAML, plus a PeerAuthentication in the same file.
+    let designDocument = """
+        apiVersion: networking.istio.io/v1beta1
+        kind: DestinationRule
+        metadata:
+          name: mcp-organization
+        spec:
+          host: mcp-organization
+          trafficPolicy:
+            loadBalancer:
+              localityLbSetting:
+                enabled: true
+                distribute:
+                - from: "region1/zone1/*"
+                  to:
+                    "region1/zone1/*": 80
+                    "region1/zone2/*": 20
+                failover:
+                - from: region1
+                  to: region2
+            circuitBreaker:
+              consecutiveGatewayErrors: 5
+              interval: 30s
+            tls:
+              mode: ISTIO_MUTUAL
+        ---
+        apiVersion: security.istio.io/v1beta1
+        kind: PeerAuthentication
+        metadata:
+          name: mcp-mtls
+        spec:
+          mtls: {mode: STRICT}
+        """
+
+    @Test("The design document's rule loads: circuitBreaker read as outlierDetection, each difference from Istio a warning with its line")
+    func designDocumentLoads() throws {
+        let loaded = try IstioPolicyLoader.load(yaml: designDocument, file: "dr.yaml")
+        let rule = try #require(loaded.destinationRules.first)
+        #expect(rule.policy(port: nil, subset: nil).effectiveOutlierDetection?.consecutiveGatewayErrors == 5)
+        #expect(loaded.skipped == ["dr.yaml: note: skipped PeerAuthentication 'mcp-mtls' (EastWest reads DestinationRule)"])
+        let warnings = loaded.warnings.map(\.description)
+        #expect(warnings.contains("dr.yaml:22:5: warning: spec.trafficPolicy.tls: valid Istio field, not carried out by EastWest yet; ignored"))
+        #expect(warnings.contains { $0.hasPrefix("dr.yaml:19:5: warning: spec.trafficPolicy.circuitBreaker: not an Istio field; read as 'outlierDetection'") })
+        #expect(warnings.contains { $0.hasPrefix("dr.yaml:9:7: warning: spec.trafficPolicy.loadBalancer.localityLbSetting: Istio rejects 'distribute' together with 'failover'") })
+        #expect(rule.host == "mcp-organization" && loaded.rule(for: "mcp-organization.default.svc.cluster.local") == rule)
+    }
+
+    @Test("Failover without outlierDetection is loudly flagged: Istio silently does nothing")
+    func failoverWithoutOutlierDetection() throws {
+        let yaml = """
+            apiVersion: networking.istio.io/v1
+            kind: DestinationRule
+            metadata: {name: echo}
+            spec:
+              host: echo.default.svc.cluster.local
+              trafficPolicy:
+                loadBalancer:
+                  localityLbSetting:
+                    failover: [{from: us-east1, to: us-west1}]
+            """
+        let loaded = try IstioPolicyLoader.load(yaml: yaml, file: "dr.yaml")
+        #expect(loaded.warnings.map(\.description).contains { $0.contains("there is no outlierDetection: Istio (and EastWest) then do NO failover") })
+    }
+
+    @Test("What Istio rejects is an error naming file, line, column and field; nothing is loaded")
+    func istioRejections() {
+        let yaml = """
+            apiVersion: networking.istio.io/v1
+            kind: DestinationRule
+            metadata: {name: echo}
+            spec:
+              host: echo.default.svc.cluster.local
+              trafficPolicy:
+                loadBalancer:
+                  localityLbSetting:
+                    distribute: [{from: "us-east1/*", to: {"us-east1/*": 70, "us-west1/*": 20}}]
+                    failover: [{from: us-east1, to: us-east1}]
+                outlierDetecton: {interval: 5s}
+            """
+        do {
+            _ = try IstioPolicyLoader.load(yaml: yaml, file: "dr.yaml")
+            Issue.record("expected errors")
+        } catch {
+            let problems = error.errors.map(\.description)
+            #expect(problems.contains("dr.yaml:11:5: error: spec.trafficPolicy.outlierDetecton: unknown field 'outlierDetecton' (not a DestinationRule field)"))
+            #expect(problems.contains("dr.yaml:9:43: error: spec.trafficPolicy.loadBalancer.localityLbSetting.distribute[0].to: weights must each be 1-100 and sum to 100 (they sum to 90)"))
+            #expect(problems.contains { $0.contains("failover[0]: failover 'from' and 'to' must be different regions") })
+        }
+    }
+
+    @Test("Subset and port-level policies override the top level, field by field of the top level")
+    func policyMerge() throws {
+        let yaml = """
+            apiVersion: networking.istio.io/v1alpha3
+            kind: DestinationRule
+            metadata: {name: echo}
+            spec:
+              host: echo.default.svc.cluster.local
+              trafficPolicy:
+                outlierDetection: {consecutiveGatewayErrors: 3}
+                portLevelSettings:
+                - port: {number: 9090}
+                  outlierDetection: {consecutiveGatewayErrors: 9}
+              subsets:
+              - name: v2
+                labels: {version: v2}
+                trafficPolicy:
+                  loadBalancer: {localityLbSetting: {enabled: false}}
+            """
+        let rule = try #require(try IstioPolicyLoader.load(yaml: yaml, file: "dr.yaml").destinationRules.first)
+        #expect(rule.policy(port: 8080, subset: nil).outlierDetection?.consecutiveGatewayErrors == 3)
+        #expect(rule.policy(port: 9090, subset: nil).outlierDetection?.consecutiveGatewayErrors == 9)
+        let v2 = rule.policy(port: 8080, subset: "v2")
+        #expect(v2.loadBalancer?.localityLbSetting?.enabled == false && v2.outlierDetection?.consecutiveGatewayErrors == 3)
+    }
+}
