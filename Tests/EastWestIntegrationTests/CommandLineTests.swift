@@ -193,6 +193,12 @@ struct ThreeRegionsTopologyTests {
         #expect(curl.stdout.contains(#""cluster":"eu-west""#), "\(curl.stderr)")
         let members = try runCommand(PackagePaths.eastwest, ["members", "--admin", "127.0.1.2:15000"])
         #expect(members.stdout.split(separator: "\n").filter { $0.contains("alive") }.count == 4, "\(members.stdout)")
+        // The live plan of us-west's gateway under the shipped failover policy: its own zone,
+        // then its region, then us-east1 (the failover target), eu-west1 last.
+        let (plan, result) = try PlanCommandTests().plan(["--admin", "127.0.2.1:15000", "--host", "echo.default.svc.cluster.local"])
+        #expect(plan?.shares == ["us-west1/us-west1-a": 1], "\(result.stdout)\(result.stderr)")
+        #expect(plan?.priorities.map { $0.localities.map(\.locality).sorted() } == [
+            ["us-west1/us-west1-a"], ["us-west1/us-west1-b"], ["us-east1/us-east1-a", "us-east1/us-east1-b"], ["eu-west1/eu-west1-a", "eu-west1/eu-west1-b"]])
         up.signal(SIGINT)
         #expect(await up.waitForExit(timeout: .seconds(30)) == 0)
     }

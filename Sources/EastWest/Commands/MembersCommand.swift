@@ -11,7 +11,7 @@ struct MembersCommand: AsyncParsableCommand {
     @Flag(help: "Print the raw JSON.") var json = false
 
     func run() async throws {
-        let body = try await fetch(admin: admin, path: "/v1/members")
+        let body = try await AdminClient.get(admin: admin, path: "/v1/members")
         if json { print(body); return }
         let decoded = try JSONDecoder().decode(AdminAPI.MembersBody.self, from: Data(body.utf8))
         var rows = [["NAME", "CLUSTER", "ADDRESS", "STATE", "INCARNATION", "LAST CHANGE"]]
@@ -35,7 +35,7 @@ struct EndpointsCommand: AsyncParsableCommand {
     func run() async throws {
         var path = "/v1/endpoints?host=\(host.addingPercentEncoding(withAllowedCharacters: .urlQueryAllowed) ?? host)"
         if let port { path += "&port=\(port)" }
-        let body = try await fetch(admin: admin, path: path)
+        let body = try await AdminClient.get(admin: admin, path: path)
         if json { print(body); return }
         let endpoints = try JSONDecoder().decode([AdminAPI.EndpointBody].self, from: Data(body.utf8))
         guard !endpoints.isEmpty else {
@@ -52,20 +52,23 @@ struct EndpointsCommand: AsyncParsableCommand {
     }
 }
 
-private func fetch(admin: String, path: String) async throws -> String {
+/// Reads from a running gateway's admin API; failures are one line on stderr and exit 1.
+enum AdminClient {
+    static func get(admin: String, path: String) async throws -> String {
     guard let address = HostPort(parsing: admin) else { throw ValidationError("--admin '\(admin)' is not host:port") }
-    let reply: (status: Int, body: String)
-    do {
-        reply = try await Probe.httpGet(address, path: path)
-    } catch {
-        printError("error: cannot reach the admin API at \(admin): \(error)")
-        throw ExitCode(1)
+        let reply: (status: Int, body: String)
+        do {
+            reply = try await Probe.httpGet(address, path: path)
+        } catch {
+            printError("error: cannot reach the admin API at \(admin): \(error)")
+            throw ExitCode(1)
+        }
+        guard reply.status == 200 else {
+            printError("error: \(admin)\(path) answered \(reply.status): \(reply.body.trimmingCharacters(in: .whitespacesAndNewlines))")
+            throw ExitCode(1)
+        }
+        return reply.body
     }
-    guard reply.status == 200 else {
-        printError("error: \(admin)\(path) answered \(reply.status): \(reply.body.trimmingCharacters(in: .whitespacesAndNewlines))")
-        throw ExitCode(1)
-    }
-    return reply.body
 }
 
 /// Left-aligned columns, each as wide as its widest cell plus two spaces.

@@ -8,8 +8,9 @@ struct PlanCommand: AsyncParsableCommand {
         commandName: "plan",
         abstract: "Show the priorities, load and per-locality share of requests Envoy/Istio semantics give a client locality.")
 
-    @Option(help: "Client locality, REGION/ZONE[/SUBZONE] (the gateway that accepts the connection).") var from: String
-    @Option(help: "YAML file: endpoints: [{address, locality, labels, healthy}].") var endpoints: String
+    @Option(help: "Client locality, REGION/ZONE[/SUBZONE] (the gateway that accepts the connection).") var from: String?
+    @Option(help: "YAML file: endpoints: [{address, locality, labels, healthy}].") var endpoints: String?
+    @Option(help: "Admin address of a running gateway: show its live plan for --host instead.") var admin: String?
     @Option(name: .customLong("policy"), help: "Istio YAML with DestinationRules (repeatable).") var policies: [String] = []
     @Option(help: "Service host whose DestinationRule applies (default: the only one).") var host: String?
     @Option(help: "Subset name: only its endpoints, with its traffic policy.") var subset: String?
@@ -17,6 +18,8 @@ struct PlanCommand: AsyncParsableCommand {
     @Flag(help: "Print JSON.") var json = false
 
     func run() async throws {
+        if let admin { return try await live(admin: admin) }
+        guard let from, let endpoints else { throw ValidationError("give --from and --endpoints, or --admin and --host") }
         guard let client = Locality(parsing: from), !client.region.isEmpty else {
             throw ValidationError("--from '\(from)' must be REGION/ZONE[/SUBZONE]")
         }
@@ -66,8 +69,22 @@ struct PlanCommand: AsyncParsableCommand {
         }
     }
 
-    static func text(_ plan: LocalityPlan, client: String, threshold: Int) -> String {
-        var lines = ["from \(client) (panic threshold \(threshold) %\(plan.panic ? "; every priority in panic: load split by host count" : ""))"]
+    /// The plan a running gateway follows now (`GET /v1/plan`), from its locality and health view.
+    func live(admin: String) async throws {
+        guard let host else { throw ValidationError("--admin needs --host") }
+        var query = "host=\(host)"
+        if let subset { query += "&subset=\(subset)" }
+        if let port { query += "&port=\(port)" }
+        let body = try await AdminClient.get(admin: admin, path: "/v1/plan?\(query)")
+        if json { print(body); return }
+        let plan = try JSONDecoder().decode(LocalityPlan.self, from: Data(body.utf8))
+        print(Self.text(plan, client: "gateway \(admin)", threshold: nil))
+    }
+
+    static func text(_ plan: LocalityPlan, client: String, threshold: Int?) -> String {
+        var notes = threshold.map { ["panic threshold \($0) %"] } ?? []
+        if plan.panic { notes.append("every priority in panic: load split by host count") }
+        var lines = ["from \(client)" + (notes.isEmpty ? "" : " (\(notes.joined(separator: "; ")))")]
         lines.append("PRIORITY  HEALTH  LOAD   LOCALITY                          HEALTHY  SHARE")
         for level in plan.priorities {
             for (i, locality) in level.localities.enumerated() {

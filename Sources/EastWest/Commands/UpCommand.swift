@@ -17,7 +17,12 @@ struct UpCommand: AsyncParsableCommand {
     func run() async throws {
         let topo: Topology
         do {
-            topo = try ConfigLoader.load(Topology.self, file: topology)
+            topo = try ConfigLoader.load(Topology.self, file: topology).resolvingPolicies(relativeTo: topology)
+            // Checked before anything starts; warnings are shown once here, not by every gateway.
+            for file in topo.policies ?? [] {
+                let loaded = try IstioPolicyLoader.load(file: file)
+                (loaded.skipped + loaded.warnings.map(\.description)).forEach(printError)
+            }
         } catch {
             printError(error.description)
             throw ExitCode(2)

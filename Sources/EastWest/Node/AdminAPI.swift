@@ -18,6 +18,7 @@ struct AdminAPI: Sendable {
     let registry: PrometheusCollectorRegistry
     let ready: ReadyFlag
     let gossip: GossipService?
+    let policies: [DestinationRule]
 
     func respond(_ request: PlainHTTPRequest, on eventLoop: any EventLoop) -> EventLoopFuture<PlainHTTPResponse> {
         // A blocking query parks until the federation view passes the index the caller saw.
@@ -59,6 +60,8 @@ struct AdminAPI: Sendable {
             return PlainHTTPResponse(contentType: "text/plain; version=0.0.4", body: ByteBuffer(bytes: bytes))
         case "/config_dump":
             return json(EffectiveConfig(config))
+        case "/v1/plan":
+            return livePlan(request)
         case let path where Self.discoveryPaths.contains(path):
             guard let view = gossip?.view else { return PlainHTTPResponse(status: .notFound, text: "federation is not configured\n") }
             var response = discovery(path, view: view, request: request)
@@ -183,6 +186,45 @@ extension AdminAPI {
         encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
         let body = (try? encoder.encode(value)) ?? Data("{}".utf8)
         return PlainHTTPResponse(contentType: "application/json", body: ByteBuffer(bytes: body))
+    }
+}
+
+extension AdminAPI {
+    /// `GET /v1/plan?host=H[&subset=S][&port=P]`: where this gateway's clients' requests for H
+    /// go now — the planner run on the current health view (what federation knows is reachable)
+    /// from this gateway's locality, under the DestinationRule for H.
+    func livePlan(_ request: PlainHTTPRequest) -> PlainHTTPResponse {
+        guard let host = request.query["host"]?.lowercased(), !host.isEmpty else {
+            return PlainHTTPResponse(status: .badRequest, text: "/v1/plan needs ?host=H (and optionally &subset=S, &port=P)\n")
+        }
+        let port = request.query["port"].flatMap(Int.init)
+        let subset = request.query["subset"]
+        var endpoints: [PlannedEndpoint] = []
+        if let view = gossip?.view {
+            for e in view.endpoints where e.service.host == host && (port == nil || e.service.port == port) {
+                endpoints.append(PlannedEndpoint(locality: e.locality?.description ?? "", labels: e.labels, healthy: e.reachable))
+            }
+        } else {
+            for cluster in config.meshEndpoints.clusters.values {
+                for (key, list) in cluster.services where key.host == host && (port == nil || key.port == port) {
+                    endpoints += list.map { PlannedEndpoint(locality: $0.locality?.description ?? "", labels: $0.labels ?? [:]) }
+                }
+            }
+        }
+        let rule = policies.rule(for: host)
+        if let subset {
+            guard let selector = rule?.subsets?.first(where: { $0.name == subset }) else {
+                return PlainHTTPResponse(status: .notFound, text: "subset '\(subset)' is not defined for \(host)\n")
+            }
+            endpoints = endpoints.filter { endpoint in (selector.labels ?? [:]).allSatisfy { endpoint.labels[$0.key] == $0.value } }
+        }
+        let policy = rule?.policy(port: port, subset: subset) ?? TrafficPolicy()
+        var clientLabels: [String: String] = [:]
+        if let network = config.network { clientLabels["topology.istio.io/network"] = network }
+        let planner = LocalityPriorityPlanner(client: config.locality ?? Locality(region: ""), clientLabels: clientLabels,
+                                              setting: policy.loadBalancer?.localityLbSetting,
+                                              outlierDetection: policy.effectiveOutlierDetection)
+        return json(planner.plan(endpoints))
     }
 }
 

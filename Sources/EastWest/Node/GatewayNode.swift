@@ -17,6 +17,8 @@ struct GatewayNode: Service {
     let registry: PrometheusCollectorRegistry
     let group: any EventLoopGroup
     let logger: Logger
+    /// DestinationRules from the config's `policies:` files.
+    let policies: [DestinationRule]
 
     static func run(config: GatewayConfig, configPath: String) async throws {
         var logger = Logger(label: "eastwest.gateway")
@@ -29,12 +31,23 @@ struct GatewayNode: Service {
             printError("\(configPath): error: tls: \(error)")
             throw ExitCodeError.invalidInput
         }
+        var policies: [DestinationRule] = []
+        let base = URL(fileURLWithPath: configPath).deletingLastPathComponent()
+        do {
+            for file in config.policies ?? [] {
+                let path = file.hasPrefix("/") ? file : base.appendingPathComponent(file).path
+                policies += try IstioPolicyLoader.load(file: path).destinationRules
+            }
+        } catch {
+            printError(error.description)
+            throw ExitCodeError.invalidInput
+        }
         let registry = PrometheusCollectorRegistry()
         MetricsSystem.bootstrap(PrometheusMetricsFactory(registry: registry))
         let snapshot = DataPlaneSnapshot(config: config, tls: tls, logger: logger)
         let store = DataPlaneStore(snapshot)
         let node = GatewayNode(config: config, snapshot: snapshot, store: store, registry: registry,
-                               group: MultiThreadedEventLoopGroup.singleton, logger: logger)
+                               group: MultiThreadedEventLoopGroup.singleton, logger: logger, policies: policies)
         // The lifecycle's own debug lines print the whole node; keep them out of gateway logs.
         var lifecycleLogger = Logger(label: "eastwest.lifecycle")
         lifecycleLogger.logLevel = .notice
@@ -89,7 +102,7 @@ struct GatewayNode: Service {
             bound = try await listener.bind()
             admin = try await PlainHTTPServer.bind(
                 host: config.effectiveAdmin.host, port: config.effectiveAdmin.port, role: "admin listener",
-                group: group, responder: AdminAPI(config: config, registry: registry, ready: ready, gossip: gossip).respond)
+                group: group, responder: AdminAPI(config: config, registry: registry, ready: ready, gossip: gossip, policies: policies).respond)
         } catch {
             printError("error: \(error)")
             _ = await listener.drain(timeout: .zero)

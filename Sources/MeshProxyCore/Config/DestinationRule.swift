@@ -31,6 +31,13 @@ package struct DestinationRule: Codable, Sendable, Equatable {
     }
 }
 
+extension [DestinationRule] {
+    /// The rule for `host`; Istio's short names match their FQDN's first label.
+    package func rule(for host: String) -> DestinationRule? {
+        first { $0.host == host } ?? first { !$0.host.contains(".") && host.hasPrefix($0.host + ".") }
+    }
+}
+
 package struct TrafficPolicy: Codable, Sendable, Equatable {
     package var loadBalancer: LoadBalancerSettings?
     package var connectionPool: ConnectionPoolSettings?

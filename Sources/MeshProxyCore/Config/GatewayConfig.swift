@@ -43,6 +43,8 @@ package struct GatewayConfig: Codable, Sendable, Equatable {
     package var remoteClusters: [RemoteCluster]?
     /// Gossip with other gateways (membership and endpoint catalog). Absent: no federation.
     package var federation: FederationConfig?
+    /// Istio YAML files with DestinationRules (relative to this config file).
+    package var policies: [String]?
 
     package struct TLSFiles: Codable, Sendable, Equatable {
         package var certificateChain: String

@@ -13,11 +13,7 @@ package enum IstioPolicyLoader {
         /// One line per document that is not a DestinationRule.
         package var skipped: [String] = []
 
-        /// The rule for `host` (Istio's short names match their FQDN's first label).
-        package func rule(for host: String) -> DestinationRule? {
-            destinationRules.first { $0.host == host }
-                ?? destinationRules.first { !$0.host.contains(".") && host.hasPrefix($0.host + ".") }
-        }
+        package func rule(for host: String) -> DestinationRule? { destinationRules.rule(for: host) }
     }
 
     static let apiVersions: Set<String> = ["networking.istio.io/v1", "networking.istio.io/v1beta1", "networking.istio.io/v1alpha3"]

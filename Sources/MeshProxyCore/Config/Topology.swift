@@ -1,3 +1,5 @@
+import Foundation
+
 /// A whole multi-cluster set-up (`topologies/*.yaml`): clusters, their gateways and services.
 /// `eastwest up` turns it into one `GatewayConfig` per gateway plus demo backends.
 package struct Topology: Codable, Sendable, Equatable {
@@ -5,7 +7,7 @@ package struct Topology: Codable, Sendable, Equatable {
     /// Default `cluster.local`.
     package var trustDomain: String?
     package var clusters: [Cluster]
-    /// Istio YAML files, relative to the topology file.
+    /// Istio YAML files, relative to the topology file (`resolvingPolicies` makes them absolute).
     package var policies: [String]?
     /// Timing for every gateway's federation (`profile`, `timing`); seeds are derived.
     package var federation: FederationConfig?
@@ -45,11 +47,22 @@ package struct Topology: Codable, Sendable, Equatable {
     package func gatewayConfig(cluster: Cluster, gateway: Gateway, tls: GatewayConfig.TLSFiles) -> GatewayConfig {
         var seeds: [HostPort] = cluster.gateways.filter { $0.name != gateway.name }.compactMap(\.listen)
         seeds += clusters.filter { $0.name != cluster.name }.compactMap { $0.gateways.first?.listen }
-        return GatewayConfig(
+        var config = GatewayConfig(
             name: gateway.name, cluster: cluster.name, network: cluster.network, locality: gateway.locality,
             trustDomain: effectiveTrustDomain, listen: gateway.listen!, admin: gateway.admin, tls: tls,
             services: cluster.services ?? [],
             federation: FederationConfig(seeds: seeds, profile: federation?.profile, timing: federation?.timing))
+        config.policies = policies
+        return config
+    }
+
+    /// The topology with its policy paths made absolute against the topology file's folder,
+    /// so gateway configs written elsewhere still find them.
+    package func resolvingPolicies(relativeTo file: String) -> Topology {
+        var copy = self
+        let base = URL(fileURLWithPath: file).deletingLastPathComponent()
+        copy.policies = policies?.map { $0.hasPrefix("/") ? $0 : base.appendingPathComponent($0).standardizedFileURL.path }
+        return copy
     }
 
     /// Every gateway's name, for readiness checks.
