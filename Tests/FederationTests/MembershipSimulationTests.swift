@@ -36,23 +36,29 @@ struct MembershipSimulationTests {
     }
 
     @Test("1% message loss for 10 simulated minutes: no live member is ever declared dead (N = 50)")
-    func noFalsePositivesUnderLoss() {
-        let sim = FederationSimulation(nodes: 50, network: .init(loss: 0.01), seed: 42)
-        sim.startAll()
-        sim.run(until: .seconds(600))
-        #expect(sim.deathDeclarations.isEmpty, "false deaths: \(sim.deathDeclarations.prefix(5).map { "\($0.observer)->\($0.subject)@\($0.at)" })")
-        // A lost probe may leave someone briefly suspect at the end; nobody is gone.
-        let gone = sim.liveIndices.flatMap { i in sim.nodes[i].membership.members.values.filter { $0.state.isGone } }
-        #expect(gone.isEmpty)
-        #expect(sim.liveIndices.allSatisfy { sim.nodes[$0].membership.members.count == 49 })
+    func noFalsePositivesUnderLoss() async {
+        let (deaths, gone, complete) = await onDedicatedThread {
+            let sim = FederationSimulation(nodes: 50, network: .init(loss: 0.01), seed: 42)
+            sim.startAll()
+            sim.run(until: .seconds(600))
+            // A lost probe may leave someone briefly suspect at the end; nobody is gone.
+            let gone = sim.liveIndices.flatMap { i in sim.nodes[i].membership.members.values.filter { $0.state.isGone } }.count
+            return (sim.deathDeclarations.prefix(5).map { "\($0.observer)->\($0.subject)@\($0.at)" }, gone,
+                    sim.liveIndices.allSatisfy { sim.nodes[$0].membership.members.count == 49 })
+        }
+        #expect(deaths.isEmpty, "false deaths: \(deaths)")
+        #expect(gone == 0)
+        #expect(complete)
     }
 
     /// What a user cares about is the healthy gateways' view: the stalled ones are (rightly)
     /// declared dead and flap, as memberlist's do; `eastwest simulate` runs the 10-minute version.
     @Test("3 of 50 members process messages 2.5 s late for 10 simulated minutes: no healthy member ever declares another healthy member dead (Lifeguard)",
           arguments: [UInt64(1)])
-    func slowMembersDoNotKillHealthyOnes(seed: UInt64) {
-        let report = SimulationScenario(nodes: 50, loss: 0, kill: 1, seed: seed, duration: .seconds(600), slow: 3).run()
+    func slowMembersDoNotKillHealthyOnes(seed: UInt64) async {
+        let report = await onDedicatedThread {
+            SimulationScenario(nodes: 50, loss: 0, kill: 1, seed: seed, duration: .seconds(600), slow: 3).run()
+        }
         #expect(report.falsePositives == 0, "healthy members declared dead: \(report.falsePositiveMembers)")
         // The stalled members are found out, and the killed one is still detected by everyone.
         #expect(report.slowMemberDeathDeclarations > 0)
