@@ -18,7 +18,8 @@ struct AdminAPI: Sendable {
     let registry: PrometheusCollectorRegistry
     let ready: ReadyFlag
     let gossip: GossipService?
-    let policies: [DestinationRule]
+    /// The data plane as new connections see it; `/v1/plan` shows its traffic plan.
+    let store: DataPlaneStore
 
     func respond(_ request: PlainHTTPRequest, on eventLoop: any EventLoop) -> EventLoopFuture<PlainHTTPResponse> {
         // A blocking query parks until the federation view passes the index the caller saw.
@@ -190,41 +191,23 @@ extension AdminAPI {
 }
 
 extension AdminAPI {
-    /// `GET /v1/plan?host=H[&subset=S][&port=P]`: where this gateway's clients' requests for H
-    /// go now — the planner run on the current health view (what federation knows is reachable)
-    /// from this gateway's locality, under the DestinationRule for H.
+    /// `GET /v1/plan?host=H[&subset=S][&port=P]`: where this gateway sends its clients'
+    /// requests for H now — the very plan the data path picks endpoints by, from this gateway's
+    /// locality, under H's DestinationRule, with the current health (federation, ejections).
     func livePlan(_ request: PlainHTTPRequest) -> PlainHTTPResponse {
         guard let host = request.query["host"]?.lowercased(), !host.isEmpty else {
             return PlainHTTPResponse(status: .badRequest, text: "/v1/plan needs ?host=H (and optionally &subset=S, &port=P)\n")
         }
-        let port = request.query["port"].flatMap(Int.init)
+        let picker = store.current.picker
+        let ports = picker.endpoints.ports(of: host)
+        guard let port = request.query["port"].flatMap(Int.init) ?? ports.first, ports.contains(port) else {
+            return PlainHTTPResponse(status: .notFound, text: "no service \(host)\(request.query["port"].map { " port \($0)" } ?? "") in the mesh\n")
+        }
         let subset = request.query["subset"]
-        var endpoints: [PlannedEndpoint] = []
-        if let view = gossip?.view {
-            for e in view.endpoints where e.service.host == host && (port == nil || e.service.port == port) {
-                endpoints.append(PlannedEndpoint(locality: e.locality?.description ?? "", labels: e.labels, healthy: e.reachable))
-            }
-        } else {
-            for cluster in config.meshEndpoints.clusters.values {
-                for (key, list) in cluster.services where key.host == host && (port == nil || key.port == port) {
-                    endpoints += list.map { PlannedEndpoint(locality: $0.locality?.description ?? "", labels: $0.labels ?? [:]) }
-                }
-            }
+        guard let plan = picker.plan(for: ServiceKey(host: host, port: port), subset: subset) else {
+            return PlainHTTPResponse(status: .notFound, text: "subset '\(subset ?? "")' is not defined for \(host)\n")
         }
-        let rule = policies.rule(for: host)
-        if let subset {
-            guard let selector = rule?.subsets?.first(where: { $0.name == subset }) else {
-                return PlainHTTPResponse(status: .notFound, text: "subset '\(subset)' is not defined for \(host)\n")
-            }
-            endpoints = endpoints.filter { endpoint in (selector.labels ?? [:]).allSatisfy { endpoint.labels[$0.key] == $0.value } }
-        }
-        let policy = rule?.policy(port: port, subset: subset) ?? TrafficPolicy()
-        var clientLabels: [String: String] = [:]
-        if let network = config.network { clientLabels["topology.istio.io/network"] = network }
-        let planner = LocalityPriorityPlanner(client: config.locality ?? Locality(region: ""), clientLabels: clientLabels,
-                                              setting: policy.loadBalancer?.localityLbSetting,
-                                              outlierDetection: policy.effectiveOutlierDetection)
-        return json(planner.plan(endpoints))
+        return json(plan)
     }
 }
 

@@ -17,8 +17,6 @@ struct GatewayNode: Service {
     let registry: PrometheusCollectorRegistry
     let group: any EventLoopGroup
     let logger: Logger
-    /// DestinationRules from the config's `policies:` files.
-    let policies: [DestinationRule]
 
     static func run(config: GatewayConfig, configPath: String) async throws {
         var logger = Logger(label: "eastwest.gateway")
@@ -44,10 +42,10 @@ struct GatewayNode: Service {
         }
         let registry = PrometheusCollectorRegistry()
         MetricsSystem.bootstrap(PrometheusMetricsFactory(registry: registry))
-        let snapshot = DataPlaneSnapshot(config: config, tls: tls, logger: logger)
+        let snapshot = DataPlaneSnapshot(config: config, tls: tls, logger: logger, policies: policies)
         let store = DataPlaneStore(snapshot)
         let node = GatewayNode(config: config, snapshot: snapshot, store: store, registry: registry,
-                               group: MultiThreadedEventLoopGroup.singleton, logger: logger, policies: policies)
+                               group: MultiThreadedEventLoopGroup.singleton, logger: logger)
         // The lifecycle's own debug lines print the whole node; keep them out of gateway logs.
         var lifecycleLogger = Logger(label: "eastwest.lifecycle")
         lifecycleLogger.logLevel = .notice
@@ -102,7 +100,7 @@ struct GatewayNode: Service {
             bound = try await listener.bind()
             admin = try await PlainHTTPServer.bind(
                 host: config.effectiveAdmin.host, port: config.effectiveAdmin.port, role: "admin listener",
-                group: group, responder: AdminAPI(config: config, registry: registry, ready: ready, gossip: gossip, policies: policies).respond)
+                group: group, responder: AdminAPI(config: config, registry: registry, ready: ready, gossip: gossip, store: store).respond)
         } catch {
             printError("error: \(error)")
             _ = await listener.drain(timeout: .zero)

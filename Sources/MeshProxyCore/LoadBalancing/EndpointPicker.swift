@@ -1,6 +1,6 @@
 /// Who opened the connection: it decides how far the gateway may forward it.
-package enum TrafficOrigin: Sendable, Equatable {
-    /// A workload in (or outside) the mesh: local endpoints first, then other clusters.
+package enum TrafficOrigin: Sendable, Hashable {
+    /// A workload in (or outside) the mesh: any cluster's endpoints, as the plan says.
     case client
     /// Another cluster's gateway: local endpoints only, so traffic crosses at most one
     /// gateway-to-gateway hop and can never loop.
@@ -36,32 +36,138 @@ package enum UpstreamTarget: Hashable, Sendable, CustomStringConvertible {
     }
 }
 
-/// The seam every endpoint-choice policy sits behind: given what this gateway knows about every
-/// cluster's endpoints, the ordered list of targets to try for one connection. The shell dials
-/// the first and moves to the next when a connect fails, up to its attempt limit.
-///
-/// Today's policy: round robin over the local endpoints of the route (and subset), then the
-/// gateways of remote clusters that serve it. The locality/failover planner replaces this body.
+/// A target with where the plan put it.
+package struct PlannedTarget: Hashable, Sendable {
+    package var target: UpstreamTarget
+    /// The endpoints' locality as the catalog gives it (empty when unknown).
+    package var locality: String
+    package var priority: Int
+}
+
+/// Chooses upstreams the way Envoy does under the service's DestinationRule: the
+/// `LocalityPriorityPlanner` turns the endpoints, their health and this gateway's locality into
+/// priority loads and locality shares once per snapshot; each new connection then takes the
+/// locality its position in a low-discrepancy sequence falls on (so any run of connections
+/// matches the shares closely, with no random source), an endpoint there round robin, and
+/// the rest of the plan in priority order as fallbacks for failed connects. Remote localities
+/// are reached through their cluster's alive gateways, which pick among their own endpoints.
 package struct EndpointPicker: Sendable {
     package var endpoints: MeshEndpoints
+    package var policies: [DestinationRule]
+    package var client: Locality
+    package var clientLabels: [String: String]
+    /// Local endpoints outlier detection has ejected: unhealthy to the planner.
+    package var ejected: Set<HostPort>
+    private var plans: [PlanKey: RoutePlan] = [:]
 
-    package init(endpoints: MeshEndpoints) { self.endpoints = endpoints }
+    struct PlanKey: Hashable, Sendable {
+        var service: ServiceKey
+        var subset: String?
+        var origin: TrafficOrigin
+    }
 
-    /// - Parameter cursor: a per-service counter the shell increments on every connection; it
-    ///   rotates where the round robin starts.
-    package func candidates(for route: Route, origin: TrafficOrigin, cursor: Int) -> [UpstreamTarget] {
-        var targets: [UpstreamTarget] = []
-        let local = (endpoints.local?.services[route.service] ?? []).filter { $0.matches(route.selector) }
-        targets += local.rotated(by: cursor).map(UpstreamTarget.local)
-        guard origin == .client else { return targets }
-        for cluster in endpoints.remoteClusters {
-            let remote = (cluster.services[route.service] ?? []).filter { $0.matches(route.selector) }
-            guard !remote.isEmpty else { continue }
-            targets += cluster.gateways.rotated(by: cursor).map {
-                .peerGateway(cluster: cluster.name, gateway: $0, serverName: route.upstreamServerName)
+    /// The plan for one service (and subset) plus the targets behind each of its localities.
+    struct RoutePlan: Sendable {
+        var plan: LocalityPlan
+        /// Cumulative share of requests → index into `localities`.
+        var slots: [(upTo: Double, locality: Int)]
+        var localities: [[PlannedTarget]]
+        /// Every locality with targets, by priority then share: the order fallbacks take.
+        var order: [Int]
+    }
+
+    package init(endpoints: MeshEndpoints, policies: [DestinationRule] = [], client: Locality? = nil,
+                 clientLabels: [String: String] = [:], ejected: Set<HostPort> = []) {
+        self.endpoints = endpoints
+        self.policies = policies
+        self.client = client ?? Locality(region: "")
+        self.clientLabels = clientLabels
+        self.ejected = ejected
+        for cluster in endpoints.clusters.values {
+            for service in cluster.services.keys {
+                var subsets: [String?] = [nil]
+                subsets += (endpoints.subsets[service.host] ?? [:]).keys.sorted().map { Optional($0) }
+                for subset in subsets {
+                    for origin in [TrafficOrigin.client, .peerGateway] {
+                        let key = PlanKey(service: service, subset: subset, origin: origin)
+                        if plans[key] == nil { plans[key] = makePlan(key) }
+                    }
+                }
             }
         }
-        return targets
+    }
+
+    /// What the data plane does for this service now: the `/v1/plan` answer.
+    package func plan(for service: ServiceKey, subset: String?, origin: TrafficOrigin = .client) -> LocalityPlan? {
+        plans[PlanKey(service: service, subset: subset, origin: origin)]?.plan
+    }
+
+    /// - Parameter cursor: a per-service counter the shell increments on every connection.
+    package func candidates(for route: Route, origin: TrafficOrigin, cursor: Int) -> [PlannedTarget] {
+        guard let routePlan = plans[PlanKey(service: route.service, subset: route.subset, origin: origin)],
+              !routePlan.slots.isEmpty else { return [] }
+        // Golden-ratio sequence: evenly spread points in [0, 1) for consecutive cursors.
+        let point = (Double(UInt64(truncatingIfNeeded: cursor) % 1_000_003) * 0.618_033_988_749_894_9).truncatingRemainder(dividingBy: 1)
+        let chosen = routePlan.slots.first { point < $0.upTo }?.locality ?? routePlan.slots[routePlan.slots.count - 1].locality
+        var result: [PlannedTarget] = []
+        for index in [chosen] + routePlan.order.filter({ $0 != chosen }) {
+            result += routePlan.localities[index].rotated(by: cursor)
+        }
+        return result
+    }
+
+    private func makePlan(_ key: PlanKey) -> RoutePlan {
+        let selector = key.subset.flatMap { endpoints.subsets[key.service.host]?[$0] } ?? [:]
+        let rule = policies.rule(for: key.service.host)
+        let policy = rule?.policy(port: key.service.port, subset: key.subset) ?? TrafficPolicy()
+        var planned: [PlannedEndpoint] = []
+        var targets: [String: [PlannedTarget]] = [:]
+        var healthyTargets: [String: [PlannedTarget]] = [:]
+        for cluster in endpoints.clusters.values.sorted(by: { $0.name < $1.name }) {
+            let isLocal = cluster.name == endpoints.localCluster
+            guard isLocal || key.origin == .client else { continue }
+            let matching = (cluster.services[key.service] ?? []).filter { $0.matches(selector) }
+            for endpoint in matching {
+                let locality = endpoint.locality?.description ?? ""
+                let healthy = isLocal ? !ejected.contains(endpoint.address) : !cluster.gateways.isEmpty
+                planned.append(PlannedEndpoint(locality: locality, labels: endpoint.labels ?? [:], healthy: healthy))
+                let serverName = Route(service: key.service, subset: key.subset, selector: selector).upstreamServerName
+                let reach: [UpstreamTarget] = isLocal
+                    ? [.local(endpoint)]
+                    : cluster.gateways.map { .peerGateway(cluster: cluster.name, gateway: $0, serverName: serverName) }
+                for target in reach {
+                    let plannedTarget = PlannedTarget(target: target, locality: locality, priority: 0)
+                    if !targets[locality, default: []].contains(plannedTarget) { targets[locality, default: []].append(plannedTarget) }
+                    if healthy, !healthyTargets[locality, default: []].contains(plannedTarget) {
+                        healthyTargets[locality, default: []].append(plannedTarget)
+                    }
+                }
+            }
+        }
+        let planner = LocalityPriorityPlanner(client: client, clientLabels: clientLabels,
+                                              setting: policy.loadBalancer?.localityLbSetting,
+                                              outlierDetection: policy.effectiveOutlierDetection)
+        let plan = planner.plan(planned)
+        var localities: [[PlannedTarget]] = []
+        var slots: [(upTo: Double, locality: Int)] = []
+        var ranked: [(priority: Int, share: Double, index: Int)] = []
+        var cumulative = 0.0
+        for level in plan.priorities {
+            for share in level.localities {
+                // In panic a level uses all its hosts; otherwise only healthy ones.
+                let pool = (level.panic ? targets[share.locality] : healthyTargets[share.locality]) ?? []
+                guard !pool.isEmpty else { continue }
+                let index = localities.count
+                localities.append(pool.map { var t = $0; t.priority = level.priority; return t })
+                ranked.append((level.priority, share.share, index))
+                if share.share > 0 {
+                    cumulative += share.share
+                    slots.append((cumulative, index))
+                }
+            }
+        }
+        let order = ranked.sorted { ($0.priority, -$0.share, $0.index) < ($1.priority, -$1.share, $1.index) }.map(\.index)
+        return RoutePlan(plan: plan, slots: slots, localities: localities, order: order)
     }
 }
 

@@ -16,25 +16,35 @@ package struct DataPlaneSnapshot: Sendable {
     /// failure detector probes it now instead of at its turn.
     package var peerGatewayUnreachable: @Sendable (String) -> Void = { _ in }
 
-    package init(config: GatewayConfig, tls: GatewayTLS, logger: Logger) {
-        let endpoints = config.meshEndpoints
+    package init(config: GatewayConfig, tls: GatewayTLS, logger: Logger, policies: [DestinationRule] = []) {
         self.config = config
         self.tls = tls
-        self.routes = RouteTable(endpoints: endpoints)
-        self.picker = EndpointPicker(endpoints: endpoints)
+        self.routes = RouteTable(endpoints: config.meshEndpoints)
+        self.picker = EndpointPicker(endpoints: config.meshEndpoints, policies: policies)
         self.cursors = RoundRobinCursors()
         self.metrics = TCPMetrics()
         self.logger = logger
+        self = with(endpoints: config.meshEndpoints)
     }
 }
 
 extension DataPlaneSnapshot {
-    /// The same gateway with a new view of the mesh's endpoints (federation learned something).
-    /// Round-robin positions carry over.
+    /// The same gateway with a new view of the mesh's endpoints (federation learned something):
+    /// routes and the traffic plan are rebuilt at once; round-robin positions carry over.
     package func with(endpoints: MeshEndpoints) -> DataPlaneSnapshot {
+        var mesh = endpoints
+        // A DestinationRule's subsets are routable names too (`outbound_.8080_.v2_.host`).
+        for rule in picker.policies {
+            for subset in rule.subsets ?? [] where mesh.subsets[rule.host]?[subset.name] == nil {
+                mesh.subsets[rule.host, default: [:]][subset.name] = subset.labels ?? [:]
+            }
+        }
         var next = self
-        next.routes = RouteTable(endpoints: endpoints)
-        next.picker = EndpointPicker(endpoints: endpoints)
+        next.routes = RouteTable(endpoints: mesh)
+        var clientLabels: [String: String] = [:]
+        if let network = config.network { clientLabels["topology.istio.io/network"] = network }
+        next.picker = EndpointPicker(endpoints: mesh, policies: picker.policies, client: config.locality,
+                                     clientLabels: clientLabels, ejected: picker.ejected)
         return next
     }
 }

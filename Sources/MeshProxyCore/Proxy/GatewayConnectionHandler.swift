@@ -28,7 +28,7 @@ package final class GatewayConnectionHandler: ChannelDuplexHandler, RemovableCha
     private var inputEnded = false
     private var pendingRead = false
     private var handshakeTimer: Scheduled<Void>?
-    private var targets: [UpstreamTarget] = []
+    private var targets: [PlannedTarget] = []
     private var attempt = 0
     private var failures: [String] = []
 
@@ -111,7 +111,7 @@ package final class GatewayConnectionHandler: ChannelDuplexHandler, RemovableCha
             record.flags.append(.noHealthyUpstream)
             record.detail = origin == .peerGateway
                 ? "no local endpoint for \(route.service) (traffic from a peer gateway is never forwarded again)"
-                : "no endpoint for \(route.service) in any cluster"
+                : "no healthy endpoint for \(route.service) in any cluster"
             state = .closed
             context.close(promise: nil)
             return
@@ -120,14 +120,15 @@ package final class GatewayConnectionHandler: ChannelDuplexHandler, RemovableCha
     }
 
     private func dialNext(context: ChannelHandlerContext) {
-        let target = targets[attempt]
+        let planned = targets[attempt]
+        let target = planned.target
         let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
         UpstreamConnector.connect(to: target, tls: snapshot.tls, connectTimeout: snapshot.config.connectTimeout,
                                   handshakeTimeout: snapshot.config.handshakeTimeout, on: context.eventLoop)
             .whenComplete { result in
                 let (handler, context) = bound.value
                 switch result {
-                case .success(let upstream): handler.connected(to: upstream, target: target, context: context)
+                case .success(let upstream): handler.connected(to: upstream, target: planned, context: context)
                 case .failure(let error): handler.failed(target: target, error: error, context: context)
                 }
             }
@@ -146,19 +147,21 @@ package final class GatewayConnectionHandler: ChannelDuplexHandler, RemovableCha
         record.upstream = target
         record.flags.append(.upstreamConnectionFailure)
         if targets.count > 1 { record.flags.append(.upstreamRetryLimitExceeded) }
-        record.detail = "all \(targets.count) upstream attempt(s) failed: " + zip(targets, failures).map { "\($0) (\($1))" }.joined(separator: "; ")
+        record.detail = "all \(targets.count) upstream attempt(s) failed: " + zip(targets, failures).map { "\($0.target) (\($1))" }.joined(separator: "; ")
         state = .closed
         context.close(promise: nil)
     }
 
-    private func connected(to upstream: any Channel, target: UpstreamTarget, context: ChannelHandlerContext) {
+    private func connected(to upstream: any Channel, target planned: PlannedTarget, context: ChannelHandlerContext) {
         guard state == .connecting else {
             upstream.close(promise: nil)  // the client left while we were dialling
             return
         }
         state = .glued
-        record.upstream = target
-        record.upstreamCluster = target.cluster ?? snapshot.config.cluster
+        record.upstream = planned.target
+        record.upstreamCluster = planned.target.cluster ?? snapshot.config.cluster
+        record.upstreamLocality = planned.locality
+        record.upstreamPriority = planned.priority
         record.opened(metrics: snapshot.metrics)
 
         let (downstreamGlue, upstreamGlue) = GlueHandler.matchedPair()

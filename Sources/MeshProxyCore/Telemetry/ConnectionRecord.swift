@@ -16,6 +16,9 @@ package final class ConnectionRecord {
     package var route: Route?
     package var upstream: UpstreamTarget?
     package var upstreamCluster: String?
+    /// Where the traffic plan sent it: the endpoint locality and its priority.
+    package var upstreamLocality: String?
+    package var upstreamPriority: Int?
     package var flags: [ResponseFlag] = []
     /// Why the connection was refused or failed, for the log reader.
     package var detail: String?
@@ -45,6 +48,9 @@ package final class ConnectionRecord {
         guard let labels = metricLabels else { return }
         isOpenInMetrics = true
         metrics.opened(labels)
+        if let upstreamLocality, let upstreamPriority {
+            metrics.planned(service: labels.destinationService, locality: upstreamLocality, priority: upstreamPriority)
+        }
     }
 
     /// Writes the access-log line (and closes the metrics) once.
@@ -66,6 +72,7 @@ package final class ConnectionRecord {
         let upstreamHost = upstream?.address.description ?? "-"
         let cluster = route.map { "outbound|\($0.service.port)|\($0.subset ?? "")|\($0.service.host)" } ?? "-"
         var line = "[\(startDate.formatted(.iso8601))] \"- - -\" 0 \(flagText) \(bytesReceived) \(bytesSent) \(duration) \"\(upstreamHost)\" \(cluster) \(downstreamLocal) \(downstreamRemote) \(serverName) principal=\(sourcePrincipal ?? "-") upstream_cluster=\(upstreamCluster ?? "-")"
+        if let upstreamLocality, let upstreamPriority { line += " upstream_locality=\(upstreamLocality.isEmpty ? "-" : upstreamLocality) priority=\(upstreamPriority)" }
         if let detail { line += " reason=\"\(detail)\"" }
         return line
     }

@@ -30,7 +30,16 @@ package struct TCPMetrics: Sendable {
     package static let sentBytes = "istio_tcp_sent_bytes_total"
     package static let receivedBytes = "istio_tcp_received_bytes_total"
 
+    /// Connections per endpoint locality and priority the traffic plan chose: the shares that
+    /// were actually served, next to the ones `/v1/plan` predicts.
+    package static let localityConnections = "eastwest_upstream_locality_connections_total"
+
     package init() {}
+
+    package func planned(service: String, locality: String, priority: Int) {
+        Counter(label: Self.localityConnections, dimensions: [
+            ("destination_service", service), ("locality", locality.isEmpty ? "unknown" : locality), ("priority", String(priority))]).increment()
+    }
 
     package func opened(_ labels: Labels) {
         Counter(label: Self.connectionsOpened, dimensions: labels.dimensions).increment()

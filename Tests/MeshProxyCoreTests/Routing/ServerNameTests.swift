@@ -52,10 +52,11 @@ struct RoutingTests {
     let ratings = ServiceKey(host: "ratings.default.svc.cluster.local", port: 9080)
 
     var mesh: MeshEndpoints {
-        let e1 = Endpoint(address: HostPort(host: "127.0.1.10", port: 8080), labels: ["version": "v1"])
-        let e2 = Endpoint(address: HostPort(host: "127.0.1.11", port: 8080), labels: ["version": "v2"])
-        let w1 = Endpoint(address: HostPort(host: "127.0.2.10", port: 8080), labels: ["version": "v1"])
-        let r1 = Endpoint(address: HostPort(host: "127.0.2.20", port: 9080))
+        let east = Locality(region: "us-east1", zone: "a"), west = Locality(region: "us-west1", zone: "a")
+        let e1 = Endpoint(address: HostPort(host: "127.0.1.10", port: 8080), locality: east, labels: ["version": "v1"])
+        let e2 = Endpoint(address: HostPort(host: "127.0.1.11", port: 8080), locality: east, labels: ["version": "v2"])
+        let w1 = Endpoint(address: HostPort(host: "127.0.2.10", port: 8080), locality: west, labels: ["version": "v1"])
+        let r1 = Endpoint(address: HostPort(host: "127.0.2.20", port: 9080), locality: west)
         let westGateway = GatewayAddress(name: "west-gw-1", address: HostPort(host: "127.0.2.1", port: 15443))
         return MeshEndpoints(
             localCluster: "east",
@@ -86,26 +87,58 @@ struct RoutingTests {
         guard case .route(let v2) = table.resolve(try ServerName(parsing: "outbound_.8080_.v2_.echo.default.svc.cluster.local")) else {
             Issue.record("no route"); return
         }
-        let picker = EndpointPicker(endpoints: mesh)
-        #expect(picker.candidates(for: v2, origin: .client, cursor: 0).map(\.address.description) == ["127.0.1.11:8080"])
+        let picker = EndpointPicker(endpoints: mesh, client: Locality(region: "us-east1", zone: "a"))
+        #expect(picker.candidates(for: v2, origin: .client, cursor: 0).map(\.target.address.description) == ["127.0.1.11:8080"])
     }
 
-    @Test("Local endpoints round robin first, then remote gateways with the Istio-form SNI")
+    /// A DestinationRule for echo with locality failover (outlier detection turns it on).
+    func failoverRule(_ setting: LocalityLbSetting = LocalityLbSetting(enabled: true)) -> DestinationRule {
+        DestinationRule(host: "echo.default.svc.cluster.local",
+                        trafficPolicy: TrafficPolicy(loadBalancer: .init(localityLbSetting: setting), outlierDetection: OutlierDetection()))
+    }
+
+    @Test("With locality failover, local endpoints round robin first, then the remote cluster's gateway with the Istio-form SNI")
     func localThenRemote() throws {
-        let picker = EndpointPicker(endpoints: mesh)
+        let picker = EndpointPicker(endpoints: mesh, policies: [failoverRule()], client: Locality(region: "us-east1", zone: "a"))
         let route = Route(service: echo, subset: nil, selector: [:])
         let first = picker.candidates(for: route, origin: .client, cursor: 0)
         let second = picker.candidates(for: route, origin: .client, cursor: 1)
-        #expect(first.map(\.address.description) == ["127.0.1.10:8080", "127.0.1.11:8080", "127.0.2.1:15443"])
-        #expect(second.map(\.address.description) == ["127.0.1.11:8080", "127.0.1.10:8080", "127.0.2.1:15443"])
-        guard case .peerGateway(let cluster, _, let sni) = first[2] else { Issue.record("expected a peer gateway"); return }
+        #expect(first.map(\.target.address.description) == ["127.0.1.10:8080", "127.0.1.11:8080", "127.0.2.1:15443"])
+        #expect(second.map(\.target.address.description) == ["127.0.1.11:8080", "127.0.1.10:8080", "127.0.2.1:15443"])
+        #expect(first.map(\.priority) == [0, 0, 1])
+        guard case .peerGateway(let cluster, _, let sni) = first[2].target else { Issue.record("expected a peer gateway"); return }
         #expect(cluster == "west")
         #expect(sni.istioForm == "outbound_.8080_._.echo.default.svc.cluster.local")
+        // Local endpoints ejected: the plan fails over to west at once.
+        let ejected = EndpointPicker(endpoints: mesh, policies: [failoverRule()], client: Locality(region: "us-east1", zone: "a"),
+                                     ejected: [HostPort(host: "127.0.1.10", port: 8080), HostPort(host: "127.0.1.11", port: 8080)])
+        #expect(ejected.candidates(for: route, origin: .client, cursor: 0).first?.target.address.description == "127.0.2.1:15443")
+        #expect(ejected.plan(for: echo, subset: nil)?.shares == ["us-west1/a": 1])
+    }
+
+    @Test("Without outlier detection Istio does no failover: connections spread over every cluster's endpoints by count")
+    func istioDefaultSpreads() {
+        let picker = EndpointPicker(endpoints: mesh, client: Locality(region: "us-east1", zone: "a"))
+        let route = Route(service: echo, subset: nil, selector: [:])
+        var counts: [String: Int] = [:]
+        for cursor in 0..<3000 { counts[picker.candidates(for: route, origin: .client, cursor: cursor)[0].locality, default: 0] += 1 }
+        #expect(abs(counts["us-east1/a", default: 0] - 2000) <= 3 && abs(counts["us-west1/a", default: 0] - 1000) <= 3, "\(counts)")
+    }
+
+    @Test("Connections follow distribute weights closely over any run (80/20 across clusters)")
+    func followsDistribute() {
+        let rule = failoverRule(LocalityLbSetting(distribute: [.init(from: "us-east1/*", to: ["us-east1/*": 80, "us-west1/*": 20])]))
+        let picker = EndpointPicker(endpoints: mesh, policies: [rule], client: Locality(region: "us-east1", zone: "a"))
+        let route = Route(service: echo, subset: nil, selector: [:])
+        for run in [100, 1000] {
+            let west = (0..<run).filter { picker.candidates(for: route, origin: .client, cursor: $0)[0].locality == "us-west1/a" }.count
+            #expect(abs(Double(west) / Double(run) - 0.2) <= 0.02, "run \(run): \(west) to west")
+        }
     }
 
     @Test("Traffic from a peer gateway goes only to local endpoints (one hop, never a loop)")
     func peerGatewayTrafficStaysLocal() {
-        let picker = EndpointPicker(endpoints: mesh)
+        let picker = EndpointPicker(endpoints: mesh, client: Locality(region: "us-east1", zone: "a"))
         #expect(picker.candidates(for: Route(service: ratings, subset: nil, selector: [:]), origin: .peerGateway, cursor: 0).isEmpty)
         #expect(picker.candidates(for: Route(service: ratings, subset: nil, selector: [:]), origin: .client, cursor: 0).count == 1)
     }

@@ -1,0 +1,61 @@
+import Foundation
+import MeshProxyCore
+import Testing
+
+@Suite("The data plane follows the traffic plan", .serialized, .timeLimit(.minutes(3)))
+struct TrafficPlanTests {
+    @Test("distribute 70/30 across two clusters: 20 curls land 14/6, per-locality counters show it, /v1/plan predicts it; with east's endpoint killed, connects fail over to west")
+    func connectionsFollowDistribute() async throws {
+        let mesh = try TestMesh("plan", clusters: ["east", "west"])
+        defer { mesh.processes.stopAll() }
+        let east = Locality(region: "us-east1", zone: "a"), west = Locality(region: "us-west1", zone: "a")
+        let eastBackend = try await mesh.startBackend("127.0.53.10:8080", cluster: "east")
+        try await mesh.startBackend("127.0.54.10:8080", cluster: "west")
+        var westConfig = mesh.gatewayConfig(name: "west-gw", cluster: "west", ip: "127.0.54.1", services: [
+            .init(host: "echo.default.svc.cluster.local", port: 8080, endpoints: [Endpoint(address: HostPort(host: "127.0.54.10", port: 8080), locality: west)])])
+        westConfig.locality = west
+        let policy = "\(mesh.directory)/echo-distribute.yaml"
+        try """
+            apiVersion: networking.istio.io/v1
+            kind: DestinationRule
+            metadata: {name: echo}
+            spec:
+              host: echo.default.svc.cluster.local
+              trafficPolicy:
+                loadBalancer:
+                  localityLbSetting:
+                    distribute:
+                    - from: us-east1/*
+                      to: {"us-east1/*": 70, "us-west1/*": 30}
+            """.write(toFile: policy, atomically: true, encoding: .utf8)
+        let echo = GatewayConfig.ServiceConfig(host: "echo.default.svc.cluster.local", port: 8080,
+                                               endpoints: [Endpoint(address: HostPort(host: "127.0.53.10", port: 8080), locality: east)])
+        var eastConfig = mesh.gatewayConfig(name: "east-gw", cluster: "east", ip: "127.0.53.1", services: [echo], remotes: [
+            .init(name: "west", gateways: [.init(name: "west-gw", address: westConfig.listen, locality: west)],
+                  services: [.init(host: echo.host, port: 8080, endpoints: [Endpoint(address: HostPort(host: "127.0.54.10", port: 8080), locality: west)])]),
+        ])
+        eastConfig.locality = east
+        eastConfig.policies = [policy]
+        try await mesh.startGateway(westConfig)
+        try await mesh.startGateway(eastConfig)
+
+        let plan = try mesh.admin(eastConfig, "/v1/plan?host=echo.default.svc.cluster.local")
+        #expect(plan.contains(#""us-east1/a" : 0.7"#) && plan.contains(#""us-west1/a" : 0.3"#), "\(plan)")
+        var answers: [String: Int] = [:]
+        for _ in 0..<20 {
+            answers[mesh.answer(try mesh.curl(eastConfig, host: "echo.default.svc.cluster.local"))?["cluster"] ?? "failed", default: 0] += 1
+        }
+        #expect(answers == ["east": 14, "west": 6])
+        let metrics = try mesh.admin(eastConfig, "/stats/prometheus")
+        #expect(metrics.contains(#"eastwest_upstream_locality_connections_total{destination_service="echo.default.svc.cluster.local",locality="us-east1/a",priority="0"} 14"#), "\(metrics)")
+        #expect(metrics.contains(#"eastwest_upstream_locality_connections_total{destination_service="echo.default.svc.cluster.local",locality="us-west1/a",priority="0"} 6"#))
+
+        // East's only endpoint dies: connections whose turn is east fail their connect and move
+        // on to west within the attempt limit, so every client is still served.
+        eastBackend.signal(SIGKILL)
+        _ = await eastBackend.waitForExit(timeout: .seconds(5))
+        for _ in 0..<5 {
+            #expect(mesh.answer(try mesh.curl(eastConfig, host: "echo.default.svc.cluster.local"))?["cluster"] == "west")
+        }
+    }
+}
