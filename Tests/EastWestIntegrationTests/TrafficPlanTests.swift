@@ -58,4 +58,53 @@ struct TrafficPlanTests {
             #expect(mesh.answer(try mesh.curl(eastConfig, host: "echo.default.svc.cluster.local"))?["cluster"] == "west")
         }
     }
+
+    @Test("Locality failover with outlier detection: east's endpoint refuses, is ejected (plan and Envoy metrics show it), traffic goes to west; restarted, it returns after baseEjectionTime")
+    func ejectionFailsOverAndBack() async throws {
+        let mesh = try TestMesh("eject", clusters: ["east", "west"])
+        defer { mesh.processes.stopAll() }
+        let east = Locality(region: "us-east1", zone: "a"), west = Locality(region: "us-west1", zone: "a")
+        let eastBackend = try await mesh.startBackend("127.0.55.10:8080", cluster: "east")
+        try await mesh.startBackend("127.0.56.10:8080", cluster: "west")
+        var westConfig = mesh.gatewayConfig(name: "west-gw", cluster: "west", ip: "127.0.56.1", services: [
+            .init(host: "echo.default.svc.cluster.local", port: 8080, endpoints: [Endpoint(address: HostPort(host: "127.0.56.10", port: 8080), locality: west)])])
+        westConfig.locality = west
+        let policy = "\(mesh.directory)/echo-failover.yaml"
+        try """
+            apiVersion: networking.istio.io/v1
+            kind: DestinationRule
+            metadata: {name: echo}
+            spec:
+              host: echo.default.svc.cluster.local
+              trafficPolicy:
+                loadBalancer:
+                  localityLbSetting: {enabled: true, failover: [{from: us-east1, to: us-west1}]}
+                outlierDetection: {consecutiveGatewayErrors: 1, interval: 1s, baseEjectionTime: 2s, maxEjectionPercent: 100}
+            """.write(toFile: policy, atomically: true, encoding: .utf8)
+        var eastConfig = mesh.gatewayConfig(name: "east-gw", cluster: "east", ip: "127.0.55.1", services: [
+            .init(host: "echo.default.svc.cluster.local", port: 8080, endpoints: [Endpoint(address: HostPort(host: "127.0.55.10", port: 8080), locality: east)])],
+            remotes: [.init(name: "west", gateways: [.init(name: "west-gw", address: westConfig.listen, locality: west)],
+                            services: [.init(host: "echo.default.svc.cluster.local", port: 8080,
+                                             endpoints: [Endpoint(address: HostPort(host: "127.0.56.10", port: 8080), locality: west)])])])
+        eastConfig.locality = east
+        eastConfig.policies = [policy]
+        try await mesh.startGateway(westConfig)
+        try await mesh.startGateway(eastConfig)
+        func cluster() throws -> String? { mesh.answer(try mesh.curl(eastConfig, host: "echo.default.svc.cluster.local"))?["cluster"] }
+        func plan() -> String { (try? mesh.admin(eastConfig, "/v1/plan?host=echo.default.svc.cluster.local")) ?? "" }
+
+        #expect(try cluster() == "east")
+        eastBackend.signal(SIGKILL)
+        _ = await eastBackend.waitForExit(timeout: .seconds(5))
+        // The first connection after the kill is refused by east, retried on west, and ejects east.
+        #expect(try cluster() == "west")
+        #expect(plan().contains(#""us-west1/a" : 1"#), "\(plan())")
+        let metrics = try mesh.admin(eastConfig, "/stats/prometheus")
+        #expect(metrics.contains(#"envoy_cluster_outlier_detection_ejections_active{cluster_name="outbound|8080||echo.default.svc.cluster.local"} 1"#), "\(metrics)")
+        #expect(try cluster() == "west")
+
+        try await mesh.startBackend("127.0.55.10:8080", cluster: "east")
+        #expect(await eventually(timeout: .seconds(10)) { plan().contains(#""us-east1/a" : 1"#) }, "\(plan())")
+        #expect(try cluster() == "east")
+    }
 }

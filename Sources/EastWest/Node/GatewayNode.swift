@@ -55,7 +55,7 @@ struct GatewayNode: Service {
     }
 
     /// Gossip with other gateways, when the config asks for it.
-    func makeGossip() throws -> GossipService? {
+    func makeGossip(outliers: OutlierTracker) throws -> GossipService? {
         guard let federation = config.federation else { return nil }
         var records: [CatalogKey: CatalogRecord] = [:]
         for service in config.services ?? [] {
@@ -75,18 +75,27 @@ struct GatewayNode: Service {
                                  // New connections route by what federation knows now.
                                  let endpoints = view.meshEndpoints(base: base)
                                  store.update { $0.with(endpoints: endpoints) }
+                                 outliers.reconfigure()
                              })
     }
 
     func run() async throws {
-        let gossip = try makeGossip()
-        if let gossip {
-            store.update { current in
-                var next = current
-                next.peerGatewayUnreachable = { gateway in gossip.reportUnreachable(gateway) }
-                return next
+        let outliers = OutlierTracker(store: store, logger: logger)
+        let gossip = try makeGossip(outliers: outliers)
+        store.update { current in
+            var next = current
+            next.outliers = outliers
+            if let gossip { next.peerGatewayUnreachable = { gateway in gossip.reportUnreachable(gateway) } }
+            return next
+        }
+        // Ends ejections on time (Envoy's interval timer, at one-second resolution).
+        let sweeper = Task {
+            while !Task.isCancelled {
+                try? await Task.sleep(for: .seconds(1))
+                outliers.sweep()
             }
         }
+        defer { sweeper.cancel() }
         var acceptor: (@Sendable (any Channel) throws -> Void)?
         if let gossip {
             acceptor = { channel in try gossip.acceptConnection(channel) }

@@ -56,8 +56,8 @@ package struct EndpointPicker: Sendable {
     package var policies: [DestinationRule]
     package var client: Locality
     package var clientLabels: [String: String]
-    /// Local endpoints outlier detection has ejected: unhealthy to the planner.
-    package var ejected: Set<HostPort>
+    /// Local endpoints outlier detection has ejected, per service: unhealthy to the planner.
+    package var ejected: [ServiceKey: Set<HostPort>]
     private var plans: [PlanKey: RoutePlan] = [:]
 
     struct PlanKey: Hashable, Sendable {
@@ -77,7 +77,7 @@ package struct EndpointPicker: Sendable {
     }
 
     package init(endpoints: MeshEndpoints, policies: [DestinationRule] = [], client: Locality? = nil,
-                 clientLabels: [String: String] = [:], ejected: Set<HostPort> = []) {
+                 clientLabels: [String: String] = [:], ejected: [ServiceKey: Set<HostPort>] = [:]) {
         self.endpoints = endpoints
         self.policies = policies
         self.client = client ?? Locality(region: "")
@@ -129,7 +129,7 @@ package struct EndpointPicker: Sendable {
             let matching = (cluster.services[key.service] ?? []).filter { $0.matches(selector) }
             for endpoint in matching {
                 let locality = endpoint.locality?.description ?? ""
-                let healthy = isLocal ? !ejected.contains(endpoint.address) : !cluster.gateways.isEmpty
+                let healthy = isLocal ? !(ejected[key.service]?.contains(endpoint.address) ?? false) : !cluster.gateways.isEmpty
                 planned.append(PlannedEndpoint(locality: locality, labels: endpoint.labels ?? [:], healthy: healthy))
                 let serverName = Route(service: key.service, subset: key.subset, selector: selector).upstreamServerName
                 let reach: [UpstreamTarget] = isLocal

@@ -15,6 +15,8 @@ package struct DataPlaneSnapshot: Sendable {
     /// Told when a connect to a peer gateway fails on the data path (gateway name), so the
     /// failure detector probes it now instead of at its turn.
     package var peerGatewayUnreachable: @Sendable (String) -> Void = { _ in }
+    /// Where connect results to local endpoints go (outlier detection); nil when off.
+    package var outliers: OutlierTracker?
 
     package init(config: GatewayConfig, tls: GatewayTLS, logger: Logger, policies: [DestinationRule] = []) {
         self.config = config
@@ -45,6 +47,16 @@ extension DataPlaneSnapshot {
         if let network = config.network { clientLabels["topology.istio.io/network"] = network }
         next.picker = EndpointPicker(endpoints: mesh, policies: picker.policies, client: config.locality,
                                      clientLabels: clientLabels, ejected: picker.ejected)
+        return next
+    }
+}
+
+extension DataPlaneSnapshot {
+    /// The same gateway after outlier detection ejected or restored endpoints.
+    package func with(ejected: [ServiceKey: Set<HostPort>]) -> DataPlaneSnapshot {
+        var next = self
+        next.picker = EndpointPicker(endpoints: picker.endpoints, policies: picker.policies, client: picker.client,
+                                     clientLabels: picker.clientLabels, ejected: ejected)
         return next
     }
 }

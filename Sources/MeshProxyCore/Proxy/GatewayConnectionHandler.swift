@@ -137,7 +137,10 @@ package final class GatewayConnectionHandler: ChannelDuplexHandler, RemovableCha
     private func failed(target: UpstreamTarget, error: any Error, context: ChannelHandlerContext) {
         guard state == .connecting else { return }
         failures.append(UpstreamConnector.describe(error))
-        if case .peerGateway(_, let gateway, _) = target { snapshot.peerGatewayUnreachable(gateway.name) }
+        switch target {
+        case .peerGateway(_, let gateway, _): snapshot.peerGatewayUnreachable(gateway.name)
+        case .local(let endpoint): snapshot.outliers?.failed(route.service, endpoint.address)
+        }
         snapshot.logger.debug("upstream attempt failed", metadata: ["target": "\(target)", "error": "\(error)"])
         attempt += 1
         if attempt < targets.count {
@@ -158,6 +161,7 @@ package final class GatewayConnectionHandler: ChannelDuplexHandler, RemovableCha
             return
         }
         state = .glued
+        if case .local(let endpoint) = planned.target { snapshot.outliers?.succeeded(route.service, endpoint.address) }
         record.upstream = planned.target
         record.upstreamCluster = planned.target.cluster ?? snapshot.config.cluster
         record.upstreamLocality = planned.locality

@@ -111,7 +111,7 @@ struct RoutingTests {
         #expect(sni.istioForm == "outbound_.8080_._.echo.default.svc.cluster.local")
         // Local endpoints ejected: the plan fails over to west at once.
         let ejected = EndpointPicker(endpoints: mesh, policies: [failoverRule()], client: Locality(region: "us-east1", zone: "a"),
-                                     ejected: [HostPort(host: "127.0.1.10", port: 8080), HostPort(host: "127.0.1.11", port: 8080)])
+                                     ejected: [echo: [HostPort(host: "127.0.1.10", port: 8080), HostPort(host: "127.0.1.11", port: 8080)]])
         #expect(ejected.candidates(for: route, origin: .client, cursor: 0).first?.target.address.description == "127.0.2.1:15443")
         #expect(ejected.plan(for: echo, subset: nil)?.shares == ["us-west1/a": 1])
     }

@@ -1,0 +1,96 @@
+import Logging
+import Metrics
+import Synchronization
+
+/// The shell around `OutlierDetector`: every event loop reports connect results here; an
+/// ejection or restoration swaps the data plane's snapshot at once, so the very next
+/// connection is planned without (or with) the endpoint. Envoy's outlier stats go to
+/// `/stats/prometheus` under Istio's cluster names.
+package final class OutlierTracker: Sendable {
+    private let detector: Mutex<OutlierDetector>
+    /// Services with detection on, read without the lock on every connection.
+    private let enabled: Mutex<Set<ServiceKey>>
+    private let store: DataPlaneStore
+    private let logger: Logger
+
+    package init(store: DataPlaneStore, logger: Logger) {
+        self.store = store
+        self.logger = logger
+        let (settings, counts) = Self.configuration(store.current)
+        detector = Mutex(OutlierDetector(settings: settings, hostCounts: counts))
+        enabled = Mutex(Set(settings.filter { $0.value.threshold != nil }.keys))
+    }
+
+    /// Per local service: its DestinationRule's outlierDetection and its endpoint count.
+    static func configuration(_ snapshot: DataPlaneSnapshot) -> ([ServiceKey: OutlierDetector.Settings], [ServiceKey: Int]) {
+        var settings: [ServiceKey: OutlierDetector.Settings] = [:]
+        var counts: [ServiceKey: Int] = [:]
+        let picker = snapshot.picker
+        for (service, endpoints) in picker.endpoints.local?.services ?? [:] {
+            counts[service] = endpoints.count
+            let policy = picker.policies.rule(for: service.host)?.policy(port: service.port, subset: nil)
+            if let od = policy?.effectiveOutlierDetection { settings[service] = .init(od) }
+        }
+        return (settings, counts)
+    }
+
+    /// The local endpoints changed (registered, removed): keep state, new percent base.
+    package func reconfigure() {
+        let (settings, counts) = Self.configuration(store.current)
+        detector.withLock { $0.reconfigure(settings: settings, hostCounts: counts) }
+        enabled.withLock { $0 = Set(settings.filter { $0.value.threshold != nil }.keys) }
+    }
+
+    package var sweepInterval: Duration? { detector.withLock { $0.sweepInterval } }
+
+    package func failed(_ service: ServiceKey, _ host: HostPort) {
+        guard enabled.withLock({ $0.contains(service) }) else { return }
+        let events = detector.withLock { $0.failed(service, host, now: .now) }
+        apply(events)
+    }
+
+    package func succeeded(_ service: ServiceKey, _ host: HostPort) {
+        guard enabled.withLock({ $0.contains(service) }) else { return }
+        detector.withLock { $0.succeeded(service, host) }
+    }
+
+    package func sweep() {
+        apply(detector.withLock { $0.sweep(now: .now) })
+    }
+
+    private func apply(_ events: [OutlierDetector.Event]) {
+        guard !events.isEmpty else { return }
+        for event in events {
+            switch event {
+            case .ejected(let service, let host, let duration):
+                logger.warning("outlier ejected", metadata: ["service": "\(service)", "endpoint": "\(host)", "for": "\(duration)"])
+                Counter(label: "envoy_cluster_outlier_detection_ejections_enforced_total", dimensions: Self.cluster(service)).increment()
+                Counter(label: "envoy_cluster_outlier_detection_ejections_enforced_consecutive_gateway_failure", dimensions: Self.cluster(service)).increment()
+            case .restored(let service, let host):
+                logger.info("outlier restored", metadata: ["service": "\(service)", "endpoint": "\(host)"])
+            case .overflow(let service, let host):
+                logger.warning("outlier not ejected: maxEjectionPercent reached", metadata: ["service": "\(service)", "endpoint": "\(host)"])
+                Counter(label: "envoy_cluster_outlier_detection_ejections_overflow", dimensions: Self.cluster(service)).increment()
+            }
+        }
+        let ejected = detector.withLock { $0.ejectedByService }
+        for service in Set(events.map(\.service)) {
+            Gauge(label: "envoy_cluster_outlier_detection_ejections_active", dimensions: Self.cluster(service))
+                .record(ejected[service]?.count ?? 0)
+        }
+        store.update { $0.with(ejected: ejected) }
+    }
+
+    /// Istio's Envoy cluster name for a service port.
+    static func cluster(_ service: ServiceKey) -> [(String, String)] {
+        [("cluster_name", "outbound|\(service.port)||\(service.host)")]
+    }
+}
+
+extension OutlierDetector.Event {
+    var service: ServiceKey {
+        switch self {
+        case .ejected(let service, _, _), .restored(let service, _), .overflow(let service, _): service
+        }
+    }
+}
