@@ -107,4 +107,44 @@ struct TrafficPlanTests {
         #expect(await eventually(timeout: .seconds(10)) { plan().contains(#""us-east1/a" : 1"#) }, "\(plan())")
         #expect(try cluster() == "east")
     }
+
+    @Test("connectionPool.tcp.maxConnections: the connection over the limit is refused with Envoy's UO flag and counted; a slot freed is usable again")
+    func maxConnectionsOverflow() async throws {
+        let mesh = try TestMesh("overflow", clusters: ["east"])
+        defer { mesh.processes.stopAll() }
+        try await mesh.startBackend("127.0.57.10:8080", cluster: "east")
+        let policy = "\(mesh.directory)/echo-pool.yaml"
+        try """
+            apiVersion: networking.istio.io/v1
+            kind: DestinationRule
+            metadata: {name: echo}
+            spec:
+              host: echo.default.svc.cluster.local
+              trafficPolicy:
+                connectionPool: {tcp: {maxConnections: 1, connectTimeout: 2s}}
+            """.write(toFile: policy, atomically: true, encoding: .utf8)
+        var gateway = mesh.gatewayConfig(name: "east-gw", cluster: "east", ip: "127.0.57.1", services: [.echo("127.0.57.10:8080")])
+        gateway.policies = [policy]
+        let process = try await mesh.startGateway(gateway)
+
+        // One slow request holds the only connection slot for 3 s.
+        let dir = mesh.clientCertPath("east")
+        let slow = try ChildProcess(name: "slow-curl", arguments: [
+            "/usr/bin/curl", "-sS", "--max-time", "20", "--cacert", mesh.certs.rootCertificatePath, "--cert", "\(dir)/cert-chain.pem",
+            "--key", "\(dir)/key.pem", "--resolve", "echo.default.svc.cluster.local:15443:127.0.57.1",
+            "https://echo.default.svc.cluster.local:15443/delay/3000"], logPath: "\(mesh.directory)/slow-curl.log")
+        defer { slow.stop() }
+        // Wait until the slow connection is glued to the backend (it holds the slot from then).
+        #expect(await eventually(timeout: .seconds(10)) {
+            ((try? mesh.admin(gateway, "/stats/prometheus")) ?? "").contains("istio_tcp_connections_opened_total")
+        })
+        let refused = try mesh.curl(gateway, host: "echo.default.svc.cluster.local")
+        #expect(refused.status != 0)
+        #expect(await eventually { process.log.contains(" UO ") && process.log.contains("connectionPool.tcp.maxConnections (1) reached") }, "\(process.log)")
+        let metrics = try mesh.admin(gateway, "/stats/prometheus")
+        #expect(metrics.contains(#"envoy_cluster_upstream_cx_overflow{cluster_name="outbound|8080||echo.default.svc.cluster.local"} 1"#), "\(metrics)")
+
+        #expect(await slow.waitForExit(timeout: .seconds(10)) == 0)
+        #expect(mesh.answer(try mesh.curl(gateway, host: "echo.default.svc.cluster.local"))?["cluster"] == "east")
+    }
 }

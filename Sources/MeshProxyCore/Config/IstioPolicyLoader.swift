@@ -124,8 +124,9 @@ package enum IstioPolicyLoader {
                         "locality failover is configured but there is no outlierDetection: Istio (and EastWest) then do NO failover — every locality gets traffic as if in one priority. Add outlierDetection to turn failover on").asWarning)
                 }
             }
-            if policy.connectionPool != nil {
-                warnings.append(map.error(.notImplemented, at: path.key("connectionPool"), "loaded; not enforced by the gateway yet").asWarning)
+            if policy.connectionPool?.tcp?.tcpKeepalive != nil {
+                warnings.append(map.error(.notImplemented, at: path.key("connectionPool").key("tcp").key("tcpKeepalive"),
+                    "valid Istio field, not applied by EastWest yet (maxConnections and connectTimeout are)").asWarning)
             }
             if let simple = policy.loadBalancer?.simple, simple != .roundRobin, simple != .unspecified {
                 warnings.append(map.error(.notImplemented, at: path.key("loadBalancer").key("simple"),

@@ -74,6 +74,8 @@ package struct EndpointPicker: Sendable {
         var localities: [[PlannedTarget]]
         /// Every locality with targets, by priority then share: the order fallbacks take.
         var order: [Int]
+        /// The DestinationRule's `connectionPool.tcp` for this service and subset.
+        var tcp: ConnectionPoolSettings.TCP?
     }
 
     package init(endpoints: MeshEndpoints, policies: [DestinationRule] = [], client: Locality? = nil,
@@ -100,6 +102,11 @@ package struct EndpointPicker: Sendable {
     /// What the data plane does for this service now: the `/v1/plan` answer.
     package func plan(for service: ServiceKey, subset: String?, origin: TrafficOrigin = .client) -> LocalityPlan? {
         plans[PlanKey(service: service, subset: subset, origin: origin)]?.plan
+    }
+
+    /// `connectionPool.tcp` of the route's DestinationRule (merged for its port and subset).
+    package func connectionPool(for route: Route, origin: TrafficOrigin) -> ConnectionPoolSettings.TCP? {
+        plans[PlanKey(service: route.service, subset: route.subset, origin: origin)]?.tcp
     }
 
     /// - Parameter cursor: a per-service counter the shell increments on every connection.
@@ -167,7 +174,7 @@ package struct EndpointPicker: Sendable {
             }
         }
         let order = ranked.sorted { ($0.priority, -$0.share, $0.index) < ($1.priority, -$1.share, $1.index) }.map(\.index)
-        return RoutePlan(plan: plan, slots: slots, localities: localities, order: order)
+        return RoutePlan(plan: plan, slots: slots, localities: localities, order: order, tcp: policy.connectionPool?.tcp)
     }
 }
 

@@ -1,4 +1,5 @@
 import Foundation
+import Metrics
 import NIOCore
 import NIOTLS
 
@@ -31,6 +32,8 @@ package final class GatewayConnectionHandler: ChannelDuplexHandler, RemovableCha
     private var targets: [PlannedTarget] = []
     private var attempt = 0
     private var failures: [String] = []
+    /// The DestinationRule's `connectTimeout` for this service, else the gateway's.
+    private var connectTimeout: Duration = .seconds(5)
 
     package init(snapshot: DataPlaneSnapshot, route: Route, record: ConnectionRecord) {
         self.snapshot = snapshot
@@ -104,6 +107,20 @@ package final class GatewayConnectionHandler: ChannelDuplexHandler, RemovableCha
         } else {
             origin = .client
         }
+        let pool = snapshot.picker.connectionPool(for: route, origin: origin)
+        if let limit = pool?.maxConnections {
+            guard snapshot.budget.acquire(route.service, limit: limit) else {
+                record.flags.append(.upstreamOverflow)
+                record.detail = "connectionPool.tcp.maxConnections (\(limit)) reached for \(route.service)"
+                Counter(label: "envoy_cluster_upstream_cx_overflow", dimensions: OutlierTracker.cluster(route.service)).increment()
+                state = .closed
+                context.close(promise: nil)
+                return
+            }
+            let budget = snapshot.budget, service = route.service
+            context.channel.closeFuture.whenComplete { _ in budget.release(service) }
+        }
+        connectTimeout = pool?.connectTimeout?.duration ?? snapshot.config.connectTimeout
         let cursor = snapshot.cursors.next(for: route.service)
         targets = Array(snapshot.picker.candidates(for: route, origin: origin, cursor: cursor)
             .prefix(snapshot.config.effectiveMaxConnectAttempts))
@@ -123,7 +140,7 @@ package final class GatewayConnectionHandler: ChannelDuplexHandler, RemovableCha
         let planned = targets[attempt]
         let target = planned.target
         let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
-        UpstreamConnector.connect(to: target, tls: snapshot.tls, connectTimeout: snapshot.config.connectTimeout,
+        UpstreamConnector.connect(to: target, tls: snapshot.tls, connectTimeout: connectTimeout,
                                   handshakeTimeout: snapshot.config.handshakeTimeout, on: context.eventLoop)
             .whenComplete { result in
                 let (handler, context) = bound.value
