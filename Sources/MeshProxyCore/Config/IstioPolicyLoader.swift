@@ -128,9 +128,9 @@ package enum IstioPolicyLoader {
                 warnings.append(map.error(.notImplemented, at: path.key("connectionPool").key("tcp").key("tcpKeepalive"),
                     "valid Istio field, not applied by EastWest yet (maxConnections and connectTimeout are)").asWarning)
             }
-            if let simple = policy.loadBalancer?.simple, simple != .roundRobin, simple != .unspecified {
-                warnings.append(map.error(.notImplemented, at: path.key("loadBalancer").key("simple"),
-                    "\(simple.rawValue) loaded; the gateway balances round robin inside a locality for now").asWarning)
+            if policy.loadBalancer?.simple == .passthrough {
+                warnings.append(map.error(.istioDifference, at: path.key("loadBalancer").key("simple"),
+                    "PASSTHROUGH forwards to the connection's original destination, which a gateway does not have; EastWest balances round robin").asWarning)
             }
         }
         return (errors, warnings)

@@ -76,6 +76,8 @@ package struct EndpointPicker: Sendable {
         var order: [Int]
         /// The DestinationRule's `connectionPool.tcp` for this service and subset.
         var tcp: ConnectionPoolSettings.TCP?
+        /// `loadBalancer.simple`: how an endpoint is chosen inside the chosen locality.
+        var simple: LoadBalancerSettings.Simple
     }
 
     package init(endpoints: MeshEndpoints, policies: [DestinationRule] = [], client: Locality? = nil,
@@ -109,18 +111,41 @@ package struct EndpointPicker: Sendable {
         plans[PlanKey(service: route.service, subset: route.subset, origin: origin)]?.tcp
     }
 
-    /// - Parameter cursor: a per-service counter the shell increments on every connection.
-    package func candidates(for route: Route, origin: TrafficOrigin, cursor: Int) -> [PlannedTarget] {
+    /// - Parameters:
+    ///   - cursor: a per-service counter the shell increments on every connection.
+    ///   - active: open connections per upstream address, for LEAST_REQUEST.
+    package func candidates(for route: Route, origin: TrafficOrigin, cursor: Int,
+                            active: (HostPort) -> Int = { _ in 0 }) -> [PlannedTarget] {
         guard let routePlan = plans[PlanKey(service: route.service, subset: route.subset, origin: origin)],
               !routePlan.slots.isEmpty else { return [] }
         // Golden-ratio sequence: evenly spread points in [0, 1) for consecutive cursors.
         let point = (Double(UInt64(truncatingIfNeeded: cursor) % 1_000_003) * 0.618_033_988_749_894_9).truncatingRemainder(dividingBy: 1)
         let chosen = routePlan.slots.first { point < $0.upTo }?.locality ?? routePlan.slots[routePlan.slots.count - 1].locality
-        var result: [PlannedTarget] = []
-        for index in [chosen] + routePlan.order.filter({ $0 != chosen }) {
+        var result = Self.ordered(routePlan.localities[chosen], simple: routePlan.simple, cursor: cursor, active: active)
+        for index in routePlan.order where index != chosen {
             result += routePlan.localities[index].rotated(by: cursor)
         }
         return result
+    }
+
+    /// The endpoint order inside one locality: the first is the pick, the rest are fallbacks.
+    static func ordered(_ targets: [PlannedTarget], simple: LoadBalancerSettings.Simple, cursor: Int,
+                        active: (HostPort) -> Int) -> [PlannedTarget] {
+        guard targets.count > 1 else { return targets }
+        var mixer = SplitMix64(seed: UInt64(truncatingIfNeeded: cursor) &* 0x9E37_79B9_7F4A_7C15)
+        switch simple {
+        case .random:
+            return targets.rotated(by: Int(mixer.next() % UInt64(targets.count)))
+        case .leastRequest, .leastConn:
+            // Envoy's power of two choices: two distinct random endpoints, the less loaded wins.
+            let n = UInt64(targets.count)
+            let first = Int(mixer.next() % n)
+            let second = (first + 1 + Int(mixer.next() % (n - 1))) % targets.count
+            let pick = active(targets[second].target.address) < active(targets[first].target.address) ? second : first
+            return targets.rotated(by: pick)
+        case .roundRobin, .unspecified, .passthrough:
+            return targets.rotated(by: cursor)
+        }
     }
 
     private func makePlan(_ key: PlanKey) -> RoutePlan {
@@ -174,7 +199,8 @@ package struct EndpointPicker: Sendable {
             }
         }
         let order = ranked.sorted { ($0.priority, -$0.share, $0.index) < ($1.priority, -$1.share, $1.index) }.map(\.index)
-        return RoutePlan(plan: plan, slots: slots, localities: localities, order: order, tcp: policy.connectionPool?.tcp)
+        return RoutePlan(plan: plan, slots: slots, localities: localities, order: order, tcp: policy.connectionPool?.tcp,
+                         simple: policy.loadBalancer?.simple ?? .roundRobin)
     }
 }
 

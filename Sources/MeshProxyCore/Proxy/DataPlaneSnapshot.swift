@@ -10,8 +10,8 @@ package struct DataPlaneSnapshot: Sendable {
     package var routes: RouteTable
     package var picker: EndpointPicker
     package var cursors: RoundRobinCursors
-    /// Open upstream connections per service, for `connectionPool.tcp.maxConnections`.
-    package var budget: ConnectionBudget
+    /// Open upstream connections per service and address (maxConnections, LEAST_REQUEST).
+    package var upstreams: UpstreamConnections
     package var metrics: TCPMetrics
     package var logger: Logger
     /// Told when a connect to a peer gateway fails on the data path (gateway name), so the
@@ -26,7 +26,7 @@ package struct DataPlaneSnapshot: Sendable {
         self.routes = RouteTable(endpoints: config.meshEndpoints)
         self.picker = EndpointPicker(endpoints: config.meshEndpoints, policies: policies)
         self.cursors = RoundRobinCursors()
-        self.budget = ConnectionBudget()
+        self.upstreams = UpstreamConnections()
         self.metrics = TCPMetrics()
         self.logger = logger
         self = with(endpoints: config.meshEndpoints)

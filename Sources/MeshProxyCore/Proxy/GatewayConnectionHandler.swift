@@ -109,7 +109,7 @@ package final class GatewayConnectionHandler: ChannelDuplexHandler, RemovableCha
         }
         let pool = snapshot.picker.connectionPool(for: route, origin: origin)
         if let limit = pool?.maxConnections {
-            guard snapshot.budget.acquire(route.service, limit: limit) else {
+            guard snapshot.upstreams.acquire(route.service, limit: limit) else {
                 record.flags.append(.upstreamOverflow)
                 record.detail = "connectionPool.tcp.maxConnections (\(limit)) reached for \(route.service)"
                 Counter(label: "envoy_cluster_upstream_cx_overflow", dimensions: OutlierTracker.cluster(route.service)).increment()
@@ -117,12 +117,13 @@ package final class GatewayConnectionHandler: ChannelDuplexHandler, RemovableCha
                 context.close(promise: nil)
                 return
             }
-            let budget = snapshot.budget, service = route.service
-            context.channel.closeFuture.whenComplete { _ in budget.release(service) }
+            let upstreams = snapshot.upstreams, service = route.service
+            context.channel.closeFuture.whenComplete { _ in upstreams.release(service) }
         }
         connectTimeout = pool?.connectTimeout?.duration ?? snapshot.config.connectTimeout
         let cursor = snapshot.cursors.next(for: route.service)
-        targets = Array(snapshot.picker.candidates(for: route, origin: origin, cursor: cursor)
+        let upstreams = snapshot.upstreams
+        targets = Array(snapshot.picker.candidates(for: route, origin: origin, cursor: cursor, active: upstreams.open(to:))
             .prefix(snapshot.config.effectiveMaxConnectAttempts))
         guard !targets.isEmpty else {
             record.flags.append(.noHealthyUpstream)
@@ -179,6 +180,9 @@ package final class GatewayConnectionHandler: ChannelDuplexHandler, RemovableCha
         }
         state = .glued
         if case .local(let endpoint) = planned.target { snapshot.outliers?.succeeded(route.service, endpoint.address) }
+        let upstreams = snapshot.upstreams, address = planned.target.address
+        upstreams.opened(address)
+        upstream.closeFuture.whenComplete { _ in upstreams.closed(address) }
         record.upstream = planned.target
         record.upstreamCluster = planned.target.cluster ?? snapshot.config.cluster
         record.upstreamLocality = planned.locality

@@ -136,6 +136,23 @@ struct RoutingTests {
         }
     }
 
+    @Test("loadBalancer.simple inside a locality: LEAST_REQUEST takes the less loaded of two choices, RANDOM spreads evenly")
+    func simpleLoadBalancers() {
+        func picker(_ simple: LoadBalancerSettings.Simple) -> EndpointPicker {
+            let rule = DestinationRule(host: "echo.default.svc.cluster.local",
+                                       trafficPolicy: TrafficPolicy(loadBalancer: .init(simple: simple, localityLbSetting: .init(enabled: true)),
+                                                                    outlierDetection: OutlierDetection()))
+            return EndpointPicker(endpoints: mesh, policies: [rule], client: Locality(region: "us-east1", zone: "a"))
+        }
+        let route = Route(service: echo, subset: nil, selector: [:])
+        let busy = HostPort(host: "127.0.1.10", port: 8080)
+        let least = picker(.leastRequest)
+        #expect((0..<100).allSatisfy { least.candidates(for: route, origin: .client, cursor: $0, active: { $0 == busy ? 3 : 0 })[0].target.address != busy })
+        let random = picker(.random)
+        let firstIsBusy = (0..<1000).filter { random.candidates(for: route, origin: .client, cursor: $0)[0].target.address == busy }.count
+        #expect((400...600).contains(firstIsBusy), "\(firstIsBusy) of 1000")
+    }
+
     @Test("Traffic from a peer gateway goes only to local endpoints (one hop, never a loop)")
     func peerGatewayTrafficStaysLocal() {
         let picker = EndpointPicker(endpoints: mesh, client: Locality(region: "us-east1", zone: "a"))
