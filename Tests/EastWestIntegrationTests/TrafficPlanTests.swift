@@ -108,7 +108,7 @@ struct TrafficPlanTests {
         #expect(try cluster() == "east")
     }
 
-    @Test("connectionPool.tcp.maxConnections: the connection over the limit is refused with Envoy's UO flag and counted; a slot freed is usable again")
+    @Test("connectionPool.tcp: maxConnections refuses the connection over the limit with Envoy's UO flag and counts it, a slot freed is usable again; tcpKeepalive is set on the upstream socket")
     func maxConnectionsOverflow() async throws {
         let mesh = try TestMesh("overflow", clusters: ["east"])
         defer { mesh.processes.stopAll() }
@@ -121,7 +121,7 @@ struct TrafficPlanTests {
             spec:
               host: echo.default.svc.cluster.local
               trafficPolicy:
-                connectionPool: {tcp: {maxConnections: 1, connectTimeout: 2s}}
+                connectionPool: {tcp: {maxConnections: 1, connectTimeout: 2s, tcpKeepalive: {time: 7s, interval: 3s, probes: 2}}}
             """.write(toFile: policy, atomically: true, encoding: .utf8)
         var gateway = mesh.gatewayConfig(name: "east-gw", cluster: "east", ip: "127.0.57.1", services: [.echo("127.0.57.10:8080")])
         gateway.policies = [policy]
@@ -138,6 +138,9 @@ struct TrafficPlanTests {
         #expect(await eventually(timeout: .seconds(10)) {
             ((try? mesh.admin(gateway, "/stats/prometheus")) ?? "").contains("istio_tcp_connections_opened_total")
         })
+        // The kernel shows the keepalive timer Istio's tcpKeepalive asked for (7 s idle).
+        let sockets = try runCommand("/usr/bin/ss", ["-tno", "state", "established", "dst", "127.0.57.10"]).stdout
+        #expect(sockets.contains("timer:(keepalive,") && !sockets.contains("timer:(keepalive,2h"), "\(sockets)")
         let refused = try mesh.curl(gateway, host: "echo.default.svc.cluster.local")
         #expect(refused.status != 0)
         #expect(await eventually { process.log.contains(" UO ") && process.log.contains("connectionPool.tcp.maxConnections (1) reached") }, "\(process.log)")

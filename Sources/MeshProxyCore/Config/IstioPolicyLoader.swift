@@ -124,10 +124,6 @@ package enum IstioPolicyLoader {
                         "locality failover is configured but there is no outlierDetection: Istio (and EastWest) then do NO failover — every locality gets traffic as if in one priority. Add outlierDetection to turn failover on").asWarning)
                 }
             }
-            if policy.connectionPool?.tcp?.tcpKeepalive != nil {
-                warnings.append(map.error(.notImplemented, at: path.key("connectionPool").key("tcp").key("tcpKeepalive"),
-                    "valid Istio field, not applied by EastWest yet (maxConnections and connectTimeout are)").asWarning)
-            }
             if policy.loadBalancer?.simple == .passthrough {
                 warnings.append(map.error(.istioDifference, at: path.key("loadBalancer").key("simple"),
                     "PASSTHROUGH forwards to the connection's original destination, which a gateway does not have; EastWest balances round robin").asWarning)

@@ -34,6 +34,7 @@ package final class GatewayConnectionHandler: ChannelDuplexHandler, RemovableCha
     private var failures: [String] = []
     /// The DestinationRule's `connectTimeout` for this service, else the gateway's.
     private var connectTimeout: Duration = .seconds(5)
+    private var keepalive: ConnectionPoolSettings.TCP.Keepalive?
 
     package init(snapshot: DataPlaneSnapshot, route: Route, record: ConnectionRecord) {
         self.snapshot = snapshot
@@ -121,6 +122,7 @@ package final class GatewayConnectionHandler: ChannelDuplexHandler, RemovableCha
             context.channel.closeFuture.whenComplete { _ in upstreams.release(service) }
         }
         connectTimeout = pool?.connectTimeout?.duration ?? snapshot.config.connectTimeout
+        keepalive = pool?.tcpKeepalive
         let cursor = snapshot.cursors.next(for: route.service)
         let upstreams = snapshot.upstreams
         targets = Array(snapshot.picker.candidates(for: route, origin: origin, cursor: cursor, active: upstreams.open(to:))
@@ -142,7 +144,7 @@ package final class GatewayConnectionHandler: ChannelDuplexHandler, RemovableCha
         let target = planned.target
         let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
         UpstreamConnector.connect(to: target, tls: snapshot.tls, connectTimeout: connectTimeout,
-                                  handshakeTimeout: snapshot.config.handshakeTimeout, on: context.eventLoop)
+                                  handshakeTimeout: snapshot.config.handshakeTimeout, keepalive: keepalive, on: context.eventLoop)
             .whenComplete { result in
                 let (handler, context) = bound.value
                 switch result {

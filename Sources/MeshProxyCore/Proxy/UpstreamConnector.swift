@@ -16,12 +16,29 @@ package struct UpstreamConnectError: Error, CustomStringConvertible {
 /// certificate, Istio-form SNI, and the peer's SPIFFE ID checked against the peer policy. The
 /// returned channel is ready for bytes (TLS handshake done).
 package enum UpstreamConnector {
+    private static func tcpOption(_ name: Int32) -> ChannelOptions.Types.SocketOption {
+        ChannelOptions.Types.SocketOption(level: .tcp, name: NIOBSDSocket.Option(rawValue: name))
+    }
+
+    private static func seconds(_ duration: ConfigDuration) -> SocketOptionValue {
+        SocketOptionValue(max(1, duration.duration.components.seconds))
+    }
+
     package static func connect(to target: UpstreamTarget, tls: GatewayTLS, connectTimeout: Duration,
-                                handshakeTimeout: Duration, on eventLoop: any EventLoop) -> EventLoopFuture<any Channel> {
-        let bootstrap = ClientBootstrap(group: eventLoop)
+                                handshakeTimeout: Duration, keepalive: ConnectionPoolSettings.TCP.Keepalive? = nil,
+                                on eventLoop: any EventLoop) -> EventLoopFuture<any Channel> {
+        var bootstrap = ClientBootstrap(group: eventLoop)
             .connectTimeout(TimeAmount(connectTimeout))
             .channelOption(.allowRemoteHalfClosure, value: true)
             .channelOption(.socketOption(.tcp_nodelay), value: 1)
+        if let keepalive {
+            // Istio's tcpKeepalive → SO_KEEPALIVE with the kernel's idle/interval/probe knobs;
+            // unset values keep the kernel's defaults, as Envoy does.
+            bootstrap = bootstrap.channelOption(.socketOption(.so_keepalive), value: 1)
+            if let time = keepalive.time { bootstrap = bootstrap.channelOption(tcpOption(TCP_KEEPIDLE), value: seconds(time)) }
+            if let interval = keepalive.interval { bootstrap = bootstrap.channelOption(tcpOption(TCP_KEEPINTVL), value: seconds(interval)) }
+            if let probes = keepalive.probes { bootstrap = bootstrap.channelOption(tcpOption(TCP_KEEPCNT), value: SocketOptionValue(probes)) }
+        }
         let address = target.address
         switch target {
         case .local:
