@@ -167,4 +167,50 @@ struct LocalityPriorityPlannerTests {
         for i in 0..<4 { endpoints[i].healthy = false }
         #expect(planner.plan(endpoints).shares == ["region2/zone1": 1])
     }
+
+    /// Random set-ups (seeded): 2–4 localities across 1–3 priority levels, 1–8 endpoints each,
+    /// random health, panic on or off.
+    func randomCases(_ count: Int) -> [(LocalityPriorityPlanner, [PlannedEndpoint])] {
+        var random = SplitMix64(seed: 2026)
+        let localities = ["r/z/s", "r/z/other", "r/y", "q/x"]
+        return (0..<count).map { _ in
+            var endpoints: [PlannedEndpoint] = []
+            for locality in localities.prefix(Int.random(in: 2...4, using: &random)) {
+                for _ in 0..<Int.random(in: 1...8, using: &random) {
+                    endpoints.append(PlannedEndpoint(locality: locality, healthy: Bool.random(using: &random)))
+                }
+            }
+            let threshold = [0, 50][Int.random(in: 0...1, using: &random)]
+            let planner = LocalityPriorityPlanner(client: client, setting: LocalityLbSetting(enabled: true),
+                                                  outlierDetection: OutlierDetection(minHealthPercent: threshold))
+            return (planner, endpoints)
+        }
+    }
+
+    @Test("Property: shares sum to 1 whenever anything is routable, and priority loads always sum to 100")
+    func sharesSumToOne() {
+        for (planner, endpoints) in randomCases(500) {
+            let plan = planner.plan(endpoints)
+            #expect(plan.priorities.map(\.load).reduce(0, +) == 100)
+            if !plan.shares.isEmpty { #expect(abs(plan.shares.values.reduce(0, +) - 1) < 1e-9) }
+        }
+    }
+
+    @Test("Property: an endpoint losing health never moves traffic towards its own priority")
+    func losingHealthNeverAttracts() {
+        for (planner, endpoints) in randomCases(500) {
+            guard let index = endpoints.firstIndex(where: \.healthy) else { continue }
+            let before = planner.plan(endpoints)
+            var sicker = endpoints
+            sicker[index].healthy = false
+            let after = planner.plan(sicker)
+            let level = before.priorities.first { $0.localities.contains { $0.locality == endpoints[index].localityName } }!.priority
+            // Total panic redistributes by host count regardless of health; outside it, the sick
+            // endpoint's level can only lose load.
+            if !before.panic && !after.panic {
+                #expect(after.priorities[level].load <= before.priorities[level].load,
+                        "\(endpoints.map { "\($0.localityName):\($0.healthy)" })")
+            }
+        }
+    }
 }
