@@ -173,7 +173,7 @@ struct SimulateCommandTests {
     }
 }
 
-@Suite("The shipped three-regions topology", .serialized, .timeLimit(.minutes(3)))
+@Suite("The shipped three-regions topology", .serialized, .timeLimit(.minutes(5)))
 struct ThreeRegionsTopologyTests {
     @Test("eastwest up topologies/three-regions.yaml federates its four gateways; a client in us-east reaches ledger in eu-west")
     func threeRegions() async throws {

@@ -65,15 +65,24 @@ enum MeshTLSClient {
         try await exchange(payload, to: address, serverName: serverName, client: client, root: root, halfClose: false)
     }
 
-    private static func exchange(_ payload: [UInt8], to address: HostPort, serverName: String, client: String,
-                                 root: String, halfClose: Bool) async throws -> [UInt8] {
+    /// A client context with a workload certificate, built once per test.
+    static func context(client: String, root: String) throws -> NIOSSLContext {
         var tls = TLSConfiguration.makeClientConfiguration()
         tls.certificateChain = try NIOSSLCertificate.fromPEMFile("\(client)/cert-chain.pem").map { .certificate($0) }
         tls.privateKey = .privateKey(try NIOSSLPrivateKey(file: "\(client)/key.pem", format: .pem))
         tls.trustRoots = .file(root)
         // The gateway certificate names service hosts, not Istio-form SNI strings.
         tls.certificateVerification = .noHostnameVerification
-        let context = try NIOSSLContext(configuration: tls)
+        return try NIOSSLContext(configuration: tls)
+    }
+
+    private static func exchange(_ payload: [UInt8], to address: HostPort, serverName: String, client: String,
+                                 root: String, halfClose: Bool) async throws -> [UInt8] {
+        try await exchange(payload, to: address, serverName: serverName, context: try context(client: client, root: root), halfClose: halfClose)
+    }
+
+    static func exchange(_ payload: [UInt8], to address: HostPort, serverName: String, context: NIOSSLContext,
+                         halfClose: Bool) async throws -> [UInt8] {
         let done = MultiThreadedEventLoopGroup.singleton.next().makePromise(of: [UInt8].self)
         let channel: any Channel
         do {
@@ -115,6 +124,34 @@ enum MeshTLSClient {
             // An unclean TLS shutdown after all bytes arrived still counts as the end.
             promise.succeed(bytes)
             context.close(promise: nil)
+        }
+    }
+}
+
+/// Many short mTLS connections through a gateway, each one HTTP/1.0 GET to a demo backend,
+/// counted by what the backend says about itself (its locality, cluster, …).
+enum MeshLoad {
+    static func run(count: Int, concurrency: Int = 8, gateway: HostPort, host: String, client: String, root: String,
+                    field: String = "locality") async throws -> [String: Int] {
+        let context = try MeshTLSClient.context(client: client, root: root)
+        let request = Array("GET / HTTP/1.0\r\nHost: \(host)\r\n\r\n".utf8)
+        return try await withThrowingTaskGroup(of: [String: Int].self) { group in
+            for worker in 0..<concurrency {
+                group.addTask {
+                    var counts: [String: Int] = [:]
+                    for _ in stride(from: worker, to: count, by: concurrency) {
+                        let reply = (try? await MeshTLSClient.exchange(request, to: gateway, serverName: host, context: context, halfClose: false)) ?? []
+                        let text = String(decoding: reply, as: UTF8.self)
+                        let body = text.range(of: "\r\n\r\n").map { String(text[$0.upperBound...]) } ?? ""
+                        let answer = (try? JSONSerialization.jsonObject(with: Data(body.utf8))) as? [String: String]
+                        counts[answer?[field] ?? "failed", default: 0] += 1
+                    }
+                    return counts
+                }
+            }
+            var total: [String: Int] = [:]
+            for try await counts in group { total.merge(counts, uniquingKeysWith: +) }
+            return total
         }
     }
 }
