@@ -4,40 +4,49 @@ import Testing
 
 @Suite("The data plane follows the traffic plan", .serialized, .timeLimit(.minutes(3)))
 struct TrafficPlanTests {
+    /// Clusters east (us-east1/a) and west (us-west1/a), one echo endpoint and one gateway
+    /// each on 127.0.<block>.x and 127.0.<block+1>.x; east's gateway knows west statically and
+    /// runs `trafficPolicy` (YAML) for echo.
+    struct TwoClusters {
+        var mesh: TestMesh
+        var east: GatewayConfig
+        var eastBackend: ChildProcess
+        var eastGateway: ChildProcess
+    }
+
+    func twoClusters(_ label: String, block: Int, trafficPolicy: String) async throws -> TwoClusters {
+        let mesh = try TestMesh(label, clusters: ["east", "west"])
+        let eastLocality = Locality(region: "us-east1", zone: "a"), westLocality = Locality(region: "us-west1", zone: "a")
+        let eastEndpoint = Endpoint(address: HostPort(host: "127.0.\(block).10", port: 8080), locality: eastLocality)
+        let westEndpoint = Endpoint(address: HostPort(host: "127.0.\(block + 1).10", port: 8080), locality: westLocality)
+        let eastBackend = try await mesh.startBackend(eastEndpoint.address.description, cluster: "east")
+        try await mesh.startBackend(westEndpoint.address.description, cluster: "west")
+        let echo = "echo.default.svc.cluster.local"
+        var west = mesh.gatewayConfig(name: "west-gw", cluster: "west", ip: "127.0.\(block + 1).1",
+                                      services: [.init(host: echo, port: 8080, endpoints: [westEndpoint])])
+        west.locality = westLocality
+        var east = mesh.gatewayConfig(name: "east-gw", cluster: "east", ip: "127.0.\(block).1",
+                                      services: [.init(host: echo, port: 8080, endpoints: [eastEndpoint])], remotes: [
+            .init(name: "west", gateways: [.init(name: "west-gw", address: west.listen, locality: westLocality)],
+                  services: [.init(host: echo, port: 8080, endpoints: [westEndpoint])])])
+        east.locality = eastLocality
+        east.policies = [try mesh.writeDestinationRule(trafficPolicy: trafficPolicy)]
+        try await mesh.startGateway(west)
+        let eastGateway = try await mesh.startGateway(east)
+        return TwoClusters(mesh: mesh, east: east, eastBackend: eastBackend, eastGateway: eastGateway)
+    }
+
     @Test("distribute 70/30 across two clusters: 20 curls land 14/6, per-locality counters show it, /v1/plan predicts it; with east's endpoint killed, connects fail over to west")
     func connectionsFollowDistribute() async throws {
-        let mesh = try TestMesh("plan", clusters: ["east", "west"])
+        let set = try await twoClusters("plan", block: 53, trafficPolicy: """
+            loadBalancer:
+              localityLbSetting:
+                distribute:
+                - from: us-east1/*
+                  to: {"us-east1/*": 70, "us-west1/*": 30}
+            """)
+        let mesh = set.mesh, eastConfig = set.east, eastBackend = set.eastBackend
         defer { mesh.processes.stopAll() }
-        let east = Locality(region: "us-east1", zone: "a"), west = Locality(region: "us-west1", zone: "a")
-        let eastBackend = try await mesh.startBackend("127.0.53.10:8080", cluster: "east")
-        try await mesh.startBackend("127.0.54.10:8080", cluster: "west")
-        var westConfig = mesh.gatewayConfig(name: "west-gw", cluster: "west", ip: "127.0.54.1", services: [
-            .init(host: "echo.default.svc.cluster.local", port: 8080, endpoints: [Endpoint(address: HostPort(host: "127.0.54.10", port: 8080), locality: west)])])
-        westConfig.locality = west
-        let policy = "\(mesh.directory)/echo-distribute.yaml"
-        try """
-            apiVersion: networking.istio.io/v1
-            kind: DestinationRule
-            metadata: {name: echo}
-            spec:
-              host: echo.default.svc.cluster.local
-              trafficPolicy:
-                loadBalancer:
-                  localityLbSetting:
-                    distribute:
-                    - from: us-east1/*
-                      to: {"us-east1/*": 70, "us-west1/*": 30}
-            """.write(toFile: policy, atomically: true, encoding: .utf8)
-        let echo = GatewayConfig.ServiceConfig(host: "echo.default.svc.cluster.local", port: 8080,
-                                               endpoints: [Endpoint(address: HostPort(host: "127.0.53.10", port: 8080), locality: east)])
-        var eastConfig = mesh.gatewayConfig(name: "east-gw", cluster: "east", ip: "127.0.53.1", services: [echo], remotes: [
-            .init(name: "west", gateways: [.init(name: "west-gw", address: westConfig.listen, locality: west)],
-                  services: [.init(host: echo.host, port: 8080, endpoints: [Endpoint(address: HostPort(host: "127.0.54.10", port: 8080), locality: west)])]),
-        ])
-        eastConfig.locality = east
-        eastConfig.policies = [policy]
-        try await mesh.startGateway(westConfig)
-        try await mesh.startGateway(eastConfig)
 
         let plan = try mesh.admin(eastConfig, "/v1/plan?host=echo.default.svc.cluster.local")
         #expect(plan.contains(#""us-east1/a" : 0.7"#) && plan.contains(#""us-west1/a" : 0.3"#), "\(plan)")
@@ -61,35 +70,13 @@ struct TrafficPlanTests {
 
     @Test("Locality failover with outlier detection: east's endpoint refuses, is ejected (plan and Envoy metrics show it), traffic goes to west; restarted, it returns after baseEjectionTime")
     func ejectionFailsOverAndBack() async throws {
-        let mesh = try TestMesh("eject", clusters: ["east", "west"])
+        let set = try await twoClusters("eject", block: 55, trafficPolicy: """
+            loadBalancer:
+              localityLbSetting: {enabled: true, failover: [{from: us-east1, to: us-west1}]}
+            outlierDetection: {consecutiveGatewayErrors: 1, interval: 1s, baseEjectionTime: 2s, maxEjectionPercent: 100}
+            """)
+        let mesh = set.mesh, eastConfig = set.east, eastBackend = set.eastBackend
         defer { mesh.processes.stopAll() }
-        let east = Locality(region: "us-east1", zone: "a"), west = Locality(region: "us-west1", zone: "a")
-        let eastBackend = try await mesh.startBackend("127.0.55.10:8080", cluster: "east")
-        try await mesh.startBackend("127.0.56.10:8080", cluster: "west")
-        var westConfig = mesh.gatewayConfig(name: "west-gw", cluster: "west", ip: "127.0.56.1", services: [
-            .init(host: "echo.default.svc.cluster.local", port: 8080, endpoints: [Endpoint(address: HostPort(host: "127.0.56.10", port: 8080), locality: west)])])
-        westConfig.locality = west
-        let policy = "\(mesh.directory)/echo-failover.yaml"
-        try """
-            apiVersion: networking.istio.io/v1
-            kind: DestinationRule
-            metadata: {name: echo}
-            spec:
-              host: echo.default.svc.cluster.local
-              trafficPolicy:
-                loadBalancer:
-                  localityLbSetting: {enabled: true, failover: [{from: us-east1, to: us-west1}]}
-                outlierDetection: {consecutiveGatewayErrors: 1, interval: 1s, baseEjectionTime: 2s, maxEjectionPercent: 100}
-            """.write(toFile: policy, atomically: true, encoding: .utf8)
-        var eastConfig = mesh.gatewayConfig(name: "east-gw", cluster: "east", ip: "127.0.55.1", services: [
-            .init(host: "echo.default.svc.cluster.local", port: 8080, endpoints: [Endpoint(address: HostPort(host: "127.0.55.10", port: 8080), locality: east)])],
-            remotes: [.init(name: "west", gateways: [.init(name: "west-gw", address: westConfig.listen, locality: west)],
-                            services: [.init(host: "echo.default.svc.cluster.local", port: 8080,
-                                             endpoints: [Endpoint(address: HostPort(host: "127.0.56.10", port: 8080), locality: west)])])])
-        eastConfig.locality = east
-        eastConfig.policies = [policy]
-        try await mesh.startGateway(westConfig)
-        try await mesh.startGateway(eastConfig)
         func cluster() throws -> String? { mesh.answer(try mesh.curl(eastConfig, host: "echo.default.svc.cluster.local"))?["cluster"] }
         func plan() -> String { (try? mesh.admin(eastConfig, "/v1/plan?host=echo.default.svc.cluster.local")) ?? "" }
 
@@ -113,18 +100,10 @@ struct TrafficPlanTests {
         let mesh = try TestMesh("overflow", clusters: ["east"])
         defer { mesh.processes.stopAll() }
         try await mesh.startBackend("127.0.57.10:8080", cluster: "east")
-        let policy = "\(mesh.directory)/echo-pool.yaml"
-        try """
-            apiVersion: networking.istio.io/v1
-            kind: DestinationRule
-            metadata: {name: echo}
-            spec:
-              host: echo.default.svc.cluster.local
-              trafficPolicy:
-                connectionPool: {tcp: {maxConnections: 1, connectTimeout: 2s, tcpKeepalive: {time: 7s, interval: 3s, probes: 2}}}
-            """.write(toFile: policy, atomically: true, encoding: .utf8)
         var gateway = mesh.gatewayConfig(name: "east-gw", cluster: "east", ip: "127.0.57.1", services: [.echo("127.0.57.10:8080")])
-        gateway.policies = [policy]
+        gateway.policies = [try mesh.writeDestinationRule(trafficPolicy: """
+            connectionPool: {tcp: {maxConnections: 1, connectTimeout: 2s, tcpKeepalive: {time: 7s, interval: 3s, probes: 2}}}
+            """)]
         let process = try await mesh.startGateway(gateway)
 
         // One slow request holds the only connection slot for 3 s.

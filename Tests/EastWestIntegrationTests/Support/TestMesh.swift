@@ -59,6 +59,23 @@ final class TestMesh: @unchecked Sendable {  // used from one test task only
         return path
     }
 
+    /// Writes a DestinationRule for `host` with `trafficPolicy` (YAML, unindented) and returns
+    /// its path, for a gateway config's `policies:`.
+    func writeDestinationRule(host: String = "echo.default.svc.cluster.local", trafficPolicy: String) throws -> String {
+        let path = "\(directory)/destination-rule-\(UUID().uuidString.prefix(8)).yaml"
+        let indented = trafficPolicy.split(separator: "\n", omittingEmptySubsequences: false).map { "    " + $0 }.joined(separator: "\n")
+        try """
+            apiVersion: networking.istio.io/v1
+            kind: DestinationRule
+            metadata: {name: test}
+            spec:
+              host: \(host)
+              trafficPolicy:
+            \(indented)
+            """.write(toFile: path, atomically: true, encoding: .utf8)
+        return path
+    }
+
     @discardableResult
     func startGateway(_ config: GatewayConfig) async throws -> ChildProcess {
         let path = try writeConfig(config)
