@@ -129,4 +129,30 @@ struct TrafficPlanTests {
         #expect(await slow.waitForExit(timeout: .seconds(10)) == 0)
         #expect(mesh.answer(try mesh.curl(gateway, host: "echo.default.svc.cluster.local"))?["cluster"] == "east")
     }
+
+    @Test("An endpoint that resets established connections is ejected like one that refuses them")
+    func resetCountsAsGatewayError() async throws {
+        let mesh = try TestMesh("reset", clusters: ["east"])
+        defer { mesh.processes.stopAll() }
+        // Accepts, reads the first bytes, then closes with SO_LINGER 0: a TCP reset.
+        let server = try ChildProcess(name: "resetting-server", arguments: ["/usr/bin/python3", "-c", """
+            import socket, struct
+            s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind(("127.0.58.10", 8080)); s.listen(16)
+            while True:
+                c, _ = s.accept(); c.recv(64)
+                c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)); c.close()
+            """], logPath: "\(mesh.directory)/resetting-server.log")
+        defer { server.stop() }
+        #expect(await eventually { (try? runCommand("/usr/bin/curl", ["-s", "--max-time", "1", "http://127.0.58.10:8080/"]).status) != 7 })
+        var gateway = mesh.gatewayConfig(name: "east-gw", cluster: "east", ip: "127.0.58.1", services: [.echo("127.0.58.10:8080")])
+        gateway.policies = [try mesh.writeDestinationRule(trafficPolicy: """
+            outlierDetection: {consecutiveGatewayErrors: 2, maxEjectionPercent: 100}
+            """)]
+        try await mesh.startGateway(gateway)
+        for _ in 0..<2 { _ = try mesh.curl(gateway, host: "echo.default.svc.cluster.local") }
+        #expect(await eventually(timeout: .seconds(5)) {
+            ((try? mesh.admin(gateway, "/stats/prometheus")) ?? "").contains(#"envoy_cluster_outlier_detection_ejections_active{cluster_name="outbound|8080||echo.default.svc.cluster.local"} 1"#)
+        })
+    }
 }

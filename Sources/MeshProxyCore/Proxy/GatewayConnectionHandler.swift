@@ -181,7 +181,6 @@ package final class GatewayConnectionHandler: ChannelDuplexHandler, RemovableCha
             return
         }
         state = .glued
-        if case .local(let endpoint) = planned.target { snapshot.outliers?.succeeded(route.service, endpoint.address) }
         let upstreams = snapshot.upstreams, address = planned.target.address
         upstreams.opened(address)
         upstream.closeFuture.whenComplete { _ in upstreams.closed(address) }
@@ -202,6 +201,19 @@ package final class GatewayConnectionHandler: ChannelDuplexHandler, RemovableCha
             return
         }
         record.glue = (downstream: downstreamGlue, upstream: upstreamGlue)
+        if case .local(let endpoint) = planned.target, let outliers = snapshot.outliers {
+            // Judged when the connection ends: an endpoint that resets established connections
+            // is as broken as one that refuses them (a gateway error); a clean end is a success
+            // that clears the endpoint's run of errors.
+            let glue = NIOLoopBound(upstreamGlue, eventLoop: upstream.eventLoop), service = route.service
+            upstream.closeFuture.whenComplete { _ in
+                if let error = glue.value.failure as? IOError, error.errnoCode == ECONNRESET {
+                    outliers.failed(service, endpoint.address)
+                } else {
+                    outliers.succeeded(service, endpoint.address)
+                }
+            }
+        }
         // Replay what arrived while dialling through the glue, so it is counted and ordered.
         let buffered = held
         held = []

@@ -18,6 +18,8 @@ package final class GlueHandler {
     private var outputClosed = false
     /// Bytes this side read from its channel (and handed to the partner).
     package private(set) var bytesRead = 0
+    /// What ended this side with an error (e.g. a reset), for outlier detection.
+    package private(set) var failure: (any Error)?
 
     private init() {}
 
@@ -110,6 +112,7 @@ extension GlueHandler: ChannelDuplexHandler {
     }
 
     package func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        failure = error
         // Either side failing ends the pair; the access log records the close.
         partner?.partnerCloseFull()
         context.close(promise: nil)
