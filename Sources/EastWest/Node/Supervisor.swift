@@ -10,6 +10,8 @@ import Synchronization
 final class Supervisor: Sendable {
     private struct State {
         var processes: [(name: String, process: Process)] = []
+        /// How each child was started, so a drill can start it again.
+        var arguments: [String: [String]] = [:]
         var stopRequested = false
         var stopWaiters: [CheckedContinuation<Void, Never>] = []
     }
@@ -26,17 +28,7 @@ final class Supervisor: Sendable {
     func start(_ plan: LaunchPlan, readyTimeout: Duration) async throws {
         for child in plan.children where !child.arguments.isEmpty {
             if state.withLock({ $0.stopRequested }) { throw StartError("interrupted") }
-            let logPath = "\(logDirectory)/\(child.name.replacingOccurrences(of: "/", with: "_")).log"
-            _ = FileManager.default.createFile(atPath: logPath, contents: nil)
-            let log = try FileHandle(forWritingTo: URL(fileURLWithPath: logPath))
-            let process = Process()
-            process.executableURL = URL(fileURLWithPath: child.arguments[0])
-            process.arguments = Array(child.arguments.dropFirst())
-            process.standardOutput = log
-            process.standardError = log
-            process.standardInput = FileHandle.nullDevice
-            try process.run()
-            state.withLock { $0.processes.append((child.name, process)) }
+            try launch(child.name, child.arguments)
         }
         let deadline = ContinuousClock.now + readyTimeout
         for child in plan.children {
@@ -52,6 +44,46 @@ final class Supervisor: Sendable {
                 try await Task.sleep(for: .milliseconds(50))
             }
         }
+    }
+
+    private func launch(_ name: String, _ arguments: [String]) throws {
+        let logPath = "\(logDirectory)/\(name.replacingOccurrences(of: "/", with: "_")).log"
+        if !FileManager.default.fileExists(atPath: logPath) { _ = FileManager.default.createFile(atPath: logPath, contents: nil) }
+        let log = try FileHandle(forWritingTo: URL(fileURLWithPath: logPath))
+        log.seekToEndOfFile()
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: arguments[0])
+        process.arguments = Array(arguments.dropFirst())
+        process.standardOutput = log
+        process.standardError = log
+        process.standardInput = FileHandle.nullDevice
+        try process.run()
+        state.withLock { state in
+            state.processes.removeAll { $0.name == name && !$0.process.isRunning }
+            state.processes.append((name, process))
+            state.arguments[name] = arguments
+        }
+    }
+
+    /// Sends `signal` to the named child (kill, stop, resume in a drill).
+    func signal(_ name: String, _ signal: Int32) {
+        for process in state.withLock({ $0.processes.filter { $0.name == name }.map(\.process) }) where process.isRunning {
+            kill(process.processIdentifier, signal)
+        }
+    }
+
+    /// Starts the named child again as it was first started (after it was killed); a child
+    /// that is still running is resumed instead.
+    func restart(_ name: String) throws {
+        let (running, arguments) = state.withLock { state in
+            (state.processes.first { $0.name == name && $0.process.isRunning }?.process, state.arguments[name])
+        }
+        if let running {
+            kill(running.processIdentifier, SIGCONT)
+            return
+        }
+        guard let arguments else { throw StartError("no process named \(name)") }
+        try launch(name, arguments)
     }
 
     func requestStop() {
@@ -77,7 +109,8 @@ final class Supervisor: Sendable {
     /// SIGTERM to every child (gateways drain), then SIGKILL to whatever is left after 10 s.
     func stopAll() async {
         let processes = state.withLock { $0.processes.map(\.process) }
-        for process in processes where process.isRunning { kill(process.processIdentifier, SIGTERM) }
+        // A stopped (SIGSTOP) child would never see the SIGTERM.
+        for process in processes where process.isRunning { kill(process.processIdentifier, SIGCONT); kill(process.processIdentifier, SIGTERM) }
         let deadline = ContinuousClock.now + .seconds(10)
         while processes.contains(where: \.isRunning), ContinuousClock.now < deadline {
             try? await Task.sleep(for: .milliseconds(50))

@@ -147,9 +147,3 @@ package struct SimulationReport: Sendable, Codable, Equatable {
     }
 }
 
-extension Duration {
-    package var seconds: Double {
-        let (s, atto) = components
-        return Double(s) + Double(atto) / 1e18
-    }
-}

@@ -35,3 +35,11 @@ package struct ConfigDuration: Hashable, Sendable, Codable, CustomStringConverti
         try container.encode(text)
     }
 }
+
+extension Duration {
+    /// The duration in seconds as a floating-point number, for reports and rates.
+    package var seconds: Double {
+        let (s, atto) = components
+        return Double(s) + Double(atto) / 1e18
+    }
+}

@@ -1,0 +1,203 @@
+import ArgumentParser
+import Foundation
+import MeshProxyCore
+import Synchronization
+
+/// `eastwest drill SCENARIO`: starts the scenario's topology, drives open-loop mTLS load from one
+/// cluster, applies the faults on time, and writes a report with detection, failover and
+/// failback times. Exit 0 when every expectation holds, 1 when one does not, 2 for an invalid
+/// scenario (or a step this machine cannot run).
+struct DrillCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "drill", abstract: "Run a failover drill (topologies/drills/*.yaml) and write a measured report.")
+
+    @Argument(help: "Scenario file.") var scenario: String
+    @Option(help: "Where report.json, report.md, report.html and the topology's state go.") var reportDir: String?
+    @Flag(help: "Print the report as JSON instead of Markdown.") var json = false
+
+    func run() async throws {
+        let (drill, topology) = try Self.load(scenario)
+        let dir = reportDir ?? ".eastwest/drills/\(drill.name)"
+        try FileManager.default.createDirectory(atPath: "\(dir)/state/logs", withIntermediateDirectories: true)
+        if let rootStep = drill.steps.firstIndex(where: { $0.action.needsRoot }), getuid() != 0 {
+            printError("\(scenario): error: steps[\(rootStep)]: \(drill.steps[rootStep].action.rawValue) changes iptables rules and needs root; not starting")
+            throw ExitCode(2)
+        }
+
+        let plan: LaunchPlan
+        do {
+            plan = try LaunchPlan.prepare(topology: topology, stateDir: "\(dir)/state", gatewayLogLevel: "warning")
+        } catch {
+            printError("error: \(error)")
+            throw ExitCode(1)
+        }
+        let supervisor = Supervisor(logDirectory: "\(dir)/state/logs")
+        let injector = FaultInjector(topology: topology, supervisor: supervisor)
+        let interrupted = Atomic<Bool>(false)
+        SignalTrap.install {
+            interrupted.store(true, ordering: .relaxed)
+            supervisor.requestStop()
+        }
+        do {
+            say("starting topology '\(topology.name)' for drill '\(drill.name)'…")
+            try await supervisor.start(plan, readyTimeout: .seconds(90))
+        } catch {
+            printError("error: \(error)")
+            await supervisor.stopAll()
+            throw ExitCode(1)
+        }
+
+        let report: DrillReport
+        let marks: [DrillFault]
+        do {
+            (report, marks) = try await DrillRun(drill: drill, plan: plan, injector: injector, interrupted: { interrupted.load(ordering: .relaxed) }).run()
+        } catch {
+            injector.cleanUp()
+            await supervisor.stopAll()
+            printError("error: \(error)")
+            throw ExitCode(1)
+        }
+        injector.cleanUp()
+        await supervisor.stopAll()
+
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
+        let jsonData = try encoder.encode(report)
+        try jsonData.write(to: URL(fileURLWithPath: "\(dir)/report.json"))
+        try report.markdown.write(toFile: "\(dir)/report.md", atomically: true, encoding: .utf8)
+        try report.html(faultMarks: marks).write(toFile: "\(dir)/report.html", atomically: true, encoding: .utf8)
+        if json {
+            print(String(decoding: jsonData, as: UTF8.self))
+        } else {
+            print(report.markdown.components(separatedBy: "\n## Every second")[0])
+            print("Reports: \(dir)/report.md, \(dir)/report.html, \(dir)/report.json")
+        }
+        if interrupted.load(ordering: .relaxed) {
+            printError("interrupted: every fault was undone and every process stopped")
+            throw ExitCode(130)
+        }
+        if !report.passed { throw ExitCode(1) }
+    }
+
+    /// The scenario and its topology (policies resolved), or exit 2 with the position.
+    static func load(_ path: String) throws -> (DrillScenario, Topology) {
+        let base = URL(fileURLWithPath: path).deletingLastPathComponent()
+        func resolve(_ file: String) -> String { file.hasPrefix("/") ? file : base.appendingPathComponent(file).standardizedFileURL.path }
+        do {
+            let text: String
+            do { text = try String(contentsOfFile: path, encoding: .utf8) } catch {
+                throw ConfigErrors([ConfigError(code: .unreadableFile, file: path, message: "cannot read file")])
+            }
+            let (drill, map) = try ConfigLoader.decode(DrillScenario.self, yaml: text, file: path)
+            var problems = drill.validate(map)
+            var topology = try ConfigLoader.load(Topology.self, file: resolve(drill.topology)).resolvingPolicies(relativeTo: resolve(drill.topology))
+            if let policies = drill.policies { topology.policies = policies.map(resolve) }
+            for file in topology.policies ?? [] {
+                let loaded = try IstioPolicyLoader.load(file: file)
+                loaded.warnings.forEach { printError($0.description) }
+            }
+            if !topology.clusters.contains(where: { $0.name == drill.load.from }) {
+                problems.append(map.error(.invalidValue, at: FieldPath().key("load").key("from"),
+                    "'\(drill.load.from)' is not a cluster of \(drill.topology) (\(topology.clusters.map(\.name).joined(separator: ", ")))"))
+            }
+            let probe = FaultInjector(topology: topology, supervisor: Supervisor(logDirectory: "/tmp"))
+            for (i, step) in drill.steps.enumerated() {
+                if let between = step.target.between {
+                    for name in between where !topology.clusters.contains(where: { $0.name == name }) {
+                        problems.append(map.error(.invalidValue, at: FieldPath().key("steps").index(i).key("target").key("between"), "'\(name)' is not a cluster"))
+                    }
+                } else if [.kill, .stop, .resume, .restart].contains(step.action), probe.resolve(step.target).processes.isEmpty {
+                    problems.append(map.error(.invalidValue, at: FieldPath().key("steps").index(i).key("target"), "matches no gateway or backend of \(drill.topology)"))
+                }
+            }
+            guard problems.isEmpty else { throw ConfigErrors(problems) }
+            return (drill, topology)
+        } catch let errors as ConfigErrors {
+            printError(errors.description)
+            throw ExitCode(2)
+        }
+    }
+}
+
+/// What the drill's tasks record while it runs.
+final class DrillLog: Sendable {
+    struct Sample: Sendable {
+        var plan: [String: Double]?
+        var members: [String: String]?
+    }
+    let faults = Mutex<[DrillFault]>([])
+    let samples = Mutex<[Int: Sample]>([:])
+}
+
+/// One drill, once the topology is up: load, faults and per-second sampling side by side.
+struct DrillRun {
+    var drill: DrillScenario
+    var plan: LaunchPlan
+    var injector: FaultInjector
+    var interrupted: @Sendable () -> Bool
+
+    func run() async throws -> (DrillReport, [DrillFault]) {
+        guard let gateway = plan.gatewayConfigs.first(where: { $0.cluster == drill.load.from }),
+              let client = plan.clientCertificates[drill.load.from] else { throw DrillError("no gateway or client certificate for \(drill.load.from)") }
+        let engine = try LoadEngine(gateway: gateway.listen, host: drill.load.host, client: client, rate: drill.load.rate,
+                                    concurrency: drill.load.concurrency ?? 16, timeout: drill.load.timeout?.duration ?? .seconds(2))
+        let duration = drill.duration.duration
+        let seconds = Int(duration.seconds.rounded(.up))
+        let log = DrillLog()
+        let start = ContinuousClock.now + .milliseconds(200)
+        let admin = gateway.effectiveAdmin
+        let host = drill.load.host
+        let steps = drill.steps
+        let injector = self.injector
+        let interrupted = self.interrupted
+        let terminal = isatty(STDERR_FILENO) != 0
+
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask { await engine.run(start: start, duration: duration) }
+            group.addTask {
+                for (index, step) in steps.enumerated().sorted(by: { $0.element.at.duration < $1.element.at.duration }) {
+                    try? await Task.sleep(until: start + step.at.duration, clock: .continuous)
+                    if interrupted() { return }
+                    let at = (ContinuousClock.now - start).seconds
+                    let hit = try injector.apply(step)
+                    let target = [step.target.cluster, step.target.region, step.target.zone, step.target.gateway, step.target.service]
+                        .compactMap { $0 }.joined(separator: "/") + (step.target.between.map { $0.joined(separator: " <-> ") } ?? "")
+                    let description = "\(step.action.rawValue) \(target) (\((step.target.what ?? .backends).rawValue))"
+                    log.faults.withLock { $0.append(DrillFault(step: index, action: step.action.rawValue, at: at, description: description,
+                                                           clusters: hit.clusters, localities: hit.localities, gateways: hit.gateways,
+                                                           isRecovery: step.action.isRecovery)) }
+                    printError(String(format: "[%5.1f s] %@", at, description))
+                }
+            }
+            group.addTask {
+                for second in 0..<seconds {
+                    try? await Task.sleep(until: start + .seconds(second + 1), clock: .continuous)
+                    if interrupted() { return }
+                    let planned = try? await Probe.httpGet(admin, path: "/v1/plan?host=\(host)")
+                    let members = try? await Probe.httpGet(admin, path: "/v1/members")
+                    struct Plan: Decodable { var shares: [String: Double] }
+                    let shares = planned.flatMap { try? JSONDecoder().decode(Plan.self, from: Data($0.body.utf8)).shares }
+                    let states = members.flatMap { try? JSONDecoder().decode(AdminAPI.MembersBody.self, from: Data($0.body.utf8)) }
+                        .map { Dictionary(uniqueKeysWithValues: $0.members.map { ($0.name, $0.state) }) }
+                    log.samples.withLock { $0[second] = DrillLog.Sample(plan: shares, members: states) }
+                    if terminal, let s = engine.snapshot(second: second) {
+                        let served = s.byCluster.sorted { $0.key < $1.key }.map { "\($0.key) \($0.value)" }.joined(separator: " ")
+                        printError(String(format: "[%3d s] sent %d ok %d failed %d  p99 %@  %@", second, s.sent, s.succeeded, s.failures,
+                                          s.latencyP99Ms.map { String(format: "%.0f ms", $0) } ?? "-", served))
+                    }
+                }
+            }
+            try await group.waitForAll()
+        }
+        var timeline: [DrillSecond] = []
+        let sampled = log.samples.withLock { $0 }
+        for second in 0..<seconds {
+            var entry = engine.snapshot(second: second) ?? DrillSecond(second: second)
+            entry.plannedShares = sampled[second]?.plan
+            entry.members = sampled[second]?.members
+            timeline.append(entry)
+        }
+        let happened = log.faults.withLock { $0 }
+        return (DrillAnalysis.report(scenario: drill, timeline: timeline, faults: happened), happened)
+    }
+}

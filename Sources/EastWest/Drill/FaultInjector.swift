@@ -1,0 +1,145 @@
+import Foundation
+import MeshProxyCore
+import Synchronization
+
+/// Carries out a drill's steps on a running topology: signals to its processes, restarts, and
+/// iptables rules between clusters' loopback addresses. Every rule it adds and every process it
+/// stops is remembered, and `cleanUp` undoes them all — also after Ctrl-C.
+final class FaultInjector: Sendable {
+    private let topology: Topology
+    private let supervisor: Supervisor
+    private let rules = Mutex<[[String]]>([])
+    private let stopped = Mutex<Set<String>>([])
+
+    init(topology: Topology, supervisor: Supervisor) {
+        self.topology = topology
+        self.supervisor = supervisor
+    }
+
+    /// What a target names: process names, and the clusters, localities and gateways it hits.
+    struct Hit {
+        var processes: [String] = []
+        var clusters: [String] = []
+        var localities: [String] = []
+        var gateways: [String] = []
+    }
+
+    func resolve(_ target: DrillScenario.Target) -> Hit {
+        var hit = Hit()
+        let what = target.what ?? .backends
+        for cluster in topology.clusters {
+            if let name = target.cluster, name != cluster.name { continue }
+            let before = hit.processes.count
+            if what != .backends {
+                for gateway in cluster.gateways {
+                    if let name = target.gateway, name != gateway.name { continue }
+                    if let region = target.region, gateway.locality?.region != region { continue }
+                    if let zone = target.zone, gateway.locality?.zone != zone { continue }
+                    hit.processes.append(gateway.name)
+                    hit.gateways.append(gateway.name)
+                }
+            }
+            if what != .gateways, target.gateway == nil {
+                for service in cluster.services ?? [] {
+                    if let host = target.service, host != service.host { continue }
+                    for endpoint in service.endpoints {
+                        if let region = target.region, endpoint.locality?.region != region { continue }
+                        if let zone = target.zone, endpoint.locality?.zone != zone { continue }
+                        hit.processes.append("\(service.host.split(separator: ".").first ?? "svc")@\(endpoint.address)")
+                        if let locality = endpoint.locality?.description, !hit.localities.contains(locality) { hit.localities.append(locality) }
+                    }
+                }
+            }
+            if hit.processes.count > before { hit.clusters.append(cluster.name) }
+        }
+        return hit
+    }
+
+    /// Carries out one step; returns what it hit, or throws with the reason.
+    func apply(_ step: DrillScenario.Step) throws -> Hit {
+        switch step.action {
+        case .kill, .stop, .resume, .restart:
+            let hit = resolve(step.target)
+            guard !hit.processes.isEmpty else { throw DrillError("step \(step.action.rawValue): the target matches no process") }
+            for name in hit.processes {
+                switch step.action {
+                case .kill: supervisor.signal(name, SIGKILL)
+                case .stop:
+                    supervisor.signal(name, SIGSTOP)
+                    stopped.withLock { _ = $0.insert(name) }
+                case .resume:
+                    supervisor.signal(name, SIGCONT)
+                    stopped.withLock { _ = $0.remove(name) }
+                default:
+                    try supervisor.restart(name)
+                    stopped.withLock { _ = $0.remove(name) }
+                }
+            }
+            return hit
+        case .partition, .loss, .heal:
+            let pair = step.target.between ?? []
+            let subnets = try pair.map(subnet(of:))
+            var hit = Hit()
+            hit.clusters = pair
+            hit.gateways = topology.clusters.filter { pair.contains($0.name) }.flatMap { $0.gateways.map(\.name) }
+            if step.action == .heal {
+                removeRules { rule in rule.contains(subnets[0]) && rule.contains(subnets[1]) }
+                return hit
+            }
+            var match: [String] = []
+            if step.action == .loss { match = ["-m", "statistic", "--mode", "random", "--probability", String((step.percent ?? 0) / 100)] }
+            for (from, to) in [(subnets[0], subnets[1]), (subnets[1], subnets[0])] {
+                try addRule(["-s", from, "-d", to] + match + ["-j", "DROP"])
+            }
+            return hit
+        case .blackhole, .unblackhole:
+            throw DrillError("\(step.action.rawValue) is not available yet")
+        }
+    }
+
+    /// Every cluster lives in its own 127.0.x.0/24: the first gateway's /24.
+    private func subnet(of cluster: String) throws -> String {
+        guard let gateway = topology.clusters.first(where: { $0.name == cluster })?.gateways.first?.listen,
+              case let parts = gateway.host.split(separator: "."), parts.count == 4 else {
+            throw DrillError("cluster '\(cluster)' has no IPv4 gateway address to cut")
+        }
+        return "\(parts[0]).\(parts[1]).\(parts[2]).0/24"
+    }
+
+    private func addRule(_ rule: [String]) throws {
+        let result = try runIptables(["-I", "OUTPUT"] + rule)
+        guard result == 0 else { throw DrillError("iptables -I OUTPUT \(rule.joined(separator: " ")) failed (root needed)") }
+        rules.withLock { $0.append(rule) }
+    }
+
+    private func removeRules(where matches: ([String]) -> Bool) {
+        let removed = rules.withLock { rules -> [[String]] in
+            let chosen = rules.filter(matches)
+            rules.removeAll(where: matches)
+            return chosen
+        }
+        for rule in removed { _ = try? runIptables(["-D", "OUTPUT"] + rule) }
+    }
+
+    private func runIptables(_ arguments: [String]) throws -> Int32 {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: FileManager.default.isExecutableFile(atPath: "/usr/sbin/iptables") ? "/usr/sbin/iptables" : "/sbin/iptables")
+        process.arguments = ["-w"] + arguments
+        process.standardOutput = FileHandle.nullDevice
+        process.standardError = FileHandle.nullDevice
+        try process.run()
+        process.waitUntilExit()
+        return process.terminationStatus
+    }
+
+    /// Removes every rule this drill added and resumes every process it stopped.
+    func cleanUp() {
+        removeRules { _ in true }
+        for name in stopped.withLock({ state in defer { state = [] }; return state }) { supervisor.signal(name, SIGCONT) }
+    }
+}
+
+struct DrillError: Error, CustomStringConvertible {
+    var description: String
+    init(_ description: String) { self.description = description }
+}
