@@ -99,7 +99,10 @@ extension ThreeRegionsTopologyTests {
         await kill("127.0.1.11:8080")
         try await settle()
         let failedOver = try await load(300)
-        #expect(share(failedOver, "us-west1/us-west1-a") + share(failedOver, "us-west1/us-west1-b") == 1, "\(failedOver)")
+        // Nothing goes to eu-west1; a connection or two racing the last ejection may fail on a
+        // loaded machine.
+        #expect(share(failedOver, "us-west1/us-west1-a") + share(failedOver, "us-west1/us-west1-b") >= 0.98, "\(failedOver)")
+        #expect(failedOver.keys.allSatisfy { !$0.hasPrefix("eu-west1") && !$0.hasPrefix("us-east1") }, "\(failedOver)")
 
         // Bring us-east1-a back: once the ejections run out, its traffic returns.
         var restarted: [ChildProcess] = []

@@ -151,6 +151,10 @@ struct DrillRun {
         let injector = self.injector
         let interrupted = self.interrupted
         let terminal = isatty(STDERR_FILENO) != 0
+        let from = drill.load.from
+        let fromGateways = plan.gatewayConfigs.filter { $0.cluster == from }.map(\.name)
+        let fromLocalities = plan.topology.clusters.filter { $0.name == from }
+            .flatMap { ($0.services ?? []).flatMap { $0.endpoints.compactMap { $0.locality?.description } } }
 
         try await withThrowingTaskGroup(of: Void.self) { group in
             group.addTask { await engine.run(start: start, duration: duration) }
@@ -159,10 +163,19 @@ struct DrillRun {
                     try? await Task.sleep(until: start + step.at.duration, clock: .continuous)
                     if interrupted() { return }
                     let at = (ContinuousClock.now - start).seconds
-                    let hit = try injector.apply(step)
+                    var hit = try injector.apply(step)
+                    if [.partition, .heal, .loss].contains(step.action) {
+                        // What a cut hits, seen from the load's side: the other cluster.
+                        let own = Set(fromGateways)
+                        hit.gateways.removeAll { own.contains($0) }
+                        hit.clusters.removeAll { $0 == from }
+                        let ownLocalities = Set(fromLocalities)
+                        hit.localities.removeAll { ownLocalities.contains($0) }
+                    }
                     let target = [step.target.cluster, step.target.region, step.target.zone, step.target.gateway, step.target.service]
                         .compactMap { $0 }.joined(separator: "/") + (step.target.between.map { $0.joined(separator: " <-> ") } ?? "")
-                    let description = "\(step.action.rawValue) \(target) (\((step.target.what ?? .backends).rawValue))"
+                    let what = step.target.between == nil ? " (\((step.target.what ?? .backends).rawValue))" : (step.percent.map { " (\($0) % loss)" } ?? "")
+                    let description = "\(step.action.rawValue) \(target)\(what)"
                     log.faults.withLock { $0.append(DrillFault(step: index, action: step.action.rawValue, at: at, description: description,
                                                            clusters: hit.clusters, localities: hit.localities, gateways: hit.gateways,
                                                            isRecovery: step.action.isRecovery)) }

@@ -81,7 +81,9 @@ final class FaultInjector: Sendable {
             let subnets = try pair.map(subnet(of:))
             var hit = Hit()
             hit.clusters = pair
-            hit.gateways = topology.clusters.filter { pair.contains($0.name) }.flatMap { $0.gateways.map(\.name) }
+            let cut = topology.clusters.filter { pair.contains($0.name) }
+            hit.gateways = cut.flatMap { $0.gateways.map(\.name) }
+            hit.localities = Array(Set(cut.flatMap { ($0.services ?? []).flatMap { $0.endpoints.compactMap { $0.locality?.description } } })).sorted()
             if step.action == .heal {
                 removeRules { rule in rule.contains(subnets[0]) && rule.contains(subnets[1]) }
                 return hit

@@ -77,7 +77,10 @@ final class LoadEngine: Sendable {
     private func request(due: ContinuousClock.Instant, second: Int) async {
         record(second: second) { $0.second.sent += 1 }
         await slots.acquire()
-        let outcome = await exchange()
+        // A client gives up `timeout` after it meant to send, whether the time went waiting for
+        // a connection slot or waiting for the answer.
+        let left = timeout - (ContinuousClock.now - due)
+        let outcome: Outcome = left <= .zero ? .failure("timeout") : await exchange(timeout: left)
         await slots.release()
         let latency = (ContinuousClock.now - due).seconds * 1000
         record(second: second) { accumulator in
@@ -106,13 +109,13 @@ final class LoadEngine: Sendable {
         var futureResult: EventLoopFuture<Outcome> { promise.futureResult }
     }
 
-    private func exchange() async -> Outcome {
+    private func exchange(timeout: Duration) async -> Outcome {
         let done = Once(MultiThreadedEventLoopGroup.singleton.next().makePromise(of: Outcome.self))
         let context = self.context, host = self.host
         let request = ByteBuffer(string: "GET / HTTP/1.0\r\nHost: \(host)\r\n\r\n")
-        let timeout = done.futureResult.eventLoop.scheduleTask(in: TimeAmount(self.timeout)) { done.succeed(.failure("timeout")) }
+        let timer = done.futureResult.eventLoop.scheduleTask(in: TimeAmount(timeout)) { done.succeed(.failure("timeout")) }
         ClientBootstrap(group: done.futureResult.eventLoop)
-            .connectTimeout(TimeAmount(self.timeout))
+            .connectTimeout(TimeAmount(timeout))
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     // The gateway certificate names service hosts; verify it by the host we ask for.
@@ -126,12 +129,12 @@ final class LoadEngine: Sendable {
                 case .success(let channel):
                     channel.writeAndFlush(request, promise: nil)
                     done.futureResult.whenComplete { _ in channel.close(promise: nil) }
-                case .failure:
-                    done.succeed(.failure("connect"))
+                case .failure(let error):
+                    done.succeed(.failure("\(error)".contains("imeout") ? "timeout" : "connect"))
                 }
             }
         let outcome = (try? await done.futureResult.get()) ?? .failure("connect")
-        timeout.cancel()
+        timer.cancel()
         return outcome
     }
 

@@ -121,9 +121,12 @@ package enum DrillAnalysis {
         a.clusters == b.clusters && a.localities == b.localities && a.gateways == b.gateways
     }
 
-    /// Requests answered by what the fault hit, in one second.
+    /// Requests answered by what the fault hit, in one second. A gateway-only fault hits no
+    /// backend: the survivors are the cluster's other gateways, and the answer cannot tell
+    /// which gateway carried it, so only failures count there.
     static func servedByHit(_ second: DrillSecond, _ fault: DrillFault) -> Int {
         if !fault.localities.isEmpty { return fault.localities.reduce(0) { $0 + second.byLocality[$1, default: 0] } }
+        if !fault.gateways.isEmpty, fault.action != "partition", fault.action != "loss" { return 0 }
         return fault.clusters.reduce(0) { $0 + second.byCluster[$1, default: 0] }
     }
 

@@ -58,6 +58,8 @@ package struct EndpointPicker: Sendable {
     package var clientLabels: [String: String]
     /// Local endpoints outlier detection has ejected, per service: unhealthy to the planner.
     package var ejected: [ServiceKey: Set<HostPort>]
+    /// Peer gateways this gateway cannot connect to right now: not used, as if not alive.
+    package var unreachableGateways: Set<String>
     private var plans: [PlanKey: RoutePlan] = [:]
 
     struct PlanKey: Hashable, Sendable {
@@ -81,12 +83,14 @@ package struct EndpointPicker: Sendable {
     }
 
     package init(endpoints: MeshEndpoints, policies: [DestinationRule] = [], client: Locality? = nil,
-                 clientLabels: [String: String] = [:], ejected: [ServiceKey: Set<HostPort>] = [:]) {
+                 clientLabels: [String: String] = [:], ejected: [ServiceKey: Set<HostPort>] = [:],
+                unreachableGateways: Set<String> = []) {
         self.endpoints = endpoints
         self.policies = policies
         self.client = client ?? Locality(region: "")
         self.clientLabels = clientLabels
         self.ejected = ejected
+        self.unreachableGateways = unreachableGateways
         for cluster in endpoints.clusters.values {
             for service in cluster.services.keys {
                 var subsets: [String?] = [nil]
@@ -155,13 +159,17 @@ package struct EndpointPicker: Sendable {
         var planned: [PlannedEndpoint] = []
         var targets: [String: [PlannedTarget]] = [:]
         var healthyTargets: [String: [PlannedTarget]] = [:]
-        for cluster in endpoints.clusters.values.sorted(by: { $0.name < $1.name }) {
+        for var cluster in endpoints.clusters.values.sorted(by: { $0.name < $1.name }) {
+            cluster.gateways.removeAll { unreachableGateways.contains($0.name) }
             let isLocal = cluster.name == endpoints.localCluster
             guard isLocal || key.origin == .client else { continue }
+            // Endpoints behind a network with no usable gateway are out of the plan, as Istio
+            // drops them from EDS: they are unreachable, not merely unhealthy.
+            guard isLocal || !cluster.gateways.isEmpty else { continue }
             let matching = (cluster.services[key.service] ?? []).filter { $0.matches(selector) }
             for endpoint in matching {
                 let locality = endpoint.locality?.description ?? ""
-                let healthy = isLocal ? !(ejected[key.service]?.contains(endpoint.address) ?? false) : !cluster.gateways.isEmpty
+                let healthy = !isLocal || !(ejected[key.service]?.contains(endpoint.address) ?? false)
                 planned.append(PlannedEndpoint(locality: locality, labels: endpoint.labels ?? [:], healthy: healthy))
                 let serverName = Route(service: key.service, subset: key.subset, selector: selector).upstreamServerName
                 let reach: [UpstreamTarget] = isLocal

@@ -1,3 +1,4 @@
+import NIOCore
 import Logging
 import Synchronization
 
@@ -17,6 +18,8 @@ package struct DataPlaneSnapshot: Sendable {
     /// Told when a connect to a peer gateway fails on the data path (gateway name), so the
     /// failure detector probes it now instead of at its turn.
     package var peerGatewayUnreachable: @Sendable (String) -> Void = { _ in }
+    /// The address upstream connections are dialled from: the gateway's own listen address.
+    package var sourceAddress: SocketAddress?
     /// Where connect results to local endpoints go (outlier detection); nil when off.
     package var outliers: OutlierTracker?
 
@@ -26,6 +29,7 @@ package struct DataPlaneSnapshot: Sendable {
         self.routes = RouteTable(endpoints: config.meshEndpoints)
         self.picker = EndpointPicker(endpoints: config.meshEndpoints, policies: policies)
         self.cursors = RoundRobinCursors()
+        self.sourceAddress = try? SocketAddress(ipAddress: config.listen.host, port: 0)
         self.upstreams = UpstreamConnections()
         self.metrics = TCPMetrics()
         self.logger = logger
@@ -49,7 +53,7 @@ extension DataPlaneSnapshot {
         var clientLabels: [String: String] = [:]
         if let network = config.network { clientLabels["topology.istio.io/network"] = network }
         next.picker = EndpointPicker(endpoints: mesh, policies: picker.policies, client: config.locality,
-                                     clientLabels: clientLabels, ejected: picker.ejected)
+                                     clientLabels: clientLabels, ejected: picker.ejected, unreachableGateways: picker.unreachableGateways)
         return next
     }
 }
@@ -59,7 +63,15 @@ extension DataPlaneSnapshot {
     package func with(ejected: [ServiceKey: Set<HostPort>]) -> DataPlaneSnapshot {
         var next = self
         next.picker = EndpointPicker(endpoints: picker.endpoints, policies: picker.policies, client: picker.client,
-                                     clientLabels: picker.clientLabels, ejected: ejected)
+                                     clientLabels: picker.clientLabels, ejected: ejected, unreachableGateways: picker.unreachableGateways)
+        return next
+    }
+
+    /// The same gateway after peer gateways became unreachable (or reachable) from here.
+    package func with(unreachableGateways: Set<String>) -> DataPlaneSnapshot {
+        var next = self
+        next.picker = EndpointPicker(endpoints: picker.endpoints, policies: picker.policies, client: picker.client,
+                                     clientLabels: picker.clientLabels, ejected: picker.ejected, unreachableGateways: unreachableGateways)
         return next
     }
 }

@@ -144,7 +144,8 @@ package final class GatewayConnectionHandler: ChannelDuplexHandler, RemovableCha
         let target = planned.target
         let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
         UpstreamConnector.connect(to: target, tls: snapshot.tls, connectTimeout: connectTimeout,
-                                  handshakeTimeout: snapshot.config.handshakeTimeout, keepalive: keepalive, on: context.eventLoop)
+                                  handshakeTimeout: snapshot.config.handshakeTimeout, keepalive: keepalive,
+                                  from: snapshot.sourceAddress, on: context.eventLoop)
             .whenComplete { result in
                 let (handler, context) = bound.value
                 switch result {
@@ -158,7 +159,9 @@ package final class GatewayConnectionHandler: ChannelDuplexHandler, RemovableCha
         guard state == .connecting else { return }
         failures.append(UpstreamConnector.describe(error))
         switch target {
-        case .peerGateway(_, let gateway, _): snapshot.peerGatewayUnreachable(gateway.name)
+        case .peerGateway(_, let gateway, _):
+            snapshot.peerGatewayUnreachable(gateway.name)
+            snapshot.outliers?.peerFailed(gateway.name)
         case .local(let endpoint): snapshot.outliers?.failed(route.service, endpoint.address)
         }
         snapshot.logger.debug("upstream attempt failed", metadata: ["target": "\(target)", "error": "\(error)"])
@@ -181,6 +184,7 @@ package final class GatewayConnectionHandler: ChannelDuplexHandler, RemovableCha
             return
         }
         state = .glued
+        if case .peerGateway(_, let gateway, _) = planned.target { snapshot.outliers?.peerSucceeded(gateway.name) }
         let upstreams = snapshot.upstreams, address = planned.target.address
         upstreams.opened(address)
         upstream.closeFuture.whenComplete { _ in upstreams.closed(address) }

@@ -12,6 +12,11 @@ package final class OutlierTracker: Sendable {
     private let enabled: Mutex<Set<ServiceKey>>
     private let store: DataPlaneStore
     private let logger: Logger
+    /// Peer gateways this gateway cannot connect to, until when, and how often in a row. SWIM
+    /// may still call them alive (another gateway reaches them for us), but new connections
+    /// from here would only time out: the plan treats their cluster as unreachable from here
+    /// until the time runs out, then tries again (5 s, doubling to 60 s).
+    private let unreachablePeers = Mutex<[String: (until: ContinuousClock.Instant, strikes: Int)]>([:])
 
     package init(store: DataPlaneStore, logger: Logger) {
         self.store = store
@@ -56,6 +61,38 @@ package final class OutlierTracker: Sendable {
 
     package func sweep() {
         apply(detector.withLock { $0.sweep(now: .now) })
+        publishPeers()  // a wait that ran out lets the peer be tried again
+    }
+
+    /// A connect to a peer gateway failed (refused or timed out) on the data path.
+    package func peerFailed(_ gateway: String) {
+        let now = ContinuousClock.now
+        let marked = unreachablePeers.withLock { peers -> Duration? in
+            // Connections that were already in flight when it was marked add nothing.
+            if let current = peers[gateway], current.until > now { return nil }
+            let strikes = (peers[gateway]?.strikes ?? 0) + 1
+            let wait = min(Duration.seconds(60), .seconds(5) * (1 << min(strikes - 1, 4)))
+            peers[gateway] = (now + wait, strikes)
+            return wait
+        }
+        guard let marked else { return }
+        logger.warning("peer gateway unreachable from here", metadata: ["gateway": "\(gateway)", "retry in": "\(marked)"])
+        publishPeers()
+    }
+
+    /// A connection to a peer gateway got through: it is reachable again.
+    package func peerSucceeded(_ gateway: String) {
+        let changed = unreachablePeers.withLock { $0.removeValue(forKey: gateway) != nil }
+        if changed { publishPeers() }
+    }
+
+    private func publishPeers() {
+        let now = ContinuousClock.now
+        let unreachable = unreachablePeers.withLock { Set($0.filter { $0.value.until > now }.keys) }
+        store.update { current in
+            guard current.picker.unreachableGateways != unreachable else { return current }
+            return current.with(unreachableGateways: unreachable)
+        }
     }
 
     private func apply(_ events: [OutlierDetector.Event]) {

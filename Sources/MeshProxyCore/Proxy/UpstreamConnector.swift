@@ -26,11 +26,15 @@ package enum UpstreamConnector {
 
     package static func connect(to target: UpstreamTarget, tls: GatewayTLS, connectTimeout: Duration,
                                 handshakeTimeout: Duration, keepalive: ConnectionPoolSettings.TCP.Keepalive? = nil,
-                                on eventLoop: any EventLoop) -> EventLoopFuture<any Channel> {
+                                from source: SocketAddress? = nil, on eventLoop: any EventLoop) -> EventLoopFuture<any Channel> {
         var bootstrap = ClientBootstrap(group: eventLoop)
             .connectTimeout(TimeAmount(connectTimeout))
             .channelOption(.allowRemoteHalfClosure, value: true)
             .channelOption(.socketOption(.tcp_nodelay), value: 1)
+        // Dial from the gateway's own address, as a multi-homed gateway must: peers and
+        // firewalls (and a drill's iptables rules) see the gateway, not whichever address the
+        // kernel picks.
+        if let source { bootstrap = bootstrap.bind(to: source) }
         if let keepalive {
             // Istio's tcpKeepalive → SO_KEEPALIVE with the kernel's idle/interval/probe knobs;
             // unset values keep the kernel's defaults, as Envoy does.
