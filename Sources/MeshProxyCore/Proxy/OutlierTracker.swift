@@ -14,9 +14,12 @@ package final class OutlierTracker: Sendable {
     private let logger: Logger
     /// Peer gateways this gateway cannot connect to, until when, and how often in a row. SWIM
     /// may still call them alive (another gateway reaches them for us), but new connections
-    /// from here would only time out: the plan treats their cluster as unreachable from here
+    /// from here would only time out: after `peerFailuresToMark` connect failures in a row
+    /// (one lost SYN is not an outage) the plan treats their cluster as unreachable from here
     /// until the time runs out, then tries again (5 s, doubling to 60 s).
     private let unreachablePeers = Mutex<[String: (until: ContinuousClock.Instant, strikes: Int)]>([:])
+    private let peerFailures = Mutex<[String: Int]>([:])
+    static let peerFailuresToMark = 3
 
     package init(store: DataPlaneStore, logger: Logger) {
         self.store = store
@@ -66,6 +69,11 @@ package final class OutlierTracker: Sendable {
 
     /// A connect to a peer gateway failed (refused or timed out) on the data path.
     package func peerFailed(_ gateway: String) {
+        let failures = peerFailures.withLock { failures -> Int in
+            failures[gateway, default: 0] += 1
+            return failures[gateway]!
+        }
+        guard failures >= Self.peerFailuresToMark else { return }
         let now = ContinuousClock.now
         let marked = unreachablePeers.withLock { peers -> Duration? in
             // Connections that were already in flight when it was marked add nothing.
@@ -82,6 +90,7 @@ package final class OutlierTracker: Sendable {
 
     /// A connection to a peer gateway got through: it is reachable again.
     package func peerSucceeded(_ gateway: String) {
+        peerFailures.withLock { _ = $0.removeValue(forKey: gateway) }
         let changed = unreachablePeers.withLock { $0.removeValue(forKey: gateway) != nil }
         if changed { publishPeers() }
     }

@@ -1,0 +1,155 @@
+import Foundation
+import MeshProxyCore
+import Testing
+
+/// The shipped drills, run as a user runs them. Part of the three-regions suite: its tests run
+/// one at a time, and every drill starts the three-regions topology on 127.0.1–3.x.
+extension ThreeRegionsTopologyTests {
+    struct DrillReportFile: Decodable {
+        struct Fault: Decodable { var action: String; var detectSeconds: Double?; var failoverSeconds: Double?; var failbackSeconds: Double? }
+        struct Second: Decodable { var second: Int; var sent: Int; var succeeded: Int; var failed: [String: Int]; var byCluster: [String: Int]; var byLocality: [String: Int] }
+        var passed: Bool
+        var sent: Int
+        var errorRate: Double
+        var faults: [Fault]
+        var timeline: [Second]
+    }
+
+    func runDrill(_ scenario: String, reportDir: String) throws -> (CommandResult, DrillReportFile?) {
+        let result = try runCommand(PackagePaths.eastwest, ["drill", scenario, "--report-dir", reportDir], timeout: 180)
+        let report = try? JSONDecoder().decode(DrillReportFile.self, from: Data(contentsOf: URL(fileURLWithPath: "\(reportDir)/report.json")))
+        return (result, report)
+    }
+
+    /// Nothing the drill started or changed is left: no process under its state directory, no
+    /// DROP rule between the clusters' addresses.
+    func expectCleanedUp(_ reportDir: String) {
+        let processes = (try? runCommand("/usr/bin/pgrep", ["-f", reportDir]).stdout) ?? ""
+        #expect(processes.isEmpty, "left running: \(processes)")
+        if isRoot, let rules = try? runCommand("/usr/sbin/iptables", ["-S", "OUTPUT"]).stdout {
+            #expect(!rules.contains("127.0.1.0/24") && !rules.contains("127.0.3.0/24"), "left behind: \(rules)")
+        }
+    }
+
+    /// Served answers per locality (or cluster) in seconds [from, to).
+    func served(_ report: DrillReportFile, _ range: Range<Int>, cluster: Bool = false) -> [String: Int] {
+        var total: [String: Int] = [:]
+        for second in report.timeline where range.contains(second.second) {
+            total.merge(cluster ? second.byCluster : second.byLocality, uniquingKeysWith: +)
+        }
+        return total
+    }
+
+    @Test("Shipped drills without root: zone outage spills inside the region, region failover goes to us-west1, a gateway crash moves to the other gateway; every expectation holds, the HTML has the chart, nothing is left running",
+          arguments: ["zone-outage", "region-failover", "gateway-crash"])
+    func shippedDrill(name: String) async throws {
+        let dir = try TemporaryDirectory("drill-\(name)")
+        defer { dir.cleanUp() }
+        let (result, report) = try runDrill("\(PackagePaths.root)/topologies/drills/\(name).yaml", reportDir: dir.path)
+        #expect(result.status == 0, "\(result.stdout)\(result.stderr)")
+        let drill = try #require(report, "no report.json: \(result.stderr)")
+        #expect(drill.passed && drill.sent == 2000)
+        let fault = try #require(drill.faults.first)
+        #expect(fault.detectSeconds != nil, "the fault was not seen")
+        // The kill is at 5 s and the restart at 11 s: seconds 7–10 show where traffic went.
+        switch name {
+        case "zone-outage":
+            #expect(served(drill, 0..<5) == ["us-east1/us-east1-a": 500])
+            #expect(Set(served(drill, 7..<11).keys) == ["us-east1/us-east1-b"])
+        case "region-failover":
+            #expect(Set(served(drill, 7..<11).keys.map { String($0.prefix(8)) }) == ["us-west1"], "\(served(drill, 7..<11))")
+        default:
+            #expect(Set(served(drill, 7..<11, cluster: true).keys) == ["us-east"])
+        }
+        if name != "gateway-crash" {
+            #expect(served(drill, 16..<20)["us-east1/us-east1-a", default: 0] > 0, "no failback: \(served(drill, 16..<20))")
+        }
+        let html = try String(contentsOfFile: "\(dir.path)/report.html", encoding: .utf8)
+        let parsed = try runCommand("/usr/bin/python3", ["-c", """
+            import sys, html.parser
+            class P(html.parser.HTMLParser):
+                def __init__(self): super().__init__(); self.tags = {}
+                def handle_starttag(self, tag, attrs): self.tags[tag] = self.tags.get(tag, 0) + 1
+            p = P(); p.feed(sys.stdin.read()); print(p.tags.get("svg", 0), p.tags.get("rect", 0), p.tags.get("line", 0))
+            """], stdin: Data(html.utf8))
+        let counts = parsed.stdout.split(separator: " ").compactMap { Int($0.trimmingCharacters(in: .whitespacesAndNewlines)) }
+        #expect(counts.count == 3 && counts[0] == 1 && counts[1] >= 20 && counts[2] >= 2, "svg, rects, fault lines: \(parsed.stdout)\(parsed.stderr)")
+        #expect(FileManager.default.fileExists(atPath: "\(dir.path)/report.md"))
+        expectCleanedUp(dir.path)
+    }
+
+    @Test("Shipped drills with iptables: a partition is seen and heals, 10 % loss costs requests within the scenario's bound; no rule is left behind",
+          .enabled(if: isRoot && FileManager.default.isExecutableFile(atPath: "/usr/sbin/iptables"), "needs root and iptables"),
+          arguments: ["partition-heal", "packet-loss"])
+    func shippedNetworkDrill(name: String) async throws {
+        let dir = try TemporaryDirectory("drill-\(name)")
+        defer { dir.cleanUp() }
+        let (result, report) = try runDrill("\(PackagePaths.root)/topologies/drills/\(name).yaml", reportDir: dir.path)
+        #expect(result.status == 0, "\(result.stdout)\(result.stderr)")
+        let drill = try #require(report)
+        #expect(drill.passed)
+        if name == "partition-heal" {
+            #expect(drill.faults.first?.detectSeconds != nil, "the partition was not seen")
+            // During the cut nothing from us-east reaches ledger; after the heal it does again.
+            #expect(served(drill, 7..<10, cluster: true).isEmpty)
+            #expect(served(drill, 15..<20, cluster: true)["eu-west", default: 0] > 0)
+        } else {
+            #expect(drill.errorRate < 0.2 && drill.errorRate > 0, "loss costs requests, within the scenario's bound")
+        }
+        expectCleanedUp(dir.path)
+    }
+
+    @Test("An impossible expectation exits 1 and the report says which; a malformed scenario exits 2 with file:line:column")
+    func drillExitCodes() async throws {
+        let dir = try TemporaryDirectory("drill-exit")
+        defer { dir.cleanUp() }
+        let impossible = "\(dir.path)/impossible.yaml"
+        try """
+            name: impossible
+            topology: \(PackagePaths.root)/topologies/three-regions.yaml
+            policies: [\(PackagePaths.root)/topologies/policies/echo-drill.yaml]
+            duration: 8s
+            load: {from: us-east, host: echo.default.svc.cluster.local, concurrency: 4, rate: 50}
+            steps:
+            - {at: 3s, action: kill, target: {zone: us-east1-a}}
+            expect: {maxFailoverSeconds: 0.001}
+            """.write(toFile: impossible, atomically: true, encoding: .utf8)
+        let (result, report) = try runDrill(impossible, reportDir: "\(dir.path)/report")
+        #expect(result.status == 1, "\(result.stderr)")
+        #expect(report?.passed == false)
+        #expect(result.stdout.contains("| maxFailoverSeconds | 0.001 |") && result.stdout.contains("**FAILED**"), "\(result.stdout)")
+        expectCleanedUp("\(dir.path)/report")
+
+        let malformed = "\(dir.path)/malformed.yaml"
+        try """
+            name: malformed
+            topology: \(PackagePaths.root)/topologies/three-regions.yaml
+            duration: 10s
+            load: {from: nowhere, host: echo.default.svc.cluster.local, rate: 50}
+            steps:
+            - {at: 30s, action: kill, target: {zone: us-east1-a}}
+            """.write(toFile: malformed, atomically: true, encoding: .utf8)
+        let bad = try runCommand(PackagePaths.eastwest, ["drill", malformed, "--report-dir", "\(dir.path)/bad"])
+        #expect(bad.status == 2)
+        #expect(bad.stderr.contains("malformed.yaml:6:4: error: steps[0].at: 30s is not before the end of the drill (10s)"), "\(bad.stderr)")
+        #expect(bad.stderr.contains("malformed.yaml:4:") && bad.stderr.contains("load.from: 'nowhere' is not a cluster"), "\(bad.stderr)")
+    }
+
+    @Test("Ctrl-C during a partition heals it and stops everything",
+          .enabled(if: isRoot && FileManager.default.isExecutableFile(atPath: "/usr/sbin/iptables"), "needs root and iptables"))
+    func interruptedPartitionHeals() async throws {
+        let dir = try TemporaryDirectory("drill-sigint")
+        defer { dir.cleanUp() }
+        let drill = try ChildProcess(name: "drill", arguments: [
+            PackagePaths.eastwest, "drill", "\(PackagePaths.root)/topologies/drills/partition-heal.yaml", "--report-dir", "\(dir.path)/report"],
+            logPath: "\(dir.path)/drill.log")
+        defer { drill.stop() }
+        #expect(await eventually(timeout: .seconds(90)) { drill.log.contains("partition us-east <-> eu-west") }, "\(drill.log)")
+        let rules = try runCommand("/usr/sbin/iptables", ["-S", "OUTPUT"]).stdout
+        #expect(rules.contains("127.0.1.0/24"), "the partition is in place: \(rules)")
+        drill.signal(SIGINT)
+        #expect(await drill.waitForExit(timeout: .seconds(30)) == 130)
+        #expect(drill.log.contains("interrupted: every fault was undone"))
+        expectCleanedUp("\(dir.path)/report")
+    }
+}
