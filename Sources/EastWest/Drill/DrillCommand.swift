@@ -52,12 +52,12 @@ struct DrillCommand: AsyncParsableCommand {
         do {
             (report, marks) = try await DrillRun(drill: drill, plan: plan, injector: injector, interrupted: { interrupted.load(ordering: .relaxed) }).run()
         } catch {
-            injector.cleanUp()
+            await injector.cleanUp()
             await supervisor.stopAll()
             printError("error: \(error)")
             throw ExitCode(1)
         }
-        injector.cleanUp()
+        await injector.cleanUp()
         await supervisor.stopAll()
 
         let encoder = JSONEncoder()
@@ -163,7 +163,7 @@ struct DrillRun {
                     try? await Task.sleep(until: start + step.at.duration, clock: .continuous)
                     if interrupted() { return }
                     let at = (ContinuousClock.now - start).seconds
-                    var hit = try injector.apply(step)
+                    var hit = try await injector.apply(step, remaining: duration - step.at.duration)
                     if [.partition, .heal, .loss].contains(step.action) {
                         // What a cut hits, seen from the load's side: the other cluster.
                         let own = Set(fromGateways)

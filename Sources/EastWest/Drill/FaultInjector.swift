@@ -10,6 +10,8 @@ final class FaultInjector: Sendable {
     private let supervisor: Supervisor
     private let rules = Mutex<[[String]]>([])
     private let stopped = Mutex<Set<String>>([])
+    /// What the blackhole in force hit (an unblackhole is its recovery).
+    private let blackholed = Mutex<Hit?>(nil)
 
     init(topology: Topology, supervisor: Supervisor) {
         self.topology = topology
@@ -56,7 +58,8 @@ final class FaultInjector: Sendable {
     }
 
     /// Carries out one step; returns what it hit, or throws with the reason.
-    func apply(_ step: DrillScenario.Step) throws -> Hit {
+    /// - Parameter remaining: how long the drill still runs (a blackhole's default duration).
+    func apply(_ step: DrillScenario.Step, remaining: Duration) async throws -> Hit {
         switch step.action {
         case .kill, .stop, .resume, .restart:
             let hit = resolve(step.target)
@@ -94,9 +97,40 @@ final class FaultInjector: Sendable {
                 try addRule(["-s", from, "-d", to] + match + ["-j", "DROP"])
             }
             return hit
-        case .blackhole, .unblackhole:
-            throw DrillError("\(step.action.rawValue) is not available yet")
+        case .blackhole:
+            // Every gateway treats the target as unreachable; it expires by itself.
+            var hit = Hit()
+            let t = step.target
+            for cluster in topology.clusters where t.cluster == nil || t.cluster == cluster.name {
+                for endpoint in (cluster.services ?? []).flatMap(\.endpoints) {
+                    if let region = t.region, endpoint.locality?.region != region { continue }
+                    if let zone = t.zone, endpoint.locality?.zone != zone { continue }
+                    if !hit.clusters.contains(cluster.name) { hit.clusters.append(cluster.name) }
+                    if let locality = endpoint.locality?.description, !hit.localities.contains(locality) { hit.localities.append(locality) }
+                }
+            }
+            let duration = step.duration?.duration ?? remaining + .seconds(5)
+            let selector = [t.cluster.map { "\"cluster\": \"\($0)\"" }, t.region.map { "\"region\": \"\($0)\"" },
+                            t.zone.map { "\"zone\": \"\($0)\"" }].compactMap { $0 }.joined(separator: ", ")
+            let body = "{\"blackhole\": {\(selector)}, \"duration\": \"\(Int(duration.seconds.rounded(.up)))s\"}"
+            for admin in admins {
+                let reply = try await Probe.http("POST", admin, path: "/v1/faults", body: body)
+                guard reply.status == 201 else { throw DrillError("blackhole at \(admin): \(reply.status) \(reply.body)") }
+            }
+            blackholed.withLock { $0 = hit }
+            return hit
+        case .unblackhole:
+            let hit = blackholed.withLock { $0 } ?? Hit()
+            await clearBlackholes()
+            return hit
         }
+    }
+
+    private var admins: [HostPort] { topology.clusters.flatMap { $0.gateways.compactMap(\.admin) } }
+
+    private func clearBlackholes() async {
+        for admin in admins { _ = try? await Probe.http("DELETE", admin, path: "/v1/faults") }
+        blackholed.withLock { $0 = nil }
     }
 
     /// Every cluster lives in its own 127.0.x.0/24: the first gateway's /24.
@@ -134,8 +168,10 @@ final class FaultInjector: Sendable {
         return process.terminationStatus
     }
 
-    /// Removes every rule this drill added and resumes every process it stopped.
-    func cleanUp() {
+    /// Removes every rule this drill added, resumes every process it stopped and clears the
+    /// gateways' blackholes.
+    func cleanUp() async {
+        if blackholed.withLock({ $0 }) != nil { await clearBlackholes() }
         removeRules { _ in true }
         for name in stopped.withLock({ state in defer { state = [] }; return state }) { supervisor.signal(name, SIGCONT) }
     }

@@ -20,6 +20,8 @@ struct AdminAPI: Sendable {
     let gossip: GossipService?
     /// The data plane as new connections see it; `/v1/plan` shows its traffic plan.
     let store: DataPlaneStore
+    /// Drill faults (`/v1/faults`).
+    let blackholes: Blackholes
 
     func respond(_ request: PlainHTTPRequest, on eventLoop: any EventLoop) -> EventLoopFuture<PlainHTTPResponse> {
         // A blocking query parks until the federation view passes the index the caller saw.
@@ -51,6 +53,7 @@ struct AdminAPI: Sendable {
         if request.method == .PUT, request.path == "/v1/catalog/register" || request.path == "/v1/catalog/deregister" {
             return catalogChange(request)
         }
+        if request.path == "/v1/faults" { return faults(request) }
         guard request.method == .GET else { return PlainHTTPResponse(status: .methodNotAllowed, text: "only GET\n") }
         switch request.path {
         case "/healthz/ready":
@@ -208,6 +211,40 @@ extension AdminAPI {
             return PlainHTTPResponse(status: .notFound, text: "subset '\(subset ?? "")' is not defined for \(host)\n")
         }
         return json(plan)
+    }
+}
+
+extension AdminAPI {
+    /// `POST /v1/faults` with `{"blackhole": {"cluster"|"region"|"zone": …}, "duration": "30s"}`:
+    /// this gateway treats those endpoints as unreachable for the duration (at most 1 h), then
+    /// returns to normal by itself. `DELETE /v1/faults` ends them all; `GET` lists them.
+    func faults(_ request: PlainHTTPRequest) -> PlainHTTPResponse {
+        struct Listed: Encodable { var cluster, region, zone: String?; var secondsLeft: Double }
+        switch request.method {
+        case .GET:
+            let now = ContinuousClock.now
+            return json(blackholes.current.map { Listed(cluster: $0.cluster, region: $0.region, zone: $0.zone, secondsLeft: ($0.until - now).seconds) })
+        case .DELETE:
+            blackholes.clear()
+            return PlainHTTPResponse(text: "every fault cleared\n")
+        case .POST:
+            struct Body: Decodable { var blackhole: Blackhole; var duration: String }
+            guard let body = try? JSONDecoder().decode(Body.self, from: Data(request.body.readableBytesView)) else {
+                return PlainHTTPResponse(status: .badRequest, text: #"body must be {"blackhole": {"cluster"|"region"|"zone": "…"}, "duration": "30s"}"# + "\n")
+            }
+            guard let duration = ConfigDuration(parsing: body.duration), duration.duration > .zero, duration.duration <= .seconds(3600) else {
+                return PlainHTTPResponse(status: .badRequest, text: "duration '\(body.duration)' must be from 1ms to 1h\n")
+            }
+            var blackhole = body.blackhole
+            guard blackhole.cluster != nil || blackhole.region != nil || blackhole.zone != nil else {
+                return PlainHTTPResponse(status: .badRequest, text: "blackhole needs a cluster, region or zone\n")
+            }
+            blackhole.until = .now + duration.duration
+            blackholes.add(blackhole)
+            return PlainHTTPResponse(status: .created, text: "blackhole \(blackhole.target) for \(duration)\n")
+        default:
+            return PlainHTTPResponse(status: .methodNotAllowed, text: "GET, POST or DELETE\n")
+        }
     }
 }
 

@@ -81,6 +81,7 @@ struct GatewayNode: Service {
 
     func run() async throws {
         let outliers = OutlierTracker(store: store, logger: logger)
+        let blackholes = Blackholes(store: store, logger: logger)
         let gossip = try makeGossip(outliers: outliers)
         store.update { current in
             var next = current
@@ -93,6 +94,7 @@ struct GatewayNode: Service {
             while !Task.isCancelled {
                 try? await Task.sleep(for: .seconds(1))
                 outliers.sweep()
+                blackholes.sweep()
             }
         }
         defer { sweeper.cancel() }
@@ -109,7 +111,7 @@ struct GatewayNode: Service {
             bound = try await listener.bind()
             admin = try await PlainHTTPServer.bind(
                 host: config.effectiveAdmin.host, port: config.effectiveAdmin.port, role: "admin listener",
-                group: group, responder: AdminAPI(config: config, registry: registry, ready: ready, gossip: gossip, store: store).respond)
+                group: group, responder: AdminAPI(config: config, registry: registry, ready: ready, gossip: gossip, store: store, blackholes: blackholes).respond)
         } catch {
             printError("error: \(error)")
             _ = await listener.drain(timeout: .zero)

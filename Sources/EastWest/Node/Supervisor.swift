@@ -161,6 +161,11 @@ enum Probe {
 
     /// A one-shot HTTP/1.0 GET: status code and body. Enough for admin APIs.
     static func httpGet(_ address: HostPort, path: String) async throws -> (status: Int, body: String) {
+        try await http("GET", address, path: path)
+    }
+
+    /// One HTTP/1.0 request to an admin API; the answer's status and body.
+    static func http(_ method: String, _ address: HostPort, path: String, body: String = "") async throws -> (status: Int, body: String) {
         let collected = MultiThreadedEventLoopGroup.singleton.next().makePromise(of: ByteBuffer.self)
         let channel: any Channel
         do {
@@ -174,7 +179,7 @@ enum Probe {
             collected.fail(error)  // a promise must be completed, even when nothing connected
             throw error
         }
-        try await channel.writeAndFlush(ByteBuffer(string: "GET \(path) HTTP/1.0\r\nHost: \(address)\r\n\r\n"))
+        try await channel.writeAndFlush(ByteBuffer(string: "\(method) \(path) HTTP/1.0\r\nHost: \(address)\r\nContent-Length: \(body.utf8.count)\r\n\r\n\(body)"))
         let buffer = try await collected.futureResult.get()
         let text = String(buffer: buffer)
         let statusLine = text.split(separator: "\r\n", maxSplits: 1).first ?? ""

@@ -37,6 +37,7 @@ package struct DrillScenario: Codable, Sendable, Equatable {
         case kill, stop, resume, restart, partition, heal, loss, blackhole, unblackhole
         /// Steps that change firewall rules need root.
         package var needsRoot: Bool { self == .partition || self == .heal || self == .loss }
+        /// Steps that work on any deployment through the gateways' admin API.
         /// Steps that end an earlier fault (a failback is measured from them).
         package var isRecovery: Bool { self == .restart || self == .resume || self == .heal || self == .unblackhole }
     }
@@ -62,6 +63,8 @@ package struct DrillScenario: Codable, Sendable, Equatable {
         package var target: Target
         /// For `loss`: percent of packets dropped between the two clusters.
         package var percent: Double?
+        /// For `blackhole`: how long the gateways keep it (default: to the end of the drill).
+        package var duration: ConfigDuration?
     }
 
     package struct Expectations: Codable, Sendable, Equatable {
@@ -92,9 +95,13 @@ extension DrillScenario: ConfigValidatable {
                 if step.action == .loss, !(0 < (step.percent ?? 0) && (step.percent ?? 0) <= 100) {
                     errors.append(map.error(.invalidValue, at: path.key("percent"), "loss needs a percent from 0 (exclusive) to 100"))
                 }
-            case .blackhole, .unblackhole:
-                errors.append(map.error(.invalidValue, at: path.key("action"),
-                                        "\(step.action.rawValue) needs the gateways' admin fault API, which is not built yet; use kill/stop/partition"))
+            case .blackhole:
+                let t = step.target
+                if t.cluster == nil, t.region == nil, t.zone == nil {
+                    errors.append(map.error(.invalidValue, at: path.key("target"), "blackhole needs a cluster, region or zone"))
+                }
+            case .unblackhole:
+                break
             case .kill, .stop, .resume, .restart:
                 let t = step.target
                 if t.cluster == nil, t.region == nil, t.zone == nil, t.gateway == nil, t.service == nil {

@@ -60,6 +60,8 @@ package struct EndpointPicker: Sendable {
     package var ejected: [ServiceKey: Set<HostPort>]
     /// Peer gateways this gateway cannot connect to right now: not used, as if not alive.
     package var unreachableGateways: Set<String>
+    /// Drill faults in force: endpoints they cover are out of the plan.
+    package var blackholes: [Blackhole]
     private var plans: [PlanKey: RoutePlan] = [:]
 
     struct PlanKey: Hashable, Sendable {
@@ -84,13 +86,14 @@ package struct EndpointPicker: Sendable {
 
     package init(endpoints: MeshEndpoints, policies: [DestinationRule] = [], client: Locality? = nil,
                  clientLabels: [String: String] = [:], ejected: [ServiceKey: Set<HostPort>] = [:],
-                unreachableGateways: Set<String> = []) {
+                unreachableGateways: Set<String> = [], blackholes: [Blackhole] = []) {
         self.endpoints = endpoints
         self.policies = policies
         self.client = client ?? Locality(region: "")
         self.clientLabels = clientLabels
         self.ejected = ejected
         self.unreachableGateways = unreachableGateways
+        self.blackholes = blackholes
         for cluster in endpoints.clusters.values {
             for service in cluster.services.keys {
                 var subsets: [String?] = [nil]
@@ -103,6 +106,15 @@ package struct EndpointPicker: Sendable {
                 }
             }
         }
+    }
+
+    /// The same inputs with `change` applied, planned afresh (health changed, faults, …).
+    package func replanned(_ change: (inout EndpointPicker) -> Void) -> EndpointPicker {
+        var inputs = self
+        change(&inputs)
+        return EndpointPicker(endpoints: inputs.endpoints, policies: inputs.policies, client: inputs.client,
+                              clientLabels: inputs.clientLabels, ejected: inputs.ejected,
+                              unreachableGateways: inputs.unreachableGateways, blackholes: inputs.blackholes)
     }
 
     /// What the data plane does for this service now: the `/v1/plan` answer.
@@ -166,7 +178,9 @@ package struct EndpointPicker: Sendable {
             // Endpoints behind a network with no usable gateway are out of the plan, as Istio
             // drops them from EDS: they are unreachable, not merely unhealthy.
             guard isLocal || !cluster.gateways.isEmpty else { continue }
-            let matching = (cluster.services[key.service] ?? []).filter { $0.matches(selector) }
+            let matching = (cluster.services[key.service] ?? []).filter { endpoint in
+                endpoint.matches(selector) && !blackholes.contains { $0.covers(cluster: cluster.name, locality: endpoint.locality) }
+            }
             for endpoint in matching {
                 let locality = endpoint.locality?.description ?? ""
                 let healthy = !isLocal || !(ejected[key.service]?.contains(endpoint.address) ?? false)

@@ -52,26 +52,32 @@ extension DataPlaneSnapshot {
         next.routes = RouteTable(endpoints: mesh)
         var clientLabels: [String: String] = [:]
         if let network = config.network { clientLabels["topology.istio.io/network"] = network }
-        next.picker = EndpointPicker(endpoints: mesh, policies: picker.policies, client: config.locality,
-                                     clientLabels: clientLabels, ejected: picker.ejected, unreachableGateways: picker.unreachableGateways)
+        next.picker = picker.replanned { inputs in
+            inputs.endpoints = mesh
+            inputs.client = config.locality ?? Locality(region: "")
+            inputs.clientLabels = clientLabels
+        }
         return next
     }
-}
 
-extension DataPlaneSnapshot {
     /// The same gateway after outlier detection ejected or restored endpoints.
     package func with(ejected: [ServiceKey: Set<HostPort>]) -> DataPlaneSnapshot {
         var next = self
-        next.picker = EndpointPicker(endpoints: picker.endpoints, policies: picker.policies, client: picker.client,
-                                     clientLabels: picker.clientLabels, ejected: ejected, unreachableGateways: picker.unreachableGateways)
+        next.picker = picker.replanned { $0.ejected = ejected }
         return next
     }
 
     /// The same gateway after peer gateways became unreachable (or reachable) from here.
     package func with(unreachableGateways: Set<String>) -> DataPlaneSnapshot {
         var next = self
-        next.picker = EndpointPicker(endpoints: picker.endpoints, policies: picker.policies, client: picker.client,
-                                     clientLabels: picker.clientLabels, ejected: picker.ejected, unreachableGateways: unreachableGateways)
+        next.picker = picker.replanned { $0.unreachableGateways = unreachableGateways }
+        return next
+    }
+
+    /// The same gateway with the drill faults now in force.
+    package func with(blackholes: [Blackhole]) -> DataPlaneSnapshot {
+        var next = self
+        next.picker = picker.replanned { $0.blackholes = blackholes }
         return next
     }
 }
