@@ -13,10 +13,15 @@ struct DrillCommand: AsyncParsableCommand {
 
     @Argument(help: "Scenario file.") var scenario: String
     @Option(help: "Where report.json, report.md, report.html and the topology's state go.") var reportDir: String?
+    @Option(help: "Requests per second, instead of the scenario's (e.g. lower on a small machine).") var rate: Int?
     @Flag(help: "Print the report as JSON instead of Markdown.") var json = false
 
     func run() async throws {
-        let (drill, topology) = try Self.load(scenario)
+        var (drill, topology) = try Self.load(scenario)
+        if let rate {
+            guard rate >= 1 else { throw ValidationError("--rate must be at least 1") }
+            drill.load.rate = rate
+        }
         let dir = reportDir ?? ".eastwest/drills/\(drill.name)"
         try FileManager.default.createDirectory(atPath: "\(dir)/state/logs", withIntermediateDirectories: true)
         if let rootStep = drill.steps.firstIndex(where: { $0.action.needsRoot }), getuid() != 0 {
