@@ -117,4 +117,52 @@ extension ThreeRegionsTopologyTests {
         up.signal(SIGINT)
         #expect(await up.waitForExit(timeout: .seconds(30)) == 0)
     }
+
+    @Test("distribute on the shipped three-regions topology: 2000 connections from us-east split 80/20 between us-east1 and us-west1 as eastwest plan predicts, none to eu-west1")
+    func distributeAcrossRegions() async throws {
+        let dir = try TemporaryDirectory("distribute")
+        defer { dir.cleanUp() }
+        var topology = try ConfigLoader.load(Topology.self, file: "\(PackagePaths.root)/topologies/three-regions.yaml")
+        try """
+            apiVersion: networking.istio.io/v1
+            kind: DestinationRule
+            metadata: {name: echo}
+            spec:
+              host: echo.default.svc.cluster.local
+              trafficPolicy:
+                loadBalancer:
+                  localityLbSetting:
+                    distribute:
+                    - from: us-east1/*
+                      to: {"us-east1/*": 80, "us-west1/*": 20}
+            """.write(toFile: "\(dir.path)/echo-distribute.yaml", atomically: true, encoding: .utf8)
+        topology.policies = ["\(dir.path)/echo-distribute.yaml"]
+        try YAMLEncoder().encode(topology).write(toFile: "\(dir.path)/topology.yaml", atomically: true, encoding: .utf8)
+        let state = "\(dir.path)/state"
+        let up = try ChildProcess(name: "up", arguments: [PackagePaths.eastwest, "up", "\(dir.path)/topology.yaml", "--state-dir", state],
+                                  logPath: "\(dir.path)/up.log")
+        defer { up.stop() }
+        try #require(await eventually(timeout: .seconds(90)) { FileManager.default.fileExists(atPath: "\(state)/ready.json") }, "\(up.log)")
+
+        // What eastwest plan predicts for a client in us-east1-a, from the same files.
+        let endpoints = "\(dir.path)/endpoints.yaml"
+        let echo = topology.clusters.flatMap { ($0.services ?? []).filter { $0.host == "echo.default.svc.cluster.local" }.flatMap(\.endpoints) }
+        try ("endpoints:\n" + echo.map { "- {locality: \($0.locality!.description)}" }.joined(separator: "\n") + "\n")
+            .write(toFile: endpoints, atomically: true, encoding: .utf8)
+        let (predicted, planResult) = try PlanCommandTests().plan(["--from", "us-east1/us-east1-a", "--endpoints", endpoints,
+                                                                  "--policy", "\(dir.path)/echo-distribute.yaml"])
+        let shares = try #require(predicted?.shares, "\(planResult.stderr)")
+        let client = "\(state)/certs/us-east/client"
+        let observed = try await MeshLoad.run(count: 2000, gateway: HostPort(host: "127.0.1.1", port: 15443), host: "echo.default.svc.cluster.local",
+                                              client: client, root: "\(client)/root-cert.pem", field: "cluster")
+        let total = Double(observed.values.reduce(0, +))
+        let usEast = shares.filter { $0.key.hasPrefix("us-east1") }.values.reduce(0, +)
+        let usWest = shares.filter { $0.key.hasPrefix("us-west1") }.values.reduce(0, +)
+        #expect(abs(usEast - 0.8) < 0.01 && abs(usWest - 0.2) < 0.01, "\(shares)")
+        #expect(abs(Double(observed["us-east", default: 0]) / total - usEast) < 0.03, "\(observed)")
+        #expect(abs(Double(observed["us-west", default: 0]) / total - usWest) < 0.03, "\(observed)")
+        #expect(observed["eu-west"] == nil && observed["failed"] == nil, "\(observed)")
+        up.signal(SIGINT)
+        #expect(await up.waitForExit(timeout: .seconds(30)) == 0)
+    }
 }
