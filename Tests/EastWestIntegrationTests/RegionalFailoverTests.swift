@@ -21,18 +21,11 @@ extension ThreeRegionsTopologyTests {
                 Endpoint(address: HostPort(host: "127.0.1.\(last)", port: 8080), locality: zoneA, labels: ["version": "v1"]))
         }
         let zoneAAddresses = ["127.0.1.10", "127.0.1.12", "127.0.1.13", "127.0.1.14"].map { "\($0):8080" }
-        try """
-            apiVersion: networking.istio.io/v1
-            kind: DestinationRule
-            metadata: {name: echo}
-            spec:
-              host: echo.default.svc.cluster.local
-              trafficPolicy:
-                loadBalancer:
-                  localityLbSetting: {enabled: true, failover: [{from: us-east1, to: us-west1}]}
-                outlierDetection: {consecutiveGatewayErrors: 1, interval: 1s, baseEjectionTime: 3s, maxEjectionPercent: 100}
-            """.write(toFile: "\(dir.path)/echo-failover.yaml", atomically: true, encoding: .utf8)
-        topology.policies = ["\(dir.path)/echo-failover.yaml"]
+        topology.policies = [try TestFiles.writeDestinationRule(in: dir.path, trafficPolicy: """
+            loadBalancer:
+              localityLbSetting: {enabled: true, failover: [{from: us-east1, to: us-west1}]}
+            outlierDetection: {consecutiveGatewayErrors: 1, interval: 1s, baseEjectionTime: 3s, maxEjectionPercent: 100}
+            """)]
         topology.clusters[0].gateways = [topology.clusters[0].gateways[0]]  // one us-east gateway is enough here
         try YAMLEncoder().encode(topology).write(toFile: "\(dir.path)/topology.yaml", atomically: true, encoding: .utf8)
 
@@ -123,20 +116,14 @@ extension ThreeRegionsTopologyTests {
         let dir = try TemporaryDirectory("distribute")
         defer { dir.cleanUp() }
         var topology = try ConfigLoader.load(Topology.self, file: "\(PackagePaths.root)/topologies/three-regions.yaml")
-        try """
-            apiVersion: networking.istio.io/v1
-            kind: DestinationRule
-            metadata: {name: echo}
-            spec:
-              host: echo.default.svc.cluster.local
-              trafficPolicy:
-                loadBalancer:
-                  localityLbSetting:
-                    distribute:
-                    - from: us-east1/*
-                      to: {"us-east1/*": 80, "us-west1/*": 20}
-            """.write(toFile: "\(dir.path)/echo-distribute.yaml", atomically: true, encoding: .utf8)
-        topology.policies = ["\(dir.path)/echo-distribute.yaml"]
+        let policy = try TestFiles.writeDestinationRule(in: dir.path, trafficPolicy: """
+            loadBalancer:
+              localityLbSetting:
+                distribute:
+                - from: us-east1/*
+                  to: {"us-east1/*": 80, "us-west1/*": 20}
+            """)
+        topology.policies = [policy]
         try YAMLEncoder().encode(topology).write(toFile: "\(dir.path)/topology.yaml", atomically: true, encoding: .utf8)
         let state = "\(dir.path)/state"
         let up = try ChildProcess(name: "up", arguments: [PackagePaths.eastwest, "up", "\(dir.path)/topology.yaml", "--state-dir", state],
@@ -150,7 +137,7 @@ extension ThreeRegionsTopologyTests {
         try ("endpoints:\n" + echo.map { "- {locality: \($0.locality!.description)}" }.joined(separator: "\n") + "\n")
             .write(toFile: endpoints, atomically: true, encoding: .utf8)
         let (predicted, planResult) = try PlanCommandTests().plan(["--from", "us-east1/us-east1-a", "--endpoints", endpoints,
-                                                                  "--policy", "\(dir.path)/echo-distribute.yaml"])
+                                                                  "--policy", policy])
         let shares = try #require(predicted?.shares, "\(planResult.stderr)")
         let client = "\(state)/certs/us-east/client"
         let observed = try await MeshLoad.run(count: 2000, gateway: HostPort(host: "127.0.1.1", port: 15443), host: "echo.default.svc.cluster.local",

@@ -62,18 +62,7 @@ final class TestMesh: @unchecked Sendable {  // used from one test task only
     /// Writes a DestinationRule for `host` with `trafficPolicy` (YAML, unindented) and returns
     /// its path, for a gateway config's `policies:`.
     func writeDestinationRule(host: String = "echo.default.svc.cluster.local", trafficPolicy: String) throws -> String {
-        let path = "\(directory)/destination-rule-\(UUID().uuidString.prefix(8)).yaml"
-        let indented = trafficPolicy.split(separator: "\n", omittingEmptySubsequences: false).map { "    " + $0 }.joined(separator: "\n")
-        try """
-            apiVersion: networking.istio.io/v1
-            kind: DestinationRule
-            metadata: {name: test}
-            spec:
-              host: \(host)
-              trafficPolicy:
-            \(indented)
-            """.write(toFile: path, atomically: true, encoding: .utf8)
-        return path
+        try TestFiles.writeDestinationRule(in: directory, host: host, trafficPolicy: trafficPolicy)
     }
 
     @discardableResult
@@ -123,5 +112,25 @@ final class TestMesh: @unchecked Sendable {  // used from one test task only
 extension GatewayConfig.ServiceConfig {
     static func echo(_ addresses: String..., host: String = "echo.default.svc.cluster.local", port: Int = 8080) -> Self {
         .init(host: host, port: port, endpoints: addresses.map { Endpoint(address: HostPort(parsing: $0)!) })
+    }
+}
+
+/// Test fixtures written as files, the way users hand them to eastwest.
+enum TestFiles {
+    /// A DestinationRule for `host` with `trafficPolicy` (YAML, unindented); returns its path.
+    static func writeDestinationRule(in directory: String, host: String = "echo.default.svc.cluster.local",
+                                     trafficPolicy: String) throws -> String {
+        let path = "\(directory)/destination-rule-\(UUID().uuidString.prefix(8)).yaml"
+        let indented = trafficPolicy.split(separator: "\n", omittingEmptySubsequences: false).map { "    " + $0 }.joined(separator: "\n")
+        try """
+            apiVersion: networking.istio.io/v1
+            kind: DestinationRule
+            metadata: {name: test}
+            spec:
+              host: \(host)
+              trafficPolicy:
+            \(indented)
+            """.write(toFile: path, atomically: true, encoding: .utf8)
+        return path
     }
 }
