@@ -10,6 +10,8 @@ extension ThreeRegionsTopologyTests {
         struct Second: Decodable { var second: Int; var sent: Int; var succeeded: Int; var failed: [String: Int]; var byCluster: [String: Int]; var byLocality: [String: Int] }
         var passed: Bool
         var sent: Int
+        var succeeded: Int
+        var gatewayOpenedConnections: Int?
         var errorRate: Double
         var faults: [Fault]
         var timeline: [Second]
@@ -108,6 +110,28 @@ extension ThreeRegionsTopologyTests {
             #expect(drill.errorRate < 0.2 && drill.errorRate > 0, "loss costs requests, within the scenario's bound")
         }
         expectCleanedUp(dir.path)
+    }
+
+    @Test("The load generator's numbers are honest: without faults, every request it counts as sent and answered is a connection the gateway itself counted")
+    func loadCountsMatchGateway() async throws {
+        let dir = try TemporaryDirectory("drill-honest")
+        defer { dir.cleanUp() }
+        let scenario = "\(dir.path)/steady.yaml"
+        try """
+            name: steady
+            topology: \(PackagePaths.root)/topologies/three-regions.yaml
+            duration: 6s
+            load: {from: us-east, host: ledger.default.svc.cluster.local, concurrency: 4, rate: 30}
+            steps: []
+            expect: {maxErrorRate: 0}
+            """.write(toFile: scenario, atomically: true, encoding: .utf8)
+        let (result, report) = try runDrill(scenario, reportDir: "\(dir.path)/report")
+        #expect(result.status == 0, "\(result.stdout)\(result.stderr)")
+        let drill = try #require(report)
+        #expect(drill.sent == 6 * Self.testRate && drill.succeeded == drill.sent)
+        #expect(drill.gatewayOpenedConnections == drill.succeeded, "gateway counted \(String(describing: drill.gatewayOpenedConnections))")
+        #expect(served(drill, 0..<6, cluster: true) == ["eu-west": drill.sent])
+        expectCleanedUp("\(dir.path)/report")
     }
 
     @Test("An impossible expectation exits 1 and the report says which; a malformed scenario exits 2 with file:line:column")

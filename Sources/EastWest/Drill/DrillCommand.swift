@@ -161,6 +161,7 @@ struct DrillRun {
         let fromLocalities = plan.topology.clusters.filter { $0.name == from }
             .flatMap { ($0.services ?? []).flatMap { $0.endpoints.compactMap { $0.locality?.description } } }
 
+        let openedBefore = await Self.openedConnections(admin: admin, host: host)
         try await withThrowingTaskGroup(of: Void.self) { group in
             group.addTask { await engine.run(start: start, duration: duration) }
             group.addTask {
@@ -216,6 +217,23 @@ struct DrillRun {
             timeline.append(entry)
         }
         let happened = log.faults.withLock { $0 }
-        return (DrillAnalysis.report(scenario: drill, timeline: timeline, faults: happened), happened)
+        var report = DrillAnalysis.report(scenario: drill, timeline: timeline, faults: happened)
+        // Give the gateway a moment to close the last connections' books.
+        try? await Task.sleep(for: .milliseconds(300))
+        if let before = openedBefore, let after = await Self.openedConnections(admin: admin, host: host) {
+            report.gatewayOpenedConnections = after - before
+        }
+        return (report, happened)
+    }
+
+    /// The gateway's own count of proxied connections for `host` (every source and cluster).
+    static func openedConnections(admin: HostPort, host: String) async -> Int? {
+        guard let reply = try? await Probe.httpGet(admin, path: "/stats/prometheus"), reply.status == 200 else { return nil }
+        var total = 0.0
+        for line in reply.body.split(separator: "\n") where line.hasPrefix("istio_tcp_connections_opened_total{")
+            && line.contains("destination_service=\"\(host)\"") {
+            total += Double(line.split(separator: " ").last ?? "0") ?? 0
+        }
+        return Int(total)
     }
 }

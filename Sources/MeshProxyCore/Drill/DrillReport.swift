@@ -80,6 +80,9 @@ package struct DrillReport: Codable, Sendable, Equatable {
     package var faults: [FaultResult]
     package var checks: [Check]
     package var passed: Bool
+    /// Connections the client-side gateway itself counted as proxied for the host during the
+    /// drill (`istio_tcp_connections_opened_total`): a check on the load generator's numbers.
+    package var gatewayOpenedConnections: Int?
     package var timeline: [DrillSecond]
 }
 
@@ -114,7 +117,8 @@ package enum DrillAnalysis {
         }
         return DrillReport(name: scenario.name, durationSeconds: scenario.duration.duration.seconds, from: scenario.load.from,
                            host: scenario.load.host, rate: scenario.load.rate, sent: sent, succeeded: succeeded, failed: failed,
-                           errorRate: errorRate, faults: results, checks: checks, passed: checks.allSatisfy(\.passed), timeline: timeline)
+                           errorRate: errorRate, faults: results, checks: checks, passed: checks.allSatisfy(\.passed),
+                           gatewayOpenedConnections: nil, timeline: timeline)
     }
 
     static func sameTarget(_ a: DrillFault, _ b: DrillFault) -> Bool {

@@ -9,6 +9,9 @@ extension DrillReport {
                      "Load: \(rate) requests/s from `\(from)` to `\(host)` for \(Int(durationSeconds)) s, each a new mTLS connection.", "",
                      "| sent | succeeded | failed | error rate |", "|---|---|---|---|",
                      "| \(sent) | \(succeeded) | \(failed.values.reduce(0, +))\(failed.isEmpty ? "" : " (" + failed.sorted { $0.key < $1.key }.map { "\($0.key) \($0.value)" }.joined(separator: ", ") + ")") | \(String(format: "%.4f", errorRate)) |", ""]
+        if let opened = gatewayOpenedConnections {
+            lines += ["The client-side gateway counted \(opened) proxied connections for `\(host)` (the load generator: \(succeeded) succeeded).", ""]
+        }
         lines += ["## Faults", "", "| step | at | fault | detected | failed over | failed back | requests / failures until recovered |", "|---|---|---|---|---|---|---|"]
         for f in faults {
             lines.append("| \(f.step + 1) | \(String(format: "%.1f s", f.at)) | \(f.description) | \(Self.seconds(f.detectSeconds)) | \(Self.seconds(f.failoverSeconds)) | \(f.recoveryStep == nil ? "-" : Self.seconds(f.failbackSeconds)) | \(f.requestsUntilRecovered) / \(f.failuresUntilRecovered) |")
