@@ -134,6 +134,36 @@ extension ThreeRegionsTopologyTests {
         expectCleanedUp("\(dir.path)/report")
     }
 
+    @Test("--attach drills a running deployment with the admin fault API: traffic fails over and back, the blackholes are gone afterwards and the deployment keeps running; kill steps are refused")
+    func attachedDrill() async throws {
+        let dir = try TemporaryDirectory("drill-attach")
+        defer { dir.cleanUp() }
+        let state = "\(dir.path)/state"
+        let up = try ChildProcess(name: "up", arguments: [PackagePaths.eastwest, "up", "\(PackagePaths.root)/topologies/three-regions.yaml",
+                                                         "--state-dir", state], logPath: "\(dir.path)/up.log")
+        defer { up.stop() }
+        try #require(await eventually(timeout: .seconds(90)) { FileManager.default.fileExists(atPath: "\(state)/ready.json") }, "\(up.log)")
+
+        let result = try runCommand(PackagePaths.eastwest, ["drill", "\(PackagePaths.root)/topologies/drills/blackhole-region.yaml",
+                                                            "--attach", "\(state)/ready.json", "--rate", String(Self.testRate),
+                                                            "--report-dir", "\(dir.path)/report"], timeout: 120)
+        #expect(result.status == 0, "\(result.stdout)\(result.stderr)")
+        let report = try JSONDecoder().decode(DrillReportFile.self, from: Data(contentsOf: URL(fileURLWithPath: "\(dir.path)/report/report.json")))
+        #expect(report.passed)
+        #expect(Set(served(report, 5..<9).keys.map { String($0.prefix(8)) }) == ["us-west1"], "\(served(report, 5..<9))")
+        for admin in ["127.0.1.1:15000", "127.0.2.1:15000", "127.0.3.1:15000"] {
+            let faults = try runCommand("/usr/bin/curl", ["-s", "http://\(admin)/v1/faults"]).stdout
+            #expect(faults.filter { !$0.isWhitespace } == "[]", "\(admin) still has faults: \(faults)")
+        }
+        #expect(up.isRunning, "the drill must not stop a deployment it attached to")
+
+        let killing = try runCommand(PackagePaths.eastwest, ["drill", "\(PackagePaths.root)/topologies/drills/zone-outage.yaml",
+                                                             "--attach", "\(state)/ready.json", "--report-dir", "\(dir.path)/refused"])
+        #expect(killing.status == 2 && killing.stderr.contains("kill is not available with --attach"), "\(killing.stderr)")
+        up.signal(SIGINT)
+        #expect(await up.waitForExit(timeout: .seconds(30)) == 0)
+    }
+
     @Test("An impossible expectation exits 1 and the report says which; a malformed scenario exits 2 with file:line:column")
     func drillExitCodes() async throws {
         let dir = try TemporaryDirectory("drill-exit")

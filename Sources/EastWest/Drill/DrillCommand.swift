@@ -14,6 +14,8 @@ struct DrillCommand: AsyncParsableCommand {
     @Argument(help: "Scenario file.") var scenario: String
     @Option(help: "Where report.json, report.md, report.html and the topology's state go.") var reportDir: String?
     @Option(help: "Requests per second, instead of the scenario's (e.g. lower on a small machine).") var rate: Int?
+    @Option(help: "Drill a deployment already running (`eastwest up`'s ready.json) instead of starting one; only blackhole steps, through the gateways' admin fault API.")
+    var attach: String?
     @Flag(help: "Print the report as JSON instead of Markdown.") var json = false
 
     func run() async throws {
@@ -29,13 +31,6 @@ struct DrillCommand: AsyncParsableCommand {
             throw ExitCode(2)
         }
 
-        let plan: LaunchPlan
-        do {
-            plan = try LaunchPlan.prepare(topology: topology, stateDir: "\(dir)/state", gatewayLogLevel: "warning")
-        } catch {
-            printError("error: \(error)")
-            throw ExitCode(1)
-        }
         let supervisor = Supervisor(logDirectory: "\(dir)/state/logs")
         let injector = FaultInjector(topology: topology, supervisor: supervisor)
         let interrupted = Atomic<Bool>(false)
@@ -43,19 +38,45 @@ struct DrillCommand: AsyncParsableCommand {
             interrupted.store(true, ordering: .relaxed)
             supervisor.requestStop()
         }
-        do {
-            say("starting topology '\(topology.name)' for drill '\(drill.name)'…")
-            try await supervisor.start(plan, readyTimeout: .seconds(90))
-        } catch {
-            printError("error: \(error)")
-            await supervisor.stopAll()
-            throw ExitCode(1)
+        let deployment: DrillRun.Deployment
+        if let attach {
+            // A running deployment is never killed or cut by a drill tool: only blackholes, which
+            // expire by themselves.
+            if let index = drill.steps.firstIndex(where: { $0.action != .blackhole && $0.action != .unblackhole }) {
+                printError("\(scenario): error: steps[\(index)]: \(drill.steps[index].action.rawValue) is not available with --attach; a running deployment is drilled with blackhole/unblackhole")
+                throw ExitCode(2)
+            }
+            do {
+                deployment = try DrillRun.Deployment(readyFile: attach, topology: topology, from: drill.load.from)
+            } catch {
+                printError("error: --attach \(attach): \(error)")
+                throw ExitCode(2)
+            }
+            say("attached to '\(topology.name)' (\(attach)) for drill '\(drill.name)'")
+        } else {
+            let plan: LaunchPlan
+            do {
+                plan = try LaunchPlan.prepare(topology: topology, stateDir: "\(dir)/state", gatewayLogLevel: "warning")
+            } catch {
+                printError("error: \(error)")
+                throw ExitCode(1)
+            }
+            do {
+                say("starting topology '\(topology.name)' for drill '\(drill.name)'…")
+                try await supervisor.start(plan, readyTimeout: .seconds(90))
+            } catch {
+                printError("error: \(error)")
+                await supervisor.stopAll()
+                throw ExitCode(1)
+            }
+            deployment = try DrillRun.Deployment(plan: plan, from: drill.load.from)
         }
 
         let report: DrillReport
         let marks: [DrillFault]
         do {
-            (report, marks) = try await DrillRun(drill: drill, plan: plan, injector: injector, interrupted: { interrupted.load(ordering: .relaxed) }).run()
+            (report, marks) = try await DrillRun(drill: drill, deployment: deployment, injector: injector,
+                                                 interrupted: { interrupted.load(ordering: .relaxed) }).run()
         } catch {
             await injector.cleanUp()
             await supervisor.stopAll()
@@ -136,29 +157,62 @@ final class DrillLog: Sendable {
 
 /// One drill, once the topology is up: load, faults and per-second sampling side by side.
 struct DrillRun {
+    /// Where the load goes in and what the drill reads: the `from` cluster's first gateway and
+    /// its client identity, whether the drill started the topology or attached to it.
+    struct Deployment {
+        var topology: Topology
+        var listen: HostPort
+        var admin: HostPort
+        var fromGateways: [String]
+        var client: GatewayConfig.TLSFiles
+
+        init(plan: LaunchPlan, from: String) throws {
+            guard let gateway = plan.gatewayConfigs.first(where: { $0.cluster == from }), let client = plan.clientCertificates[from] else {
+                throw DrillError("no gateway or client certificate for \(from)")
+            }
+            topology = plan.topology
+            listen = gateway.listen
+            admin = gateway.effectiveAdmin
+            fromGateways = plan.gatewayConfigs.filter { $0.cluster == from }.map(\.name)
+            self.client = client
+        }
+
+        init(readyFile: String, topology: Topology, from: String) throws {
+            let ready = try JSONDecoder().decode(LaunchPlan.ReadyFile.self, from: Data(contentsOf: URL(fileURLWithPath: readyFile)))
+            guard let gateway = ready.gateways.first(where: { $0.cluster == from }), let listen = HostPort(parsing: gateway.address),
+                  let admin = HostPort(parsing: gateway.admin), let client = ready.clients[from] else {
+                throw DrillError("it lists no gateway or client certificate for cluster \(from)")
+            }
+            self.topology = topology
+            self.listen = listen
+            self.admin = admin
+            fromGateways = ready.gateways.filter { $0.cluster == from }.map(\.name)
+            self.client = GatewayConfig.TLSFiles(certificateChain: client.certificateChain, privateKey: client.privateKey,
+                                                 rootCertificate: client.rootCertificate)
+        }
+    }
+
     var drill: DrillScenario
-    var plan: LaunchPlan
+    var deployment: Deployment
     var injector: FaultInjector
     var interrupted: @Sendable () -> Bool
 
     func run() async throws -> (DrillReport, [DrillFault]) {
-        guard let gateway = plan.gatewayConfigs.first(where: { $0.cluster == drill.load.from }),
-              let client = plan.clientCertificates[drill.load.from] else { throw DrillError("no gateway or client certificate for \(drill.load.from)") }
-        let engine = try LoadEngine(gateway: gateway.listen, host: drill.load.host, client: client, rate: drill.load.rate,
+        let engine = try LoadEngine(gateway: deployment.listen, host: drill.load.host, client: deployment.client, rate: drill.load.rate,
                                     concurrency: drill.load.concurrency ?? 16, timeout: drill.load.timeout?.duration ?? .seconds(2))
         let duration = drill.duration.duration
         let seconds = Int(duration.seconds.rounded(.up))
         let log = DrillLog()
         let start = ContinuousClock.now + .milliseconds(200)
-        let admin = gateway.effectiveAdmin
+        let admin = deployment.admin
         let host = drill.load.host
         let steps = drill.steps
         let injector = self.injector
         let interrupted = self.interrupted
         let terminal = isatty(STDERR_FILENO) != 0
         let from = drill.load.from
-        let fromGateways = plan.gatewayConfigs.filter { $0.cluster == from }.map(\.name)
-        let fromLocalities = plan.topology.clusters.filter { $0.name == from }
+        let fromGateways = deployment.fromGateways
+        let fromLocalities = deployment.topology.clusters.filter { $0.name == from }
             .flatMap { ($0.services ?? []).flatMap { $0.endpoints.compactMap { $0.locality?.description } } }
 
         let openedBefore = await Self.openedConnections(admin: admin, host: host)
