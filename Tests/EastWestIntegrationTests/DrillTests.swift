@@ -112,10 +112,16 @@ extension ThreeRegionsTopologyTests {
         expectCleanedUp(dir.path)
     }
 
-    @Test("The load generator's numbers are honest: without faults, every request it counts as sent and answered is a connection the gateway itself counted")
+    @Test("The load generator's numbers are honest: without faults, its answered requests equal the connections the gateway counted and the requests the backends themselves answered")
     func loadCountsMatchGateway() async throws {
         let dir = try TemporaryDirectory("drill-honest")
         defer { dir.cleanUp() }
+        // Attach to a running deployment, so the backends can be asked afterwards.
+        let state = "\(dir.path)/state"
+        let up = try ChildProcess(name: "up", arguments: [PackagePaths.eastwest, "up", "\(PackagePaths.root)/topologies/three-regions.yaml",
+                                                         "--state-dir", state], logPath: "\(dir.path)/up.log")
+        defer { up.stop() }
+        try #require(await eventually(timeout: .seconds(90)) { FileManager.default.fileExists(atPath: "\(state)/ready.json") }, "\(up.log)")
         let scenario = "\(dir.path)/steady.yaml"
         try """
             name: steady
@@ -125,13 +131,20 @@ extension ThreeRegionsTopologyTests {
             steps: []
             expect: {maxErrorRate: 0}
             """.write(toFile: scenario, atomically: true, encoding: .utf8)
-        let (result, report) = try runDrill(scenario, reportDir: "\(dir.path)/report")
+        let result = try runCommand(PackagePaths.eastwest, ["drill", scenario, "--attach", "\(state)/ready.json", "--rate", String(Self.testRate),
+                                                            "--report-dir", "\(dir.path)/report"], timeout: 120)
         #expect(result.status == 0, "\(result.stdout)\(result.stderr)")
-        let drill = try #require(report)
+        let drill = try JSONDecoder().decode(DrillReportFile.self, from: Data(contentsOf: URL(fileURLWithPath: "\(dir.path)/report/report.json")))
         #expect(drill.sent == 6 * Self.testRate && drill.succeeded == drill.sent)
         #expect(drill.gatewayOpenedConnections == drill.succeeded, "gateway counted \(String(describing: drill.gatewayOpenedConnections))")
+        // The independent count: what the ledger backends say they answered.
+        let answered = try ["127.0.3.20:9090", "127.0.3.21:9090"].map { address in
+            Int(try runCommand("/usr/bin/curl", ["-s", "http://\(address)/count"]).stdout.trimmingCharacters(in: .whitespacesAndNewlines)) ?? -1
+        }
+        #expect(answered.reduce(0, +) == drill.succeeded, "backends answered \(answered), the load generator counted \(drill.succeeded)")
         #expect(served(drill, 0..<6, cluster: true) == ["eu-west": drill.sent])
-        expectCleanedUp("\(dir.path)/report")
+        up.signal(SIGINT)
+        #expect(await up.waitForExit(timeout: .seconds(30)) == 0)
     }
 
     @Test("--attach drills a running deployment with the admin fault API: traffic fails over and back, the blackholes are gone afterwards and the deployment keeps running; kill steps are refused")

@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import Synchronization
 import MeshProxyCore
 import NIOCore
 import NIOHTTP1
@@ -43,9 +44,22 @@ struct DemoIdentity: Sendable, Encodable {
     var locality: String
     var endpoint: String
     var version: String
+    /// Requests answered so far (`GET /count`, which is not counted): a count independent of
+    /// any load generator or gateway.
+    let answered = AnsweredCount()
+
+    enum CodingKeys: String, CodingKey { case service, cluster, locality, endpoint, version }
+
+    final class AnsweredCount: Sendable {
+        private let value = Atomic<Int>(0)
+        func add() { value.add(1, ordering: .relaxed) }
+        var current: Int { value.load(ordering: .relaxed) }
+    }
 
     func respond(_ request: PlainHTTPRequest, on eventLoop: any EventLoop) -> EventLoopFuture<PlainHTTPResponse> {
         let parts = request.path.split(separator: "/").map(String.init)
+        if parts == ["count"] { return eventLoop.makeSucceededFuture(PlainHTTPResponse(text: "\(answered.current)\n")) }
+        answered.add()
         switch (request.method, parts.first, parts.dropFirst().first.flatMap { Int($0) }) {
         case (.POST, "echo", _):
             return eventLoop.makeSucceededFuture(PlainHTTPResponse(contentType: "application/octet-stream", body: request.body))
@@ -61,7 +75,7 @@ struct DemoIdentity: Sendable, Encodable {
         case (_, nil, _):
             return eventLoop.makeSucceededFuture(json(status: .ok))
         default:
-            return eventLoop.makeSucceededFuture(PlainHTTPResponse(status: .notFound, text: "try /, /status/<code>, /delay/<ms>, /bytes/<n>, POST /echo\n"))
+            return eventLoop.makeSucceededFuture(PlainHTTPResponse(status: .notFound, text: "try /, /status/<code>, /delay/<ms>, /bytes/<n>, POST /echo, /count\n"))
         }
     }
 
