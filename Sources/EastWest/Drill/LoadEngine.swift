@@ -1,4 +1,5 @@
 import Foundation
+import Histogram
 import MeshProxyCore
 import NIOCore
 import NIOPosix
@@ -22,7 +23,8 @@ final class LoadEngine: Sendable {
 
     struct Accumulator {
         var second: DrillSecond
-        var latencies: [Double] = []
+        /// Latency in microseconds, 3 significant digits, up to an hour.
+        var latencies = Histogram<UInt64>(highestTrackableValue: 3_600_000_000, numberOfSignificantValueDigits: .three)
     }
 
     init(gateway: HostPort, host: String, client: GatewayConfig.TLSFiles, rate: Int, concurrency: Int, timeout: Duration) throws {
@@ -56,11 +58,11 @@ final class LoadEngine: Sendable {
     func snapshot(second: Int) -> DrillSecond? {
         seconds.withLock { seconds in
             guard var accumulator = seconds[second] else { return nil }
-            let sorted = accumulator.latencies.sorted()
-            if !sorted.isEmpty {
-                accumulator.second.latencyP50Ms = sorted[(sorted.count - 1) / 2]
-                accumulator.second.latencyP99Ms = sorted[min(sorted.count - 1, Int((Double(sorted.count) * 0.99).rounded(.up)) - 1)]
-                accumulator.second.latencyMaxMs = sorted.last
+            let latencies = accumulator.latencies
+            if latencies.totalCount > 0 {
+                accumulator.second.latencyP50Ms = Double(latencies.valueAtPercentile(50)) / 1000
+                accumulator.second.latencyP99Ms = Double(latencies.valueAtPercentile(99)) / 1000
+                accumulator.second.latencyMaxMs = Double(latencies.max) / 1000
             }
             return accumulator.second
         }
@@ -89,7 +91,7 @@ final class LoadEngine: Sendable {
                 accumulator.second.succeeded += 1
                 accumulator.second.byCluster[cluster, default: 0] += 1
                 accumulator.second.byLocality[locality.isEmpty ? "unknown" : locality, default: 0] += 1
-                accumulator.latencies.append(latency)
+                _ = accumulator.latencies.record(UInt64(max(0, latency * 1000)))
             case .failure(let kind):
                 accumulator.second.failed[kind, default: 0] += 1
             }

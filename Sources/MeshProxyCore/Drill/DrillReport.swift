@@ -62,6 +62,17 @@ package struct FaultResult: Codable, Sendable, Equatable {
 }
 
 package struct DrillReport: Codable, Sendable, Equatable {
+    /// The stretch between two steps (or the start and end): what it sent and lost.
+    package struct Phase: Codable, Sendable, Equatable {
+        /// Seconds since the load started.
+        package var from: Double
+        package var to: Double
+        /// The step that began it ("start" for the first).
+        package var after: String
+        package var sent: Int
+        package var failed: Int
+    }
+
     package struct Check: Codable, Sendable, Equatable {
         package var name: String
         package var limit: Double
@@ -78,6 +89,7 @@ package struct DrillReport: Codable, Sendable, Equatable {
     package var failed: [String: Int]
     package var errorRate: Double
     package var faults: [FaultResult]
+    package var phases: [Phase]
     package var checks: [Check]
     package var passed: Bool
     /// Connections the client-side gateway itself counted as proxied for the host during the
@@ -115,9 +127,18 @@ package enum DrillAnalysis {
             let worst = values.contains { $0 == nil } ? nil : values.compactMap { $0 }.max() ?? 0
             checks.append(.init(name: "maxFailbackSeconds", limit: limit, observed: worst, passed: worst.map { $0 <= limit } ?? false))
         }
+        // Phases split at every step; a request belongs to the phase its second starts in.
+        let bounds = [0.0] + faults.map(\.at) + [Double(timeline.count)]
+        var phases: [DrillReport.Phase] = []
+        for (i, start) in bounds.dropLast().enumerated() {
+            let end = bounds[i + 1]
+            let seconds = timeline.filter { Double($0.second) >= start.rounded(.down) && Double($0.second) < end.rounded(.down) }
+            phases.append(.init(from: start, to: end, after: i == 0 ? "start" : faults[i - 1].description,
+                                sent: seconds.reduce(0) { $0 + $1.sent }, failed: seconds.reduce(0) { $0 + $1.failures }))
+        }
         return DrillReport(name: scenario.name, durationSeconds: scenario.duration.duration.seconds, from: scenario.load.from,
                            host: scenario.load.host, rate: scenario.load.rate, sent: sent, succeeded: succeeded, failed: failed,
-                           errorRate: errorRate, faults: results, checks: checks, passed: checks.allSatisfy(\.passed),
+                           errorRate: errorRate, faults: results, phases: phases, checks: checks, passed: checks.allSatisfy(\.passed),
                            gatewayOpenedConnections: nil, timeline: timeline)
     }
 

@@ -16,6 +16,10 @@ extension DrillReport {
         for f in faults {
             lines.append("| \(f.step + 1) | \(String(format: "%.1f s", f.at)) | \(f.description) | \(Self.seconds(f.detectSeconds)) | \(Self.seconds(f.failoverSeconds)) | \(f.recoveryStep == nil ? "-" : Self.seconds(f.failbackSeconds)) | \(f.requestsUntilRecovered) / \(f.failuresUntilRecovered) |")
         }
+        lines += ["", "## Phases", "", "| from | to | after | sent | failed |", "|---|---|---|---|---|"]
+        for phase in phases {
+            lines.append(String(format: "| %.1f s | %.1f s | ", phase.from, phase.to) + "\(phase.after) | \(phase.sent) | \(phase.failed) |")
+        }
         lines += ["", "## Expectations", "", "| check | limit | observed | |", "|---|---|---|---|"]
         for check in checks {
             lines.append("| \(check.name) | \(check.limit) | \(check.observed.map { String(format: "%.4g", $0) } ?? "never") | \(check.passed ? "ok" : "**FAILED**") |")
