@@ -117,11 +117,8 @@ struct CommandLineTests {
                 port: 9080
                 endpoints: [{address: 127.0.40.20:9080, locality: us-west1/us-west1-a}]
             """.write(toFile: topology, atomically: true, encoding: .utf8)
-        let state = "\(dir.path)/state"
-        let up = try ChildProcess(name: "up", arguments: [PackagePaths.eastwest, "up", topology, "--state-dir", state], logPath: "\(dir.path)/up.log")
+        let (up, state) = try await startUp(topology, in: dir)
         defer { up.stop() }
-        let ready = await eventually(timeout: .seconds(60)) { FileManager.default.fileExists(atPath: "\(state)/ready.json") }
-        try #require(ready, "up never became ready: \(up.log)")
         #expect(await eventually { up.log.contains("curl --cacert") })
 
         struct Ready: Decodable {
@@ -179,12 +176,8 @@ struct ThreeRegionsTopologyTests {
     func threeRegions() async throws {
         let dir = try TemporaryDirectory("three")
         defer { dir.cleanUp() }
-        let state = "\(dir.path)/state"
-        let up = try ChildProcess(name: "up", arguments: [PackagePaths.eastwest, "up", "\(PackagePaths.root)/topologies/three-regions.yaml",
-                                                         "--state-dir", state], logPath: "\(dir.path)/up.log")
+        let (up, state) = try await startUp("\(PackagePaths.root)/topologies/three-regions.yaml", in: dir)
         defer { up.stop() }
-        let ready = await eventually(timeout: .seconds(60)) { FileManager.default.fileExists(atPath: "\(state)/ready.json") }
-        try #require(ready, "not ready: \(up.log)")
         let client = "\(state)/certs/us-east/client"
         let curl = try runCommand("/usr/bin/curl", ["-sS", "--max-time", "10", "--cacert", "\(client)/root-cert.pem",
                                                     "--cert", "\(client)/cert-chain.pem", "--key", "\(client)/key.pem",

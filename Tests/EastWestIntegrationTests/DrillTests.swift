@@ -117,11 +117,8 @@ extension ThreeRegionsTopologyTests {
         let dir = try TemporaryDirectory("drill-honest")
         defer { dir.cleanUp() }
         // Attach to a running deployment, so the backends can be asked afterwards.
-        let state = "\(dir.path)/state"
-        let up = try ChildProcess(name: "up", arguments: [PackagePaths.eastwest, "up", "\(PackagePaths.root)/topologies/three-regions.yaml",
-                                                         "--state-dir", state], logPath: "\(dir.path)/up.log")
+        let (up, state) = try await startUp("\(PackagePaths.root)/topologies/three-regions.yaml", in: dir)
         defer { up.stop() }
-        try #require(await eventually(timeout: .seconds(90)) { FileManager.default.fileExists(atPath: "\(state)/ready.json") }, "\(up.log)")
         let scenario = "\(dir.path)/steady.yaml"
         try """
             name: steady
@@ -151,11 +148,8 @@ extension ThreeRegionsTopologyTests {
     func attachedDrill() async throws {
         let dir = try TemporaryDirectory("drill-attach")
         defer { dir.cleanUp() }
-        let state = "\(dir.path)/state"
-        let up = try ChildProcess(name: "up", arguments: [PackagePaths.eastwest, "up", "\(PackagePaths.root)/topologies/three-regions.yaml",
-                                                         "--state-dir", state], logPath: "\(dir.path)/up.log")
+        let (up, state) = try await startUp("\(PackagePaths.root)/topologies/three-regions.yaml", in: dir)
         defer { up.stop() }
-        try #require(await eventually(timeout: .seconds(90)) { FileManager.default.fileExists(atPath: "\(state)/ready.json") }, "\(up.log)")
 
         let result = try runCommand(PackagePaths.eastwest, ["drill", "\(PackagePaths.root)/topologies/drills/blackhole-region.yaml",
                                                             "--attach", "\(state)/ready.json", "--rate", String(Self.testRate),

@@ -29,12 +29,8 @@ extension ThreeRegionsTopologyTests {
         topology.clusters[0].gateways = [topology.clusters[0].gateways[0]]  // one us-east gateway is enough here
         try YAMLEncoder().encode(topology).write(toFile: "\(dir.path)/topology.yaml", atomically: true, encoding: .utf8)
 
-        let state = "\(dir.path)/state"
-        let up = try ChildProcess(name: "up", arguments: [PackagePaths.eastwest, "up", "\(dir.path)/topology.yaml", "--state-dir", state],
-                                  logPath: "\(dir.path)/up.log")
+        let (up, state) = try await startUp("\(dir.path)/topology.yaml", in: dir)
         defer { up.stop() }
-        let ready = await eventually(timeout: .seconds(90)) { FileManager.default.fileExists(atPath: "\(state)/ready.json") }
-        try #require(ready, "not ready: \(up.log)")
         struct Ready: Decodable { struct Backend: Decodable { var address: String; var pid: Int32 }; var backends: [Backend] }
         let backends = try JSONDecoder().decode(Ready.self, from: Data(contentsOf: URL(fileURLWithPath: "\(state)/ready.json"))).backends
         func kill(_ address: String) async {
@@ -125,11 +121,8 @@ extension ThreeRegionsTopologyTests {
             """)
         topology.policies = [policy]
         try YAMLEncoder().encode(topology).write(toFile: "\(dir.path)/topology.yaml", atomically: true, encoding: .utf8)
-        let state = "\(dir.path)/state"
-        let up = try ChildProcess(name: "up", arguments: [PackagePaths.eastwest, "up", "\(dir.path)/topology.yaml", "--state-dir", state],
-                                  logPath: "\(dir.path)/up.log")
+        let (up, state) = try await startUp("\(dir.path)/topology.yaml", in: dir)
         defer { up.stop() }
-        try #require(await eventually(timeout: .seconds(90)) { FileManager.default.fileExists(atPath: "\(state)/ready.json") }, "\(up.log)")
 
         // What eastwest plan predicts for a client in us-east1-a, from the same files.
         let endpoints = "\(dir.path)/endpoints.yaml"

@@ -146,3 +146,14 @@ func eventually(timeout: Duration = .seconds(15), _ condition: () async throws -
 }
 
 let isRoot = getuid() == 0
+
+/// `eastwest up TOPOLOGY --state-dir DIR/state` as a child process, returned once its ready.json
+/// exists; the caller stops it.
+func startUp(_ topology: String, in dir: TemporaryDirectory) async throws -> (up: ChildProcess, state: String) {
+    let state = "\(dir.path)/state"
+    let up = try ChildProcess(name: "up", arguments: [PackagePaths.eastwest, "up", topology, "--state-dir", state], logPath: "\(dir.path)/up.log")
+    let ready = await eventually(timeout: .seconds(90)) { FileManager.default.fileExists(atPath: "\(state)/ready.json") }
+    if !ready { up.stop() }
+    try #require(ready, "eastwest up \(topology) did not become ready: \(up.log)")
+    return (up, state)
+}
