@@ -37,7 +37,6 @@ package struct DrillScenario: Codable, Sendable, Equatable {
         case kill, stop, resume, restart, partition, heal, loss, blackhole, unblackhole
         /// Steps that change firewall rules need root.
         package var needsRoot: Bool { self == .partition || self == .heal || self == .loss }
-        /// Steps that work on any deployment through the gateways' admin API.
         /// Steps that end an earlier fault (a failback is measured from them).
         package var isRecovery: Bool { self == .restart || self == .resume || self == .heal || self == .unblackhole }
     }
