@@ -26,8 +26,11 @@ package struct DataPlaneSnapshot: Sendable {
     package init(config: GatewayConfig, tls: GatewayTLS, logger: Logger, policies: [DestinationRule] = []) {
         self.config = config
         self.tls = tls
-        self.routes = RouteTable(endpoints: config.meshEndpoints)
-        self.picker = EndpointPicker(endpoints: config.meshEndpoints, policies: policies)
+        // Empty until `with(endpoints:)` below builds routes and plans once, with the subsets
+        // of the policies folded in.
+        let empty = MeshEndpoints(localCluster: config.cluster, clusters: [:])
+        self.routes = RouteTable(endpoints: empty)
+        self.picker = EndpointPicker(endpoints: empty, policies: policies)
         self.cursors = RoundRobinCursors()
         self.sourceAddress = try? SocketAddress(ipAddress: config.listen.host, port: 0)
         self.upstreams = UpstreamConnections()

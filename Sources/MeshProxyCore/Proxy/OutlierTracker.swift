@@ -8,7 +8,7 @@ import Synchronization
 /// `/stats/prometheus` under Istio's cluster names.
 package final class OutlierTracker: Sendable {
     private let detector: Mutex<OutlierDetector>
-    /// Services with detection on, read without the lock on every connection.
+    /// Services with detection on: every connection checks this small set, not the detector.
     private let enabled: Mutex<Set<ServiceKey>>
     private let store: DataPlaneStore
     private let logger: Logger
@@ -48,8 +48,6 @@ package final class OutlierTracker: Sendable {
         detector.withLock { $0.reconfigure(settings: settings, hostCounts: counts) }
         enabled.withLock { $0 = Set(settings.filter { $0.value.threshold != nil }.keys) }
     }
-
-    package var sweepInterval: Duration? { detector.withLock { $0.sweepInterval } }
 
     package func failed(_ service: ServiceKey, _ host: HostPort) {
         guard enabled.withLock({ $0.contains(service) }) else { return }

@@ -69,7 +69,6 @@ package struct OutlierDetector: Sendable {
         hosts.mapValues { Set($0.filter { $0.value.ejectedUntil != nil }.keys) }.filter { !$0.value.isEmpty }
     }
 
-    package var sweepInterval: Duration? { settings.values.compactMap { $0.threshold == nil ? nil : $0.interval }.min() }
 
     /// A connect to `host` failed (refused, reset, timed out).
     package mutating func failed(_ service: ServiceKey, _ host: HostPort, now: ContinuousClock.Instant) -> [Event] {
