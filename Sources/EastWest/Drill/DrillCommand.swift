@@ -198,8 +198,16 @@ struct DrillRun {
     var interrupted: @Sendable () -> Bool
 
     func run() async throws -> (DrillReport, [DrillFault]) {
-        let engine = try LoadEngine(gateway: deployment.listen, host: drill.load.host, client: deployment.client, rate: drill.load.rate,
-                                    concurrency: drill.load.concurrency ?? 16, timeout: drill.load.timeout?.duration ?? .seconds(2))
+        // Every request a new mTLS connection, as a fleet of short-lived clients makes them: a
+        // drill measures what one client sees when it connects during a fault.
+        var profile = LoadProfile(target: deployment.listen, serverName: drill.load.host, tls: deployment.client)
+        profile.rate = drill.load.rate
+        profile.connections = drill.load.concurrency ?? 16
+        profile.newConnectionPerRequest = true
+        profile.timeout = drill.load.timeout?.duration ?? .seconds(2)
+        profile.duration = drill.duration.duration
+        profile.readsAnswers = true
+        let engine = try LoadEngine(profile: profile)
         let duration = drill.duration.duration
         let seconds = Int(duration.seconds.rounded(.up))
         let log = DrillLog()
@@ -217,11 +225,11 @@ struct DrillRun {
 
         let openedBefore = await Self.openedConnections(admin: admin, host: host)
         try await withThrowingTaskGroup(of: Void.self) { group in
-            group.addTask { await engine.run(start: start, duration: duration) }
+            group.addTask { await engine.run(start: start) }
             group.addTask {
                 for (index, step) in steps.enumerated().sorted(by: { $0.element.at.duration < $1.element.at.duration }) {
                     try? await Task.sleep(until: start + step.at.duration, clock: .continuous)
-                    if interrupted() { return }
+                    if interrupted() { engine.stop(); return }
                     let at = (ContinuousClock.now - start).seconds
                     var hit = try await injector.apply(step, remaining: duration - step.at.duration)
                     if [.partition, .heal, .loss].contains(step.action) {
@@ -245,7 +253,7 @@ struct DrillRun {
             group.addTask {
                 for second in 0..<seconds {
                     try? await Task.sleep(until: start + .seconds(second + 1), clock: .continuous)
-                    if interrupted() { return }
+                    if interrupted() { engine.stop(); return }
                     let planned = try? await Probe.httpGet(admin, path: "/v1/plan?host=\(host)")
                     let members = try? await Probe.httpGet(admin, path: "/v1/members")
                     struct Plan: Decodable { var shares: [String: Double] }
