@@ -1,5 +1,6 @@
 import ArgumentParser
 import MeshProxyCore
+import NIOCore
 
 struct GatewayCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
@@ -9,10 +10,18 @@ struct GatewayCommand: AsyncParsableCommand {
     @Option(help: "Gateway config file (YAML).")
     var config: String
 
+    @Option(help: "Event loop threads (Envoy's --concurrency). Default: one per core.")
+    var concurrency: Int?
+
     @OptionGroup var logging: LoggingOptions
     @Option(help: .hidden) var parentPid: Int32?
 
     func run() async throws {
+        if let concurrency {
+            guard concurrency > 0 else { throw ValidationError("--concurrency must be at least 1") }
+            // Before anything touches the shared event loop group.
+            NIOSingletons.groupLoopCountSuggestion = concurrency
+        }
         logging.bootstrap()
         if let parentPid { ParentWatch.exitWhenGone(parentPid) }
         let gatewayConfig: GatewayConfig

@@ -1,0 +1,362 @@
+#!/usr/bin/env bash
+# Side-by-side benchmark: a direct connection, HAProxy, nginx and EastWest on the same machine,
+# certificates, backend and load, in one run. Prints absolute numbers and ratios and writes
+# bench/results/<date>.md.
+#
+#   bench/run.sh            full run (every target and workload, 3 repeats of 10 s; ~25 min)
+#   bench/run.sh --quick    2-minute subset (w1, w2 and the chains, 3 repeats of 3 s)
+#
+# Options: --repeats N, --seconds S, --only w1,w2,... (workloads), --out FILE, --no-install.
+# Cores: with two or more, proxies run on core 0 and the load generator and the backend on
+# core 1 (taskset), so a proxy's CPU time is its own and it cannot steal the generator's core.
+set -euo pipefail
+
+here=$(cd "$(dirname "$0")" && pwd)
+root=$(cd "$here/.." && pwd)
+quick=0 repeats=3 seconds=10 only="" out="" install=1
+arguments="$*"
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --quick) quick=1 ;;
+        --repeats) repeats=$2; shift ;;
+        --seconds) seconds=$2; shift ;;
+        --only) only=$2; shift ;;
+        --out) out=$2; shift ;;
+        --no-install) install=0 ;;
+        -h|--help) sed -n 2,12p "$0"; exit 0 ;;
+        *) echo "bench/run.sh: unknown option $1" >&2; exit 2 ;;
+    esac
+    shift
+done
+if [ "$quick" = 1 ]; then seconds=3; [ -z "$only" ] && only="w1,w2,chain"; fi
+idle_conns=10000 idle_for=30s
+[ "$quick" = 1 ] && { idle_conns=2000; idle_for=5s; }
+
+need() { command -v "$1" >/dev/null 2>&1; }
+if [ "$install" = 1 ] && ! { need haproxy && need nginx && need h2load && need wrk && need taskset && [ -f /usr/lib/nginx/modules/ngx_stream_module.so ]; }; then
+    echo "installing haproxy, nginx, h2load, wrk from Debian…" >&2
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq haproxy nginx-light libnginx-mod-stream nghttp2-client wrk util-linux procps >/dev/null
+fi
+for tool in haproxy nginx h2load wrk taskset python3; do need "$tool" || { echo "bench/run.sh: $tool is missing" >&2; exit 1; }; done
+
+echo "building eastwest (release)…" >&2
+(cd "$root" && swift build -c release >/dev/null)
+ew="$root/.build/release/eastwest"
+
+work=$(mktemp -d /tmp/eastwest-bench.XXXXXX)
+results="$work/results.jsonl"
+: > "$results"
+pids=()
+cleanup() {
+    for pid in "${pids[@]:-}"; do [ -n "$pid" ] && kill "$pid" 2>/dev/null || true; done
+    [ -f "$work/nginx-backend.pid" ] && kill "$(cat "$work/nginx-backend.pid")" 2>/dev/null || true
+    [ -f "$work/nginx-proxy.pid" ] && kill "$(cat "$work/nginx-proxy.pid")" 2>/dev/null || true
+    wait 2>/dev/null || true
+}
+trap cleanup EXIT
+ulimit -n 200000 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+# A proxied connection costs a proxy two descriptors; where the limit cannot be raised (a
+# container without CAP_SYS_RESOURCE), w5 holds what fits and says so.
+fd_limit=$(ulimit -n)
+max_proxied=$(( (fd_limit - 500) / 2 ))
+
+[ "$idle_conns" -gt "$max_proxied" ] && { echo "w5: open-files limit $fd_limit fits $max_proxied proxied connections, not $idle_conns; holding $max_proxied" >&2; idle_conns=$max_proxied; }
+chmod 755 "$work"   # nginx workers (www-data) read the backend's files from here
+cores=$(nproc)
+if [ "$cores" -ge 2 ]; then proxy_cpu="taskset -c 0" load_cpu="taskset -c 1"; pinning="proxies on core 0; load generator and backend on core 1"
+else proxy_cpu="" load_cpu=""; pinning="one core: no pinning"; fi
+
+# --- certificates: one mesh root, clusters a and b, gateway and client identities ---------------
+host=echo.bench.svc.cluster.local
+host_h2=echo-h2.bench.svc.cluster.local
+"$ew" ca init --dir "$work/ca" >/dev/null
+for c in a b; do "$ew" ca cluster --dir "$work/ca" --cluster "$c" >/dev/null; done
+for c in a b; do
+    "$ew" ca workload --dir "$work/ca" --cluster "$c" --spiffe spiffe://cluster.local/ns/istio-system/sa/eastwest-gateway \
+        --dns "$host" --dns "$host_h2" --out "$work/certs/gw-$c" >/dev/null
+    cat "$work/certs/gw-$c/cert-chain.pem" "$work/certs/gw-$c/key.pem" > "$work/certs/gw-$c/haproxy.pem"
+done
+"$ew" ca workload --dir "$work/ca" --cluster a --spiffe spiffe://cluster.local/ns/bench/sa/load --out "$work/certs/client" >/dev/null
+client="$work/certs/client"
+tls_flags=(--cert "$client/cert-chain.pem" --key "$client/key.pem" --ca "$client/root-cert.pem")
+
+# --- the backend: nginx, HTTP/1.1 on 8080 and h2c on 8082 ------------------------------------------
+mkdir -p "$work/www"
+printf 'hello from the backend\n' > "$work/www/index.html"
+head -c 1048576 /dev/urandom > "$work/www/1m"
+backend=127.0.60.10
+cat > "$work/nginx-backend.conf" <<EOF
+worker_processes 1;
+pid $work/nginx-backend.pid;
+error_log $work/nginx-backend.error.log warn;
+worker_rlimit_nofile $fd_limit;
+events { worker_connections $fd_limit; }
+http {
+  access_log off;
+  keepalive_requests 10000000;
+  keepalive_timeout 300s;
+  server { listen $backend:8080 backlog=4096; root $work/www; }
+  server { listen $backend:8082 http2 backlog=4096; root $work/www; http2_max_concurrent_streams 256; }
+}
+EOF
+$load_cpu nginx -c "$work/nginx-backend.conf"
+
+# --- EastWest: gateway A (cluster a) and B (cluster b); A reaches echo only through B ------------
+gateway_config() { # name cluster address local(yes|no)
+    local name=$1 cluster=$2 address=$3 local_service=$4
+    cat <<EOF
+name: $name
+cluster: $cluster
+locality: bench/$cluster
+listen: $address:15443
+admin: $address:15000
+tls: {certificateChain: $work/certs/gw-$cluster/cert-chain.pem, privateKey: $work/certs/gw-$cluster/key.pem, rootCertificate: $work/certs/gw-$cluster/root-cert.pem}
+EOF
+    if [ "$local_service" = yes ]; then cat <<EOF
+services:
+- {host: $host, port: 8080, endpoints: [{address: $backend:8080, locality: bench/$cluster}]}
+- {host: $host_h2, port: 8082, endpoints: [{address: $backend:8082, locality: bench/$cluster}]}
+EOF
+    else cat <<EOF
+remoteClusters:
+- name: b
+  gateways: [{name: gw-b, address: 127.0.62.1:15443}]
+  services:
+  - {host: $host, port: 8080, endpoints: [{address: $backend:8080, locality: bench/b}]}
+  - {host: $host_h2, port: 8082, endpoints: [{address: $backend:8082, locality: bench/b}]}
+EOF
+    fi
+}
+gateway_config gw-a a 127.0.61.1 yes > "$work/gw-a.yaml"        # single hop: A serves echo itself
+gateway_config gw-a a 127.0.61.1 no > "$work/gw-a-chain.yaml"   # chain: A → B → backend
+gateway_config gw-b b 127.0.62.1 yes > "$work/gw-b.yaml"
+
+# --- HAProxy: mode tcp and mode http; a chained pair the same way -------------------------------
+haproxy_config() { # address cert upstream(backend|chain)
+    local address=$1 cert=$2 upstream=$3
+    local ssl="ssl crt $cert ca-file $work/certs/gw-a/root-cert.pem verify required"
+    cat <<EOF
+global
+  nbthread 1
+  maxconn $max_proxied
+  tune.ssl.default-dh-param 2048
+defaults
+  timeout connect 5s
+  timeout client 300s
+  timeout server 300s
+frontend tcp_in
+  mode tcp
+  bind $address:15443 $ssl
+  use_backend h2_tcp if { ssl_fc_sni -i $host_h2 }
+  default_backend echo_tcp
+frontend http_in
+  mode http
+  bind $address:15444 $ssl alpn h2,http/1.1
+  default_backend echo_http
+EOF
+    if [ "$upstream" = chain ]; then
+        local hop="ssl crt $work/certs/gw-a/haproxy.pem ca-file $work/certs/gw-a/root-cert.pem verify required"
+        cat <<EOF
+backend echo_tcp
+  mode tcp
+  server b 127.0.64.1:15443 $hop sni str($host)
+backend h2_tcp
+  mode tcp
+  server b 127.0.64.1:15443 $hop sni str($host_h2)
+backend echo_http
+  mode http
+  http-reuse always
+  server b 127.0.64.1:15444 $hop sni str($host) alpn h2
+EOF
+    else
+        cat <<EOF
+backend echo_tcp
+  mode tcp
+  server echo $backend:8080
+backend h2_tcp
+  mode tcp
+  server echo $backend:8082
+backend echo_http
+  mode http
+  http-reuse always
+  server echo $backend:8080
+EOF
+    fi
+}
+haproxy_config 127.0.63.1 "$work/certs/gw-a/haproxy.pem" backend > "$work/haproxy.cfg"
+haproxy_config 127.0.63.1 "$work/certs/gw-a/haproxy.pem" chain > "$work/haproxy-a-chain.cfg"
+haproxy_config 127.0.64.1 "$work/certs/gw-b/haproxy.pem" backend > "$work/haproxy-b.cfg"
+
+# --- nginx: stream (TLS terminated, client certificate required) and http ----------------------
+cat > "$work/nginx-proxy.conf" <<EOF
+load_module /usr/lib/nginx/modules/ngx_stream_module.so;
+worker_processes 1;
+pid $work/nginx-proxy.pid;
+error_log $work/nginx-proxy.error.log warn;
+worker_rlimit_nofile $fd_limit;
+events { worker_connections $fd_limit; }
+stream {
+  map \$ssl_server_name \$upstream { $host_h2 $backend:8082; default $backend:8080; }
+  server {
+    listen 127.0.65.1:15443 ssl backlog=4096;
+    ssl_certificate $work/certs/gw-a/cert-chain.pem;
+    ssl_certificate_key $work/certs/gw-a/key.pem;
+    ssl_client_certificate $work/certs/gw-a/root-cert.pem;
+    ssl_verify_client on;
+    ssl_verify_depth 3;
+    proxy_pass \$upstream;
+  }
+}
+http {
+  access_log off;
+  keepalive_requests 10000000;
+  keepalive_timeout 300s;
+  upstream echo { server $backend:8080; keepalive 64; }
+  server {
+    listen 127.0.65.1:15444 ssl http2 backlog=4096;
+    ssl_certificate $work/certs/gw-a/cert-chain.pem;
+    ssl_certificate_key $work/certs/gw-a/key.pem;
+    ssl_client_certificate $work/certs/gw-a/root-cert.pem;
+    ssl_verify_client on;
+    ssl_verify_depth 3;
+    location / { proxy_pass http://echo; proxy_http_version 1.1; proxy_set_header Connection ""; }
+  }
+}
+EOF
+
+# --- running targets ----------------------------------------------------------------------------
+target_pids=()
+wait_port() { for _ in $(seq 1 100); do (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null && return 0; sleep 0.1; done; echo "nothing listens on $1:$2" >&2; return 1; }
+start_target() {
+    target_pids=()
+    case "$1" in
+        direct) ;;
+        eastwest)
+            $proxy_cpu "$ew" gateway --config "$work/gw-a.yaml" --concurrency 1 --log-level warning 2>>"$work/gw.log" &
+            target_pids+=($!); wait_port 127.0.61.1 15443 ;;
+        eastwest-chain)
+            $proxy_cpu "$ew" gateway --config "$work/gw-b.yaml" --concurrency 1 --log-level warning 2>>"$work/gw.log" &
+            target_pids+=($!)
+            $proxy_cpu "$ew" gateway --config "$work/gw-a-chain.yaml" --concurrency 1 --log-level warning 2>>"$work/gw.log" &
+            target_pids+=($!); wait_port 127.0.61.1 15443; wait_port 127.0.62.1 15443 ;;
+        haproxy-tcp|haproxy-http)
+            $proxy_cpu haproxy -db -f "$work/haproxy.cfg" 2>>"$work/haproxy.log" &
+            target_pids+=($!); wait_port 127.0.63.1 15443 ;;
+        haproxy-chain)
+            $proxy_cpu haproxy -db -f "$work/haproxy-b.cfg" 2>>"$work/haproxy.log" &
+            target_pids+=($!)
+            $proxy_cpu haproxy -db -f "$work/haproxy-a-chain.cfg" 2>>"$work/haproxy.log" &
+            target_pids+=($!); wait_port 127.0.63.1 15443; wait_port 127.0.64.1 15443 ;;
+        nginx-stream|nginx-http)
+            $proxy_cpu nginx -c "$work/nginx-proxy.conf"
+            sleep 0.3; target_pids+=($(pgrep -P "$(cat "$work/nginx-proxy.pid")") "$(cat "$work/nginx-proxy.pid")"); wait_port 127.0.65.1 15443 ;;
+    esac
+    pids+=("${target_pids[@]:-}")
+}
+stop_target() {
+    case "$1" in
+        nginx-stream|nginx-http) kill "$(cat "$work/nginx-proxy.pid")" 2>/dev/null || true; sleep 0.5 ;;
+        *) for pid in "${target_pids[@]:-}"; do kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; done ;;
+    esac
+    target_pids=()
+}
+address_of() {
+    case "$1" in
+        direct) echo "$backend" ;; eastwest|eastwest-chain) echo 127.0.61.1 ;;
+        haproxy-*) echo 127.0.63.1 ;; nginx-*) echo 127.0.65.1 ;;
+    esac
+}
+port_of() { case "$1" in haproxy-http|nginx-http) echo 15444 ;; direct) echo "$2" ;; *) echo 15443 ;; esac; }
+# CPU seconds (user + system) the target's processes used so far.
+cpu_of() { local total=0; for pid in "${target_pids[@]:-}"; do
+    [ -n "$pid" ] && [ -r "/proc/$pid/stat" ] && total=$((total + $(awk '{print $14 + $15}' "/proc/$pid/stat"))); done
+    python3 -c "print($total / $(getconf CLK_TCK))"; }
+rss_kib() { local total=0; for pid in "${target_pids[@]:-}"; do
+    [ -n "$pid" ] && [ -r "/proc/$pid/status" ] && total=$((total + $(awk '/VmRSS/ {print $2}' "/proc/$pid/status"))); done; echo "$total"; }
+
+# One cell: workload on target; appends a JSON line with the generator's summary and the
+# target's CPU seconds (and memory for w5).
+run_cell() { # target workload repeat
+    local target=$1 workload=$2 repeat=$3 addr port args=()
+    addr=$(address_of "$target")
+    case "$workload" in
+        w1) port=$(port_of "$target" 8080); args=(--connections 32 --duration "${seconds}s") ;;
+        w2) port=$(port_of "$target" 8080); args=(--connections 32 --new-connection-per-request --duration "${seconds}s") ;;
+        w3) port=$(port_of "$target" 8080); args=(--connections 8 --path /1m --duration "${seconds}s") ;;
+        w4) port=$(port_of "$target" 8082); args=(--http2 --connections 8 --streams 100 --duration "${seconds}s") ;;
+        w5) port=$(port_of "$target" 8080); args=(--idle-connections "$idle_conns" --idle-for "$idle_for" --timeout 30s) ;;
+    esac
+    local sni=$host
+    [ "$workload" = w4 ] && sni=$host_h2
+    local flags=(--target "$addr:$port" --sni "$sni" "${args[@]}" --json)
+    [ "$target" != direct ] && flags+=("${tls_flags[@]}")
+    local before rss_base=0 rss_peak=0 summary
+    before=$(cpu_of)
+    if [ "$workload" = w5 ]; then
+        rss_base=$(rss_kib)
+        $load_cpu "$ew" load "${flags[@]}" > "$work/cell.json" 2>>"$work/load.log" &
+        local gen=$!
+        while kill -0 "$gen" 2>/dev/null; do r=$(rss_kib); [ "$r" -gt "$rss_peak" ] && rss_peak=$r; sleep 0.5; done
+        wait "$gen" || true
+    else
+        $load_cpu "$ew" load "${flags[@]}" > "$work/cell.json" 2>>"$work/load.log" || true
+    fi
+    local cpu
+    cpu=$(python3 -c "print($(cpu_of) - $before)")
+    python3 - "$work/cell.json" "$target" "$workload" "$repeat" "$cpu" "$rss_base" "$rss_peak" "$idle_conns" >> "$results" <<'EOF'
+import json, sys
+path, target, workload, repeat, cpu, base, peak, idle = sys.argv[1:]
+try:
+    summary = json.load(open(path))
+except Exception:
+    summary = {"requestsPerSecond": 0, "bytesPerSecond": 0, "succeeded": 0, "sent": 0, "failed": {"generator": 1}, "latencyMs": {}}
+summary.update(target=target, workload=workload, repeat=int(repeat), cpuSeconds=float(cpu),
+               rssBaseKiB=int(base), rssPeakKiB=int(peak), idleConnections=int(idle))
+print(json.dumps(summary))
+EOF
+    python3 -c "
+import json,sys; s=json.loads(open('$results').read().splitlines()[-1])
+print(f\"  {s['target']:<15} {s['workload']}  #{s['repeat']}  {s['requestsPerSecond']:>10.0f} req/s  {s['bytesPerSecond']/1e6:>8.1f} MB/s  p99 {s['latencyMs'].get('p99', 0):.3f} ms  cpu {s['cpuSeconds']:.2f} s  errors {sum(s['failed'].values())}\")" >&2
+}
+
+wants() { [ -z "$only" ] || [[ ",$only," == *",$1,"* ]]; }
+targets=(direct eastwest haproxy-tcp haproxy-http nginx-stream nginx-http)
+for target in "${targets[@]}"; do
+    start_target "$target"
+    for workload in w1 w2 w3 w4 w5; do
+        wants "$workload" || continue
+        [ "$target" = direct ] && [ "$workload" = w5 ] && continue
+        [ "$target" = direct ] && [ "$workload" = w2 ] && continue   # no TLS: nothing to hand-shake
+        reps=$repeats; [ "$workload" = w5 ] && reps=1
+        for r in $(seq 1 "$reps"); do run_cell "$target" "$workload" "$r"; done
+    done
+    stop_target "$target"
+done
+if wants chain; then
+    for target in eastwest-chain haproxy-chain; do
+        start_target "$target"
+        for workload in w1 w2 w4; do
+            { [ "$quick" = 1 ] && [ "$workload" = w4 ]; } && continue
+            for r in $(seq 1 "$repeats"); do run_cell "$target" "$workload" "$r"; done
+        done
+        stop_target "$target"
+    done
+fi
+
+# The generator's own ceiling against the plain backend, next to wrk and h2load.
+generator_line=""
+if wants w1 || wants w4; then
+    wrk_rps=$($load_cpu wrk -t1 -c32 -d"${seconds}s" "http://$backend:8080/" | awk '/Requests\/sec/ {print $2}')
+    h2_rps=$($load_cpu h2load -c8 -m100 -D"$seconds" "http://$backend:8082/" 2>/dev/null | awk '/^finished in/ {print $4}')
+    generator_line="wrk=$wrk_rps h2load=$h2_rps"
+fi
+
+versions="eastwest $(cd "$root" && git rev-parse --short HEAD 2>/dev/null || echo '?'); $(haproxy -v | head -1 | cut -d' ' -f1-3); $(nginx -v 2>&1 | cut -d' ' -f3); $(h2load --version | head -1); $(swift --version 2>&1 | head -1)"
+machine="$(nproc) cores, $(awk -F: '/model name/ {print $2; exit}' /proc/cpuinfo | sed 's/^ *//'), $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -sr)"
+command="bench/run.sh${arguments:+ $arguments}"
+mkdir -p "$here/results"
+[ -z "$out" ] && out="$here/results/$(date +%F)$([ "$quick" = 1 ] && echo -quick).md"
+python3 "$here/report.py" "$results" --machine "$machine" --versions "$versions" --pinning "$pinning" \
+    --command "$command" --seconds "$seconds" --repeats "$repeats" --generator "$generator_line" > "$out"
+cat "$out"
+echo "written to $out (raw results: $results)" >&2
