@@ -6,14 +6,15 @@
 #   bench/run.sh            full run (every target and workload, 3 repeats of 10 s; ~25 min)
 #   bench/run.sh --quick    2-minute subset (w1, w2 and the chains, 3 repeats of 3 s)
 #
-# Options: --repeats N, --seconds S, --only w1,w2,... (workloads), --out FILE, --no-install.
+# Options: --repeats N, --seconds S, --only w1,w2,...,chain (workloads), --targets eastwest,...
+# (targets), --out FILE, --no-install.
 # Cores: with two or more, proxies run on core 0 and the load generator and the backend on
 # core 1 (taskset), so a proxy's CPU time is its own and it cannot steal the generator's core.
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/.." && pwd)
-quick=0 repeats=3 seconds=10 only="" out="" install=1
+quick=0 repeats=3 seconds=10 only="" out="" install=1 target_filter=
 arguments="$*"
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -21,6 +22,7 @@ while [ $# -gt 0 ]; do
         --repeats) repeats=$2; shift ;;
         --seconds) seconds=$2; shift ;;
         --only) only=$2; shift ;;
+        --targets) target_filter=$2; shift ;;
         --out) out=$2; shift ;;
         --no-install) install=0 ;;
         -h|--help) sed -n 2,12p "$0"; exit 0 ;;
@@ -320,8 +322,10 @@ print(f\"  {s['target']:<15} {s['workload']}  #{s['repeat']}  {s['requestsPerSec
 }
 
 wants() { [ -z "$only" ] || [[ ",$only," == *",$1,"* ]]; }
+runs_target() { [ -z "$target_filter" ] || [[ ",$target_filter," == *",$1,"* ]]; }
 targets=(direct eastwest haproxy-tcp haproxy-http nginx-stream nginx-http)
 for target in "${targets[@]}"; do
+    runs_target "$target" || continue
     start_target "$target"
     for workload in w1 w2 w3 w4 w5; do
         wants "$workload" || continue
@@ -334,6 +338,7 @@ for target in "${targets[@]}"; do
 done
 if wants chain; then
     for target in eastwest-chain haproxy-chain; do
+        runs_target "$target" || continue
         start_target "$target"
         for workload in w1 w2 w4; do
             { [ "$quick" = 1 ] && [ "$workload" = w4 ]; } && continue

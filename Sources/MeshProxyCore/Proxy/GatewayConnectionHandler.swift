@@ -205,6 +205,7 @@ package final class GatewayConnectionHandler: ChannelDuplexHandler, RemovableCha
             return
         }
         record.glue = (downstream: downstreamGlue, upstream: upstreamGlue)
+        downstreamGlue.closeWhenIdle(for: snapshot.config.idleTimeout)
         if case .local(let endpoint) = planned.target, let outliers = snapshot.outliers {
             // Judged when the connection ends: an endpoint that resets established connections
             // is as broken as one that refuses them (a gateway error); a clean end is a success

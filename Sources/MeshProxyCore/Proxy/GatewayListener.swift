@@ -140,7 +140,6 @@ package final class GatewayListener: Sendable {
                 }
                 let operations = channel.pipeline.syncOperations
                 try operations.addHandler(tls)
-                try operations.addHandler(IdleStateHandler(allTimeout: TimeAmount(snapshot.config.idleTimeout)))
                 try operations.addHandler(GatewayConnectionHandler(snapshot: snapshot, route: route, record: record))
                 return channel.eventLoop.makeSucceededVoidFuture()
             } catch {

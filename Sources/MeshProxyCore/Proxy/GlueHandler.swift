@@ -20,6 +20,7 @@ package final class GlueHandler {
     package private(set) var bytesRead = 0
     /// What ended this side with an error (e.g. a reset), for outlier detection.
     package private(set) var failure: (any Error)?
+    private var idleCheck: RepeatedTask?
 
     private init() {}
 
@@ -65,6 +66,33 @@ package final class GlueHandler {
     private var partnerIsWritable: Bool {
         context?.channel.isWritable ?? false
     }
+
+    /// Closes the pair once no byte has moved either way for `timeout` (Envoy's TCP proxy
+    /// `idle_timeout`). Checked a few times per period against the byte counts the pair keeps
+    /// anyway, so the data path pays nothing per read or write (an `IdleStateHandler` hooks a
+    /// promise onto every write).
+    package func closeWhenIdle(for timeout: Duration) {
+        guard let context, let partner else { return }
+        let period = TimeAmount(timeout)
+        let step = TimeAmount.nanoseconds(max(period.nanoseconds / 4, 1_000_000))
+        var lastBytes = bytesRead &+ partner.bytesRead
+        var lastChange = NIODeadline.now()
+        let bound = NIOLoopBound(self, eventLoop: context.eventLoop)
+        idleCheck = context.eventLoop.scheduleRepeatedTask(initialDelay: step, delay: step) { task in
+            let handler = bound.value
+            guard let context = handler.context else { task.cancel(); return }
+            let bytes = handler.bytesRead &+ (handler.partner?.bytesRead ?? 0)
+            let now = NIODeadline.now()
+            if bytes != lastBytes {
+                lastBytes = bytes
+                lastChange = now
+            } else if now - lastChange >= period {
+                task.cancel()
+                handler.partner?.partnerCloseFull()
+                context.close(promise: nil)
+            }
+        }
+    }
 }
 
 extension GlueHandler: ChannelDuplexHandler {
@@ -77,6 +105,7 @@ extension GlueHandler: ChannelDuplexHandler {
     }
 
     package func handlerRemoved(context: ChannelHandlerContext) {
+        idleCheck?.cancel()
         self.context = nil
         self.partner = nil
     }
@@ -91,6 +120,7 @@ extension GlueHandler: ChannelDuplexHandler {
     }
 
     package func channelInactive(context: ChannelHandlerContext) {
+        idleCheck?.cancel()
         partner?.partnerCloseFull()
     }
 
@@ -100,12 +130,6 @@ extension GlueHandler: ChannelDuplexHandler {
             partner?.partnerFlush()
             partner?.partnerWriteEOF()
             if outputClosed { context.close(promise: nil) }
-            return
-        }
-        if event is IdleStateHandler.IdleStateEvent {
-            // No bytes either way for the idle timeout (Envoy TCP proxy `idle_timeout`).
-            partner?.partnerCloseFull()
-            context.close(promise: nil)
             return
         }
         context.fireUserInboundEventTriggered(event)
