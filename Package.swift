@@ -72,7 +72,7 @@ let package = Package(
         ),
         .testTarget(
             name: "MeshProxyCoreTests",
-            dependencies: ["MeshProxyCore"]
+            dependencies: ["MeshProxyCore", .product(name: "NIOCore", package: "swift-nio")]
         ),
         .testTarget(
             name: "FederationTests",

@@ -197,10 +197,10 @@ final class LoadShard {
     private func tick() {
         let now = NIODeadline.now()
         ticks += 1
-        if now >= end { stopping = true }
-        if let rate = profile.rate, !stopping {
-            let elapsed = Double((now - start).nanoseconds) / 1e9
-            let due = min(Int(elapsed * Double(rate)), Int(Double(rate) * profile.duration.seconds))
+        if let rate = profile.rate, !stopping, now >= start {
+            // Everything due up to now, and never past the end: rate × duration in all.
+            let elapsed = Double((min(now, end) - start).nanoseconds) / 1e9
+            let due = min(Int(elapsed * Double(rate)) + (now >= end ? 0 : 1), Int((Double(rate) * profile.duration.seconds).rounded()))
             while issued < due {
                 let offset = TimeAmount.nanoseconds(Int64(Double(issued) / Double(rate) * 1e9))
                 let second = Int(offset.nanoseconds / 1_000_000_000)
@@ -209,6 +209,7 @@ final class LoadShard {
                 issued += 1
             }
         }
+        if now >= end { stopping = true }
         if profile.idleConnections != nil, !burstSent, idleToOpen == 0, now >= idleBurstAt {
             burst()
         }
