@@ -53,7 +53,7 @@ package final class FederationTransport: Sendable {
 
     /// Called by the listener, on the connection's event loop, for the reserved server name.
     package func acceptConnection(_ channel: any Channel) throws {
-        let policy = tls.peerGatewayPolicy
+        let policy = tls.peerGateways
         let logger = self.logger
         let remote = channel.remoteAddress.map { "\($0)" } ?? "?"
         let handler = NIOSSLServerHandler(context: serverContext) { certificates, verification in
@@ -161,7 +161,7 @@ package final class FederationTransport: Sendable {
 
     private func dial(_ address: HostPort) -> EventLoopFuture<any Channel> {
         let context = clientContext
-        let policy = tls.peerGatewayPolicy
+        let policy = tls.peerGateways
         let logger = self.logger
         // Dial from our own gateway address, as a multi-homed gateway must: peers and
         // firewalls see the gateway, not whichever address the kernel picks.

@@ -127,7 +127,7 @@ package final class GatewayListener: Sendable {
                 }
             }
             do {
-                let policy = snapshot.tls.clientPolicy
+                let policy = snapshot.tls.clients
                 let tls = NIOSSLServerHandler(context: snapshot.tls.serverContext) { certificates, verification in
                     switch policy.evaluate(peerCertificates: certificates, now: Date()) {
                     case .success(let id):

@@ -1,6 +1,7 @@
 import Foundation
 import NIOCore
 import NIOSSL
+import Synchronization
 import X509
 
 /// The TLS side of one gateway config: the server context for 15443, the client context for
@@ -13,6 +14,9 @@ package struct GatewayTLS: Sendable {
     package let clientPolicy: MeshTrustPolicy
     /// Who we accept when we dial another cluster's gateway.
     package let peerGatewayPolicy: MeshTrustPolicy
+    /// The two policies as handshakes run them (remembering accepted chains).
+    package let clients: PeerVerifier
+    package let peerGateways: PeerVerifier
     /// Our own identity, from our certificate.
     package let identity: SpiffeID?
     private let serverConfiguration: TLSConfiguration
@@ -65,6 +69,8 @@ package struct GatewayTLS: Sendable {
         clientPolicy = MeshTrustPolicy(roots: rootCertificates, allowedTrustDomains: config.effectiveAllowedTrustDomains)
         peerGatewayPolicy = MeshTrustPolicy(roots: rootCertificates, allowedTrustDomains: config.effectiveAllowedTrustDomains,
                                             allowedIdentities: config.effectivePeerGatewayIdentities)
+        clients = PeerVerifier(policy: clientPolicy)
+        peerGateways = PeerVerifier(policy: peerGatewayPolicy)
     }
 
     /// The same certificates and checks for a protocol of our own on the 15443 port (gossip
@@ -87,14 +93,55 @@ package struct GatewayTLS: Sendable {
     }
 }
 
-extension MeshTrustPolicy {
+/// A trust policy as the TLS callbacks run it: with a memory of chains it already accepted.
+///
+/// The mesh check parses every certificate and verifies each signature up to the root; a
+/// workload presents the same chain on every connection until its certificate rotates, so an
+/// accepted chain (byte for byte) is remembered until the earliest expiry on it. BoringSSL
+/// still checks on every handshake that the peer holds the leaf's private key. A reload builds
+/// a new `GatewayTLS`, so a changed root or policy starts with an empty memory.
+package final class PeerVerifier: Sendable {
+    package let policy: MeshTrustPolicy
+    private let accepted = Mutex<[[UInt8]: Accepted]>([:])
+    /// Distinct chains remembered at most; beyond it the memory starts over.
+    private let capacity = 10_000
+
+    private struct Accepted {
+        var identity: SpiffeID
+        var notBefore: Date
+        var notAfter: Date
+    }
+
+    package init(policy: MeshTrustPolicy) { self.policy = policy }
+
     /// Runs the policy on certificates as NIOSSL hands them to a verification callback.
     package func evaluate(peerCertificates presented: [NIOSSLCertificate], now: Date) -> Result<SpiffeID, PeerRejection> {
+        let der: [[UInt8]]
         do {
-            let chain = try presented.map { try Certificate(derEncoded: try $0.toDERBytes()) }
-            return evaluate(presented: chain, now: now)
+            der = try presented.map { try $0.toDERBytes() }
+        } catch {
+            return .failure(.malformedSpiffeID("peer certificate cannot be read: \(error)"))
+        }
+        let key = Array(der.joined())
+        if let hit = accepted.withLock({ $0[key] }), hit.notBefore <= now, now <= hit.notAfter {
+            return .success(hit.identity)
+        }
+        let chain: [Certificate]
+        do {
+            chain = try der.map { try Certificate(derEncoded: $0) }
         } catch {
             return .failure(.malformedSpiffeID("peer certificate cannot be parsed: \(error)"))
         }
+        let result = policy.evaluate(presented: chain, now: now)
+        if case .success(let identity) = result {
+            let certificates = chain + policy.roots
+            let entry = Accepted(identity: identity, notBefore: certificates.map(\.notValidBefore).max() ?? now,
+                                 notAfter: certificates.map(\.notValidAfter).min() ?? now)
+            accepted.withLock { accepted in
+                if accepted.count >= capacity { accepted.removeAll(keepingCapacity: true) }
+                accepted[key] = entry
+            }
+        }
+        return result
     }
 }

@@ -51,7 +51,7 @@ package enum UpstreamConnector {
             }
         case .peerGateway(_, _, let serverName):
             let handshake = eventLoop.makePromise(of: Void.self)
-            let policy = tls.peerGatewayPolicy
+            let policy = tls.peerGateways
             let context = tls.clientContext
             let sni = serverName.istioForm
             return connect(bootstrap.channelInitializer { channel in

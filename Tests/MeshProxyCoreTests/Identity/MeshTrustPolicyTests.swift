@@ -1,5 +1,7 @@
 import Foundation
 import Testing
+import NIOSSL
+import SwiftASN1
 import X509
 @testable import MeshProxyCore
 
@@ -78,5 +80,52 @@ struct MeshTrustPolicyTests {
         #expect(leaf.certificate.subject.isEmpty)
         #expect(try leaf.certificate.extensions.basicConstraints == .notCertificateAuthority)
         #expect(leaf.certificate.issuer == intermediate.certificate.subject)
+    }
+}
+
+@Suite("Accepted chains remembered by the handshake verifier")
+struct PeerVerifierTests {
+    let now = Date()
+
+    func nio(_ issued: IssuedCertificate...) throws -> [NIOSSLCertificate] {
+        try issued.map { issued in
+            var serializer = DER.Serializer()
+            try serializer.serialize(issued.certificate)
+            return try NIOSSLCertificate(bytes: serializer.serializedBytes, format: .der)
+        }
+    }
+
+    @Test("A remembered chain answers the same identity until it expires; then the policy speaks again")
+    func remembersUntilExpiry() throws {
+        let root = try CertificateAuthority.makeRoot(trustDomain: "cluster.local", now: now)
+        let intermediate = try CertificateAuthority.makeIntermediate(cluster: "east", trustDomain: "cluster.local", issuer: root, now: now)
+        let client = try CertificateAuthority.makeWorkload(
+            spiffeID: try SpiffeID(parsing: "spiffe://cluster.local/ns/default/sa/client"), issuer: intermediate,
+            validity: .seconds(60), now: now)
+        let verifier = PeerVerifier(policy: MeshTrustPolicy(roots: [root.certificate], allowedTrustDomains: ["cluster.local"]))
+        let chain = try nio(client, intermediate)
+        #expect(try verifier.evaluate(peerCertificates: chain, now: now).get().description == "spiffe://cluster.local/ns/default/sa/client")
+        #expect(try verifier.evaluate(peerCertificates: chain, now: now + 30).get().description == "spiffe://cluster.local/ns/default/sa/client")
+        guard case .failure(.expired) = verifier.evaluate(peerCertificates: chain, now: now + 120) else {
+            Issue.record("an expired chain was accepted from memory"); return
+        }
+    }
+
+    @Test("A refused chain is refused every time, and another policy's memory is its own")
+    func refusalsAreNotRemembered() throws {
+        let root = try CertificateAuthority.makeRoot(trustDomain: "cluster.local", now: now)
+        let intermediate = try CertificateAuthority.makeIntermediate(cluster: "east", trustDomain: "cluster.local", issuer: root, now: now)
+        let client = try CertificateAuthority.makeWorkload(
+            spiffeID: try SpiffeID(parsing: "spiffe://cluster.local/ns/default/sa/client"), issuer: intermediate, now: now)
+        let chain = try nio(client, intermediate)
+        let strict = PeerVerifier(policy: MeshTrustPolicy(roots: [root.certificate], allowedTrustDomains: ["cluster.local"],
+                                                          allowedIdentities: [try SpiffeID(parsing: "spiffe://cluster.local/ns/istio-system/sa/eastwest-gateway")]))
+        let open = PeerVerifier(policy: MeshTrustPolicy(roots: [root.certificate], allowedTrustDomains: ["cluster.local"]))
+        #expect(try open.evaluate(peerCertificates: chain, now: now).get().description == "spiffe://cluster.local/ns/default/sa/client")
+        for _ in 0..<2 {
+            guard case .failure(.identityNotAllowed) = strict.evaluate(peerCertificates: chain, now: now) else {
+                Issue.record("a client identity passed as a peer gateway"); return
+            }
+        }
     }
 }
