@@ -166,7 +166,7 @@ package final class FederationTransport: Sendable {
         // Dial from our own gateway address, as a multi-homed gateway must: peers and
         // firewalls see the gateway, not whichever address the kernel picks.
         var bootstrap = ClientBootstrap(group: group).connectTimeout(.seconds(1))
-        if let source = try? SocketAddress(ipAddress: localAddress.host, port: 0) { bootstrap = bootstrap.bind(to: source) }
+        if let source = try? SocketAddress(ipAddress: localAddress.host, port: 0) { bootstrap = bootstrap.bindingSource(source) }
         return bootstrap
             .channelOption(.socketOption(.tcp_nodelay), value: 1)
             .channelInitializer { channel in

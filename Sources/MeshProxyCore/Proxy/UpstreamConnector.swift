@@ -4,6 +4,21 @@ import NIOPosix
 import NIOSSL
 import NIOTLS
 
+extension ClientBootstrap {
+    /// Dials from `source` with the port left to `connect()`, as Envoy does
+    /// (`IP_BIND_ADDRESS_NO_PORT`): a plain `bind()` must find a port free for every
+    /// destination, which runs out, and slows to a crawl, once tens of thousands of short
+    /// connections sit in TIME_WAIT; `connect()` only needs the 4-tuple to be unique.
+    package func bindingSource(_ source: SocketAddress) -> ClientBootstrap {
+        var bootstrap = self
+        if source.protocol == .inet {
+            let bindAddressNoPort = ChannelOptions.Types.SocketOption(level: .ip, name: NIOBSDSocket.Option(rawValue: 24))
+            bootstrap = bootstrap.channelOption(bindAddressNoPort, value: 1)
+        }
+        return bootstrap.bind(to: source)
+    }
+}
+
 /// Why one upstream attempt failed; the access log prints it.
 package struct UpstreamConnectError: Error, CustomStringConvertible {
     package var target: UpstreamTarget
@@ -34,7 +49,7 @@ package enum UpstreamConnector {
         // Dial from the gateway's own address, as a multi-homed gateway must: peers and
         // firewalls (and a drill's iptables rules) see the gateway, not whichever address the
         // kernel picks.
-        if let source { bootstrap = bootstrap.bind(to: source) }
+        if let source { bootstrap = bootstrap.bindingSource(source) }
         if let keepalive {
             // Istio's tcpKeepalive → SO_KEEPALIVE with the kernel's idle/interval/probe knobs;
             // unset values keep the kernel's defaults, as Envoy does.
