@@ -358,13 +358,14 @@ fi
 # The generator's own ceiling against the plain backend, next to wrk and h2load.
 generator_line=""
 if wants w1 || wants w4; then
-    wrk_rps=$($load_cpu wrk -t1 -c32 -d"${seconds}s" "http://$backend:8080/" | awk '/Requests\/sec/ {print $2}')
-    h2_rps=$($load_cpu h2load -c8 -m100 -D"$seconds" "http://$backend:8082/" 2>/dev/null | awk '/^finished in/ {print $4}')
+    wrk_rps=$( ($load_cpu wrk -t1 -c32 -d"${seconds}s" "http://$backend:8080/" || true) | awk '/Requests\/sec/ {print $2}')
+    h2_rps=$( ($load_cpu h2load -c8 -m100 -D"$seconds" "http://$backend:8082/" 2>/dev/null || true) | awk '/^finished in/ {print $4}')
     generator_line="wrk=$wrk_rps h2load=$h2_rps"
 fi
 
-versions="eastwest $(cd "$root" && git rev-parse --short HEAD 2>/dev/null || echo '?'); $(haproxy -v | head -1 | cut -d' ' -f1-3); $(nginx -v 2>&1 | cut -d' ' -f3); $(h2load --version | head -1); $(swift --version 2>&1 | head -1)"
-machine="$(nproc) cores, $(awk -F: '/model name/ {print $2; exit}' /proc/cpuinfo | sed 's/^ *//'), $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -sr)"
+# (`|| true`: under pipefail, `head -1` closing a pipe early must not end the run here.)
+versions="eastwest $(cd "$root" && git rev-parse --short HEAD 2>/dev/null || echo '?'); $( (haproxy -v 2>&1 || true) | head -1 | cut -d' ' -f1-3); $(nginx -v 2>&1 | cut -d' ' -f3); $( (h2load --version 2>&1 || true) | head -1); $( (swift --version 2>&1 || true) | head -1)"
+machine="$(nproc) cores, $( (grep -m1 'model name' /proc/cpuinfo || true) | cut -d: -f2 | sed 's/^ *//'), $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -sr)"
 command="bench/run.sh${arguments:+ $arguments}"
 mkdir -p "$here/results"
 [ -z "$out" ] && out="$here/results/$(date +%F)$([ "$quick" = 1 ] && echo -quick).md"
