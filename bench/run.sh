@@ -368,7 +368,9 @@ versions="eastwest $(cd "$root" && git rev-parse --short HEAD 2>/dev/null || ech
 machine="$(nproc) cores, $( (grep -m1 'model name' /proc/cpuinfo || true) | cut -d: -f2 | sed 's/^ *//'), $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -sr)"
 command="bench/run.sh${arguments:+ $arguments}"
 mkdir -p "$here/results"
-[ -z "$out" ] && out="$here/results/$(date +%F)$([ "$quick" = 1 ] && echo -quick).md"
+suffix=""
+[ "$quick" = 1 ] && suffix="-quick"
+[ -n "$out" ] || out="$here/results/$(date +%F)$suffix.md"
 python3 "$here/report.py" "$results" --machine "$machine" --versions "$versions" --pinning "$pinning" \
     --command "$command" --seconds "$seconds" --repeats "$repeats" --generator "$generator_line" > "$out"
 cat "$out"
