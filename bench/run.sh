@@ -94,12 +94,12 @@ mkdir -p "$work/www"
 printf 'hello from the backend\n' > "$work/www/index.html"
 head -c 1048576 /dev/urandom > "$work/www/1m"
 backend=127.0.60.10
-cat > "$work/nginx-backend.conf" <<EOF
-worker_processes 1;
-pid $work/nginx-backend.pid;
-error_log $work/nginx-backend.error.log warn;
-worker_rlimit_nofile $fd_limit;
-events { worker_connections $fd_limit; }
+# One worker, as many connections as the descriptor limit allows; NAME names pid and log.
+nginx_main() { # NAME
+    printf 'worker_processes 1;\npid %s/%s.pid;\nerror_log %s/%s.error.log warn;\n' "$work" "$1" "$work" "$1"
+    printf 'worker_rlimit_nofile %s;\nevents { worker_connections %s; }\n' "$fd_limit" "$fd_limit"
+}
+{ nginx_main nginx-backend; cat <<EOF
 http {
   access_log off;
   keepalive_requests 10000000;
@@ -108,6 +108,7 @@ http {
   server { listen $backend:8082 http2 backlog=4096; root $work/www; http2_max_concurrent_streams 256; }
 }
 EOF
+} > "$work/nginx-backend.conf"
 $load_cpu nginx -c "$work/nginx-backend.conf"
 
 # --- EastWest: gateway A (cluster a) and B (cluster b); A reaches echo only through B ------------
@@ -197,13 +198,7 @@ haproxy_config 127.0.63.1 "$work/certs/gw-a/haproxy.pem" chain > "$work/haproxy-
 haproxy_config 127.0.64.1 "$work/certs/gw-b/haproxy.pem" backend > "$work/haproxy-b.cfg"
 
 # --- nginx: stream (TLS terminated, client certificate required) and http ----------------------
-cat > "$work/nginx-proxy.conf" <<EOF
-load_module /usr/lib/nginx/modules/ngx_stream_module.so;
-worker_processes 1;
-pid $work/nginx-proxy.pid;
-error_log $work/nginx-proxy.error.log warn;
-worker_rlimit_nofile $fd_limit;
-events { worker_connections $fd_limit; }
+{ echo "load_module /usr/lib/nginx/modules/ngx_stream_module.so;"; nginx_main nginx-proxy; cat <<EOF
 stream {
   map \$ssl_server_name \$upstream { $host_h2 $backend:8082; default $backend:8080; }
   server {
@@ -232,6 +227,7 @@ http {
   }
 }
 EOF
+} > "$work/nginx-proxy.conf"
 
 # --- running targets ----------------------------------------------------------------------------
 target_pids=()
