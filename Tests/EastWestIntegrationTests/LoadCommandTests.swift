@@ -9,6 +9,7 @@ struct LoadCommandTests {
         var sent: Int
         var succeeded: Int
         var failed: [String: Int]
+        var connectionFailures: [String: Int]
         var requestsPerSecond: Double
         var seconds: Double
         var mode: String
@@ -74,6 +75,12 @@ struct LoadCommandTests {
         #expect(refused.status == 1)
         #expect(summary?.failed["connect"] == 50)
         #expect(summary?.succeeded == 0)
+
+        // Kept-alive connections that never open send nothing; the summary says why.
+        let (keptAlive, keptSummary) = try load(mesh, nobody, ["--connections", "2", "--duration", "1s"])
+        #expect(keptAlive.status == 1)
+        #expect(keptSummary?.sent == 0)
+        #expect((keptSummary?.connectionFailures["connect"] ?? 0) >= 2)
 
         let usage = try runCommand(PackagePaths.eastwest, ["load", "--target", "127.0.59.1:15443", "--cert", "c.pem"])
         #expect(usage.status != 0)

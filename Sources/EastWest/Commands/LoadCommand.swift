@@ -109,6 +109,7 @@ struct LoadSummary: Codable {
     var sent: Int
     var succeeded: Int
     var failed: [String: Int]
+    var connectionFailures: [String: Int]
     var requestsPerSecond: Double
     var bytesPerSecond: Double
     var latencyMs: [String: Double]
@@ -124,6 +125,7 @@ struct LoadSummary: Codable {
         sent = totals.sent
         succeeded = totals.succeeded
         failed = totals.failed
+        connectionFailures = totals.connectionFailures
         requestsPerSecond = seconds > 0 ? Double(succeeded) / seconds : 0
         bytesPerSecond = seconds > 0 ? Double(totals.responseBytes) / seconds : 0
         let histogram = totals.latencies
@@ -140,6 +142,9 @@ struct LoadSummary: Codable {
         lines.append(String(format: "  requests/s %.0f   MB/s %.2f   sent %d   succeeded %d", requestsPerSecond, bytesPerSecond / 1e6, sent, succeeded))
         let errors = failed.sorted { $0.key < $1.key }.map { "\($0.key) \($0.value)" }.joined(separator: ", ")
         lines.append("  errors: " + (errors.isEmpty ? "none" : errors))
+        if !connectionFailures.isEmpty {
+            lines.append("  connections that failed to open: " + connectionFailures.sorted { $0.key < $1.key }.map { "\($0.key) \($0.value)" }.joined(separator: ", "))
+        }
         if !latencyMs.isEmpty {
             let order = ["p50", "p90", "p99", "p99.9", "max"]
             lines.append("  latency ms: " + order.compactMap { key in latencyMs[key].map { "\(key) \(String(format: "%.3f", $0))" } }.joined(separator: "  "))

@@ -107,7 +107,6 @@ final class LoadShard {
     /// Idle-then-burst mode: connections still being opened, and whether the burst went out.
     private var idleToOpen = 0
     private var burstSent = false
-    private(set) var connectionFailures = 0
 
     init(profile: LoadProfile, request: ByteBuffer, context: NIOSSLContext?, recorder: LoadRecorder,
          loop: any EventLoop, start: NIODeadline, finished: EventLoopPromise<Void>) {
@@ -160,7 +159,7 @@ final class LoadShard {
     }
 
     func laneFailedToOpen(error kind: String) {
-        connectionFailures += 1
+        recorder.connectionFailed(kind)
         if profile.idleConnections != nil {
             idleToOpen -= 1
             recorder.sent(second: 0)
@@ -347,9 +346,6 @@ final class LoadShard {
         }
         stopping = true
     }
-
-    /// Connections that were open when the burst went out.
-    var heldConnections: Int { lanes.count }
 }
 
 /// A connection (or stream carrier) the shard sends requests on.

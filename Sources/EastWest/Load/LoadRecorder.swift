@@ -24,6 +24,9 @@ final class LoadRecorder: Sendable {
         var failed: [String: Int] = [:]
         var responseBytes = 0
         var latencies = LoadRecorder.histogram()
+        /// Kept-alive connections that could not be opened (or re-opened), by kind: not
+        /// requests, but why fewer were sent.
+        var connectionFailures: [String: Int] = [:]
     }
 
     private let seconds = Mutex<[Int: Second]>([:])
@@ -36,6 +39,10 @@ final class LoadRecorder: Sendable {
     func sent(second: Int) {
         seconds.withLock { $0[second, default: Second(numbers: DrillSecond(second: second))].numbers.sent += 1 }
         totals.withLock { $0.sent += 1 }
+    }
+
+    func connectionFailed(_ kind: String) {
+        totals.withLock { $0.connectionFailures[kind, default: 0] += 1 }
     }
 
     func ended(second: Int, outcome: LoadOutcome, latencyMicroseconds: Int64, responseBytes: Int) {
