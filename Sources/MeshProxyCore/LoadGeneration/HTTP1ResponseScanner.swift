@@ -87,9 +87,11 @@ package struct HTTP1ResponseScanner: Sendable {
         return nil
     }
 
+    private static let versionPrefix = Array("HTTP/1.".utf8)
+
     private mutating func parseHead() -> String? {
         // "HTTP/1.1 200 ..."
-        guard head.count >= 12, head.starts(with: Array("HTTP/1.".utf8)) else { return "not an HTTP/1.x response" }
+        guard head.count >= 12, head.starts(with: Self.versionPrefix) else { return "not an HTTP/1.x response" }
         let digits = head[9..<12]
         guard digits.allSatisfy({ (0x30...0x39).contains($0) }) else { return "malformed status line" }
         status = digits.reduce(0) { $0 * 10 + Int($1 - 0x30) }
@@ -110,9 +112,8 @@ package struct HTTP1ResponseScanner: Sendable {
             } else if Self.equalsIgnoringCase(name, "transfer-encoding") {
                 return "chunked responses are not supported by the load generator"
             } else if Self.equalsIgnoringCase(name, "connection") {
-                let text = String(decoding: value, as: UTF8.self).lowercased()
-                if text.hasPrefix("close") { keepAlive = false }
-                if text.hasPrefix("keep-alive") { keepAlive = true }
+                if Self.startsIgnoringCase(value, "close") { keepAlive = false }
+                if Self.startsIgnoringCase(value, "keep-alive") { keepAlive = true }
             }
         }
         if status == 204 || status == 304 || (100..<200).contains(status) { length = 0 }
@@ -125,11 +126,15 @@ package struct HTTP1ResponseScanner: Sendable {
         return nil
     }
 
+    // Byte comparisons, no String: this runs for every response the generator counts.
     private static func equalsIgnoringCase(_ bytes: ArraySlice<UInt8>, _ lowercase: StaticString) -> Bool {
-        guard bytes.count == lowercase.utf8CodeUnitCount else { return false }
+        bytes.count == lowercase.utf8CodeUnitCount && startsIgnoringCase(bytes, lowercase)
+    }
+
+    private static func startsIgnoringCase(_ bytes: ArraySlice<UInt8>, _ lowercase: StaticString) -> Bool {
+        guard bytes.count >= lowercase.utf8CodeUnitCount else { return false }
         return lowercase.withUTF8Buffer { expected in
             zip(bytes, expected).allSatisfy { ($0 | 0x20) == $1 || ($0 == $1) }
         }
     }
-
 }
