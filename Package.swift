@@ -72,7 +72,7 @@ let package = Package(
         ),
         .testTarget(
             name: "MeshProxyCoreTests",
-            dependencies: ["MeshProxyCore", .product(name: "NIOCore", package: "swift-nio"), .product(name: "NIOSSL", package: "swift-nio-ssl"), .product(name: "SwiftASN1", package: "swift-asn1")]
+            dependencies: ["MeshProxyCore", .product(name: "NIOCore", package: "swift-nio"), .product(name: "NIOEmbedded", package: "swift-nio"), .product(name: "NIOSSL", package: "swift-nio-ssl"), .product(name: "SwiftASN1", package: "swift-asn1")]
         ),
         .testTarget(
             name: "FederationTests",

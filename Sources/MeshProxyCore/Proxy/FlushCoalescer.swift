@@ -47,7 +47,8 @@ final class FlushCoalescer {
     /// (an event loop is one thread), so it goes away with its loop.
     static func of(_ eventLoop: any EventLoop) -> FlushCoalescer {
         eventLoop.preconditionInEventLoop()
-        if let existing = perThread.currentValue { return existing }
+        // A thread that ran another loop before (test threads do) gets a new coalescer.
+        if let existing = perThread.currentValue, existing.eventLoop === eventLoop { return existing }
         let made = FlushCoalescer(eventLoop: eventLoop)
         perThread.currentValue = made
         return made

@@ -1,0 +1,62 @@
+import NIOCore
+import NIOEmbedded
+import Testing
+@testable import MeshProxyCore
+
+/// Two channels on one loop joined by `GlueHandler`s, as the gateway joins a client and its
+/// upstream: what one side reads, the other writes, flushed once the loop has handled the
+/// batch of ready sockets it arrived in.
+@Suite("Glue between a downstream and an upstream channel")
+struct GlueHandlerTests {
+    private func gluedPair() throws -> (loop: EmbeddedEventLoop, downstream: EmbeddedChannel, upstream: EmbeddedChannel) {
+        let loop = EmbeddedEventLoop()
+        let downstream = EmbeddedChannel(loop: loop), upstream = EmbeddedChannel(loop: loop)
+        let (downGlue, upGlue) = GlueHandler.matchedPair()
+        try downstream.pipeline.syncOperations.addHandler(downGlue)
+        try upstream.pipeline.syncOperations.addHandler(upGlue)
+        try downstream.connect(to: .init(ipAddress: "127.0.0.1", port: 1)).wait()
+        try upstream.connect(to: .init(ipAddress: "127.0.0.2", port: 2)).wait()
+        return (loop, downstream, upstream)
+    }
+
+    @Test("bytes read in one batch reach the other side together, after the batch, in order")
+    func flushAfterBatch() throws {
+        let (loop, downstream, upstream) = try gluedPair()
+        try downstream.writeInbound(ByteBuffer(string: "GET / HTTP/1.1\r\n"))
+        try downstream.writeInbound(ByteBuffer(string: "host: echo\r\n\r\n"))
+        // Written but not yet flushed: the loop has not finished its batch.
+        #expect(try upstream.readOutbound(as: ByteBuffer.self) == nil)
+        loop.run()
+        #expect(try upstream.readOutbound(as: ByteBuffer.self) == ByteBuffer(string: "GET / HTTP/1.1\r\n"))
+        #expect(try upstream.readOutbound(as: ByteBuffer.self) == ByteBuffer(string: "host: echo\r\n\r\n"))
+        #expect(try upstream.readOutbound(as: ByteBuffer.self) == nil)
+
+        // And the answer the other way.
+        try upstream.writeInbound(ByteBuffer(string: "HTTP/1.1 200 OK\r\n\r\n"))
+        loop.run()
+        #expect(try downstream.readOutbound(as: ByteBuffer.self) == ByteBuffer(string: "HTTP/1.1 200 OK\r\n\r\n"))
+        _ = try? downstream.finish()
+        _ = try? upstream.finish()
+    }
+
+    @Test("a half-close flushes what was read before it, without waiting for the batch")
+    func halfCloseFlushesFirst() throws {
+        let (_, downstream, upstream) = try gluedPair()
+        try downstream.writeInbound(ByteBuffer(string: "last bytes"))
+        downstream.pipeline.fireUserInboundEventTriggered(ChannelEvent.inputClosed)
+        // The data is on the upstream's wire before its output is closed.
+        #expect(try upstream.readOutbound(as: ByteBuffer.self) == ByteBuffer(string: "last bytes"))
+        _ = try? downstream.finish()
+        _ = try? upstream.finish()
+    }
+
+    @Test("a side that leaves its pipeline before the batch ends is not flushed and nothing traps")
+    func removedBeforeBatchEnds() throws {
+        let (loop, downstream, upstream) = try gluedPair()
+        try downstream.writeInbound(ByteBuffer(string: "bytes"))
+        try upstream.close().wait()
+        loop.run()
+        #expect(!upstream.isActive)
+        _ = try? downstream.finish()
+    }
+}
