@@ -21,8 +21,6 @@ package final class GlueHandler {
     /// What ended this side with an error (e.g. a reset), for outlier detection.
     package private(set) var failure: (any Error)?
     private var idleCheck: RepeatedTask?
-    /// Flushes after the loop's current batch of ready sockets (see `FlushCoalescer`).
-    private var coalescer: FlushCoalescer?
 
     private init() {}
 
@@ -40,19 +38,7 @@ package final class GlueHandler {
         context?.write(data, promise: nil)
     }
 
-    /// Flush now: before a half-close or close, whose order against the data matters.
     private func partnerFlush() {
-        context?.flush()
-    }
-
-    /// Flush after the loop has read from every socket that was ready with this one.
-    private func partnerFlushAfterBatch() {
-        guard let coalescer else { return context?.flush() ?? () }
-        coalescer.flushAfterBatch(self)
-    }
-
-    /// Called by `FlushCoalescer`; nothing once this side has left its pipeline.
-    func flushNow() {
         context?.flush()
     }
 
@@ -116,14 +102,12 @@ extension GlueHandler: ChannelDuplexHandler {
 
     package func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
-        self.coalescer = FlushCoalescer.of(context.eventLoop)
     }
 
     package func handlerRemoved(context: ChannelHandlerContext) {
         idleCheck?.cancel()
         self.context = nil
         self.partner = nil
-        self.coalescer = nil
     }
 
     package func channelRead(context: ChannelHandlerContext, data: NIOAny) {
@@ -132,7 +116,7 @@ extension GlueHandler: ChannelDuplexHandler {
     }
 
     package func channelReadComplete(context: ChannelHandlerContext) {
-        partner?.partnerFlushAfterBatch()
+        partner?.partnerFlush()
     }
 
     package func channelInactive(context: ChannelHandlerContext) {
