@@ -33,6 +33,25 @@ struct DataPathTests {
         #expect(echoServer.sawHalfClose)
     }
 
+    @Test("A slow reader gets every byte of an answer the backend streams and hangs up on, whichever side ends first",
+          arguments: [0, 3 << 20])
+    func slowReaderGetsTheWholeAnswer(halfCloseAfter: Int) async throws {
+        let mesh = try TestMesh("slow", clusters: ["east"])
+        defer { mesh.processes.stopAll() }
+        let answer = (0..<(4 << 20)).map { UInt8(truncatingIfNeeded: $0 &* 13 &+ $0 >> 12) }
+        let firehose = try await TCPFirehoseServer.start(host: "127.0.44.30", port: 7000, payload: answer)
+        defer { firehose.stop() }
+        let service = GatewayConfig.ServiceConfig.echo("127.0.44.30:7000", host: "firehose.default.svc.cluster.local", port: 7000)
+        let gateway = mesh.gatewayConfig(name: "east-gw", cluster: "east", ip: "127.0.44.1", services: [service])
+        let process = try await mesh.startGateway(gateway)
+        // 0: the client ends its side first; 3 MiB: the backend's end reaches the gateway first.
+        let received = try await MeshTLSClient.sendAndReadSlowly(
+            Array("GET /big\n".utf8), to: gateway.listen, serverName: "firehose.default.svc.cluster.local",
+            client: mesh.clientCertPath("east"), root: mesh.certs.rootCertificatePath, halfCloseAfter: halfCloseAfter)
+        #expect(received.count == answer.count, "lost \(answer.count - received.count) bytes at the end; gateway log: \(process.log)")
+        #expect(SHA256.hash(data: received) == SHA256.hash(data: answer))
+    }
+
     @Test("1 MiB HTTP upload and download through curl are intact")
     func megabyteOverHTTP() async throws {
         let mesh = try TestMesh("http", clusters: ["east"])

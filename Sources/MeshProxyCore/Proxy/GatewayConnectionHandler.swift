@@ -56,6 +56,9 @@ package final class GatewayConnectionHandler: ChannelDuplexHandler, RemovableCha
         switch event {
         case TLSUserEvent.handshakeCompleted:
             handshakeTimer?.cancel()
+            if let deferral = try? context.pipeline.syncOperations.handler(type: HandshakeEOFDeferral.self) {
+                context.pipeline.syncOperations.removeHandler(deferral, promise: nil)
+            }
             startConnecting(context: context)
         case ChannelEvent.inputClosed where state == .connecting:
             inputEnded = true

@@ -139,6 +139,7 @@ package final class GatewayListener: Sendable {
                     }
                 }
                 let operations = channel.pipeline.syncOperations
+                try operations.addHandler(HandshakeEOFDeferral())
                 try operations.addHandler(tls)
                 try operations.addHandler(GatewayConnectionHandler(snapshot: snapshot, route: route, record: record))
                 return channel.eventLoop.makeSucceededVoidFuture()

@@ -6,7 +6,11 @@ import NIOCore
 /// - backpressure: a side only reads while its partner is writable; a held `read()` is
 ///   replayed when the partner drains;
 /// - half-close: end of input on one side becomes `close(mode: .output)` on the other (a TLS
-///   close_notify or a TCP FIN), and a side closes fully once both directions are done;
+///   close_notify or a TCP FIN) once every byte forwarded before it is on the wire, and a side
+///   closes fully once both directions are done. Waiting matters: SwiftNIO turns an output
+///   close on a channel whose input already ended into a full close, and swift-nio-ssl does the
+///   same when close_notify arrives after its own, and a full close drops the writes still
+///   queued on the socket — a slow reader would lose the tail of the answer;
 /// - byte counts for telemetry are two integer additions per read.
 ///
 /// Not `Sendable`: both halves live on one event loop.
@@ -15,6 +19,9 @@ package final class GlueHandler {
     private var context: ChannelHandlerContext?
     private var pendingRead = false
     private var inputClosed = false
+    /// The partner's input ended, so this side's output is to end.
+    private var outputClosing = false
+    /// This side's output has ended: its queued writes went out and then its FIN/close_notify.
     private var outputClosed = false
     /// Bytes this side read from its channel (and handed to the partner).
     package private(set) var bytesRead = 0
@@ -43,12 +50,22 @@ package final class GlueHandler {
     }
 
     private func partnerWriteEOF() {
-        guard let context, !outputClosed else { return }
-        outputClosed = true
-        if inputClosed {
-            context.close(promise: nil)
-        } else {
-            context.close(mode: .output, promise: nil)
+        guard let context, !outputClosing else { return }
+        outputClosing = true
+        // An empty write completes after every write queued before it, through TLS as well
+        // (swift-nio-ssl orders a promise-carrying empty write behind the records before it).
+        let written = context.eventLoop.makePromise(of: Void.self)
+        context.writeAndFlush(wrapOutboundOut(context.channel.allocator.buffer(capacity: 0)), promise: written)
+        written.futureResult.assumeIsolated().whenComplete { result in
+            guard let context = self.context else { return }
+            self.outputClosed = true
+            if case .failure = result {
+                context.close(promise: nil)
+            } else if self.inputClosed {
+                context.close(promise: nil)
+            } else {
+                context.close(mode: .output, promise: nil)
+            }
         }
     }
 
@@ -121,7 +138,19 @@ extension GlueHandler: ChannelDuplexHandler {
 
     package func channelInactive(context: ChannelHandlerContext) {
         idleCheck?.cancel()
-        partner?.partnerCloseFull()
+        if outputClosed {
+            // Ended in order: this side's output ended first, then its input. SwiftNIO closes
+            // such a channel without an `inputClosed` event, so end the partner's output here;
+            // it writes what it still holds first and then closes itself.
+            if !inputClosed {
+                inputClosed = true
+                partner?.partnerFlush()
+                partner?.partnerWriteEOF()
+            }
+        } else {
+            // A reset, a peer that vanished, a close on our side: the pair ends now.
+            partner?.partnerCloseFull()
+        }
     }
 
     package func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
@@ -129,6 +158,7 @@ extension GlueHandler: ChannelDuplexHandler {
             inputClosed = true
             partner?.partnerFlush()
             partner?.partnerWriteEOF()
+            // Otherwise the output's drain closes the channel when it completes.
             if outputClosed { context.close(promise: nil) }
             return
         }

@@ -50,6 +50,43 @@ final class TCPEchoServer: Sendable {
     }
 }
 
+/// A plain TCP server in the test process that answers every connection at once with `payload`
+/// and then ends its side (FIN), whatever the client sends or doesn't: a backend that streams
+/// a file and hangs up.
+final class TCPFirehoseServer: Sendable {
+    private let channel: any Channel
+
+    private init(channel: any Channel) { self.channel = channel }
+
+    static func start(host: String, port: Int, payload: [UInt8]) async throws -> TCPFirehoseServer {
+        let bytes = ByteBuffer(bytes: payload)
+        let channel = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+            .childChannelOption(.allowRemoteHalfClosure, value: true)
+            .childChannelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture { try channel.pipeline.syncOperations.addHandler(Firehose(payload: bytes)) }
+            }
+            .bind(host: host, port: port).get()
+        return TCPFirehoseServer(channel: channel)
+    }
+
+    func stop() { channel.close(promise: nil) }
+
+    private final class Firehose: ChannelInboundHandler {
+        typealias InboundIn = ByteBuffer
+        typealias OutboundOut = ByteBuffer
+        let payload: ByteBuffer
+        init(payload: ByteBuffer) { self.payload = payload }
+        func channelActive(context: ChannelHandlerContext) {
+            context.writeAndFlush(wrapOutboundOut(payload)).assumeIsolated().whenComplete { _ in
+                context.close(mode: .output, promise: nil)
+            }
+        }
+        func channelRead(context: ChannelHandlerContext, data: NIOAny) {}
+        func errorCaught(context: ChannelHandlerContext, error: any Error) { context.close(promise: nil) }
+    }
+}
+
 /// A mesh client written with NIO: mTLS with a workload certificate, a chosen SNI, and
 /// control over half-close that curl does not give.
 enum MeshTLSClient {
@@ -81,17 +118,30 @@ enum MeshTLSClient {
         try await exchange(payload, to: address, serverName: serverName, context: try context(client: client, root: root), halfClose: halfClose)
     }
 
+    /// Sends `payload` and reads the answer slowly through a small receive buffer, so the
+    /// gateway's socket toward this client stays full and its writes queue up. Ends the write
+    /// side (close_notify) once `halfCloseAfter` bytes of the answer arrived (0: right after
+    /// sending).
+    static func sendAndReadSlowly(_ payload: [UInt8], to address: HostPort, serverName: String, client: String,
+                                  root: String, halfCloseAfter: Int) async throws -> [UInt8] {
+        try await exchange(payload, to: address, serverName: serverName, context: try context(client: client, root: root),
+                           halfClose: halfCloseAfter == 0, slowReader: true, halfCloseAfter: halfCloseAfter)
+    }
+
     static func exchange(_ payload: [UInt8], to address: HostPort, serverName: String, context: NIOSSLContext,
-                         halfClose: Bool) async throws -> [UInt8] {
+                         halfClose: Bool, slowReader: Bool = false, halfCloseAfter: Int = 0) async throws -> [UInt8] {
         let done = MultiThreadedEventLoopGroup.singleton.next().makePromise(of: [UInt8].self)
         let channel: any Channel
         do {
-            channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+            var bootstrap = ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
                 .channelOption(.allowRemoteHalfClosure, value: true)
+            if slowReader { bootstrap = bootstrap.channelOption(.socketOption(.so_rcvbuf), value: 16_384) }
+            channel = try await bootstrap
                 .channelInitializer { channel in
                     channel.eventLoop.makeCompletedFuture {
+                        if slowReader { try channel.pipeline.syncOperations.addHandler(ReadThrottle()) }
                         try channel.pipeline.syncOperations.addHandler(try NIOSSLClientHandler(context: context, serverHostname: serverName))
-                        try channel.pipeline.syncOperations.addHandler(Collector(promise: done))
+                        try channel.pipeline.syncOperations.addHandler(Collector(promise: done, halfCloseAfter: halfCloseAfter))
                     }
                 }
                 .connect(host: address.host, port: address.port).get()
@@ -104,14 +154,30 @@ enum MeshTLSClient {
         return try await done.futureResult.get()
     }
 
+    /// Holds every socket read back by a millisecond.
+    private final class ReadThrottle: ChannelOutboundHandler {
+        typealias OutboundIn = Never
+        func read(context: ChannelHandlerContext) {
+            context.eventLoop.assumeIsolated().scheduleTask(in: .milliseconds(1)) { context.read() }
+        }
+    }
+
     private final class Collector: ChannelInboundHandler {
         typealias InboundIn = ByteBuffer
         private var bytes: [UInt8] = []
         private let promise: EventLoopPromise<[UInt8]>
-        init(promise: EventLoopPromise<[UInt8]>) { self.promise = promise }
+        private var halfCloseAfter: Int
+        init(promise: EventLoopPromise<[UInt8]>, halfCloseAfter: Int) {
+            self.promise = promise
+            self.halfCloseAfter = halfCloseAfter
+        }
         func channelRead(context: ChannelHandlerContext, data: NIOAny) {
             var buffer = unwrapInboundIn(data)
             bytes += buffer.readBytes(length: buffer.readableBytes) ?? []
+            if halfCloseAfter > 0, bytes.count >= halfCloseAfter {
+                halfCloseAfter = 0
+                context.close(mode: .output, promise: nil)
+            }
         }
         func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
             if case ChannelEvent.inputClosed = event {
