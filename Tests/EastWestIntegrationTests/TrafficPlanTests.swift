@@ -113,12 +113,14 @@ struct TrafficPlanTests {
             "--key", "\(dir)/key.pem", "--resolve", "echo.default.svc.cluster.local:15443:127.0.57.1",
             "https://echo.default.svc.cluster.local:15443/delay/3000"], logPath: "\(mesh.directory)/slow-curl.log")
         defer { slow.stop() }
-        // Wait until the slow connection is glued to the backend (it holds the slot from then).
+        // Wait until the slow connection is glued to the backend (it holds the slot from then):
+        // its upstream socket is established. (A metric's name can show before any connection.)
+        var sockets = ""
         #expect(await eventually(timeout: .seconds(10)) {
-            ((try? mesh.admin(gateway, "/stats/prometheus")) ?? "").contains("istio_tcp_connections_opened_total")
-        })
+            sockets = (try? runCommand("/usr/bin/ss", ["-tno", "state", "established", "dst", "127.0.57.10"]).stdout) ?? ""
+            return sockets.contains("127.0.57.10:8080")
+        }, "the slow request never reached the backend")
         // The kernel shows the keepalive timer Istio's tcpKeepalive asked for (7 s idle).
-        let sockets = try runCommand("/usr/bin/ss", ["-tno", "state", "established", "dst", "127.0.57.10"]).stdout
         #expect(sockets.contains("timer:(keepalive,") && !sockets.contains("timer:(keepalive,2h"), "\(sockets)")
         let refused = try mesh.curl(gateway, host: "echo.default.svc.cluster.local")
         #expect(refused.status != 0)

@@ -121,15 +121,19 @@ enum MeshTLSClient {
     /// Sends `payload` and reads the answer slowly through a small receive buffer, so the
     /// gateway's socket toward this client stays full and its writes queue up. Ends the write
     /// side (close_notify) once `halfCloseAfter` bytes of the answer arrived (0: right after
-    /// sending).
+    /// sending). `cleanEnd`: the gateway ended with a close_notify, not a bare FIN.
     static func sendAndReadSlowly(_ payload: [UInt8], to address: HostPort, serverName: String, client: String,
-                                  root: String, halfCloseAfter: Int) async throws -> [UInt8] {
-        try await exchange(payload, to: address, serverName: serverName, context: try context(client: client, root: root),
-                           halfClose: halfCloseAfter == 0, slowReader: true, halfCloseAfter: halfCloseAfter)
+                                  root: String, halfCloseAfter: Int) async throws -> (bytes: [UInt8], cleanEnd: Bool) {
+        let clean = NIOLockedValueBox(true)
+        let bytes = try await exchange(payload, to: address, serverName: serverName, context: try context(client: client, root: root),
+                                       halfClose: halfCloseAfter == 0, slowReader: true, halfCloseAfter: halfCloseAfter,
+                                       cleanEnd: clean)
+        return (bytes, clean.withLockedValue { $0 })
     }
 
     static func exchange(_ payload: [UInt8], to address: HostPort, serverName: String, context: NIOSSLContext,
-                         halfClose: Bool, slowReader: Bool = false, halfCloseAfter: Int = 0) async throws -> [UInt8] {
+                         halfClose: Bool, slowReader: Bool = false, halfCloseAfter: Int = 0,
+                         cleanEnd: NIOLockedValueBox<Bool>? = nil) async throws -> [UInt8] {
         let done = MultiThreadedEventLoopGroup.singleton.next().makePromise(of: [UInt8].self)
         let channel: any Channel
         do {
@@ -141,7 +145,7 @@ enum MeshTLSClient {
                     channel.eventLoop.makeCompletedFuture {
                         if slowReader { try channel.pipeline.syncOperations.addHandler(ReadThrottle()) }
                         try channel.pipeline.syncOperations.addHandler(try NIOSSLClientHandler(context: context, serverHostname: serverName))
-                        try channel.pipeline.syncOperations.addHandler(Collector(promise: done, halfCloseAfter: halfCloseAfter))
+                        try channel.pipeline.syncOperations.addHandler(Collector(promise: done, halfCloseAfter: halfCloseAfter, cleanEnd: cleanEnd))
                     }
                 }
                 .connect(host: address.host, port: address.port).get()
@@ -167,9 +171,11 @@ enum MeshTLSClient {
         private var bytes: [UInt8] = []
         private let promise: EventLoopPromise<[UInt8]>
         private var halfCloseAfter: Int
-        init(promise: EventLoopPromise<[UInt8]>, halfCloseAfter: Int) {
+        private let cleanEnd: NIOLockedValueBox<Bool>?
+        init(promise: EventLoopPromise<[UInt8]>, halfCloseAfter: Int, cleanEnd: NIOLockedValueBox<Bool>?) {
             self.promise = promise
             self.halfCloseAfter = halfCloseAfter
+            self.cleanEnd = cleanEnd
         }
         func channelRead(context: ChannelHandlerContext, data: NIOAny) {
             var buffer = unwrapInboundIn(data)
@@ -187,6 +193,7 @@ enum MeshTLSClient {
         }
         func channelInactive(context: ChannelHandlerContext) { promise.succeed(bytes) }
         func errorCaught(context: ChannelHandlerContext, error: any Error) {
+            cleanEnd?.withLockedValue { $0 = false }
             // An unclean TLS shutdown after all bytes arrived still counts as the end.
             promise.succeed(bytes)
             context.close(promise: nil)
