@@ -63,10 +63,6 @@ package final class GlueHandler {
                 context.close(promise: nil)
                 return
             }
-            // From here on the socket gets a close_notify (TLS) and, sooner or later, a full
-            // close — ours, or swift-nio-ssl's when the peer's close_notify arrives. Either
-            // waits until the socket has written what it holds.
-            try? context.pipeline.syncOperations.addHandler(DelayedCloseHandler(), position: .first)
             if self.inputClosed {
                 context.close(promise: nil)
             } else {
