@@ -121,19 +121,15 @@ enum MeshTLSClient {
     /// Sends `payload` and reads the answer slowly through a small receive buffer, so the
     /// gateway's socket toward this client stays full and its writes queue up. Ends the write
     /// side (close_notify) once `halfCloseAfter` bytes of the answer arrived (0: right after
-    /// sending). `cleanEnd`: the gateway ended with a close_notify, not a bare FIN.
+    /// sending).
     static func sendAndReadSlowly(_ payload: [UInt8], to address: HostPort, serverName: String, client: String,
-                                  root: String, halfCloseAfter: Int) async throws -> (bytes: [UInt8], cleanEnd: Bool) {
-        let clean = NIOLockedValueBox(true)
-        let bytes = try await exchange(payload, to: address, serverName: serverName, context: try context(client: client, root: root),
-                                       halfClose: halfCloseAfter == 0, slowReader: true, halfCloseAfter: halfCloseAfter,
-                                       cleanEnd: clean)
-        return (bytes, clean.withLockedValue { $0 })
+                                  root: String, halfCloseAfter: Int) async throws -> [UInt8] {
+        try await exchange(payload, to: address, serverName: serverName, context: try context(client: client, root: root),
+                           halfClose: halfCloseAfter == 0, slowReader: true, halfCloseAfter: halfCloseAfter)
     }
 
     static func exchange(_ payload: [UInt8], to address: HostPort, serverName: String, context: NIOSSLContext,
-                         halfClose: Bool, slowReader: Bool = false, halfCloseAfter: Int = 0,
-                         cleanEnd: NIOLockedValueBox<Bool>? = nil) async throws -> [UInt8] {
+                         halfClose: Bool, slowReader: Bool = false, halfCloseAfter: Int = 0) async throws -> [UInt8] {
         let done = MultiThreadedEventLoopGroup.singleton.next().makePromise(of: [UInt8].self)
         let channel: any Channel
         do {
@@ -145,7 +141,7 @@ enum MeshTLSClient {
                     channel.eventLoop.makeCompletedFuture {
                         if slowReader { try channel.pipeline.syncOperations.addHandler(ReadThrottle()) }
                         try channel.pipeline.syncOperations.addHandler(try NIOSSLClientHandler(context: context, serverHostname: serverName))
-                        try channel.pipeline.syncOperations.addHandler(Collector(promise: done, halfCloseAfter: halfCloseAfter, cleanEnd: cleanEnd))
+                        try channel.pipeline.syncOperations.addHandler(Collector(promise: done, halfCloseAfter: halfCloseAfter))
                     }
                 }
                 .connect(host: address.host, port: address.port).get()
@@ -179,11 +175,9 @@ enum MeshTLSClient {
         private var bytes: [UInt8] = []
         private let promise: EventLoopPromise<[UInt8]>
         private var halfCloseAfter: Int
-        private let cleanEnd: NIOLockedValueBox<Bool>?
-        init(promise: EventLoopPromise<[UInt8]>, halfCloseAfter: Int, cleanEnd: NIOLockedValueBox<Bool>?) {
+        init(promise: EventLoopPromise<[UInt8]>, halfCloseAfter: Int) {
             self.promise = promise
             self.halfCloseAfter = halfCloseAfter
-            self.cleanEnd = cleanEnd
         }
         func channelRead(context: ChannelHandlerContext, data: NIOAny) {
             var buffer = unwrapInboundIn(data)
@@ -201,7 +195,6 @@ enum MeshTLSClient {
         }
         func channelInactive(context: ChannelHandlerContext) { promise.succeed(bytes) }
         func errorCaught(context: ChannelHandlerContext, error: any Error) {
-            cleanEnd?.withLockedValue { $0 = false }
             // An unclean TLS shutdown after all bytes arrived still counts as the end.
             promise.succeed(bytes)
             context.close(promise: nil)
