@@ -28,13 +28,13 @@ struct ClientRejectionTests {
             ("\(mesh.directory)/foreign-client", "trust domain 'evil.example' of spiffe://evil.example/ns/default/sa/client is not allowed"),
         ]
         for (client, reason) in cases {
-            let refused = try mesh.curl(gateway, host: "echo.default.svc.cluster.local", client: client)
+            let refused = try await mesh.curl(gateway, host: "echo.default.svc.cluster.local", client: client)
             #expect(refused.status != 0, "\(client) was let in")
             #expect(refused.stderr.contains("alert") || refused.stderr.contains("SSL") || refused.stderr.contains("TLS"),
                     "curl did not report a TLS failure for \(client): \(refused.stderr)")
             #expect(await eventually { process.log.contains(reason) }, "no log line with '\(reason)'")
             // The gateway keeps serving mesh clients.
-            let served = try mesh.curl(gateway, host: "echo.default.svc.cluster.local")
+            let served = try await mesh.curl(gateway, host: "echo.default.svc.cluster.local")
             #expect(mesh.answer(served)?["cluster"] == "east", "after \(client): \(served.stderr)")
         }
         #expect(process.isRunning)

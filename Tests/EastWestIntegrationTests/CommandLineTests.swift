@@ -4,18 +4,18 @@ import Testing
 
 @Suite("The eastwest command: CA, bad input, up", .serialized, .timeLimit(.minutes(3)))
 struct CommandLineTests {
-    func eastwest(_ arguments: String...) throws -> CommandResult {
-        try runCommand(PackagePaths.eastwest, arguments)
+    func eastwest(_ arguments: String...) async throws -> CommandResult {
+        try await runCommand(PackagePaths.eastwest, arguments)
     }
 
     @Test("ca init/cluster/workload write Istio's file names, keys 0600, chains pass openssl verify, and inspect shows the SPIFFE ID")
-    func certificateAuthority() throws {
+    func certificateAuthority() async throws {
         let dir = try TemporaryDirectory("ca")
         defer { dir.cleanUp() }
         let ca = "\(dir.path)/ca"
-        #expect(try eastwest("ca", "init", "--dir", ca, "--trust-domain", "mesh.example").status == 0)
-        #expect(try eastwest("ca", "cluster", "--dir", ca, "--cluster", "east").status == 0)
-        let workload = try eastwest("ca", "workload", "--dir", ca, "--cluster", "east", "--spiffe", "spiffe://mesh.example/ns/shop/sa/cart",
+        #expect(try await eastwest("ca", "init", "--dir", ca, "--trust-domain", "mesh.example").status == 0)
+        #expect(try await eastwest("ca", "cluster", "--dir", ca, "--cluster", "east").status == 0)
+        let workload = try await eastwest("ca", "workload", "--dir", ca, "--cluster", "east", "--spiffe", "spiffe://mesh.example/ns/shop/sa/cart",
                                     "--dns", "cart.shop.svc.cluster.local", "--out", "\(dir.path)/cart", "--validity", "2d")
         #expect(workload.status == 0, "\(workload.stderr)")
         for file in ["root-cert.pem", "root-key.pem", "east/ca-cert.pem", "east/ca-key.pem", "east/cert-chain.pem", "east/root-cert.pem"] {
@@ -25,29 +25,29 @@ struct CommandLineTests {
             let mode = try FileManager.default.attributesOfItem(atPath: key)[.posixPermissions] as? Int
             #expect(mode == 0o600, "\(key) has mode \(String(mode ?? 0, radix: 8))")
         }
-        let verify = try runCommand("/usr/bin/openssl", ["verify", "-CAfile", "\(ca)/root-cert.pem", "-untrusted", "\(ca)/east/ca-cert.pem",
+        let verify = try await runCommand("/usr/bin/openssl", ["verify", "-CAfile", "\(ca)/root-cert.pem", "-untrusted", "\(ca)/east/ca-cert.pem",
                                                          "\(dir.path)/cart/cert-chain.pem"])
         #expect(verify.status == 0 && verify.stdout.contains(": OK"), "\(verify.stdout)\(verify.stderr)")
-        let intermediate = try runCommand("/usr/bin/openssl", ["verify", "-CAfile", "\(ca)/root-cert.pem", "\(ca)/east/ca-cert.pem"])
+        let intermediate = try await runCommand("/usr/bin/openssl", ["verify", "-CAfile", "\(ca)/root-cert.pem", "\(ca)/east/ca-cert.pem"])
         #expect(intermediate.status == 0, "\(intermediate.stderr)")
 
-        let inspect = try eastwest("ca", "inspect", "\(dir.path)/cart/cert-chain.pem")
+        let inspect = try await eastwest("ca", "inspect", "\(dir.path)/cart/cert-chain.pem")
         #expect(inspect.stdout.contains("SPIFFE ID:  spiffe://mesh.example/ns/shop/sa/cart"))
         #expect(inspect.stdout.contains("DNS:cart.shop.svc.cluster.local"))
         #expect(inspect.stdout.contains("issuer:     CN=EastWest Intermediate CA east,O=mesh.example"))
         #expect(inspect.stdout.contains("status:     valid"))
 
-        let again = try eastwest("ca", "init", "--dir", ca)
+        let again = try await eastwest("ca", "init", "--dir", ca)
         #expect(again.status != 0)
         #expect(again.stderr.contains("\(ca)/root-key.pem: already exists; pass --force to replace it"))
-        #expect(try eastwest("ca", "init", "--dir", ca, "--force").status == 0)
-        let badID = try eastwest("ca", "workload", "--dir", ca, "--cluster", "east", "--spiffe", "spiffe://Bad/x", "--out", "\(dir.path)/bad")
+        #expect(try await eastwest("ca", "init", "--dir", ca, "--force").status == 0)
+        let badID = try await eastwest("ca", "workload", "--dir", ca, "--cluster", "east", "--spiffe", "spiffe://Bad/x", "--out", "\(dir.path)/bad")
         #expect(badID.status != 0)
         #expect(badID.stderr.contains("is not a SPIFFE ID"))
     }
 
     @Test("A malformed gateway config exits 2 with FILE:LINE:COLUMN; a missing key names its path; nothing is left running")
-    func badInput() throws {
+    func badInput() async throws {
         let dir = try TemporaryDirectory("bad")
         defer { dir.cleanUp() }
         let config = "\(dir.path)/gw.yaml"
@@ -57,7 +57,7 @@ struct CommandLineTests {
             listen: 127.0.37.1:99999
             tls: {certificateChain: a.pem, privateKey: k.pem, rootCertificate: r.pem}
             """.write(toFile: config, atomically: true, encoding: .utf8)
-        let malformed = try eastwest("gateway", "--config", config)
+        let malformed = try await eastwest("gateway", "--config", config)
         #expect(malformed.status == 2)
         #expect(malformed.stderr.contains("\(config):3:1: error: listen: '127.0.37.1:99999' is not an address"))
 
@@ -67,13 +67,13 @@ struct CommandLineTests {
             listen: 127.0.37.1:15443
             tls: {certificateChain: \(dir.path)/missing/cert-chain.pem, privateKey: \(dir.path)/missing/key.pem, rootCertificate: \(dir.path)/missing/root-cert.pem}
             """.write(toFile: config, atomically: true, encoding: .utf8)
-        let missing = try eastwest("gateway", "--config", config)
+        let missing = try await eastwest("gateway", "--config", config)
         #expect(missing.status == 2)
         #expect(missing.stderr.contains("\(dir.path)/missing/cert-chain.pem: no such file"))
 
         let topology = "\(dir.path)/topo.yaml"
         try "name: t\nclusters:\n- name: east\n  gateways: []\n  servics: []\n".write(toFile: topology, atomically: true, encoding: .utf8)
-        let up = try eastwest("up", topology, "--state-dir", "\(dir.path)/state")
+        let up = try await eastwest("up", topology, "--state-dir", "\(dir.path)/state")
         #expect(up.status == 2)
         #expect(up.stderr.contains("\(topology):5:3: error: clusters[0].servics: unknown field 'servics'"))
         #expect(up.stderr.contains("\(topology):4:3: error: clusters[0].gateways: cluster 'east' needs at least one gateway") == false,
@@ -91,7 +91,7 @@ struct CommandLineTests {
         second.name = "east-gw-2"
         second.admin = HostPort(host: "127.0.38.1", port: 15001)
         let path = try mesh.writeConfig(second)
-        let result = try eastwest("gateway", "--config", path)
+        let result = try await eastwest("gateway", "--config", path)
         #expect(result.status == 1)
         #expect(result.stderr.contains("gateway listener: cannot listen on 127.0.38.1:15443: address already in use"))
     }
@@ -130,7 +130,7 @@ struct CommandLineTests {
         let info = try JSONDecoder().decode(Ready.self, from: Data(contentsOf: URL(fileURLWithPath: "\(state)/ready.json")))
         #expect(info.gateways.map(\.name).sorted() == ["up-east-gw", "up-west-gw"])
         let client = try #require(info.clients["east"])
-        let curl = try runCommand("/usr/bin/curl", ["-sS", "--max-time", "10", "--cacert", client.rootCertificate, "--cert", client.certificateChain,
+        let curl = try await runCommand("/usr/bin/curl", ["-sS", "--max-time", "10", "--cacert", client.rootCertificate, "--cert", client.certificateChain,
                                                     "--key", client.privateKey, "--resolve", "ratings.default.svc.cluster.local:15443:127.0.39.1",
                                                     "https://ratings.default.svc.cluster.local:15443/"])
         #expect(curl.stdout.contains(#""cluster":"west""#), "\(curl.stderr)")
@@ -149,9 +149,9 @@ struct CommandLineTests {
 @Suite("eastwest simulate")
 struct SimulateCommandTests {
     @Test("The same seed gives the same report; a killed gateway is detected with no false positives")
-    func deterministicReport() throws {
-        let first = try runCommand(PackagePaths.eastwest, ["simulate", "--nodes", "20", "--seed", "4", "--duration", "15s", "--json"])
-        let second = try runCommand(PackagePaths.eastwest, ["simulate", "--nodes", "20", "--seed", "4", "--duration", "15s", "--json"])
+    func deterministicReport() async throws {
+        let first = try await runCommand(PackagePaths.eastwest, ["simulate", "--nodes", "20", "--seed", "4", "--duration", "15s", "--json"])
+        let second = try await runCommand(PackagePaths.eastwest, ["simulate", "--nodes", "20", "--seed", "4", "--duration", "15s", "--json"])
         #expect(first.status == 0, "\(first.stderr)")
         #expect(first.stdout == second.stdout)
         struct Report: Decodable {
@@ -164,7 +164,7 @@ struct SimulateCommandTests {
         #expect(report.detections.count == 1)
         #expect((report.detections.first?.allSeconds ?? 99) < 2)
         #expect(report.catalogSpread100Seconds != nil)
-        let bad = try runCommand(PackagePaths.eastwest, ["simulate", "--nodes", "1"])
+        let bad = try await runCommand(PackagePaths.eastwest, ["simulate", "--nodes", "1"])
         #expect(bad.status != 0)
         #expect(bad.stderr.contains("--nodes must be at least 2"))
     }
@@ -179,16 +179,16 @@ struct ThreeRegionsTopologyTests {
         let (up, state) = try await startUp("\(PackagePaths.root)/topologies/three-regions.yaml", in: dir)
         defer { up.stop() }
         let client = "\(state)/certs/us-east/client"
-        let curl = try runCommand("/usr/bin/curl", ["-sS", "--max-time", "10", "--cacert", "\(client)/root-cert.pem",
+        let curl = try await runCommand("/usr/bin/curl", ["-sS", "--max-time", "10", "--cacert", "\(client)/root-cert.pem",
                                                     "--cert", "\(client)/cert-chain.pem", "--key", "\(client)/key.pem",
                                                     "--resolve", "ledger.default.svc.cluster.local:15443:127.0.1.1",
                                                     "https://ledger.default.svc.cluster.local:15443/"])
         #expect(curl.stdout.contains(#""cluster":"eu-west""#), "\(curl.stderr)")
-        let members = try runCommand(PackagePaths.eastwest, ["members", "--admin", "127.0.1.2:15000"])
+        let members = try await runCommand(PackagePaths.eastwest, ["members", "--admin", "127.0.1.2:15000"])
         #expect(members.stdout.split(separator: "\n").filter { $0.contains("alive") }.count == 4, "\(members.stdout)")
         // The live plan of us-west's gateway under the shipped failover policy: its own zone,
         // then its region, then us-east1 (the failover target), eu-west1 last.
-        let (plan, result) = try PlanCommandTests().plan(["--admin", "127.0.2.1:15000", "--host", "echo.default.svc.cluster.local"])
+        let (plan, result) = try await PlanCommandTests().plan(["--admin", "127.0.2.1:15000", "--host", "echo.default.svc.cluster.local"])
         #expect(plan?.shares == ["us-west1/us-west1-a": 1], "\(result.stdout)\(result.stderr)")
         #expect(plan?.priorities.map { $0.localities.map(\.locality).sorted() } == [
             ["us-west1/us-west1-a"], ["us-west1/us-west1-b"], ["us-east1/us-east1-a", "us-east1/us-east1-b"], ["eu-west1/eu-west1-a", "eu-west1/eu-west1-b"]])
@@ -207,18 +207,18 @@ struct PlanCommandTests {
         var shares: [String: Double]
     }
 
-    func plan(_ arguments: [String]) throws -> (Plan?, CommandResult) {
-        let result = try runCommand(PackagePaths.eastwest, ["plan"] + arguments + ["--json"])
+    func plan(_ arguments: [String]) async throws -> (Plan?, CommandResult) {
+        let result = try await runCommand(PackagePaths.eastwest, ["plan"] + arguments + ["--json"])
         return (try? JSONDecoder().decode(Plan.self, from: Data(result.stdout.utf8)), result)
     }
 
     @Test("With the shipped failover policy, us-east1-a keeps its traffic; when its region is down us-west1 takes all of it, eu-west1 none")
-    func shippedFailoverPolicy() throws {
+    func shippedFailoverPolicy() async throws {
         let directory = try TemporaryDirectory("plan")
         defer { directory.cleanUp() }
         let policy = "\(PackagePaths.root)/topologies/policies/echo-failover.yaml"
         let endpoints = "\(PackagePaths.root)/topologies/endpoints/three-regions-echo.yaml"
-        let (healthy, result) = try plan(["--from", "us-east1/us-east1-a", "--endpoints", endpoints, "--policy", policy])
+        let (healthy, result) = try await plan(["--from", "us-east1/us-east1-a", "--endpoints", endpoints, "--policy", policy])
         #expect(result.status == 0, "\(result.stderr)")
         #expect(healthy?.shares == ["us-east1/us-east1-a": 1])
         #expect(healthy?.priorities.count == 4)
@@ -229,18 +229,18 @@ struct PlanCommandTests {
             .replacingOccurrences(of: "us-east1/us-east1-b, labels: {version: v1}, healthy: true", with: "us-east1/us-east1-b, labels: {version: v1}, healthy: false")
         let down = "\(directory.path)/down.yaml"
         try text.write(toFile: down, atomically: true, encoding: .utf8)
-        let (failover, _) = try plan(["--from", "us-east1/us-east1-a", "--endpoints", down, "--policy", policy])
+        let (failover, _) = try await plan(["--from", "us-east1/us-east1-a", "--endpoints", down, "--policy", policy])
         #expect(failover?.shares == ["us-west1/us-west1-a": 0.5, "us-west1/us-west1-b": 0.5])
         #expect(abs((failover?.shares.values.reduce(0, +) ?? 0) - 1) < 1e-9)
     }
 
     @Test("A bad endpoints file exits 2 naming file, line and field")
-    func badEndpoints() throws {
+    func badEndpoints() async throws {
         let directory = try TemporaryDirectory("plan-bad")
         defer { directory.cleanUp() }
         let file = "\(directory.path)/endpoints.yaml"
         try "endpoints:\n- {locality: us-east1/a, healthy: maybe}\n".write(toFile: file, atomically: true, encoding: .utf8)
-        let (_, result) = try plan(["--from", "us-east1/a", "--endpoints", file])
+        let (_, result) = try await plan(["--from", "us-east1/a", "--endpoints", file])
         #expect(result.status == 2)
         #expect(result.stderr.contains("endpoints.yaml:2:") && result.stderr.contains("endpoints[0].healthy"), "\(result.stderr)")
     }

@@ -52,13 +52,7 @@ struct DataPathTests {
                 client: mesh.clientCertPath("east"), root: mesh.certs.rootCertificatePath, halfCloseAfter: halfCloseAfter)
         } catch {
             try await Task.sleep(for: .milliseconds(200))  // the gateway logs the connection as it closes
-            // Seen in 2 of 6 CI runs, never locally: the test's own NIO client fails before its
-            // request leaves (the gateway logs 0 bytes up, the client's close_notify, and a
-            // normal end). Under investigation (issue 7 note); the byte assertions below run
-            // whenever the client works.
-            withKnownIssue("test client failed before sending (CI only, intermittent)", isIntermittent: true) {
-                Issue.record("the exchange failed: \(error); gateway log: \(process.log)")
-            }
+            Issue.record("the exchange failed: \(error); gateway log: \(process.log)")
             return
         }
         #expect(received.count == answer.count, "lost \(answer.count - received.count) bytes at the end; gateway log: \(process.log)")
@@ -76,12 +70,12 @@ struct DataPathTests {
         var bytes = Data(count: 1 << 20)
         for i in 0..<bytes.count { bytes[i] = UInt8(truncatingIfNeeded: i &* 7 &+ i >> 8) }
         try bytes.write(to: URL(fileURLWithPath: file))
-        let upload = try mesh.curl(gateway, host: "echo.default.svc.cluster.local", path: "/echo",
+        let upload = try await mesh.curl(gateway, host: "echo.default.svc.cluster.local", path: "/echo",
                                    extra: ["--data-binary", "@\(file)", "-o", "\(mesh.directory)/echoed.bin"])
         #expect(upload.status == 0, "\(upload.stderr)")
         let echoed = try Data(contentsOf: URL(fileURLWithPath: "\(mesh.directory)/echoed.bin"))
         #expect(SHA256.hash(data: echoed) == SHA256.hash(data: bytes))
-        let download = try mesh.curl(gateway, host: "echo.default.svc.cluster.local", path: "/bytes/1048576",
+        let download = try await mesh.curl(gateway, host: "echo.default.svc.cluster.local", path: "/bytes/1048576",
                                      extra: ["-o", "\(mesh.directory)/down.bin"])
         #expect(download.status == 0, "\(download.stderr)")
         let down = try Data(contentsOf: URL(fileURLWithPath: "\(mesh.directory)/down.bin"))
@@ -94,11 +88,11 @@ struct DataPathTests {
         let mesh = try TestMesh("drain", clusters: ["east"])
         defer { mesh.processes.stopAll() }
         let (gateway, process) = try await mesh.startEchoCluster(block: 35)
-        let slow = Task.detached { try mesh.curl(gateway, host: "echo.default.svc.cluster.local", path: "/delay/1500") }
+        let slow = Task.detached { try await mesh.curl(gateway, host: "echo.default.svc.cluster.local", path: "/delay/1500") }
         try await Task.sleep(for: .milliseconds(400))
         process.signal(SIGTERM)
         try await Task.sleep(for: .milliseconds(200))
-        let refused = try mesh.curl(gateway, host: "echo.default.svc.cluster.local")
+        let refused = try await mesh.curl(gateway, host: "echo.default.svc.cluster.local")
         #expect(refused.status != 0, "a new connection was accepted while draining")
         let inFlight = try await slow.value
         #expect(inFlight.status == 0, "\(inFlight.stderr)")
@@ -120,17 +114,13 @@ struct DataPathTests {
         let start = ContinuousClock.now
         let received: [UInt8]
         do {
-            // 1 s, not less: on a loaded 2-core CI machine the test process can stall long
-            // enough after the handshake for a shorter timer to close before the first byte.
+            // 1 s leaves a loaded 2-core CI machine time to send the first byte.
             received = try await MeshTLSClient.sendAndWaitForClose(
                 [1, 2, 3], to: gateway.listen, serverName: "tcp-echo.default.svc.cluster.local",
                 client: mesh.clientCertPath("east"), root: mesh.certs.rootCertificatePath)
         } catch {
             try await Task.sleep(for: .milliseconds(200))  // the gateway logs the connection as it closes
-            // Same intermittent client-side failure as the slow-reader test (CI only).
-            withKnownIssue("test client failed before sending (CI only, intermittent)", isIntermittent: true) {
-                Issue.record("the exchange failed after \(ContinuousClock.now - start): \(error); gateway log: \(process.log)")
-            }
+            Issue.record("the exchange failed after \(ContinuousClock.now - start): \(error); gateway log: \(process.log)")
             return
         }
         let elapsed = ContinuousClock.now - start
@@ -142,7 +132,7 @@ struct DataPathTests {
 @Suite("HTTP/2 with prior knowledge through the gateway", .serialized, .timeLimit(.minutes(2)))
 struct HTTP2PriorKnowledgeTests {
     static let hasTools = FileManager.default.isExecutableFile(atPath: "/usr/sbin/nghttpd")
-        && ((try? runCommand("/usr/bin/env", ["python3", "-c", "import h2"]))?.status == 0)
+        && ((try? runCommandBlocking("/usr/bin/env", ["python3", "-c", "import h2"]))?.status == 0)
 
     @Test("An h2 client speaking prior knowledge over mTLS reaches an h2c backend (nghttpd) unchanged",
           .enabled(if: hasTools, "needs nghttpd (Debian nghttp2-server) and python3's h2 package; .ci/run installs both"))
@@ -162,7 +152,7 @@ struct HTTP2PriorKnowledgeTests {
         let script = "\(PackagePaths.root)/Tests/EastWestIntegrationTests/Support/h2_prior_knowledge_client.py"
         var result = CommandResult(status: -1, stdout: "", stderr: "")
         _ = await eventually(timeout: .seconds(5)) {
-            result = (try? runCommand("/usr/bin/env", ["python3", script, "127.0.45.1", "15443", "echo.default.svc.cluster.local",
+            result = (try? await runCommand("/usr/bin/env", ["python3", script, "127.0.45.1", "15443", "echo.default.svc.cluster.local",
                                                       "\(client)/cert-chain.pem", "\(client)/key.pem", mesh.certs.rootCertificatePath,
                                                       "/index.html"])) ?? result
             return result.stdout.hasPrefix("200")

@@ -21,18 +21,18 @@ extension ThreeRegionsTopologyTests {
     /// request is a new mTLS connection through one or two gateways).
     static let testRate = 30
 
-    func runDrill(_ scenario: String, reportDir: String) throws -> (CommandResult, DrillReportFile?) {
-        let result = try runCommand(PackagePaths.eastwest, ["drill", scenario, "--report-dir", reportDir, "--rate", String(Self.testRate)], timeout: 180)
+    func runDrill(_ scenario: String, reportDir: String) async throws -> (CommandResult, DrillReportFile?) {
+        let result = try await runCommand(PackagePaths.eastwest, ["drill", scenario, "--report-dir", reportDir, "--rate", String(Self.testRate)], timeout: 180)
         let report = try? JSONDecoder().decode(DrillReportFile.self, from: Data(contentsOf: URL(fileURLWithPath: "\(reportDir)/report.json")))
         return (result, report)
     }
 
     /// Nothing the drill started or changed is left: no process under its state directory, no
     /// DROP rule between the clusters' addresses.
-    func expectCleanedUp(_ reportDir: String) {
-        let processes = (try? runCommand("/usr/bin/pgrep", ["-f", reportDir]).stdout) ?? ""
+    func expectCleanedUp(_ reportDir: String) async {
+        let processes = (try? await runCommand("/usr/bin/pgrep", ["-f", reportDir]).stdout) ?? ""
         #expect(processes.isEmpty, "left running: \(processes)")
-        if isRoot, let rules = try? runCommand("/usr/sbin/iptables", ["-S", "OUTPUT"]).stdout {
+        if isRoot, let rules = try? await runCommand("/usr/sbin/iptables", ["-S", "OUTPUT"]).stdout {
             #expect(!rules.contains("127.0.1.0/24") && !rules.contains("127.0.3.0/24"), "left behind: \(rules)")
         }
     }
@@ -51,7 +51,7 @@ extension ThreeRegionsTopologyTests {
     func shippedDrill(name: String) async throws {
         let dir = try TemporaryDirectory("drill-\(name)")
         defer { dir.cleanUp() }
-        let (result, report) = try runDrill("\(PackagePaths.root)/topologies/drills/\(name).yaml", reportDir: dir.path)
+        let (result, report) = try await runDrill("\(PackagePaths.root)/topologies/drills/\(name).yaml", reportDir: dir.path)
         #expect(result.status == 0, "\(result.stdout)\(result.stderr)")
         let drill = try #require(report, "no report.json: \(result.stderr)")
         #expect(drill.passed && drill.sent == Self.testRate * (name == "blackhole-region" ? 16 : 20))
@@ -76,7 +76,7 @@ extension ThreeRegionsTopologyTests {
             #expect(served(drill, tail)["us-east1/us-east1-a", default: 0] > 0, "no failback: \(served(drill, tail))")
         }
         let html = try String(contentsOfFile: "\(dir.path)/report.html", encoding: .utf8)
-        let parsed = try runCommand("/usr/bin/python3", ["-c", """
+        let parsed = try await runCommand("/usr/bin/python3", ["-c", """
             import sys, html.parser
             class P(html.parser.HTMLParser):
                 def __init__(self): super().__init__(); self.tags = {}
@@ -88,7 +88,7 @@ extension ThreeRegionsTopologyTests {
         #expect(counts.count == 3 && counts[0] == 1 && counts[1] > drill.timeline.count && counts[2] >= 2,
                 "svg, rects, fault lines: \(parsed.stdout)\(parsed.stderr)")
         #expect(FileManager.default.fileExists(atPath: "\(dir.path)/report.md"))
-        expectCleanedUp(dir.path)
+        await expectCleanedUp(dir.path)
     }
 
     @Test("Shipped drills with iptables: a partition is seen and heals, 10 % loss costs requests within the scenario's bound; no rule is left behind",
@@ -97,7 +97,7 @@ extension ThreeRegionsTopologyTests {
     func shippedNetworkDrill(name: String) async throws {
         let dir = try TemporaryDirectory("drill-\(name)")
         defer { dir.cleanUp() }
-        let (result, report) = try runDrill("\(PackagePaths.root)/topologies/drills/\(name).yaml", reportDir: dir.path)
+        let (result, report) = try await runDrill("\(PackagePaths.root)/topologies/drills/\(name).yaml", reportDir: dir.path)
         #expect(result.status == 0, "\(result.stdout)\(result.stderr)")
         let drill = try #require(report)
         #expect(drill.passed)
@@ -109,7 +109,7 @@ extension ThreeRegionsTopologyTests {
         } else {
             #expect(drill.errorRate < 0.2 && drill.errorRate > 0, "loss costs requests, within the scenario's bound")
         }
-        expectCleanedUp(dir.path)
+        await expectCleanedUp(dir.path)
     }
 
     @Test("The load generator's numbers are honest: without faults, its answered requests equal the connections the gateway counted and the requests the backends themselves answered")
@@ -128,15 +128,16 @@ extension ThreeRegionsTopologyTests {
             steps: []
             expect: {maxErrorRate: 0}
             """.write(toFile: scenario, atomically: true, encoding: .utf8)
-        let result = try runCommand(PackagePaths.eastwest, ["drill", scenario, "--attach", "\(state)/ready.json", "--rate", String(Self.testRate),
+        let result = try await runCommand(PackagePaths.eastwest, ["drill", scenario, "--attach", "\(state)/ready.json", "--rate", String(Self.testRate),
                                                             "--report-dir", "\(dir.path)/report"], timeout: 120)
         #expect(result.status == 0, "\(result.stdout)\(result.stderr)")
         let drill = try JSONDecoder().decode(DrillReportFile.self, from: Data(contentsOf: URL(fileURLWithPath: "\(dir.path)/report/report.json")))
         #expect(drill.sent == 6 * Self.testRate && drill.succeeded == drill.sent)
         #expect(drill.gatewayOpenedConnections == drill.succeeded, "gateway counted \(String(describing: drill.gatewayOpenedConnections))")
         // The independent count: what the ledger backends say they answered.
-        let answered = try ["127.0.3.20:9090", "127.0.3.21:9090"].map { address in
-            Int(try runCommand("/usr/bin/curl", ["-s", "http://\(address)/count"]).stdout.trimmingCharacters(in: .whitespacesAndNewlines)) ?? -1
+        var answered: [Int] = []
+        for address in ["127.0.3.20:9090", "127.0.3.21:9090"] {
+            answered.append(Int(try await runCommand("/usr/bin/curl", ["-s", "http://\(address)/count"]).stdout.trimmingCharacters(in: .whitespacesAndNewlines)) ?? -1)
         }
         #expect(answered.reduce(0, +) == drill.succeeded, "backends answered \(answered), the load generator counted \(drill.succeeded)")
         #expect(served(drill, 0..<6, cluster: true) == ["eu-west": drill.sent])
@@ -151,7 +152,7 @@ extension ThreeRegionsTopologyTests {
         let (up, state) = try await startUp("\(PackagePaths.root)/topologies/three-regions.yaml", in: dir)
         defer { up.stop() }
 
-        let result = try runCommand(PackagePaths.eastwest, ["drill", "\(PackagePaths.root)/topologies/drills/blackhole-region.yaml",
+        let result = try await runCommand(PackagePaths.eastwest, ["drill", "\(PackagePaths.root)/topologies/drills/blackhole-region.yaml",
                                                             "--attach", "\(state)/ready.json", "--rate", String(Self.testRate),
                                                             "--report-dir", "\(dir.path)/report"], timeout: 120)
         #expect(result.status == 0, "\(result.stdout)\(result.stderr)")
@@ -159,12 +160,12 @@ extension ThreeRegionsTopologyTests {
         #expect(report.passed)
         #expect(Set(served(report, 5..<9).keys.map { String($0.prefix(8)) }) == ["us-west1"], "\(served(report, 5..<9))")
         for admin in ["127.0.1.1:15000", "127.0.2.1:15000", "127.0.3.1:15000"] {
-            let faults = try runCommand("/usr/bin/curl", ["-s", "http://\(admin)/v1/faults"]).stdout
+            let faults = try await runCommand("/usr/bin/curl", ["-s", "http://\(admin)/v1/faults"]).stdout
             #expect(faults.filter { !$0.isWhitespace } == "[]", "\(admin) still has faults: \(faults)")
         }
         #expect(up.isRunning, "the drill must not stop a deployment it attached to")
 
-        let killing = try runCommand(PackagePaths.eastwest, ["drill", "\(PackagePaths.root)/topologies/drills/zone-outage.yaml",
+        let killing = try await runCommand(PackagePaths.eastwest, ["drill", "\(PackagePaths.root)/topologies/drills/zone-outage.yaml",
                                                              "--attach", "\(state)/ready.json", "--report-dir", "\(dir.path)/refused"])
         #expect(killing.status == 2 && killing.stderr.contains("kill is not available with --attach"), "\(killing.stderr)")
         up.signal(SIGINT)
@@ -186,11 +187,11 @@ extension ThreeRegionsTopologyTests {
             - {at: 3s, action: kill, target: {zone: us-east1-a}}
             expect: {maxFailoverSeconds: 0.001}
             """.write(toFile: impossible, atomically: true, encoding: .utf8)
-        let (result, report) = try runDrill(impossible, reportDir: "\(dir.path)/report")
+        let (result, report) = try await runDrill(impossible, reportDir: "\(dir.path)/report")
         #expect(result.status == 1, "\(result.stderr)")
         #expect(report?.passed == false)
         #expect(result.stdout.contains("| maxFailoverSeconds | 0.001 |") && result.stdout.contains("**FAILED**"), "\(result.stdout)")
-        expectCleanedUp("\(dir.path)/report")
+        await expectCleanedUp("\(dir.path)/report")
 
         let malformed = "\(dir.path)/malformed.yaml"
         try """
@@ -201,7 +202,7 @@ extension ThreeRegionsTopologyTests {
             steps:
             - {at: 30s, action: kill, target: {zone: us-east1-a}}
             """.write(toFile: malformed, atomically: true, encoding: .utf8)
-        let bad = try runCommand(PackagePaths.eastwest, ["drill", malformed, "--report-dir", "\(dir.path)/bad"])
+        let bad = try await runCommand(PackagePaths.eastwest, ["drill", malformed, "--report-dir", "\(dir.path)/bad"])
         #expect(bad.status == 2)
         #expect(bad.stderr.contains("malformed.yaml:6:4: error: steps[0].at: 30s is not before the end of the drill (10s)"), "\(bad.stderr)")
         #expect(bad.stderr.contains("malformed.yaml:4:") && bad.stderr.contains("load.from: 'nowhere' is not a cluster"), "\(bad.stderr)")
@@ -217,11 +218,11 @@ extension ThreeRegionsTopologyTests {
             logPath: "\(dir.path)/drill.log")
         defer { drill.stop() }
         #expect(await eventually(timeout: .seconds(90)) { drill.log.contains("partition us-east <-> eu-west") }, "\(drill.log)")
-        let rules = try runCommand("/usr/sbin/iptables", ["-S", "OUTPUT"]).stdout
+        let rules = try await runCommand("/usr/sbin/iptables", ["-S", "OUTPUT"]).stdout
         #expect(rules.contains("127.0.1.0/24"), "the partition is in place: \(rules)")
         drill.signal(SIGINT)
         #expect(await drill.waitForExit(timeout: .seconds(30)) == 130)
         #expect(drill.log.contains("interrupted: every fault was undone"))
-        expectCleanedUp("\(dir.path)/report")
+        await expectCleanedUp("\(dir.path)/report")
     }
 }

@@ -11,15 +11,15 @@ struct GatewayRoutingTests {
         defer { mesh.processes.stopAll() }
         let (gateway, _) = try await mesh.startEchoCluster(block: 21)
 
-        let result = try mesh.curl(gateway, host: "echo.default.svc.cluster.local")
+        let result = try await mesh.curl(gateway, host: "echo.default.svc.cluster.local")
         #expect(result.status == 0, "curl failed: \(result.stderr)")
         #expect(mesh.answer(result)?["cluster"] == "east")
         #expect(mesh.answer(result)?["endpoint"] == "127.0.21.10:8080")
 
-        let metrics = try mesh.admin(gateway, "/stats/prometheus")
+        let metrics = try await mesh.admin(gateway, "/stats/prometheus")
         #expect(metrics.contains(#"istio_tcp_connections_opened_total{reporter="destination",source_principal="spiffe://cluster.local/ns/default/sa/client",destination_service="echo.default.svc.cluster.local",destination_cluster="east""#))
         #expect(metrics.contains("istio_tcp_received_bytes_total"))
-        let dump = try mesh.admin(gateway, "/config_dump")
+        let dump = try await mesh.admin(gateway, "/config_dump")
         #expect(dump.contains(#""maxConnectAttempts" : 3"#))
         #expect(dump.contains(#""cluster" : "east""#))
     }
@@ -37,13 +37,13 @@ struct GatewayRoutingTests {
         let westProcess = try await mesh.startGateway(west)
         let eastProcess = try await mesh.startGateway(east)
 
-        let result = try mesh.curl(east, host: "ratings.default.svc.cluster.local")
+        let result = try await mesh.curl(east, host: "ratings.default.svc.cluster.local")
         #expect(result.status == 0, "curl failed: \(result.stderr)")
         #expect(mesh.answer(result)?["cluster"] == "west")
         // The west gateway saw the Istio-form SNI and the east gateway's identity.
         #expect(await eventually { westProcess.log.contains("outbound_.9080_._.ratings.default.svc.cluster.local principal=spiffe://cluster.local/ns/istio-system/sa/eastwest-gateway") })
         #expect(await eventually { eastProcess.log.contains("upstream_cluster=west") })
-        let metrics = try mesh.admin(east, "/stats/prometheus")
+        let metrics = try await mesh.admin(east, "/stats/prometheus")
         #expect(metrics.contains(#"destination_service="ratings.default.svc.cluster.local",destination_cluster="west""#))
     }
 
@@ -59,7 +59,7 @@ struct GatewayRoutingTests {
             .init(name: "west", gateways: [.init(name: "west-gw", address: west.listen)], services: [ratings])])
         let westProcess = try await mesh.startGateway(west)
         try await mesh.startGateway(east)
-        let result = try mesh.curl(east, host: "ratings.default.svc.cluster.local")
+        let result = try await mesh.curl(east, host: "ratings.default.svc.cluster.local")
         #expect(result.status != 0)
         #expect(await eventually { westProcess.log.contains("UH") && westProcess.log.contains("traffic from a peer gateway is never forwarded again") })
     }
@@ -70,7 +70,7 @@ struct GatewayRoutingTests {
         defer { mesh.processes.stopAll() }
         let (gateway, _) = try await mesh.startEchoCluster(block: 26)
         let client = mesh.clientCertPath("east")
-        let result = try runCommand("/usr/bin/openssl", [
+        let result = try await runCommand("/usr/bin/openssl", [
             "s_client", "-connect", "\(gateway.listen)", "-servername", "outbound_.8080_._.echo.default.svc.cluster.local",
             "-cert", "\(client)/cert-chain.pem", "-cert_chain", "\(mesh.certs.clusterPath("east"))/ca-cert.pem",
             "-key", "\(client)/key.pem", "-CAfile", mesh.certs.rootCertificatePath, "-verify_return_error", "-quiet", "-ign_eof",
@@ -84,14 +84,14 @@ struct GatewayRoutingTests {
         let mesh = try TestMesh("nr", clusters: ["east"], serviceHosts: ["echo.default.svc.cluster.local", "unknown.default.svc.cluster.local"])
         defer { mesh.processes.stopAll() }
         let (gateway, process) = try await mesh.startEchoCluster(block: 27)
-        let refused = try mesh.curl(gateway, host: "unknown.default.svc.cluster.local")
+        let refused = try await mesh.curl(gateway, host: "unknown.default.svc.cluster.local")
         #expect(refused.status != 0)
         #expect(await eventually { process.log.contains(" NR ") && process.log.contains("no service 'unknown.default.svc.cluster.local' in the mesh") })
-        let wrongPort = try runCommand("/usr/bin/openssl", ["s_client", "-connect", "127.0.27.1:15443", "-servername",
+        let wrongPort = try await runCommand("/usr/bin/openssl", ["s_client", "-connect", "127.0.27.1:15443", "-servername",
                                                             "outbound_.9999_._.echo.default.svc.cluster.local", "-quiet"], stdin: Data())
         #expect(wrongPort.status != 0)
         #expect(await eventually { process.log.contains("has no port 9999") })
-        #expect(mesh.answer(try mesh.curl(gateway, host: "echo.default.svc.cluster.local"))?["cluster"] == "east")
+        #expect(mesh.answer(try await mesh.curl(gateway, host: "echo.default.svc.cluster.local"))?["cluster"] == "east")
     }
 
     @Test("A killed backend makes the next connections use the other endpoint")
@@ -106,7 +106,7 @@ struct GatewayRoutingTests {
         doomed.signal(SIGKILL)
         _ = await doomed.waitForExit(timeout: .seconds(5))
         for _ in 0..<4 {
-            let result = try mesh.curl(gateway, host: "echo.default.svc.cluster.local")
+            let result = try await mesh.curl(gateway, host: "echo.default.svc.cluster.local")
             #expect(result.status == 0, "curl failed: \(result.stderr)")
             #expect(mesh.answer(result)?["endpoint"] == "127.0.28.11:8080")
         }
@@ -120,7 +120,7 @@ struct GatewayRoutingTests {
         let gateway = mesh.gatewayConfig(name: "east-gw", cluster: "east", ip: "127.0.29.1",
                                          services: [.echo("127.0.29.10:8080", "127.0.29.11:8080")])
         let process = try await mesh.startGateway(gateway)
-        let result = try mesh.curl(gateway, host: "echo.default.svc.cluster.local")
+        let result = try await mesh.curl(gateway, host: "echo.default.svc.cluster.local")
         #expect(result.status != 0)
         #expect(await eventually { process.log.contains("UF,URX") && process.log.contains("all 2 upstream attempt(s) failed") })
     }
@@ -136,16 +136,16 @@ struct ConnectTimeoutTests {
         try await mesh.startBackend("127.0.41.11:8080", cluster: "east")
         // SYNs to 127.0.41.10:8080 vanish: a host that is down without saying so.
         let rule = ["-d", "127.0.41.10", "-p", "tcp", "--dport", "8080", "-j", "DROP"]
-        let added = try runCommand("/usr/sbin/iptables", ["-I", "OUTPUT"] + rule)
+        let added = try await runCommand("/usr/sbin/iptables", ["-I", "OUTPUT"] + rule)
         try #require(added.status == 0, "iptables: \(added.stderr)")
-        defer { _ = try? runCommand("/usr/sbin/iptables", ["-D", "OUTPUT"] + rule) }
+        defer { _ = try? runCommandBlocking("/usr/sbin/iptables", ["-D", "OUTPUT"] + rule) }
         let gateway = mesh.gatewayConfig(name: "east-gw", cluster: "east", ip: "127.0.41.1",
                                          services: [.echo("127.0.41.10:8080", "127.0.41.11:8080")],
                                          timeouts: .init(connect: ConfigDuration(parsing: "300ms")))
         let process = try await mesh.startGateway(gateway)
         // Round robin starts at the black-holed endpoint for the first connection.
         let start = ContinuousClock.now
-        let result = try mesh.curl(gateway, host: "echo.default.svc.cluster.local")
+        let result = try await mesh.curl(gateway, host: "echo.default.svc.cluster.local")
         let elapsed = ContinuousClock.now - start
         #expect(mesh.answer(result)?["endpoint"] == "127.0.41.11:8080", "\(result.stderr)")
         #expect(elapsed >= .milliseconds(250) && elapsed < .seconds(3), "took \(elapsed)")
@@ -168,7 +168,7 @@ struct PeerGatewayIdentityTests {
             .init(name: "west", gateways: [.init(name: "west-gw", address: west.listen)], services: [ratings])])
         try await mesh.startGateway(west)
         let eastProcess = try await mesh.startGateway(east)
-        let result = try mesh.curl(east, host: "ratings.default.svc.cluster.local")
+        let result = try await mesh.curl(east, host: "ratings.default.svc.cluster.local")
         #expect(result.status != 0)
         #expect(!result.stdout.contains("west"))
         #expect(await eventually {
@@ -179,10 +179,17 @@ struct PeerGatewayIdentityTests {
 
 @Suite("Federation between gateway processes", .serialized, .timeLimit(.minutes(3)))
 struct FederationIntegrationTests {
-    func members(_ mesh: TestMesh, _ config: GatewayConfig) -> [String: String] {
+    func members(_ mesh: TestMesh, _ config: GatewayConfig) async -> [String: String] {
         struct Body: Decodable { struct Member: Decodable { var name: String; var state: String }; var members: [Member] }
-        guard let body = try? JSONDecoder().decode(Body.self, from: Data(mesh.admin(config, "/v1/members").utf8)) else { return [:] }
+        guard let text = try? await mesh.admin(config, "/v1/members"),
+              let body = try? JSONDecoder().decode(Body.self, from: Data(text.utf8)) else { return [:] }
         return Dictionary(uniqueKeysWithValues: body.members.map { ($0.name, $0.state) })
+    }
+
+    /// Whether each observing gateway lists its member in `state`.
+    func see(_ mesh: TestMesh, _ views: [(observer: GatewayConfig, member: String)], as state: String) async -> Bool {
+        for view in views where await members(mesh, view.observer)[view.member] != state { return false }
+        return true
     }
 
     struct Service: Decodable {
@@ -199,13 +206,13 @@ struct FederationIntegrationTests {
         var via: [String]
     }
 
-    func listEndpoints(_ mesh: TestMesh, _ config: GatewayConfig, host: String) -> [EndpointEntry] {
-        (try? JSONDecoder().decode([EndpointEntry].self, from: Data(mesh.admin(config, "/v1/endpoints?host=\(host)").utf8))) ?? []
+    func listEndpoints(_ mesh: TestMesh, _ config: GatewayConfig, host: String) async -> [EndpointEntry] {
+        (try? JSONDecoder().decode([EndpointEntry].self, from: Data(await mesh.admin(config, "/v1/endpoints?host=\(host)").utf8))) ?? []
     }
 
     /// The `X-EastWest-Index` a discovery path answers with.
-    func adminIndex(_ config: GatewayConfig, _ path: String) throws -> UInt64? {
-        let headers = try runCommand("/usr/bin/curl", ["-s", "-D", "-", "-o", "/dev/null", "--max-time", "5", "http://\(config.effectiveAdmin)\(path)"]).stdout
+    func adminIndex(_ config: GatewayConfig, _ path: String) async throws -> UInt64? {
+        let headers = try await runCommand("/usr/bin/curl", ["-s", "-D", "-", "-o", "/dev/null", "--max-time", "5", "http://\(config.effectiveAdmin)\(path)"]).stdout
         let line = headers.split(whereSeparator: \.isNewline).first { $0.lowercased().hasPrefix("x-eastwest-index:") }
         return line.flatMap { UInt64($0.split(separator: ":")[1].trimmingCharacters(in: .whitespaces)) }
     }
@@ -227,23 +234,28 @@ struct FederationIntegrationTests {
         try await mesh.startBackend("127.0.47.20:9080", service: "ratings.default.svc.cluster.local", cluster: "c1")
         var processes: [ChildProcess] = []
         for config in configs { processes.append(try await mesh.startGateway(config)) }
-        #expect(await eventually(timeout: .seconds(10)) {
-            configs.allSatisfy { config in members(mesh, config).values.filter { $0 == "alive" }.count == 2 }
-        }, "members: \(configs.map { members(mesh, $0) })")
+        func everyoneSeesTwoAlive() async -> Bool {
+            for config in configs where await members(mesh, config).values.filter({ $0 == "alive" }).count != 2 { return false }
+            return true
+        }
+        let converged = await eventually(timeout: .seconds(10)) { await everyoneSeesTwoAlive() }
+        var tables: [[String: String]] = []
+        for config in configs { tables.append(await members(mesh, config)) }
+        #expect(converged, "members: \(tables)")
         // The data plane follows: a client of c0 reaches c1's ratings through gw-0 -> gw-1.
         var answer: [String: String]?
         _ = await eventually(timeout: .seconds(5)) {
-            answer = mesh.answer((try? mesh.curl(configs[0], host: "ratings.default.svc.cluster.local")) ?? CommandResult(status: 1, stdout: "", stderr: ""))
+            answer = mesh.answer((try? await mesh.curl(configs[0], host: "ratings.default.svc.cluster.local")) ?? CommandResult(status: 1, stdout: "", stderr: ""))
             return answer?["cluster"] == "c1"
         }
         #expect(answer?["cluster"] == "c1")
-        let services = try JSONDecoder().decode([Service].self, from: Data(mesh.admin(configs[0], "/v1/services").utf8))
+        let services = try await JSONDecoder().decode([Service].self, from: Data(mesh.admin(configs[0], "/v1/services").utf8))
         let echo = services.first { $0.host == "echo.default.svc.cluster.local" }
         #expect(echo?.clusters.mapValues(\.healthy) == ["c0": 1, "c1": 1, "c2": 1], "\(services)")
 
         // A blocking query (Consul-style) parks until the catalog changes, then answers at once.
         let inventoryPath = "/v1/endpoints?host=inventory.default.svc.cluster.local"
-        let index = try #require(try adminIndex(configs[0], inventoryPath))
+        let index = try #require(try await adminIndex(configs[0], inventoryPath))
         let blocking = try ChildProcess(name: "blocking-query", arguments: [
             "/usr/bin/curl", "-s", "-i", "--max-time", "30", "http://\(configs[0].effectiveAdmin)\(inventoryPath)&index=\(index)&wait=20s"],
             logPath: "\(mesh.processes.directory.path)/blocking-query.log")
@@ -252,7 +264,7 @@ struct FederationIntegrationTests {
         #expect(blocking.isRunning, "a blocking query with the current index must wait: \(blocking.log)")
 
         // An endpoint registered in one cluster appears in the others; deregistered, it goes.
-        let register = try runCommand("/usr/bin/curl", ["-s", "-X", "PUT", "--data",
+        let register = try await runCommand("/usr/bin/curl", ["-s", "-X", "PUT", "--data",
             #"{"host": "inventory.default.svc.cluster.local", "port": 7070, "address": "127.0.48.30:7070", "locality": "r-c2/z1"}"#,
             "http://\(configs[2].effectiveAdmin)/v1/catalog/register"])
         #expect(register.stdout.contains("accepted"))
@@ -261,17 +273,17 @@ struct FederationIntegrationTests {
         #expect(ContinuousClock.now - registered < .seconds(5))
         #expect(blocking.log.contains("127.0.48.30:7070") && blocking.log.contains("X-EastWest-Index"), "\(blocking.log)")
         #expect(await eventually(timeout: .seconds(5)) {
-            ((try? mesh.admin(configs[0], "/v1/services")) ?? "").contains("inventory.default.svc.cluster.local")
+            ((try? await mesh.admin(configs[0], "/v1/services")) ?? "").contains("inventory.default.svc.cluster.local")
         })
-        let endpoints = try runCommand(PackagePaths.eastwest, ["endpoints", "inventory.default.svc.cluster.local", "--admin", configs[1].effectiveAdmin.description])
+        let endpoints = try await runCommand(PackagePaths.eastwest, ["endpoints", "inventory.default.svc.cluster.local", "--admin", configs[1].effectiveAdmin.description])
         #expect(endpoints.stdout.contains("c2") && endpoints.stdout.contains("7070"), "\(endpoints.stdout)\(endpoints.stderr)")
-        _ = try runCommand("/usr/bin/curl", ["-s", "-X", "PUT", "--data",
+        _ = try await runCommand("/usr/bin/curl", ["-s", "-X", "PUT", "--data",
             #"{"host": "inventory.default.svc.cluster.local", "port": 7070, "address": "127.0.48.30:7070"}"#,
             "http://\(configs[2].effectiveAdmin)/v1/catalog/deregister"])
         #expect(await eventually(timeout: .seconds(5)) {
-            !((try? mesh.admin(configs[0], "/v1/services")) ?? "inventory").contains("inventory.default.svc.cluster.local")
+            !((try? await mesh.admin(configs[0], "/v1/services")) ?? "inventory").contains("inventory.default.svc.cluster.local")
         })
-        let table = try runCommand(PackagePaths.eastwest, ["members", "--admin", configs[0].effectiveAdmin.description])
+        let table = try await runCommand(PackagePaths.eastwest, ["members", "--admin", configs[0].effectiveAdmin.description])
         #expect(table.stdout.contains("gw-1") && table.stdout.contains("alive"), "\(table.stdout)\(table.stderr)")
 
         // A process with a workload certificate tries to join: refused, never a member.
@@ -280,33 +292,33 @@ struct FederationIntegrationTests {
         impostor.federation = .init(seeds: [configs[0].listen])
         try await mesh.startGateway(impostor)
         #expect(await eventually(timeout: .seconds(5)) { processes[0].log.contains("federation peer refused") })
-        #expect(members(mesh, configs[1])["impostor"] == nil)
+        #expect(await members(mesh, configs[1])["impostor"] == nil)
         // A gateway identity that does not speak the federation protocol (ALPN) is closed too.
-        _ = try runCommand("/usr/bin/openssl", ["s_client", "-ign_eof", "-connect", configs[0].listen.description,
+        _ = try await runCommand("/usr/bin/openssl", ["s_client", "-ign_eof", "-connect", configs[0].listen.description,
             "-servername", "federation.eastwest.internal", "-alpn", "h2", "-cert", configs[1].tls.certificateChain, "-cert_chain", configs[1].tls.certificateChain,
             "-key", configs[1].tls.privateKey, "-CAfile", configs[1].tls.rootCertificate], stdin: Data(), timeout: 10)
         #expect(await eventually(timeout: .seconds(5)) {
-            processes[0].log.contains("expected 'eastwest-federation/1'")
-                && ((try? mesh.admin(configs[0], "/v1/members")) ?? "").contains(#""wrong_protocol" : 1"#)
+            guard processes[0].log.contains("expected 'eastwest-federation/1'") else { return false }
+            return ((try? await mesh.admin(configs[0], "/v1/members")) ?? "").contains(#""wrong_protocol" : 1"#)
         }, "\(processes[0].log)")
 
         // kill -9 one gateway: the others mark it dead.
         processes[2].signal(SIGKILL)
         let killed = ContinuousClock.now
-        #expect(await eventually(timeout: .seconds(10)) {
-            members(mesh, configs[0])["gw-2"] == "dead" && members(mesh, configs[1])["gw-2"] == "dead"
-        })
+        #expect(await eventually(timeout: .seconds(10)) { await see(mesh, [(configs[0], "gw-2"), (configs[1], "gw-2")], as: "dead") })
         let detection = ContinuousClock.now - killed
         #expect(detection < .seconds(5), "took \(detection)")
         // Its cluster's endpoints stay listed but unreachable, so they return at once on heal.
-        let c2Echo = { listEndpoints(mesh, configs[0], host: "echo.default.svc.cluster.local").first { $0.cluster == "c2" } }
-        #expect(c2Echo()?.reachable == false && c2Echo()?.address == "127.0.48.10:8080", "\(String(describing: c2Echo()))")
+        func c2Echo() async -> EndpointEntry? { await listEndpoints(mesh, configs[0], host: "echo.default.svc.cluster.local").first { $0.cluster == "c2" } }
+        let listed = await c2Echo()
+        #expect(listed?.reachable == false && listed?.address == "127.0.48.10:8080", "\(String(describing: listed))")
         // Restart: it rejoins.
         processes[2] = try await mesh.startGateway(configs[2])
-        #expect(await eventually(timeout: .seconds(10)) {
-            members(mesh, configs[0])["gw-2"] == "alive" && members(mesh, configs[1])["gw-2"] == "alive"
+        #expect(await eventually(timeout: .seconds(10)) { await see(mesh, [(configs[0], "gw-2"), (configs[1], "gw-2")], as: "alive") })
+        #expect(await eventually(timeout: .seconds(5)) {
+            let echo = await c2Echo()
+            return echo?.reachable == true && echo?.via == ["gw-2"]
         })
-        #expect(await eventually(timeout: .seconds(5)) { c2Echo()?.reachable == true && c2Echo()?.via == ["gw-2"] })
     }
 }
 
@@ -324,23 +336,23 @@ struct FederationPartitionTests {
         b.federation = .init(seeds: [a.listen])
         try await mesh.startGateway(a)
         try await mesh.startGateway(b)
-        let members = FederationIntegrationTests().members
-        #expect(await eventually(timeout: .seconds(10)) { members(mesh, a)["part-b"] == "alive" && members(mesh, b)["part-a"] == "alive" })
+        let federation = FederationIntegrationTests()
+        #expect(await eventually(timeout: .seconds(10)) { await federation.see(mesh, [(a, "part-b"), (b, "part-a")], as: "alive") })
 
         let rules = [["-s", "127.0.51.1", "-d", "127.0.52.1", "-j", "DROP"], ["-s", "127.0.52.1", "-d", "127.0.51.1", "-j", "DROP"]]
         for rule in rules {
-            let added = try runCommand("/usr/sbin/iptables", ["-I", "OUTPUT"] + rule)
+            let added = try await runCommand("/usr/sbin/iptables", ["-I", "OUTPUT"] + rule)
             try #require(added.status == 0, "iptables: \(added.stderr)")
         }
         var healed = false
-        defer { if !healed { for rule in rules { _ = try? runCommand("/usr/sbin/iptables", ["-D", "OUTPUT"] + rule) } } }
+        defer { if !healed { for rule in rules { _ = try? runCommandBlocking("/usr/sbin/iptables", ["-D", "OUTPUT"] + rule) } } }
 
-        #expect(await eventually(timeout: .seconds(15)) { members(mesh, a)["part-b"] == "dead" && members(mesh, b)["part-a"] == "dead" })
+        #expect(await eventually(timeout: .seconds(15)) { await federation.see(mesh, [(a, "part-b"), (b, "part-a")], as: "dead") })
         // The cut-off side still serves its own cluster's traffic.
-        #expect(mesh.answer(try mesh.curl(a, host: "echo.default.svc.cluster.local"))?["cluster"] == "c0")
+        #expect(mesh.answer(try await mesh.curl(a, host: "echo.default.svc.cluster.local"))?["cluster"] == "c0")
 
-        for rule in rules { _ = try runCommand("/usr/sbin/iptables", ["-D", "OUTPUT"] + rule) }
+        for rule in rules { _ = try await runCommand("/usr/sbin/iptables", ["-D", "OUTPUT"] + rule) }
         healed = true
-        #expect(await eventually(timeout: .seconds(60)) { members(mesh, a)["part-b"] == "alive" && members(mesh, b)["part-a"] == "alive" })
+        #expect(await eventually(timeout: .seconds(60)) { await federation.see(mesh, [(a, "part-b"), (b, "part-a")], as: "alive") })
     }
 }

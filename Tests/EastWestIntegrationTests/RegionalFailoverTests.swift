@@ -36,7 +36,7 @@ extension ThreeRegionsTopologyTests {
         func kill(_ address: String) async {
             guard let pid = backends.first(where: { $0.address == address })?.pid else { Issue.record("no backend \(address)"); return }
             Foundation.kill(pid, SIGKILL)
-            _ = await eventually(timeout: .seconds(5)) { (try? runCommand("/usr/bin/curl", ["-s", "--max-time", "1", "http://\(address)/"]).status) != 0 }
+            _ = await eventually(timeout: .seconds(5)) { (try? await runCommand("/usr/bin/curl", ["-s", "--max-time", "1", "http://\(address)/"]).status) != 0 }
         }
 
         let gateway = HostPort(host: "127.0.1.1", port: 15443)
@@ -46,9 +46,9 @@ extension ThreeRegionsTopologyTests {
                                    client: client, root: "\(client)/root-cert.pem")
         }
         struct Plan: Decodable { var shares: [String: Double] }
-        func plan() throws -> [String: Double] {
-            let body = try runCommand("/usr/bin/curl", ["-s", "--max-time", "5", "http://127.0.1.1:15000/v1/plan?host=echo.default.svc.cluster.local"]).stdout
-            return (try? JSONDecoder().decode(Plan.self, from: Data(body.utf8)).shares) ?? [:]
+        func plan() async throws -> [String: Double] {
+            let answer = try await runCommand("/usr/bin/curl", ["-s", "--max-time", "5", "http://127.0.1.1:15000/v1/plan?host=echo.default.svc.cluster.local"])
+            return (try? JSONDecoder().decode(Plan.self, from: Data(answer.stdout.utf8)).shares) ?? [:]
         }
         func share(_ counts: [String: Int], _ locality: String) -> Double {
             Double(counts[locality, default: 0]) / Double(max(1, counts.values.reduce(0, +)))
@@ -62,14 +62,14 @@ extension ThreeRegionsTopologyTests {
         // One of four down: 3/4 × 1.4 ≥ 1, still 100 % local (Envoy's overprovisioning).
         await kill(zoneAAddresses[0])
         try await settle()
-        #expect(try plan() == ["us-east1/us-east1-a": 1])
+        #expect(try await plan() == ["us-east1/us-east1-a": 1])
         #expect(share(try await load(200), "us-east1/us-east1-a") == 1)
 
         // Two of four down: health 70 → 70 % stays, 30 % spills to us-east1-b. 2000 connections
         // observed against the plan.
         await kill(zoneAAddresses[1])
         try await settle()
-        let predicted = try plan()
+        let predicted = try await plan()
         #expect(predicted.mapValues { ($0 * 100).rounded() } == ["us-east1/us-east1-a": 70, "us-east1/us-east1-b": 30])
         let observed = try await load(2000)
         #expect(observed["failed", default: 0] == 0, "\(observed)")
@@ -80,7 +80,7 @@ extension ThreeRegionsTopologyTests {
         // Three of four down: health 35 → 35 / 65.
         await kill(zoneAAddresses[2])
         try await settle()
-        #expect(try plan().mapValues { ($0 * 100).rounded() } == ["us-east1/us-east1-a": 35, "us-east1/us-east1-b": 65])
+        #expect(try await plan().mapValues { ($0 * 100).rounded() } == ["us-east1/us-east1-a": 35, "us-east1/us-east1-b": 65])
         #expect(abs(share(try await load(400), "us-east1/us-east1-a") - 0.35) < 0.05)
 
         // The whole region down: the failover rule sends everything to us-west1, none to eu-west1.
@@ -101,7 +101,9 @@ extension ThreeRegionsTopologyTests {
                 PackagePaths.eastwest, "demo-backend", "--listen", address, "--service", "echo.default.svc.cluster.local",
                 "--cluster", "us-east", "--locality", "us-east1/us-east1-a"], logPath: "\(dir.path)/restart-\(address).log"))
         }
-        #expect(await eventually(timeout: .seconds(20)) { (try? plan()) == ["us-east1/us-east1-a": 1] }, "\((try? plan()) ?? [:])")
+        let recovered = await eventually(timeout: .seconds(20)) { (try? await plan()) == ["us-east1/us-east1-a": 1] }
+        let lastPlan = (try? await plan()) ?? [:]
+        #expect(recovered, "\(lastPlan)")
         #expect(try await load(200) == ["us-east1/us-east1-a": 200])
         up.signal(SIGINT)
         #expect(await up.waitForExit(timeout: .seconds(30)) == 0)
@@ -129,7 +131,7 @@ extension ThreeRegionsTopologyTests {
         let echo = topology.clusters.flatMap { ($0.services ?? []).filter { $0.host == "echo.default.svc.cluster.local" }.flatMap(\.endpoints) }
         try ("endpoints:\n" + echo.map { "- {locality: \($0.locality!.description)}" }.joined(separator: "\n") + "\n")
             .write(toFile: endpoints, atomically: true, encoding: .utf8)
-        let (predicted, planResult) = try PlanCommandTests().plan(["--from", "us-east1/us-east1-a", "--endpoints", endpoints,
+        let (predicted, planResult) = try await PlanCommandTests().plan(["--from", "us-east1/us-east1-a", "--endpoints", endpoints,
                                                                   "--policy", policy])
         let shares = try #require(predicted?.shares, "\(planResult.stderr)")
         let client = "\(state)/certs/us-east/client"

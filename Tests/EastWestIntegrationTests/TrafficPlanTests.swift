@@ -48,14 +48,14 @@ struct TrafficPlanTests {
         let mesh = set.mesh, eastConfig = set.east, eastBackend = set.eastBackend
         defer { mesh.processes.stopAll() }
 
-        let plan = try mesh.admin(eastConfig, "/v1/plan?host=echo.default.svc.cluster.local")
+        let plan = try await mesh.admin(eastConfig, "/v1/plan?host=echo.default.svc.cluster.local")
         #expect(plan.contains(#""us-east1/a" : 0.7"#) && plan.contains(#""us-west1/a" : 0.3"#), "\(plan)")
         var answers: [String: Int] = [:]
         for _ in 0..<20 {
-            answers[mesh.answer(try mesh.curl(eastConfig, host: "echo.default.svc.cluster.local"))?["cluster"] ?? "failed", default: 0] += 1
+            await answers[mesh.answer(try mesh.curl(eastConfig, host: "echo.default.svc.cluster.local"))?["cluster"] ?? "failed", default: 0] += 1
         }
         #expect(answers == ["east": 14, "west": 6])
-        let metrics = try mesh.admin(eastConfig, "/stats/prometheus")
+        let metrics = try await mesh.admin(eastConfig, "/stats/prometheus")
         #expect(metrics.contains(#"eastwest_upstream_locality_connections_total{destination_service="echo.default.svc.cluster.local",locality="us-east1/a",priority="0"} 14"#), "\(metrics)")
         #expect(metrics.contains(#"eastwest_upstream_locality_connections_total{destination_service="echo.default.svc.cluster.local",locality="us-west1/a",priority="0"} 6"#))
 
@@ -64,7 +64,7 @@ struct TrafficPlanTests {
         eastBackend.signal(SIGKILL)
         _ = await eastBackend.waitForExit(timeout: .seconds(5))
         for _ in 0..<5 {
-            #expect(mesh.answer(try mesh.curl(eastConfig, host: "echo.default.svc.cluster.local"))?["cluster"] == "west")
+            #expect(mesh.answer(try await mesh.curl(eastConfig, host: "echo.default.svc.cluster.local"))?["cluster"] == "west")
         }
     }
 
@@ -77,22 +77,25 @@ struct TrafficPlanTests {
             """)
         let mesh = set.mesh, eastConfig = set.east, eastBackend = set.eastBackend
         defer { mesh.processes.stopAll() }
-        func cluster() throws -> String? { mesh.answer(try mesh.curl(eastConfig, host: "echo.default.svc.cluster.local"))?["cluster"] }
-        func plan() -> String { (try? mesh.admin(eastConfig, "/v1/plan?host=echo.default.svc.cluster.local")) ?? "" }
+        func cluster() async throws -> String? { mesh.answer(try await mesh.curl(eastConfig, host: "echo.default.svc.cluster.local"))?["cluster"] }
+        func plan() async -> String { (try? await mesh.admin(eastConfig, "/v1/plan?host=echo.default.svc.cluster.local")) ?? "" }
 
-        #expect(try cluster() == "east")
+        #expect(try await cluster() == "east")
         eastBackend.signal(SIGKILL)
         _ = await eastBackend.waitForExit(timeout: .seconds(5))
         // The first connection after the kill is refused by east, retried on west, and ejects east.
-        #expect(try cluster() == "west")
-        #expect(plan().contains(#""us-west1/a" : 1"#), "\(plan())")
-        let metrics = try mesh.admin(eastConfig, "/stats/prometheus")
+        #expect(try await cluster() == "west")
+        let ejectedPlan = await plan()
+        #expect(ejectedPlan.contains(#""us-west1/a" : 1"#), "\(ejectedPlan)")
+        let metrics = try await mesh.admin(eastConfig, "/stats/prometheus")
         #expect(metrics.contains(#"envoy_cluster_outlier_detection_ejections_active{cluster_name="outbound|8080||echo.default.svc.cluster.local"} 1"#), "\(metrics)")
-        #expect(try cluster() == "west")
+        #expect(try await cluster() == "west")
 
         try await mesh.startBackend("127.0.55.10:8080", cluster: "east")
-        #expect(await eventually(timeout: .seconds(10)) { plan().contains(#""us-east1/a" : 1"#) }, "\(plan())")
-        #expect(try cluster() == "east")
+        let restored = await eventually(timeout: .seconds(10)) { await plan().contains(#""us-east1/a" : 1"#) }
+        let restoredPlan = await plan()
+        #expect(restored, "\(restoredPlan)")
+        #expect(try await cluster() == "east")
     }
 
     @Test("connectionPool.tcp: maxConnections refuses the connection over the limit with Envoy's UO flag and counts it, a slot freed is usable again; tcpKeepalive is set on the upstream socket")
@@ -117,19 +120,19 @@ struct TrafficPlanTests {
         // its upstream socket is established. (A metric's name can show before any connection.)
         var sockets = ""
         #expect(await eventually(timeout: .seconds(10)) {
-            sockets = (try? runCommand("/usr/bin/ss", ["-tno", "state", "established", "dst", "127.0.57.10"]).stdout) ?? ""
+            sockets = (try? await runCommand("/usr/bin/ss", ["-tno", "state", "established", "dst", "127.0.57.10"]).stdout) ?? ""
             return sockets.contains("127.0.57.10:8080")
         }, "the slow request never reached the backend")
         // The kernel shows the keepalive timer Istio's tcpKeepalive asked for (7 s idle).
         #expect(sockets.contains("timer:(keepalive,") && !sockets.contains("timer:(keepalive,2h"), "\(sockets)")
-        let refused = try mesh.curl(gateway, host: "echo.default.svc.cluster.local")
+        let refused = try await mesh.curl(gateway, host: "echo.default.svc.cluster.local")
         #expect(refused.status != 0)
         #expect(await eventually { process.log.contains(" UO ") && process.log.contains("connectionPool.tcp.maxConnections (1) reached") }, "\(process.log)")
-        let metrics = try mesh.admin(gateway, "/stats/prometheus")
+        let metrics = try await mesh.admin(gateway, "/stats/prometheus")
         #expect(metrics.contains(#"envoy_cluster_upstream_cx_overflow{cluster_name="outbound|8080||echo.default.svc.cluster.local"} 1"#), "\(metrics)")
 
         #expect(await slow.waitForExit(timeout: .seconds(10)) == 0)
-        #expect(mesh.answer(try mesh.curl(gateway, host: "echo.default.svc.cluster.local"))?["cluster"] == "east")
+        #expect(mesh.answer(try await mesh.curl(gateway, host: "echo.default.svc.cluster.local"))?["cluster"] == "east")
     }
 
     @Test("An endpoint that resets established connections is ejected like one that refuses them")
@@ -146,15 +149,15 @@ struct TrafficPlanTests {
                 c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)); c.close()
             """], logPath: "\(mesh.directory)/resetting-server.log")
         defer { server.stop() }
-        #expect(await eventually { (try? runCommand("/usr/bin/curl", ["-s", "--max-time", "1", "http://127.0.58.10:8080/"]).status) != 7 })
+        #expect(await eventually { (try? await runCommand("/usr/bin/curl", ["-s", "--max-time", "1", "http://127.0.58.10:8080/"]).status) != 7 })
         var gateway = mesh.gatewayConfig(name: "east-gw", cluster: "east", ip: "127.0.58.1", services: [.echo("127.0.58.10:8080")])
         gateway.policies = [try mesh.writeDestinationRule(trafficPolicy: """
             outlierDetection: {consecutiveGatewayErrors: 2, maxEjectionPercent: 100}
             """)]
         try await mesh.startGateway(gateway)
-        for _ in 0..<2 { _ = try mesh.curl(gateway, host: "echo.default.svc.cluster.local") }
+        for _ in 0..<2 { _ = try await mesh.curl(gateway, host: "echo.default.svc.cluster.local") }
         #expect(await eventually(timeout: .seconds(5)) {
-            ((try? mesh.admin(gateway, "/stats/prometheus")) ?? "").contains(#"envoy_cluster_outlier_detection_ejections_active{cluster_name="outbound|8080||echo.default.svc.cluster.local"} 1"#)
+            ((try? await mesh.admin(gateway, "/stats/prometheus")) ?? "").contains(#"envoy_cluster_outlier_detection_ejections_active{cluster_name="outbound|8080||echo.default.svc.cluster.local"} 1"#)
         })
     }
 }

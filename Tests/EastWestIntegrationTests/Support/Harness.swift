@@ -44,6 +44,7 @@ final class ChildProcess: @unchecked Sendable {  // used from one test task only
         process.standardError = log
         process.standardInput = FileHandle.nullDevice
         try process.run()
+        LiveChildren.shared.insert(process.processIdentifier)
     }
 
     var pid: Int32 { process.processIdentifier }
@@ -59,14 +60,34 @@ final class ChildProcess: @unchecked Sendable {  // used from one test task only
         return process.isRunning ? nil : process.terminationStatus
     }
 
+    /// Sends SIGTERM and returns at once; a reaper thread waits up to 5 s, then SIGKILLs and
+    /// reaps. Called from `defer`, which cannot await: waiting here would hold one of the test
+    /// runner's cooperative threads (one per core, two on CI) while a gateway drains.
     func stop() {
         guard process.isRunning else { return }
         kill(pid, SIGTERM)
-        let deadline = Date().addingTimeInterval(5)
-        while process.isRunning && Date() < deadline { usleep(20_000) }
-        if process.isRunning { kill(pid, SIGKILL) }
-        process.waitUntilExit()
+        Thread { [self] in
+            let deadline = Date().addingTimeInterval(5)
+            while process.isRunning && Date() < deadline { usleep(20_000) }
+            if process.isRunning { kill(pid, SIGKILL) }
+            process.waitUntilExit()
+            LiveChildren.shared.remove(pid)
+        }.start()
     }
+}
+
+/// Children still running, killed when the test process exits so that a reaper thread cut
+/// short by the exit leaves nothing behind.
+final class LiveChildren: @unchecked Sendable {  // guarded by lock
+    static let shared: LiveChildren = {
+        atexit { LiveChildren.shared.killAll() }
+        return LiveChildren()
+    }()
+    private let lock = NSLock()
+    private var pids: Set<Int32> = []
+    func insert(_ pid: Int32) { lock.lock(); pids.insert(pid); lock.unlock() }
+    func remove(_ pid: Int32) { lock.lock(); pids.remove(pid); lock.unlock() }
+    private func killAll() { lock.lock(); pids.forEach { kill($0, SIGKILL) }; lock.unlock() }
 }
 
 /// Every process a test started, stopped together even when the test fails.
@@ -98,8 +119,22 @@ struct CommandResult {
     var stderr: String
 }
 
+/// Runs a command to completion and captures its output. The wait happens on a thread of its
+/// own: a test blocked in `eastwest drill` or `eastwest load` on a cooperative thread starved
+/// every other test's NIO client of the thread its next `await` needed (CI, two cores: clients
+/// finished their handshake and never sent, the gateway idled them out).
 @discardableResult
-func runCommand(_ executable: String, _ arguments: [String], stdin: Data? = nil, timeout: TimeInterval = 30) throws -> CommandResult {
+func runCommand(_ executable: String, _ arguments: [String], stdin: Data? = nil, timeout: TimeInterval = 30) async throws -> CommandResult {
+    try await withCheckedThrowingContinuation { continuation in
+        Thread {
+            continuation.resume(with: Result { try runCommandBlocking(executable, arguments, stdin: stdin, timeout: timeout) })
+        }.start()
+    }
+}
+
+/// `runCommand` for a `defer`, which cannot await; only for commands that end at once (iptables).
+@discardableResult
+func runCommandBlocking(_ executable: String, _ arguments: [String], stdin: Data? = nil, timeout: TimeInterval = 30) throws -> CommandResult {
     let process = Process()
     process.executableURL = URL(fileURLWithPath: executable)
     process.arguments = arguments

@@ -131,6 +131,7 @@ enum MeshTLSClient {
     static func exchange(_ payload: [UInt8], to address: HostPort, serverName: String, context: NIOSSLContext,
                          halfClose: Bool, slowReader: Bool = false, halfCloseAfter: Int = 0) async throws -> [UInt8] {
         let done = MultiThreadedEventLoopGroup.singleton.next().makePromise(of: [UInt8].self)
+        let channelError = NIOLockedValueBox<(any Error)?>(nil)
         let channel: any Channel
         do {
             var bootstrap = ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
@@ -141,7 +142,7 @@ enum MeshTLSClient {
                     channel.eventLoop.makeCompletedFuture {
                         if slowReader { try channel.pipeline.syncOperations.addHandler(ReadThrottle()) }
                         try channel.pipeline.syncOperations.addHandler(try NIOSSLClientHandler(context: context, serverHostname: serverName))
-                        try channel.pipeline.syncOperations.addHandler(Collector(promise: done, halfCloseAfter: halfCloseAfter))
+                        try channel.pipeline.syncOperations.addHandler(Collector(promise: done, halfCloseAfter: halfCloseAfter, error: channelError))
                     }
                 }
                 .connect(host: address.host, port: address.port).get()
@@ -149,7 +150,12 @@ enum MeshTLSClient {
             done.fail(error)
             throw error
         }
-        try await channel.writeAndFlush(ByteBuffer(bytes: payload))
+        do {
+            try await channel.writeAndFlush(ByteBuffer(bytes: payload))
+        } catch {
+            // The write only says the channel was closed; the error that closed it is the story.
+            throw ExchangeFailure(write: error, channel: channelError.withLockedValue { $0 })
+        }
         if halfClose {
             do {
                 try await channel.close(mode: .output)
@@ -175,9 +181,11 @@ enum MeshTLSClient {
         private var bytes: [UInt8] = []
         private let promise: EventLoopPromise<[UInt8]>
         private var halfCloseAfter: Int
-        init(promise: EventLoopPromise<[UInt8]>, halfCloseAfter: Int) {
+        private let error: NIOLockedValueBox<(any Error)?>
+        init(promise: EventLoopPromise<[UInt8]>, halfCloseAfter: Int, error: NIOLockedValueBox<(any Error)?>) {
             self.promise = promise
             self.halfCloseAfter = halfCloseAfter
+            self.error = error
         }
         func channelRead(context: ChannelHandlerContext, data: NIOAny) {
             var buffer = unwrapInboundIn(data)
@@ -195,11 +203,19 @@ enum MeshTLSClient {
         }
         func channelInactive(context: ChannelHandlerContext) { promise.succeed(bytes) }
         func errorCaught(context: ChannelHandlerContext, error: any Error) {
+            self.error.withLockedValue { first in if first == nil { first = error } }
             // An unclean TLS shutdown after all bytes arrived still counts as the end.
             promise.succeed(bytes)
             context.close(promise: nil)
         }
     }
+}
+
+/// The test client could not send: the write's error and the one the channel saw first.
+struct ExchangeFailure: Error, CustomStringConvertible {
+    var write: any Error
+    var channel: (any Error)?
+    var description: String { "send failed: \(write); the channel saw first: \(channel.map { "\($0)" } ?? "no error")" }
 }
 
 /// Many short mTLS connections through a gateway, each one HTTP/1.0 GET to a demo backend,

@@ -40,7 +40,7 @@ final class TestMesh: @unchecked Sendable {  // used from one test task only
     func startBackend(_ address: String, service: String = "echo.default.svc.cluster.local", cluster: String) async throws -> ChildProcess {
         let child = try processes.start("backend-\(address)", ["demo-backend", "--listen", address, "--service", service, "--cluster", cluster])
         let hostPort = HostPort(parsing: address)!
-        let ready = await eventually { (try? runCommand("/usr/bin/curl", ["-s", "-o", "/dev/null", "-w", "%{http_code}", "http://\(hostPort)/"]).stdout) == "200" }
+        let ready = await eventually { (try? await runCommand("/usr/bin/curl", ["-s", "-o", "/dev/null", "-w", "%{http_code}", "http://\(hostPort)/"]).stdout) == "200" }
         try #require(ready, "demo backend on \(address) did not start: \(child.log)")
         return child
     }
@@ -82,17 +82,17 @@ final class TestMesh: @unchecked Sendable {  // used from one test task only
     }
 
     func adminStatus(_ config: GatewayConfig, _ path: String) async throws -> String {
-        try runCommand("/usr/bin/curl", ["-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "2", "http://\(config.effectiveAdmin)\(path)"]).stdout
+        try await runCommand("/usr/bin/curl", ["-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "2", "http://\(config.effectiveAdmin)\(path)"]).stdout
     }
 
-    func admin(_ config: GatewayConfig, _ path: String) throws -> String {
-        try runCommand("/usr/bin/curl", ["-s", "--max-time", "5", "http://\(config.effectiveAdmin)\(path)"]).stdout
+    func admin(_ config: GatewayConfig, _ path: String) async throws -> String {
+        try await runCommand("/usr/bin/curl", ["-s", "--max-time", "5", "http://\(config.effectiveAdmin)\(path)"]).stdout
     }
 
     // MARK: - Clients
 
     /// curl through a gateway with mTLS, verifying the gateway by the service host name.
-    func curl(_ gateway: GatewayConfig, host: String, path: String = "/", client: String? = nil, extra: [String] = []) throws -> CommandResult {
+    func curl(_ gateway: GatewayConfig, host: String, path: String = "/", client: String? = nil, extra: [String] = []) async throws -> CommandResult {
         let dir = client ?? clientCertPath(gateway.cluster)
         var arguments = ["-sS", "--max-time", "10", "--cacert", "\(certs.rootCertificatePath)"]
         if FileManager.default.fileExists(atPath: "\(dir)/key.pem") {
@@ -100,7 +100,7 @@ final class TestMesh: @unchecked Sendable {  // used from one test task only
         }
         arguments += ["--resolve", "\(host):\(gateway.listen.port):\(gateway.listen.host)"] + extra
         arguments.append("https://\(host):\(gateway.listen.port)\(path)")
-        return try runCommand("/usr/bin/curl", arguments)
+        return try await runCommand("/usr/bin/curl", arguments)
     }
 
     /// The JSON a demo backend answered with.
