@@ -35,11 +35,14 @@ package final class GatewayConnectionHandler: ChannelDuplexHandler, RemovableCha
     /// The DestinationRule's `connectTimeout` for this service, else the gateway's.
     private var connectTimeout: Duration = .seconds(5)
     private var keepalive: ConnectionPoolSettings.TCP.Keepalive?
+    /// Taken out of the pipeline once the handshake is done.
+    private var handshakeEOFDeferral: HandshakeEOFDeferral?
 
-    package init(snapshot: DataPlaneSnapshot, route: Route, record: ConnectionRecord) {
+    package init(snapshot: DataPlaneSnapshot, route: Route, record: ConnectionRecord, handshakeEOFDeferral: HandshakeEOFDeferral? = nil) {
         self.snapshot = snapshot
         self.route = route
         self.record = record
+        self.handshakeEOFDeferral = handshakeEOFDeferral
     }
 
     package func handlerAdded(context: ChannelHandlerContext) {
@@ -56,7 +59,8 @@ package final class GatewayConnectionHandler: ChannelDuplexHandler, RemovableCha
         switch event {
         case TLSUserEvent.handshakeCompleted:
             handshakeTimer?.cancel()
-            if let deferral = try? context.pipeline.syncOperations.handler(type: HandshakeEOFDeferral.self) {
+            if let deferral = handshakeEOFDeferral {
+                handshakeEOFDeferral = nil
                 context.pipeline.syncOperations.removeHandler(deferral, promise: nil)
             }
             startConnecting(context: context)

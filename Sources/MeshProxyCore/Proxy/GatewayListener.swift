@@ -139,9 +139,11 @@ package final class GatewayListener: Sendable {
                     }
                 }
                 let operations = channel.pipeline.syncOperations
-                try operations.addHandler(HandshakeEOFDeferral())
+                let deferral = HandshakeEOFDeferral()
+                try operations.addHandler(deferral)
                 try operations.addHandler(tls)
-                try operations.addHandler(GatewayConnectionHandler(snapshot: snapshot, route: route, record: record))
+                try operations.addHandler(GatewayConnectionHandler(snapshot: snapshot, route: route, record: record,
+                                                                   handshakeEOFDeferral: deferral))
                 return channel.eventLoop.makeSucceededVoidFuture()
             } catch {
                 return channel.eventLoop.makeFailedFuture(error)

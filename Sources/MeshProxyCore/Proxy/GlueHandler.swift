@@ -28,6 +28,9 @@ package final class GlueHandler {
     /// What ended this side with an error (e.g. a reset), for outlier detection.
     package private(set) var failure: (any Error)?
     private var idleCheck: RepeatedTask?
+    /// Bytes read both ways at the last idle check, and when that count last changed.
+    private var idleLastBytes = 0
+    private var idleSince = NIODeadline.uptimeNanoseconds(0)
 
     private init() {}
 
@@ -63,6 +66,10 @@ package final class GlueHandler {
                 context.close(promise: nil)
                 return
             }
+            // From here on the socket gets a close_notify (TLS) and, sooner or later, a full
+            // close — ours, or swift-nio-ssl's when the peer's close_notify arrives. Either
+            // waits until the socket has written what it holds.
+            try? context.pipeline.syncOperations.addHandler(DelayedCloseHandler(), position: .first)
             if self.inputClosed {
                 context.close(promise: nil)
             } else {
@@ -94,18 +101,18 @@ package final class GlueHandler {
         guard let context, let partner else { return }
         let period = TimeAmount(timeout)
         let step = TimeAmount.nanoseconds(max(period.nanoseconds / 4, 1_000_000))
-        var lastBytes = bytesRead &+ partner.bytesRead
-        var lastChange = NIODeadline.now()
+        idleLastBytes = bytesRead &+ partner.bytesRead
+        idleSince = NIODeadline.now()
         let bound = NIOLoopBound(self, eventLoop: context.eventLoop)
         idleCheck = context.eventLoop.scheduleRepeatedTask(initialDelay: step, delay: step) { task in
             let handler = bound.value
             guard let context = handler.context else { task.cancel(); return }
             let bytes = handler.bytesRead &+ (handler.partner?.bytesRead ?? 0)
             let now = NIODeadline.now()
-            if bytes != lastBytes {
-                lastBytes = bytes
-                lastChange = now
-            } else if now - lastChange >= period {
+            if bytes != handler.idleLastBytes {
+                handler.idleLastBytes = bytes
+                handler.idleSince = now
+            } else if now - handler.idleSince >= period {
                 task.cancel()
                 handler.partner?.partnerCloseFull()
                 context.close(promise: nil)

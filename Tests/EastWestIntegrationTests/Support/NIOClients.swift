@@ -5,6 +5,19 @@ import NIOPosix
 import NIOSSL
 import MeshProxyCore
 
+/// Binds a plain TCP server in the test process; each accepted connection (half-close allowed)
+/// gets a fresh handler.
+private func startTestServer(host: String, port: Int,
+                             handler: @escaping @Sendable () -> some ChannelInboundHandler) async throws -> any Channel {
+    try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+        .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+        .childChannelOption(.allowRemoteHalfClosure, value: true)
+        .childChannelInitializer { channel in
+            channel.eventLoop.makeCompletedFuture { try channel.pipeline.syncOperations.addHandler(handler()) }
+        }
+        .bind(host: host, port: port).get()
+}
+
 /// A plain TCP echo server in the test process: echoes every byte and closes its write side
 /// once the client's side has ended, so a client sees EOF only if half-close crossed the
 /// whole chain.
@@ -21,13 +34,7 @@ final class TCPEchoServer: Sendable {
 
     static func start(host: String, port: Int) async throws -> TCPEchoServer {
         let flag = NIOLockedValueBox(false)
-        let channel = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
-            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
-            .childChannelOption(.allowRemoteHalfClosure, value: true)
-            .childChannelInitializer { channel in
-                channel.eventLoop.makeCompletedFuture { try channel.pipeline.syncOperations.addHandler(Echo(flag: flag)) }
-            }
-            .bind(host: host, port: port).get()
+        let channel = try await startTestServer(host: host, port: port) { Echo(flag: flag) }
         return TCPEchoServer(channel: channel, halfClosed: flag)
     }
 
@@ -60,13 +67,7 @@ final class TCPFirehoseServer: Sendable {
 
     static func start(host: String, port: Int, payload: [UInt8]) async throws -> TCPFirehoseServer {
         let bytes = ByteBuffer(bytes: payload)
-        let channel = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
-            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
-            .childChannelOption(.allowRemoteHalfClosure, value: true)
-            .childChannelInitializer { channel in
-                channel.eventLoop.makeCompletedFuture { try channel.pipeline.syncOperations.addHandler(Firehose(payload: bytes)) }
-            }
-            .bind(host: host, port: port).get()
+        let channel = try await startTestServer(host: host, port: port) { Firehose(payload: bytes) }
         return TCPFirehoseServer(channel: channel)
     }
 
@@ -121,17 +122,21 @@ enum MeshTLSClient {
     /// Sends `payload` and reads the answer slowly through a small receive buffer, so the
     /// gateway's socket toward this client stays full and its writes queue up. Ends the write
     /// side (close_notify) once `halfCloseAfter` bytes of the answer arrived (0: right after
-    /// sending).
+    /// sending). `endError`: what the channel saw instead of the gateway's close_notify (an
+    /// unclean shutdown), nil after a clean TLS end.
     static func sendAndReadSlowly(_ payload: [UInt8], to address: HostPort, serverName: String, client: String,
-                                  root: String, halfCloseAfter: Int) async throws -> [UInt8] {
-        try await exchange(payload, to: address, serverName: serverName, context: try context(client: client, root: root),
-                           halfClose: halfCloseAfter == 0, slowReader: true, halfCloseAfter: halfCloseAfter)
+                                  root: String, halfCloseAfter: Int) async throws -> (bytes: [UInt8], endError: (any Error)?) {
+        let channelError = NIOLockedValueBox<(any Error)?>(nil)
+        let bytes = try await exchange(payload, to: address, serverName: serverName, context: try context(client: client, root: root),
+                                       halfClose: halfCloseAfter == 0, slowReader: true, halfCloseAfter: halfCloseAfter,
+                                       channelError: channelError)
+        return (bytes, channelError.withLockedValue { $0 })
     }
 
     static func exchange(_ payload: [UInt8], to address: HostPort, serverName: String, context: NIOSSLContext,
-                         halfClose: Bool, slowReader: Bool = false, halfCloseAfter: Int = 0) async throws -> [UInt8] {
+                         halfClose: Bool, slowReader: Bool = false, halfCloseAfter: Int = 0,
+                         channelError: NIOLockedValueBox<(any Error)?> = .init(nil)) async throws -> [UInt8] {
         let done = MultiThreadedEventLoopGroup.singleton.next().makePromise(of: [UInt8].self)
-        let channelError = NIOLockedValueBox<(any Error)?>(nil)
         let channel: any Channel
         do {
             var bootstrap = ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
