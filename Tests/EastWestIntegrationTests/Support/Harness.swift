@@ -1,4 +1,5 @@
 import Foundation
+import NIOConcurrencyHelpers
 import Testing
 
 /// Where the package and its built `eastwest` binary are. `swift test` builds the executable
@@ -28,10 +29,11 @@ struct TemporaryDirectory {
 }
 
 /// A process the test started; `stop` always reaps it.
-final class ChildProcess: @unchecked Sendable {  // used from one test task only
+final class ChildProcess: @unchecked Sendable {  // used from one test task, and `stopping` from the exit too
     let process = Process()
     let logPath: String
     let name: String
+    private let stopping = NIOLockedValueBox(false)
 
     init(name: String, arguments: [String], logPath: String) throws {
         self.name = name
@@ -44,7 +46,7 @@ final class ChildProcess: @unchecked Sendable {  // used from one test task only
         process.standardError = log
         process.standardInput = FileHandle.nullDevice
         try process.run()
-        LiveChildren.shared.insert(process.processIdentifier)
+        LiveChildren.shared.insert(self)
     }
 
     var pid: Int32 { process.processIdentifier }
@@ -64,30 +66,38 @@ final class ChildProcess: @unchecked Sendable {  // used from one test task only
     /// reaps. Called from `defer`, which cannot await: waiting here would hold one of the test
     /// runner's cooperative threads (one per core, two on CI) while a gateway drains.
     func stop() {
-        guard process.isRunning else { return }
+        let alreadyStopping = stopping.withLockedValue { flag in
+            defer { flag = true }
+            return flag
+        }
+        guard process.isRunning, !alreadyStopping else { return }
         kill(pid, SIGTERM)
         Thread { [self] in
             let deadline = Date().addingTimeInterval(5)
             while process.isRunning && Date() < deadline { usleep(20_000) }
             if process.isRunning { kill(pid, SIGKILL) }
             process.waitUntilExit()
-            LiveChildren.shared.remove(pid)
         }.start()
     }
 }
 
-/// Children still running, killed when the test process exits so that a reaper thread cut
-/// short by the exit leaves nothing behind.
+/// Every child a test started. When the test process exits, whatever still runs is stopped
+/// like in a test and the exit waits for it (bounded: `stop` SIGKILLs after 5 s) — a SIGKILL
+/// of `eastwest up` straight away would orphan the gateways it stops on SIGTERM.
 final class LiveChildren: @unchecked Sendable {  // guarded by lock
     static let shared: LiveChildren = {
-        atexit { LiveChildren.shared.killAll() }
+        atexit { LiveChildren.shared.stopAllAndWait() }
         return LiveChildren()
     }()
     private let lock = NSLock()
-    private var pids: Set<Int32> = []
-    func insert(_ pid: Int32) { lock.lock(); pids.insert(pid); lock.unlock() }
-    func remove(_ pid: Int32) { lock.lock(); pids.remove(pid); lock.unlock() }
-    private func killAll() { lock.lock(); pids.forEach { kill($0, SIGKILL) }; lock.unlock() }
+    private var children: [ChildProcess] = []
+    func insert(_ child: ChildProcess) { lock.lock(); children.append(child); lock.unlock() }
+    private func stopAllAndWait() {
+        lock.lock(); let all = children; lock.unlock()
+        all.forEach { $0.stop() }
+        let deadline = Date().addingTimeInterval(6)
+        while all.contains(where: \.isRunning) && Date() < deadline { usleep(20_000) }
+    }
 }
 
 /// Every process a test started, stopped together even when the test fails.
