@@ -38,7 +38,7 @@ package final class GatewayConnectionHandler: ChannelDuplexHandler, RemovableCha
     /// Taken out of the pipeline once the handshake is done.
     private var handshakeEOFDeferral: HandshakeEOFDeferral?
 
-    package init(snapshot: DataPlaneSnapshot, route: Route, record: ConnectionRecord, handshakeEOFDeferral: HandshakeEOFDeferral? = nil) {
+    package init(snapshot: DataPlaneSnapshot, route: Route, record: ConnectionRecord, handshakeEOFDeferral: HandshakeEOFDeferral) {
         self.snapshot = snapshot
         self.route = route
         self.record = record

@@ -29,7 +29,7 @@ struct TemporaryDirectory {
 }
 
 /// A process the test started; `stop` always reaps it.
-final class ChildProcess: @unchecked Sendable {  // used from one test task, and `stopping` from the exit too
+final class ChildProcess: @unchecked Sendable {  // one test task; its reaper thread and the exit only read `process` and lock `stopping`
     let process = Process()
     let logPath: String
     let name: String
