@@ -262,6 +262,9 @@ private struct EffectiveConfig: Encodable {
         var handshakeTimeout: String
         var drainTimeout: String
         var maxConnectAttempts: Int
+        var maxPendingHandshakes: Int
+        /// This gateway's own identity, which binds it to its cluster.
+        var gatewayIdentity: String?
         /// The failure detector's timing: the profile with every override applied.
         var federationTiming: FederationTiming?
     }
@@ -271,10 +274,12 @@ private struct EffectiveConfig: Encodable {
         effective = Effective(
             trustDomain: config.effectiveTrustDomain, admin: config.effectiveAdmin.description,
             allowedTrustDomains: config.effectiveAllowedTrustDomains.sorted(),
-            peerGatewayIdentities: config.effectivePeerGatewayIdentities.map(\.description).sorted(),
+            peerGatewayIdentities: config.listedPeerGatewayIdentities.map { $0.map(\.description).sorted() }
+                ?? ["spiffe://\(config.effectiveTrustDomain)/ns/\(GatewayIdentity.namespace)/sa/\(GatewayIdentity.serviceAccountPrefix)<cluster>"],
             connectTimeout: ConfigDuration(config.connectTimeout).description, idleTimeout: ConfigDuration(config.idleTimeout).description,
             handshakeTimeout: ConfigDuration(config.handshakeTimeout).description, drainTimeout: ConfigDuration(config.drainTimeout).description,
             maxConnectAttempts: config.effectiveMaxConnectAttempts,
+            maxPendingHandshakes: config.effectiveMaxPendingHandshakes, gatewayIdentity: config.gatewayIdentity?.description,
             federationTiming: config.federation.map { MembershipSettings($0).asTiming })
     }
 }

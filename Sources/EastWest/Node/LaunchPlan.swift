@@ -43,7 +43,6 @@ struct LaunchPlan {
             try certs.createRoot(trustDomain: trustDomain)
         }
         let self_ = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath().path
-        let gatewayID = try SpiffeID(parsing: GatewayConfig.gatewayIdentity(trustDomain: trustDomain))
         let clientID = try SpiffeID(trustDomain: trustDomain, namespace: "default", serviceAccount: "client")
         var children: [Child] = []
         var configs: [GatewayConfig] = []
@@ -60,6 +59,7 @@ struct LaunchPlan {
             }
             clients[cluster.name] = files(in: clientDir)
 
+            let gatewayID = try GatewayIdentity.spiffeID(cluster: cluster.name, trustDomain: trustDomain)
             for gateway in cluster.gateways {
                 let gatewayDir = "\(certs.clusterPath(cluster.name))/gateways/\(gateway.name)"
                 // Re-issued on every `up` so the DNS SANs follow the topology's services.

@@ -53,23 +53,27 @@ package final class FederationTransport: Sendable {
 
     /// Called by the listener, on the connection's event loop, for the reserved server name.
     package func acceptConnection(_ channel: any Channel) throws {
-        let policy = tls.peerGateways
-        let logger = self.logger
         let remote = channel.remoteAddress.map { "\($0)" } ?? "?"
-        let handler = NIOSSLServerHandler(context: serverContext) { certificates, verification in
-            switch policy.evaluate(peerCertificates: certificates, now: Date()) {
-            case .success:
-                verification.succeed(.certificateVerified)
-            case .failure(let rejection):
-                logger.warning("federation peer refused", metadata: ["peer": "\(remote)", "reason": "\(rejection)"])
-                verification.succeed(.failed)
-            }
-        }
+        let handler = NIOSSLServerHandler(context: serverContext, customVerificationCallback: peerVerification(peer: remote))
         let operations = channel.pipeline.syncOperations
         try operations.addHandler(handler)
         try operations.addHandler(ProtocolGuard(transport: self, peer: remote))
         try operations.addHandler(ByteToMessageHandler(LengthFieldBasedFrameDecoder(lengthFieldBitLength: .fourBytes)))
         try operations.addHandler(FrameReceiver(transport: self))
+    }
+
+    /// Both directions admit any gateway identity; what a peer may say is bound to its cluster
+    /// later (`FederationNode`).
+    private func peerVerification(peer: String) -> NIOSSLCustomVerificationCallback {
+        let verifier = tls.federationPeers
+        let logger = self.logger
+        return { certificates, promise in
+            verifier.verify(certificates, answering: promise) { result in
+                if case .failure(let rejection) = result {
+                    logger.warning("federation peer refused", metadata: ["peer": "\(peer)", "reason": "\(rejection)"])
+                }
+            }
+        }
     }
 
     fileprivate func received(_ frame: ByteBuffer) {
@@ -161,8 +165,7 @@ package final class FederationTransport: Sendable {
 
     private func dial(_ address: HostPort) -> EventLoopFuture<any Channel> {
         let context = clientContext
-        let policy = tls.peerGateways
-        let logger = self.logger
+        let verification = peerVerification(peer: "\(address)")
         // Dial from our own gateway address, as a multi-homed gateway must: peers and
         // firewalls see the gateway, not whichever address the kernel picks.
         var bootstrap = ClientBootstrap(group: group).connectTimeout(.seconds(1))
@@ -171,14 +174,8 @@ package final class FederationTransport: Sendable {
             .channelOption(.socketOption(.tcp_nodelay), value: 1)
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
-                    let handler = try NIOSSLClientHandler(context: context, serverHostname: Self.serverName) { certificates, verification in
-                        switch policy.evaluate(peerCertificates: certificates, now: Date()) {
-                        case .success: verification.succeed(.certificateVerified)
-                        case .failure(let rejection):
-                            logger.warning("federation peer refused", metadata: ["peer": "\(address)", "reason": "\(rejection)"])
-                            verification.succeed(.failed)
-                        }
-                    }
+                    let handler = try NIOSSLClientHandler(context: context, serverHostname: Self.serverName,
+                                                          customVerificationCallback: verification)
                     try channel.pipeline.syncOperations.addHandler(handler)
                     try channel.pipeline.syncOperations.addHandler(ProtocolGuard(transport: self, peer: "\(address)"))
                     try channel.pipeline.syncOperations.addHandler(LengthFieldPrepender(lengthFieldBitLength: .fourBytes))

@@ -32,13 +32,19 @@ package struct GatewayConfig: Codable, Sendable, Equatable {
     package var tls: TLSFiles
     /// Trust domains whose clients are served. Default: `[trustDomain]`.
     package var allowedTrustDomains: [String]?
-    /// Identities a peer gateway must present. Default:
-    /// `spiffe://<trustDomain>/ns/istio-system/sa/eastwest-gateway`.
+    /// Identities a peer gateway may present. Default: any cluster's gateway identity,
+    /// `spiffe://<trustDomain>/ns/istio-system/sa/eastwest-gateway-<cluster>` (`GatewayIdentity`).
+    /// A listed identity outside that form is a peer on the data path but speaks for no
+    /// cluster in federation.
     package var peerGatewayIdentities: [String]?
     package var timeouts: Timeouts?
     /// Upstreams tried for one connection before giving up (Envoy's TCP proxy
     /// `max_connect_attempts`, default 1; ours 3 so a dead endpoint costs no connection).
     package var maxConnectAttempts: Int?
+    /// Connections accepted but not yet past their TLS handshake, at most; beyond it a new
+    /// connection is closed at accept so a flood of idle or half-sent connections cannot take
+    /// every file descriptor. Default 4096.
+    package var maxPendingHandshakes: Int?
     package var services: [ServiceConfig]?
     package var remoteClusters: [RemoteCluster]?
     /// Gossip with other gateways (membership and endpoint catalog). Absent: no federation.
@@ -121,16 +127,26 @@ package struct GatewayConfig: Codable, Sendable, Equatable {
     package var handshakeTimeout: Duration { timeouts?.handshake?.duration ?? .seconds(10) }
     package var drainTimeout: Duration { timeouts?.drain?.duration ?? .seconds(30) }
     package var effectiveMaxConnectAttempts: Int { maxConnectAttempts ?? 3 }
+    package var effectiveMaxPendingHandshakes: Int { maxPendingHandshakes ?? 4096 }
 
-    /// The identity every EastWest gateway carries, as Istio's east-west gateway does.
-    package static func gatewayIdentity(trustDomain: String) -> String {
-        "spiffe://\(trustDomain)/ns/istio-system/sa/eastwest-gateway"
+    /// This gateway's own identity, which binds it to its cluster.
+    package var gatewayIdentity: SpiffeID? { try? GatewayIdentity.spiffeID(cluster: cluster, trustDomain: effectiveTrustDomain) }
+
+    /// Parsed `peerGatewayIdentities`; nil means any gateway identity. `validate` guarantees they parse.
+    package var listedPeerGatewayIdentities: Set<SpiffeID>? {
+        peerGatewayIdentities.map { Set($0.compactMap { try? SpiffeID(parsing: $0) }) }
     }
 
-    /// Parsed peer identities; `validate` guarantees they parse.
-    package var effectivePeerGatewayIdentities: Set<SpiffeID> {
-        Set((peerGatewayIdentities ?? [Self.gatewayIdentity(trustDomain: effectiveTrustDomain)]).compactMap { try? SpiffeID(parsing: $0) })
+    /// Whether `id` is a peer gateway here, from any cluster (`cluster == nil`) or from `cluster`.
+    package func isPeerGateway(_ id: SpiffeID, cluster: String? = nil) -> Bool {
+        guard allowedTrustDomainsContain(id) else { return false }
+        if let listed = listedPeerGatewayIdentities, !listed.contains(id) { return false }
+        guard let cluster else { return listedPeerGatewayIdentities != nil || GatewayIdentity.cluster(of: id) != nil }
+        // A listed identity outside the gateway form is trusted for any cluster it is dialled as.
+        return GatewayIdentity.cluster(of: id).map { $0 == cluster } ?? (listedPeerGatewayIdentities != nil)
     }
+
+    private func allowedTrustDomainsContain(_ id: SpiffeID) -> Bool { effectiveAllowedTrustDomains.contains(id.trustDomain) }
 
     /// What the data plane routes over: this cluster's endpoints plus the statically configured
     /// remote clusters (federation will fill the latter).
@@ -158,12 +174,17 @@ extension GatewayConfig: ConfigValidatable {
         var errors: [ConfigError] = []
         let root = FieldPath()
         if name.isEmpty { errors.append(map.error(.invalidValue, at: root.key("name"), "must not be empty")) }
-        if cluster.isEmpty { errors.append(map.error(.invalidValue, at: root.key("cluster"), "must not be empty")) }
+        if let problem = GatewayIdentity.problem(withClusterName: cluster) {
+            errors.append(map.error(.invalidValue, at: root.key("cluster"), problem))
+        }
         errors += ServiceListValidator.validateTrustDomain(trustDomain, at: root.key("trustDomain"), map: map)
         for (i, identity) in (peerGatewayIdentities ?? []).enumerated() {
             do { _ = try SpiffeID(parsing: identity) } catch {
                 errors.append(map.error(.invalidValue, at: root.key("peerGatewayIdentities").index(i), error.description))
             }
+        }
+        if let pending = maxPendingHandshakes, pending < 1 {
+            errors.append(map.error(.invalidValue, at: root.key("maxPendingHandshakes"), "must be at least 1"))
         }
         if let attempts = maxConnectAttempts, attempts < 1 {
             errors.append(map.error(.invalidValue, at: root.key("maxConnectAttempts"), "must be at least 1"))

@@ -84,8 +84,8 @@ extension Topology: ConfigValidatable {
         var endpointAddresses = Set<HostPort>()
         for (c, cluster) in clusters.enumerated() {
             let cpath = root.key("clusters").index(c)
-            if cluster.name.isEmpty || cluster.name.contains("/") {
-                errors.append(map.error(.invalidValue, at: cpath.key("name"), "must be a non-empty name without '/'"))
+            if let problem = GatewayIdentity.problem(withClusterName: cluster.name) {
+                errors.append(map.error(.invalidValue, at: cpath.key("name"), problem))
             } else if !clusterNames.insert(cluster.name).inserted {
                 errors.append(map.error(.duplicate, at: cpath.key("name"), "cluster '\(cluster.name)' appears twice"))
             }

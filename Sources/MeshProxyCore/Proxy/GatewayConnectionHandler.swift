@@ -28,41 +28,22 @@ package final class GatewayConnectionHandler: ChannelDuplexHandler, RemovableCha
     private var held: [ByteBuffer] = []
     private var inputEnded = false
     private var pendingRead = false
-    private var handshakeTimer: Scheduled<Void>?
     private var targets: [PlannedTarget] = []
     private var attempt = 0
     private var failures: [String] = []
     /// The DestinationRule's `connectTimeout` for this service, else the gateway's.
     private var connectTimeout: Duration = .seconds(5)
     private var keepalive: ConnectionPoolSettings.TCP.Keepalive?
-    /// Taken out of the pipeline once the handshake is done.
-    private var handshakeEOFDeferral: HandshakeEOFDeferral?
-
-    package init(snapshot: DataPlaneSnapshot, route: Route, record: ConnectionRecord, handshakeEOFDeferral: HandshakeEOFDeferral) {
+    /// The handshake timeout and an early end of input are `PreHandshakeGuard`'s.
+    package init(snapshot: DataPlaneSnapshot, route: Route, record: ConnectionRecord) {
         self.snapshot = snapshot
         self.route = route
         self.record = record
-        self.handshakeEOFDeferral = handshakeEOFDeferral
-    }
-
-    package func handlerAdded(context: ChannelHandlerContext) {
-        let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
-        handshakeTimer = context.eventLoop.scheduleTask(in: TimeAmount(snapshot.config.handshakeTimeout)) {
-            let (handler, context) = bound.value
-            guard case .handshaking = handler.state else { return }
-            handler.record.detail = "TLS handshake did not complete within \(handler.snapshot.config.handshakeTimeout)"
-            context.close(promise: nil)
-        }
     }
 
     package func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
         switch event {
         case TLSUserEvent.handshakeCompleted:
-            handshakeTimer?.cancel()
-            if let deferral = handshakeEOFDeferral {
-                handshakeEOFDeferral = nil
-                context.pipeline.syncOperations.removeHandler(deferral, promise: nil)
-            }
             startConnecting(context: context)
         case ChannelEvent.inputClosed where state == .connecting:
             inputEnded = true
@@ -100,7 +81,6 @@ package final class GatewayConnectionHandler: ChannelDuplexHandler, RemovableCha
     package func channelInactive(context: ChannelHandlerContext) {
         if state == .connecting { record.flags.append(.downstreamTermination) }
         state = .closed
-        handshakeTimer?.cancel()
         context.fireChannelInactive()
     }
 
@@ -110,7 +90,7 @@ package final class GatewayConnectionHandler: ChannelDuplexHandler, RemovableCha
         state = .connecting
         let origin: TrafficOrigin
         // The identity verified at the handshake, against the same set that admits peer gateways.
-        if let id = record.sourceIdentity, snapshot.tls.peerGatewayPolicy.allowedIdentities?.contains(id) == true {
+        if let id = record.sourceIdentity, snapshot.tls.isPeerGateway(id) {
             origin = .peerGateway
         } else {
             origin = .client

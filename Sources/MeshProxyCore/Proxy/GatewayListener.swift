@@ -14,6 +14,7 @@ package final class GatewayListener: Sendable {
     private let store: DataPlaneStore
     private let group: any EventLoopGroup
     private let quiescing: ServerQuiescingHelper
+    private let pending: PendingHandshakes
 
     /// Takes over connections whose server name is `federationServerName` (gossip between gateways).
     private let federationAcceptor: (@Sendable (any Channel) throws -> Void)?
@@ -26,12 +27,17 @@ package final class GatewayListener: Sendable {
         self.store = store
         self.group = group
         self.quiescing = ServerQuiescingHelper(group: group)
+        self.pending = PendingHandshakes(limit: store.current.config.effectiveMaxPendingHandshakes)
     }
+
+    /// Connections accepted and not yet past their handshake.
+    package var pendingHandshakes: Int { pending.current }
 
     /// Binds the listen address; an address in use fails with an error naming it.
     package func bind() async throws -> SocketAddress {
         let store = self.store
         let quiescing = self.quiescing
+        let pending = self.pending
         let address = store.current.config.listen
         let federation = federationServerName.flatMap { name in federationAcceptor.map { (name, $0) } }
         do {
@@ -48,7 +54,7 @@ package final class GatewayListener: Sendable {
                 .childChannelInitializer { channel in
                     channel.eventLoop.makeCompletedFuture {
                         // Read once per connection: a swap later never changes a connection's view.
-                        try Self.initialize(channel, snapshot: store.current, federation: federation)
+                        try Self.initialize(channel, snapshot: store.current, pending: pending, federation: federation)
                     }
                 }
                 .bind(host: address.host, port: address.port).get()
@@ -76,7 +82,7 @@ package final class GatewayListener: Sendable {
         return drained
     }
 
-    private static func initialize(_ channel: any Channel, snapshot: DataPlaneSnapshot,
+    private static func initialize(_ channel: any Channel, snapshot: DataPlaneSnapshot, pending: PendingHandshakes,
                                    federation: (String, @Sendable (any Channel) throws -> Void)?) throws {
         let record = ConnectionRecord(downstreamRemote: channel.remoteAddress.map(Self.describe) ?? "-",
                                       downstreamLocal: channel.localAddress.map(Self.describe) ?? "-")
@@ -84,6 +90,14 @@ package final class GatewayListener: Sendable {
         let metrics = snapshot.metrics
         let bound = NIOLoopBound(record, eventLoop: channel.eventLoop)
         channel.closeFuture.whenComplete { _ in bound.value.finish(metrics: metrics, logger: logger) }
+        guard pending.admit() else {
+            record.detail = "refused at accept: \(pending.limit) connections are already in their handshake (maxPendingHandshakes)"
+            channel.close(promise: nil)
+            return
+        }
+        let guardHandler = PreHandshakeGuard(timeout: snapshot.config.handshakeTimeout, pending: pending) { reason in
+            if record.detail == nil { record.detail = reason }
+        }
 
         let sni = ByteToMessageHandler(SNIHandler { result in
             let name: String
@@ -95,12 +109,14 @@ package final class GatewayListener: Sendable {
                 channel.close(promise: nil)
                 return channel.eventLoop.makeFailedFuture(ChannelError.ioOnClosedChannel)
             }
+            guardHandler.serverNameRead()
             if let (federationName, accept) = federation, name == federationName {
                 // Gossip between gateways shares the port; it is not a proxied connection.
                 record.serverName = name
                 record.isFederation = true
                 do {
                     try accept(channel)
+                    try channel.pipeline.syncOperations.addHandler(HandshakeCompletionObserver(guard: guardHandler), position: .last)
                     return channel.eventLoop.makeSucceededVoidFuture()
                 } catch {
                     return channel.eventLoop.makeFailedFuture(error)
@@ -127,28 +143,25 @@ package final class GatewayListener: Sendable {
                 }
             }
             do {
-                let policy = snapshot.tls.clients
+                let verifier = snapshot.tls.clients
                 let tls = NIOSSLServerHandler(context: snapshot.tls.serverContext) { certificates, verification in
-                    switch policy.evaluate(peerCertificates: certificates, now: Date()) {
-                    case .success(let id):
-                        record.sourceIdentity = id
-                        verification.succeed(.certificateVerified)
-                    case .failure(let rejection):
-                        record.detail = "client refused: \(rejection)"
-                        verification.succeed(.failed)
+                    verifier.verify(certificates, answering: verification) { result in
+                        switch result {
+                        case .success(let id): record.sourceIdentity = id
+                        case .failure(let rejection): record.detail = "client refused: \(rejection)"
+                        }
                     }
                 }
                 let operations = channel.pipeline.syncOperations
-                let deferral = HandshakeEOFDeferral()
-                try operations.addHandler(deferral)
                 try operations.addHandler(tls)
-                try operations.addHandler(GatewayConnectionHandler(snapshot: snapshot, route: route, record: record,
-                                                                   handshakeEOFDeferral: deferral))
+                try operations.addHandler(HandshakeCompletionObserver(guard: guardHandler))
+                try operations.addHandler(GatewayConnectionHandler(snapshot: snapshot, route: route, record: record))
                 return channel.eventLoop.makeSucceededVoidFuture()
             } catch {
                 return channel.eventLoop.makeFailedFuture(error)
             }
         })
+        try channel.pipeline.syncOperations.addHandler(guardHandler)
         try channel.pipeline.syncOperations.addHandler(sni)
     }
 

@@ -1,7 +1,7 @@
 import Foundation
 import NIOCore
 import NIOSSL
-import Synchronization
+import NIOConcurrencyHelpers
 import X509
 
 /// The TLS side of one gateway config: the server context for 15443, the client context for
@@ -10,13 +10,16 @@ import X509
 package struct GatewayTLS: Sendable {
     package let serverContext: NIOSSLContext
     package let clientContext: NIOSSLContext
-    /// Who may connect to this gateway.
-    package let clientPolicy: MeshTrustPolicy
-    /// Who we accept when we dial another cluster's gateway.
-    package let peerGatewayPolicy: MeshTrustPolicy
-    /// The two policies as handshakes run them (remembering accepted chains).
+    /// Who may connect to this gateway: any mesh workload or gateway (role client).
     package let clients: PeerVerifier
-    package let peerGateways: PeerVerifier
+    /// Gossip peers, both ways: any cluster's gateway identity; federation then holds each
+    /// peer to the cluster its identity names.
+    package let federationPeers: PeerVerifier
+    /// Who we accept when we dial a cluster's gateway: that cluster's gateway identity (role
+    /// server), one remembering verifier per cluster, made on first use.
+    private let peerGatewaysByCluster: NIOLockedValueBox<[String: PeerVerifier]>
+    private let rootCertificates: [Certificate]
+    private let config: GatewayConfig
     /// Our own identity, from our certificate.
     package let identity: SpiffeID?
     private let serverConfiguration: TLSConfiguration
@@ -66,12 +69,29 @@ package struct GatewayTLS: Sendable {
         clientContext = try NIOSSLContext(configuration: client)
         clientConfiguration = client
 
-        clientPolicy = MeshTrustPolicy(roots: rootCertificates, allowedTrustDomains: config.effectiveAllowedTrustDomains)
-        peerGatewayPolicy = MeshTrustPolicy(roots: rootCertificates, allowedTrustDomains: config.effectiveAllowedTrustDomains,
-                                            allowedIdentities: config.effectivePeerGatewayIdentities)
-        clients = PeerVerifier(policy: clientPolicy)
-        peerGateways = PeerVerifier(policy: peerGatewayPolicy)
+        self.rootCertificates = rootCertificates
+        self.config = config
+        clients = PeerVerifier(policy: MeshTrustPolicy(roots: rootCertificates, allowedTrustDomains: config.effectiveAllowedTrustDomains))
+        federationPeers = PeerVerifier(policy: MeshTrustPolicy(
+            roots: rootCertificates, allowedTrustDomains: config.effectiveAllowedTrustDomains,
+            admits: { [config] in config.isPeerGateway($0) }))
+        peerGatewaysByCluster = NIOLockedValueBox([:])
     }
+
+    /// The verifier for dialling `cluster`'s gateways.
+    package func peerGateways(of cluster: String) -> PeerVerifier {
+        peerGatewaysByCluster.withLockedValue { verifiers in
+            if let verifier = verifiers[cluster] { return verifier }
+            let verifier = PeerVerifier(policy: MeshTrustPolicy(
+                roots: rootCertificates, allowedTrustDomains: config.effectiveAllowedTrustDomains, role: .server,
+                admits: { [config] in config.isPeerGateway($0, cluster: cluster) }))
+            verifiers[cluster] = verifier
+            return verifier
+        }
+    }
+
+    /// Whether a verified client identity is another gateway (its traffic is never forwarded again).
+    package func isPeerGateway(_ id: SpiffeID) -> Bool { config.isPeerGateway(id) }
 
     /// The same certificates and checks for a protocol of our own on the 15443 port (gossip
     /// between gateways), negotiated by ALPN so a peer speaking anything else is turned away.
@@ -90,58 +110,5 @@ package struct GatewayTLS: Sendable {
         } catch {
             throw CertificateFileError(path: path, reason: "is not a valid PEM certificate file: \(error)")
         }
-    }
-}
-
-/// A trust policy as the TLS callbacks run it: with a memory of chains it already accepted.
-///
-/// The mesh check parses every certificate and verifies each signature up to the root; a
-/// workload presents the same chain on every connection until its certificate rotates, so an
-/// accepted chain (byte for byte) is remembered until the earliest expiry on it. BoringSSL
-/// still checks on every handshake that the peer holds the leaf's private key. A reload builds
-/// a new `GatewayTLS`, so a changed root or policy starts with an empty memory.
-package final class PeerVerifier: Sendable {
-    package let policy: MeshTrustPolicy
-    private let accepted = Mutex<[[UInt8]: Accepted]>([:])
-    /// Distinct chains remembered at most; beyond it the memory starts over.
-    private let capacity = 10_000
-
-    private struct Accepted {
-        var identity: SpiffeID
-        var notBefore: Date
-        var notAfter: Date
-    }
-
-    package init(policy: MeshTrustPolicy) { self.policy = policy }
-
-    /// Runs the policy on certificates as NIOSSL hands them to a verification callback.
-    package func evaluate(peerCertificates presented: [NIOSSLCertificate], now: Date) -> Result<SpiffeID, PeerRejection> {
-        let der: [[UInt8]]
-        do {
-            der = try presented.map { try $0.toDERBytes() }
-        } catch {
-            return .failure(.malformedSpiffeID("peer certificate cannot be read: \(error)"))
-        }
-        let key = Array(der.joined())
-        if let hit = accepted.withLock({ $0[key] }), hit.notBefore <= now, now <= hit.notAfter {
-            return .success(hit.identity)
-        }
-        let chain: [Certificate]
-        do {
-            chain = try der.map { try Certificate(derEncoded: $0) }
-        } catch {
-            return .failure(.malformedSpiffeID("peer certificate cannot be parsed: \(error)"))
-        }
-        let result = policy.evaluate(presented: chain, now: now)
-        if case .success(let identity) = result {
-            let certificates = chain + policy.roots
-            let entry = Accepted(identity: identity, notBefore: certificates.map(\.notValidBefore).max() ?? now,
-                                 notAfter: certificates.map(\.notValidAfter).min() ?? now)
-            accepted.withLock { accepted in
-                if accepted.count >= capacity { accepted.removeAll(keepingCapacity: true) }
-                accepted[key] = entry
-            }
-        }
-        return result
     }
 }

@@ -67,21 +67,17 @@ package enum UpstreamConnector {
             return connect(bootstrap, to: address).flatMapErrorThrowing { error in
                 throw UpstreamConnectError(target: target, reason: describe(error))
             }
-        case .peerGateway(_, _, let serverName):
+        case .peerGateway(let cluster, _, let serverName):
             let handshake = eventLoop.makePromise(of: Void.self)
-            let policy = tls.peerGateways
+            let verifier = tls.peerGateways(of: cluster)
             let context = tls.clientContext
             let sni = serverName.istioForm
             return connect(bootstrap.channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     let watcher = HandshakeWatcher(promise: handshake, timeout: handshakeTimeout)
                     let handler = try NIOSSLClientHandler(context: context, serverHostname: sni) { certificates, verification in
-                        switch policy.evaluate(peerCertificates: certificates, now: Date()) {
-                        case .success:
-                            verification.succeed(.certificateVerified)
-                        case .failure(let rejection):
-                            watcher.reject("peer gateway refused: \(rejection)")
-                            verification.succeed(.failed)
+                        verifier.verify(certificates, answering: verification) { result in
+                            if case .failure(let rejection) = result { watcher.reject("peer gateway refused: \(rejection)") }
                         }
                     }
                     try channel.pipeline.syncOperations.addHandler(handler)

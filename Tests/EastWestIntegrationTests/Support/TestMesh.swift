@@ -19,7 +19,7 @@ final class TestMesh: @unchecked Sendable {  // used from one test task only
         try certs.createRoot(trustDomain: trustDomain)
         for cluster in clusters {
             try certs.createCluster(cluster)
-            try certs.createWorkload(cluster: cluster, spiffeID: try SpiffeID(parsing: GatewayConfig.gatewayIdentity(trustDomain: trustDomain)),
+            try certs.createWorkload(cluster: cluster, spiffeID: try GatewayIdentity.spiffeID(cluster: cluster, trustDomain: trustDomain),
                                      dnsNames: serviceHosts, outputPath: gatewayCertPath(cluster))
             try certs.createWorkload(cluster: cluster, spiffeID: try SpiffeID(parsing: "spiffe://cluster.local/ns/default/sa/client"),
                                      outputPath: clientCertPath(cluster))

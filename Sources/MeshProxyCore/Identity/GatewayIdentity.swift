@@ -1,0 +1,33 @@
+/// The identity that binds a gateway to its cluster.
+///
+/// Every EastWest gateway of cluster `C` carries
+/// `spiffe://<trust-domain>/ns/istio-system/sa/eastwest-gateway-<C>`: the namespace and the
+/// service-account layout of Istio's east-west gateway, the cluster in the account name. The
+/// cluster CA signs it as any workload (Istio's plug-in CA layout is unchanged). A gateway may
+/// then speak only for the cluster its certificate names: gossip about another cluster's
+/// membership or endpoints from it is dropped, and a gateway dialled as cluster `C`'s must
+/// present `C`'s identity.
+package enum GatewayIdentity {
+    package static let namespace = "istio-system"
+    package static let serviceAccountPrefix = "eastwest-gateway-"
+
+    package static func spiffeID(cluster: String, trustDomain: String) throws(SpiffeIDError) -> SpiffeID {
+        try SpiffeID(trustDomain: trustDomain, namespace: namespace, serviceAccount: serviceAccountPrefix + cluster)
+    }
+
+    /// The cluster a gateway identity speaks for; nil when `id` is not a gateway identity.
+    package static func cluster(of id: SpiffeID) -> String? {
+        guard id.namespace == namespace, let account = id.serviceAccount, account.hasPrefix(serviceAccountPrefix),
+              account.count > serviceAccountPrefix.count else { return nil }
+        return String(account.dropFirst(serviceAccountPrefix.count))
+    }
+
+    /// Why a cluster name cannot be part of a gateway identity, or nil when it can.
+    package static func problem(withClusterName name: String) -> String? {
+        let allowed = Set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-_")
+        guard !name.isEmpty, name.allSatisfy(allowed.contains), name != ".", name != ".." else {
+            return "'\(name)' must be letters, digits, '.', '-' or '_': it is part of the gateway's SPIFFE ID"
+        }
+        return nil
+    }
+}

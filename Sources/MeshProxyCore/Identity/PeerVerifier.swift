@@ -1,0 +1,107 @@
+import Foundation
+import NIOCore
+import NIOSSL
+import Synchronization
+import X509
+
+/// A trust policy as TLS handshakes run it: the one verification entry point for the listener,
+/// the upstream connector and the federation transport, with a memory of accepted chains.
+///
+/// A workload presents the same chain on every connection until its certificate rotates, so an
+/// accepted chain (byte for byte) is remembered until the earliest expiry on it and answered on
+/// the event loop at once; BoringSSL still checks on every handshake that the peer holds the
+/// leaf's private key. A chain not seen before goes through swift-certificates' `Verifier`,
+/// which is async: the handshake waits for it (swift-nio-ssl lets the callback's promise
+/// complete later) and `PreHandshakeGuard` holds a client's early end of input until then.
+/// A new `GatewayTLS` (a changed root or policy) starts with an empty memory.
+package final class PeerVerifier: Sendable {
+    package let policy: MeshTrustPolicy
+    private let accepted = Mutex<[[UInt8]: Accepted]>([:])
+    /// Distinct chains remembered at most; beyond it the memory starts over.
+    private let capacity = 10_000
+
+    private struct Accepted {
+        var identity: SpiffeID
+        var notBefore: Date
+        var notAfter: Date
+    }
+
+    package init(policy: MeshTrustPolicy) { self.policy = policy }
+
+    /// Verifies the chain a TLS callback was handed and answers the handshake's `promise`;
+    /// `outcome` runs first, on the promise's event loop, so the caller can record the identity
+    /// or the reason before the handshake goes on.
+    package func verify(_ certificates: [NIOSSLCertificate], answering promise: EventLoopPromise<NIOSSLVerificationResult>,
+                        outcome: @escaping (Result<SpiffeID, PeerRejection>) -> Void) {
+        let now = Date()
+        let chain: [[UInt8]]
+        switch Self.der(certificates) {
+        case .failure(let rejection):
+            outcome(.failure(rejection))
+            promise.succeed(.failed)
+            return
+        case .success(let der): chain = der
+        }
+        if let identity = remembered(chain, now: now) {
+            outcome(.success(identity))
+            promise.succeed(.certificateVerified)
+            return
+        }
+        let loop = promise.futureResult.eventLoop
+        loop.makeFutureWithTask { await self.evaluate(der: chain, now: now) }
+            .assumeIsolated()
+            .whenSuccess { result in
+                outcome(result)
+                promise.succeed(result.isSuccess ? .certificateVerified : .failed)
+            }
+    }
+
+    /// Runs the policy on certificates as NIOSSL hands them over (remembered chains answer at once).
+    package func evaluate(peerCertificates presented: [NIOSSLCertificate], now: Date) async -> Result<SpiffeID, PeerRejection> {
+        switch Self.der(presented) {
+        case .failure(let rejection): return .failure(rejection)
+        case .success(let der):
+            if let identity = remembered(der, now: now) { return .success(identity) }
+            return await evaluate(der: der, now: now)
+        }
+    }
+
+    private func remembered(_ der: [[UInt8]], now: Date) -> SpiffeID? {
+        let key = Array(der.joined())
+        guard let hit = accepted.withLock({ $0[key] }), hit.notBefore <= now, now <= hit.notAfter else { return nil }
+        return hit.identity
+    }
+
+    private func evaluate(der: [[UInt8]], now: Date) async -> Result<SpiffeID, PeerRejection> {
+        let chain: [Certificate]
+        do {
+            chain = try der.map { try Certificate(derEncoded: $0) }
+        } catch {
+            return .failure(.malformedSpiffeID("peer certificate cannot be parsed: \(error)"))
+        }
+        let result = await policy.evaluate(presented: chain, now: now)
+        if case .success(let identity) = result {
+            let certificates = chain + policy.roots
+            let entry = Accepted(identity: identity, notBefore: certificates.map(\.notValidBefore).max() ?? now,
+                                 notAfter: certificates.map(\.notValidAfter).min() ?? now)
+            let key = Array(der.joined())
+            accepted.withLock { accepted in
+                if accepted.count >= capacity { accepted.removeAll(keepingCapacity: true) }
+                accepted[key] = entry
+            }
+        }
+        return result
+    }
+
+    private static func der(_ certificates: [NIOSSLCertificate]) -> Result<[[UInt8]], PeerRejection> {
+        do {
+            return .success(try certificates.map { try $0.toDERBytes() })
+        } catch {
+            return .failure(.malformedSpiffeID("peer certificate cannot be read: \(error)"))
+        }
+    }
+}
+
+extension Result {
+    fileprivate var isSuccess: Bool { if case .success = self { true } else { false } }
+}
