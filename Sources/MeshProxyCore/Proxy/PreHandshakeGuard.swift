@@ -74,10 +74,10 @@ package struct PreHandshakeStateMachine {
         switch state {
         case .readingClientHello:
             state = .finished
-            return .close(reason: "no complete ClientHello within the handshake timeout (\(timeout))")
+            return .close(reason: "no complete ClientHello within the handshake timeout (\(ConfigDuration(timeout)))")
         case .handshaking:
             state = .finished
-            return .close(reason: "TLS handshake did not complete within \(timeout)")
+            return .close(reason: "TLS handshake did not complete within \(ConfigDuration(timeout))")
         case .finished:
             return .none
         }
