@@ -356,3 +356,26 @@ struct FederationPartitionTests {
         #expect(await eventually(timeout: .seconds(60)) { await federation.see(mesh, [(a, "part-b"), (b, "part-a")], as: "alive") })
     }
 }
+
+@Suite("Admin listener limits", .serialized, .timeLimit(.minutes(2)))
+struct AdminLimitTests {
+    @Test("A request body over 1 MiB gets 413 without being buffered (declared length or chunked); the admin API keeps answering")
+    func bodyCap() async throws {
+        let mesh = try TestMesh("admin-cap", clusters: ["east"])
+        defer { mesh.processes.stopAll() }
+        let (gateway, process) = try await mesh.startEchoCluster(block: 73)
+        let file = "\(mesh.directory)/big-body"
+        try Data(count: 64 << 20).write(to: URL(fileURLWithPath: file))
+        let url = "http://\(gateway.effectiveAdmin)/v1/catalog/register"
+        for extra in [[String](), ["-H", "Transfer-Encoding: chunked"]] {
+            let result = try await runCommand("/usr/bin/curl", ["-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "10",
+                                                                "-X", "PUT", "--data-binary", "@\(file)", url] + extra)
+            #expect(result.stdout == "413", "\(extra): \(result.stdout) \(result.stderr)")
+        }
+        let status = try String(contentsOfFile: "/proc/\(process.pid)/status", encoding: .utf8)
+        let rssKiB = status.split(separator: "\n").first { $0.hasPrefix("VmRSS:") }
+            .flatMap { Int($0.split(separator: " ", omittingEmptySubsequences: true)[1]) } ?? .max
+        #expect(rssKiB < 64 << 10, "gateway RSS \(rssKiB) KiB after two 64 MiB bodies")
+        #expect(try await mesh.adminStatus(gateway, "/healthz/ready") == "200")
+    }
+}

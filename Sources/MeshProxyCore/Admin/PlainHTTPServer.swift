@@ -44,7 +44,12 @@ package struct PlainHTTPResponse: Sendable {
 
 /// A small HTTP/1.1 keep-alive server for control-plane endpoints (admin API, demo backend):
 /// a request goes in whole, a response comes out whole. Not on the data path.
+///
+/// Bodies are capped at `maximumBodySize`: a larger one gets 413 and the connection is closed,
+/// without buffering it. Headers are capped by NIOHTTP1's parser (80 KiB; 400 beyond).
 package enum PlainHTTPServer {
+    package static let maximumBodySize = 1 << 20
+
     package typealias Responder = @Sendable (PlainHTTPRequest, any EventLoop) -> EventLoopFuture<PlainHTTPResponse>
 
     /// Binds `address`; an address in use fails with an error naming it.
@@ -74,18 +79,29 @@ package enum PlainHTTPServer {
         private let responder: Responder
         private var head: HTTPRequestHead?
         private var body = ByteBuffer()
+        /// Set once a request was refused as too large: the rest of it is dropped.
+        private var refused = false
 
         init(responder: @escaping Responder) { self.responder = responder }
 
         func channelRead(context: ChannelHandlerContext, data: NIOAny) {
             switch unwrapInboundIn(data) {
             case .head(let head):
+                guard !refused else { return }
                 self.head = head
                 body.clear()
+                if let length = head.headers.first(name: "Content-Length").flatMap(Int.init), length > PlainHTTPServer.maximumBodySize {
+                    refuseTooLarge(version: head.version, context: context)
+                }
             case .body(var chunk):
+                guard !refused else { return }
+                guard body.readableBytes + chunk.readableBytes <= PlainHTTPServer.maximumBodySize else {
+                    refuseTooLarge(version: head?.version ?? .http1_1, context: context)
+                    return
+                }
                 body.writeBuffer(&chunk)
             case .end:
-                guard let head else { return }
+                guard !refused, let head else { return }
                 let request = PlainHTTPRequest(method: head.method, uri: head.uri, headers: head.headers, body: body)
                 let keepAlive = head.isKeepAlive
                 let version = head.version
@@ -96,6 +112,14 @@ package enum PlainHTTPServer {
                     handler.write(response, version: version, keepAlive: keepAlive, context: context)
                 }
             }
+        }
+
+        private func refuseTooLarge(version: HTTPVersion, context: ChannelHandlerContext) {
+            refused = true
+            body = ByteBuffer()
+            let response = PlainHTTPResponse(status: .payloadTooLarge,
+                                             text: "request body larger than \(PlainHTTPServer.maximumBodySize) bytes\n")
+            write(response, version: version, keepAlive: false, context: context)
         }
 
         private func write(_ response: PlainHTTPResponse, version: HTTPVersion, keepAlive: Bool, context: ChannelHandlerContext) {
