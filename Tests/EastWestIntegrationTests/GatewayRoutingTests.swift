@@ -320,6 +320,46 @@ struct FederationIntegrationTests {
             return echo?.reachable == true && echo?.via == ["gw-2"]
         })
     }
+
+    @Test("A gateway of c0 configured as c1's, publishing c1's ratings at its own backend, changes nothing c1's gateway or others route to; its messages are dropped and counted")
+    func gatewaySpeaksOnlyForItsCluster() async throws {
+        let mesh = try TestMesh("binding", clusters: ["c0", "c1"])
+        defer { mesh.processes.stopAll() }
+        let ratings = GatewayConfig.ServiceConfig.echo("127.0.75.20:9080", host: "ratings.default.svc.cluster.local", port: 9080)
+        try await mesh.startBackend("127.0.75.20:9080", service: "ratings.default.svc.cluster.local", cluster: "c1")
+        try await mesh.startBackend("127.0.76.20:9080", service: "ratings.default.svc.cluster.local", cluster: "liar")
+        var c0 = mesh.gatewayConfig(name: "gw-c0", cluster: "c0", ip: "127.0.74.1", services: [])
+        var c1 = mesh.gatewayConfig(name: "gw-c1", cluster: "c1", ip: "127.0.75.1", services: [ratings])
+        c0.federation = .init(seeds: [c1.listen])
+        c1.federation = .init(seeds: [c0.listen])
+        let c0Process = try await mesh.startGateway(c0)
+        let c1Process = try await mesh.startGateway(c1)
+        #expect(await eventually(timeout: .seconds(10)) { await see(mesh, [(c0, "gw-c1"), (c1, "gw-c0")], as: "alive") })
+
+        // c0's legitimately issued gateway certificate, a config that says c1.
+        var liar = mesh.gatewayConfig(name: "liar", cluster: "c1", ip: "127.0.76.1",
+                                      services: [.echo("127.0.76.20:9080", host: "ratings.default.svc.cluster.local", port: 9080)])
+        liar.tls = mesh.tlsFiles(mesh.gatewayCertPath("c0"))
+        liar.federation = .init(seeds: [c0.listen, c1.listen])
+        try await mesh.startGateway(liar)
+
+        let warning = "federation peer speaks for a cluster its certificate does not name"
+        #expect(await eventually(timeout: .seconds(10)) { c0Process.log.contains(warning) && c1Process.log.contains(warning) })
+        for config in [c0, c1] {
+            #expect(await eventually(timeout: .seconds(5)) {
+                ((try? await mesh.admin(config, "/v1/members")) ?? "").contains(#""identity_mismatch" : "#)
+            })
+            #expect(await members(mesh, config)["liar"] == nil)
+            let endpoints = await listEndpoints(mesh, config, host: "ratings.default.svc.cluster.local")
+            #expect(endpoints.map(\.address) == ["127.0.75.20:9080"], "\(config.name): \(endpoints.map(\.address))")
+        }
+        // Logged once per sender, not once per message.
+        #expect(c0Process.log.components(separatedBy: warning).count == 2, "\(c0Process.log)")
+        for _ in 0..<5 {
+            let answer = mesh.answer(try await mesh.curl(c0, host: "ratings.default.svc.cluster.local"))
+            #expect(answer?["endpoint"] == "127.0.75.20:9080" && answer?["cluster"] == "c1", "\(String(describing: answer))")
+        }
+    }
 }
 
 @Suite("Federation across a partition (iptables)", .serialized, .timeLimit(.minutes(3)))

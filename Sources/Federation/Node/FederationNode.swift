@@ -9,6 +9,9 @@ package struct FederationNode: Sendable {
         case memberChanged(MemberUpdate, previous: MemberState?)
         /// Catalog keys whose value changed here; the shell rebuilds the routing snapshot.
         case catalogChanged([CatalogKey])
+        /// Parts of a message from `sender` were dropped: it spoke for a cluster its
+        /// certificate does not name (`IdentityBinding`).
+        case identityMismatch(sender: MemberID, reasons: [String])
     }
 
     package struct CatalogSettings: Sendable, Equatable {
@@ -46,7 +49,11 @@ package struct FederationNode: Sendable {
         nextDeltaRound = now + settings.gossipInterval
     }
 
+    /// Most members a fresh change of our own is pushed to directly; beyond it, the digest sync.
+    static let directPushLimit = 256
+
     package var id: MemberID { membership.myself.id }
+    package var cluster: String { membership.myself.cluster }
     package var nextDeadline: ContinuousClock.Instant {
         min(membership.nextDeadline, nextCatalogSync, pendingDeltas.isEmpty ? nextCatalogSync : nextDeltaRound)
     }
@@ -69,7 +76,7 @@ package struct FederationNode: Sendable {
     }
 
     package mutating func tick(now: ContinuousClock.Instant, random: inout some RandomNumberGenerator) -> [Directive] {
-        var directives = membership.tick(now: now, random: &random).map(Self.lift)
+        var directives = syncWithArrivals(membership.tick(now: now, random: &random).map(Self.lift))
         if now >= nextDeltaRound {
             nextDeltaRound = now + membership.settings.gossipInterval
             if !pendingDeltas.isEmpty {
@@ -97,7 +104,11 @@ package struct FederationNode: Sendable {
     package mutating func publish(_ records: [CatalogKey: CatalogRecord], now: ContinuousClock.Instant,
                                   random: inout some RandomNumberGenerator) -> [Directive] {
         guard let delta = catalog.publish(records, now: now) else { return [] }
-        return [.catalogChanged(delta.entries.map(\.key))] + push([delta], except: nil, random: &random)
+        // To every live member at once, not a fanout: other clusters' gateways do not relay
+        // our cluster's state (IdentityBinding), so rumour mongering would stop at the first hop.
+        pendingDeltas.append((delta, catalogSettings.retransmitRounds))
+        let peers = membership.randomMembers(Self.directPushLimit, random: &random)
+        return [.catalogChanged(delta.entries.map(\.key))] + peers.map { .send(.catalogDeltas(from: id, deltas: [delta]), to: $0.address) }
     }
 
     package mutating func register(_ key: CatalogKey, _ record: CatalogRecord, now: ContinuousClock.Instant,
@@ -114,14 +125,25 @@ package struct FederationNode: Sendable {
         return publish(records, now: now, random: &random)
     }
 
-    package mutating func received(_ message: GossipMessage, now: ContinuousClock.Instant,
+    /// A message from a gateway whose verified certificate names `senderCluster` (nil: a
+    /// gateway identity that names no cluster); what it may not say is dropped first.
+    package mutating func received(_ message: GossipMessage, senderCluster: String?, now: ContinuousClock.Instant,
+                                   random: inout some RandomNumberGenerator) -> [Directive] {
+        let binding = IdentityBinding(message, senderCluster: senderCluster, members: membership.members)
+        let mismatch: [Directive] = binding.dropped.isEmpty ? [] : [.identityMismatch(sender: message.sender, reasons: binding.dropped)]
+        guard let admitted = binding.message else { return mismatch }
+        return mismatch + received(admitted, now: now, random: &random)
+    }
+
+    private mutating func received(_ message: GossipMessage, now: ContinuousClock.Instant,
                                    random: inout some RandomNumberGenerator) -> [Directive] {
         switch message {
         case .catalogDigest(let from, let fromAddress, let digest, let isReply):
             var directives: [Directive] = []
             // A joiner's digest can arrive before its membership does: answer the address it gave.
             let address = membership.members[from]?.address ?? fromAddress
-            let deltas = catalog.deltas(for: digest, budget: catalogSettings.maxEntriesPerMessage)
+            // Only our own cluster's state: the peer would drop any other (IdentityBinding).
+            let deltas = catalog.deltas(for: digest, budget: catalogSettings.maxEntriesPerMessage).filter { $0.cluster == cluster }
             if !deltas.isEmpty { directives.append(.send(.catalogDeltas(from: id, deltas: deltas), to: address)) }
             // Scuttlebutt's second leg: they know more somewhere; send our digest back.
             if !isReply, catalog.isBehind(digest) {
@@ -137,13 +159,26 @@ package struct FederationNode: Sendable {
                 // Rumour mongering: forward a fresh change that was new to us, once. A snapshot
                 // is anti-entropy catching us up on old state (a joiner gets every origin's);
                 // everyone else has it, and forwarding it is what made joins storm.
-                if !keys.isEmpty, !delta.isSnapshot { news.append(delta) }
+                if !keys.isEmpty, !delta.isSnapshot, delta.cluster == cluster { news.append(delta) }
             }
             guard !changed.isEmpty else { return [] }
             return [.catalogChanged(changed)] + (news.isEmpty ? [] : push(news, except: from, random: &random))
         default:
-            return membership.received(message, now: now, random: &random).map(Self.lift)
+            return syncWithArrivals(membership.received(message, now: now, random: &random).map(Self.lift))
         }
+    }
+
+    /// A member that is new or back from dead gets our digest at once: only its own cluster's
+    /// gateways can bring us its cluster's catalog, and the periodic sync with one random
+    /// member would take many rounds to reach it (after a partition heals, every one of them).
+    private func syncWithArrivals(_ directives: [Directive]) -> [Directive] {
+        var result = directives
+        for case .memberChanged(let update, let previous) in directives
+        where update.state == .alive && (previous == nil || previous?.isGone == true) && update.id != id {
+            result.append(.send(.catalogDigest(from: id, fromAddress: membership.myself.address, digest: catalog.digest, isReply: false),
+                                to: update.address))
+        }
+        return result
     }
 
     private mutating func push(_ deltas: [CatalogDelta], except: MemberID?, random: inout some RandomNumberGenerator) -> [Directive] {

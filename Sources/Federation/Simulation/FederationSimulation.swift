@@ -16,7 +16,7 @@ package final class FederationSimulation {
     }
 
     private enum Event {
-        case deliver(to: Int, message: GossipMessage)
+        case deliver(to: Int, message: GossipMessage, senderCluster: String)
         case wake(Int)
     }
 
@@ -127,9 +127,9 @@ package final class FederationSimulation {
                     carryOut(nodes[i].tick(now: instant(now), random: &random), from: i)
                 }
                 schedule(i)
-            case .deliver(let i, let message):
+            case .deliver(let i, let message, let senderCluster):
                 guard isAlive[i] else { continue }
-                carryOut(nodes[i].received(message, now: instant(now), random: &random), from: i)
+                carryOut(nodes[i].received(message, senderCluster: senderCluster, now: instant(now), random: &random), from: i)
                 schedule(i)
             }
         }
@@ -155,11 +155,13 @@ package final class FederationSimulation {
                 if network.loss > 0, Double.random(in: 0..<1, using: &random) < network.loss { continue }
                 if blocked.contains([i, j]) { continue }
                 let delay = network.latency + network.jitter * Double.random(in: 0..<1, using: &random) + slowDelay[j]
-                events.push(.deliver(to: j, message: message), at: now + delay)
+                events.push(.deliver(to: j, message: message, senderCluster: nodes[i].cluster), at: now + delay)
             case .memberChanged(let update, _):
                 if update.state == .dead, let subject = index(of: update.id) {
                     deathDeclarations.append((i, subject, now))
                 }
+            case .identityMismatch:
+                continue  // every simulated node speaks for its own cluster
             case .catalogChanged(let keys):
                 for key in keys where (trackedKeys?.contains(key) ?? true) && catalogFirstSeen[key]?[i] == nil && nodes[i].catalog.holds(key) {
                     catalogFirstSeen[key, default: [:]][i] = now

@@ -44,9 +44,9 @@ package final class FederationTransport: Sendable {
     /// Messages dropped by reason (`malformed`, `oversized`, `unknown_version`, `send_failed`).
     package var droppedMessages: [String: Int] { dropped.withLockedValue { $0 } }
 
-    fileprivate func countDrop(_ reason: String) {
-        dropped.withLockedValue { $0[reason, default: 0] += 1 }
-        Counter(label: "eastwest_federation_messages_dropped_total", dimensions: [("reason", reason)]).increment()
+    package func countDrop(_ reason: String, count: Int = 1) {
+        dropped.withLockedValue { $0[reason, default: 0] += count }
+        Counter(label: "eastwest_federation_messages_dropped_total", dimensions: [("reason", reason)]).increment(by: count)
     }
 
     // MARK: - Inbound
@@ -54,31 +54,36 @@ package final class FederationTransport: Sendable {
     /// Called by the listener, on the connection's event loop, for the reserved server name.
     package func acceptConnection(_ channel: any Channel) throws {
         let remote = channel.remoteAddress.map { "\($0)" } ?? "?"
-        let handler = NIOSSLServerHandler(context: serverContext, customVerificationCallback: peerVerification(peer: remote))
+        let receiver = FrameReceiver(transport: self)
+        let handler = NIOSSLServerHandler(context: serverContext, customVerificationCallback: peerVerification(peer: remote) { id in
+            receiver.senderCluster = GatewayIdentity.cluster(of: id)
+        })
         let operations = channel.pipeline.syncOperations
         try operations.addHandler(handler)
         try operations.addHandler(ProtocolGuard(transport: self, peer: remote))
         try operations.addHandler(ByteToMessageHandler(LengthFieldBasedFrameDecoder(lengthFieldBitLength: .fourBytes)))
-        try operations.addHandler(FrameReceiver(transport: self))
+        try operations.addHandler(receiver)
     }
 
     /// Both directions admit any gateway identity; what a peer may say is bound to its cluster
     /// later (`FederationNode`).
-    private func peerVerification(peer: String) -> NIOSSLCustomVerificationCallback {
+    private func peerVerification(peer: String, verified: @escaping (SpiffeID) -> Void = { _ in }) -> NIOSSLCustomVerificationCallback {
         let verifier = tls.federationPeers
         let logger = self.logger
         return { certificates, promise in
             verifier.verify(certificates, answering: promise) { result in
-                if case .failure(let rejection) = result {
+                switch result {
+                case .success(let id): verified(id)
+                case .failure(let rejection):
                     logger.warning("federation peer refused", metadata: ["peer": "\(peer)", "reason": "\(rejection)"])
                 }
             }
         }
     }
 
-    fileprivate func received(_ frame: ByteBuffer) {
+    fileprivate func received(_ frame: ByteBuffer, senderCluster: String?) {
         do {
-            inbound.yield(.message(try GossipCodec.decode(frame)))
+            inbound.yield(.message(try GossipCodec.decode(frame), senderCluster: senderCluster))
         } catch {
             countDrop(error.reason)
             logger.debug("dropped federation message", metadata: ["reason": "\(error)"])
@@ -88,9 +93,11 @@ package final class FederationTransport: Sendable {
     private final class FrameReceiver: ChannelInboundHandler {
         typealias InboundIn = ByteBuffer
         let transport: FederationTransport
+        /// The cluster the peer's verified certificate names, set during the handshake.
+        var senderCluster: String?
         init(transport: FederationTransport) { self.transport = transport }
         func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-            transport.received(unwrapInboundIn(data))
+            transport.received(unwrapInboundIn(data), senderCluster: senderCluster)
         }
         func errorCaught(context: ChannelHandlerContext, error: any Error) {
             context.close(promise: nil)

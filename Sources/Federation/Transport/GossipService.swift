@@ -5,7 +5,8 @@ import Synchronization
 
 /// What the gossip loop reacts to: a message from a peer, or the clock.
 package enum FederationEvent: Sendable {
-    case message(GossipMessage)
+    /// `senderCluster`: the cluster the sender's verified certificate names.
+    case message(GossipMessage, senderCluster: String?)
     case tick
     /// The data path could not connect to this member's gateway.
     case unreachable(MemberID)
@@ -74,6 +75,7 @@ package final class GossipService: Sendable {
     private let logger: Logger
     private let onChange: @Sendable (View) -> Void
     private let current: Mutex<View?> = Mutex(nil)
+    private let mismatchedSenders: Mutex<Set<MemberID>> = Mutex([])
     private let waiters = IndexWaiters()
 
     package init(id: MemberID, address: HostPort, cluster: String, settings: MembershipSettings, seeds: [HostPort],
@@ -127,8 +129,8 @@ package final class GossipService: Sendable {
                 switch event {
                 case .tick:
                     if now >= node.nextDeadline { carryOut(node.tick(now: now, random: &random), node: node) }
-                case .message(let message):
-                    carryOut(node.received(message, now: now, random: &random), node: node)
+                case .message(let message, let senderCluster):
+                    carryOut(node.received(message, senderCluster: senderCluster, now: now, random: &random), node: node)
                 case .unreachable(let member):
                     node.reportUnreachable(member, now: now)
                 case .register(let key, let record):
@@ -158,6 +160,13 @@ package final class GossipService: Sendable {
                     "incarnation": "\(update.incarnation)", "previous": "\(previous?.rawValue ?? "-")"])
             case .catalogChanged:
                 changed = true
+            case .identityMismatch(let sender, let reasons):
+                transport.countDrop("identity_mismatch", count: reasons.count)
+                // Once per sender: a misconfigured gateway repeats itself every gossip round.
+                if mismatchedSenders.withLock({ $0.insert(sender).inserted }) {
+                    logger.warning("federation peer speaks for a cluster its certificate does not name; dropped",
+                                   metadata: ["sender": "\(sender)", "reason": "\(reasons[0])"])
+                }
             }
         }
         // Rebuilt only when something it shows changed, not on every tick: it merges the
