@@ -298,7 +298,7 @@ struct FederationIntegrationTests {
             "-servername", "federation.eastwest.internal", "-alpn", "h2", "-cert", configs[1].tls.certificateChain, "-cert_chain", configs[1].tls.certificateChain,
             "-key", configs[1].tls.privateKey, "-CAfile", configs[1].tls.rootCertificate], stdin: Data(), timeout: 10)
         #expect(await eventually(timeout: .seconds(5)) {
-            guard processes[0].log.contains("expected 'eastwest-federation/1'") else { return false }
+            guard processes[0].log.contains("expected 'eastwest-federation/2'") else { return false }
             return ((try? await mesh.admin(configs[0], "/v1/members")) ?? "").contains(#""wrong_protocol" : 1"#)
         }, "\(processes[0].log)")
 

@@ -61,7 +61,7 @@ struct GatewayNode: Service {
         for service in config.services ?? [] {
             for endpoint in service.endpoints {
                 records[CatalogKey(host: service.host, port: service.port, endpoint: endpoint.address)] =
-                    CatalogRecord(locality: endpoint.locality, labels: endpoint.labels ?? [:])
+                    CatalogRecord(locality: endpoint.locality, labels: endpoint.labels ?? [:], protocol: service.protocol)
             }
         }
         var gossipLogger = logger

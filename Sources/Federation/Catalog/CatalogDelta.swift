@@ -21,8 +21,10 @@ package struct CatalogKey: Hashable, Sendable, Comparable, CustomStringConvertib
 package struct CatalogRecord: Hashable, Sendable {
     package var locality: Locality?
     package var labels: [String: String]
-    package init(locality: Locality? = nil, labels: [String: String] = [:]) {
-        self.locality = locality; self.labels = labels
+    /// What the service port speaks, as its cluster's config says.
+    package var `protocol`: ServiceProtocol?
+    package init(locality: Locality? = nil, labels: [String: String] = [:], protocol: ServiceProtocol? = nil) {
+        self.locality = locality; self.labels = labels; self.protocol = `protocol`
     }
 }
 

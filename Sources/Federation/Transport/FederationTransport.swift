@@ -11,7 +11,7 @@ import NIOTLS
 
 /// Carries gossip between gateways over the same `ADDRESS:15443` listener as the data plane:
 /// mutual TLS with the gateway certificates, a reserved server name so the SNI router hands the
-/// connection here before any crypto, the ALPN protocol `eastwest-federation/1` agreed in the
+/// connection here before any crypto, the ALPN protocol `eastwest-federation/2` agreed in the
 /// handshake (a peer that does not speak this protocol version is closed), and
 /// length-prefixed `GossipCodec` frames. Only peers with a gateway identity are heard; a
 /// malformed frame is dropped and counted, never fatal.
@@ -19,7 +19,7 @@ package final class FederationTransport: Sendable {
     /// The SNI federation connections use; no service may have this name.
     package static let serverName = "federation.eastwest.internal"
     /// The ALPN protocol both ends must agree on; a new wire version gets a new name.
-    package static let applicationProtocol = "eastwest-federation/1"
+    package static let applicationProtocol = "eastwest-federation/2"
 
     private let tls: GatewayTLS
     private let serverContext: NIOSSLContext

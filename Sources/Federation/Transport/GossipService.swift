@@ -55,6 +55,8 @@ package final class GossipService: Sendable {
         package var members: [MemberView]
         /// What the data plane routes to: endpoints of this gateway and of alive gateways.
         package var endpointsByCluster: [String: [ServiceKey: [Endpoint]]]
+        /// What each service port speaks, as the catalog says.
+        package var protocols: [ServiceKey: ServiceProtocol]
         /// Every endpoint in the catalog, reachable or not.
         package var endpoints: [EndpointView]
         /// The membership revision this view was built from.
@@ -206,6 +208,8 @@ package final class GossipService: Sendable {
                                incarnation: me.incarnation, lastChange: .now),
             members: members,
             endpointsByCluster: node.catalog.endpointsByCluster { $0 == node.id || alive.contains($0) },
+            protocols: Dictionary(node.catalog.listings.compactMap { listing in listing.record.protocol.map { (listing.key.service, $0) } },
+                                  uniquingKeysWith: { first, _ in first }),
             endpoints: endpoints,
             revision: node.membership.revision, index: index)
     }

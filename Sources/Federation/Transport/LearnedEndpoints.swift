@@ -8,6 +8,7 @@ extension GossipService.View {
     /// return at once on heal) but offers no target until then.
     package func meshEndpoints(base: MeshEndpoints) -> MeshEndpoints {
         var result = base
+        result.protocols.merge(protocols) { configured, _ in configured }
         var gateways: [String: [GatewayAddress]] = [:]
         for member in members where member.state == MemberState.alive.rawValue {
             guard let address = HostPort(parsing: member.address) else { continue }

@@ -1,12 +1,12 @@
 import MeshProxyCore
 import NIOCore
 
-/// The binary form of `GossipMessage` (version 1). Every message is
+/// The binary form of `GossipMessage` (version 2: catalog records carry the service protocol). Every message is
 /// `version:u8 type:u8 body`; strings are `u16 length + UTF-8`; integers are big-endian.
 /// Decoding never traps: a short, oversized or unknown message throws `GossipWireError`, and
 /// the caller drops that message and counts it.
 package enum GossipCodec {
-    package static let version: UInt8 = 1
+    package static let version: UInt8 = 2
     /// Largest message accepted (a full catalog snapshot of a big cluster fits).
     package static let maximumMessageSize = 4 << 20
 
@@ -99,6 +99,7 @@ package enum GossipCodec {
         writeString(record.locality?.description ?? "", &buffer)
         buffer.writeInteger(UInt16(record.labels.count))
         for (key, value) in record.labels.sorted(by: { $0.key < $1.key }) { writeString(key, &buffer); writeString(value, &buffer) }
+        writeString(record.protocol?.rawValue ?? "", &buffer)
     }
 
     private static func stateCode(_ state: MemberState) -> UInt8 {
@@ -224,7 +225,10 @@ package enum GossipCodec {
         var labels: [String: String] = [:]
         for _ in 0..<labelCount { labels[try readString(&reader)] = try readString(&reader) }
         let locality = localityText.isEmpty ? nil : Locality(parsing: localityText)
-        return CatalogEntry(key: key, version: version, record: CatalogRecord(locality: locality, labels: labels))
+        // A protocol this version does not know is left out, not an error: the port is TCP here.
+        let protocolName = try readString(&reader)
+        return CatalogEntry(key: key, version: version, record: CatalogRecord(
+            locality: locality, labels: labels, protocol: protocolName.isEmpty ? nil : ServiceProtocol(istioName: protocolName)))
     }
 }
 

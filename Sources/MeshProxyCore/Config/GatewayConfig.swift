@@ -82,8 +82,12 @@ package struct GatewayConfig: Codable, Sendable, Equatable {
         package var endpoints: [Endpoint]
         /// Named label selectors, as a DestinationRule's `subsets` would give them.
         package var subsets: [String: [String: String]]?
-        package init(host: String, port: Int, endpoints: [Endpoint], subsets: [String: [String: String]]? = nil) {
-            self.host = host; self.port = port; self.endpoints = endpoints; self.subsets = subsets
+        /// What the port speaks, in Istio's names (`http`, `http2`, `grpc`, `tcp`, …); it decides
+        /// the ALPN the gateway offers. Unset: TCP.
+        package var `protocol`: ServiceProtocol?
+        package init(host: String, port: Int, endpoints: [Endpoint], subsets: [String: [String: String]]? = nil,
+                     protocol: ServiceProtocol? = nil) {
+            self.host = host; self.port = port; self.endpoints = endpoints; self.subsets = subsets; self.protocol = `protocol`
         }
     }
 
@@ -162,10 +166,12 @@ package struct GatewayConfig: Codable, Sendable, Equatable {
                 services: services(remote.services))
         }
         var subsets: [String: [String: [String: String]]] = [:]
+        var protocols: [ServiceKey: ServiceProtocol] = [:]
         for service in (self.services ?? []) + (remoteClusters ?? []).flatMap({ $0.services ?? [] }) {
             for (name, labels) in service.subsets ?? [:] { subsets[service.host, default: [:]][name] = labels }
+            if let value = service.protocol { protocols[ServiceKey(host: service.host, port: service.port)] = value }
         }
-        return MeshEndpoints(localCluster: cluster, clusters: clusters, subsets: subsets)
+        return MeshEndpoints(localCluster: cluster, clusters: clusters, subsets: subsets, protocols: protocols)
     }
 }
 

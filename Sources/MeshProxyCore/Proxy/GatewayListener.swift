@@ -144,7 +144,7 @@ package final class GatewayListener: Sendable {
             }
             do {
                 let verifier = snapshot.tls.clients
-                let tls = NIOSSLServerHandler(context: snapshot.tls.serverContext) { certificates, verification in
+                let tls = NIOSSLServerHandler(context: snapshot.tls.serverContext(for: route.protocol)) { certificates, verification in
                     verifier.verify(certificates, answering: verification) { result in
                         switch result {
                         case .success(let id): record.sourceIdentity = id

@@ -8,7 +8,11 @@ import X509
 /// dialling peer gateways, and the trust policies both sides check peers against.
 /// Built once per config generation, off the event loop (it reads files), then shared.
 package struct GatewayTLS: Sendable {
+    /// The 15443 context for services that offer no ALPN (TCP, TLS, unknown).
     package let serverContext: NIOSSLContext
+    /// The 15443 contexts by the ALPN a service's protocol offers; one per distinct list, made
+    /// once, chosen by SNI before the handshake.
+    private let serverContextsByALPN: [[String]: NIOSSLContext]
     package let clientContext: NIOSSLContext
     /// Who may connect to this gateway: any mesh workload or gateway (role client).
     package let clients: PeerVerifier
@@ -58,6 +62,13 @@ package struct GatewayTLS: Sendable {
         server.shutdownTimeout = .seconds(1)
         serverContext = try NIOSSLContext(configuration: server)
         serverConfiguration = server
+        var byALPN: [[String]: NIOSSLContext] = [[]: serverContext]
+        for alpn in Set(ServiceProtocol.allCases.map(\.applicationProtocols)) where byALPN[alpn] == nil {
+            var offering = server
+            offering.applicationProtocols = alpn
+            byALPN[alpn] = try NIOSSLContext(configuration: offering)
+        }
+        serverContextsByALPN = byALPN
 
         var client = TLSConfiguration.makeClientConfiguration()
         client.minimumTLSVersion = .tlsv12
@@ -92,6 +103,11 @@ package struct GatewayTLS: Sendable {
 
     /// Whether a verified client identity is another gateway (its traffic is never forwarded again).
     package func isPeerGateway(_ id: SpiffeID) -> Bool { config.isPeerGateway(id) }
+
+    /// The server context for a route: it offers the ALPN its service speaks.
+    package func serverContext(for service: ServiceProtocol?) -> NIOSSLContext {
+        serverContextsByALPN[service?.applicationProtocols ?? []] ?? serverContext
+    }
 
     /// The same certificates and checks for a protocol of our own on the 15443 port (gossip
     /// between gateways), negotiated by ALPN so a peer speaking anything else is turned away.

@@ -134,9 +134,12 @@ package struct MeshEndpoints: Sendable, Equatable {
     package var clusters: [String: ClusterEndpoints]
     /// Named subsets per host (Istio DestinationRule `subsets[].labels`).
     package var subsets: [String: [String: [String: String]]]
+    /// What each service port speaks, where a config or a peer's catalog said so.
+    package var protocols: [ServiceKey: ServiceProtocol]
 
-    package init(localCluster: String, clusters: [String: ClusterEndpoints], subsets: [String: [String: [String: String]]] = [:]) {
-        self.localCluster = localCluster; self.clusters = clusters; self.subsets = subsets
+    package init(localCluster: String, clusters: [String: ClusterEndpoints], subsets: [String: [String: [String: String]]] = [:],
+                 protocols: [ServiceKey: ServiceProtocol] = [:]) {
+        self.localCluster = localCluster; self.clusters = clusters; self.subsets = subsets; self.protocols = protocols
     }
 
     package var local: ClusterEndpoints? { clusters[localCluster] }

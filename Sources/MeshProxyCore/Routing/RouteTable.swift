@@ -4,6 +4,8 @@ package struct Route: Hashable, Sendable {
     package var subset: String?
     /// The subset's label selector; empty when no subset was named.
     package var selector: [String: String]
+    /// What the service port speaks, when known; it decides the ALPN offered to the client.
+    package var `protocol`: ServiceProtocol? = nil
 
     /// The SNI a gateway sends when it carries this route to a peer gateway: always Istio's form,
     /// so the peer needs no knowledge of how the client spelled it.
@@ -46,6 +48,7 @@ package struct RouteTable: Sendable {
             }
             selector = labels
         }
-        return .route(Route(service: ServiceKey(host: name.host, port: port), subset: name.subset, selector: selector))
+        let service = ServiceKey(host: name.host, port: port)
+        return .route(Route(service: service, subset: name.subset, selector: selector, protocol: endpoints.protocols[service]))
     }
 }

@@ -1,7 +1,8 @@
-"""An HTTP/2 client that speaks h2 with prior knowledge over mutual TLS (no ALPN), as a mesh
-workload would through the gateway. Prints the response status and body.
+"""An HTTP/2 client over mutual TLS, as a mesh workload would talk through the gateway: with
+prior knowledge (no ALPN), or offering ALPN values and speaking h2 only if the server chose h2.
+Prints the response status and body; with ALPN, first a line `alpn=<chosen or none>`.
 
-usage: h2_prior_knowledge_client.py HOST PORT SNI CERT_CHAIN KEY ROOT PATH
+usage: h2_prior_knowledge_client.py HOST PORT SNI CERT_CHAIN KEY ROOT PATH [ALPN,...]
 """
 import socket
 import ssl
@@ -12,11 +13,19 @@ import h2.connection
 import h2.events
 
 host, port, sni, chain, key, root, path = sys.argv[1:8]
+alpn = sys.argv[8].split(",") if len(sys.argv) > 8 else None
 context = ssl.create_default_context(cafile=root)
 context.check_hostname = False  # the gateway certificate names service hosts, not this SNI
 context.load_cert_chain(chain, key)
+if alpn:
+    context.set_alpn_protocols(alpn)
 with socket.create_connection((host, int(port)), timeout=10) as raw:
     with context.wrap_socket(raw, server_hostname=sni) as tls:
+        if alpn:
+            chosen = tls.selected_alpn_protocol()
+            print(f"alpn={chosen or 'none'}")
+            if chosen != "h2":
+                sys.exit(1)
         conn = h2.connection.H2Connection(config=h2.config.H2Configuration(client_side=True))
         conn.initiate_connection()
         stream = conn.get_next_available_stream_id()

@@ -1,0 +1,38 @@
+/// What a service port speaks, in Istio's protocol names (`protocol:` of a service entry, as a
+/// port name prefix or `appProtocol` would give it in Kubernetes).
+package enum ServiceProtocol: String, Codable, Sendable, CaseIterable {
+    case http, http2, https, grpc, grpcWeb = "grpc-web", tcp, tls, mongo, mysql, redis
+
+    /// Istio's selection from a port name (`http-web`, `grpc`, `tcp-db`) or an `appProtocol`:
+    /// the part before the first `-`, case-insensitive; `grpc-web` whole. Nil when it names no
+    /// protocol Istio knows (Istio then sniffs or treats the port as TCP).
+    package init?(istioName name: String) {
+        let lower = name.lowercased()
+        if lower == "grpc-web" || lower.hasPrefix("grpc-web-") { self = .grpcWeb; return }
+        let prefix = lower.split(separator: "-", maxSplits: 1).first.map(String.init) ?? lower
+        guard let known = ServiceProtocol(rawValue: prefix) else { return nil }
+        self = known
+    }
+
+    package init(from decoder: any Decoder) throws {
+        let text = try decoder.singleValueContainer().decode(String.self)
+        guard let value = ServiceProtocol(istioName: text) else {
+            throw DecodingError.dataCorrupted(.init(codingPath: decoder.codingPath, debugDescription:
+                "'\(text)' is not a protocol Istio knows (\(Self.allCases.map(\.rawValue).joined(separator: ", ")))"))
+        }
+        self = value
+    }
+
+    /// The ALPN values the gateway offers a client of this service on 15443. While the gateway
+    /// forwards bytes as they come, it may offer only what the service itself speaks: an HTTP/1.1
+    /// service gets `http/1.1`, an HTTP/2 or gRPC one `h2`, each with Istio's in-mesh
+    /// spelling (`istio-http/1.1`, `istio-h2`, which Istio's ALPN override sends); anything else
+    /// none, so no client is told it can speak a protocol the backend cannot.
+    package var applicationProtocols: [String] {
+        switch self {
+        case .http: ["http/1.1", "istio-http/1.1"]
+        case .http2, .grpc, .grpcWeb: ["h2", "istio-h2"]
+        case .https, .tcp, .tls, .mongo, .mysql, .redis: []
+        }
+    }
+}
