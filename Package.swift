@@ -68,7 +68,14 @@ let package = Package(
                 .product(name: "Histogram", package: "hdrhistogram-swift"),
                 .product(name: "NIOHTTP2", package: "swift-nio-http2"),
                 .product(name: "NIOHPACK", package: "swift-nio-http2"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
             ]
+        ),
+        .testTarget(
+            name: "EastWestTests",
+            dependencies: ["EastWest", "MeshProxyCore", .product(name: "NIOCore", package: "swift-nio")]
         ),
         .testTarget(
             name: "MeshProxyCoreTests",
@@ -82,6 +89,7 @@ let package = Package(
             name: "EastWestIntegrationTests",
             dependencies: [
                 "MeshProxyCore",
+                "EastWest",
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "Yams", package: "Yams"),
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),

@@ -18,6 +18,11 @@ struct BenchReportTests {
         return report[start.lowerBound..<end].trimmingCharacters(in: .whitespacesAndNewlines)
     }
 
+    @Test("bench/results holds committed runs to check (the test below would pass with none)")
+    func runsAreCommitted() {
+        #expect(!Self.runs.isEmpty)
+    }
+
     @Test("Every committed run's raw results give back the tables of its committed report", arguments: runs)
     func regeneratesCommittedReport(_ run: String) async throws {
         let generated = try await runCommand("/usr/bin/env", ["python3", "\(PackagePaths.root)/bench/report.py", "\(run).jsonl",

@@ -88,9 +88,15 @@ struct DataPathTests {
         defer { mesh.processes.stopAll() }
         let (gateway, process) = try await mesh.startEchoCluster(block: 35)
         let slow = Task.detached { try await mesh.curl(gateway, host: "echo.default.svc.cluster.local", path: "/delay/1500") }
-        try await Task.sleep(for: .milliseconds(400))
+        // In flight: the gateway holds a connection to the backend.
+        let upstream = "127.0.35.10:8080"
+        let inFlightSeen = await eventually(timeout: .seconds(5)) {
+            ((try? await runCommand("/usr/bin/ss", ["-Htn", "state", "established", "dst", upstream]).stdout) ?? "").contains(upstream)
+        }
+        let sockets = (try? await runCommand("/usr/bin/ss", ["-Htan"]).stdout) ?? ""
+        #expect(inFlightSeen, "\(sockets)")
         process.signal(SIGTERM)
-        try await Task.sleep(for: .milliseconds(200))
+        #expect(await eventually(timeout: .seconds(5)) { process.log.contains("draining") })
         let refused = try await mesh.curl(gateway, host: "echo.default.svc.cluster.local")
         #expect(refused.status != 0, "a new connection was accepted while draining")
         let inFlight = try await slow.value

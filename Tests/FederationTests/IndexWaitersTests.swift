@@ -21,7 +21,8 @@ struct IndexWaitersTests {
             await waiters.wait(beyond: 3, timeout: .seconds(600))
             released.value.withLock { $0 = true }
         }
-        try await Task.sleep(for: .milliseconds(200))
+        // Parked (the waiter is in the table), and not released by anything but the advance.
+        while waiters.waitingCount == 0 { await Task.yield() }
         let early = released.value.withLock { $0 }
         #expect(!early)
         waiters.advance(to: 4)

@@ -28,7 +28,7 @@ struct DemoBackendCommand: AsyncParsableCommand {
         let identity = DemoIdentity(service: service, cluster: cluster, locality: locality, endpoint: address.description, version: version)
         let channel: any Channel
         do {
-            channel = try await PlainHTTPServer.bind(host: address.host, port: address.port, role: "demo backend",
+            channel = try await ControlHTTPServer.bind(host: address.host, port: address.port, role: "demo backend",
                                                      group: MultiThreadedEventLoopGroup.singleton, responder: identity.respond)
         } catch {
             printError("error: \(error)")
@@ -56,13 +56,13 @@ struct DemoIdentity: Sendable, Encodable {
         var current: Int { value.load(ordering: .relaxed) }
     }
 
-    func respond(_ request: PlainHTTPRequest, on eventLoop: any EventLoop) -> EventLoopFuture<PlainHTTPResponse> {
+    func respond(_ request: ControlHTTPRequest, on eventLoop: any EventLoop) -> EventLoopFuture<ControlHTTPResponse> {
         let parts = request.path.split(separator: "/").map(String.init)
-        if parts == ["count"] { return eventLoop.makeSucceededFuture(PlainHTTPResponse(text: "\(answered.current)\n")) }
+        if parts == ["count"] { return eventLoop.makeSucceededFuture(ControlHTTPResponse(text: "\(answered.current)\n")) }
         answered.add()
         switch (request.method, parts.first, parts.dropFirst().first.flatMap { Int($0) }) {
         case (.POST, "echo", _):
-            return eventLoop.makeSucceededFuture(PlainHTTPResponse(contentType: "application/octet-stream", body: request.body))
+            return eventLoop.makeSucceededFuture(ControlHTTPResponse(contentType: "application/octet-stream", body: request.body))
         case (_, "status", let code?) where (100...599).contains(code):
             return eventLoop.makeSucceededFuture(json(status: HTTPResponseStatus(statusCode: code)))
         case (_, "delay", let ms?) where ms >= 0:
@@ -71,20 +71,20 @@ struct DemoIdentity: Sendable, Encodable {
             var buffer = ByteBuffer()
             buffer.reserveCapacity(count)
             for i in 0..<count { buffer.writeInteger(UInt8(truncatingIfNeeded: i &* 31 &+ 7)) }
-            return eventLoop.makeSucceededFuture(PlainHTTPResponse(contentType: "application/octet-stream", body: buffer))
+            return eventLoop.makeSucceededFuture(ControlHTTPResponse(contentType: "application/octet-stream", body: buffer))
         case (_, nil, _):
             return eventLoop.makeSucceededFuture(json(status: .ok))
         default:
-            return eventLoop.makeSucceededFuture(PlainHTTPResponse(status: .notFound, text: "try /, /status/<code>, /delay/<ms>, /bytes/<n>, POST /echo, /count\n"))
+            return eventLoop.makeSucceededFuture(ControlHTTPResponse(status: .notFound, text: "try /, /status/<code>, /delay/<ms>, /bytes/<n>, POST /echo, /count\n"))
         }
     }
 
-    private func json(status: HTTPResponseStatus) -> PlainHTTPResponse {
+    private func json(status: HTTPResponseStatus) -> ControlHTTPResponse {
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
         var body = (try? encoder.encode(self)) ?? Data()
         body.append(0x0A)
-        return PlainHTTPResponse(status: status, contentType: "application/json", body: ByteBuffer(bytes: body))
+        return ControlHTTPResponse(status: status, contentType: "application/json", body: ByteBuffer(bytes: body))
     }
 }
 

@@ -109,7 +109,7 @@ struct GatewayNode: Service {
         let bound: SocketAddress
         do {
             bound = try await listener.bind()
-            admin = try await PlainHTTPServer.bind(
+            admin = try await ControlHTTPServer.bind(
                 host: config.effectiveAdmin.host, port: config.effectiveAdmin.port, role: "admin listener",
                 group: group, responder: AdminAPI(config: config, registry: registry, ready: ready, gossip: gossip, store: store, blackholes: blackholes).respond)
         } catch {

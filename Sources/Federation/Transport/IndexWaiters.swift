@@ -10,6 +10,9 @@ final class IndexWaiters: Sendable {
     }
     private let state = Mutex(State())
 
+    /// Callers parked right now.
+    var waitingCount: Int { state.withLock { $0.waiting.count } }
+
     /// Publishes a new index and releases everyone waiting for something newer than they saw.
     func advance(to index: UInt64) {
         let released = state.withLock { state in

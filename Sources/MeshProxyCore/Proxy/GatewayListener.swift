@@ -176,6 +176,10 @@ package struct ListenError: Error, CustomStringConvertible {
     package var address: String
     package var role: String
     package var underlying: any Error
+
+    package init(address: String, role: String, underlying: any Error) {
+        self.address = address; self.role = role; self.underlying = underlying
+    }
     package var description: String {
         let text = "\(underlying)"
         if text.contains("Address already in use") || text.contains("EADDRINUSE") {

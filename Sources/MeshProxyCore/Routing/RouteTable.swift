@@ -18,8 +18,17 @@ package struct Route: Hashable, Sendable {
 /// lookup is a dictionary probe.
 package struct RouteTable: Sendable {
     private let endpoints: MeshEndpoints
+    /// Every port of a host served anywhere in the mesh, lowest first, computed once here.
+    private let portsByHost: [String: [Int]]
 
-    package init(endpoints: MeshEndpoints) { self.endpoints = endpoints }
+    package init(endpoints: MeshEndpoints) {
+        self.endpoints = endpoints
+        var ports: [String: Set<Int>] = [:]
+        for cluster in endpoints.clusters.values {
+            for service in cluster.services.keys { ports[service.host, default: []].insert(service.port) }
+        }
+        portsByHost = ports.mapValues { $0.sorted() }
+    }
 
     package enum Resolution: Equatable, Sendable {
         case route(Route)
@@ -28,7 +37,7 @@ package struct RouteTable: Sendable {
     }
 
     package func resolve(_ name: ServerName) -> Resolution {
-        let ports = endpoints.ports(of: name.host)
+        let ports = portsByHost[name.host] ?? []
         guard !ports.isEmpty else { return .noRoute(reason: "no service '\(name.host)' in the mesh") }
         let port: Int
         if let requested = name.port {

@@ -23,6 +23,17 @@ if len(sys.argv) > 6:
     context = ssl.create_default_context(cafile=root)
     context.load_cert_chain(chain, key)
     established = context.wrap_socket(socket.create_connection((host, port)), server_hostname=sni)
+    # One keep-alive request first: once it is answered, the server has finished the handshake
+    # too (a TLS 1.3 client finishes before the server does).
+    established.sendall(b"GET / HTTP/1.1\r\nHost: " + sni.encode() + b"\r\n\r\n")
+    established.settimeout(10)
+    first = b""
+    while b"\r\n\r\n" not in first:
+        first += established.recv(65536)
+    head, _, rest = first.partition(b"\r\n\r\n")
+    length = int([line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:")][0])
+    while len(rest) < length:
+        rest += established.recv(65536)
 
 for _ in range(half_sent):
     s = socket.create_connection((host, port))
@@ -49,7 +60,6 @@ for s in quiet:
 answer = None
 if established is not None:
     established.sendall(b"GET / HTTP/1.1\r\nHost: " + sni.encode() + b"\r\nConnection: close\r\n\r\n")
-    established.settimeout(10)
     received = b""
     while True:
         chunk = established.recv(65536)

@@ -1,3 +1,4 @@
+import MeshProxyCore
 import NIOCore
 
 /// Finds where one HTTP/1.x response ends in the bytes a load-generating connection reads,

@@ -23,16 +23,16 @@ struct AdminAPI: Sendable {
     /// Drill faults (`/v1/faults`).
     let blackholes: Blackholes
 
-    func respond(_ request: PlainHTTPRequest, on eventLoop: any EventLoop) -> EventLoopFuture<PlainHTTPResponse> {
+    func respond(_ request: ControlHTTPRequest, on eventLoop: any EventLoop) -> EventLoopFuture<ControlHTTPResponse> {
         // A blocking query parks until the federation view passes the index the caller saw.
         if request.method == .GET, let gossip, Self.discoveryPaths.contains(request.path), let indexText = request.query["index"] {
             guard let index = UInt64(indexText) else {
-                return eventLoop.makeSucceededFuture(PlainHTTPResponse(status: .badRequest, text: "index must be a whole number\n"))
+                return eventLoop.makeSucceededFuture(ControlHTTPResponse(status: .badRequest, text: "index must be a whole number\n"))
             }
             var wait = Self.defaultWait
             if let text = request.query["wait"] {
                 guard let parsed = ConfigDuration(parsing: text) else {
-                    return eventLoop.makeSucceededFuture(PlainHTTPResponse(status: .badRequest, text: "wait '\(text)' is not a duration such as 30s\n"))
+                    return eventLoop.makeSucceededFuture(ControlHTTPResponse(status: .badRequest, text: "wait '\(text)' is not a duration such as 30s\n"))
                 }
                 wait = min(parsed.duration, Self.maximumWait)
             }
@@ -49,35 +49,35 @@ struct AdminAPI: Sendable {
     static let maximumWait: Duration = .seconds(600)
     static let discoveryPaths: Set<String> = ["/v1/members", "/v1/services", "/v1/endpoints"]
 
-    private func response(to request: PlainHTTPRequest) -> PlainHTTPResponse {
+    private func response(to request: ControlHTTPRequest) -> ControlHTTPResponse {
         if request.method == .PUT, request.path == "/v1/catalog/register" || request.path == "/v1/catalog/deregister" {
             return catalogChange(request)
         }
         if request.path == "/v1/faults" { return faults(request) }
-        guard request.method == .GET else { return PlainHTTPResponse(status: .methodNotAllowed, text: "only GET\n") }
+        guard request.method == .GET else { return ControlHTTPResponse(status: .methodNotAllowed, text: "only GET\n") }
         switch request.path {
         case "/healthz/ready":
-            return ready.isReady ? PlainHTTPResponse(text: "LIVE\n") : PlainHTTPResponse(status: .serviceUnavailable, text: "NOT READY\n")
+            return ready.isReady ? ControlHTTPResponse(text: "LIVE\n") : ControlHTTPResponse(status: .serviceUnavailable, text: "NOT READY\n")
         case "/stats/prometheus":
             var bytes: [UInt8] = []
             registry.emit(into: &bytes)
-            return PlainHTTPResponse(contentType: "text/plain; version=0.0.4", body: ByteBuffer(bytes: bytes))
+            return ControlHTTPResponse(contentType: "text/plain; version=0.0.4", body: ByteBuffer(bytes: bytes))
         case "/config_dump":
             return json(EffectiveConfig(config))
         case "/v1/plan":
             return livePlan(request)
         case let path where Self.discoveryPaths.contains(path):
-            guard let view = gossip?.view else { return PlainHTTPResponse(status: .notFound, text: "federation is not configured\n") }
+            guard let view = gossip?.view else { return ControlHTTPResponse(status: .notFound, text: "federation is not configured\n") }
             var response = discovery(path, view: view, request: request)
             response.headers.replaceOrAdd(name: "X-EastWest-Index", value: String(view.index))
             return response
         default:
-            return PlainHTTPResponse(status: .notFound, text: "unknown admin path \(request.path); try /healthz/ready, /stats/prometheus, /config_dump, /v1/members, /v1/services, /v1/endpoints?host=H\n")
+            return ControlHTTPResponse(status: .notFound, text: "unknown admin path \(request.path); try /healthz/ready, /stats/prometheus, /config_dump, /v1/members, /v1/services, /v1/endpoints?host=H\n")
         }
     }
 
     /// The discovery API, answered from one view so the body and its index agree.
-    private func discovery(_ path: String, view: GossipService.View, request: PlainHTTPRequest) -> PlainHTTPResponse {
+    private func discovery(_ path: String, view: GossipService.View, request: ControlHTTPRequest) -> ControlHTTPResponse {
         switch path {
         case "/v1/members":
             return json(MembersBody(view, droppedMessages: gossip?.droppedMessages ?? [:]))
@@ -91,7 +91,7 @@ struct AdminAPI: Sendable {
             return json(services.sorted { $0.key < $1.key }.map(\.value))
         default:
             guard let host = request.query["host"], !host.isEmpty else {
-                return PlainHTTPResponse(status: .badRequest, text: "/v1/endpoints needs ?host=H (and optionally &port=P)\n")
+                return ControlHTTPResponse(status: .badRequest, text: "/v1/endpoints needs ?host=H (and optionally &port=P)\n")
             }
             let port = request.query["port"].flatMap(Int.init)
             let endpoints = view.endpoints.filter { $0.service.host == host.lowercased() && (port == nil || $0.service.port == port) }
@@ -164,17 +164,17 @@ extension AdminAPI {
 
     /// `PUT /v1/catalog/register|deregister` with
     /// `{"host": "...", "port": 8080, "address": "10.0.0.1:8080", "locality": "r/z", "labels": {...}}`.
-    func catalogChange(_ request: PlainHTTPRequest) -> PlainHTTPResponse {
+    func catalogChange(_ request: ControlHTTPRequest) -> ControlHTTPResponse {
         struct Body: Decodable { var host: String; var port: Int; var address: String; var locality: String?; var labels: [String: String]? }
-        guard let gossip else { return PlainHTTPResponse(status: .notFound, text: "federation is not configured\n") }
+        guard let gossip else { return ControlHTTPResponse(status: .notFound, text: "federation is not configured\n") }
         guard let body = try? JSONDecoder().decode(Body.self, from: Data(request.body.readableBytesView)) else {
-            return PlainHTTPResponse(status: .badRequest, text: "body must be JSON {host, port, address, locality?, labels?}\n")
+            return ControlHTTPResponse(status: .badRequest, text: "body must be JSON {host, port, address, locality?, labels?}\n")
         }
         guard (try? ServerName(parsing: body.host)) != nil, (1...65_535).contains(body.port) else {
-            return PlainHTTPResponse(status: .badRequest, text: "host must be a DNS name and port 1-65535\n")
+            return ControlHTTPResponse(status: .badRequest, text: "host must be a DNS name and port 1-65535\n")
         }
         guard let address = HostPort(parsing: body.address) else {
-            return PlainHTTPResponse(status: .badRequest, text: "address '\(body.address)' is not host:port\n")
+            return ControlHTTPResponse(status: .badRequest, text: "address '\(body.address)' is not host:port\n")
         }
         let key = CatalogKey(host: body.host.lowercased(), port: body.port, endpoint: address)
         if request.path.hasSuffix("/register") {
@@ -182,14 +182,14 @@ extension AdminAPI {
         } else {
             gossip.deregister(key)
         }
-        return PlainHTTPResponse(status: .accepted, text: "accepted; announced to every cluster\n")
+        return ControlHTTPResponse(status: .accepted, text: "accepted; announced to every cluster\n")
     }
 
-    func json(_ value: some Encodable) -> PlainHTTPResponse {
+    func json(_ value: some Encodable) -> ControlHTTPResponse {
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
         let body = (try? encoder.encode(value)) ?? Data("{}".utf8)
-        return PlainHTTPResponse(contentType: "application/json", body: ByteBuffer(bytes: body))
+        return ControlHTTPResponse(contentType: "application/json", body: ByteBuffer(bytes: body))
     }
 }
 
@@ -197,18 +197,18 @@ extension AdminAPI {
     /// `GET /v1/plan?host=H[&subset=S][&port=P]`: where this gateway sends its clients'
     /// requests for H now — the very plan the data path picks endpoints by, from this gateway's
     /// locality, under H's DestinationRule, with the current health (federation, ejections).
-    func livePlan(_ request: PlainHTTPRequest) -> PlainHTTPResponse {
+    func livePlan(_ request: ControlHTTPRequest) -> ControlHTTPResponse {
         guard let host = request.query["host"]?.lowercased(), !host.isEmpty else {
-            return PlainHTTPResponse(status: .badRequest, text: "/v1/plan needs ?host=H (and optionally &subset=S, &port=P)\n")
+            return ControlHTTPResponse(status: .badRequest, text: "/v1/plan needs ?host=H (and optionally &subset=S, &port=P)\n")
         }
         let picker = store.current.picker
         let ports = picker.endpoints.ports(of: host)
         guard let port = request.query["port"].flatMap(Int.init) ?? ports.first, ports.contains(port) else {
-            return PlainHTTPResponse(status: .notFound, text: "no service \(host)\(request.query["port"].map { " port \($0)" } ?? "") in the mesh\n")
+            return ControlHTTPResponse(status: .notFound, text: "no service \(host)\(request.query["port"].map { " port \($0)" } ?? "") in the mesh\n")
         }
         let subset = request.query["subset"]
         guard let plan = picker.plan(for: ServiceKey(host: host, port: port), subset: subset) else {
-            return PlainHTTPResponse(status: .notFound, text: "subset '\(subset ?? "")' is not defined for \(host)\n")
+            return ControlHTTPResponse(status: .notFound, text: "subset '\(subset ?? "")' is not defined for \(host)\n")
         }
         return json(plan)
     }
@@ -218,7 +218,7 @@ extension AdminAPI {
     /// `POST /v1/faults` with `{"blackhole": {"cluster"|"region"|"zone": …}, "duration": "30s"}`:
     /// this gateway treats those endpoints as unreachable for the duration (at most 1 h), then
     /// returns to normal by itself. `DELETE /v1/faults` ends them all; `GET` lists them.
-    func faults(_ request: PlainHTTPRequest) -> PlainHTTPResponse {
+    func faults(_ request: ControlHTTPRequest) -> ControlHTTPResponse {
         struct Listed: Encodable { var cluster, region, zone: String?; var secondsLeft: Double }
         switch request.method {
         case .GET:
@@ -226,24 +226,24 @@ extension AdminAPI {
             return json(blackholes.current.map { Listed(cluster: $0.cluster, region: $0.region, zone: $0.zone, secondsLeft: ($0.until - now).seconds) })
         case .DELETE:
             blackholes.clear()
-            return PlainHTTPResponse(text: "every fault cleared\n")
+            return ControlHTTPResponse(text: "every fault cleared\n")
         case .POST:
             struct Body: Decodable { var blackhole: Blackhole; var duration: String }
             guard let body = try? JSONDecoder().decode(Body.self, from: Data(request.body.readableBytesView)) else {
-                return PlainHTTPResponse(status: .badRequest, text: #"body must be {"blackhole": {"cluster"|"region"|"zone": "…"}, "duration": "30s"}"# + "\n")
+                return ControlHTTPResponse(status: .badRequest, text: #"body must be {"blackhole": {"cluster"|"region"|"zone": "…"}, "duration": "30s"}"# + "\n")
             }
             guard let duration = ConfigDuration(parsing: body.duration), duration.duration > .zero, duration.duration <= .seconds(3600) else {
-                return PlainHTTPResponse(status: .badRequest, text: "duration '\(body.duration)' must be from 1ms to 1h\n")
+                return ControlHTTPResponse(status: .badRequest, text: "duration '\(body.duration)' must be from 1ms to 1h\n")
             }
             var blackhole = body.blackhole
             guard blackhole.cluster != nil || blackhole.region != nil || blackhole.zone != nil else {
-                return PlainHTTPResponse(status: .badRequest, text: "blackhole needs a cluster, region or zone\n")
+                return ControlHTTPResponse(status: .badRequest, text: "blackhole needs a cluster, region or zone\n")
             }
             blackhole.until = .now + duration.duration
             blackholes.add(blackhole)
-            return PlainHTTPResponse(status: .created, text: "blackhole \(blackhole.target) for \(duration)\n")
+            return ControlHTTPResponse(status: .created, text: "blackhole \(blackhole.target) for \(duration)\n")
         default:
-            return PlainHTTPResponse(status: .methodNotAllowed, text: "GET, POST or DELETE\n")
+            return ControlHTTPResponse(status: .methodNotAllowed, text: "GET, POST or DELETE\n")
         }
     }
 }

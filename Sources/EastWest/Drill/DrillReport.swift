@@ -1,3 +1,4 @@
+import MeshProxyCore
 import Foundation
 
 /// One second of a drill as the load generator and the gateways saw it.

@@ -1,6 +1,7 @@
 import NIOCore
 import Testing
-@testable import MeshProxyCore
+@testable import EastWest
+import MeshProxyCore
 
 @Suite("HTTP/1.x response boundaries for the load generator")
 struct HTTP1ResponseScannerTests {

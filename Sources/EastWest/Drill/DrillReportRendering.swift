@@ -1,3 +1,4 @@
+import MeshProxyCore
 import Foundation
 
 extension DrillReport {

@@ -1,5 +1,6 @@
 import Testing
-@testable import MeshProxyCore
+@testable import EastWest
+import MeshProxyCore
 
 @Suite("Drill analysis")
 struct DrillAnalysisTests {

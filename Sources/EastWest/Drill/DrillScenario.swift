@@ -1,3 +1,4 @@
+import MeshProxyCore
 /// A failover drill (`topologies/drills/*.yaml`): a topology, policies, open-loop load from one
 /// cluster, faults on a schedule, and what must hold.
 ///

@@ -1,10 +1,11 @@
+import MeshProxyCore
 import Foundation
 import NIOCore
 import NIOHTTP1
 import NIOPosix
 
 /// A request as the admin API and the demo backend see it: whole, body aggregated.
-package struct PlainHTTPRequest: Sendable {
+package struct ControlHTTPRequest: Sendable {
     package var method: HTTPMethod
     package var uri: String
     package var headers: HTTPHeaders
@@ -26,7 +27,7 @@ package struct PlainHTTPRequest: Sendable {
     }
 }
 
-package struct PlainHTTPResponse: Sendable {
+package struct ControlHTTPResponse: Sendable {
     package var status: HTTPResponseStatus
     package var headers: HTTPHeaders
     package var body: ByteBuffer
@@ -47,10 +48,10 @@ package struct PlainHTTPResponse: Sendable {
 ///
 /// Bodies are capped at `maximumBodySize`: a larger one gets 413 and the connection is closed,
 /// without buffering it. Headers are capped by NIOHTTP1's parser (80 KiB; 400 beyond).
-package enum PlainHTTPServer {
+package enum ControlHTTPServer {
     package static let maximumBodySize = 1 << 20
 
-    package typealias Responder = @Sendable (PlainHTTPRequest, any EventLoop) -> EventLoopFuture<PlainHTTPResponse>
+    package typealias Responder = @Sendable (ControlHTTPRequest, any EventLoop) -> EventLoopFuture<ControlHTTPResponse>
 
     /// Binds `address`; an address in use fails with an error naming it.
     package static func bind(host: String, port: Int, role: String, group: any EventLoopGroup,
@@ -90,25 +91,25 @@ package enum PlainHTTPServer {
                 guard !refused else { return }
                 self.head = head
                 body.clear()
-                if let length = head.headers.first(name: "Content-Length").flatMap(Int.init), length > PlainHTTPServer.maximumBodySize {
+                if let length = head.headers.first(name: "Content-Length").flatMap(Int.init), length > ControlHTTPServer.maximumBodySize {
                     refuseTooLarge(version: head.version, context: context)
                 }
             case .body(var chunk):
                 guard !refused else { return }
-                guard body.readableBytes + chunk.readableBytes <= PlainHTTPServer.maximumBodySize else {
+                guard body.readableBytes + chunk.readableBytes <= ControlHTTPServer.maximumBodySize else {
                     refuseTooLarge(version: head?.version ?? .http1_1, context: context)
                     return
                 }
                 body.writeBuffer(&chunk)
             case .end:
                 guard !refused, let head else { return }
-                let request = PlainHTTPRequest(method: head.method, uri: head.uri, headers: head.headers, body: body)
+                let request = ControlHTTPRequest(method: head.method, uri: head.uri, headers: head.headers, body: body)
                 let keepAlive = head.isKeepAlive
                 let version = head.version
                 let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
                 responder(request, context.eventLoop).hop(to: context.eventLoop).whenComplete { result in
                     let (handler, context) = bound.value
-                    let response = (try? result.get()) ?? PlainHTTPResponse(status: .internalServerError, text: "internal error\n")
+                    let response = (try? result.get()) ?? ControlHTTPResponse(status: .internalServerError, text: "internal error\n")
                     handler.write(response, version: version, keepAlive: keepAlive, context: context)
                 }
             }
@@ -117,12 +118,12 @@ package enum PlainHTTPServer {
         private func refuseTooLarge(version: HTTPVersion, context: ChannelHandlerContext) {
             refused = true
             body = ByteBuffer()
-            let response = PlainHTTPResponse(status: .payloadTooLarge,
-                                             text: "request body larger than \(PlainHTTPServer.maximumBodySize) bytes\n")
+            let response = ControlHTTPResponse(status: .payloadTooLarge,
+                                             text: "request body larger than \(ControlHTTPServer.maximumBodySize) bytes\n")
             write(response, version: version, keepAlive: false, context: context)
         }
 
-        private func write(_ response: PlainHTTPResponse, version: HTTPVersion, keepAlive: Bool, context: ChannelHandlerContext) {
+        private func write(_ response: ControlHTTPResponse, version: HTTPVersion, keepAlive: Bool, context: ChannelHandlerContext) {
             var headers = response.headers
             headers.replaceOrAdd(name: "Content-Length", value: String(response.body.readableBytes))
             if !keepAlive { headers.replaceOrAdd(name: "Connection", value: "close") }
