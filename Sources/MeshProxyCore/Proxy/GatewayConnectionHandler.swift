@@ -3,10 +3,10 @@ import Metrics
 import NIOCore
 import NIOTLS
 
-/// Sits at the tail of a terminated downstream connection until it is glued to an upstream.
-/// After the TLS handshake it decides who the client is (workload or peer gateway), asks the
-/// endpoint picker for targets, dials them in order until one answers, then hands the channel
-/// pair to `GlueHandler`s and removes itself. Bytes that arrive meanwhile are held (and reads
+/// Sits at the tail of a terminated downstream connection until it is glued to an upstream,
+/// carrying out `GatewayConnectionStateMachine`: after the TLS handshake it asks the route
+/// action and the plan for targets, dials them as the machine says, then hands the channel pair
+/// to `GlueHandler`s and removes itself. Bytes that arrive meanwhile are held (and reads
 /// paused) so nothing is lost and nothing piles up.
 package final class GatewayConnectionHandler: ChannelDuplexHandler, RemovableChannelHandler {
     package typealias InboundIn = ByteBuffer
@@ -14,26 +14,17 @@ package final class GatewayConnectionHandler: ChannelDuplexHandler, RemovableCha
     package typealias OutboundIn = ByteBuffer
     package typealias OutboundOut = ByteBuffer
 
-    private enum State {
-        case handshaking
-        case connecting
-        case glued
-        case closed
-    }
-
     private let snapshot: DataPlaneSnapshot
     private let route: Route
     private let record: ConnectionRecord
-    private var state = State.handshaking
-    private var held: [ByteBuffer] = []
-    private var inputEnded = false
-    private var pendingRead = false
-    private var targets: [PlannedTarget] = []
-    private var attempt = 0
-    private var failures: [String] = []
-    /// The DestinationRule's `connectTimeout` for this service, else the gateway's.
-    private var connectTimeout: Duration = .seconds(5)
-    private var keepalive: ConnectionPoolSettings.TCP.Keepalive?
+    private var machine = GatewayConnectionStateMachine()
+    /// Decided once the client's identity is known.
+    private var action: RouteAction?
+    /// The target dialled last: a connection that fails for good is logged against it.
+    private var lastDialled: PlannedTarget?
+    /// The upstream between its connect and the glue.
+    private var upstream: (any Channel)?
+
     /// The handshake timeout and an early end of input are `PreHandshakeGuard`'s.
     package init(snapshot: DataPlaneSnapshot, route: Route, record: ConnectionRecord) {
         self.snapshot = snapshot
@@ -44,107 +35,102 @@ package final class GatewayConnectionHandler: ChannelDuplexHandler, RemovableCha
     package func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
         switch event {
         case TLSUserEvent.handshakeCompleted:
-            startConnecting(context: context)
-        case ChannelEvent.inputClosed where state == .connecting:
-            inputEnded = true
+            run(machine.handshakeCompleted(), context: context)
+        case ChannelEvent.inputClosed:
+            if machine.inputClosed() == .forward { context.fireUserInboundEventTriggered(event) }
         default:
             context.fireUserInboundEventTriggered(event)
         }
     }
 
     package func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        switch state {
-        case .connecting, .handshaking:
-            held.append(unwrapInboundIn(data))
-        case .glued:
-            context.fireChannelRead(data)
-        case .closed:
-            break
-        }
+        if machine.channelRead(unwrapInboundIn(data)) == .forward { context.fireChannelRead(data) }
     }
 
     package func read(context: ChannelHandlerContext) {
-        if state == .connecting {
-            pendingRead = true  // backpressure: no upstream to write to yet
-        } else {
-            context.read()
-        }
+        if machine.readRequested() == .forward { context.read() }
     }
 
     package func errorCaught(context: ChannelHandlerContext, error: any Error) {
-        if state == .handshaking, record.detail == nil {
+        if action == nil, record.detail == nil {
             record.detail = TLSFailure.describe(error)
         }
         context.close(promise: nil)
     }
 
     package func channelInactive(context: ChannelHandlerContext) {
-        if state == .connecting { record.flags.append(.downstreamTermination) }
-        state = .closed
+        record.flags += machine.channelInactive()
         context.fireChannelInactive()
     }
 
-    // MARK: - Choosing and dialling the upstream
+    // MARK: - Carrying out the machine's actions
 
-    private func startConnecting(context: ChannelHandlerContext) {
-        state = .connecting
-        let origin: TrafficOrigin
-        // The identity verified at the handshake, against the same set that admits peer gateways.
-        if let id = record.sourceIdentity, snapshot.tls.isPeerGateway(id) {
-            origin = .peerGateway
-        } else {
-            origin = .client
+    private func run(_ next: GatewayConnectionStateMachine.Action, context: ChannelHandlerContext) {
+        switch next {
+        case .none, .forward:
+            break
+        case .plan:
+            run(plan(context: context), context: context)
+        case .dial(let target):
+            dial(target, context: context)
+        case .closeDownstream(let flags, let detail):
+            if case .upstreamConnectionFailure? = flags.first, let last = lastDialled { record.upstream = last.target }
+            record.flags += flags
+            record.detail = detail
+            context.close(promise: nil)
+        case .glue(let target, let replay, let inputEnded, let readPending):
+            glue(target, replay: replay, inputEnded: inputEnded, readPending: readPending, context: context)
+        case .closeUpstream:
+            break  // handled where the upstream channel is at hand (`connected`)
         }
-        let pool = snapshot.picker.connectionPool(for: route, origin: origin)
-        if let limit = pool?.maxConnections {
+    }
+
+    /// The route action for this client, a connection slot under `maxConnections`, and the
+    /// plan's targets.
+    private func plan(context: ChannelHandlerContext) -> GatewayConnectionStateMachine.Action {
+        // The identity verified at the handshake decides how far the traffic may go.
+        let origin: TrafficOrigin = record.sourceIdentity.map(snapshot.tls.isPeerGateway) == true ? .peerGateway : .client
+        let action = RouteAction(route: route, origin: origin, config: snapshot.config,
+                                 pool: snapshot.picker.connectionPool(for: route, origin: origin))
+        self.action = action
+        if let limit = action.maxConnections {
             guard snapshot.upstreams.acquire(route.service, limit: limit) else {
-                record.flags.append(.upstreamOverflow)
-                record.detail = "connectionPool.tcp.maxConnections (\(limit)) reached for \(route.service)"
                 Counter(label: "envoy_cluster_upstream_cx_overflow", dimensions: OutlierTracker.cluster(route.service)).increment()
-                state = .closed
-                context.close(promise: nil)
-                return
+                return machine.refused(flags: [.upstreamOverflow],
+                                       detail: "connectionPool.tcp.maxConnections (\(limit)) reached for \(route.service)")
             }
             let upstreams = snapshot.upstreams, service = route.service
             context.channel.closeFuture.whenComplete { _ in upstreams.release(service) }
         }
-        connectTimeout = pool?.connectTimeout?.duration ?? snapshot.config.connectTimeout
-        keepalive = pool?.tcpKeepalive
         let cursor = snapshot.cursors.next(for: route.service)
-        let upstreams = snapshot.upstreams
-        targets = Array(snapshot.picker.candidates(for: route, origin: origin, cursor: cursor, active: upstreams.open(to:))
-            .prefix(snapshot.config.effectiveMaxConnectAttempts))
-        guard !targets.isEmpty else {
-            record.flags.append(.noHealthyUpstream)
-            record.detail = origin == .peerGateway
-                ? "no local endpoint for \(route.service) (traffic from a peer gateway is never forwarded again)"
-                : "no healthy endpoint for \(route.service) in any cluster"
-            state = .closed
-            context.close(promise: nil)
-            return
-        }
-        dialNext(context: context)
+        let targets = Array(snapshot.picker.candidates(for: route, origin: origin, cursor: cursor, active: snapshot.upstreams.open(to:))
+            .prefix(action.retry.maxAttempts))
+        return machine.planned(targets, retry: action.retry, noTarget: origin == .peerGateway
+            ? "no local endpoint for \(route.service) (traffic from a peer gateway is never forwarded again)"
+            : "no healthy endpoint for \(route.service) in any cluster")
     }
 
-    private func dialNext(context: ChannelHandlerContext) {
-        let planned = targets[attempt]
+    private func dial(_ planned: PlannedTarget, context: ChannelHandlerContext) {
+        guard let action else { return }
+        lastDialled = planned
         let target = planned.target
         let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
-        UpstreamConnector.connect(to: target, tls: snapshot.tls, connectTimeout: connectTimeout,
-                                  handshakeTimeout: snapshot.config.handshakeTimeout, keepalive: keepalive,
+        UpstreamConnector.connect(to: target, tls: snapshot.tls, connectTimeout: action.connectTimeout,
+                                  handshakeTimeout: snapshot.config.handshakeTimeout, keepalive: action.keepalive,
                                   from: snapshot.sourceAddress, on: context.eventLoop)
             .whenComplete { result in
                 let (handler, context) = bound.value
                 switch result {
-                case .success(let upstream): handler.connected(to: upstream, target: planned, context: context)
+                case .success(let upstream): handler.connected(upstream, context: context)
                 case .failure(let error): handler.failed(target: target, error: error, context: context)
                 }
             }
     }
 
     private func failed(target: UpstreamTarget, error: any Error, context: ChannelHandlerContext) {
-        guard state == .connecting else { return }
-        failures.append(UpstreamConnector.describe(error))
+        guard machine.isConnecting else { return }
+        // A failed connect is an outlier signal and, for a peer gateway, a hint to the failure
+        // detector, whatever the machine decides next.
         switch target {
         case .peerGateway(_, let gateway, _):
             snapshot.peerGatewayUnreachable(gateway.name)
@@ -152,25 +138,22 @@ package final class GatewayConnectionHandler: ChannelDuplexHandler, RemovableCha
         case .local(let endpoint): snapshot.outliers?.failed(route.service, endpoint.address)
         }
         snapshot.logger.debug("upstream attempt failed", metadata: ["target": "\(target)", "error": "\(error)"])
-        attempt += 1
-        if attempt < targets.count {
-            dialNext(context: context)
-            return
-        }
-        record.upstream = target
-        record.flags.append(.upstreamConnectionFailure)
-        if targets.count > 1 { record.flags.append(.upstreamRetryLimitExceeded) }
-        record.detail = "all \(targets.count) upstream attempt(s) failed: " + zip(targets, failures).map { "\($0.target) (\($1))" }.joined(separator: "; ")
-        state = .closed
-        context.close(promise: nil)
+        run(machine.upstreamFailed(.connectFailure, reason: UpstreamConnector.describe(error)), context: context)
     }
 
-    private func connected(to upstream: any Channel, target planned: PlannedTarget, context: ChannelHandlerContext) {
-        guard state == .connecting else {
+    private func connected(_ upstream: any Channel, context: ChannelHandlerContext) {
+        let next = machine.upstreamConnected()
+        if next == .closeUpstream {
             upstream.close(promise: nil)  // the client left while we were dialling
             return
         }
-        state = .glued
+        self.upstream = upstream
+        run(next, context: context)
+    }
+
+    private func glue(_ planned: PlannedTarget, replay: [ByteBuffer], inputEnded: Bool, readPending: Bool, context: ChannelHandlerContext) {
+        guard let upstream else { return }
+        self.upstream = nil
         if case .peerGateway(_, let gateway, _) = planned.target { snapshot.outliers?.peerSucceeded(gateway.name) }
         let upstreams = snapshot.upstreams, address = planned.target.address
         upstreams.opened(address)
@@ -207,17 +190,12 @@ package final class GatewayConnectionHandler: ChannelDuplexHandler, RemovableCha
             }
         }
         // Replay what arrived while dialling through the glue, so it is counted and ordered.
-        let buffered = held
-        held = []
-        for buffer in buffered { context.fireChannelRead(wrapInboundOut(buffer)) }
-        if !buffered.isEmpty { context.fireChannelReadComplete() }
+        for buffer in replay { context.fireChannelRead(wrapInboundOut(buffer)) }
+        if !replay.isEmpty { context.fireChannelReadComplete() }
         if inputEnded { context.fireUserInboundEventTriggered(ChannelEvent.inputClosed) }
         // Replay the held read before leaving: once removed, this context no longer reaches
         // the pipeline, and a read lost here stalls the client's upload for good.
-        if pendingRead {
-            pendingRead = false
-            context.read()
-        }
+        if readPending { context.read() }
         context.pipeline.syncOperations.removeHandler(context: context, promise: nil)
     }
 }

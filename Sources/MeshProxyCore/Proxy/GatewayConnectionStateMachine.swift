@@ -1,0 +1,123 @@
+import NIOCore
+
+/// The decisions of one terminated downstream connection, from its TLS handshake until it is
+/// glued to an upstream, as actions `GatewayConnectionHandler` carries out: what to dial, when
+/// to try the next target (`RetryState`), what to hold while dialling, when to give up and with
+/// which Envoy flags. The shape of async-http-client's `HTTP1ConnectionStateMachine`: every
+/// event returns an action; no I/O, no clock, no shared state here.
+package struct GatewayConnectionStateMachine {
+    private enum State {
+        case handshaking
+        /// Dialling `targets[retry.attempt]`.
+        case connecting(targets: [PlannedTarget], retry: RetryState)
+        case glued
+        case closed
+    }
+
+    package enum Action: Equatable {
+        case none
+        /// Pass the event on down the pipeline.
+        case forward
+        /// Ask the route and the plan for targets, then call `planned`.
+        case plan
+        case dial(PlannedTarget)
+        /// Close the client; the flags and detail go to the access log.
+        case closeDownstream(flags: [ResponseFlag], detail: String)
+        /// Join the client to the connected upstream, then replay what was held.
+        case glue(PlannedTarget, replay: [ByteBuffer], inputEnded: Bool, readPending: Bool)
+        /// The upstream connected after the client left: close it.
+        case closeUpstream
+    }
+
+    private var state = State.handshaking
+    /// Bytes the client sent before there was an upstream to write them to.
+    private var held: [ByteBuffer] = []
+    private var inputEnded = false
+    /// A read asked for while dialling: backpressure until the upstream is there.
+    private var readPending = false
+
+    package init() {}
+
+    package var isConnecting: Bool { if case .connecting = state { true } else { false } }
+
+    package mutating func handshakeCompleted() -> Action {
+        guard case .handshaking = state else { return .none }
+        return .plan
+    }
+
+    /// The plan's targets for this connection (already cut to what may be tried).
+    package mutating func planned(_ targets: [PlannedTarget], retry policy: RetryPolicy, noTarget detail: String) -> Action {
+        guard case .handshaking = state else { return .none }
+        guard let first = targets.first else {
+            state = .closed
+            return .closeDownstream(flags: [.noHealthyUpstream], detail: detail)
+        }
+        state = .connecting(targets: targets, retry: RetryState(policy: policy, targets: targets.count))
+        return .dial(first)
+    }
+
+    /// The connection may not go on (a limit); nothing was dialled.
+    package mutating func refused(flags: [ResponseFlag], detail: String) -> Action {
+        state = .closed
+        return .closeDownstream(flags: flags, detail: detail)
+    }
+
+    package mutating func upstreamFailed(_ condition: RetryCondition, reason: String) -> Action {
+        guard case .connecting(let targets, var retry) = state else { return .none }
+        let failed = targets[retry.attempt]
+        switch retry.attemptFailed(condition, reason: "\(failed.target) (\(reason))") {
+        case .retry(let next):
+            state = .connecting(targets: targets, retry: retry)
+            return .dial(targets[next])
+        case .giveUp(let exhausted):
+            state = .closed
+            var flags: [ResponseFlag] = [.upstreamConnectionFailure]
+            if exhausted, retry.plannedAttempts > 1 { flags.append(.upstreamRetryLimitExceeded) }
+            let detail = "all \(retry.attempt) upstream attempt(s) failed: " + retry.failures.joined(separator: "; ")
+            return .closeDownstream(flags: flags, detail: detail)
+        }
+    }
+
+    /// The target being dialled answered.
+    package mutating func upstreamConnected() -> Action {
+        guard case .connecting(let targets, let retry) = state else { return .closeUpstream }
+        state = .glued
+        let replay = held
+        held = []
+        defer { readPending = false }
+        return .glue(targets[retry.attempt], replay: replay, inputEnded: inputEnded, readPending: readPending)
+    }
+
+    package mutating func channelRead(_ bytes: ByteBuffer) -> Action {
+        switch state {
+        case .handshaking, .connecting:
+            held.append(bytes)
+            return .none
+        case .glued: return .forward
+        case .closed: return .none
+        }
+    }
+
+    package mutating func readRequested() -> Action {
+        if case .connecting = state {
+            readPending = true
+            return .none
+        }
+        return .forward
+    }
+
+    package mutating func inputClosed() -> Action {
+        if case .connecting = state {
+            inputEnded = true
+            return .none
+        }
+        return .forward
+    }
+
+    /// The client's connection is gone; the flags it adds to the access log.
+    package mutating func channelInactive() -> [ResponseFlag] {
+        defer { state = .closed }
+        if case .connecting = state { return [.downstreamTermination] }
+        return []
+    }
+}

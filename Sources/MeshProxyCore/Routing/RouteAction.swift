@@ -1,0 +1,27 @@
+/// What route matching decided for one connection (and, with the HTTP router, one request):
+/// where it goes and under which limits. Pure; the TCP proxy and the HTTP router both carry it
+/// out through the same cluster code.
+package struct RouteAction: Sendable, Equatable {
+    package var route: Route
+    /// Who sent it: a peer gateway's traffic goes to local endpoints only.
+    package var origin: TrafficOrigin
+    package var retry: RetryPolicy
+    /// The DestinationRule's `connectTimeout` for the service, else the gateway's.
+    package var connectTimeout: Duration
+    package var keepalive: ConnectionPoolSettings.TCP.Keepalive?
+    /// `connectionPool.tcp.maxConnections`, when set.
+    package var maxConnections: Int?
+
+    package init(route: Route, origin: TrafficOrigin, retry: RetryPolicy, connectTimeout: Duration,
+                 keepalive: ConnectionPoolSettings.TCP.Keepalive? = nil, maxConnections: Int? = nil) {
+        self.route = route; self.origin = origin; self.retry = retry; self.connectTimeout = connectTimeout
+        self.keepalive = keepalive; self.maxConnections = maxConnections
+    }
+
+    /// The action for `route` under the gateway's config and the plan's connection pool.
+    package init(route: Route, origin: TrafficOrigin, config: GatewayConfig, pool: ConnectionPoolSettings.TCP?) {
+        self.init(route: route, origin: origin, retry: .connectAttempts(config.effectiveMaxConnectAttempts),
+                  connectTimeout: pool?.connectTimeout?.duration ?? config.connectTimeout,
+                  keepalive: pool?.tcpKeepalive, maxConnections: pool?.maxConnections)
+    }
+}
