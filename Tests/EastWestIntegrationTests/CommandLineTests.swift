@@ -37,6 +37,14 @@ struct CommandLineTests {
         #expect(inspect.stdout.contains("issuer:     CN=EastWest Intermediate CA east,O=mesh.example"))
         #expect(inspect.stdout.contains("status:     valid"))
 
+        // A gateway's identity names its cluster, in the root's trust domain.
+        let gateway = try await eastwest("ca", "gateway", "--dir", ca, "--cluster", "east", "--dns", "cart.shop.svc.cluster.local", "--out", "\(dir.path)/gw")
+        #expect(gateway.status == 0, "\(gateway.stderr)")
+        let gatewayInspect = try await eastwest("ca", "inspect", "\(dir.path)/gw/cert-chain.pem")
+        #expect(gatewayInspect.stdout.contains("SPIFFE ID:  spiffe://mesh.example/ns/istio-system/sa/eastwest-gateway-east"), "\(gatewayInspect.stdout)")
+        let badCluster = try await eastwest("ca", "gateway", "--dir", ca, "--cluster", "east/1", "--out", "\(dir.path)/gw2")
+        #expect(badCluster.status != 0 && badCluster.stderr.contains("part of the gateway's SPIFFE ID"), "\(badCluster.stderr)")
+
         let again = try await eastwest("ca", "init", "--dir", ca)
         #expect(again.status != 0)
         #expect(again.stderr.contains("\(ca)/root-key.pem: already exists; pass --force to replace it"))

@@ -223,25 +223,23 @@ extension AdminAPI {
         switch request.method {
         case .GET:
             let now = ContinuousClock.now
-            return json(blackholes.current.map { Listed(cluster: $0.cluster, region: $0.region, zone: $0.zone, secondsLeft: ($0.until - now).seconds) })
+            return json(blackholes.current.map { Listed(cluster: $0.target.cluster, region: $0.target.region, zone: $0.target.zone, secondsLeft: ($0.until - now).seconds) })
         case .DELETE:
             blackholes.clear()
             return ControlHTTPResponse(text: "every fault cleared\n")
         case .POST:
-            struct Body: Decodable { var blackhole: Blackhole; var duration: String }
-            guard let body = try? JSONDecoder().decode(Body.self, from: Data(request.body.readableBytesView)) else {
+            guard let body = try? JSONDecoder().decode(FaultRequest.self, from: Data(request.body.readableBytesView)) else {
                 return ControlHTTPResponse(status: .badRequest, text: #"body must be {"blackhole": {"cluster"|"region"|"zone": "…"}, "duration": "30s"}"# + "\n")
             }
             guard let duration = ConfigDuration(parsing: body.duration), duration.duration > .zero, duration.duration <= .seconds(3600) else {
                 return ControlHTTPResponse(status: .badRequest, text: "duration '\(body.duration)' must be from 1ms to 1h\n")
             }
-            var blackhole = body.blackhole
-            guard blackhole.cluster != nil || blackhole.region != nil || blackhole.zone != nil else {
+            guard !body.blackhole.isEmpty else {
                 return ControlHTTPResponse(status: .badRequest, text: "blackhole needs a cluster, region or zone\n")
             }
-            blackhole.until = .now + duration.duration
+            let blackhole = Blackhole(body.blackhole, until: .now + duration.duration)
             blackholes.add(blackhole)
-            return ControlHTTPResponse(status: .created, text: "blackhole \(blackhole.target) for \(duration)\n")
+            return ControlHTTPResponse(status: .created, text: "blackhole \(blackhole.target.description) for \(duration)\n")
         default:
             return ControlHTTPResponse(status: .methodNotAllowed, text: "GET, POST or DELETE\n")
         }

@@ -7,7 +7,7 @@ struct CACommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "ca",
         abstract: "Mesh certificate authority with Istio's plugged-in CA file names.",
-        subcommands: [Init.self, Cluster.self, Workload.self, Inspect.self])
+        subcommands: [Init.self, Cluster.self, Workload.self, Gateway.self, Inspect.self])
 
     struct Validity: ParsableArguments {
         @Option(help: "How long the certificate is valid, e.g. 365d, 8760h, 30m. Default depends on the kind.")
@@ -67,6 +67,27 @@ struct CACommand: AsyncParsableCommand {
             let id: SpiffeID
             do { id = try SpiffeID(parsing: spiffe) } catch { throw ValidationError("--spiffe: \(error)") }
             let leaf = try reportingFileErrors { try CertificateDirectory(path: dir).createWorkload(
+                cluster: cluster, spiffeID: id, dnsNames: dns, outputPath: out,
+                validity: validity.duration(default: CertificateAuthority.defaultWorkloadValidity), force: force) }
+            print("issued \(id) in \(out)/ (cert-chain.pem, key.pem, root-cert.pem), valid until \(leaf.certificate.notValidAfter.formatted(.iso8601))")
+        }
+    }
+
+    struct Gateway: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Issue a gateway certificate bound to its cluster (spiffe://TD/ns/istio-system/sa/eastwest-gateway-CLUSTER): O/cert-chain.pem, O/key.pem, O/root-cert.pem.")
+        @Option(help: "CA directory.") var dir: String
+        @Option(help: "Cluster whose intermediate signs; the identity names it.") var cluster: String
+        @Option(help: "DNS SAN (repeatable): the service hosts clients verify the gateway by.") var dns: [String] = []
+        @Option(help: "Output directory.") var out: String
+        @OptionGroup var validity: Validity
+        @Flag(help: "Replace an existing key.") var force = false
+
+        func run() async throws {
+            if let problem = GatewayIdentity.problem(withClusterName: cluster) { throw ValidationError("--cluster: \(problem)") }
+            let directory = CertificateDirectory(path: dir)
+            let trustDomain = try reportingFileErrors { try directory.rootTrustDomain() } ?? "cluster.local"
+            let id = try GatewayIdentity.spiffeID(cluster: cluster, trustDomain: trustDomain)
+            let leaf = try reportingFileErrors { try directory.createWorkload(
                 cluster: cluster, spiffeID: id, dnsNames: dns, outputPath: out,
                 validity: validity.duration(default: CertificateAuthority.defaultWorkloadValidity), force: force) }
             print("issued \(id) in \(out)/ (cert-chain.pem, key.pem, root-cert.pem), valid until \(leaf.certificate.notValidAfter.formatted(.iso8601))")

@@ -92,13 +92,11 @@ struct DemoIdentity: Sendable, Encodable {
 /// leaves no orphan listening on the topology's addresses.
 enum ParentWatch {
     static func exitWhenGone(_ parent: Int32) {
-        let timer = DispatchSource.makeTimerSource(queue: .global())
-        timer.schedule(deadline: .now() + 1, repeating: 1)
-        timer.setEventHandler {
-            if getppid() != parent { exit(0) }
+        Task.detached {
+            while true {
+                try? await Task.sleep(for: .seconds(1))
+                if getppid() != parent { exit(0) }
+            }
         }
-        timer.resume()
-        parentTimer = timer
     }
-    nonisolated(unsafe) private static var parentTimer: (any DispatchSourceTimer)?
 }

@@ -52,13 +52,14 @@ struct EndpointsCommand: AsyncParsableCommand {
     }
 }
 
-/// Reads from a running gateway's admin API; failures are one line on stderr and exit 1.
-enum AdminClient {
+extension AdminClient {
+    /// Reads from a running gateway's admin API for a command: failures are one line on
+    /// stderr and exit 1.
     static func get(admin: String, path: String) async throws -> String {
-    guard let address = HostPort(parsing: admin) else { throw ValidationError("--admin '\(admin)' is not host:port") }
-        let reply: (status: Int, body: String)
+        guard let address = HostPort(parsing: admin) else { throw ValidationError("--admin '\(admin)' is not host:port") }
+        let reply: Response
         do {
-            reply = try await Probe.httpGet(address, path: path)
+            reply = try await AdminClient.send(.GET, address, path: path)
         } catch {
             printError("error: cannot reach the admin API at \(admin): \(error)")
             throw ExitCode(1)

@@ -254,8 +254,8 @@ struct DrillRun {
                 for second in 0..<seconds {
                     try? await Task.sleep(until: start + .seconds(second + 1), clock: .continuous)
                     if interrupted() { engine.stop(); return }
-                    let planned = try? await Probe.httpGet(admin, path: "/v1/plan?host=\(host)")
-                    let members = try? await Probe.httpGet(admin, path: "/v1/members")
+                    let planned = try? await AdminClient.send(.GET, admin, path: "/v1/plan?host=\(host)")
+                    let members = try? await AdminClient.send(.GET, admin, path: "/v1/members")
                     struct Plan: Decodable { var shares: [String: Double] }
                     let shares = planned.flatMap { try? JSONDecoder().decode(Plan.self, from: Data($0.body.utf8)).shares }
                     let states = members.flatMap { try? JSONDecoder().decode(AdminAPI.MembersBody.self, from: Data($0.body.utf8)) }
@@ -290,7 +290,7 @@ struct DrillRun {
 
     /// The gateway's own count of proxied connections for `host` (every source and cluster).
     static func openedConnections(admin: HostPort, host: String) async -> Int? {
-        guard let reply = try? await Probe.httpGet(admin, path: "/stats/prometheus"), reply.status == 200 else { return nil }
+        guard let reply = try? await AdminClient.send(.GET, admin, path: "/stats/prometheus"), reply.status == 200 else { return nil }
         var total = 0.0
         for line in reply.body.split(separator: "\n") where line.hasPrefix("istio_tcp_connections_opened_total{")
             && line.contains("destination_service=\"\(host)\"") {

@@ -110,11 +110,11 @@ final class FaultInjector: Sendable {
                 }
             }
             let duration = step.duration?.duration ?? remaining + .seconds(5)
-            let selector = [t.cluster.map { "\"cluster\": \"\($0)\"" }, t.region.map { "\"region\": \"\($0)\"" },
-                            t.zone.map { "\"zone\": \"\($0)\"" }].compactMap { $0 }.joined(separator: ", ")
-            let body = "{\"blackhole\": {\(selector)}, \"duration\": \"\(Int(duration.seconds.rounded(.up)))s\"}"
+            let request = FaultRequest(blackhole: BlackholeTarget(cluster: t.cluster, region: t.region, zone: t.zone),
+                                       duration: ConfigDuration(.seconds(Int(duration.seconds.rounded(.up)))))
+            let body = String(decoding: try JSONEncoder().encode(request), as: UTF8.self)
             for admin in admins {
-                let reply = try await Probe.http("POST", admin, path: "/v1/faults", body: body)
+                let reply = try await AdminClient.send(.POST, admin, path: "/v1/faults", body: body)
                 guard reply.status == 201 else { throw DrillError("blackhole at \(admin): \(reply.status) \(reply.body)") }
             }
             blackholed.withLock { $0 = hit }
@@ -129,7 +129,7 @@ final class FaultInjector: Sendable {
     private var admins: [HostPort] { topology.clusters.flatMap { $0.gateways.compactMap(\.admin) } }
 
     private func clearBlackholes() async {
-        for admin in admins { _ = try? await Probe.http("DELETE", admin, path: "/v1/faults") }
+        for admin in admins { _ = try? await AdminClient.send(.DELETE, admin, path: "/v1/faults") }
         blackholed.withLock { $0 = nil }
     }
 

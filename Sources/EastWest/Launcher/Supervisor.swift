@@ -3,6 +3,7 @@ import MeshProxyCore
 import NIOCore
 import NIOPosix
 import Synchronization
+import UnixSignals
 
 /// Starts and stops the processes of a launch plan. Each child logs to its own file; a child
 /// that dies before it is ready stops the whole start-up with its last log lines, and stopping
@@ -38,7 +39,7 @@ final class Supervisor: Sendable {
                     let tail = (try? String(contentsOfFile: logPath, encoding: .utf8))?.split(separator: "\n").suffix(5).joined(separator: "\n") ?? ""
                     throw StartError("\(dead.name) exited with status \(dead.process.terminationStatus) before the topology was ready:\n\(tail)\n(full log: \(logPath))")
                 }
-                if await Probe.isReady(child.readiness) { break }
+                if await ReadinessCheck.isReady(child.readiness) { break }
                 if ContinuousClock.now > deadline { throw StartError("\(child.name) was not ready within \(readyTimeout)") }
                 if state.withLock({ $0.stopRequested }) { throw StartError("interrupted") }
                 try await Task.sleep(for: .milliseconds(50))
@@ -125,23 +126,18 @@ final class Supervisor: Sendable {
     }
 }
 
-/// Ctrl-C and SIGTERM become one call, instead of killing `up` before it stops its children.
+/// Ctrl-C and SIGTERM become one call, instead of killing `up` before it stops its children
+/// (ServiceLifecycle's signal sequence: the signals are ignored by default and delivered here).
 enum SignalTrap {
-    nonisolated(unsafe) private static var sources: [any DispatchSourceSignal] = []
-
     static func install(_ handler: @escaping @Sendable () -> Void) {
-        for signalNumber in [SIGINT, SIGTERM] {
-            signal(signalNumber, SIG_IGN)
-            let source = DispatchSource.makeSignalSource(signal: signalNumber, queue: .global())
-            source.setEventHandler(handler: handler)
-            source.resume()
-            sources.append(source)
+        Task {
+            for await _ in await UnixSignalsSequence(trapping: .sigint, .sigterm) { handler() }
         }
     }
 }
 
 /// Readiness checks over real sockets.
-enum Probe {
+enum ReadinessCheck {
     static func isReady(_ readiness: LaunchPlan.Readiness) async -> Bool {
         switch readiness {
         case .tcpAccepts(let address):
@@ -150,54 +146,12 @@ enum Probe {
             try? await channel.close()
             return true
         case .httpOK(let address, let path):
-            return (try? await httpGet(address, path: path))?.status == 200
+            return (try? await AdminClient.send(.GET, address, path: path))?.status == 200
         case .federated(let address, let peers):
-            guard let reply = try? await httpGet(address, path: "/v1/members"), reply.status == 200 else { return false }
+            guard let reply = try? await AdminClient.send(.GET, address, path: "/v1/members"), reply.status == 200 else { return false }
             guard let body = try? JSONDecoder().decode(AdminAPI.MembersBody.self, from: Data(reply.body.utf8)) else { return false }
             let alive = Set(body.members.filter { $0.state == "alive" }.map(\.name))
             return Set(peers).isSubset(of: alive)
         }
-    }
-
-    /// A one-shot HTTP/1.0 GET: status code and body. Enough for admin APIs.
-    static func httpGet(_ address: HostPort, path: String) async throws -> (status: Int, body: String) {
-        try await http("GET", address, path: path)
-    }
-
-    /// One HTTP/1.0 request to an admin API; the answer's status and body.
-    static func http(_ method: String, _ address: HostPort, path: String, body: String = "") async throws -> (status: Int, body: String) {
-        let collected = MultiThreadedEventLoopGroup.singleton.next().makePromise(of: ByteBuffer.self)
-        let channel: any Channel
-        do {
-            channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
-                .connectTimeout(.milliseconds(500))
-                .channelInitializer { channel in
-                    channel.eventLoop.makeCompletedFuture { try channel.pipeline.syncOperations.addHandler(Collector(promise: collected)) }
-                }
-                .connect(host: address.host, port: address.port).get()
-        } catch {
-            collected.fail(error)  // a promise must be completed, even when nothing connected
-            throw error
-        }
-        try await channel.writeAndFlush(ByteBuffer(string: "\(method) \(path) HTTP/1.0\r\nHost: \(address)\r\nContent-Length: \(body.utf8.count)\r\n\r\n\(body)"))
-        let buffer = try await collected.futureResult.get()
-        let text = String(buffer: buffer)
-        let statusLine = text.split(separator: "\r\n", maxSplits: 1).first ?? ""
-        let status = statusLine.split(separator: " ").dropFirst().first.flatMap { Int($0) } ?? 0
-        let body = text.components(separatedBy: "\r\n\r\n").dropFirst().joined(separator: "\r\n\r\n")
-        return (status, body)
-    }
-
-    private final class Collector: ChannelInboundHandler {
-        typealias InboundIn = ByteBuffer
-        private var buffer = ByteBuffer()
-        private let promise: EventLoopPromise<ByteBuffer>
-        init(promise: EventLoopPromise<ByteBuffer>) { self.promise = promise }
-        func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-            var chunk = unwrapInboundIn(data)
-            buffer.writeBuffer(&chunk)
-        }
-        func channelInactive(context: ChannelHandlerContext) { promise.succeed(buffer) }
-        func errorCaught(context: ChannelHandlerContext, error: any Error) { promise.fail(error); context.close(promise: nil) }
     }
 }

@@ -172,7 +172,6 @@ package final class FederationTransport: Sendable {
 
     private func dial(_ address: HostPort) -> EventLoopFuture<any Channel> {
         let context = clientContext
-        let verification = peerVerification(peer: "\(address)")
         // Dial from our own gateway address, as a multi-homed gateway must: peers and
         // firewalls see the gateway, not whichever address the kernel picks.
         var bootstrap = ClientBootstrap(group: group).connectTimeout(.seconds(1))
@@ -182,7 +181,7 @@ package final class FederationTransport: Sendable {
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     let handler = try NIOSSLClientHandler(context: context, serverHostname: Self.serverName,
-                                                          customVerificationCallback: verification)
+                                                          customVerificationCallback: self.peerVerification(peer: "\(address)"))
                     try channel.pipeline.syncOperations.addHandler(handler)
                     try channel.pipeline.syncOperations.addHandler(ProtocolGuard(transport: self, peer: "\(address)"))
                     try channel.pipeline.syncOperations.addHandler(LengthFieldPrepender(lengthFieldBitLength: .fourBytes))

@@ -16,7 +16,7 @@ package enum FederationEvent: Sendable {
 }
 
 /// The shell around `FederationNode`: one loop owns the node (no locks, no re-entrancy), fed by
-/// the transport's inbound messages and a 20 ms ticker; it carries out the node's directives and
+/// the transport's inbound messages and a timer set to the node's next deadline; it carries out the node's directives and
 /// publishes a read-only view for the admin API and the data plane.
 package final class GossipService: Sendable {
     package struct MemberView: Sendable, Equatable {
@@ -118,18 +118,26 @@ package final class GossipService: Sendable {
         carryOut(node.publish(records, now: start, random: &random), node: node)
         carryOut(node.join(seeds: seeds, now: start), node: node)
         let continuation = self.continuation
-        let ticker = Task {
-            while !Task.isCancelled {
-                try? await Task.sleep(for: .milliseconds(20))
-                continuation.yield(.tick)
-            }
+        // One timer, set to the node's next deadline: the loop sleeps until the protocol has
+        // something to do instead of waking every few milliseconds to ask. An event that
+        // brings the deadline forward (a probe or a suspicion started) re-arms it.
+        var timer: (deadline: ContinuousClock.Instant, task: Task<Void, Never>)?
+        func arm(_ deadline: ContinuousClock.Instant) {
+            if let timer, timer.deadline <= deadline { return }
+            timer?.task.cancel()
+            timer = (deadline, Task {
+                try? await Task.sleep(until: deadline, clock: .continuous)
+                if !Task.isCancelled { continuation.yield(.tick) }
+            })
         }
-        defer { ticker.cancel() }
+        arm(node.nextDeadline)
+        defer { timer?.task.cancel() }
         await withTaskCancellationHandler {
             for await event in events {
                 let now = ContinuousClock.now
                 switch event {
                 case .tick:
+                    if let fired = timer, fired.deadline <= now { timer = nil }
                     if now >= node.nextDeadline { carryOut(node.tick(now: now, random: &random), node: node) }
                 case .message(let message, let senderCluster):
                     carryOut(node.received(message, senderCluster: senderCluster, now: now, random: &random), node: node)
@@ -140,6 +148,7 @@ package final class GossipService: Sendable {
                 case .deregister(let key):
                     carryOut(node.deregister(key, now: now, random: &random), node: node)
                 }
+                arm(node.nextDeadline)
                 if Task.isCancelled { break }
             }
         } onCancel: {

@@ -20,7 +20,7 @@ package final class Blackholes: Sendable {
 
     package func add(_ blackhole: Blackhole) {
         active.withLock { $0.append(blackhole) }
-        logger.warning("fault injected: blackhole", metadata: ["target": "\(blackhole.target)", "for": "\(blackhole.until - .now)"])
+        logger.warning("fault injected: blackhole", metadata: ["target": "\(blackhole.target.description)", "for": "\(blackhole.until - .now)"])
         publish()
     }
 

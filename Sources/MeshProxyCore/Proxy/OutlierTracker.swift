@@ -12,14 +12,8 @@ package final class OutlierTracker: Sendable {
     private let enabled: Mutex<Set<ServiceKey>>
     private let store: DataPlaneStore
     private let logger: Logger
-    /// Peer gateways this gateway cannot connect to, until when, and how often in a row. SWIM
-    /// may still call them alive (another gateway reaches them for us), but new connections
-    /// from here would only time out: after `peerFailuresToMark` connect failures in a row
-    /// (one lost SYN is not an outage) the plan treats their cluster as unreachable from here
-    /// until the time runs out, then tries again (5 s, doubling to 60 s).
-    private let unreachablePeers = Mutex<[String: (until: ContinuousClock.Instant, strikes: Int)]>([:])
-    private let peerFailures = Mutex<[String: Int]>([:])
-    static let peerFailuresToMark = 3
+    /// Peer gateways this gateway cannot connect to right now (`PeerReachability`).
+    private let peers = Mutex(PeerReachability())
 
     package init(store: DataPlaneStore, logger: Logger) {
         self.store = store
@@ -67,35 +61,19 @@ package final class OutlierTracker: Sendable {
 
     /// A connect to a peer gateway failed (refused or timed out) on the data path.
     package func peerFailed(_ gateway: String) {
-        let failures = peerFailures.withLock { failures -> Int in
-            failures[gateway, default: 0] += 1
-            return failures[gateway]!
-        }
-        guard failures >= Self.peerFailuresToMark else { return }
-        let now = ContinuousClock.now
-        let marked = unreachablePeers.withLock { peers -> Duration? in
-            // Connections that were already in flight when it was marked add nothing.
-            if let current = peers[gateway], current.until > now { return nil }
-            let strikes = (peers[gateway]?.strikes ?? 0) + 1
-            let wait = min(Duration.seconds(60), .seconds(5) * (1 << min(strikes - 1, 4)))
-            peers[gateway] = (now + wait, strikes)
-            return wait
-        }
-        guard let marked else { return }
+        guard let marked = peers.withLock({ $0.failed(gateway, now: .now) }) else { return }
         logger.warning("peer gateway unreachable from here", metadata: ["gateway": "\(gateway)", "retry in": "\(marked)"])
         publishPeers()
     }
 
     /// A connection to a peer gateway got through: it is reachable again.
     package func peerSucceeded(_ gateway: String) {
-        peerFailures.withLock { _ = $0.removeValue(forKey: gateway) }
-        let changed = unreachablePeers.withLock { $0.removeValue(forKey: gateway) != nil }
-        if changed { publishPeers() }
+        if peers.withLock({ $0.succeeded(gateway) }) { publishPeers() }
     }
 
     private func publishPeers() {
         let now = ContinuousClock.now
-        let unreachable = unreachablePeers.withLock { Set($0.filter { $0.value.until > now }.keys) }
+        let unreachable = peers.withLock { $0.unreachable(at: now) }
         store.update { current in
             guard current.picker.unreachableGateways != unreachable else { return current }
             return current.with(unreachableGateways: unreachable)

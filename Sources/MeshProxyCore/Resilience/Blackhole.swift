@@ -1,40 +1,51 @@
-/// A drill's fault on a running deployment (`POST /v1/faults`): this gateway treats the
-/// endpoints of a cluster, region or zone as unreachable until `until`, then by itself returns
-/// to normal, so a drill tool that crashes leaves nothing behind.
-package struct Blackhole: Sendable, Equatable, Codable {
+/// What a drill's blackhole covers: the endpoints of a cluster, a region or a zone (any
+/// combination narrows it). The wire form of `POST /v1/faults`.
+package struct BlackholeTarget: Sendable, Equatable, Codable {
     package var cluster: String?
     package var region: String?
     package var zone: String?
-    package var until: ContinuousClock.Instant
 
-    package init(cluster: String? = nil, region: String? = nil, zone: String? = nil, until: ContinuousClock.Instant) {
-        self.cluster = cluster; self.region = region; self.zone = zone; self.until = until
+    package init(cluster: String? = nil, region: String? = nil, zone: String? = nil) {
+        self.cluster = cluster; self.region = region; self.zone = zone
     }
 
-    /// Whether an endpoint of `cluster` at `locality` is inside the blackhole.
+    package var isEmpty: Bool { cluster == nil && region == nil && zone == nil }
+
+    /// Whether an endpoint of `cluster` at `locality` is inside it.
     package func covers(cluster: String, locality: Locality?) -> Bool {
         if let name = self.cluster, name != cluster { return false }
         if let region, locality?.region != region { return false }
         if let zone, locality?.zone != zone { return false }
-        return self.cluster != nil || region != nil || zone != nil
+        return !isEmpty
     }
 
-    package var target: String {
+    package var description: String {
         [cluster.map { "cluster \($0)" }, region.map { "region \($0)" }, zone.map { "zone \($0)" }].compactMap { $0 }.joined(separator: ", ")
     }
+}
 
-    enum CodingKeys: String, CodingKey { case cluster, region, zone }
-    package init(from decoder: any Decoder) throws {
-        let c = try decoder.container(keyedBy: CodingKeys.self)
-        cluster = try c.decodeIfPresent(String.self, forKey: .cluster)
-        region = try c.decodeIfPresent(String.self, forKey: .region)
-        zone = try c.decodeIfPresent(String.self, forKey: .zone)
-        until = .now
+/// A drill's fault on a running deployment: this gateway treats the endpoints of `target` as
+/// unreachable until `until`, then by itself returns to normal, so a drill tool that crashes
+/// leaves nothing behind.
+package struct Blackhole: Sendable, Equatable {
+    package var target: BlackholeTarget
+    package var until: ContinuousClock.Instant
+
+    package init(_ target: BlackholeTarget, until: ContinuousClock.Instant) {
+        self.target = target
+        self.until = until
     }
-    package func encode(to encoder: any Encoder) throws {
-        var c = encoder.container(keyedBy: CodingKeys.self)
-        try c.encodeIfPresent(cluster, forKey: .cluster)
-        try c.encodeIfPresent(region, forKey: .region)
-        try c.encodeIfPresent(zone, forKey: .zone)
+
+    package func covers(cluster: String, locality: Locality?) -> Bool { target.covers(cluster: cluster, locality: locality) }
+}
+
+/// The body of `POST /v1/faults`: `{"blackhole": {"region": "us-east1"}, "duration": "30s"}`.
+package struct FaultRequest: Sendable, Equatable, Codable {
+    package var blackhole: BlackholeTarget
+    package var duration: String
+
+    package init(blackhole: BlackholeTarget, duration: ConfigDuration) {
+        self.blackhole = blackhole
+        self.duration = duration.description
     }
 }

@@ -1,0 +1,84 @@
+import Foundation
+import MeshProxyCore
+import NIOCore
+import NIOHTTP1
+import NIOPosix
+
+/// One request to an admin API (readiness checks, `eastwest members`, drills): NIOHTTP1's
+/// client codec and response aggregator over a fresh connection, closed after the answer.
+enum AdminClient {
+    struct Response: Sendable {
+        var status: Int
+        var body: String
+    }
+
+    /// Largest answer read (a big mesh's `/v1/endpoints` or `/stats/prometheus`).
+    static let maximumResponseSize = 64 << 20
+
+    static func send(_ method: HTTPMethod, _ address: HostPort, path: String, body: String = "",
+                     timeout: Duration = .seconds(10)) async throws -> Response {
+        let group = MultiThreadedEventLoopGroup.singleton
+        let answer = group.next().makePromise(of: Response.self)
+        let channel: any Channel
+        do {
+            channel = try await ClientBootstrap(group: group)
+                .connectTimeout(.milliseconds(500))
+                .channelInitializer { channel in
+                    channel.eventLoop.makeCompletedFuture {
+                        let operations = channel.pipeline.syncOperations
+                        try operations.addHTTPClientHandlers()
+                        try operations.addHandler(NIOHTTPClientResponseAggregator(maxContentLength: maximumResponseSize))
+                        try operations.addHandler(ResponseReceiver(answer: answer))
+                    }
+                }
+                .connect(host: address.host, port: address.port).get()
+        } catch {
+            answer.fail(error)  // a promise must be completed, even when nothing connected
+            throw error
+        }
+        let deadline = channel.eventLoop.scheduleTask(in: TimeAmount(timeout)) {
+            answer.fail(AdminClientError.timedOut(address: address, path: path))
+            channel.close(promise: nil)
+        }
+        var headers = HTTPHeaders([("Host", address.description), ("Connection", "close"), ("Content-Length", String(body.utf8.count))])
+        if !body.isEmpty { headers.add(name: "Content-Type", value: "application/json") }
+        let head = HTTPRequestHead(version: .http1_1, method: method, uri: path, headers: headers)
+        channel.write(HTTPClientRequestPart.head(head), promise: nil)
+        if !body.isEmpty { channel.write(HTTPClientRequestPart.body(.byteBuffer(ByteBuffer(string: body))), promise: nil) }
+        channel.writeAndFlush(HTTPClientRequestPart.end(nil), promise: nil)
+        defer { deadline.cancel() }
+        return try await answer.futureResult.get()
+    }
+
+    private final class ResponseReceiver: ChannelInboundHandler {
+        typealias InboundIn = NIOHTTPClientResponseFull
+        private let answer: EventLoopPromise<Response>
+        init(answer: EventLoopPromise<Response>) { self.answer = answer }
+
+        func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+            let response = unwrapInboundIn(data)
+            answer.succeed(Response(status: Int(response.head.status.code), body: response.body.map { String(buffer: $0) } ?? ""))
+            context.close(promise: nil)
+        }
+        func channelInactive(context: ChannelHandlerContext) {
+            answer.fail(AdminClientError.closedBeforeAnswer)
+            context.fireChannelInactive()
+        }
+        func errorCaught(context: ChannelHandlerContext, error: any Error) {
+            answer.fail(error)
+            context.close(promise: nil)
+        }
+    }
+}
+
+enum AdminClientError: Error, CustomStringConvertible {
+    case timedOut(address: HostPort, path: String)
+    case closedBeforeAnswer
+
+    var description: String {
+        switch self {
+        case .timedOut(let address, let path): "no answer from http://\(address)\(path) in time"
+        case .closedBeforeAnswer: "the admin API closed the connection before answering"
+        }
+    }
+}
