@@ -81,8 +81,9 @@ host_h2=echo-h2.bench.svc.cluster.local
 "$ew" ca init --dir "$work/ca" >/dev/null
 for c in a b; do "$ew" ca cluster --dir "$work/ca" --cluster "$c" >/dev/null; done
 for c in a b; do
-    "$ew" ca workload --dir "$work/ca" --cluster "$c" --spiffe spiffe://cluster.local/ns/istio-system/sa/eastwest-gateway \
-        --dns "$host" --dns "$host_h2" --out "$work/certs/gw-$c" >/dev/null
+    # Each gateway's identity names its cluster (eastwest-gateway-<cluster>): a dialled peer
+    # gateway must present its own cluster's.
+    "$ew" ca gateway --dir "$work/ca" --cluster "$c" --dns "$host" --dns "$host_h2" --out "$work/certs/gw-$c" >/dev/null
     cat "$work/certs/gw-$c/cert-chain.pem" "$work/certs/gw-$c/key.pem" > "$work/certs/gw-$c/haproxy.pem"
 done
 "$ew" ca workload --dir "$work/ca" --cluster a --spiffe spiffe://cluster.local/ns/bench/sa/load --out "$work/certs/client" >/dev/null

@@ -104,7 +104,9 @@ extension AdminAPI {
     /// `GET /v1/members`, also what `eastwest members` and `eastwest up`'s readiness check read.
     struct MembersBody: Codable {
         struct Member: Codable {
-            var name, cluster, address, state: String
+            var name, cluster: String
+            var address: HostPort
+            var state: MemberState
             var incarnation: UInt64
             /// When its state last changed, as this gateway saw it (RFC 3339, UTC).
             var lastChange: String

@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import Federation
 import MeshProxyCore
 
 /// Reads a running gateway's view of the federation from its admin API.
@@ -17,7 +18,7 @@ struct MembersCommand: AsyncParsableCommand {
         var rows = [["NAME", "CLUSTER", "ADDRESS", "STATE", "INCARNATION", "LAST CHANGE"]]
         for m in [decoded.myself] + decoded.members {
             let change = m.name == decoded.myself.name ? "(self)" : String(format: "%.1fs ago", m.lastChangeSecondsAgo)
-            rows.append([m.name, m.cluster, m.address, m.state, String(m.incarnation), change])
+            rows.append([m.name, m.cluster, m.address.description, m.state.rawValue, String(m.incarnation), change])
         }
         print(table(rows))
     }

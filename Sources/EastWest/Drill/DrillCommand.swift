@@ -259,7 +259,7 @@ struct DrillRun {
                     struct Plan: Decodable { var shares: [String: Double] }
                     let shares = planned.flatMap { try? JSONDecoder().decode(Plan.self, from: Data($0.body.utf8)).shares }
                     let states = members.flatMap { try? JSONDecoder().decode(AdminAPI.MembersBody.self, from: Data($0.body.utf8)) }
-                        .map { Dictionary(uniqueKeysWithValues: $0.members.map { ($0.name, $0.state) }) }
+                        .map { Dictionary(uniqueKeysWithValues: $0.members.map { ($0.name, $0.state.rawValue) }) }
                     log.samples.withLock { $0[second] = DrillLog.Sample(plan: shares, members: states) }
                     if terminal, let s = engine.snapshot(second: second) {
                         let served = s.byCluster.sorted { $0.key < $1.key }.map { "\($0.key) \($0.value)" }.joined(separator: " ")

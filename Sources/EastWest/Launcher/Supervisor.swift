@@ -1,4 +1,5 @@
 import Foundation
+import Federation
 import MeshProxyCore
 import NIOCore
 import NIOPosix
@@ -150,7 +151,7 @@ enum ReadinessCheck {
         case .federated(let address, let peers):
             guard let reply = try? await AdminClient.send(.GET, address, path: "/v1/members"), reply.status == 200 else { return false }
             guard let body = try? JSONDecoder().decode(AdminAPI.MembersBody.self, from: Data(reply.body.utf8)) else { return false }
-            let alive = Set(body.members.filter { $0.state == "alive" }.map(\.name))
+            let alive = Set(body.members.filter { $0.state == .alive }.map(\.name))
             return Set(peers).isSubset(of: alive)
         }
     }

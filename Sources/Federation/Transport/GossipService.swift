@@ -22,8 +22,8 @@ package final class GossipService: Sendable {
     package struct MemberView: Sendable, Equatable {
         package var name: String
         package var cluster: String
-        package var address: String
-        package var state: String
+        package var address: HostPort
+        package var state: MemberState
         package var incarnation: UInt64
         /// When its state last changed here; readers turn it into an age when they show it.
         package var lastChange: ContinuousClock.Instant
@@ -194,7 +194,7 @@ package final class GossipService: Sendable {
 
     private func makeView(_ node: FederationNode, index: UInt64) -> View {
         func member(_ m: Member) -> MemberView {
-            MemberView(name: m.id.name, cluster: m.cluster, address: m.address.description, state: m.state.rawValue,
+            MemberView(name: m.id.name, cluster: m.cluster, address: m.address, state: m.state,
                        incarnation: m.incarnation, lastChange: m.lastChange)
         }
         let me = node.membership.myself
@@ -213,7 +213,7 @@ package final class GossipService: Sendable {
                 announcedBy: listing.announcedBy.map { Announcement(gateway: $0.origin.name, version: $0.version) })
         }
         return View(
-            myself: MemberView(name: me.id.name, cluster: me.cluster, address: me.address.description, state: me.state.rawValue,
+            myself: MemberView(name: me.id.name, cluster: me.cluster, address: me.address, state: me.state,
                                incarnation: me.incarnation, lastChange: .now),
             members: members,
             endpointsByCluster: node.catalog.endpointsByCluster { $0 == node.id || alive.contains($0) },

@@ -10,9 +10,8 @@ extension GossipService.View {
         var result = base
         result.protocols.merge(protocols) { configured, _ in configured }
         var gateways: [String: [GatewayAddress]] = [:]
-        for member in members where member.state == MemberState.alive.rawValue {
-            guard let address = HostPort(parsing: member.address) else { continue }
-            gateways[member.cluster, default: []].append(GatewayAddress(name: member.name, address: address))
+        for member in members where member.state == .alive {
+            gateways[member.cluster, default: []].append(GatewayAddress(name: member.name, address: member.address))
         }
         let learnedClusters = Set(endpointsByCluster.keys).union(members.map(\.cluster))
         for cluster in learnedClusters where cluster != base.localCluster {
