@@ -1,6 +1,7 @@
 import ArgumentParser
 import MeshProxyCore
 import NIOCore
+import Yams
 
 struct GatewayCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
@@ -52,14 +53,14 @@ struct ValidateCommand: AsyncParsableCommand {
     func run() async throws {
         var failed = false
         for file in files {
-            let text = (try? String(contentsOfFile: file, encoding: .utf8)) ?? ""
             do {
-                if text.contains("kind:") && text.contains("apiVersion:") {
+                switch ConfigFileKind(file: file) {
+                case .istio:
                     let loaded = try IstioPolicyLoader.load(file: file)
                     (loaded.skipped + loaded.warnings.map(\.description)).forEach(printError)
-                } else if text.contains("clusters:") {
+                case .topology:
                     _ = try ConfigLoader.load(Topology.self, file: file)
-                } else {
+                case .gatewayConfig:
                     _ = try ConfigLoader.load(GatewayConfig.self, file: file)
                 }
                 print("\(file): ok")
@@ -69,5 +70,24 @@ struct ValidateCommand: AsyncParsableCommand {
             }
         }
         if failed { throw ExitCode(2) }
+    }
+}
+
+/// What a file given to `eastwest validate` is, by the keys of its first YAML document (not by
+/// searching its text): Istio resources have `kind` and `apiVersion`, a topology `clusters`;
+/// anything else is read as a gateway config (whose loader then names what is wrong).
+enum ConfigFileKind {
+    case istio, topology, gatewayConfig
+
+    init(file: String) {
+        let text = (try? String(contentsOfFile: file, encoding: .utf8)) ?? ""
+        let first = (try? Yams.compose_all(yaml: text)).flatMap { Array($0).first }?.mapping
+        if first?["kind"] != nil, first?["apiVersion"] != nil {
+            self = .istio
+        } else if first?["clusters"] != nil {
+            self = .topology
+        } else {
+            self = .gatewayConfig
+        }
     }
 }

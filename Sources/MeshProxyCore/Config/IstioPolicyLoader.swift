@@ -1,8 +1,8 @@
 import Foundation
 import Yams
 
-/// Istio policy files as users already run them: multi-document YAML where DestinationRules
-/// are read and every other kind is skipped with a note. Valid Istio fields EastWest does not
+/// Istio policy files as users already run them: multi-document YAML where the kinds in
+/// `kinds` are read and every other kind is skipped with a note. Valid Istio fields EastWest does not
 /// carry out yet load with a warning naming them; only what Istio itself would reject, and
 /// fields Istio does not have, are errors — except the choices EastWest deliberately accepts
 /// (`distribute` with `failover`, the design document's `circuitBreaker:`), which warn.
@@ -10,7 +10,7 @@ package enum IstioPolicyLoader {
     package struct Loaded: Sendable {
         package var destinationRules: [DestinationRule] = []
         package var warnings: [ConfigError] = []
-        /// One line per document that is not a DestinationRule.
+        /// One line per document of a kind EastWest does not read.
         package var skipped: [String] = []
 
         package func rule(for host: String) -> DestinationRule? { destinationRules.rule(for: host) }
@@ -51,39 +51,57 @@ package enum IstioPolicyLoader {
             let kind = mapping["kind"]?.string ?? ""
             let apiVersion = mapping["apiVersion"]?.string ?? ""
             let name = mapping["metadata"]?.mapping?["name"]?.string ?? "document \(index + 1)"
-            guard kind == "DestinationRule" else {
-                loaded.skipped.append("\(file): note: skipped \(kind.isEmpty ? "a document without kind" : kind) '\(name)' (EastWest reads DestinationRule)")
+            guard let reader = kinds[kind] else {
+                loaded.skipped.append("\(file): note: skipped \(kind.isEmpty ? "a document without kind" : kind) '\(name)' (EastWest reads \(kinds.keys.sorted().joined(separator: ", ")))")
                 continue
             }
-            guard apiVersions.contains(apiVersion) else {
+            guard reader.apiVersions.contains(apiVersion) else {
                 errors.append(map.error(.invalidValue, at: FieldPath().key("apiVersion"),
-                    "'\(apiVersion)' is not a DestinationRule version (\(apiVersions.sorted().joined(separator: ", ")))"))
+                    "'\(apiVersion)' is not a \(kind) version (\(reader.apiVersions.sorted().joined(separator: ", ")))"))
                 continue
             }
             guard let spec = mapping["spec"] else {
                 errors.append(map.error(.missingField, at: [], "missing required field 'spec'"))
                 continue
             }
-            switch ConfigLoader.decode(DestinationRule.self, node: spec, map: map, at: FieldPath().key("spec")) {
-            case .failure(let error):
-                errors.append(error)
-            case .success(let (rule, unknownKeys)):
-                for path in unknownKeys {
-                    guard case .key(let key)? = path.components.last else { continue }
-                    if notImplemented.contains(key) {
-                        loaded.warnings.append(map.error(.notImplemented, at: path, "valid Istio field, not carried out by EastWest yet; ignored").asWarning)
-                    } else {
-                        errors.append(map.error(.unknownField, at: path, "unknown field '\(key)' (not a DestinationRule field)"))
-                    }
-                }
-                let (problems, warnings) = check(rule, map: map)
-                errors += problems
-                loaded.warnings += warnings
-                loaded.destinationRules.append(rule)
-            }
+            errors += reader.read(spec, map, &loaded)
         }
         guard errors.isEmpty else { throw ConfigErrors(errors) }
         return loaded
+    }
+
+    /// One Istio resource kind EastWest reads: the API versions it accepts and how a document's
+    /// `spec` becomes part of `Loaded` (its errors returned, its warnings added). A new kind
+    /// (VirtualService, AuthorizationPolicy, …) registers here; everything else is skipped with
+    /// a note.
+    package struct KindReader: Sendable {
+        package var apiVersions: Set<String>
+        package var read: @Sendable (_ spec: Node, _ map: SourceMap, _ loaded: inout Loaded) -> [ConfigError]
+    }
+
+    package static let kinds: [String: KindReader] = [
+        "DestinationRule": KindReader(apiVersions: apiVersions, read: readDestinationRule),
+    ]
+
+    private static func readDestinationRule(_ spec: Node, _ map: SourceMap, _ loaded: inout Loaded) -> [ConfigError] {
+        switch ConfigLoader.decode(DestinationRule.self, node: spec, map: map, at: FieldPath().key("spec")) {
+        case .failure(let error):
+            return [error]
+        case .success(let (rule, unknownKeys)):
+            var errors: [ConfigError] = []
+            for path in unknownKeys {
+                guard case .key(let key)? = path.components.last else { continue }
+                if notImplemented.contains(key) {
+                    loaded.warnings.append(map.error(.notImplemented, at: path, "valid Istio field, not carried out by EastWest yet; ignored").asWarning)
+                } else {
+                    errors.append(map.error(.unknownField, at: path, "unknown field '\(key)' (not a DestinationRule field)"))
+                }
+            }
+            let (problems, warnings) = check(rule, map: map)
+            loaded.warnings += warnings
+            loaded.destinationRules.append(rule)
+            return errors + problems
+        }
     }
 
     /// What Istio's validation rejects (errors) and what it would do differently (warnings).
