@@ -47,7 +47,7 @@ final class FaultInjector: Sendable {
                     for endpoint in service.endpoints {
                         if let region = target.region, endpoint.locality?.region != region { continue }
                         if let zone = target.zone, endpoint.locality?.zone != zone { continue }
-                        hit.processes.append("\(service.host.split(separator: ".").first ?? "svc")@\(endpoint.address)")
+                        hit.processes.append(backendName(service.host, endpoint.address))
                         if let locality = endpoint.locality?.description, !hit.localities.contains(locality) { hit.localities.append(locality) }
                     }
                 }

@@ -77,7 +77,7 @@ struct LaunchPlan {
             for service in cluster.services ?? [] {
                 for endpoint in service.endpoints {
                     children.append(Child(
-                        name: "\(service.host.split(separator: ".").first ?? "svc")@\(endpoint.address)", kind: .backend,
+                        name: backendName(service.host, endpoint.address), kind: .backend,
                         arguments: [self_, "demo-backend", "--listen", endpoint.address.description, "--service", service.host,
                                     "--cluster", cluster.name, "--locality", endpoint.locality?.description ?? "",
                                     "--version", endpoint.labels?["version"] ?? "", "--parent-pid", parent],
@@ -125,7 +125,7 @@ struct LaunchPlan {
             backends: topology.clusters.flatMap { cluster in (cluster.services ?? []).flatMap { service in
                 service.endpoints.map { e in
                     ReadyFile.Backend(service: service.host, cluster: cluster.name, address: e.address.description,
-                                      pid: pids["\(service.host.split(separator: ".").first ?? "svc")@\(e.address)"] ?? 0)
+                                      pid: pids[backendName(service.host, e.address)] ?? 0)
                 } } },
             clients: clientCertificates.mapValues { .init(certificateChain: $0.certificateChain, privateKey: $0.privateKey,
                                                           rootCertificate: $0.rootCertificate, spiffeID: "spiffe://\(td)/ns/default/sa/client") })
@@ -165,4 +165,10 @@ struct LaunchPlan {
         lines += ["", "State, configs and logs: \(stateDir) (ready.json lists every process). Ctrl-C stops everything.", ""]
         return lines.joined(separator: "\n")
     }
+}
+
+/// The process name of a demo backend (`echo@127.0.1.10:8080`): what the supervisor, the
+/// launcher's ready file and a drill's fault injector call it.
+func backendName(_ host: String, _ address: HostPort) -> String {
+    "\(host.split(separator: ".").first ?? "svc")@\(address)"
 }

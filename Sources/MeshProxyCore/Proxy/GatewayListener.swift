@@ -181,13 +181,10 @@ package struct ListenError: Error, CustomStringConvertible {
         self.address = address; self.role = role; self.underlying = underlying
     }
     package var description: String {
-        let text = "\(underlying)"
-        if text.contains("Address already in use") || text.contains("EADDRINUSE") {
-            return "\(role): cannot listen on \(address): address already in use"
+        switch (underlying as? IOError)?.errnoCode {
+        case EADDRINUSE: "\(role): cannot listen on \(address): address already in use"
+        case EADDRNOTAVAIL: "\(role): cannot listen on \(address): no such local address"
+        default: "\(role): cannot listen on \(address): \(underlying)"
         }
-        if text.contains("Cannot assign requested address") || text.contains("EADDRNOTAVAIL") {
-            return "\(role): cannot listen on \(address): no such local address"
-        }
-        return "\(role): cannot listen on \(address): \(text)"
     }
 }
