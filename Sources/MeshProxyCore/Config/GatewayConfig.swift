@@ -141,16 +141,8 @@ package struct GatewayConfig: Codable, Sendable, Equatable {
         peerGatewayIdentities.map { Set($0.compactMap { try? SpiffeID(parsing: $0) }) }
     }
 
-    /// Whether `id` is a peer gateway here, from any cluster (`cluster == nil`) or from `cluster`.
-    package func isPeerGateway(_ id: SpiffeID, cluster: String? = nil) -> Bool {
-        guard allowedTrustDomainsContain(id) else { return false }
-        if let listed = listedPeerGatewayIdentities, !listed.contains(id) { return false }
-        guard let cluster else { return listedPeerGatewayIdentities != nil || GatewayIdentity.cluster(of: id) != nil }
-        // A listed identity outside the gateway form is trusted for any cluster it is dialled as.
-        return GatewayIdentity.cluster(of: id).map { $0 == cluster } ?? (listedPeerGatewayIdentities != nil)
-    }
-
-    private func allowedTrustDomainsContain(_ id: SpiffeID) -> Bool { effectiveAllowedTrustDomains.contains(id.trustDomain) }
+    /// Which verified identities are peer gateways here.
+    package var peerGatewayRule: PeerGatewayRule { PeerGatewayRule(listed: listedPeerGatewayIdentities) }
 
     /// What the data plane routes over: this cluster's endpoints plus the statically configured
     /// remote clusters (federation will fill the latter).

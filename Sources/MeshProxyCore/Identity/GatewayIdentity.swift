@@ -31,3 +31,25 @@ package enum GatewayIdentity {
         return nil
     }
 }
+
+/// Which verified identities count as peer gateways: any cluster's gateway identity, or only the
+/// config's `peerGatewayIdentities` when it lists some. Decided once per config, so the check
+/// on every accepted connection is a set probe at most. Trust domains are the trust policy's to
+/// check; identities reaching this rule have passed it.
+package struct PeerGatewayRule: Sendable {
+    package let listed: Set<SpiffeID>?
+
+    package init(listed: Set<SpiffeID>?) { self.listed = listed }
+
+    /// Whether `id` is a peer gateway, of any cluster (`cluster == nil`) or of `cluster`.
+    package func admits(_ id: SpiffeID, cluster: String? = nil) -> Bool {
+        let named = GatewayIdentity.cluster(of: id)
+        if let listed {
+            guard listed.contains(id) else { return false }
+            // A listed identity outside the gateway form is trusted for any cluster it is dialled as.
+            return cluster == nil || named.map { $0 == cluster } ?? true
+        }
+        guard let named else { return false }
+        return cluster == nil || named == cluster
+    }
+}

@@ -30,9 +30,6 @@ package final class GatewayListener: Sendable {
         self.pending = PendingHandshakes(limit: store.current.config.effectiveMaxPendingHandshakes)
     }
 
-    /// Connections accepted and not yet past their handshake.
-    package var pendingHandshakes: Int { pending.current }
-
     /// Binds the listen address; an address in use fails with an error naming it.
     package func bind() async throws -> SocketAddress {
         let store = self.store

@@ -9,7 +9,7 @@ import X509
 /// Built once per config generation, off the event loop (it reads files), then shared.
 package struct GatewayTLS: Sendable {
     /// The 15443 context for services that offer no ALPN (TCP, TLS, unknown).
-    package let serverContext: NIOSSLContext
+    private let serverContext: NIOSSLContext
     /// The 15443 contexts by the ALPN a service's protocol offers; one per distinct list, made
     /// once, chosen by SNI before the handshake.
     private let serverContextsByALPN: [[String]: NIOSSLContext]
@@ -23,7 +23,8 @@ package struct GatewayTLS: Sendable {
     /// server), one remembering verifier per cluster, made on first use.
     private let peerGatewaysByCluster: NIOLockedValueBox<[String: PeerVerifier]>
     private let rootCertificates: [Certificate]
-    private let config: GatewayConfig
+    private let allowedTrustDomains: Set<String>
+    private let peerGatewayRule: PeerGatewayRule
     /// Our own identity, from our certificate.
     package let identity: SpiffeID?
     private let serverConfiguration: TLSConfiguration
@@ -81,11 +82,12 @@ package struct GatewayTLS: Sendable {
         clientConfiguration = client
 
         self.rootCertificates = rootCertificates
-        self.config = config
-        clients = PeerVerifier(policy: MeshTrustPolicy(roots: rootCertificates, allowedTrustDomains: config.effectiveAllowedTrustDomains))
+        let allowedTrustDomains = config.effectiveAllowedTrustDomains, rule = config.peerGatewayRule
+        self.allowedTrustDomains = allowedTrustDomains
+        peerGatewayRule = rule
+        clients = PeerVerifier(policy: MeshTrustPolicy(roots: rootCertificates, allowedTrustDomains: allowedTrustDomains))
         federationPeers = PeerVerifier(policy: MeshTrustPolicy(
-            roots: rootCertificates, allowedTrustDomains: config.effectiveAllowedTrustDomains,
-            admits: { [config] in config.isPeerGateway($0) }))
+            roots: rootCertificates, allowedTrustDomains: allowedTrustDomains, admits: { rule.admits($0) }))
         peerGatewaysByCluster = NIOLockedValueBox([:])
     }
 
@@ -93,16 +95,17 @@ package struct GatewayTLS: Sendable {
     package func peerGateways(of cluster: String) -> PeerVerifier {
         peerGatewaysByCluster.withLockedValue { verifiers in
             if let verifier = verifiers[cluster] { return verifier }
+            let rule = peerGatewayRule
             let verifier = PeerVerifier(policy: MeshTrustPolicy(
-                roots: rootCertificates, allowedTrustDomains: config.effectiveAllowedTrustDomains, role: .server,
-                admits: { [config] in config.isPeerGateway($0, cluster: cluster) }))
+                roots: rootCertificates, allowedTrustDomains: allowedTrustDomains, role: .server,
+                admits: { rule.admits($0, cluster: cluster) }))
             verifiers[cluster] = verifier
             return verifier
         }
     }
 
     /// Whether a verified client identity is another gateway (its traffic is never forwarded again).
-    package func isPeerGateway(_ id: SpiffeID) -> Bool { config.isPeerGateway(id) }
+    package func isPeerGateway(_ id: SpiffeID) -> Bool { peerGatewayRule.admits(id) }
 
     /// The server context for a route: it offers the ALPN its service speaks.
     package func serverContext(for service: ServiceProtocol?) -> NIOSSLContext {
