@@ -70,13 +70,9 @@ package struct MeshTrustPolicy: Sendable {
         }
     }
 
-    /// Critical extensions some policy here enforces (RFC5280Policy: basic constraints, name
-    /// constraints, key usage; ours: extended key usage and the SAN, critical when the subject
-    /// is empty as in Istio's certificates).
-    static let understoodCriticalExtensions: [ASN1ObjectIdentifier] = [
-        .X509ExtensionID.basicConstraints, .X509ExtensionID.nameConstraints, .X509ExtensionID.keyUsage,
-        .X509ExtensionID.extendedKeyUsage, .X509ExtensionID.subjectAlternativeName,
-    ]
+    /// Critical extensions some policy here enforces: the union the Verifier itself uses.
+    static let understoodCriticalExtensions: Set<ASN1ObjectIdentifier> =
+        Set(RFC5280Policy().verifyingCriticalExtensions).union(MeshIdentityPolicy.enforcedExtensions)
 
     static func name(_ certificate: Certificate) -> String {
         if let id = try? certificate.spiffeID() { return id.description }
@@ -93,9 +89,12 @@ struct MeshIdentityPolicy: VerifierPolicy {
     var allowedTrustDomains: Set<String>
     var admits: (@Sendable (SpiffeID) -> Bool)?
 
-    var verifyingCriticalExtensions: [ASN1ObjectIdentifier] {
+    /// Extended key usage, the SAN (critical when the subject is empty, as in Istio's
+    /// certificates) and key usage (keyCertSign on issuers, none on the leaf).
+    static let enforcedExtensions: [ASN1ObjectIdentifier] =
         [.X509ExtensionID.extendedKeyUsage, .X509ExtensionID.subjectAlternativeName, .X509ExtensionID.keyUsage]
-    }
+
+    var verifyingCriticalExtensions: [ASN1ObjectIdentifier] { Self.enforcedExtensions }
 
     func chainMeetsPolicyRequirements(chain: UnverifiedCertificateChain) -> PolicyEvaluationResult {
         guard let rejection = rejection(of: chain) else { return .meetsPolicy }

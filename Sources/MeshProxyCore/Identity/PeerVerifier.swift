@@ -34,48 +34,57 @@ package final class PeerVerifier: Sendable {
     package func verify(_ certificates: [NIOSSLCertificate], answering promise: EventLoopPromise<NIOSSLVerificationResult>,
                         outcome: @escaping (Result<SpiffeID, PeerRejection>) -> Void) {
         let now = Date()
-        let chain: [[UInt8]]
-        switch Self.der(certificates) {
-        case .failure(let rejection):
-            outcome(.failure(rejection))
-            promise.succeed(.failed)
-            return
-        case .success(let der): chain = der
+        func answer(_ result: Result<SpiffeID, PeerRejection>) {
+            outcome(result)
+            promise.succeed(result.isSuccess ? .certificateVerified : .failed)
         }
-        if let identity = remembered(chain, now: now) {
-            outcome(.success(identity))
-            promise.succeed(.certificateVerified)
-            return
+        switch lookup(certificates, now: now) {
+        case .answered(let result):
+            answer(result)
+        case .unknown(let chain):
+            promise.futureResult.eventLoop.makeFutureWithTask { await self.evaluate(chain, now: now) }
+                .assumeIsolated()
+                .whenSuccess(answer)
         }
-        let loop = promise.futureResult.eventLoop
-        loop.makeFutureWithTask { await self.evaluate(der: chain, now: now) }
-            .assumeIsolated()
-            .whenSuccess { result in
-                outcome(result)
-                promise.succeed(result.isSuccess ? .certificateVerified : .failed)
-            }
     }
 
     /// Runs the policy on certificates as NIOSSL hands them over (remembered chains answer at once).
     package func evaluate(peerCertificates presented: [NIOSSLCertificate], now: Date) async -> Result<SpiffeID, PeerRejection> {
-        switch Self.der(presented) {
-        case .failure(let rejection): return .failure(rejection)
-        case .success(let der):
-            if let identity = remembered(der, now: now) { return .success(identity) }
-            return await evaluate(der: der, now: now)
+        switch lookup(presented, now: now) {
+        case .answered(let result): result
+        case .unknown(let chain): await evaluate(chain, now: now)
         }
     }
 
-    private func remembered(_ der: [[UInt8]], now: Date) -> SpiffeID? {
-        let key = Array(der.joined())
-        guard let hit = accepted.withLock({ $0[key] }), hit.notBefore <= now, now <= hit.notAfter else { return nil }
-        return hit.identity
+    /// A chain as presented: its DER and the memory's key for it.
+    private struct PresentedChain: Sendable {
+        var der: [[UInt8]]
+        var key: [UInt8]
     }
 
-    private func evaluate(der: [[UInt8]], now: Date) async -> Result<SpiffeID, PeerRejection> {
+    private enum Lookup {
+        /// Unreadable, or remembered as accepted.
+        case answered(Result<SpiffeID, PeerRejection>)
+        /// Not seen before (or its memory ran out): the policy must run.
+        case unknown(PresentedChain)
+    }
+
+    private func lookup(_ certificates: [NIOSSLCertificate], now: Date) -> Lookup {
+        switch Self.der(certificates) {
+        case .failure(let rejection): return .answered(.failure(rejection))
+        case .success(let der):
+            let chain = PresentedChain(der: der, key: Array(der.joined()))
+            if let hit = accepted.withLock({ $0[chain.key] }), hit.notBefore <= now, now <= hit.notAfter {
+                return .answered(.success(hit.identity))
+            }
+            return .unknown(chain)
+        }
+    }
+
+    private func evaluate(_ presented: PresentedChain, now: Date) async -> Result<SpiffeID, PeerRejection> {
         let chain: [Certificate]
         do {
-            chain = try der.map { try Certificate(derEncoded: $0) }
+            chain = try presented.der.map { try Certificate(derEncoded: $0) }
         } catch {
             return .failure(.malformedSpiffeID("peer certificate cannot be parsed: \(error)"))
         }
@@ -84,10 +93,9 @@ package final class PeerVerifier: Sendable {
             let certificates = chain + policy.roots
             let entry = Accepted(identity: identity, notBefore: certificates.map(\.notValidBefore).max() ?? now,
                                  notAfter: certificates.map(\.notValidAfter).min() ?? now)
-            let key = Array(der.joined())
             accepted.withLock { accepted in
                 if accepted.count >= capacity { accepted.removeAll(keepingCapacity: true) }
-                accepted[key] = entry
+                accepted[presented.key] = entry
             }
         }
         return result
