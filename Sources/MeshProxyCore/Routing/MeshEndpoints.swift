@@ -150,7 +150,15 @@ package struct MeshEndpoints: Sendable, Equatable {
     }
 
     /// Every port of `host` served anywhere in the mesh, lowest first.
-    package func ports(of host: String) -> [Int] {
-        Set(clusters.values.flatMap { $0.services.keys.filter { $0.host == host }.map(\.port) }).sorted()
+    package func ports(of host: String) -> [Int] { portsByHost()[host] ?? [] }
+
+    /// Every host's ports served anywhere in the mesh, lowest first (one pass over the mesh;
+    /// `RouteTable` keeps it for its lookups).
+    package func portsByHost() -> [String: [Int]] {
+        var ports: [String: Set<Int>] = [:]
+        for cluster in clusters.values {
+            for service in cluster.services.keys { ports[service.host, default: []].insert(service.port) }
+        }
+        return ports.mapValues { $0.sorted() }
     }
 }

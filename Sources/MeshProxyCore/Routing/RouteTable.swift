@@ -18,16 +18,12 @@ package struct Route: Hashable, Sendable {
 /// lookup is a dictionary probe.
 package struct RouteTable: Sendable {
     private let endpoints: MeshEndpoints
-    /// Every port of a host served anywhere in the mesh, lowest first, computed once here.
+    /// Every port of a host served anywhere in the mesh, lowest first, computed once per table.
     private let portsByHost: [String: [Int]]
 
     package init(endpoints: MeshEndpoints) {
         self.endpoints = endpoints
-        var ports: [String: Set<Int>] = [:]
-        for cluster in endpoints.clusters.values {
-            for service in cluster.services.keys { ports[service.host, default: []].insert(service.port) }
-        }
-        portsByHost = ports.mapValues { $0.sorted() }
+        portsByHost = endpoints.portsByHost()
     }
 
     package enum Resolution: Equatable, Sendable {
