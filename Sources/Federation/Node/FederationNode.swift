@@ -106,9 +106,7 @@ package struct FederationNode: Sendable {
         guard let delta = catalog.publish(records, now: now) else { return [] }
         // To every live member at once, not a fanout: other clusters' gateways do not relay
         // our cluster's state (IdentityBinding), so rumour mongering would stop at the first hop.
-        pendingDeltas.append((delta, catalogSettings.retransmitRounds))
-        let peers = membership.randomMembers(Self.directPushLimit, random: &random)
-        return [.catalogChanged(delta.entries.map(\.key))] + peers.map { .send(.catalogDeltas(from: id, deltas: [delta]), to: $0.address) }
+        return [.catalogChanged(delta.entries.map(\.key))] + push([delta], except: nil, fanout: Self.directPushLimit, random: &random)
     }
 
     package mutating func register(_ key: CatalogKey, _ record: CatalogRecord, now: ContinuousClock.Instant,
@@ -181,9 +179,12 @@ package struct FederationNode: Sendable {
         return result
     }
 
-    private mutating func push(_ deltas: [CatalogDelta], except: MemberID?, random: inout some RandomNumberGenerator) -> [Directive] {
+    /// Sends fresh deltas to `fanout` live members (default: the catalog's push fanout) and
+    /// queues them for the retransmit rounds.
+    private mutating func push(_ deltas: [CatalogDelta], except: MemberID?, fanout: Int? = nil,
+                               random: inout some RandomNumberGenerator) -> [Directive] {
         pendingDeltas += deltas.map { ($0, catalogSettings.retransmitRounds) }
-        let peers = membership.randomMembers(catalogSettings.pushFanout, random: &random) { !$0.state.isGone && $0.id != except }
+        let peers = membership.randomMembers(fanout ?? catalogSettings.pushFanout, random: &random) { !$0.state.isGone && $0.id != except }
         return peers.map { .send(.catalogDeltas(from: id, deltas: deltas), to: $0.address) }
     }
 
