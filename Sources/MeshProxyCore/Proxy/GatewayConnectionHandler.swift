@@ -20,8 +20,6 @@ package final class GatewayConnectionHandler: ChannelDuplexHandler, RemovableCha
     private var machine = GatewayConnectionStateMachine()
     /// Decided once the client's identity is known.
     private var action: RouteAction?
-    /// The target dialled last: a connection that fails for good is logged against it.
-    private var lastDialled: PlannedTarget?
     /// The upstream between its connect and the glue.
     private var upstream: (any Channel)?
 
@@ -73,15 +71,17 @@ package final class GatewayConnectionHandler: ChannelDuplexHandler, RemovableCha
             run(plan(context: context), context: context)
         case .dial(let target):
             dial(target, context: context)
-        case .closeDownstream(let flags, let detail):
-            if case .upstreamConnectionFailure? = flags.first, let last = lastDialled { record.upstream = last.target }
+        case .closeDownstream(let flags, let detail, let upstream):
+            if let upstream { record.upstream = upstream.target }
             record.flags += flags
             record.detail = detail
             context.close(promise: nil)
         case .glue(let target, let replay, let inputEnded, let readPending):
             glue(target, replay: replay, inputEnded: inputEnded, readPending: readPending, context: context)
         case .closeUpstream:
-            break  // handled where the upstream channel is at hand (`connected`)
+            // It connected after the client left.
+            upstream?.close(promise: nil)
+            upstream = nil
         }
     }
 
@@ -112,7 +112,6 @@ package final class GatewayConnectionHandler: ChannelDuplexHandler, RemovableCha
 
     private func dial(_ planned: PlannedTarget, context: ChannelHandlerContext) {
         guard let action else { return }
-        lastDialled = planned
         let target = planned.target
         let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
         UpstreamConnector.connect(to: target, tls: snapshot.tls, connectTimeout: action.connectTimeout,
@@ -142,13 +141,8 @@ package final class GatewayConnectionHandler: ChannelDuplexHandler, RemovableCha
     }
 
     private func connected(_ upstream: any Channel, context: ChannelHandlerContext) {
-        let next = machine.upstreamConnected()
-        if next == .closeUpstream {
-            upstream.close(promise: nil)  // the client left while we were dialling
-            return
-        }
         self.upstream = upstream
-        run(next, context: context)
+        run(machine.upstreamConnected(), context: context)
     }
 
     private func glue(_ planned: PlannedTarget, replay: [ByteBuffer], inputEnded: Bool, readPending: Bool, context: ChannelHandlerContext) {

@@ -21,8 +21,9 @@ package struct GatewayConnectionStateMachine {
         /// Ask the route and the plan for targets, then call `planned`.
         case plan
         case dial(PlannedTarget)
-        /// Close the client; the flags and detail go to the access log.
-        case closeDownstream(flags: [ResponseFlag], detail: String)
+        /// Close the client; the flags, the detail and the upstream last tried (when one was)
+        /// go to the access log.
+        case closeDownstream(flags: [ResponseFlag], detail: String, upstream: PlannedTarget? = nil)
         /// Join the client to the connected upstream, then replay what was held.
         case glue(PlannedTarget, replay: [ByteBuffer], inputEnded: Bool, readPending: Bool)
         /// The upstream connected after the client left: close it.
@@ -74,7 +75,7 @@ package struct GatewayConnectionStateMachine {
             var flags: [ResponseFlag] = [.upstreamConnectionFailure]
             if exhausted, retry.plannedAttempts > 1 { flags.append(.upstreamRetryLimitExceeded) }
             let detail = "all \(retry.attempt) upstream attempt(s) failed: " + retry.failures.joined(separator: "; ")
-            return .closeDownstream(flags: flags, detail: detail)
+            return .closeDownstream(flags: flags, detail: detail, upstream: failed)
         }
     }
 

@@ -195,7 +195,8 @@ package final class PreHandshakeGuard: ChannelDuplexHandler, RemovableChannelHan
         case .none, .holdEndOfInput:
             break
         case .deliverEndOfInput:
-            context.fireUserInboundEventTriggered(ChannelEvent.inputClosed)
+            // Only the handshake's completion delivers it, after this handler has left.
+            assertionFailure("end of input delivered outside handshakeCompleted")
         case .close(let reason):
             refused(reason)
             context.close(promise: nil)

@@ -18,7 +18,8 @@ struct GatewayConnectionStateMachineTests {
         #expect(machine.upstreamFailed(.connectFailure, reason: "connect timeout") == .dial(targets[2]))
         #expect(machine.upstreamFailed(.connectFailure, reason: "connection refused") == .closeDownstream(
             flags: [.upstreamConnectionFailure, .upstreamRetryLimitExceeded],
-            detail: "all 3 upstream attempt(s) failed: 10.0.0.1:80 (connection refused); 10.0.0.2:80 (connect timeout); 10.0.0.3:80 (connection refused)"))
+            detail: "all 3 upstream attempt(s) failed: 10.0.0.1:80 (connection refused); 10.0.0.2:80 (connect timeout); 10.0.0.3:80 (connection refused)",
+            upstream: targets[2]))
         // Late answers after giving up change nothing.
         #expect(machine.upstreamFailed(.connectFailure, reason: "late") == .none)
         #expect(machine.upstreamConnected() == .closeUpstream)
@@ -30,7 +31,8 @@ struct GatewayConnectionStateMachineTests {
         _ = one.handshakeCompleted()
         #expect(one.planned([target("10.0.0.1:80")], retry: .connectAttempts(3), noTarget: "none") == .dial(target("10.0.0.1:80")))
         #expect(one.upstreamFailed(.connectFailure, reason: "refused") ==
-                .closeDownstream(flags: [.upstreamConnectionFailure], detail: "all 1 upstream attempt(s) failed: 10.0.0.1:80 (refused)"))
+                .closeDownstream(flags: [.upstreamConnectionFailure], detail: "all 1 upstream attempt(s) failed: 10.0.0.1:80 (refused)",
+                                 upstream: target("10.0.0.1:80")))
 
         var none = GatewayConnectionStateMachine()
         _ = none.handshakeCompleted()
@@ -44,7 +46,8 @@ struct GatewayConnectionStateMachineTests {
         _ = machine.handshakeCompleted()
         _ = machine.planned([target("10.0.0.1:80"), target("10.0.0.2:80")], retry: .connectAttempts(2), noTarget: "none")
         #expect(machine.upstreamFailed(.reset, reason: "reset") ==
-                .closeDownstream(flags: [.upstreamConnectionFailure], detail: "all 1 upstream attempt(s) failed: 10.0.0.1:80 (reset)"))
+                .closeDownstream(flags: [.upstreamConnectionFailure], detail: "all 1 upstream attempt(s) failed: 10.0.0.1:80 (reset)",
+                                 upstream: target("10.0.0.1:80")))
     }
 
     @Test("While dialling: bytes are held, reads paused and an end of input kept; all are replayed at the glue, in order")
