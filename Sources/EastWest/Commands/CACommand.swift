@@ -66,10 +66,7 @@ struct CACommand: AsyncParsableCommand {
         func run() async throws {
             let id: SpiffeID
             do { id = try SpiffeID(parsing: spiffe) } catch { throw ValidationError("--spiffe: \(error)") }
-            let leaf = try reportingFileErrors { try CertificateDirectory(path: dir).createWorkload(
-                cluster: cluster, spiffeID: id, dnsNames: dns, outputPath: out,
-                validity: validity.duration(default: CertificateAuthority.defaultWorkloadValidity), force: force) }
-            print("issued \(id) in \(out)/ (cert-chain.pem, key.pem, root-cert.pem), valid until \(leaf.certificate.notValidAfter.formatted(.iso8601))")
+            try issueLeaf(id, directory: CertificateDirectory(path: dir), cluster: cluster, dns: dns, out: out, validity: validity, force: force)
         }
     }
 
@@ -87,10 +84,7 @@ struct CACommand: AsyncParsableCommand {
             let directory = CertificateDirectory(path: dir)
             let trustDomain = try reportingFileErrors { try directory.rootTrustDomain() } ?? "cluster.local"
             let id = try GatewayIdentity.spiffeID(cluster: cluster, trustDomain: trustDomain)
-            let leaf = try reportingFileErrors { try directory.createWorkload(
-                cluster: cluster, spiffeID: id, dnsNames: dns, outputPath: out,
-                validity: validity.duration(default: CertificateAuthority.defaultWorkloadValidity), force: force) }
-            print("issued \(id) in \(out)/ (cert-chain.pem, key.pem, root-cert.pem), valid until \(leaf.certificate.notValidAfter.formatted(.iso8601))")
+            try issueLeaf(id, directory: directory, cluster: cluster, dns: dns, out: out, validity: validity, force: force)
         }
     }
 
@@ -106,6 +100,15 @@ struct CACommand: AsyncParsableCommand {
             }
         }
     }
+}
+
+/// Issues a leaf for `id`, signed by `cluster`'s intermediate, into `out`, and says so.
+private func issueLeaf(_ id: SpiffeID, directory: CertificateDirectory, cluster: String, dns: [String], out: String,
+                       validity: CACommand.Validity, force: Bool) throws {
+    let leaf = try reportingFileErrors { try directory.createWorkload(
+        cluster: cluster, spiffeID: id, dnsNames: dns, outputPath: out,
+        validity: validity.duration(default: CertificateAuthority.defaultWorkloadValidity), force: force) }
+    print("issued \(id) in \(out)/ (cert-chain.pem, key.pem, root-cert.pem), valid until \(leaf.certificate.notValidAfter.formatted(.iso8601))")
 }
 
 /// Runs a CA step, turning file problems into one clear line and exit code 1.
