@@ -19,7 +19,7 @@ struct AdminAPI: Sendable {
     let ready: ReadyFlag
     let gossip: GossipService?
     /// The data plane as new connections see it; `/v1/plan` shows its traffic plan.
-    let store: DataPlaneStore
+    let dataPlane: DataPlane
     /// Drill faults (`/v1/faults`).
     let blackholes: Blackholes
 
@@ -203,16 +203,19 @@ extension AdminAPI {
         guard let host = request.query["host"]?.lowercased(), !host.isEmpty else {
             return ControlHTTPResponse(status: .badRequest, text: "/v1/plan needs ?host=H (and optionally &subset=S, &port=P)\n")
         }
-        let picker = store.current.picker
-        let ports = picker.endpoints.ports(of: host)
-        guard let port = request.query["port"].flatMap(Int.init) ?? ports.first, ports.contains(port) else {
-            return ControlHTTPResponse(status: .notFound, text: "no service \(host)\(request.query["port"].map { " port \($0)" } ?? "") in the mesh\n")
-        }
+        let picker = dataPlane.clusters.current
+        let port = request.query["port"].flatMap(Int.init)
         let subset = request.query["subset"]
-        guard let plan = picker.plan(for: ServiceKey(host: host, port: port), subset: subset) else {
-            return ControlHTTPResponse(status: .notFound, text: "subset '\(subset ?? "")' is not defined for \(host)\n")
+        // Resolved as the listener resolves a server name (a plain host means its lowest port).
+        switch dataPlane.routes.resolve(ServerName(host: host, port: port, subset: subset), in: picker) {
+        case .noRoute(let reason):
+            return ControlHTTPResponse(status: .notFound, text: "\(reason)\n")
+        case .route(let route):
+            guard let plan = picker.plan(for: route.service, subset: route.subset) else {
+                return ControlHTTPResponse(status: .notFound, text: "no plan for \(route.service)\n")
+            }
+            return json(plan)
         }
-        return json(plan)
     }
 }
 

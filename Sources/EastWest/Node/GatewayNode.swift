@@ -12,8 +12,8 @@ import ServiceLifecycle
 /// on SIGTERM (stop accepting, let connections finish up to the drain timeout, exit 0).
 struct GatewayNode: Service {
     let config: GatewayConfig
-    let snapshot: DataPlaneSnapshot
-    let store: DataPlaneStore
+    let tls: GatewayTLS
+    let routes: RouteConfiguration
     let registry: PrometheusCollectorRegistry
     let group: any EventLoopGroup
     let logger: Logger
@@ -29,12 +29,12 @@ struct GatewayNode: Service {
             printError("\(configPath): error: tls: \(error)")
             throw ExitCodeError.invalidInput
         }
-        var policies: [DestinationRule] = []
+        var resources = IstioPolicyLoader.Loaded()
         let base = URL(fileURLWithPath: configPath).deletingLastPathComponent()
         do {
             for file in config.policies ?? [] {
                 let path = file.hasPrefix("/") ? file : base.appendingPathComponent(file).path
-                policies += try IstioPolicyLoader.load(file: path).destinationRules
+                resources.merge(try IstioPolicyLoader.load(file: path))
             }
         } catch {
             printError(error.description)
@@ -42,9 +42,8 @@ struct GatewayNode: Service {
         }
         let registry = PrometheusCollectorRegistry()
         MetricsSystem.bootstrap(PrometheusMetricsFactory(registry: registry))
-        let snapshot = DataPlaneSnapshot(config: config, tls: tls, logger: logger, policies: policies)
-        let store = DataPlaneStore(snapshot)
-        let node = GatewayNode(config: config, snapshot: snapshot, store: store, registry: registry,
+        let routes = PolicyCompiler.compile(config: config, resources: resources)
+        let node = GatewayNode(config: config, tls: tls, routes: routes, registry: registry,
                                group: MultiThreadedEventLoopGroup.singleton, logger: logger)
         // The lifecycle's own debug lines print the whole node; keep them out of gateway logs.
         var lifecycleLogger = Logger(label: "eastwest.lifecycle")
@@ -55,7 +54,7 @@ struct GatewayNode: Service {
     }
 
     /// Gossip with other gateways, when the config asks for it.
-    func makeGossip(outliers: OutlierTracker) throws -> GossipService? {
+    func makeGossip(clusters: ClusterManager, outliers: OutlierTracker) throws -> GossipService? {
         guard let federation = config.federation else { return nil }
         var records: [CatalogKey: CatalogRecord] = [:]
         for service in config.services ?? [] {
@@ -67,28 +66,24 @@ struct GatewayNode: Service {
         var gossipLogger = logger
         gossipLogger[metadataKey: "component"] = "federation"
         let base = config.meshEndpoints
-        let store = self.store
         return try GossipService(id: MemberID(config.name), address: config.listen, cluster: config.cluster,
                              settings: MembershipSettings(federation),
-                             seeds: federation.seeds ?? [], records: records, tls: snapshot.tls, group: group, logger: gossipLogger,
+                             seeds: federation.seeds ?? [], records: records, tls: tls, group: group, logger: gossipLogger,
                              onChange: { view in
                                  // New connections route by what federation knows now.
                                  let endpoints = view.meshEndpoints(base: base)
-                                 store.update { $0.with(endpoints: endpoints) }
+                                 clusters.update { $0.endpoints = endpoints }
                                  outliers.reconfigure()
                              })
     }
 
     func run() async throws {
-        let outliers = OutlierTracker(store: store, logger: logger)
-        let blackholes = Blackholes(store: store, logger: logger)
-        let gossip = try makeGossip(outliers: outliers)
-        store.update { current in
-            var next = current
-            next.outliers = outliers
-            if let gossip { next.peerGatewayUnreachable = { gateway in gossip.reportUnreachable(gateway) } }
-            return next
-        }
+        let clusters = ClusterManager(routes: routes, endpoints: config.meshEndpoints)
+        let outliers = OutlierTracker(clusters: clusters, logger: logger)
+        let blackholes = Blackholes(clusters: clusters, logger: logger)
+        let gossip = try makeGossip(clusters: clusters, outliers: outliers)
+        let dataPlane = DataPlane(config: config, tls: tls, routes: routes, clusters: clusters, outliers: outliers, logger: logger,
+                                  peerGatewayUnreachable: { gateway in gossip?.reportUnreachable(gateway) })
         // Ends ejections on time (Envoy's interval timer, at one-second resolution).
         let sweeper = Task {
             while !Task.isCancelled {
@@ -102,7 +97,7 @@ struct GatewayNode: Service {
         if let gossip {
             acceptor = { channel in try gossip.acceptConnection(channel) }
         }
-        let listener = GatewayListener(store: store, group: group, federationServerName: FederationTransport.serverName,
+        let listener = GatewayListener(dataPlane: dataPlane, group: group, federationServerName: FederationTransport.serverName,
                                        federationAcceptor: acceptor)
         let ready = ReadyFlag()
         let admin: any Channel
@@ -111,7 +106,7 @@ struct GatewayNode: Service {
             bound = try await listener.bind()
             admin = try await ControlHTTPServer.bind(
                 host: config.effectiveAdmin.host, port: config.effectiveAdmin.port, role: "admin listener",
-                group: group, responder: AdminAPI(config: config, registry: registry, ready: ready, gossip: gossip, store: store, blackholes: blackholes).respond)
+                group: group, responder: AdminAPI(config: config, registry: registry, ready: ready, gossip: gossip, dataPlane: dataPlane, blackholes: blackholes).respond)
         } catch {
             printError("error: \(error)")
             _ = await listener.drain(timeout: .zero)
@@ -122,7 +117,7 @@ struct GatewayNode: Service {
         ready.set(true)
         logger.info("gateway ready", metadata: [
             "listen": "\(bound.ipAddress ?? "?"):\(bound.port ?? 0)", "admin": "\(config.effectiveAdmin)", "cluster": "\(config.cluster)",
-            "identity": "\(snapshot.tls.identity?.description ?? "-")"])
+            "identity": "\(tls.identity?.description ?? "-")"])
 
         try? await gracefulShutdown()
 

@@ -157,13 +157,11 @@ package struct GatewayConfig: Codable, Sendable, Equatable {
                 gateways: remote.gateways.map { GatewayAddress(name: $0.name, address: $0.address, locality: $0.locality) },
                 services: services(remote.services))
         }
-        var subsets: [String: [String: [String: String]]] = [:]
         var protocols: [ServiceKey: ServiceProtocol] = [:]
         for service in (self.services ?? []) + (remoteClusters ?? []).flatMap({ $0.services ?? [] }) {
-            for (name, labels) in service.subsets ?? [:] { subsets[service.host, default: [:]][name] = labels }
             if let value = service.protocol { protocols[ServiceKey(host: service.host, port: service.port)] = value }
         }
-        return MeshEndpoints(localCluster: cluster, clusters: clusters, subsets: subsets, protocols: protocols)
+        return MeshEndpoints(localCluster: cluster, clusters: clusters, protocols: protocols)
     }
 }
 

@@ -13,7 +13,16 @@ package enum IstioPolicyLoader {
         /// One line per document of a kind EastWest does not read.
         package var skipped: [String] = []
 
+        package init() {}
+
         package func rule(for host: String) -> DestinationRule? { destinationRules.rule(for: host) }
+
+        /// Another file's resources after these (a policy list is read in order).
+        package mutating func merge(_ other: Loaded) {
+            destinationRules += other.destinationRules
+            warnings += other.warnings
+            skipped += other.skipped
+        }
     }
 
     static let apiVersions: Set<String> = ["networking.istio.io/v1", "networking.istio.io/v1beta1", "networking.istio.io/v1alpha3"]

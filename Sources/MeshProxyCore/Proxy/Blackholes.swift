@@ -5,11 +5,11 @@ import Synchronization
 /// change replans the data path at once.
 package final class Blackholes: Sendable {
     private let active = Mutex<[Blackhole]>([])
-    private let store: DataPlaneStore
+    private let clusters: ClusterManager
     private let logger: Logger
 
-    package init(store: DataPlaneStore, logger: Logger) {
-        self.store = store
+    package init(clusters: ClusterManager, logger: Logger) {
+        self.clusters = clusters
         self.logger = logger
     }
 
@@ -43,6 +43,6 @@ package final class Blackholes: Sendable {
 
     private func publish() {
         let list = current
-        store.update { $0.picker.blackholes == list ? $0 : $0.with(blackholes: list) }
+        clusters.update { $0.blackholes = list }
     }
 }

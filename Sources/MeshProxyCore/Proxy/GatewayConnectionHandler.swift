@@ -14,7 +14,9 @@ package final class GatewayConnectionHandler: ChannelDuplexHandler, RemovableCha
     package typealias OutboundIn = ByteBuffer
     package typealias OutboundOut = ByteBuffer
 
-    private let snapshot: DataPlaneSnapshot
+    private let dataPlane: DataPlane
+    /// The route configuration the connection was accepted under.
+    private let routes: RouteConfiguration
     private let route: Route
     private let record: ConnectionRecord
     private var machine = GatewayConnectionStateMachine()
@@ -24,8 +26,9 @@ package final class GatewayConnectionHandler: ChannelDuplexHandler, RemovableCha
     private var upstream: (any Channel)?
 
     /// The handshake timeout and an early end of input are `PreHandshakeGuard`'s.
-    package init(snapshot: DataPlaneSnapshot, route: Route, record: ConnectionRecord) {
-        self.snapshot = snapshot
+    package init(dataPlane: DataPlane, routes: RouteConfiguration, route: Route, record: ConnectionRecord) {
+        self.dataPlane = dataPlane
+        self.routes = routes
         self.route = route
         self.record = record
     }
@@ -89,22 +92,20 @@ package final class GatewayConnectionHandler: ChannelDuplexHandler, RemovableCha
     /// plan's targets.
     private func plan(context: ChannelHandlerContext) -> GatewayConnectionStateMachine.Action {
         // The identity verified at the handshake decides how far the traffic may go.
-        let origin: TrafficOrigin = record.sourceIdentity.map(snapshot.tls.isPeerGateway) == true ? .peerGateway : .client
-        let action = RouteAction(route: route, origin: origin, config: snapshot.config,
-                                 pool: snapshot.picker.connectionPool(for: route, origin: origin))
+        let origin: TrafficOrigin = record.sourceIdentity.map(dataPlane.tls.isPeerGateway) == true ? .peerGateway : .client
+        let action = routes.action(for: route, origin: origin)
         self.action = action
+        let clusters = dataPlane.clusters
         if let limit = action.maxConnections {
-            guard snapshot.upstreams.acquire(route.service, limit: limit) else {
+            guard clusters.connections.acquire(route.service, limit: limit) else {
                 Counter(label: "envoy_cluster_upstream_cx_overflow", dimensions: OutlierTracker.cluster(route.service)).increment()
                 return machine.refused(flags: [.upstreamOverflow],
                                        detail: "connectionPool.tcp.maxConnections (\(limit)) reached for \(route.service)")
             }
-            let upstreams = snapshot.upstreams, service = route.service
-            context.channel.closeFuture.whenComplete { _ in upstreams.release(service) }
+            let service = route.service
+            context.channel.closeFuture.whenComplete { _ in clusters.connections.release(service) }
         }
-        let cursor = snapshot.cursors.next(for: route.service)
-        let targets = Array(snapshot.picker.candidates(for: route, origin: origin, cursor: cursor, active: snapshot.upstreams.open(to:))
-            .prefix(action.retry.maxAttempts))
+        let targets = Array(clusters.candidates(for: route, origin: origin).prefix(action.retry.maxAttempts))
         return machine.planned(targets, retry: action.retry, noTarget: origin == .peerGateway
             ? "no local endpoint for \(route.service) (traffic from a peer gateway is never forwarded again)"
             : "no healthy endpoint for \(route.service) in any cluster")
@@ -114,9 +115,9 @@ package final class GatewayConnectionHandler: ChannelDuplexHandler, RemovableCha
         guard let action else { return }
         let target = planned.target
         let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
-        UpstreamConnector.connect(to: target, tls: snapshot.tls, connectTimeout: action.connectTimeout,
-                                  handshakeTimeout: snapshot.config.handshakeTimeout, keepalive: action.keepalive,
-                                  from: snapshot.sourceAddress, on: context.eventLoop)
+        UpstreamConnector.connect(to: target, tls: dataPlane.tls, connectTimeout: action.connectTimeout,
+                                  handshakeTimeout: dataPlane.config.handshakeTimeout, keepalive: action.keepalive,
+                                  from: dataPlane.sourceAddress, on: context.eventLoop)
             .whenComplete { result in
                 let (handler, context) = bound.value
                 switch result {
@@ -132,11 +133,11 @@ package final class GatewayConnectionHandler: ChannelDuplexHandler, RemovableCha
         // detector, whatever the machine decides next.
         switch target {
         case .peerGateway(_, let gateway, _):
-            snapshot.peerGatewayUnreachable(gateway.name)
-            snapshot.outliers?.peerFailed(gateway.name)
-        case .local(let endpoint): snapshot.outliers?.failed(route.service, endpoint.address)
+            dataPlane.peerGatewayUnreachable(gateway.name)
+            dataPlane.outliers.peerFailed(gateway.name)
+        case .local(let endpoint): dataPlane.outliers.failed(route.service, endpoint.address)
         }
-        snapshot.logger.debug("upstream attempt failed", metadata: ["target": "\(target)", "error": "\(error)"])
+        dataPlane.logger.debug("upstream attempt failed", metadata: ["target": "\(target)", "error": "\(error)"])
         run(machine.upstreamFailed(.connectFailure, reason: UpstreamConnector.describe(error)), context: context)
     }
 
@@ -148,15 +149,15 @@ package final class GatewayConnectionHandler: ChannelDuplexHandler, RemovableCha
     private func glue(_ planned: PlannedTarget, replay: [ByteBuffer], inputEnded: Bool, readPending: Bool, context: ChannelHandlerContext) {
         guard let upstream else { return }
         self.upstream = nil
-        if case .peerGateway(_, let gateway, _) = planned.target { snapshot.outliers?.peerSucceeded(gateway.name) }
-        let upstreams = snapshot.upstreams, address = planned.target.address
+        if case .peerGateway(_, let gateway, _) = planned.target { dataPlane.outliers.peerSucceeded(gateway.name) }
+        let upstreams = dataPlane.clusters.connections, address = planned.target.address
         upstreams.opened(address)
         upstream.closeFuture.whenComplete { _ in upstreams.closed(address) }
         record.upstream = planned.target
-        record.upstreamCluster = planned.target.cluster ?? snapshot.config.cluster
+        record.upstreamCluster = planned.target.cluster ?? routes.localCluster
         record.upstreamLocality = planned.locality
         record.upstreamPriority = planned.priority
-        record.opened(metrics: snapshot.metrics)
+        record.opened(metrics: dataPlane.metrics)
 
         let (downstreamGlue, upstreamGlue) = GlueHandler.matchedPair()
         do {
@@ -169,8 +170,9 @@ package final class GatewayConnectionHandler: ChannelDuplexHandler, RemovableCha
             return
         }
         record.glue = (downstream: downstreamGlue, upstream: upstreamGlue)
-        downstreamGlue.closeWhenIdle(for: snapshot.config.idleTimeout)
-        if case .local(let endpoint) = planned.target, let outliers = snapshot.outliers {
+        downstreamGlue.closeWhenIdle(for: dataPlane.config.idleTimeout)
+        if case .local(let endpoint) = planned.target {
+            let outliers = dataPlane.outliers
             // Judged when the connection ends: an endpoint that resets established connections
             // is as broken as one that refuses them (a gateway error); a clean end is a success
             // that clears the endpoint's run of errors.

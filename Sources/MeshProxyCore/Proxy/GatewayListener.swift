@@ -11,7 +11,7 @@ import NIOTLS
 /// refuse unknown names (`NR`), terminate mTLS with the mesh policy deciding who gets in, then
 /// hand over to `GatewayConnectionHandler`.
 package final class GatewayListener: Sendable {
-    private let store: DataPlaneStore
+    private let dataPlane: DataPlane
     private let group: any EventLoopGroup
     private let quiescing: ServerQuiescingHelper
     private let pending: PendingHandshakes
@@ -20,22 +20,22 @@ package final class GatewayListener: Sendable {
     private let federationAcceptor: (@Sendable (any Channel) throws -> Void)?
     private let federationServerName: String?
 
-    package init(store: DataPlaneStore, group: any EventLoopGroup, federationServerName: String? = nil,
+    package init(dataPlane: DataPlane, group: any EventLoopGroup, federationServerName: String? = nil,
                  federationAcceptor: (@Sendable (any Channel) throws -> Void)? = nil) {
         self.federationServerName = federationServerName
         self.federationAcceptor = federationAcceptor
-        self.store = store
+        self.dataPlane = dataPlane
         self.group = group
         self.quiescing = ServerQuiescingHelper(group: group)
-        self.pending = PendingHandshakes(limit: store.current.config.effectiveMaxPendingHandshakes)
+        self.pending = PendingHandshakes(limit: dataPlane.config.effectiveMaxPendingHandshakes)
     }
 
     /// Binds the listen address; an address in use fails with an error naming it.
     package func bind() async throws -> SocketAddress {
-        let store = self.store
+        let dataPlane = self.dataPlane
         let quiescing = self.quiescing
         let pending = self.pending
-        let address = store.current.config.listen
+        let address = dataPlane.config.listen
         let federation = federationServerName.flatMap { name in federationAcceptor.map { (name, $0) } }
         do {
             let server = try await ServerBootstrap(group: group)
@@ -50,8 +50,7 @@ package final class GatewayListener: Sendable {
                 .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
                 .childChannelInitializer { channel in
                     channel.eventLoop.makeCompletedFuture {
-                        // Read once per connection: a swap later never changes a connection's view.
-                        try Self.initialize(channel, snapshot: store.current, pending: pending, federation: federation)
+                        try Self.initialize(channel, dataPlane: dataPlane, pending: pending, federation: federation)
                     }
                 }
                 .bind(host: address.host, port: address.port).get()
@@ -79,12 +78,14 @@ package final class GatewayListener: Sendable {
         return drained
     }
 
-    private static func initialize(_ channel: any Channel, snapshot: DataPlaneSnapshot, pending: PendingHandshakes,
+    private static func initialize(_ channel: any Channel, dataPlane: DataPlane, pending: PendingHandshakes,
                                    federation: (String, @Sendable (any Channel) throws -> Void)?) throws {
         let record = ConnectionRecord(downstreamRemote: channel.remoteAddress.map(Self.describe) ?? "-",
                                       downstreamLocal: channel.localAddress.map(Self.describe) ?? "-")
-        let logger = snapshot.logger
-        let metrics = snapshot.metrics
+        let logger = dataPlane.logger
+        let metrics = dataPlane.metrics
+        // Read once: the connection keeps the routes it was accepted under.
+        let routes = dataPlane.routes
         let bound = NIOLoopBound(record, eventLoop: channel.eventLoop)
         channel.closeFuture.whenComplete { _ in bound.value.finish(metrics: metrics, logger: logger) }
         guard pending.admit() else {
@@ -92,7 +93,7 @@ package final class GatewayListener: Sendable {
             channel.close(promise: nil)
             return
         }
-        let guardHandler = PreHandshakeGuard(timeout: snapshot.config.handshakeTimeout, pending: pending) { reason in
+        let guardHandler = PreHandshakeGuard(timeout: dataPlane.config.handshakeTimeout, pending: pending) { reason in
             if record.detail == nil { record.detail = reason }
         }
 
@@ -128,7 +129,7 @@ package final class GatewayListener: Sendable {
                 channel.close(promise: nil)
                 return channel.eventLoop.makeFailedFuture(error)
             case .success(let serverName):
-                switch snapshot.routes.resolve(serverName) {
+                switch routes.resolve(serverName, in: dataPlane.clusters.current) {
                 case .noRoute(let reason):
                     record.flags = [.noRoute]
                     record.detail = reason
@@ -140,8 +141,8 @@ package final class GatewayListener: Sendable {
                 }
             }
             do {
-                let verifier = snapshot.tls.clients
-                let tls = NIOSSLServerHandler(context: snapshot.tls.serverContext(for: route.protocol)) { certificates, verification in
+                let verifier = dataPlane.tls.clients
+                let tls = NIOSSLServerHandler(context: dataPlane.tls.serverContext(for: route.protocol)) { certificates, verification in
                     verifier.verify(certificates, answering: verification) { result in
                         switch result {
                         case .success(let id): record.sourceIdentity = id
@@ -152,7 +153,7 @@ package final class GatewayListener: Sendable {
                 let operations = channel.pipeline.syncOperations
                 try operations.addHandler(tls)
                 try operations.addHandler(HandshakeCompletionObserver(guard: guardHandler))
-                try operations.addHandler(GatewayConnectionHandler(snapshot: snapshot, route: route, record: record))
+                try operations.addHandler(GatewayConnectionHandler(dataPlane: dataPlane, routes: routes, route: route, record: record))
                 return channel.eventLoop.makeSucceededVoidFuture()
             } catch {
                 return channel.eventLoop.makeFailedFuture(error)

@@ -3,42 +3,41 @@ import Metrics
 import Synchronization
 
 /// The shell around `OutlierDetector`: every event loop reports connect results here; an
-/// ejection or restoration swaps the data plane's snapshot at once, so the very next
-/// connection is planned without (or with) the endpoint. Envoy's outlier stats go to
+/// ejection or restoration replans that service at once, so the very next connection is
+/// planned without (or with) the endpoint. Envoy's outlier stats go to
 /// `/stats/prometheus` under Istio's cluster names.
 package final class OutlierTracker: Sendable {
     private let detector: Mutex<OutlierDetector>
     /// Services with detection on: every connection checks this small set, not the detector.
     private let enabled: Mutex<Set<ServiceKey>>
-    private let store: DataPlaneStore
+    private let clusters: ClusterManager
     private let logger: Logger
     /// Peer gateways this gateway cannot connect to right now (`PeerReachability`).
     private let peers = Mutex(PeerReachability())
 
-    package init(store: DataPlaneStore, logger: Logger) {
-        self.store = store
+    package init(clusters: ClusterManager, logger: Logger) {
+        self.clusters = clusters
         self.logger = logger
-        let (settings, counts) = Self.configuration(store.current)
+        let (settings, counts) = Self.configuration(clusters.current.inputs)
         detector = Mutex(OutlierDetector(settings: settings, hostCounts: counts))
         enabled = Mutex(Set(settings.filter { $0.value.threshold != nil }.keys))
     }
 
     /// Per local service: its DestinationRule's outlierDetection and its endpoint count.
-    static func configuration(_ snapshot: DataPlaneSnapshot) -> ([ServiceKey: OutlierDetector.Settings], [ServiceKey: Int]) {
+    static func configuration(_ inputs: EndpointPicker.Inputs) -> ([ServiceKey: OutlierDetector.Settings], [ServiceKey: Int]) {
         var settings: [ServiceKey: OutlierDetector.Settings] = [:]
         var counts: [ServiceKey: Int] = [:]
-        let picker = snapshot.picker
-        for (service, endpoints) in picker.endpoints.local?.services ?? [:] {
+        for (service, endpoints) in inputs.endpoints.local?.services ?? [:] {
             counts[service] = endpoints.count
-            let policy = picker.policies.rule(for: service.host)?.policy(port: service.port, subset: nil)
-            if let od = policy?.effectiveOutlierDetection { settings[service] = .init(od) }
+            let policy = inputs.routes.trafficPolicy(for: service, subset: nil)
+            if let od = policy.effectiveOutlierDetection { settings[service] = .init(od) }
         }
         return (settings, counts)
     }
 
     /// The local endpoints changed (registered, removed): keep state, new percent base.
     package func reconfigure() {
-        let (settings, counts) = Self.configuration(store.current)
+        let (settings, counts) = Self.configuration(clusters.current.inputs)
         detector.withLock { $0.reconfigure(settings: settings, hostCounts: counts) }
         enabled.withLock { $0 = Set(settings.filter { $0.value.threshold != nil }.keys) }
     }
@@ -74,10 +73,7 @@ package final class OutlierTracker: Sendable {
     private func publishPeers() {
         let now = ContinuousClock.now
         let unreachable = peers.withLock { $0.unreachable(at: now) }
-        store.update { current in
-            guard current.picker.unreachableGateways != unreachable else { return current }
-            return current.with(unreachableGateways: unreachable)
-        }
+        clusters.update { $0.unreachableGateways = unreachable }
     }
 
     private func apply(_ events: [OutlierDetector.Event]) {
@@ -100,7 +96,7 @@ package final class OutlierTracker: Sendable {
             Gauge(label: "envoy_cluster_outlier_detection_ejections_active", dimensions: Self.cluster(service))
                 .record(ejected[service]?.count ?? 0)
         }
-        store.update { $0.with(ejected: ejected) }
+        clusters.update { $0.ejected = ejected }
     }
 
     /// Istio's Envoy cluster name for a service port.

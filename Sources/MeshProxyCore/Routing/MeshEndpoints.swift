@@ -132,14 +132,11 @@ package struct MeshEndpoints: Sendable, Equatable {
     package var localCluster: String
     /// Every cluster including the local one, keyed by name.
     package var clusters: [String: ClusterEndpoints]
-    /// Named subsets per host (Istio DestinationRule `subsets[].labels`).
-    package var subsets: [String: [String: [String: String]]]
     /// What each service port speaks, where a config or a peer's catalog said so.
     package var protocols: [ServiceKey: ServiceProtocol]
 
-    package init(localCluster: String, clusters: [String: ClusterEndpoints], subsets: [String: [String: [String: String]]] = [:],
-                 protocols: [ServiceKey: ServiceProtocol] = [:]) {
-        self.localCluster = localCluster; self.clusters = clusters; self.subsets = subsets; self.protocols = protocols
+    package init(localCluster: String, clusters: [String: ClusterEndpoints], protocols: [ServiceKey: ServiceProtocol] = [:]) {
+        self.localCluster = localCluster; self.clusters = clusters; self.protocols = protocols
     }
 
     package var local: ClusterEndpoints? { clusters[localCluster] }
@@ -153,7 +150,7 @@ package struct MeshEndpoints: Sendable, Equatable {
     package func ports(of host: String) -> [Int] { portsByHost()[host] ?? [] }
 
     /// Every host's ports served anywhere in the mesh, lowest first (one pass over the mesh;
-    /// `RouteTable` keeps it for its lookups).
+    /// `EndpointPicker` keeps it for route resolution).
     package func portsByHost() -> [String: [Int]] {
         var ports: [String: Set<Int>] = [:]
         for cluster in clusters.values {

@@ -17,11 +17,4 @@ package struct RouteAction: Sendable, Equatable {
         self.route = route; self.origin = origin; self.retry = retry; self.connectTimeout = connectTimeout
         self.keepalive = keepalive; self.maxConnections = maxConnections
     }
-
-    /// The action for `route` under the gateway's config and the plan's connection pool.
-    package init(route: Route, origin: TrafficOrigin, config: GatewayConfig, pool: ConnectionPoolSettings.TCP?) {
-        self.init(route: route, origin: origin, retry: .connectAttempts(config.effectiveMaxConnectAttempts),
-                  connectTimeout: pool?.connectTimeout?.duration ?? config.connectTimeout,
-                  keepalive: pool?.tcpKeepalive, maxConnections: pool?.maxConnections)
-    }
 }

@@ -46,7 +46,7 @@ struct ServerNameTests {
     }
 }
 
-@Suite("Route table and endpoint picker")
+@Suite("Route configuration and endpoint picker")
 struct RoutingTests {
     let echo = ServiceKey(host: "echo.default.svc.cluster.local", port: 8080)
     let ratings = ServiceKey(host: "ratings.default.svc.cluster.local", port: 9080)
@@ -63,31 +63,40 @@ struct RoutingTests {
             clusters: [
                 "east": ClusterEndpoints(name: "east", gateways: [], services: [echo: [e1, e2]]),
                 "west": ClusterEndpoints(name: "west", gateways: [westGateway], services: [echo: [w1], ratings: [r1]]),
-            ],
-            subsets: ["echo.default.svc.cluster.local": ["v1": ["version": "v1"], "v2": ["version": "v2"]]])
+            ])
+    }
+
+    /// The routes of a gateway in us-east1/a, with echo's subsets and `policies`.
+    func routes(_ policies: [DestinationRule] = []) -> RouteConfiguration {
+        RouteConfiguration(localCluster: "east", client: Locality(region: "us-east1", zone: "a"),
+                           subsets: ["echo.default.svc.cluster.local": ["v1": ["version": "v1"], "v2": ["version": "v2"]]],
+                           destinationRules: policies)
+    }
+
+    func makePicker(_ policies: [DestinationRule] = [], ejected: [ServiceKey: Set<HostPort>] = [:]) -> EndpointPicker {
+        EndpointPicker(endpoints: mesh, routes: routes(policies), ejected: ejected)
     }
 
     @Test("Unknown host, port or subset is no route (NR) with the reason")
     func unknownIsNoRoute() throws {
-        let table = RouteTable(endpoints: mesh)
-        #expect(table.resolve(try ServerName(parsing: "nope.default.svc.cluster.local")) == .noRoute(reason: "no service 'nope.default.svc.cluster.local' in the mesh"))
-        #expect(table.resolve(try ServerName(parsing: "outbound_.9999_._.echo.default.svc.cluster.local"))
+        let table = routes(), services = makePicker()
+        #expect(table.resolve(try ServerName(parsing: "nope.default.svc.cluster.local"), in: services) == .noRoute(reason: "no service 'nope.default.svc.cluster.local' in the mesh"))
+        #expect(table.resolve(try ServerName(parsing: "outbound_.9999_._.echo.default.svc.cluster.local"), in: services)
                 == .noRoute(reason: "service 'echo.default.svc.cluster.local' has no port 9999 (ports: 8080)"))
-        #expect(table.resolve(try ServerName(parsing: "outbound_.8080_.v9_.echo.default.svc.cluster.local"))
+        #expect(table.resolve(try ServerName(parsing: "outbound_.8080_.v9_.echo.default.svc.cluster.local"), in: services)
                 == .noRoute(reason: "service 'echo.default.svc.cluster.local' has no subset 'v9'"))
     }
 
     @Test("A plain host name routes to the service's port; a subset narrows the endpoints")
     func plainAndSubset() throws {
-        let table = RouteTable(endpoints: mesh)
-        guard case .route(let plain) = table.resolve(try ServerName(parsing: "ratings.default.svc.cluster.local")) else {
+        let table = routes(), picker = makePicker()
+        guard case .route(let plain) = table.resolve(try ServerName(parsing: "ratings.default.svc.cluster.local"), in: picker) else {
             Issue.record("no route"); return
         }
         #expect(plain.service == ratings)
-        guard case .route(let v2) = table.resolve(try ServerName(parsing: "outbound_.8080_.v2_.echo.default.svc.cluster.local")) else {
+        guard case .route(let v2) = table.resolve(try ServerName(parsing: "outbound_.8080_.v2_.echo.default.svc.cluster.local"), in: picker) else {
             Issue.record("no route"); return
         }
-        let picker = EndpointPicker(endpoints: mesh, client: Locality(region: "us-east1", zone: "a"))
         #expect(picker.candidates(for: v2, origin: .client, cursor: 0).map(\.target.address.description) == ["127.0.1.11:8080"])
     }
 
@@ -99,7 +108,7 @@ struct RoutingTests {
 
     @Test("With locality failover, local endpoints round robin first, then the remote cluster's gateway with the Istio-form SNI")
     func localThenRemote() throws {
-        let picker = EndpointPicker(endpoints: mesh, policies: [failoverRule()], client: Locality(region: "us-east1", zone: "a"))
+        let picker = makePicker([failoverRule()])
         let route = Route(service: echo, subset: nil, selector: [:])
         let first = picker.candidates(for: route, origin: .client, cursor: 0)
         let second = picker.candidates(for: route, origin: .client, cursor: 1)
@@ -110,15 +119,14 @@ struct RoutingTests {
         #expect(cluster == "west")
         #expect(sni.istioForm == "outbound_.8080_._.echo.default.svc.cluster.local")
         // Local endpoints ejected: the plan fails over to west at once.
-        let ejected = EndpointPicker(endpoints: mesh, policies: [failoverRule()], client: Locality(region: "us-east1", zone: "a"),
-                                     ejected: [echo: [HostPort(host: "127.0.1.10", port: 8080), HostPort(host: "127.0.1.11", port: 8080)]])
+        let ejected = makePicker([failoverRule()], ejected: [echo: [HostPort(host: "127.0.1.10", port: 8080), HostPort(host: "127.0.1.11", port: 8080)]])
         #expect(ejected.candidates(for: route, origin: .client, cursor: 0).first?.target.address.description == "127.0.2.1:15443")
         #expect(ejected.plan(for: echo, subset: nil)?.shares == ["us-west1/a": 1])
     }
 
     @Test("Without outlier detection Istio does no failover: connections spread over every cluster's endpoints by count")
     func istioDefaultSpreads() {
-        let picker = EndpointPicker(endpoints: mesh, client: Locality(region: "us-east1", zone: "a"))
+        let picker = makePicker()
         let route = Route(service: echo, subset: nil, selector: [:])
         var counts: [String: Int] = [:]
         for cursor in 0..<3000 { counts[picker.candidates(for: route, origin: .client, cursor: cursor)[0].locality, default: 0] += 1 }
@@ -128,7 +136,7 @@ struct RoutingTests {
     @Test("Connections follow distribute weights closely over any run (80/20 across clusters)")
     func followsDistribute() {
         let rule = failoverRule(LocalityLbSetting(distribute: [.init(from: "us-east1/*", to: ["us-east1/*": 80, "us-west1/*": 20])]))
-        let picker = EndpointPicker(endpoints: mesh, policies: [rule], client: Locality(region: "us-east1", zone: "a"))
+        let picker = makePicker([rule])
         let route = Route(service: echo, subset: nil, selector: [:])
         for run in [100, 1000] {
             let west = (0..<run).filter { picker.candidates(for: route, origin: .client, cursor: $0)[0].locality == "us-west1/a" }.count
@@ -138,24 +146,24 @@ struct RoutingTests {
 
     @Test("loadBalancer.simple inside a locality: LEAST_REQUEST takes the less loaded of two choices, RANDOM spreads evenly")
     func simpleLoadBalancers() {
-        func picker(_ simple: LoadBalancerSettings.Simple) -> EndpointPicker {
+        func simplePicker(_ simple: LoadBalancerSettings.Simple) -> EndpointPicker {
             let rule = DestinationRule(host: "echo.default.svc.cluster.local",
                                        trafficPolicy: TrafficPolicy(loadBalancer: .init(simple: simple, localityLbSetting: .init(enabled: true)),
                                                                     outlierDetection: OutlierDetection()))
-            return EndpointPicker(endpoints: mesh, policies: [rule], client: Locality(region: "us-east1", zone: "a"))
+            return makePicker([rule])
         }
         let route = Route(service: echo, subset: nil, selector: [:])
         let busy = HostPort(host: "127.0.1.10", port: 8080)
-        let least = picker(.leastRequest)
+        let least = simplePicker(.leastRequest)
         #expect((0..<100).allSatisfy { least.candidates(for: route, origin: .client, cursor: $0, active: { $0 == busy ? 3 : 0 })[0].target.address != busy })
-        let random = picker(.random)
+        let random = simplePicker(.random)
         let firstIsBusy = (0..<1000).filter { random.candidates(for: route, origin: .client, cursor: $0)[0].target.address == busy }.count
         #expect((400...600).contains(firstIsBusy), "\(firstIsBusy) of 1000")
     }
 
     @Test("Traffic from a peer gateway goes only to local endpoints (one hop, never a loop)")
     func peerGatewayTrafficStaysLocal() {
-        let picker = EndpointPicker(endpoints: mesh, client: Locality(region: "us-east1", zone: "a"))
+        let picker = makePicker()
         #expect(picker.candidates(for: Route(service: ratings, subset: nil, selector: [:]), origin: .peerGateway, cursor: 0).isEmpty)
         #expect(picker.candidates(for: Route(service: ratings, subset: nil, selector: [:]), origin: .client, cursor: 0).count == 1)
     }

@@ -1,0 +1,35 @@
+/// Turns the gateway config and the Istio resources it loaded into the `RouteConfiguration`
+/// the data path reads. Each resource kind contributes through its own step in `kinds`
+/// (DestinationRule today; VirtualService, AuthorizationPolicy, … register theirs), so the
+/// compiled form has one place per kind and the data path never interprets raw resources.
+package enum PolicyCompiler {
+    /// What the kinds' steps build up before it is frozen.
+    package struct Draft: Sendable {
+        package var subsets: [String: [String: [String: String]]] = [:]
+        package var destinationRules: [DestinationRule] = []
+    }
+
+    /// One kind's compile step: reads its resources out of what the loader produced.
+    package struct KindCompiler: Sendable {
+        package var kind: String
+        package var compile: @Sendable (_ loaded: IstioPolicyLoader.Loaded, _ draft: inout Draft) -> Void
+    }
+
+    package static let kinds: [KindCompiler] = [
+        KindCompiler(kind: "DestinationRule") { loaded, draft in draft.destinationRules += loaded.destinationRules },
+    ]
+
+    package static func compile(config: GatewayConfig, resources: IstioPolicyLoader.Loaded = .init()) -> RouteConfiguration {
+        var draft = Draft()
+        // The topology's own subsets (a service entry's `subsets:`), for every cluster it lists.
+        for service in (config.services ?? []) + (config.remoteClusters ?? []).flatMap({ $0.services ?? [] }) {
+            for (name, labels) in service.subsets ?? [:] { draft.subsets[service.host, default: [:]][name] = labels }
+        }
+        for step in kinds { step.compile(resources, &draft) }
+        var clientLabels: [String: String] = [:]
+        if let network = config.network { clientLabels["topology.istio.io/network"] = network }
+        return RouteConfiguration(localCluster: config.cluster, client: config.locality ?? Locality(region: ""),
+                                  clientLabels: clientLabels, subsets: draft.subsets, destinationRules: draft.destinationRules,
+                                  connectTimeout: config.connectTimeout, maxConnectAttempts: config.effectiveMaxConnectAttempts)
+    }
+}

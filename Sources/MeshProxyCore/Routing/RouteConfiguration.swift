@@ -1,0 +1,138 @@
+/// Where a connection goes once its server name is known: a service port and maybe a subset.
+package struct Route: Hashable, Sendable {
+    package var service: ServiceKey
+    package var subset: String?
+    /// The subset's label selector; empty when no subset was named.
+    package var selector: [String: String]
+    /// What the service port speaks, when known; it decides the ALPN offered to the client.
+    package var `protocol`: ServiceProtocol? = nil
+
+    /// The SNI a gateway sends when it carries this route to a peer gateway: always Istio's form,
+    /// so the peer needs no knowledge of how the client spelled it.
+    package var upstreamServerName: ServerName {
+        .istio(host: service.host, port: service.port, subset: subset)
+    }
+}
+
+/// Everything the gateway was told about routing, compiled once (by `PolicyCompiler`) from the
+/// gateway config and the Istio resources: subsets, DestinationRules, defaults. Immutable; a
+/// reload swaps it whole while `ClusterManager`'s live state (health, counters, cursors)
+/// carries on. Envoy's route configuration, as opposed to its cluster manager.
+package struct RouteConfiguration: Sendable, Equatable {
+    package let localCluster: String
+    /// Where this gateway is: the origin of every locality plan it makes.
+    package let client: Locality
+    /// The client labels failover priorities compare (`topology.istio.io/network`).
+    package let clientLabels: [String: String]
+    /// Named subsets per host: the topology's `subsets:` and every DestinationRule's.
+    package let subsets: [String: [String: [String: String]]]
+    /// The DestinationRules in the order they were loaded (the first for a host wins).
+    package let destinationRules: [DestinationRule]
+    private let rulesByHost: [String: DestinationRule]
+    /// Rules written with Istio's short host names (`reviews`), by that name.
+    private let rulesByShortName: [String: DestinationRule]
+    /// The gateway's defaults where no DestinationRule says otherwise.
+    package let connectTimeout: Duration
+    package let maxConnectAttempts: Int
+
+    package init(localCluster: String, client: Locality = Locality(region: ""), clientLabels: [String: String] = [:],
+                 subsets: [String: [String: [String: String]]] = [:], destinationRules: [DestinationRule] = [],
+                 connectTimeout: Duration = .seconds(5), maxConnectAttempts: Int = 3) {
+        self.localCluster = localCluster
+        self.client = client
+        self.clientLabels = clientLabels
+        self.destinationRules = destinationRules
+        self.connectTimeout = connectTimeout
+        self.maxConnectAttempts = maxConnectAttempts
+        var byHost: [String: DestinationRule] = [:]
+        var byShortName: [String: DestinationRule] = [:]
+        var subsets = subsets
+        for rule in destinationRules {
+            if rule.host.contains(".") {
+                if byHost[rule.host] == nil { byHost[rule.host] = rule }
+            } else if byShortName[rule.host] == nil {
+                byShortName[rule.host] = rule
+            }
+        }
+        rulesByHost = byHost
+        rulesByShortName = byShortName
+        // A DestinationRule's subsets are routable names too (`outbound_.8080_.v2_.host`); a
+        // subset the topology names already keeps the topology's labels. Short-name rules give
+        // theirs to whichever FQDN they match, at lookup.
+        for rule in destinationRules where rule.host.contains(".") {
+            for subset in rule.subsets ?? [] where subsets[rule.host]?[subset.name] == nil {
+                subsets[rule.host, default: [:]][subset.name] = subset.labels ?? [:]
+            }
+        }
+        self.subsets = subsets
+    }
+
+    /// The DestinationRule for `host`: an exact host first, else Istio's short name matching
+    /// the FQDN's first label. Two dictionary probes.
+    package func rule(for host: String) -> DestinationRule? {
+        if let exact = rulesByHost[host] { return exact }
+        guard let dot = host.firstIndex(of: ".") else { return rulesByShortName[host] }
+        return rulesByShortName[String(host[..<dot])]
+    }
+
+    /// The labels of `subset` of `host`, when it is defined.
+    package func selector(host: String, subset: String) -> [String: String]? {
+        if let labels = subsets[host]?[subset] { return labels }
+        return rule(for: host)?.subsets?.first { $0.name == subset }.map { $0.labels ?? [:] }
+    }
+
+    /// The traffic policy for one service port and subset, merged as Istio merges it.
+    package func trafficPolicy(for service: ServiceKey, subset: String?) -> TrafficPolicy {
+        rule(for: service.host)?.policy(port: service.port, subset: subset) ?? TrafficPolicy()
+    }
+
+    package enum Resolution: Equatable, Sendable {
+        case route(Route)
+        /// Envoy's `NR`: no filter chain for this name. `reason` goes in the log line.
+        case noRoute(reason: String)
+    }
+
+    /// The route for a server name against the services the mesh serves now. Dictionary probes.
+    package func resolve(_ name: ServerName, in services: some ServiceDirectory) -> Resolution {
+        let ports = services.ports(of: name.host)
+        guard !ports.isEmpty else { return .noRoute(reason: "no service '\(name.host)' in the mesh") }
+        let port: Int
+        if let requested = name.port {
+            guard ports.contains(requested) else {
+                return .noRoute(reason: "service '\(name.host)' has no port \(requested) (ports: \(ports.map(String.init).joined(separator: ", ")))")
+            }
+            port = requested
+        } else {
+            // A plain host name means the service's port; with several, the lowest, so the
+            // choice is stable. Clients that need another port use the Istio form.
+            port = ports[0]
+        }
+        var selector: [String: String] = [:]
+        if let subset = name.subset {
+            guard let labels = self.selector(host: name.host, subset: subset) else {
+                return .noRoute(reason: "service '\(name.host)' has no subset '\(subset)'")
+            }
+            selector = labels
+        }
+        let service = ServiceKey(host: name.host, port: port)
+        return .route(Route(service: service, subset: name.subset, selector: selector, protocol: services.protocol(of: service)))
+    }
+
+    /// What the data path does with `route` for traffic from `origin`: retries, timeouts and
+    /// limits from the route's DestinationRule, else the gateway's defaults.
+    package func action(for route: Route, origin: TrafficOrigin) -> RouteAction {
+        let pool = trafficPolicy(for: route.service, subset: route.subset).connectionPool?.tcp
+        return RouteAction(route: route, origin: origin, retry: .connectAttempts(maxConnectAttempts),
+                           connectTimeout: pool?.connectTimeout?.duration ?? connectTimeout,
+                           keepalive: pool?.tcpKeepalive, maxConnections: pool?.maxConnections)
+    }
+}
+
+/// The services the mesh serves right now, as route resolution needs them. `ClusterManager`'s
+/// live view provides it; routes only name services, as Envoy's routes name clusters.
+package protocol ServiceDirectory {
+    /// Every port of `host` served anywhere in the mesh, lowest first.
+    func ports(of host: String) -> [Int]
+    /// What the service port speaks, when a config or a peer's catalog said so.
+    func `protocol`(of service: ServiceKey) -> ServiceProtocol?
+}
