@@ -1,4 +1,10 @@
 import Foundation
+import Subprocess
+#if canImport(System)
+import System
+#else
+import SystemPackage
+#endif
 import MeshProxyCore
 import Synchronization
 
@@ -74,7 +80,7 @@ final class FaultInjector: Sendable {
                     supervisor.signal(name, SIGCONT)
                     stopped.withLock { _ = $0.remove(name) }
                 default:
-                    try supervisor.restart(name)
+                    try await supervisor.restart(name)
                     stopped.withLock { _ = $0.remove(name) }
                 }
             }
@@ -88,13 +94,13 @@ final class FaultInjector: Sendable {
             hit.gateways = cut.flatMap { $0.gateways.map(\.name) }
             hit.localities = Array(Set(cut.flatMap { ($0.services ?? []).flatMap { $0.endpoints.compactMap { $0.locality?.description } } })).sorted()
             if step.action == .heal {
-                removeRules { rule in rule.contains(subnets[0]) && rule.contains(subnets[1]) }
+                await removeRules { rule in rule.contains(subnets[0]) && rule.contains(subnets[1]) }
                 return hit
             }
             var match: [String] = []
             if step.action == .loss { match = ["-m", "statistic", "--mode", "random", "--probability", String((step.percent ?? 0) / 100)] }
             for (from, to) in [(subnets[0], subnets[1]), (subnets[1], subnets[0])] {
-                try addRule(["-s", from, "-d", to] + match + ["-j", "DROP"])
+                try await addRule(["-s", from, "-d", to] + match + ["-j", "DROP"])
             }
             return hit
         case .blackhole:
@@ -142,37 +148,36 @@ final class FaultInjector: Sendable {
         return "\(parts[0]).\(parts[1]).\(parts[2]).0/24"
     }
 
-    private func addRule(_ rule: [String]) throws {
-        let result = try runIptables(["-I", "OUTPUT"] + rule)
+    private func addRule(_ rule: [String]) async throws {
+        let result = try await runIptables(["-I", "OUTPUT"] + rule)
         guard result == 0 else { throw DrillError("iptables -I OUTPUT \(rule.joined(separator: " ")) failed (root needed)") }
         rules.withLock { $0.append(rule) }
     }
 
-    private func removeRules(where matches: ([String]) -> Bool) {
+    private func removeRules(where matches: ([String]) -> Bool) async {
         let removed = rules.withLock { rules -> [[String]] in
             let chosen = rules.filter(matches)
             rules.removeAll(where: matches)
             return chosen
         }
-        for rule in removed { _ = try? runIptables(["-D", "OUTPUT"] + rule) }
+        for rule in removed { _ = try? await runIptables(["-D", "OUTPUT"] + rule) }
     }
 
-    private func runIptables(_ arguments: [String]) throws -> Int32 {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: FileManager.default.isExecutableFile(atPath: "/usr/sbin/iptables") ? "/usr/sbin/iptables" : "/sbin/iptables")
-        process.arguments = ["-w"] + arguments
-        process.standardOutput = FileHandle.nullDevice
-        process.standardError = FileHandle.nullDevice
-        try process.run()
-        process.waitUntilExit()
-        return process.terminationStatus
+    /// Runs iptables (`-w`: wait for the xtables lock) and returns its exit status.
+    private func runIptables(_ arguments: [String]) async throws -> Int32 {
+        let path = FileManager.default.isExecutableFile(atPath: "/usr/sbin/iptables") ? "/usr/sbin/iptables" : "/sbin/iptables"
+        let result = try await run(.path(FilePath(path)), arguments: Arguments(["-w"] + arguments), output: .discarded, error: .discarded)
+        switch result.terminationStatus {
+        case .exited(let code): return code
+        case .signaled(let signal): return 128 + signal
+        }
     }
 
     /// Removes every rule this drill added, resumes every process it stopped and clears the
     /// gateways' blackholes.
     func cleanUp() async {
         if blackholed.withLock({ $0 }) != nil { await clearBlackholes() }
-        removeRules { _ in true }
+        await removeRules { _ in true }
         for name in stopped.withLock({ state in defer { state = [] }; return state }) { supervisor.signal(name, SIGCONT) }
     }
 }

@@ -1,4 +1,10 @@
 import Foundation
+import Subprocess
+#if canImport(System)
+import System
+#else
+import SystemPackage
+#endif
 import Federation
 import MeshProxyCore
 import NIOCore
@@ -8,10 +14,23 @@ import UnixSignals
 
 /// Starts and stops the processes of a launch plan. Each child logs to its own file; a child
 /// that dies before it is ready stops the whole start-up with its last log lines, and stopping
-/// sends SIGTERM, waits, then SIGKILL, so nothing is left running.
+/// sends SIGTERM, waits, then SIGKILL, so nothing is left running. Children run under
+/// swift-subprocess, each in a task that ends when the child exits (nothing blocks waiting).
 final class Supervisor: Sendable {
+    private struct Child {
+        var id: Int
+        var name: String
+        var pid: Int32?
+        /// Set when the child has exited (and been reaped).
+        var exit: TerminationStatus?
+        var isRunning: Bool { pid != nil && exit == nil }
+    }
+
     private struct State {
-        var processes: [(name: String, process: Process)] = []
+        var children: [Child] = []
+        var nextID = 0
+        /// Ends when the child with that id has exited.
+        var lifetimes: [Int: Task<Void, Never>] = [:]
         /// How each child was started, so a drill can start it again.
         var arguments: [String: [String]] = [:]
         var stopRequested = false
@@ -24,21 +43,23 @@ final class Supervisor: Sendable {
     init(logDirectory: String) { self.logDirectory = logDirectory }
 
     var pids: [String: Int32] {
-        state.withLock { Dictionary($0.processes.map { ($0.name, $0.process.processIdentifier) }, uniquingKeysWith: { a, _ in a }) }
+        state.withLock { state in
+            Dictionary(state.children.compactMap { child in child.pid.map { (child.name, $0) } }, uniquingKeysWith: { _, latest in latest })
+        }
     }
 
     func start(_ plan: LaunchPlan, readyTimeout: Duration) async throws {
         for child in plan.children where !child.arguments.isEmpty {
             if state.withLock({ $0.stopRequested }) { throw StartError("interrupted") }
-            try launch(child.name, child.arguments)
+            try await launch(child.name, child.arguments)
         }
         let deadline = ContinuousClock.now + readyTimeout
         for child in plan.children {
             while true {
-                if let dead = state.withLock({ $0.processes.first { !$0.process.isRunning } }) {
-                    let logPath = "\(logDirectory)/\(dead.name.replacingOccurrences(of: "/", with: "_")).log"
+                if let dead = state.withLock({ $0.children.first { $0.exit != nil } }) {
+                    let logPath = self.logPath(dead.name)
                     let tail = (try? String(contentsOfFile: logPath, encoding: .utf8))?.split(separator: "\n").suffix(5).joined(separator: "\n") ?? ""
-                    throw StartError("\(dead.name) exited with status \(dead.process.terminationStatus) before the topology was ready:\n\(tail)\n(full log: \(logPath))")
+                    throw StartError("\(dead.name) \(Self.describe(dead.exit!)) before the topology was ready:\n\(tail)\n(full log: \(logPath))")
                 }
                 if await ReadinessCheck.isReady(child.readiness) { break }
                 if ContinuousClock.now > deadline { throw StartError("\(child.name) was not ready within \(readyTimeout)") }
@@ -48,44 +69,72 @@ final class Supervisor: Sendable {
         }
     }
 
-    private func launch(_ name: String, _ arguments: [String]) throws {
-        let logPath = "\(logDirectory)/\(name.replacingOccurrences(of: "/", with: "_")).log"
-        if !FileManager.default.fileExists(atPath: logPath) { _ = FileManager.default.createFile(atPath: logPath, contents: nil) }
-        let log = try FileHandle(forWritingTo: URL(fileURLWithPath: logPath))
-        log.seekToEndOfFile()
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: arguments[0])
-        process.arguments = Array(arguments.dropFirst())
-        process.standardOutput = log
-        process.standardError = log
-        process.standardInput = FileHandle.nullDevice
-        try process.run()
-        state.withLock { state in
-            state.processes.removeAll { $0.name == name && !$0.process.isRunning }
-            state.processes.append((name, process))
-            state.arguments[name] = arguments
+    private func logPath(_ name: String) -> String { "\(logDirectory)/\(name.replacingOccurrences(of: "/", with: "_")).log" }
+
+    static func describe(_ status: TerminationStatus) -> String {
+        switch status {
+        case .exited(let code): "exited with status \(code)"
+        case .signaled(let signal): "was killed by signal \(signal)"
         }
     }
 
-    /// Sends `signal` to the named child (kill, stop, resume in a drill).
+    /// Starts a child and returns once it runs (its pid known), or throws why it could not start.
+    private func launch(_ name: String, _ arguments: [String]) async throws {
+        let output = try FileDescriptor.open(FilePath(logPath(name)), .writeOnly, options: [.append, .create],
+                                             permissions: [.ownerReadWrite, .groupRead, .otherRead])
+        let errors = try output.duplicate()
+        let id = state.withLock { state in
+            state.children.removeAll { $0.name == name && !$0.isRunning }
+            state.arguments[name] = arguments
+            defer { state.nextID += 1 }
+            state.children.append(Child(id: state.nextID, name: name))
+            return state.nextID
+        }
+        let (started, starting) = AsyncThrowingStream<Int32, any Error>.makeStream()
+        let lifetime = Task { [self] in
+            do {
+                let result = try await run(.path(FilePath(arguments[0])), arguments: Arguments(Array(arguments.dropFirst())),
+                                           input: .none, output: .fileDescriptor(output, closeAfterSpawningProcess: true),
+                                           error: .fileDescriptor(errors, closeAfterSpawningProcess: true)) { execution in
+                    let pid = execution.processIdentifier.value
+                    state.withLock { state in
+                        if let index = state.children.firstIndex(where: { $0.id == id }) { state.children[index].pid = pid }
+                    }
+                    starting.yield(pid)
+                    starting.finish()
+                }
+                state.withLock { state in
+                    if let index = state.children.firstIndex(where: { $0.id == id }) { state.children[index].exit = result.terminationStatus }
+                }
+            } catch {
+                state.withLock { $0.children.removeAll { $0.id == id } }
+                starting.finish(throwing: error)
+            }
+        }
+        state.withLock { $0.lifetimes[id] = lifetime }
+        for try await _ in started { return }
+    }
+
+    /// Sends `signal` to the named child (kill, stop, resume in a drill). Only to a child that
+    /// has not been reaped, so a recycled pid is never signalled.
     func signal(_ name: String, _ signal: Int32) {
-        for process in state.withLock({ $0.processes.filter { $0.name == name }.map(\.process) }) where process.isRunning {
-            kill(process.processIdentifier, signal)
+        state.withLock { state in
+            for child in state.children where child.name == name && child.isRunning { kill(child.pid!, signal) }
         }
     }
 
     /// Starts the named child again as it was first started (after it was killed); a child
     /// that is still running is resumed instead.
-    func restart(_ name: String) throws {
+    func restart(_ name: String) async throws {
         let (running, arguments) = state.withLock { state in
-            (state.processes.first { $0.name == name && $0.process.isRunning }?.process, state.arguments[name])
+            (state.children.first { $0.name == name && $0.isRunning }?.pid, state.arguments[name])
         }
         if let running {
-            kill(running.processIdentifier, SIGCONT)
+            kill(running, SIGCONT)
             return
         }
         guard let arguments else { throw StartError("no process named \(name)") }
-        try launch(name, arguments)
+        try await launch(name, arguments)
     }
 
     func requestStop() {
@@ -108,17 +157,24 @@ final class Supervisor: Sendable {
         }
     }
 
-    /// SIGTERM to every child (gateways drain), then SIGKILL to whatever is left after 10 s.
+    /// SIGTERM to every child (gateways drain), then SIGKILL to whatever is left after 10 s;
+    /// returns once every child has been reaped.
     func stopAll() async {
-        let processes = state.withLock { $0.processes.map(\.process) }
         // A stopped (SIGSTOP) child would never see the SIGTERM.
-        for process in processes where process.isRunning { kill(process.processIdentifier, SIGCONT); kill(process.processIdentifier, SIGTERM) }
+        signalAll(SIGCONT)
+        signalAll(SIGTERM)
         let deadline = ContinuousClock.now + .seconds(10)
-        while processes.contains(where: \.isRunning), ContinuousClock.now < deadline {
+        while state.withLock({ $0.children.contains(where: \.isRunning) }), ContinuousClock.now < deadline {
             try? await Task.sleep(for: .milliseconds(50))
         }
-        for process in processes where process.isRunning { kill(process.processIdentifier, SIGKILL) }
-        for process in processes { process.waitUntilExit() }
+        signalAll(SIGKILL)
+        for lifetime in state.withLock({ Array($0.lifetimes.values) }) { await lifetime.value }
+    }
+
+    private func signalAll(_ signal: Int32) {
+        state.withLock { state in
+            for child in state.children where child.isRunning { kill(child.pid!, signal) }
+        }
     }
 
     struct StartError: Error, CustomStringConvertible {
