@@ -167,20 +167,16 @@ extension AdminAPI {
     /// `PUT /v1/catalog/register|deregister` with
     /// `{"host": "...", "port": 8080, "address": "10.0.0.1:8080", "locality": "r/z", "labels": {...}}`.
     func catalogChange(_ request: ControlHTTPRequest) -> ControlHTTPResponse {
-        struct Body: Decodable { var host: String; var port: Int; var address: String; var locality: String?; var labels: [String: String]? }
         guard let gossip else { return ControlHTTPResponse(status: .notFound, text: "federation is not configured\n") }
-        guard let body = try? JSONDecoder().decode(Body.self, from: Data(request.body.readableBytesView)) else {
-            return ControlHTTPResponse(status: .badRequest, text: "body must be JSON {host, port, address, locality?, labels?}\n")
+        let registration: CatalogRegistration
+        do {
+            registration = try CatalogRegistration(json: request.body.readableBytesView)
+        } catch {
+            return ControlHTTPResponse(status: .badRequest, text: "\(error)\n")
         }
-        guard (try? ServerName(parsing: body.host)) != nil, (1...65_535).contains(body.port) else {
-            return ControlHTTPResponse(status: .badRequest, text: "host must be a DNS name and port 1-65535\n")
-        }
-        guard let address = HostPort(parsing: body.address) else {
-            return ControlHTTPResponse(status: .badRequest, text: "address '\(body.address)' is not host:port\n")
-        }
-        let key = CatalogKey(host: body.host.lowercased(), port: body.port, endpoint: address)
+        let key = registration.key
         if request.path.hasSuffix("/register") {
-            gossip.register(key, CatalogRecord(locality: body.locality.flatMap(Locality.init(parsing:)), labels: body.labels ?? [:]))
+            gossip.register(key, registration.record)
         } else {
             gossip.deregister(key)
         }
@@ -233,18 +229,15 @@ extension AdminAPI {
             blackholes.clear()
             return ControlHTTPResponse(text: "every fault cleared\n")
         case .POST:
-            guard let body = try? JSONDecoder().decode(FaultRequest.self, from: Data(request.body.readableBytesView)) else {
-                return ControlHTTPResponse(status: .badRequest, text: #"body must be {"blackhole": {"cluster"|"region"|"zone": "…"}, "duration": "30s"}"# + "\n")
+            let fault: (target: BlackholeTarget, duration: ConfigDuration)
+            do {
+                fault = try FaultRequest.validated(json: request.body.readableBytesView)
+            } catch {
+                return ControlHTTPResponse(status: .badRequest, text: "\(error)\n")
             }
-            guard let duration = ConfigDuration(parsing: body.duration), duration.duration > .zero, duration.duration <= .seconds(3600) else {
-                return ControlHTTPResponse(status: .badRequest, text: "duration '\(body.duration)' must be from 1ms to 1h\n")
-            }
-            guard !body.blackhole.isEmpty else {
-                return ControlHTTPResponse(status: .badRequest, text: "blackhole needs a cluster, region or zone\n")
-            }
-            let blackhole = Blackhole(body.blackhole, until: .now + duration.duration)
+            let blackhole = Blackhole(fault.target, until: .now + fault.duration.duration)
             blackholes.add(blackhole)
-            return ControlHTTPResponse(status: .created, text: "blackhole \(blackhole.target.description) for \(duration)\n")
+            return ControlHTTPResponse(status: .created, text: "blackhole \(blackhole.target.description) for \(fault.duration)\n")
         default:
             return ControlHTTPResponse(status: .methodNotAllowed, text: "GET, POST or DELETE\n")
         }

@@ -61,7 +61,7 @@ package final class FederationTransport: Sendable {
         let operations = channel.pipeline.syncOperations
         try operations.addHandler(handler)
         try operations.addHandler(ProtocolGuard(transport: self, peer: remote))
-        try operations.addHandler(ByteToMessageHandler(LengthFieldBasedFrameDecoder(lengthFieldBitLength: .fourBytes)))
+        try operations.addHandler(ByteToMessageHandler(GossipFrameDecoder()))
         try operations.addHandler(receiver)
     }
 
@@ -100,6 +100,8 @@ package final class FederationTransport: Sendable {
             transport.received(unwrapInboundIn(data), senderCluster: senderCluster)
         }
         func errorCaught(context: ChannelHandlerContext, error: any Error) {
+            // A frame over the size limit: nothing after it on this stream can be trusted.
+            if let wire = error as? GossipWireError { transport.countDrop(wire.reason) }
             context.close(promise: nil)
         }
         func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {

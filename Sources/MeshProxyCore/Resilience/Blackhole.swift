@@ -1,3 +1,5 @@
+import Foundation
+
 /// What a drill's blackhole covers: the endpoints of a cluster, a region or a zone (any
 /// combination narrows it). The wire form of `POST /v1/faults`.
 package struct BlackholeTarget: Sendable, Equatable, Codable {
@@ -47,5 +49,24 @@ package struct FaultRequest: Sendable, Equatable, Codable {
     package init(blackhole: BlackholeTarget, duration: ConfigDuration) {
         self.blackhole = blackhole
         self.duration = duration.description
+    }
+}
+
+extension FaultRequest {
+    /// Why a `POST /v1/faults` body was refused: the text of the 400 answer.
+    package struct Refusal: Error, Sendable, Equatable, CustomStringConvertible {
+        package var description: String
+    }
+
+    /// A body checked: its target names something and its duration is from 1 ms to 1 h.
+    package static func validated(json: some Sequence<UInt8>) throws(Refusal) -> (target: BlackholeTarget, duration: ConfigDuration) {
+        guard let body = try? JSONDecoder().decode(FaultRequest.self, from: Data(json)) else {
+            throw Refusal(description: #"body must be {"blackhole": {"cluster"|"region"|"zone": "…"}, "duration": "30s"}"#)
+        }
+        guard let duration = ConfigDuration(parsing: body.duration), duration.duration > .zero, duration.duration <= .seconds(3600) else {
+            throw Refusal(description: "duration '\(body.duration.prefix(80))' must be from 1ms to 1h")
+        }
+        guard !body.blackhole.isEmpty else { throw Refusal(description: "blackhole needs a cluster, region or zone") }
+        return (body.blackhole, duration)
     }
 }
