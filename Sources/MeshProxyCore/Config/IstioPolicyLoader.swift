@@ -9,6 +9,9 @@ import Yams
 package enum IstioPolicyLoader {
     package struct Loaded: Sendable {
         package var destinationRules: [DestinationRule] = []
+        package var virtualServices: [VirtualService] = []
+        /// Where each VirtualService's `http[i]` is written (`file:line`), by VirtualService index.
+        package var virtualServiceOrigins: [[String]] = []
         package var warnings: [ConfigError] = []
         /// One line per document of a kind EastWest does not read.
         package var skipped: [String] = []
@@ -20,6 +23,8 @@ package enum IstioPolicyLoader {
         /// Another file's resources after these (a policy list is read in order).
         package mutating func merge(_ other: Loaded) {
             destinationRules += other.destinationRules
+            virtualServices += other.virtualServices
+            virtualServiceOrigins += other.virtualServiceOrigins
             warnings += other.warnings
             skipped += other.skipped
         }
@@ -90,6 +95,7 @@ package enum IstioPolicyLoader {
 
     package static let kinds: [String: KindReader] = [
         "DestinationRule": KindReader(apiVersions: apiVersions, read: readDestinationRule),
+        "VirtualService": KindReader(apiVersions: apiVersions, read: readVirtualService),
     ]
 
     private static func readDestinationRule(_ spec: Node, _ map: SourceMap, _ loaded: inout Loaded) -> [ConfigError] {

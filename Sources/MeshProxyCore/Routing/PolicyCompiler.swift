@@ -7,6 +7,7 @@ package enum PolicyCompiler {
     package struct Draft: Sendable {
         package var subsets: [String: [String: [String: String]]] = [:]
         package var destinationRules: [DestinationRule] = []
+        package var httpRoutes: [String: HTTPRouteTable] = [:]
     }
 
     /// One kind's compile step: reads its resources out of what the loader produced.
@@ -17,6 +18,9 @@ package enum PolicyCompiler {
 
     package static let kinds: [KindCompiler] = [
         KindCompiler(kind: "DestinationRule") { loaded, draft in draft.destinationRules += loaded.destinationRules },
+        KindCompiler(kind: "VirtualService") { loaded, draft in
+            draft.httpRoutes = VirtualServiceCompiler.compile(loaded.virtualServices, origins: loaded.virtualServiceOrigins)
+        },
     ]
 
     package static func compile(config: GatewayConfig, resources: IstioPolicyLoader.Loaded = .init()) -> RouteConfiguration {
@@ -29,7 +33,7 @@ package enum PolicyCompiler {
         var clientLabels: [String: String] = [:]
         if let network = config.network { clientLabels["topology.istio.io/network"] = network }
         return RouteConfiguration(localCluster: config.cluster, client: config.locality ?? Locality(region: ""),
-                                  clientLabels: clientLabels, subsets: draft.subsets, destinationRules: draft.destinationRules,
+                                  clientLabels: clientLabels, subsets: draft.subsets, destinationRules: draft.destinationRules, httpRoutes: draft.httpRoutes,
                                   connectTimeout: config.connectTimeout, maxConnectAttempts: config.effectiveMaxConnectAttempts)
     }
 }

@@ -31,19 +31,33 @@ package struct RouteConfiguration: Sendable, Equatable {
     private let rulesByHost: [String: DestinationRule]
     /// Rules written with Istio's short host names (`reviews`), by that name.
     private let rulesByShortName: [String: DestinationRule]
+    /// VirtualService routes by exact host (FQDN, lower-case).
+    private let httpRoutesByHost: [String: HTTPRouteTable]
+    /// `*.suffix` hosts, longest suffix first (Envoy's virtual host order), then `*`.
+    private let wildcardHTTPRoutes: [WildcardRoutes]
+
+    struct WildcardRoutes: Sendable, Equatable {
+        var suffix: String
+        var table: HTTPRouteTable
+    }
+
     /// The gateway's defaults where no DestinationRule says otherwise.
     package let connectTimeout: Duration
     package let maxConnectAttempts: Int
 
     package init(localCluster: String, client: Locality = Locality(region: ""), clientLabels: [String: String] = [:],
                  subsets: [String: [String: [String: String]]] = [:], destinationRules: [DestinationRule] = [],
-                 connectTimeout: Duration = .seconds(5), maxConnectAttempts: Int = 3) {
+                 httpRoutes: [String: HTTPRouteTable] = [:], connectTimeout: Duration = .seconds(5), maxConnectAttempts: Int = 3) {
         self.localCluster = localCluster
         self.client = client
         self.clientLabels = clientLabels
         self.destinationRules = destinationRules
         self.connectTimeout = connectTimeout
         self.maxConnectAttempts = maxConnectAttempts
+        httpRoutesByHost = httpRoutes.filter { !$0.key.hasPrefix("*") }
+        wildcardHTTPRoutes = httpRoutes.filter { $0.key.hasPrefix("*") }
+            .map { WildcardRoutes(suffix: String($0.key.dropFirst()), table: $0.value) }
+            .sorted { ($0.suffix.count, $0.suffix) > ($1.suffix.count, $1.suffix) }
         var byHost: [String: DestinationRule] = [:]
         var byShortName: [String: DestinationRule] = [:]
         var subsets = subsets
@@ -74,6 +88,22 @@ package struct RouteConfiguration: Sendable, Equatable {
         guard let dot = host.firstIndex(of: ".") else { return rulesByShortName[host] }
         return rulesByShortName[String(host[..<dot])]
     }
+
+    /// The VirtualService routes for a request's host (`Host` / `:authority` without its port):
+    /// exact first, then the longest `*.` suffix, then `*`. Nil when no VirtualService names it.
+    package func httpRoutes(for authority: String) -> HTTPRouteTable? {
+        var host = Substring(authority)
+        if let colon = host.lastIndex(of: ":"), !host.hasSuffix("]"), host[host.index(after: colon)...].allSatisfy(\.isNumber) {
+            host = host[..<colon]
+        }
+        let name = host.lowercased()
+        if let exact = httpRoutesByHost[name] { return exact }
+        return wildcardHTTPRoutes.first { $0.suffix.isEmpty || name.hasSuffix($0.suffix) }?.table
+    }
+
+    /// Whether any VirtualService routes HTTP here (the HTTP path is taken only then, or for
+    /// HTTP services).
+    package var hasHTTPRoutes: Bool { !httpRoutesByHost.isEmpty || !wildcardHTTPRoutes.isEmpty }
 
     /// The labels of `subset` of `host`, when it is defined.
     package func selector(host: String, subset: String) -> [String: String]? {

@@ -1,0 +1,93 @@
+/// An Istio VirtualService (networking.istio.io v1, v1beta1, v1alpha3) as users write it; the
+/// fields EastWest carries out are typed here, the rest load with a warning
+/// (`IstioPolicyLoader.virtualServiceNotImplemented`). `PolicyCompiler` turns it into
+/// `HTTPRouteTable`s; nothing on the data path reads this form.
+package struct VirtualService: Codable, Sendable, Equatable {
+    package var hosts: [String]?
+    package var gateways: [String]?
+    package var http: [HTTPRoute]?
+    package var exportTo: [String]?
+    /// `metadata.namespace` (short host names resolve in it); set by the loader, not decoded.
+    package var namespace: String = "default"
+    /// `metadata.name`, for `eastwest route` and the log.
+    package var name: String = ""
+
+    enum CodingKeys: String, CodingKey { case hosts, gateways, http, exportTo }
+
+    package init(hosts: [String], http: [HTTPRoute], namespace: String = "default", name: String = "") {
+        self.hosts = hosts; self.http = http; self.namespace = namespace; self.name = name
+    }
+
+    package struct HTTPRoute: Codable, Sendable, Equatable {
+        package var name: String?
+        package var match: [HTTPMatchRequest]?
+        package var route: [HTTPRouteDestination]?
+        package var headers: Headers?
+
+        package init(name: String? = nil, match: [HTTPMatchRequest]? = nil, route: [HTTPRouteDestination]? = nil) {
+            self.name = name; self.match = match; self.route = route
+        }
+    }
+
+    package struct HTTPMatchRequest: Codable, Sendable, Equatable {
+        package var name: String?
+        package var uri: StringMatch?
+        package var scheme: StringMatch?
+        package var method: StringMatch?
+        package var authority: StringMatch?
+        package var headers: [String: StringMatch]?
+        package var withoutHeaders: [String: StringMatch]?
+        package var queryParams: [String: StringMatch]?
+        package var ignoreUriCase: Bool?
+        package var port: Int?
+        package var sourceLabels: [String: String]?
+        package var sourceNamespace: String?
+        package var gateways: [String]?
+
+        package init(uri: StringMatch? = nil, headers: [String: StringMatch]? = nil) { self.uri = uri; self.headers = headers }
+    }
+
+    /// Istio's StringMatch: one of exact, prefix, regex; `{}` (none) means "present".
+    package struct StringMatch: Codable, Sendable, Equatable {
+        package var exact: String?
+        package var prefix: String?
+        package var regex: String?
+
+        package init(exact: String? = nil, prefix: String? = nil, regex: String? = nil) {
+            self.exact = exact; self.prefix = prefix; self.regex = regex
+        }
+    }
+
+    package struct HTTPRouteDestination: Codable, Sendable, Equatable {
+        package var destination: Destination
+        package var weight: Int?
+        package var headers: Headers?
+
+        package init(destination: Destination, weight: Int? = nil) { self.destination = destination; self.weight = weight }
+    }
+
+    package struct Destination: Codable, Sendable, Equatable {
+        package var host: String
+        package var subset: String?
+        package var port: PortSelector?
+
+        package init(host: String, subset: String? = nil, port: Int? = nil) {
+            self.host = host; self.subset = subset; self.port = port.map { PortSelector(number: $0) }
+        }
+    }
+
+    package struct PortSelector: Codable, Sendable, Equatable {
+        package var number: Int?
+    }
+
+    package struct Headers: Codable, Sendable, Equatable {
+        package var request: Operations?
+        package var response: Operations?
+
+        package struct Operations: Codable, Sendable, Equatable {
+            package var set: [String: String]?
+            package var add: [String: String]?
+            package var remove: [String]?
+        }
+    }
+}

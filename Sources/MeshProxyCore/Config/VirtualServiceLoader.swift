@@ -1,0 +1,135 @@
+import Foundation
+import Yams
+
+extension IstioPolicyLoader {
+    /// Valid VirtualService fields (istio/api virtual_service.proto) EastWest does not carry out
+    /// yet: they load with a warning naming them.
+    static let virtualServiceNotImplemented: Set<String> = [
+        "tls", "tcp", "delegate", "timeout", "retries", "fault", "mirror", "mirrors", "mirrorPercentage", "mirrorPercent",
+        "mirror_percent", "corsPolicy", "rewrite", "redirect", "directResponse", "statPrefix",
+    ]
+
+    static func readVirtualService(_ spec: Node, _ map: SourceMap, _ loaded: inout Loaded) -> [ConfigError] {
+        let specPath = FieldPath().key("spec")
+        switch ConfigLoader.decode(VirtualService.self, node: spec, map: map, at: specPath) {
+        case .failure(let error):
+            return [error]
+        case .success(let (decoded, unknownKeys)):
+            var service = decoded
+            let metadata = map.root?.mapping?["metadata"]?.mapping
+            service.name = metadata?["name"]?.string ?? ""
+            service.namespace = metadata?["namespace"]?.string ?? "default"
+            var errors: [ConfigError] = []
+            for path in unknownKeys {
+                guard case .key(let key)? = path.components.last else { continue }
+                if virtualServiceNotImplemented.contains(key) {
+                    loaded.warnings.append(map.error(.notImplemented, at: path, "valid Istio field, not carried out by EastWest yet; ignored").asWarning)
+                } else {
+                    errors.append(map.error(.unknownField, at: path, "unknown field '\(key)' (not a VirtualService field)"))
+                }
+            }
+            let (problems, warnings) = check(service, map: map)
+            loaded.warnings += warnings
+            loaded.virtualServices.append(service)
+            loaded.virtualServiceOrigins.append((service.http ?? []).indices.map { index in
+                let mark = map.mark(of: specPath.key("http").index(index))
+                return "\(map.file):\(mark?.line ?? 0)"
+            })
+            return errors + problems
+        }
+    }
+
+    /// What Istio's validation (pkg/config/validation/virtualservice.go) rejects, and what it
+    /// accepts but EastWest does not carry out.
+    static func check(_ service: VirtualService, map: SourceMap) -> (errors: [ConfigError], warnings: [ConfigError]) {
+        var errors: [ConfigError] = []
+        var warnings: [ConfigError] = []
+        let spec = FieldPath().key("spec")
+        if (service.hosts ?? []).isEmpty {
+            errors.append(map.error(.missingField, at: spec.key("hosts"), "a VirtualService needs at least one host"))
+        }
+        for (i, host) in (service.hosts ?? []).enumerated() where host.isEmpty || (host.contains("*") && host != "*" && !host.hasPrefix("*.")) || host.dropFirst().contains("*") {
+            errors.append(map.error(.invalidValue, at: spec.key("hosts").index(i), "'\(host)' is not a host name (a wildcard is only a leading '*.')"))
+        }
+        if service.gateways != nil {
+            warnings.append(map.error(.notImplemented, at: spec.key("gateways"), "accepted; every EastWest gateway applies the rules (a Gateway resource does not select them yet)").asWarning)
+        }
+        for (i, rule) in (service.http ?? []).enumerated() {
+            let rulePath = spec.key("http").index(i)
+            let destinations = rule.route ?? []
+            if destinations.isEmpty {
+                errors.append(map.error(.missingField, at: rulePath.key("route"), "an HTTP route needs a 'route' (redirect and directResponse are not carried out yet)"))
+            }
+            for (j, destination) in destinations.enumerated() {
+                let path = rulePath.key("route").index(j)
+                if destination.destination.host.isEmpty { errors.append(map.error(.missingField, at: path.key("destination").key("host"), "must not be empty")) }
+                if let weight = destination.weight, weight < 0 { errors.append(map.error(.invalidValue, at: path.key("weight"), "weight must not be negative")) }
+                if let port = destination.destination.port?.number, !(1...65_535).contains(port) {
+                    errors.append(map.error(.invalidValue, at: path.key("destination").key("port").key("number"), "port must be 1-65535"))
+                }
+            }
+            if destinations.count > 1 {
+                let weights = destinations.compactMap(\.weight)
+                if weights.isEmpty {
+                    errors.append(map.error(.invalidValue, at: rulePath.key("route"), "several destinations need weights (Istio rejects them all missing)"))
+                } else if weights.reduce(0, +) == 0 {
+                    errors.append(map.error(.invalidValue, at: rulePath.key("route"), "the weights of several destinations must not sum to 0"))
+                }
+            }
+            for (j, match) in (rule.match ?? []).enumerated() {
+                let path = rulePath.key("match").index(j)
+                let strings: [(String, VirtualService.StringMatch?)] = [("uri", match.uri), ("scheme", match.scheme), ("method", match.method), ("authority", match.authority)]
+                for (field, value) in strings {
+                    if let value { errors += checkStringMatch(value, allowEmptyPrefix: field == "uri", at: path.key(field), map: map) }
+                }
+                for (field, table) in [("headers", match.headers), ("withoutHeaders", match.withoutHeaders), ("queryParams", match.queryParams)] {
+                    for (name, value) in (table ?? [:]).sorted(by: { $0.key < $1.key }) {
+                        if name.isEmpty { errors.append(map.error(.invalidValue, at: path.key(field), "a header name must not be empty")) }
+                        errors += checkStringMatch(value, allowEmptyPrefix: false, at: path.key(field).key(name), map: map)
+                    }
+                }
+                if match.sourceLabels != nil {
+                    warnings.append(map.error(.notImplemented, at: path.key("sourceLabels"), "valid Istio field, not carried out by EastWest yet (a client's labels are not known from its identity); the match ignores it").asWarning)
+                }
+                if match.gateways != nil {
+                    warnings.append(map.error(.notImplemented, at: path.key("gateways"), "accepted; not used to select gateways yet").asWarning)
+                }
+            }
+        }
+        return (errors, warnings)
+    }
+
+    static func checkStringMatch(_ match: VirtualService.StringMatch, allowEmptyPrefix: Bool, at path: FieldPath, map: SourceMap) -> [ConfigError] {
+        let set = [match.exact, match.prefix, match.regex].compactMap { $0 }
+        if set.count > 1 { return [map.error(.invalidValue, at: path, "a string match takes one of exact, prefix, regex")] }
+        if let prefix = match.prefix, prefix.isEmpty, !allowEmptyPrefix {
+            return [map.error(.invalidValue, at: path.key("prefix"), "prefix must not be empty")]
+        }
+        guard let regex = match.regex else { return [] }
+        if let problem = RE2Syntax.problem(in: regex) { return [map.error(.invalidValue, at: path.key("regex"), problem)] }
+        return []
+    }
+}
+
+/// What RE2 (Envoy's regex engine) rejects, checked where Istio checks it: at load. The data path
+/// compiles the accepted pattern once, anchored to match the whole string as RE2's full match.
+package enum RE2Syntax {
+    package static func problem(in pattern: String) -> String? {
+        if pattern.isEmpty { return "regex must not be empty" }
+        if pattern.utf8.count > 1024 { return "regex is longer than 1024 characters" }
+        for construct in ["(?=", "(?!", "(?<=", "(?<!"] where pattern.contains(construct) {
+            return "'\(construct)' (lookaround) is not RE2 syntax; RE2 would reject '\(pattern)'"
+        }
+        var escaped = false
+        for character in pattern {
+            if escaped, character.isNumber, character != "0" { return "backreferences (\\\(character)) are not RE2 syntax; RE2 would reject '\(pattern)'" }
+            escaped = !escaped && character == "\\"
+        }
+        do {
+            _ = try FullMatchRegex(pattern)
+        } catch {
+            return "'\(pattern)' is not a valid regular expression"
+        }
+        return nil
+    }
+}

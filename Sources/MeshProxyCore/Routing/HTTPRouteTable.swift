@@ -1,0 +1,210 @@
+import Foundation
+
+/// What route matching sees of one HTTP request. Header names are lower-case.
+package struct HTTPRequestFacts: Sendable {
+    package var method: String
+    /// The path as sent, query string included.
+    package var path: String
+    /// `Host` / `:authority` as sent, port included.
+    package var authority: String
+    package var scheme: String
+    package var headers: [(name: String, value: String)]
+    /// The namespace of the client's SPIFFE ID, when it has one (`sourceNamespace`).
+    package var sourceNamespace: String?
+
+    package init(method: String, path: String, authority: String, scheme: String = "https",
+                 headers: [(name: String, value: String)] = [], sourceNamespace: String? = nil) {
+        self.method = method; self.path = path; self.authority = authority; self.scheme = scheme
+        self.headers = headers; self.sourceNamespace = sourceNamespace
+    }
+
+    package func header(_ name: String) -> String? { headers.first { $0.name == name }?.value }
+
+    /// The path without its query string: what `uri` matches compare (Envoy's `:path` match).
+    var pathWithoutQuery: Substring { path.split(separator: "?", maxSplits: 1, omittingEmptySubsequences: false).first ?? "" }
+
+    func queryParameter(_ name: String) -> String? {
+        guard let query = path.split(separator: "?", maxSplits: 1).dropFirst().first else { return nil }
+        for pair in query.split(separator: "&") {
+            let parts = pair.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false)
+            if parts.first.map(String.init) == name { return parts.count > 1 ? String(parts[1]) : "" }
+        }
+        return nil
+    }
+}
+
+/// A regular expression matched as RE2 does in Envoy: the whole string must match.
+package struct FullMatchRegex: @unchecked Sendable, Equatable {
+    package let pattern: String
+    // NSRegularExpression is immutable and documented thread-safe.
+    private let expression: NSRegularExpression
+
+    package init(_ pattern: String, caseInsensitive: Bool = false) throws {
+        self.pattern = pattern
+        expression = try NSRegularExpression(pattern: "^(?:\(pattern))$", options: caseInsensitive ? [.caseInsensitive] : [])
+    }
+
+    package func matches(_ text: some StringProtocol) -> Bool {
+        let string = String(text)
+        return expression.firstMatch(in: string, options: [.anchored], range: NSRange(string.startIndex..., in: string)) != nil
+    }
+
+    package static func == (a: FullMatchRegex, b: FullMatchRegex) -> Bool { a.pattern == b.pattern }
+}
+
+/// One compiled Istio StringMatch.
+package enum StringMatcher: Sendable, Equatable {
+    case exact(String, ignoreCase: Bool)
+    case prefix(String, ignoreCase: Bool)
+    case regex(FullMatchRegex)
+    /// `{}`: the value is present, whatever it is.
+    case present
+
+    package func matches(_ value: some StringProtocol) -> Bool {
+        switch self {
+        case .exact(let expected, let ignoreCase): ignoreCase ? value.lowercased() == expected.lowercased() : value == expected
+        case .prefix(let prefix, let ignoreCase): ignoreCase ? value.lowercased().hasPrefix(prefix.lowercased()) : value.hasPrefix(prefix)
+        case .regex(let regex): regex.matches(value)
+        case .present: true
+        }
+    }
+}
+
+/// One HTTPMatchRequest, compiled: every condition must hold (AND).
+package struct RequestMatch: Sendable, Equatable {
+    package var name: String?
+    package var uri: StringMatcher?
+    package var scheme: StringMatcher?
+    package var method: StringMatcher?
+    package var authority: StringMatcher?
+    package var headers: [(name: String, match: StringMatcher)] = []
+    package var withoutHeaders: [(name: String, match: StringMatcher)] = []
+    package var queryParams: [(name: String, match: StringMatcher)] = []
+    package var port: Int?
+    package var sourceNamespace: String?
+
+    package init() {}
+
+    package func matches(_ request: HTTPRequestFacts, port listenerPort: Int?) -> Bool {
+        if let uri, !uri.matches(request.pathWithoutQuery) { return false }
+        if let scheme, !scheme.matches(request.scheme) { return false }
+        if let method, !method.matches(request.method) { return false }
+        if let authority, !authority.matches(request.authority) { return false }
+        if let port, port != listenerPort { return false }
+        if let sourceNamespace, sourceNamespace != request.sourceNamespace { return false }
+        for (name, match) in headers {
+            guard let value = request.header(name), match.matches(value) else { return false }
+        }
+        // Envoy's invert_match with treat_missing_header_as_empty: an absent header is "",
+        // so `{x: {exact: a}}` holds when x is missing; `{x: {}}` means "x absent".
+        for (name, match) in withoutHeaders {
+            let value = request.header(name)
+            if case .present = match { if value != nil { return false } } else if match.matches(value ?? "") { return false }
+        }
+        for (name, match) in queryParams {
+            guard let value = request.queryParameter(name), match.matches(value) else { return false }
+        }
+        return true
+    }
+
+    package static func == (a: RequestMatch, b: RequestMatch) -> Bool {
+        a.name == b.name && a.uri == b.uri && a.scheme == b.scheme && a.method == b.method && a.authority == b.authority
+            && a.port == b.port && a.sourceNamespace == b.sourceNamespace
+            && a.headers.elementsEqual(b.headers, by: { $0.name == $1.name && $0.match == $1.match })
+            && a.withoutHeaders.elementsEqual(b.withoutHeaders, by: { $0.name == $1.name && $0.match == $1.match })
+            && a.queryParams.elementsEqual(b.queryParams, by: { $0.name == $1.name && $0.match == $1.match })
+    }
+}
+
+/// Header changes of Istio's `headers:` (set overwrites, add appends, remove drops).
+package struct HeaderOperations: Sendable, Equatable {
+    package var set: [(name: String, value: String)] = []
+    package var add: [(name: String, value: String)] = []
+    package var remove: [String] = []
+
+    package init() {}
+
+    package var isEmpty: Bool { self.set.isEmpty && add.isEmpty && remove.isEmpty }
+
+    package func apply(to headers: inout [(name: String, value: String)]) {
+        headers.removeAll { header in remove.contains(header.name) || set.contains { $0.name == header.name } }
+        headers += set
+        headers += add
+    }
+
+    /// This, then `other` (per-destination operations after the rule's).
+    package func then(_ other: HeaderOperations) -> HeaderOperations {
+        var merged = self
+        merged.set += other.set; merged.add += other.add; merged.remove += other.remove
+        return merged
+    }
+
+    package static func == (a: HeaderOperations, b: HeaderOperations) -> Bool {
+        a.remove == b.remove && a.set.elementsEqual(b.set, by: { $0 == $1 }) && a.add.elementsEqual(b.add, by: { $0 == $1 })
+    }
+}
+
+/// Where a matched request goes: a service (port given or the service's only one), a subset.
+package struct HTTPDestination: Sendable, Equatable {
+    package var host: String
+    package var port: Int?
+    package var subset: String?
+    package var weight: Int
+    package var requestHeaders = HeaderOperations()
+    package var responseHeaders = HeaderOperations()
+
+    package init(host: String, port: Int? = nil, subset: String? = nil, weight: Int) {
+        self.host = host; self.port = port; self.subset = subset; self.weight = weight
+    }
+}
+
+/// One Envoy route: an `http[]` rule with one of its `match[]` entries (or none: catch-all).
+package struct HTTPRouteRule: Sendable, Equatable {
+    /// Envoy's route name: `http.name[.match.name]`.
+    package var name: String
+    /// The VirtualService and where the rule is written, for `eastwest route` and the log.
+    package var origin: String
+    package var match: RequestMatch?
+    /// Weight-0 destinations already dropped; one entry means no weighted choice.
+    package var destinations: [HTTPDestination]
+    package var requestHeaders = HeaderOperations()
+    package var responseHeaders = HeaderOperations()
+
+    package init(name: String, origin: String, match: RequestMatch?, destinations: [HTTPDestination]) {
+        self.name = name; self.origin = origin; self.match = match; self.destinations = destinations
+    }
+
+    var totalWeight: Int { destinations.reduce(0) { $0 + $1.weight } }
+}
+
+/// The routes of one host, in order: the first whose match holds wins (Envoy's virtual host).
+package struct HTTPRouteTable: Sendable, Equatable {
+    package var rules: [HTTPRouteRule]
+
+    package init(rules: [HTTPRouteRule]) { self.rules = rules }
+
+    package struct Decision: Sendable, Equatable {
+        package var rule: HTTPRouteRule
+        package var destination: HTTPDestination
+        package var ruleIndex: Int
+    }
+
+    /// The rule for `request` and, among its destinations, the one `random` picks by weight
+    /// (Envoy: `random % total`, the first cumulative range holding it). Nil: Envoy's 404 NR.
+    package func route(_ request: HTTPRequestFacts, port: Int?, random: UInt64) -> Decision? {
+        for (index, rule) in rules.enumerated() where rule.match?.matches(request, port: port) ?? true {
+            guard !rule.destinations.isEmpty else { return nil }
+            let total = rule.totalWeight
+            var chosen = rule.destinations[0]
+            if rule.destinations.count > 1, total > 0 {
+                var point = Int(random % UInt64(total))
+                for destination in rule.destinations {
+                    if point < destination.weight { chosen = destination; break }
+                    point -= destination.weight
+                }
+            }
+            return Decision(rule: rule, destination: chosen, ruleIndex: index)
+        }
+        return nil
+    }
+}

@@ -1,0 +1,114 @@
+/// VirtualService → `HTTPRouteTable`s per host, as istiod builds a gateway's route configuration
+/// (pilot/pkg/networking/core/route/route.go): each `http[]` rule × each `match[]` entry is one
+/// route, in order; a rule without a match is a catch-all and ends its VirtualService's routes;
+/// several VirtualServices for one host are merged in load order with catch-alls moved last.
+enum VirtualServiceCompiler {
+    /// Istio's short names: only a name without a dot becomes `<name>.<namespace>.svc.cluster.local`.
+    static func fullName(_ host: String, namespace: String) -> String {
+        let lower = host.lowercased()
+        return lower.contains(".") || lower == "*" ? lower : "\(lower).\(namespace).svc.cluster.local"
+    }
+
+    static func compile(_ services: [VirtualService], origins: [[String]]) -> [String: HTTPRouteTable] {
+        var rulesByHost: [String: [(rule: HTTPRouteRule, catchAll: Bool)]] = [:]
+        for (serviceIndex, service) in services.enumerated() {
+            let rules = routes(of: service, origins: serviceIndex < origins.count ? origins[serviceIndex] : [])
+            for host in service.hosts ?? [] {
+                rulesByHost[fullName(host, namespace: service.namespace), default: []] += rules
+            }
+        }
+        return rulesByHost.mapValues { rules in
+            HTTPRouteTable(rules: rules.filter { !$0.catchAll }.map(\.rule) + rules.filter(\.catchAll).map(\.rule))
+        }
+    }
+
+    static func routes(of service: VirtualService, origins: [String]) -> [(rule: HTTPRouteRule, catchAll: Bool)] {
+        var result: [(rule: HTTPRouteRule, catchAll: Bool)] = []
+        for (index, http) in (service.http ?? []).enumerated() {
+            let origin = "VirtualService \(service.namespace)/\(service.name) http[\(index)]" + (index < origins.count ? " (\(origins[index]))" : "")
+            let all = http.route ?? []
+            // One destination: its weight is ignored. Several: missing weights are 0, and weight-0
+            // destinations are dropped (route.go applyHTTPRouteDestination).
+            let destinations = all.compactMap { route -> HTTPDestination? in
+                let weight = all.count == 1 ? 100 : (route.weight ?? 0)
+                guard weight > 0 else { return nil }
+                var destination = HTTPDestination(host: fullName(route.destination.host, namespace: service.namespace),
+                                                  port: route.destination.port?.number, subset: route.destination.subset, weight: weight)
+                destination.requestHeaders = operations(route.headers?.request)
+                destination.responseHeaders = operations(route.headers?.response)
+                return destination
+            }
+            let requestHeaders = operations(http.headers?.request), responseHeaders = operations(http.headers?.response)
+            let matches = http.match ?? []
+            if matches.isEmpty {
+                var rule = HTTPRouteRule(name: http.name ?? "", origin: origin, match: nil, destinations: destinations)
+                rule.requestHeaders = requestHeaders; rule.responseHeaders = responseHeaders
+                result.append((rule, true))
+                break
+            }
+            var ended = false
+            for match in matches {
+                let compiled = compile(match)
+                let name = [http.name, match.name].compactMap { $0 }.joined(separator: ".")
+                var rule = HTTPRouteRule(name: name, origin: origin, match: compiled, destinations: destinations)
+                rule.requestHeaders = requestHeaders; rule.responseHeaders = responseHeaders
+                let catchAll = isCatchAll(compiled)
+                result.append((rule, catchAll))
+                if catchAll { ended = true; break }
+            }
+            if ended { break }
+        }
+        return result
+    }
+
+    /// `IsCatchAllRoute`: prefix `/` (or regex `.*`) and no other condition.
+    static func isCatchAll(_ match: RequestMatch) -> Bool {
+        var rest = match
+        rest.uri = nil; rest.name = nil
+        guard rest == RequestMatch() else { return false }
+        switch match.uri {
+        case nil: return true
+        case .prefix("/", _)?: return true
+        case .regex(let regex)?: return regex.pattern == ".*"
+        default: return false
+        }
+    }
+
+    static func compile(_ match: VirtualService.HTTPMatchRequest) -> RequestMatch {
+        var result = RequestMatch()
+        result.name = match.name
+        let ignoreCase = match.ignoreUriCase ?? false
+        result.uri = match.uri.map { matcher($0, ignoreCase: ignoreCase) }
+        result.scheme = match.scheme.map { matcher($0) }
+        result.method = match.method.map { matcher($0) }
+        result.authority = match.authority.map { matcher($0) }
+        // Envoy lower-cases header names; values stay case-sensitive.
+        result.headers = (match.headers ?? [:]).sorted { $0.key < $1.key }.map { ($0.key.lowercased(), matcher($0.value)) }
+        result.withoutHeaders = (match.withoutHeaders ?? [:]).sorted { $0.key < $1.key }.map { ($0.key.lowercased(), matcher($0.value)) }
+        result.queryParams = (match.queryParams ?? [:]).sorted { $0.key < $1.key }.map { ($0.key, matcher($0.value)) }
+        result.port = match.port
+        result.sourceNamespace = match.sourceNamespace
+        return result
+    }
+
+    static func matcher(_ match: VirtualService.StringMatch, ignoreCase: Bool = false) -> StringMatcher {
+        if let exact = match.exact { return .exact(exact, ignoreCase: ignoreCase) }
+        if let prefix = match.prefix { return .prefix(prefix, ignoreCase: ignoreCase) }
+        // Istio: regex "*" means present; Envoy ignores ignoreUriCase for regex.
+        if let regex = match.regex {
+            if regex == "*" { return .present }
+            // The loader has compiled it already (RE2Syntax); a pattern that failed never loads.
+            if let compiled = try? FullMatchRegex(regex) { return .regex(compiled) }
+        }
+        return .present
+    }
+
+    static func operations(_ operations: VirtualService.Headers.Operations?) -> HeaderOperations {
+        var result = HeaderOperations()
+        guard let operations else { return result }
+        result.set = (operations.set ?? [:]).sorted { $0.key < $1.key }.map { ($0.key.lowercased(), $0.value) }
+        result.add = (operations.add ?? [:]).sorted { $0.key < $1.key }.map { ($0.key.lowercased(), $0.value) }
+        result.remove = (operations.remove ?? []).map { $0.lowercased() }
+        return result
+    }
+}

@@ -1,0 +1,242 @@
+import Testing
+@testable import MeshProxyCore
+
+/// VirtualService loading, compiling and matching, with Istio's Bookinfo routing as users paste it.
+@Suite("VirtualService routing")
+struct VirtualServiceTests {
+    static let reviews = "reviews.default.svc.cluster.local"
+
+    /// Bookinfo's reviews subsets (samples/bookinfo/networking/destination-rule-reviews.yaml).
+    static let reviewsRule = """
+        apiVersion: networking.istio.io/v1
+        kind: DestinationRule
+        metadata:
+          name: reviews
+        spec:
+          host: reviews
+          trafficPolicy:
+            loadBalancer:
+              simple: RANDOM
+          subsets:
+          - name: v1
+            labels:
+              version: v1
+          - name: v2
+            labels:
+              version: v2
+          - name: v3
+            labels:
+              version: v3
+        """
+
+    /// Bookinfo's virtual-service-reviews-90-10.yaml.
+    static let ninetyTen = """
+        apiVersion: networking.istio.io/v1
+        kind: VirtualService
+        metadata:
+          name: reviews
+        spec:
+          hosts:
+            - reviews
+          http:
+          - route:
+            - destination:
+                host: reviews
+                subset: v1
+              weight: 90
+            - destination:
+                host: reviews
+                subset: v2
+              weight: 10
+        """
+
+    /// Bookinfo's virtual-service-reviews-jason-v2-v3.yaml.
+    static let jason = """
+        apiVersion: networking.istio.io/v1alpha3
+        kind: VirtualService
+        metadata:
+          name: reviews
+        spec:
+          hosts:
+          - reviews
+          http:
+          - match:
+            - headers:
+                end-user:
+                  exact: jason
+            route:
+            - destination:
+                host: reviews
+                subset: v2
+          - route:
+            - destination:
+                host: reviews
+                subset: v3
+        """
+
+    func compiled(_ yaml: String) throws -> RouteConfiguration {
+        let loaded = try IstioPolicyLoader.load(yaml: yaml + "\n---\n" + Self.reviewsRule, file: "policy.yaml")
+        var config = RouteConfiguration(localCluster: "east")
+        var draft = PolicyCompiler.Draft()
+        for step in PolicyCompiler.kinds { step.compile(loaded, &draft) }
+        config = RouteConfiguration(localCluster: "east", destinationRules: draft.destinationRules, httpRoutes: draft.httpRoutes)
+        return config
+    }
+
+    func request(_ path: String = "/reviews/0", headers: [(String, String)] = [], host: String = "reviews:9080") -> HTTPRequestFacts {
+        HTTPRequestFacts(method: "GET", path: path, authority: host, headers: headers.map { ($0.0, $0.1) })
+    }
+
+    @Test("90/10: short names resolve in the namespace; shares follow the weights over any 1000 draws")
+    func ninetyTenShares() throws {
+        let routes = try compiled(Self.ninetyTen)
+        let table = try #require(routes.httpRoutes(for: "reviews.default.svc.cluster.local:9080"))
+        #expect(routes.httpRoutes(for: "reviews") == nil, "a short Host is not the FQDN")
+        var mixer = SplitMix64(seed: 7)
+        var counts: [String: Int] = [:]
+        for _ in 0..<1000 {
+            let decision = try #require(table.route(request(host: Self.reviews), port: nil, random: mixer.next()))
+            #expect(decision.destination.host == Self.reviews)
+            counts[decision.destination.subset ?? "-", default: 0] += 1
+        }
+        // Binomial(1000, 0.1): 4 standard deviations either side is 62...138.
+        #expect((62...138).contains(counts["v2", default: 0]), "\(counts)")
+        #expect(counts["v1", default: 0] + counts["v2", default: 0] == 1000)
+        // The subsets are the DestinationRule's (written with the short name).
+        #expect(routes.selector(host: Self.reviews, subset: "v2") == ["version": "v2"])
+    }
+
+    @Test("jason → v2, everyone else → v3: header names compare lower-case, values exactly")
+    func headerRouting() throws {
+        let table = try #require(try compiled(Self.jason).httpRoutes(for: Self.reviews))
+        #expect(table.route(request(headers: [("end-user", "jason")]), port: nil, random: 0)?.destination.subset == "v2")
+        #expect(table.route(request(headers: [("end-user", "Jason")]), port: nil, random: 0)?.destination.subset == "v3")
+        #expect(table.route(request(), port: nil, random: 0)?.destination.subset == "v3")
+        #expect(table.route(request(), port: nil, random: 0)?.rule.origin == "VirtualService default/reviews http[1] (policy.yaml:17)")
+    }
+
+    @Test("Every match field: uri exact/prefix/regex (whole path, no query), ignoreUriCase, method, authority, query, withoutHeaders, presence")
+    func matchFields() throws {
+        let yaml = """
+            apiVersion: networking.istio.io/v1
+            kind: VirtualService
+            metadata: {name: m, namespace: shop}
+            spec:
+              hosts: ["*.example.com", ratings]
+              http:
+              - name: exact
+                match: [{uri: {exact: /a}, method: {exact: POST}}]
+                route: [{destination: {host: exact-svc}}]
+              - name: regex
+                match: [{uri: {regex: "/v[0-9]+/items"}}]
+                route: [{destination: {host: regex-svc}}]
+              - name: case
+                match: [{uri: {prefix: /Upper}, ignoreUriCase: true}]
+                route: [{destination: {host: case-svc}}]
+              - name: query
+                match: [{queryParams: {debug: {exact: "1"}}}]
+                route: [{destination: {host: query-svc}}]
+              - name: absent
+                match: [{withoutHeaders: {x-canary: {}}, authority: {prefix: shop.}}]
+                route: [{destination: {host: stable}}]
+              - name: ua
+                match: [{headers: {user-agent: {regex: ".*Firefox.*"}}}, {headers: {x-beta: {}}}]
+                route: [{destination: {host: ab-svc}}]
+              - route: [{destination: {host: default-svc}}]
+            """
+        let loaded = try IstioPolicyLoader.load(yaml: yaml, file: "m.yaml")
+        let routes = RouteConfiguration(localCluster: "east", httpRoutes: VirtualServiceCompiler.compile(loaded.virtualServices, origins: loaded.virtualServiceOrigins))
+        let wildcard = try #require(routes.httpRoutes(for: "a.b.example.com"))
+        #expect(routes.httpRoutes(for: "ratings.shop.svc.cluster.local") == wildcard)
+        func destination(_ method: String = "GET", _ path: String, host: String = "x.example.com", _ headers: [(String, String)] = []) -> String? {
+            wildcard.route(HTTPRequestFacts(method: method, path: path, authority: host, headers: headers.map { ($0.0, $0.1) }),
+                           port: nil, random: 0)?.destination.host.split(separator: ".").first.map(String.init)
+        }
+        #expect(destination("POST", "/a?x=1") == "exact-svc")
+        #expect(destination("GET", "/a") == "default-svc")
+        #expect(destination("GET", "/v12/items?page=2") == "regex-svc")
+        #expect(destination("GET", "/v12/items/3") == "default-svc", "regex is a full match")
+        #expect(destination("GET", "/upperCASE/x") == "case-svc")
+        #expect(destination("GET", "/z?debug=1") == "query-svc")
+        #expect(destination("GET", "/z", host: "shop.example.com") == "stable")
+        #expect(destination("GET", "/z", host: "shop.example.com", [("x-canary", "")]) == "default-svc")
+        #expect(destination("GET", "/z", [("user-agent", "Mozilla/5.0 Firefox/120")]) == "ab-svc")
+        #expect(destination("GET", "/z", [("x-beta", "")]) == "ab-svc", "OR across match blocks; {} is presence")
+        #expect(destination("GET", "/z") == "default-svc")
+    }
+
+    @Test("Catch-alls end their VirtualService; merged VirtualServices keep order with catch-alls last")
+    func catchAllOrder() throws {
+        let yaml = """
+            apiVersion: networking.istio.io/v1
+            kind: VirtualService
+            metadata: {name: first}
+            spec:
+              hosts: [reviews]
+              http:
+              - route: [{destination: {host: reviews, subset: v1}}]
+              - match: [{uri: {prefix: /never}}]
+              - route: [{destination: {host: reviews, subset: v9}}]
+            ---
+            apiVersion: networking.istio.io/v1
+            kind: VirtualService
+            metadata: {name: second}
+            spec:
+              hosts: [reviews]
+              http:
+              - match: [{uri: {prefix: /beta}}]
+                route: [{destination: {host: reviews, subset: v3}}]
+            """
+        // The middle rule has no route: Istio rejects it — the whole file is refused, with its position.
+        #expect(throws: ConfigErrors.self) { try IstioPolicyLoader.load(yaml: yaml, file: "vs.yaml") }
+        do {
+            _ = try IstioPolicyLoader.load(yaml: yaml, file: "vs.yaml")
+        } catch {
+            #expect(error.description.contains("vs.yaml:8:"), "\(error)")
+        }
+        let valid = yaml.replacingOccurrences(of: "  - match: [{uri: {prefix: /never}}]\n", with: "")
+        let loaded = try IstioPolicyLoader.load(yaml: valid, file: "vs.yaml")
+        let table = try #require(VirtualServiceCompiler.compile(loaded.virtualServices, origins: loaded.virtualServiceOrigins)[Self.reviews])
+        #expect(table.rules.map { $0.destinations.first?.subset } == ["v3", "v1"])
+    }
+
+    @Test("What Istio rejects is an error at its line; what EastWest does not carry out yet warns by name")
+    func validation() throws {
+        let bad = """
+            apiVersion: networking.istio.io/v1
+            kind: VirtualService
+            metadata: {name: bad}
+            spec:
+              hosts: [reviews]
+              http:
+              - match: [{headers: {user-agent: {regex: "(?=Chrome).*"}}}]
+                route: [{destination: {host: reviews, subset: v1}, weight: 50}, {destination: {host: reviews, subset: v2}}]
+              - route:
+                - {destination: {host: reviews}}
+                - {destination: {host: ratings}}
+            """
+        do {
+            _ = try IstioPolicyLoader.load(yaml: bad, file: "bad.yaml")
+            Issue.record("loaded")
+        } catch {
+            let text = error.description
+            #expect(text.contains("bad.yaml:7:") && text.contains("RE2 would reject"), "\(text)")
+            #expect(text.contains("bad.yaml:9:") && text.contains("several destinations need weights"), "\(text)")
+        }
+        let partial = """
+            apiVersion: networking.istio.io/v1
+            kind: VirtualService
+            metadata: {name: p}
+            spec:
+              hosts: [reviews]
+              http:
+              - timeout: 2s
+                retries: {attempts: 3}
+                route: [{destination: {host: reviews, subset: v1}, weight: 0}, {destination: {host: reviews, subset: v2}, weight: 5}]
+            """
+        let loaded = try IstioPolicyLoader.load(yaml: partial, file: "p.yaml")
+        #expect(loaded.warnings.map(\.field).sorted() == ["spec.http[0].retries", "spec.http[0].timeout"])
+        let table = try #require(VirtualServiceCompiler.compile(loaded.virtualServices, origins: [])[Self.reviews])
+        #expect(table.rules[0].destinations.map(\.subset) == ["v2"], "weight 0 is dropped")
+    }
+}
