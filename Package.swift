@@ -94,7 +94,7 @@ let package = Package(
         ),
         .testTarget(
             name: "FuzzCorpusTests",
-            dependencies: ["EastWestFuzz"]
+            dependencies: ["EastWestFuzz", "MeshProxyCore"]
         ),
         .testTarget(
             name: "EastWestTests",

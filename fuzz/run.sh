@@ -20,10 +20,10 @@ esac
 # Every Swift module in the graph is instrumented, so the fuzzer can steer into NIO's and our
 # code alike; C libraries (BoringSSL, libyaml) are not.
 swift build --scratch-path .build-fuzz --product EastWestFuzz \
-  -Xswiftc -sanitize=fuzzer,address -Xswiftc -DFUZZING 2>&1 | grep -v '^\[' || true
+  -Xswiftc -sanitize=fuzzer,address -Xswiftc -DFUZZING -Xswiftc -use-ld=lld 2>&1 | grep -v '^\[' || true
 binary=.build-fuzz/debug/EastWestFuzz
 test -x "$binary" || { echo "build failed" >&2; exit 1; }
 mkdir -p "fuzz/.work/$target" "fuzz/crashes/$target"
-ASAN_OPTIONS=detect_leaks=0:handle_abort=1 "$binary" "$target" "fuzz/.work/$target" "fuzz/corpus/$target" \
-  -max_total_time="$seconds" -max_len="$max_len" -rss_limit_mb=4096 -timeout=10 \
+EASTWEST_FUZZ_TARGET="$target" ASAN_OPTIONS=detect_leaks=0:handle_abort=1:quarantine_size_mb=64 "$binary" "$target" "fuzz/.work/$target" "fuzz/corpus/$target" \
+  -max_total_time="$seconds" -max_len="$max_len" -rss_limit_mb=8192 -timeout=10 \
   -artifact_prefix="fuzz/crashes/$target/" -print_final_stats=1

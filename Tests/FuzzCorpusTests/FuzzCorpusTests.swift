@@ -1,6 +1,7 @@
 import Foundation
 import Testing
 @testable import EastWestFuzz
+import MeshProxyCore
 
 /// Every committed fuzz input — the seed corpus and every crash the fuzzer found — run as an
 /// ordinary test, so a fixed crash stays fixed without a sanitizer build (fuzz/run.sh runs the
@@ -44,6 +45,19 @@ struct FuzzCorpusTests {
         #expect(try outcome(.config, "two-clusters.yaml").contains("topology.yaml: valid"))
         #expect(try outcome(.adminJSON, "register").hasPrefix("registration accepted"))
         #expect(try outcome(.adminJSON, "fault-zone").hasSuffix("fault accepted"))
+    }
+
+    @Test("Found by fuzzing: a registration with locality \"/\" was accepted and arrived at every peer with no locality; it is refused")
+    func emptyLocality() throws {
+        let bytes = try #require(Self.inputs(.adminJSON).first { $0.name == "crashes/empty-locality-does-not-round-trip" }?.bytes)
+        #expect(FuzzTarget.adminJSON.run(bytes).hasPrefix("registration refused: locality '/' is not region/zone/subzone"))
+    }
+
+    @Test("Found by fuzzing: a fault duration beyond 292 years trapped the gateway; it is refused like any bad duration")
+    func hugeDuration() throws {
+        let bytes = try #require(Self.inputs(.adminJSON).first { $0.name == "crashes/duration-beyond-int64-nanoseconds" }?.bytes)
+        #expect(FuzzTarget.adminJSON.run(bytes).contains("fault refused: duration"))
+        #expect(ConfigDuration(parsing: "1e30s") == nil && ConfigDuration(parsing: "100000h") != nil)
     }
 
     @Test("A frame header claiming more than the message limit closes the stream before anything is buffered")

@@ -33,6 +33,9 @@ enum FuzzTarget: String, CaseIterable, Sendable {
 
     static func clientHello(_ bytes: [UInt8]) -> String {
         let channel = EmbeddedChannel()
+        // The SNI callback must not hold the channel (as the listener's may: a socket channel's
+        // close empties its pipeline, an embedded one's only once its loop runs again).
+        let eventLoop = channel.eventLoop
         var outcome = "needs more bytes"
         let guardHandler = PreHandshakeGuard(timeout: .seconds(10), pending: nil) { reason in outcome = "refused: \(reason)" }
         let sni = ByteToMessageHandler(SNIHandler { result in
@@ -54,7 +57,7 @@ enum FuzzTarget: String, CaseIterable, Sendable {
                     outcome = "no route: \(error)"
                 }
             }
-            return channel.eventLoop.makeSucceededVoidFuture()
+            return eventLoop.makeSucceededVoidFuture()
         })
         do {
             try channel.pipeline.syncOperations.addHandler(guardHandler)

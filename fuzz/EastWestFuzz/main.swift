@@ -21,22 +21,32 @@ if arguments.count == 4, arguments[2] == "--write-seeds" {
 }
 
 #if FUZZING
+// The target libFuzzer calls: whichever `main` the link keeps, the selection is by name in
+// EASTWEST_FUZZ_TARGET (fuzz/run.sh sets it), since libFuzzer's own `main` reads argv itself.
+nonisolated(unsafe) let selected: FuzzTarget = {
+    let name = ProcessInfo.processInfo.environment["EASTWEST_FUZZ_TARGET"] ?? ""
+    guard let target = FuzzTarget(rawValue: name) else { fatalError("EASTWEST_FUZZ_TARGET must name a target, not '\(name)'") }
+    return target
+}()
+
+@_cdecl("LLVMFuzzerTestOneInput")
+public func fuzzOneInput(_ data: UnsafePointer<UInt8>?, _ count: Int) -> CInt {
+    selected.run(data.map { Array(UnsafeBufferPointer(start: $0, count: count)) } ?? [])
+    return 0
+}
+
 @_silgen_name("LLVMFuzzerRunDriver")
 func LLVMFuzzerRunDriver(_ argc: UnsafeMutablePointer<CInt>,
                          _ argv: UnsafeMutablePointer<UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>?>,
                          _ callback: @convention(c) (UnsafePointer<UInt8>?, Int) -> CInt) -> CInt
 
-nonisolated(unsafe) var selected = target
 // libFuzzer sees the program name and its own flags, not the target name.
 var driverArguments = [arguments[0]] + arguments.dropFirst(2)
 var cStrings: [UnsafeMutablePointer<CChar>?] = driverArguments.map { strdup($0) } + [nil]
 var argc = CInt(driverArguments.count)
 exit(cStrings.withUnsafeMutableBufferPointer { buffer in
     var argv: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>? = buffer.baseAddress
-    return LLVMFuzzerRunDriver(&argc, &argv) { data, count in
-        selected.run(data.map { Array(UnsafeBufferPointer(start: $0, count: count)) } ?? [])
-        return 0
-    }
+    return LLVMFuzzerRunDriver(&argc, &argv) { data, count in fuzzOneInput(data, count) }
 })
 #else
 var files: [URL] = []

@@ -11,7 +11,7 @@ import NIOPosix
 struct DemoBackendCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "demo-backend",
-        abstract: "HTTP/1.1 demo service: GET / says which cluster answered; /status/<code>, /delay/<ms>, /bytes/<n>, POST /echo.")
+        abstract: "HTTP/1.1 echo service: any request gets JSON naming the cluster, version and what arrived (method, path, authority, headers); /status/<code>, /delay/<ms>, /bytes/<n>, POST /echo, /count; /_demo/requests lists what it received.")
 
     @Option(help: "Address to listen on, host:port.") var listen: String
     @Option(help: "Service host name it answers for.") var service: String
@@ -47,8 +47,30 @@ struct DemoIdentity: Sendable, Encodable {
     /// Requests answered so far (`GET /count`, which is not counted): a count independent of
     /// any load generator or gateway.
     let answered = AnsweredCount()
+    /// What arrived, for `GET /_demo/requests` (the most recent 10 000).
+    let received = ReceivedRequests()
 
     enum CodingKeys: String, CodingKey { case service, cluster, locality, endpoint, version }
+
+    /// The answer: who answered, and what reached it.
+    struct Answer: Encodable {
+        var service, version, cluster, locality, endpoint: String
+        var method, path, authority: String
+        var headers: [String: String]
+    }
+
+    struct Received: Encodable, Sendable {
+        var time: String
+        var method, path, authority: String
+        var headers: [String: String]
+    }
+
+    final class ReceivedRequests: Sendable {
+        private let list = Mutex<[Received]>([])
+        func add(_ request: Received) { list.withLock { $0.append(request); if $0.count > 10_000 { $0.removeFirst($0.count - 10_000) } } }
+        func reset() { list.withLock { $0 = [] } }
+        var all: [Received] { list.withLock { $0 } }
+    }
 
     final class AnsweredCount: Sendable {
         private let value = Atomic<Int>(0)
@@ -59,30 +81,59 @@ struct DemoIdentity: Sendable, Encodable {
     func respond(_ request: ControlHTTPRequest, on eventLoop: any EventLoop) -> EventLoopFuture<ControlHTTPResponse> {
         let parts = request.path.split(separator: "/").map(String.init)
         if parts == ["count"] { return eventLoop.makeSucceededFuture(ControlHTTPResponse(text: "\(answered.current)\n")) }
+        if parts.first == "_demo" {
+            // The backend's own view, on its own address only: a gateway adds x-forwarded-for.
+            guard !request.headers.contains(name: "x-forwarded-for") else {
+                return eventLoop.makeSucceededFuture(ControlHTTPResponse(status: .notFound, text: "/_demo is only served on the backend's own address\n"))
+            }
+            switch (request.method, parts.dropFirst().first) {
+            case (.GET, "requests"): return eventLoop.makeSucceededFuture(encoded(received.all, status: .ok))
+            case (.POST, "reset"):
+                received.reset()
+                return eventLoop.makeSucceededFuture(ControlHTTPResponse(text: "reset\n"))
+            default: return eventLoop.makeSucceededFuture(ControlHTTPResponse(status: .notFound, text: "GET /_demo/requests or POST /_demo/reset\n"))
+            }
+        }
         answered.add()
+        received.add(Received(time: Date().formatted(.iso8601), method: request.method.rawValue, path: request.uri,
+                              authority: request.headers.first(name: "host") ?? "", headers: Self.headers(of: request)))
         switch (request.method, parts.first, parts.dropFirst().first.flatMap { Int($0) }) {
         case (.POST, "echo", _):
             return eventLoop.makeSucceededFuture(ControlHTTPResponse(contentType: "application/octet-stream", body: request.body))
         case (_, "status", let code?) where (100...599).contains(code):
-            return eventLoop.makeSucceededFuture(json(status: HTTPResponseStatus(statusCode: code)))
+            return eventLoop.makeSucceededFuture(json(status: HTTPResponseStatus(statusCode: code), request))
         case (_, "delay", let ms?) where ms >= 0:
-            return eventLoop.scheduleTask(in: .milliseconds(Int64(min(ms, 600_000)))) { json(status: .ok) }.futureResult
+            return eventLoop.scheduleTask(in: .milliseconds(Int64(min(ms, 600_000)))) { json(status: .ok, request) }.futureResult
         case (_, "bytes", let count?) where count >= 0 && count <= 1 << 30:
             var buffer = ByteBuffer()
             buffer.reserveCapacity(count)
             for i in 0..<count { buffer.writeInteger(UInt8(truncatingIfNeeded: i &* 31 &+ 7)) }
             return eventLoop.makeSucceededFuture(ControlHTTPResponse(contentType: "application/octet-stream", body: buffer))
-        case (_, nil, _):
-            return eventLoop.makeSucceededFuture(json(status: .ok))
         default:
-            return eventLoop.makeSucceededFuture(ControlHTTPResponse(status: .notFound, text: "try /, /status/<code>, /delay/<ms>, /bytes/<n>, POST /echo, /count\n"))
+            // Any other method and path: an echo, as httpbin's /anything or Istio's echo server.
+            return eventLoop.makeSucceededFuture(json(status: .ok, request))
         }
     }
 
-    private func json(status: HTTPResponseStatus) -> ControlHTTPResponse {
+    static func headers(of request: ControlHTTPRequest) -> [String: String] {
+        var headers: [String: String] = [:]
+        for header in request.headers {
+            let name = header.name.lowercased()
+            headers[name] = headers[name].map { "\($0), \(header.value)" } ?? header.value
+        }
+        return headers
+    }
+
+    private func json(status: HTTPResponseStatus, _ request: ControlHTTPRequest) -> ControlHTTPResponse {
+        encoded(Answer(service: service, version: version, cluster: cluster, locality: locality, endpoint: endpoint,
+                       method: request.method.rawValue, path: request.uri, authority: request.headers.first(name: "host") ?? "",
+                       headers: Self.headers(of: request)), status: status)
+    }
+
+    private func encoded(_ value: some Encodable, status: HTTPResponseStatus) -> ControlHTTPResponse {
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
-        var body = (try? encoder.encode(self)) ?? Data()
+        var body = (try? encoder.encode(value)) ?? Data()
         body.append(0x0A)
         return ControlHTTPResponse(status: status, contentType: "application/json", body: ByteBuffer(bytes: body))
     }

@@ -14,7 +14,10 @@ package struct ConfigDuration: Hashable, Sendable, Codable, CustomStringConverti
     package init?(parsing text: String) {
         let units: [(String, Double)] = [("ms", 1e-3), ("us", 1e-6), ("µs", 1e-6), ("ns", 1e-9), ("h", 3600), ("m", 60), ("s", 1)]
         guard let (suffix, scale) = units.first(where: { text.hasSuffix($0.0) }),
-              let value = Double(text.dropLast(suffix.count)), value >= 0, value.isFinite else { return nil }
+              let value = Double(text.dropLast(suffix.count)), value >= 0, value.isFinite,
+              // Beyond Int64 nanoseconds (about 292 years) the conversion would trap, as Go's
+              // ParseDuration refuses it (found by fuzzing the admin API's fault bodies).
+              (value * scale * 1e9).rounded() < 9.2e18 else { return nil }
         self.duration = .nanoseconds(Int64((value * scale * 1e9).rounded()))
         self.text = text
     }

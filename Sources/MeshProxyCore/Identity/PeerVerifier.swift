@@ -48,6 +48,19 @@ package final class PeerVerifier: Sendable {
         }
     }
 
+    /// The identity of a peer whose TLS session was resumed. BoringSSL does not call the
+    /// verification callback then: the session (issued by this gateway's own ticket keys after
+    /// a full, verified handshake) carries only the peer's leaf. The leaf must still be within
+    /// its validity and hold one SPIFFE ID the policy admits; otherwise the peer has no identity
+    /// and is treated as unauthenticated.
+    package func identity(ofResumedSessionLeaf leaf: NIOSSLCertificate, now: Date) -> SpiffeID? {
+        guard let der = try? leaf.toDERBytes(), let certificate = try? Certificate(derEncoded: der),
+              certificate.notValidBefore <= now, now <= certificate.notValidAfter,
+              let id = try? certificate.spiffeID(), policy.allowedTrustDomains.contains(id.trustDomain),
+              policy.admits?(id) ?? true else { return nil }
+        return id
+    }
+
     /// Runs the policy on certificates as NIOSSL hands them over (remembered chains answer at once).
     package func evaluate(peerCertificates presented: [NIOSSLCertificate], now: Date) async -> Result<SpiffeID, PeerRejection> {
         switch lookup(presented, now: now) {

@@ -1,6 +1,7 @@
 import Foundation
 import Metrics
 import NIOCore
+import NIOSSL
 import NIOTLS
 
 /// Sits at the tail of a terminated downstream connection until it is glued to an upstream,
@@ -36,6 +37,15 @@ package final class GatewayConnectionHandler: ChannelDuplexHandler, RemovableCha
     package func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
         switch event {
         case TLSUserEvent.handshakeCompleted:
+            if record.sourceIdentity == nil, let tls = try? context.pipeline.syncOperations.handler(type: NIOSSLServerHandler.self),
+               let leaf = tls.peerCertificate {
+                // A resumed session: no verification callback ran, the session holds the leaf.
+                record.sourceIdentity = dataPlane.tls.clients.identity(ofResumedSessionLeaf: leaf, now: Date())
+            }
+            if takesHTTPPath {
+                startHTTP(context: context)
+                return
+            }
             run(machine.handshakeCompleted(), context: context)
         case ChannelEvent.inputClosed:
             if machine.inputClosed() == .forward { context.fireUserInboundEventTriggered(event) }
@@ -62,6 +72,31 @@ package final class GatewayConnectionHandler: ChannelDuplexHandler, RemovableCha
     package func channelInactive(context: ChannelHandlerContext) {
         record.flags += machine.channelInactive()
         context.fireChannelInactive()
+    }
+
+    // MARK: - HTTP
+
+    /// An HTTP service's traffic from a client is routed per request here, at the gateway where
+    /// it enters the mesh; a peer gateway's is forwarded as bytes to local endpoints (the
+    /// routing decision was made at the entry gateway and is in the server name).
+    private var takesHTTPPath: Bool {
+        route.protocol == .http && record.sourceIdentity.map(dataPlane.tls.isPeerGateway) != true
+    }
+
+    private func startHTTP(context: ChannelHandlerContext) {
+        record.carriesHTTP = true
+        let manager = HTTPConnectionManager(dataPlane: dataPlane, routes: routes, connectionRoute: route, connection: record,
+                                            protocolName: "HTTP/1.1")
+        do {
+            let operations = context.pipeline.syncOperations
+            try operations.configureHTTPServerPipeline(position: .after(self), withPipeliningAssistance: true, withErrorHandling: true)
+            try operations.addHandler(manager, position: .last)
+            operations.removeHandler(context: context, promise: nil)
+        } catch {
+            record.carriesHTTP = false
+            record.detail = "cannot start HTTP: \(error)"
+            context.close(promise: nil)
+        }
     }
 
     // MARK: - Carrying out the machine's actions

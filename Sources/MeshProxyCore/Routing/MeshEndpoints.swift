@@ -52,9 +52,11 @@ package struct Locality: Hashable, Sendable, CustomStringConvertible, Codable {
         self.region = region; self.zone = zone; self.subzone = subzone
     }
 
+    /// Nil for text that names nothing (`""`, `"/"`): "no locality" is the absence of one, and the
+    /// wire and the access log could not tell the two apart (found by fuzzing).
     package init?(parsing text: String) {
         let parts = text.split(separator: "/", omittingEmptySubsequences: false).map(String.init)
-        guard parts.count <= 3, !text.contains(" ") else { return nil }
+        guard parts.count <= 3, !text.contains(" "), parts.contains(where: { !$0.isEmpty }) else { return nil }
         self.init(region: parts[0], zone: parts.count > 1 ? parts[1] : "", subzone: parts.count > 2 ? parts[2] : "")
     }
 

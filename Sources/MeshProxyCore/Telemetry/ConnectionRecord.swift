@@ -30,6 +30,8 @@ package final class ConnectionRecord {
     package var bytesSent: Int { glue?.upstream.bytesRead ?? 0 }
     /// Gossip connections are not proxied traffic and get no access-log line.
     package var isFederation = false
+    /// An HTTP connection logs each request (`HTTPRequestRecord`), not itself.
+    package var carriesHTTP = false
     private var isOpenInMetrics = false
     private var isFinished = false
 
@@ -55,7 +57,7 @@ package final class ConnectionRecord {
 
     /// Writes the access-log line (and closes the metrics) once.
     package func finish(metrics: TCPMetrics, logger: Logger) {
-        guard !isFinished, !isFederation else { return }
+        guard !isFinished, !isFederation, !carriesHTTP else { return }
         isFinished = true
         if isOpenInMetrics, let labels = metricLabels {
             metrics.closed(labels, sent: bytesSent, received: bytesReceived)

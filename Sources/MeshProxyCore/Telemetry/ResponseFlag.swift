@@ -15,4 +15,10 @@ package enum ResponseFlag: String, Sendable, CaseIterable {
     case durationTimeout = "DT"
     /// Downstream connection termination before the upstream was reached.
     case downstreamTermination = "DC"
+    /// The route's cluster (service, port or subset) does not exist.
+    case noClusterFound = "NC"
+    /// The upstream connection ended before a response.
+    case upstreamConnectionTermination = "UC"
+    /// The downstream sent what HTTP does not allow.
+    case downstreamProtocolError = "DPE"
 }

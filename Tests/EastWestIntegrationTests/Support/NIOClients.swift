@@ -238,8 +238,8 @@ enum MeshLoad {
                         let reply = (try? await MeshTLSClient.exchange(request, to: gateway, serverName: host, context: context, halfClose: false)) ?? []
                         let text = String(decoding: reply, as: UTF8.self)
                         let body = text.range(of: "\r\n\r\n").map { String(text[$0.upperBound...]) } ?? ""
-                        let answer = (try? JSONSerialization.jsonObject(with: Data(body.utf8))) as? [String: String]
-                        counts[answer?[field] ?? "failed", default: 0] += 1
+                        let answer = (try? JSONSerialization.jsonObject(with: Data(body.utf8))) as? [String: Any]
+                        counts[answer?[field] as? String ?? "failed", default: 0] += 1
                     }
                     return counts
                 }

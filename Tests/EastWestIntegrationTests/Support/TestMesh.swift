@@ -103,9 +103,14 @@ final class TestMesh: @unchecked Sendable {  // used from one test task only
         return try await runCommand("/usr/bin/curl", arguments)
     }
 
-    /// The JSON a demo backend answered with.
+    /// The JSON a demo backend answered with: its string fields (`cluster`, `version`, `path`, …).
     func answer(_ result: CommandResult) -> [String: String]? {
-        (try? JSONSerialization.jsonObject(with: Data(result.stdout.utf8))) as? [String: String]
+        ((try? JSONSerialization.jsonObject(with: Data(result.stdout.utf8))) as? [String: Any])?.compactMapValues { $0 as? String }
+    }
+
+    /// The headers a demo backend says it received.
+    func receivedHeaders(_ result: CommandResult) -> [String: String]? {
+        ((try? JSONSerialization.jsonObject(with: Data(result.stdout.utf8))) as? [String: Any])?["headers"] as? [String: String]
     }
 }
 

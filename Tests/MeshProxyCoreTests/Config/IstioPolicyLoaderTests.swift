@@ -42,7 +42,7 @@ struct IstioPolicyLoaderTests {
         let loaded = try IstioPolicyLoader.load(yaml: designDocument, file: "dr.yaml")
         let rule = try #require(loaded.destinationRules.first)
         #expect(rule.policy(port: nil, subset: nil).effectiveOutlierDetection?.consecutiveGatewayErrors == 5)
-        #expect(loaded.skipped == ["dr.yaml: note: skipped PeerAuthentication 'mcp-mtls' (EastWest reads DestinationRule)"])
+        #expect(loaded.skipped == ["dr.yaml: note: skipped PeerAuthentication 'mcp-mtls' (EastWest reads DestinationRule, VirtualService)"])
         let warnings = loaded.warnings.map(\.description)
         #expect(warnings.contains("dr.yaml:22:5: warning: spec.trafficPolicy.tls: valid Istio field, not carried out by EastWest yet; ignored"))
         #expect(warnings.contains { $0.hasPrefix("dr.yaml:19:5: warning: spec.trafficPolicy.circuitBreaker: not an Istio field; read as 'outlierDetection'") })

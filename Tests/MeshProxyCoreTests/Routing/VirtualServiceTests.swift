@@ -1,3 +1,4 @@
+import Foundation
 import Testing
 @testable import MeshProxyCore
 
@@ -6,73 +7,15 @@ import Testing
 struct VirtualServiceTests {
     static let reviews = "reviews.default.svc.cluster.local"
 
-    /// Bookinfo's reviews subsets (samples/bookinfo/networking/destination-rule-reviews.yaml).
-    static let reviewsRule = """
-        apiVersion: networking.istio.io/v1
-        kind: DestinationRule
-        metadata:
-          name: reviews
-        spec:
-          host: reviews
-          trafficPolicy:
-            loadBalancer:
-              simple: RANDOM
-          subsets:
-          - name: v1
-            labels:
-              version: v1
-          - name: v2
-            labels:
-              version: v2
-          - name: v3
-            labels:
-              version: v3
-        """
-
-    /// Bookinfo's virtual-service-reviews-90-10.yaml.
-    static let ninetyTen = """
-        apiVersion: networking.istio.io/v1
-        kind: VirtualService
-        metadata:
-          name: reviews
-        spec:
-          hosts:
-            - reviews
-          http:
-          - route:
-            - destination:
-                host: reviews
-                subset: v1
-              weight: 90
-            - destination:
-                host: reviews
-                subset: v2
-              weight: 10
-        """
-
-    /// Bookinfo's virtual-service-reviews-jason-v2-v3.yaml.
-    static let jason = """
-        apiVersion: networking.istio.io/v1alpha3
-        kind: VirtualService
-        metadata:
-          name: reviews
-        spec:
-          hosts:
-          - reviews
-          http:
-          - match:
-            - headers:
-                end-user:
-                  exact: jason
-            route:
-            - destination:
-                host: reviews
-                subset: v2
-          - route:
-            - destination:
-                host: reviews
-                subset: v3
-        """
+    /// Istio's Bookinfo routing files as users paste them (Tests/Fixtures/bookinfo, named as in
+    /// samples/bookinfo/networking).
+    static func bookinfo(_ name: String) -> String {
+        let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+        return (try? String(contentsOf: root.appendingPathComponent("Fixtures/bookinfo/\(name).yaml"), encoding: .utf8)) ?? ""
+    }
+    static let reviewsRule = bookinfo("destination-rule-reviews")
+    static let ninetyTen = bookinfo("virtual-service-reviews-90-10")
+    static let jason = bookinfo("virtual-service-reviews-jason-v2-v3")
 
     func compiled(_ yaml: String) throws -> RouteConfiguration {
         let loaded = try IstioPolicyLoader.load(yaml: yaml + "\n---\n" + Self.reviewsRule, file: "policy.yaml")

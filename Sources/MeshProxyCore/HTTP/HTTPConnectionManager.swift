@@ -1,0 +1,352 @@
+import Foundation
+import Logging
+import NIOCore
+import NIOHTTP1
+
+/// Envoy's HTTP connection manager at the gateway where a request enters the mesh: one per
+/// HTTP/1.1 connection (requests one after another) or per HTTP/2 stream (behind
+/// `HTTP2FramePayloadToHTTP1ServerCodec`). For each request it asks `HTTPRequestRouter` where it
+/// goes, asks the cluster manager for the plan's targets, dials them in order (the same
+/// connect attempts as the TCP path), relays the request and streams the response back, and
+/// answers with Envoy's local replies when it cannot.
+///
+/// Upstream connections are per request for now (a connection pool per target comes with the
+/// pooled HTTP/2 between gateways); the peer gateway that receives the request sends it to its
+/// own endpoints of the chosen subset only.
+package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChannelHandler {
+    package typealias InboundIn = HTTPServerRequestPart
+    package typealias OutboundOut = HTTPServerResponsePart
+
+    private let dataPlane: DataPlane
+    private let routes: RouteConfiguration
+    /// What the client's server name resolved to at the handshake.
+    private let connectionRoute: Route
+    private let connection: ConnectionRecord
+    private let protocolName: String
+    private var random: SplitMix64
+
+    private enum State {
+        case idle
+        /// Waiting for an upstream; request parts are held until it is there.
+        case connecting(held: [HTTPClientRequestPart], ended: Bool)
+        case forwarding(upstream: any Channel, ended: Bool)
+        /// A local reply went out; the rest of the request body is read and dropped.
+        case discarding
+    }
+
+    private var state = State.idle
+    private var record = HTTPRequestRecord()
+    private var forward: HTTPRequestRouter.Forward?
+    private var targets: [PlannedTarget] = []
+    private var attempt = 0
+    private var requestKeepAlive = true
+    private var responseStarted = false
+    private var upstreamRequestEnded: ContinuousClock.Instant?
+
+    package init(dataPlane: DataPlane, routes: RouteConfiguration, connectionRoute: Route, connection: ConnectionRecord,
+                 protocolName: String) {
+        self.dataPlane = dataPlane
+        self.routes = routes
+        self.connectionRoute = connectionRoute
+        self.connection = connection
+        self.protocolName = protocolName
+        random = SplitMix64(seed: UInt64.random(in: .min ... .max))
+    }
+
+    package func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        switch unwrapInboundIn(data) {
+        case .head(let head): begin(head, context: context)
+        case .body(let body):
+            record.bytesReceived += body.readableBytes
+            send(.body(.byteBuffer(body)), ended: false)
+        case .end(let trailers):
+            send(.end(trailers), ended: true)
+            if case .discarding = state {
+                state = .idle
+                finishRequest(context: context)
+            }
+        }
+    }
+
+    package func channelInactive(context: ChannelHandlerContext) {
+        if case .forwarding(let upstream, _) = state {
+            state = .idle
+            upstream.close(promise: nil)
+        }
+        if forward != nil || record.responseCode != 0 || !record.flags.isEmpty {
+            if record.responseCode == 0 { record.flags.insert(.downstreamTermination) }
+            record.finish(logger: dataPlane.logger)
+            forward = nil
+        }
+        state = .idle
+        context.fireChannelInactive()
+    }
+
+    // MARK: - One request
+
+    private func begin(_ head: HTTPRequestHead, context: ChannelHandlerContext) {
+        record = HTTPRequestRecord()
+        record.method = head.method.rawValue
+        record.path = head.uri
+        record.protocol = protocolName
+        record.authority = head.headers.first(name: "host") ?? "-"
+        record.userAgent = head.headers.first(name: "user-agent")
+        record.sourcePrincipal = connection.sourcePrincipal
+        record.serverName = connection.serverName
+        record.downstreamLocal = connection.downstreamLocal
+        record.downstreamRemote = connection.downstreamRemote
+        requestKeepAlive = head.isKeepAlive
+        responseStarted = false
+        attempt = 0
+
+        let facts = HTTPRequestFacts(method: head.method.rawValue, path: head.uri, authority: record.authority == "-" ? "" : record.authority,
+                                     headers: head.headers.map { ($0.name.lowercased(), $0.value) },
+                                     sourceNamespace: connection.sourceIdentity?.namespace)
+        let clusters = dataPlane.clusters
+        switch HTTPRequestRouter.decide(facts, connectionRoute: connectionRoute, routes: routes, services: clusters.current,
+                                        listenerPort: dataPlane.config.listen.port, random: random.next()) {
+        case .reply(let reply):
+            localReply(reply, context: context)
+        case .forward(let forward):
+            self.forward = forward
+            record.route = forward.route
+            record.routeName = forward.routeName
+            let action = routes.action(for: forward.route, origin: .client)
+            targets = Array(clusters.candidates(for: forward.route, origin: .client).prefix(action.retry.maxAttempts))
+            guard !targets.isEmpty else {
+                localReply(.noHealthyUpstream("no healthy endpoint for \(forward.route.service)\(forward.route.subset.map { " subset \($0)" } ?? "") in any cluster"),
+                           context: context)
+                return
+            }
+            state = .connecting(held: [.head(upstreamHead(head, forward: forward, context: context))], ended: false)
+            dial(context: context)
+        }
+    }
+
+    /// The request as the upstream gets it: Envoy's edge handling at a gateway (x-request-id
+    /// replaced, x-forwarded-*, the client's identity in x-forwarded-client-cert, x-envoy-*
+    /// stripped), the route's header operations, and one connection per request.
+    private func upstreamHead(_ head: HTTPRequestHead, forward: HTTPRequestRouter.Forward, context: ChannelHandlerContext) -> HTTPRequestHead {
+        var headers: [(name: String, value: String)] = head.headers.compactMap { header in
+            let name = header.name.lowercased()
+            if ["connection", "keep-alive", "proxy-connection", "x-request-id", "x-forwarded-client-cert", "x-forwarded-proto"].contains(name)
+                || name.hasPrefix("x-envoy-") { return nil }
+            return (name, header.value)
+        }
+        let requestID = UUID().uuidString.lowercased()
+        record.requestID = requestID
+        let remote = connection.downstreamRemote.split(separator: ":").dropLast().joined(separator: ":")
+        let forwardedFor = head.headers.first(name: "x-forwarded-for").map { "\($0), \(remote)" } ?? remote
+        record.forwardedFor = forwardedFor
+        headers.removeAll { $0.name == "x-forwarded-for" }
+        headers += [("x-forwarded-for", forwardedFor), ("x-forwarded-proto", "https"), ("x-request-id", requestID)]
+        if let client = connection.sourceIdentity {
+            // Envoy's SANITIZE_SET at a gateway: only the gateway sets it, for the client it
+            // verified. `By` is this gateway; peer gateways trust it only from gateway identities.
+            let by = dataPlane.tls.identity.map { "By=\($0);" } ?? ""
+            headers.append(("x-forwarded-client-cert", "\(by)URI=\(client)"))
+        }
+        forward.requestHeaders.apply(to: &headers)
+        headers.append(("connection", "close"))
+        var upstream = HTTPRequestHead(version: .http1_1, method: head.method, uri: head.uri)
+        upstream.headers = HTTPHeaders(headers.map { ($0.name, $0.value) })
+        return upstream
+    }
+
+    private func send(_ part: HTTPClientRequestPart, ended: Bool) {
+        switch state {
+        case .connecting(var held, _):
+            held.append(part)
+            state = .connecting(held: held, ended: ended)
+        case .forwarding(let upstream, _):
+            upstream.write(part, promise: nil)
+            if ended { upstream.flush(); upstreamRequestEnded = .now }
+            state = .forwarding(upstream: upstream, ended: ended)
+        case .idle, .discarding:
+            break
+        }
+    }
+
+    private func dial(context: ChannelHandlerContext) {
+        guard let forward else { return }
+        let planned = targets[attempt]
+        let action = routes.action(for: forward.route, origin: .client)
+        let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+        UpstreamConnector.connect(to: planned.target, tls: dataPlane.tls, connectTimeout: action.connectTimeout,
+                                  handshakeTimeout: dataPlane.config.handshakeTimeout, keepalive: action.keepalive,
+                                  from: dataPlane.sourceAddress, on: context.eventLoop)
+            .whenComplete { result in
+                let (handler, context) = bound.value
+                switch result {
+                case .success(let upstream): handler.connected(upstream, planned: planned, context: context)
+                case .failure(let error): handler.failed(planned, error: error, context: context)
+                }
+            }
+    }
+
+    private func failed(_ planned: PlannedTarget, error: any Error, context: ChannelHandlerContext) {
+        guard case .connecting = state, let forward else { return }
+        switch planned.target {
+        case .peerGateway(_, let gateway, _):
+            dataPlane.peerGatewayUnreachable(gateway.name)
+            dataPlane.outliers.peerFailed(gateway.name)
+        case .local(let endpoint): dataPlane.outliers.failed(forward.route.service, endpoint.address)
+        }
+        attempt += 1
+        if attempt < targets.count {
+            dial(context: context)
+            return
+        }
+        record.upstream = planned.target
+        let reason = UpstreamConnector.describe(error)
+        localReply(.connectFailure(timedOut: reason.contains("timed out") || reason.contains("timeout"), attempts: attempt,
+                                   detail: "\(planned.target): \(reason)"), context: context)
+    }
+
+    private func connected(_ upstream: any Channel, planned: PlannedTarget, context: ChannelHandlerContext) {
+        guard case .connecting(let held, let ended) = state else {
+            upstream.close(promise: nil)
+            return
+        }
+        if case .peerGateway(_, let gateway, _) = planned.target { dataPlane.outliers.peerSucceeded(gateway.name) }
+        record.upstream = planned.target
+        record.upstreamCluster = planned.target.cluster ?? routes.localCluster
+        let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+        let relay = UpstreamResponseRelay { part in
+            let (handler, context) = bound.value
+            handler.upstreamResponse(part, context: context)
+        } closed: {
+            let (handler, context) = bound.value
+            handler.upstreamClosed(upstream, context: context)
+        }
+        do {
+            let operations = upstream.pipeline.syncOperations
+            try operations.addHTTPClientHandlers()
+            try operations.addHandler(relay)
+        } catch {
+            upstream.close(promise: nil)
+            localReply(.upstreamTerminated("cannot set up the upstream: \(error)"), context: context)
+            return
+        }
+        state = .forwarding(upstream: upstream, ended: ended)
+        for part in held { upstream.write(part, promise: nil) }
+        upstream.flush()
+        if ended { upstreamRequestEnded = .now }
+    }
+
+    private func upstreamResponse(_ part: HTTPClientResponsePart, context: ChannelHandlerContext) {
+        guard case .forwarding = state, let forward else { return }
+        switch part {
+        case .head(var head):
+            responseStarted = true
+            record.responseCode = Int(head.status.code)
+            var headers: [(name: String, value: String)] = head.headers.compactMap { header in
+                let name = header.name.lowercased()
+                return ["connection", "keep-alive", "proxy-connection", "server"].contains(name) ? nil : (name, header.value)
+            }
+            let serviceTime = Int(((upstreamRequestEnded.map { .now - $0 }) ?? .zero).timeInterval * 1000)
+            record.upstreamServiceTime = serviceTime
+            record.grpcStatus = head.headers.first(name: "grpc-status")
+            headers += [("x-envoy-upstream-service-time", String(serviceTime)), ("server", "istio-envoy")]
+            forward.responseHeaders.apply(to: &headers)
+            if !requestKeepAlive { headers.append(("connection", "close")) }
+            head.headers = HTTPHeaders(headers.map { ($0.name, $0.value) })
+            head.version = .http1_1
+            context.write(wrapOutboundOut(.head(head)), promise: nil)
+        case .body(let body):
+            record.bytesSent += body.readableBytes
+            context.write(wrapOutboundOut(.body(.byteBuffer(body))), promise: nil)
+        case .end(let trailers):
+            if let status = trailers?.first(name: "grpc-status") { record.grpcStatus = status }
+            context.writeAndFlush(wrapOutboundOut(.end(trailers)), promise: nil)
+            if case .forwarding(let upstream, let ended) = state {
+                // The state moves first: closing fires the relay's end at once.
+                state = ended ? .idle : .discarding
+                upstream.close(promise: nil)
+            }
+            if case .local(let endpoint) = record.upstream { dataPlane.outliers.succeeded(forward.route.service, endpoint.address) }
+            finishRequest(context: context)
+        }
+    }
+
+    private func upstreamClosed(_ upstream: any Channel, context: ChannelHandlerContext) {
+        guard case .forwarding(let current, _) = state, current === upstream else { return }
+        if responseStarted {
+            // Mid-response: the client cannot be told otherwise than by the end of its stream.
+            record.flags.insert(.upstreamConnectionTermination)
+            state = .idle
+            finishRequest(context: context)
+            context.close(promise: nil)
+        } else {
+            if case .local(let endpoint) = record.upstream, let service = forward?.route.service {
+                dataPlane.outliers.failed(service, endpoint.address)
+            }
+            localReply(.upstreamTerminated("\(record.upstream?.description ?? "upstream") closed before its response"), context: context)
+        }
+    }
+
+    private func localReply(_ reply: HTTPLocalReply, context: ChannelHandlerContext) {
+        var closing: (any Channel)?
+        if case .forwarding(let upstream, let ended) = state {
+            closing = upstream
+            state = .connecting(held: [], ended: ended)
+        }
+        defer { closing?.close(promise: nil) }
+        record.responseCode = Int(reply.status.code)
+        record.flags.formUnion(reply.flags)
+        record.detail = reply.detail
+        var head = HTTPResponseHead(version: .http1_1, status: reply.status)
+        head.headers.add(name: "content-length", value: String(reply.body.utf8.count))
+        head.headers.add(name: "content-type", value: "text/plain")
+        head.headers.add(name: "date", value: Date().formatted(.dateTime))
+        head.headers.add(name: "server", value: "istio-envoy")
+        for header in reply.headers { head.headers.add(name: header.name, value: header.value) }
+        if !requestKeepAlive { head.headers.add(name: "connection", value: "close") }
+        context.write(wrapOutboundOut(.head(head)), promise: nil)
+        if !reply.body.isEmpty {
+            record.bytesSent += reply.body.utf8.count
+            context.write(wrapOutboundOut(.body(.byteBuffer(ByteBuffer(string: reply.body)))), promise: nil)
+        }
+        context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: nil)
+        let requestEnded: Bool
+        switch state {
+        case .connecting(_, let ended), .forwarding(_, let ended): requestEnded = ended
+        case .idle: requestEnded = false
+        case .discarding: requestEnded = false
+        }
+        state = requestEnded ? .idle : .discarding
+        if requestEnded { finishRequest(context: context) }
+    }
+
+    /// The response is out and the request fully read: log, count, and for a client that asked
+    /// to close, close.
+    private func finishRequest(context: ChannelHandlerContext) {
+        if forward != nil || record.responseCode != 0 {
+            record.finish(logger: dataPlane.logger)
+            forward = nil
+            record = HTTPRequestRecord()
+        }
+        if !requestKeepAlive, case .idle = state { context.close(promise: nil) }
+    }
+}
+
+/// Hands an upstream connection's response parts, and its end, to the connection manager.
+final class UpstreamResponseRelay: ChannelInboundHandler, RemovableChannelHandler {
+    typealias InboundIn = HTTPClientResponsePart
+    private let response: (HTTPClientResponsePart) -> Void
+    private let closed: () -> Void
+
+    init(response: @escaping (HTTPClientResponsePart) -> Void, closed: @escaping () -> Void) {
+        self.response = response
+        self.closed = closed
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) { response(unwrapInboundIn(data)) }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        closed()
+        context.fireChannelInactive()
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) { context.close(promise: nil) }
+}

@@ -1,0 +1,59 @@
+import NIOHTTP1
+
+/// A response the gateway writes itself, with Envoy's status, body and response flag
+/// (research note §8), so a user sees what they would see behind Envoy.
+package struct HTTPLocalReply: Sendable, Equatable {
+    package var status: HTTPResponseStatus
+    package var body: String
+    package var flags: Set<ResponseFlag>
+    /// Extra headers (`x-envoy-overloaded: true` on overflow).
+    package var headers: [(name: String, value: String)] = []
+    /// Why, for the access log and `eastwest route`.
+    package var detail: String
+
+    package init(status: HTTPResponseStatus, body: String, flags: Set<ResponseFlag>, detail: String) {
+        self.status = status; self.body = body; self.flags = flags; self.detail = detail
+    }
+
+    /// No route matched the request: 404, empty body, `NR`.
+    package static func noRoute(_ detail: String) -> HTTPLocalReply { .init(status: .notFound, body: "", flags: [.noRoute], detail: detail) }
+
+    /// The route names a service, port or subset the mesh does not have: 503, empty body, `NC`.
+    package static func noCluster(_ detail: String) -> HTTPLocalReply {
+        .init(status: .serviceUnavailable, body: "", flags: [.noClusterFound], detail: detail)
+    }
+
+    /// Nothing healthy to send it to: 503 `no healthy upstream`, `UH`.
+    package static func noHealthyUpstream(_ detail: String) -> HTTPLocalReply {
+        .init(status: .serviceUnavailable, body: "no healthy upstream", flags: [.noHealthyUpstream], detail: detail)
+    }
+
+    /// Every connect attempt failed: 503 with Envoy's reset text, `UF` (plus `URX` after retries).
+    package static func connectFailure(timedOut: Bool, attempts: Int, detail: String) -> HTTPLocalReply {
+        let reason = timedOut ? "connection timeout" : "remote connection failure"
+        let prefix = attempts > 1 ? "retried and the latest reset reason: " : "reset reason: "
+        var flags: Set<ResponseFlag> = [.upstreamConnectionFailure]
+        if attempts > 1 { flags.insert(.upstreamRetryLimitExceeded) }
+        return .init(status: .serviceUnavailable, body: "upstream connect error or disconnect/reset before headers. \(prefix)\(reason)",
+                     flags: flags, detail: detail)
+    }
+
+    /// The upstream closed or reset before its response headers: 503, `UC`.
+    package static func upstreamTerminated(_ detail: String) -> HTTPLocalReply {
+        .init(status: .serviceUnavailable, body: "upstream connect error or disconnect/reset before headers. reset reason: connection termination",
+              flags: [.upstreamConnectionTermination], detail: detail)
+    }
+
+    /// Circuit breaker open: 503 with `x-envoy-overloaded: true`, `UO`.
+    package static func overflow(_ detail: String) -> HTTPLocalReply {
+        var reply = HTTPLocalReply(status: .serviceUnavailable, body: "upstream connect error or disconnect/reset before headers. reset reason: overflow",
+                                   flags: [.upstreamOverflow], detail: detail)
+        reply.headers = [("x-envoy-overloaded", "true")]
+        return reply
+    }
+
+    package static func == (a: HTTPLocalReply, b: HTTPLocalReply) -> Bool {
+        a.status == b.status && a.body == b.body && a.flags == b.flags && a.detail == b.detail
+            && a.headers.elementsEqual(b.headers, by: { $0 == $1 })
+    }
+}

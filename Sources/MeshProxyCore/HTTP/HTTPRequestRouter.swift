@@ -1,0 +1,70 @@
+/// Decides, once per request at the gateway where it enters the mesh, where it goes: the
+/// VirtualService rule for its host (or, without one, the service the client's server name
+/// named), the destination by weight, the service port and subset. Pure: the connection manager
+/// carries the decision out.
+package enum HTTPRequestRouter {
+    package struct Forward: Sendable, Equatable {
+        /// The service port and subset; the cluster manager plans the cluster and endpoint.
+        package var route: Route
+        /// Envoy's route name (`%ROUTE_NAME%`); empty without a VirtualService.
+        package var routeName: String
+        /// The VirtualService rule that matched, `file:line`; nil when none applied.
+        package var origin: String?
+        package var requestHeaders: HeaderOperations
+        package var responseHeaders: HeaderOperations
+    }
+
+    package enum Decision: Sendable, Equatable {
+        case forward(Forward)
+        case reply(HTTPLocalReply)
+    }
+
+    /// - Parameters:
+    ///   - connectionRoute: what the client's server name resolved to at the handshake.
+    ///   - listenerPort: the port the request came in on (`match.port`).
+    ///   - random: a fresh random number for the weighted pick.
+    package static func decide(_ request: HTTPRequestFacts, connectionRoute: Route, routes: RouteConfiguration,
+                               services: some ServiceDirectory, listenerPort: Int?, random: UInt64) -> Decision {
+        // Istio matches virtual hosts on :authority; a request without one is for the name
+        // the client connected with.
+        let authority = request.authority.isEmpty ? connectionRoute.service.host : request.authority
+        guard let table = routes.httpRoutes(for: authority) ?? routes.httpRoutes(for: connectionRoute.service.host) else {
+            // No VirtualService: the service (and subset) the server name named, as a sidecar's
+            // default route for a known service.
+            return .forward(Forward(route: connectionRoute, routeName: "", origin: nil, requestHeaders: .init(), responseHeaders: .init()))
+        }
+        guard let decision = table.route(request, port: listenerPort, random: random) else {
+            return .reply(.noRoute("no VirtualService route for \(request.method) \(authority)\(request.path)"))
+        }
+        let destination = decision.destination
+        let ports = services.ports(of: destination.host)
+        let port: Int
+        if let wanted = destination.port {
+            guard ports.contains(wanted) else {
+                return .reply(.noCluster("\(decision.rule.origin): \(destination.host) has no port \(wanted) in the mesh"))
+            }
+            port = wanted
+        } else {
+            // Istio: the destination's only port; with several and none named, the listener port,
+            // which is no service's (NC).
+            guard ports.count == 1 else {
+                return .reply(.noCluster(ports.isEmpty
+                    ? "\(decision.rule.origin): no service \(destination.host) in the mesh"
+                    : "\(decision.rule.origin): \(destination.host) has several ports (\(ports.map(String.init).joined(separator: ", "))); name one in destination.port"))
+            }
+            port = ports[0]
+        }
+        var selector: [String: String] = [:]
+        if let subset = destination.subset {
+            guard let labels = routes.selector(host: destination.host, subset: subset) else {
+                return .reply(.noCluster("\(decision.rule.origin): subset '\(subset)' of \(destination.host) is in no DestinationRule"))
+            }
+            selector = labels
+        }
+        let service = ServiceKey(host: destination.host, port: port)
+        let route = Route(service: service, subset: destination.subset, selector: selector, protocol: services.protocol(of: service))
+        return .forward(Forward(route: route, routeName: decision.rule.name, origin: decision.rule.origin,
+                                requestHeaders: decision.rule.requestHeaders.then(destination.requestHeaders),
+                                responseHeaders: decision.rule.responseHeaders.then(destination.responseHeaders)))
+    }
+}

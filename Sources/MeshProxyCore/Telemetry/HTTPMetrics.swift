@@ -1,0 +1,91 @@
+import Foundation
+import Logging
+import Metrics
+import NIOHTTP1
+
+/// Istio's standard HTTP metrics as a gateway reports them (`reporter="source"`: gateway
+/// listeners are outbound), with Envoy's default histogram buckets, which Istio keeps.
+package enum HTTPMetrics {
+    package static let requests = "istio_requests_total"
+    package static let duration = "istio_request_duration_milliseconds"
+    package static let requestBytes = "istio_request_bytes"
+    package static let responseBytes = "istio_response_bytes"
+
+    /// Envoy's default histogram buckets (source/common/stats/histogram_impl.cc), for all three.
+    package static let buckets: [Double] = [0.5, 1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000,
+                                            300000, 600000, 1800000, 3600000]
+}
+
+/// The facts about one HTTP request that end up in its access-log line and metrics; filled in as
+/// it goes, written once when its response ends (or it is abandoned).
+package struct HTTPRequestRecord: Sendable {
+    package var start = ContinuousClock.now
+    package var startDate = Date()
+    package var method = "-"
+    package var path = "-"
+    package var `protocol` = "HTTP/1.1"
+    package var authority = "-"
+    package var userAgent: String?
+    package var requestID: String?
+    package var forwardedFor: String?
+    package var sourcePrincipal: String?
+    package var route: Route?
+    package var routeName = ""
+    package var upstream: UpstreamTarget?
+    package var upstreamCluster: String?
+    package var responseCode = 0
+    package var flags: Set<ResponseFlag> = []
+    package var detail: String?
+    package var bytesReceived = 0
+    package var bytesSent = 0
+    package var upstreamServiceTime: Int?
+    package var grpcStatus: String?
+    package var serverName = "-"
+    package var downstreamLocal = "-"
+    package var downstreamRemote = "-"
+
+    package init() {}
+
+    var flagText: String { flags.isEmpty ? "-" : flags.map(\.rawValue).sorted().joined(separator: ",") }
+
+    /// `outbound|<port>|<subset>|<host>`, Envoy's cluster for the route.
+    var clusterName: String? { route.map { "outbound|\($0.service.port)|\($0.subset ?? "")|\($0.service.host)" } }
+
+    var dimensions: [(String, String)] {
+        let host = route?.service.host
+        let parts = host?.split(separator: ".") ?? []
+        return [
+            ("reporter", "source"), ("source_principal", sourcePrincipal ?? "unknown"),
+            ("destination_service", host ?? "unknown"),
+            ("destination_service_name", parts.first.map(String.init) ?? "unknown"),
+            ("destination_service_namespace", parts.count > 1 ? String(parts[1]) : "unknown"),
+            ("destination_cluster", upstreamCluster ?? "unknown"),
+            ("request_protocol", route?.protocol == .grpc ? "grpc" : "http"),
+            ("response_code", String(responseCode)), ("response_flags", flagText),
+            ("grpc_response_status", grpcStatus ?? ""), ("connection_security_policy", "unknown"),
+        ]
+    }
+
+    /// Counts the request and writes its access-log line.
+    package func finish(logger: Logger) {
+        let dimensions = self.dimensions
+        Counter(label: HTTPMetrics.requests, dimensions: dimensions).increment()
+        let milliseconds = (ContinuousClock.now - start).timeInterval * 1000
+        Recorder(label: HTTPMetrics.duration, dimensions: dimensions, aggregate: true).record(milliseconds)
+        Recorder(label: HTTPMetrics.requestBytes, dimensions: dimensions, aggregate: true).record(bytesReceived)
+        Recorder(label: HTTPMetrics.responseBytes, dimensions: dimensions, aggregate: true).record(bytesSent)
+        logger.log(level: flags.isEmpty ? .info : .warning, "\(accessLogLine(duration: Int(milliseconds)))")
+    }
+
+    /// Istio's default text format (pilot/pkg/model/telemetry_logging.go), `-` for absent values.
+    func accessLogLine(duration: Int) -> String {
+        func quoted(_ value: String?) -> String { "\"\(value ?? "-")\"" }
+        let startText = startDate.formatted(.iso8601.year().month().day().time(includingFractionalSeconds: true).timeZone(separator: .omitted))
+        var line = "[\(startText)] \"\(method) \(path) \(`protocol`)\" \(responseCode) \(flagText) \(detail == nil ? "via_upstream" : "-") - \"-\" "
+        line += "\(bytesReceived) \(bytesSent) \(duration) \(upstreamServiceTime.map(String.init) ?? "-") "
+        line += "\(quoted(forwardedFor)) \(quoted(userAgent)) \(quoted(requestID)) \(quoted(authority)) \(quoted(upstream?.address.description)) "
+        line += "\(clusterName ?? "-") - \(downstreamLocal) \(downstreamRemote) \(serverName) \(routeName.isEmpty ? "-" : routeName)"
+        if let detail { line += " reason=\"\(detail)\"" }
+        return line
+    }
+}

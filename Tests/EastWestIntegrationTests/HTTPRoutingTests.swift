@@ -1,0 +1,166 @@
+import Foundation
+import MeshProxyCore
+import Testing
+
+/// The HTTP path end to end: Istio's Bookinfo routing pasted into `policies:`, requests with curl
+/// through the gateway where they enter the mesh, landing on subsets in both clusters.
+@Suite("HTTP routing with VirtualServices (processes on loopback)", .serialized, .timeLimit(.minutes(4)))
+struct HTTPRoutingTests {
+    static let reviews = "reviews.default.svc.cluster.local"
+
+    /// Istio's Bookinfo routing files as users paste them (Tests/Fixtures/bookinfo).
+    static func bookinfo(_ name: String) -> String {
+        (try? String(contentsOfFile: "\(PackagePaths.root)/Tests/Fixtures/bookinfo/\(name).yaml", encoding: .utf8)) ?? ""
+    }
+
+    /// Bookinfo's reviews subsets plus a subset with no endpoint (v4), and the routes under test.
+    static func policies(_ virtualService: String) -> String {
+        """
+        apiVersion: networking.istio.io/v1
+        kind: DestinationRule
+        metadata:
+          name: reviews
+        spec:
+          host: reviews
+          subsets:
+          - name: v1
+            labels:
+              version: v1
+          - name: v2
+            labels:
+              version: v2
+          - name: v3
+            labels:
+              version: v3
+          - name: v4
+            labels:
+              version: v4
+        ---
+        \(virtualService)
+        """
+    }
+
+    /// east serves reviews v1; west serves v2 and v3. The client is in
+    /// east and talks to east's gateway only.
+    struct Mesh {
+        let mesh: TestMesh
+        let east: GatewayConfig
+        let west: GatewayConfig
+    }
+
+    /// `block` and `block + 1` are the clusters' 127.0.x.0/24 (a test's own, so the previous
+    /// test's draining gateways never hold its addresses).
+    static func start(_ label: String, block: Int, virtualService: String) async throws -> Mesh {
+        let e = "127.0.\(block)", w = "127.0.\(block + 1)"
+        try #require(FileManager.default.fileExists(atPath: "/usr/bin/curl"), "curl is needed")
+        let mesh = try TestMesh(label, clusters: ["east", "west"], serviceHosts: [reviews])
+        func backend(_ address: String, cluster: String, version: String) async throws {
+            _ = try mesh.processes.start("reviews-\(version)", ["demo-backend", "--listen", address, "--service", reviews,
+                                                                "--cluster", cluster, "--version", version])
+            let ready = await eventually { (try? await runCommand("/usr/bin/curl", ["-s", "-o", "/dev/null", "-w", "%{http_code}", "http://\(address)/"]).stdout) == "200" }
+            try #require(ready, "reviews \(version) did not start")
+        }
+        try await backend("\(e).10:9080", cluster: "east", version: "v1")
+        try await backend("\(w).10:9080", cluster: "west", version: "v2")
+        try await backend("\(w).11:9080", cluster: "west", version: "v3")
+        func service(_ endpoints: [(String, String)]) -> GatewayConfig.ServiceConfig {
+            .init(host: reviews, port: 9080, endpoints: endpoints.map { Endpoint(address: HostPort(parsing: $0.0)!, labels: ["version": $0.1]) },
+                  protocol: .http)
+        }
+        let westService = service([("\(w).10:9080", "v2"), ("\(w).11:9080", "v3")])
+        let policyPath = "\(mesh.directory)/reviews-policies.yaml"
+        try policies(virtualService).write(toFile: policyPath, atomically: true, encoding: .utf8)
+        var east = mesh.gatewayConfig(name: "east-gw", cluster: "east", ip: "\(e).1", services: [service([("\(e).10:9080", "v1")])],
+                                      remotes: [.init(name: "west", gateways: [.init(name: "west-gw", address: HostPort(host: "\(w).1", port: 15443))],
+                                                      services: [westService])])
+        east.policies = [policyPath]
+        var west = mesh.gatewayConfig(name: "west-gw", cluster: "west", ip: "\(w).1", services: [westService])
+        west.policies = [policyPath]
+        try await mesh.startGateway(east)
+        try await mesh.startGateway(west)
+        return Mesh(mesh: mesh, east: east, west: west)
+    }
+
+    /// `count` requests over one keep-alive connection; the version each answer names.
+    static func versions(_ mesh: Mesh, count: Int, headers: [String] = []) async throws -> [String: Int] {
+        let url = "https://\(reviews):15443/reviews/0"
+        let result = try await mesh.mesh.curl(mesh.east, host: reviews, path: "/reviews/0",
+                                              extra: headers.flatMap { ["-H", $0] } + Array(repeating: url, count: count - 1) + ["-w", "\n"])
+        var counts: [String: Int] = [:]
+        for line in result.stdout.split(separator: "\n") where line.hasPrefix("{") {
+            let answer = (try? JSONSerialization.jsonObject(with: Data(line.utf8))) as? [String: Any]
+            counts[answer?["version"] as? String ?? "?", default: 0] += 1
+        }
+        return counts
+    }
+
+    @Test("virtual-service-reviews-90-10: 1000 requests split 90/10 between v1 (east) and v2 (west), counted by istio_requests_total")
+    func ninetyTen() async throws {
+        let mesh = try await Self.start("http-90-10", block: 81, virtualService: Self.bookinfo("virtual-service-reviews-90-10"))
+        defer { mesh.mesh.processes.stopAll() }
+        let counts = try await Self.versions(mesh, count: 1000)
+        #expect(counts["v1", default: 0] + counts["v2", default: 0] == 1000, "\(counts)")
+        // Binomial(1000, 0.1): within 4 standard deviations.
+        #expect((62...138).contains(counts["v2", default: 0]), "\(counts)")
+        let metrics = try await mesh.mesh.admin(mesh.east, "/stats/prometheus")
+        let lines = metrics.split(separator: "\n").filter { $0.hasPrefix("istio_requests_total{") && $0.contains("destination_service=\"\(Self.reviews)\"") }
+        let total = lines.compactMap { Int($0.split(separator: " ").last ?? "") }.reduce(0, +)
+        #expect(total == 1000, "\(lines)")
+        #expect(lines.contains { $0.contains("destination_cluster=\"west\"") && $0.contains("response_code=\"200\"") && $0.contains("reporter=\"source\"") })
+        #expect(lines.contains { $0.contains("source_principal=\"spiffe://cluster.local/ns/default/sa/client\"") })
+    }
+
+    @Test("virtual-service-reviews-jason-v2-v3: end-user jason reaches v2, everyone else v3, both across clusters; the backend sees the client's identity")
+    func headerRouting() async throws {
+        let mesh = try await Self.start("http-jason", block: 83, virtualService: Self.bookinfo("virtual-service-reviews-jason-v2-v3"))
+        defer { mesh.mesh.processes.stopAll() }
+        #expect(try await Self.versions(mesh, count: 20, headers: ["end-user: jason"]) == ["v2": 20])
+        #expect(try await Self.versions(mesh, count: 20) == ["v3": 20])
+        let answer = try await mesh.mesh.curl(mesh.east, host: Self.reviews, path: "/reviews/0?x=1", extra: ["-H", "x-forwarded-client-cert: URI=spiffe://forged"])
+        let headers = try #require(mesh.mesh.receivedHeaders(answer), "\(answer.stdout)")
+        #expect(mesh.mesh.answer(answer)?["path"] == "/reviews/0?x=1")
+        #expect(headers["x-forwarded-client-cert"] == "By=spiffe://cluster.local/ns/istio-system/sa/eastwest-gateway-east;URI=spiffe://cluster.local/ns/default/sa/client")
+        #expect(headers["x-forwarded-proto"] == "https")
+        #expect(headers["x-request-id"]?.count == 36)
+    }
+
+    @Test("Envoy's local replies: no matching rule 404 NR, a subset in no DestinationRule 503 NC, an empty subset 503 UH, a dead endpoint 503 UF")
+    func localReplies() async throws {
+        let mesh = try await Self.start("http-replies", block: 85, virtualService: """
+            apiVersion: networking.istio.io/v1
+            kind: VirtualService
+            metadata: {name: reviews}
+            spec:
+              hosts: [reviews]
+              http:
+              - match: [{uri: {prefix: /nc}}]
+                route: [{destination: {host: reviews, subset: v9}}]
+              - match: [{uri: {prefix: /uh}}]
+                route: [{destination: {host: reviews, subset: v4}}]
+              - match: [{uri: {prefix: /uf}}]
+                route: [{destination: {host: reviews, subset: v1}}]
+              - match: [{uri: {prefix: /reviews}}]
+                route: [{destination: {host: reviews, subset: v3}}]
+            """)
+        defer { mesh.mesh.processes.stopAll() }
+        func status(_ path: String) async throws -> (code: String, body: String) {
+            let result = try await mesh.mesh.curl(mesh.east, host: Self.reviews, path: path, extra: ["-w", "\n%{http_code}"])
+            let lines = result.stdout.split(separator: "\n", omittingEmptySubsequences: false)
+            return (String(lines.last ?? ""), lines.dropLast().joined(separator: "\n"))
+        }
+        #expect(try await status("/reviews/1").code == "200")
+        #expect(try await status("/other") == ("404", ""))
+        #expect(try await status("/nc") == ("503", ""))
+        #expect(try await status("/uh") == ("503", "no healthy upstream"))
+        let v1 = try #require(mesh.mesh.processes.children.first { $0.name == "reviews-v1" })
+        v1.signal(SIGKILL)
+        #expect(await v1.waitForExit(timeout: .seconds(5)) != nil)
+        #expect(try await status("/uf") == ("503", "upstream connect error or disconnect/reset before headers. reset reason: remote connection failure"))
+        // The access-log line is written once the response is out: the client may be first.
+        let gateway = try #require(mesh.mesh.processes.children.first { $0.name == "east-gw" })
+        let logged = await eventually(timeout: .seconds(5)) { gateway.log.contains("\"GET /uf HTTP/1.1\" 503 UF") }
+        #expect(logged, "\(gateway.log.suffix(2000))")
+        #expect(gateway.log.contains("\"GET /other HTTP/1.1\" 404 NR"))
+        #expect(gateway.log.contains("\"GET /nc HTTP/1.1\" 503 NC"))
+    }
+}
