@@ -122,6 +122,19 @@ struct HTTPRoutingTests {
         #expect(headers["x-forwarded-client-cert"] == "By=spiffe://cluster.local/ns/istio-system/sa/eastwest-gateway-east;URI=spiffe://cluster.local/ns/default/sa/client")
         #expect(headers["x-forwarded-proto"] == "https")
         #expect(headers["x-request-id"]?.count == 36)
+
+        // Why did it go there: the rule, the subset in west, the target via west's gateway.
+        let admin = mesh.east.effectiveAdmin.description
+        let why = try await runCommand(PackagePaths.eastwest, ["route", "--admin", admin, "--host", "\(Self.reviews):9080",
+                                                               "--path", "/reviews/0", "-H", "end-user: jason"])
+        #expect(why.status == 0, "\(why.stderr)")
+        #expect(why.stdout.contains("rule:         VirtualService default/reviews http[0]"), "\(why.stdout)")
+        #expect(why.stdout.contains("cluster:      outbound|9080|v2|\(Self.reviews)"), "\(why.stdout)")
+        #expect(why.stdout.contains("in west") && why.stdout.contains("via gateway west-gw"), "\(why.stdout)")
+        let other = try await runCommand(PackagePaths.eastwest, ["route", "--admin", admin, "--host", Self.reviews, "--json"])
+        let json = try #require(try JSONSerialization.jsonObject(with: Data(other.stdout.utf8)) as? [String: Any], "\(other.stdout)")
+        #expect(json["cluster"] as? String == "outbound|9080|v3|\(Self.reviews)")
+        #expect((json["virtualService"] as? String)?.hasPrefix("VirtualService default/reviews http[1]") == true)
     }
 
     @Test("Envoy's local replies: no matching rule 404 NR, a subset in no DestinationRule 503 NC, an empty subset 503 UH, a dead endpoint 503 UF")

@@ -66,6 +66,8 @@ struct AdminAPI: Sendable {
             return json(EffectiveConfig(config))
         case "/v1/plan":
             return livePlan(request)
+        case "/v1/route":
+            return route(request)
         case let path where Self.discoveryPaths.contains(path):
             guard let view = gossip?.view else { return ControlHTTPResponse(status: .notFound, text: "federation is not configured\n") }
             var response = discovery(path, view: view, request: request)
@@ -212,6 +214,27 @@ extension AdminAPI {
             }
             return json(plan)
         }
+    }
+}
+
+extension AdminAPI {
+    /// `GET /v1/route?host=H[&path=P][&method=M][&header=name:value]…`: what this gateway would
+    /// do with that request now — the VirtualService rule, destinations and weights, the subset,
+    /// the live plan, the targets in order, or the local reply — without sending it.
+    func route(_ request: ControlHTTPRequest) -> ControlHTTPResponse {
+        guard let host = request.query["host"], !host.isEmpty else {
+            return ControlHTTPResponse(status: .badRequest, text: "/v1/route needs ?host=H (and optionally &path=P, &method=M, &header=name:value)\n")
+        }
+        var headers: [(name: String, value: String)] = []
+        for pair in (request.uri.split(separator: "?", maxSplits: 1).dropFirst().first ?? "").split(separator: "&") {
+            let parts = pair.split(separator: "=", maxSplits: 1).map { $0.replacingOccurrences(of: "+", with: " ").removingPercentEncoding ?? String($0) }
+            guard parts.count == 2, parts[0] == "header", let colon = parts[1].firstIndex(of: ":") else { continue }
+            headers.append((parts[1][..<colon].lowercased(), parts[1][parts[1].index(after: colon)...].trimmingCharacters(in: .whitespaces)))
+        }
+        let facts = HTTPRequestFacts(method: (request.query["method"] ?? "GET").uppercased(), path: request.query["path"] ?? "/",
+                                     authority: host, headers: headers)
+        return json(RouteExplanation.explain(facts, routes: dataPlane.routes, clusters: dataPlane.clusters,
+                                             random: UInt64.random(in: .min ... .max)))
     }
 }
 

@@ -7,7 +7,7 @@ struct EastWestCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "eastwest",
         abstract: "Multi-cluster east-west gateway and federation for Istio-style meshes.",
-        subcommands: [UpCommand.self, GatewayCommand.self, CACommand.self, DemoBackendCommand.self, ValidateCommand.self, PlanCommand.self, SimulateCommand.self, MembersCommand.self, EndpointsCommand.self, DrillCommand.self, LoadCommand.self])
+        subcommands: [UpCommand.self, GatewayCommand.self, CACommand.self, DemoBackendCommand.self, ValidateCommand.self, PlanCommand.self, RouteCommand.self, SimulateCommand.self, MembersCommand.self, EndpointsCommand.self, DrillCommand.self, LoadCommand.self])
 }
 
 /// Options every long-running subcommand shares.

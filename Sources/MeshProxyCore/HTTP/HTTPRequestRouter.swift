@@ -12,6 +12,8 @@ package enum HTTPRequestRouter {
         package var origin: String?
         package var requestHeaders: HeaderOperations
         package var responseHeaders: HeaderOperations
+        /// Every destination of the rule with its weight (the chosen one is `route`).
+        package var destinations: [HTTPDestination] = []
     }
 
     package enum Decision: Sendable, Equatable {
@@ -65,6 +67,7 @@ package enum HTTPRequestRouter {
         let route = Route(service: service, subset: destination.subset, selector: selector, protocol: services.protocol(of: service))
         return .forward(Forward(route: route, routeName: decision.rule.name, origin: decision.rule.origin,
                                 requestHeaders: decision.rule.requestHeaders.then(destination.requestHeaders),
-                                responseHeaders: decision.rule.responseHeaders.then(destination.responseHeaders)))
+                                responseHeaders: decision.rule.responseHeaders.then(destination.responseHeaders),
+                                destinations: decision.rule.destinations))
     }
 }

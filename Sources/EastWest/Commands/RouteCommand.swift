@@ -1,0 +1,72 @@
+import ArgumentParser
+import Foundation
+import MeshProxyCore
+
+/// "Why did my request go there": asks a running gateway what it would do with a request.
+struct RouteCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "route",
+        abstract: "Show the VirtualService rule, destinations, subset, live plan and targets a request would get, without sending it.")
+
+    @Option(help: "Admin address of a running gateway, host:port.") var admin: String
+    @Option(help: "The request's Host / :authority.") var host: String
+    @Option(help: "The request's path, with any query.") var path: String = "/"
+    @Option(help: "The request's method.") var method: String = "GET"
+    @Option(name: .customShort("H"), help: "A request header, 'name: value' (repeatable).") var header: [String] = []
+    @Flag(help: "Print JSON.") var json = false
+
+    func run() async throws {
+        guard let address = HostPort(parsing: admin) else { throw ValidationError("--admin '\(admin)' is not host:port") }
+        var query = URLComponents()
+        query.queryItems = [URLQueryItem(name: "host", value: host), URLQueryItem(name: "path", value: path), URLQueryItem(name: "method", value: method)]
+            + header.map { URLQueryItem(name: "header", value: $0) }
+        let reply: AdminClient.Response
+        do {
+            reply = try await AdminClient.send(.GET, address, path: "/v1/route?\(query.percentEncodedQuery ?? "")")
+        } catch {
+            printError("error: cannot reach the admin listener at \(address): \(error)")
+            throw ExitCode(1)
+        }
+        guard reply.status == 200 else {
+            printError("error: \(reply.body)")
+            throw ExitCode(1)
+        }
+        if json { print(reply.body); return }
+        let explanation = try JSONDecoder().decode(Explanation.self, from: Data(reply.body.utf8))
+        print(explanation.text)
+    }
+
+    /// The JSON of `/v1/route`, read back for the text form.
+    struct Explanation: Decodable {
+        struct Destination: Decodable { var host: String; var port: Int?; var subset: String?; var weight: Int; var share: Double }
+        struct Target: Decodable { var address: String; var cluster: String; var locality: String; var priority: Int; var via: String? }
+        struct Reply: Decodable { var status: Int; var body: String; var flags: String; var detail: String }
+        struct Plan: Decodable { var shares: [String: Double]? }
+        var method: String, host: String, path: String
+        var virtualService: String?, routeName: String?
+        var destinations: [Destination]
+        var chosen: Destination?
+        var cluster: String?
+        var targets: [Target]
+        var localReply: Reply?
+
+        var text: String {
+            var lines = ["\(method) \(host)\(path)"]
+            lines.append("  rule:         \(virtualService ?? "none (no VirtualService for this host: the service itself)")\(routeName.map { " [\($0)]" } ?? "")")
+            if destinations.count > 1 {
+                lines.append("  destinations: " + destinations.map { "\($0.host)\($0.subset.map { " subset \($0)" } ?? "") \(String(format: "%.1f", $0.share)) %" }.joined(separator: ", "))
+            }
+            if let cluster { lines.append("  cluster:      \(cluster)\(destinations.count > 1 ? " (drawn for this request)" : "")") }
+            for (index, target) in targets.enumerated() {
+                let via = target.via.map { " via gateway \($0)" } ?? ""
+                lines.append("  \(index == 0 ? "target:      " : "then:        ") \(target.address) in \(target.cluster) \(target.locality.isEmpty ? "" : "(\(target.locality)) ")priority \(target.priority)\(via)")
+            }
+            if let reply = localReply {
+                lines.append("  response:     \(reply.status) \(reply.flags)\(reply.body.isEmpty ? "" : " \"\(reply.body)\"") — \(reply.detail)")
+            } else {
+                lines.append("  response:     forwarded to the first target")
+            }
+            return lines.joined(separator: "\n")
+        }
+    }
+}

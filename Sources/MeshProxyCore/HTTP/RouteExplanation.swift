@@ -1,0 +1,102 @@
+/// "Why did my request go there": what the gateway would do with one request, without sending
+/// it — the VirtualService rule that matches, its destinations and weights, the subset, the live
+/// locality plan and the targets in the order they would be tried, or the local reply a client
+/// would get. `GET /v1/route` and `eastwest route` print it.
+package struct RouteExplanation: Encodable, Sendable {
+    package struct Destination: Encodable, Sendable {
+        package var host: String
+        package var port: Int?
+        package var subset: String?
+        package var weight: Int
+        /// The share of requests it gets, in percent.
+        package var share: Double
+    }
+
+    package struct Target: Encodable, Sendable {
+        package var address: String
+        package var cluster: String
+        package var locality: String
+        package var priority: Int
+        /// A peer gateway carries it on (`via` is the gateway's name).
+        package var via: String?
+    }
+
+    package struct Reply: Encodable, Sendable {
+        package var status: Int
+        package var body: String
+        package var flags: String
+        package var detail: String
+    }
+
+    package var method: String
+    package var host: String
+    package var path: String
+    /// The VirtualService rule, `VirtualService ns/name http[i] (file:line)`; nil: none applies.
+    package var virtualService: String?
+    package var routeName: String?
+    package var destinations: [Destination] = []
+    /// The destination this request drew (weights decide it per request).
+    package var chosen: Destination?
+    /// Envoy's cluster for it: `outbound|port|subset|host`.
+    package var cluster: String?
+    package var plan: LocalityPlan?
+    /// In the order the gateway would try them (the first is the pick for this request).
+    package var targets: [Target] = []
+    /// What the client would get without reaching a backend; nil when it would be forwarded.
+    package var localReply: Reply?
+
+    package static func explain(_ request: HTTPRequestFacts, routes: RouteConfiguration, clusters: ClusterManager,
+                                random: UInt64) -> RouteExplanation {
+        var explanation = RouteExplanation(method: request.method, host: request.authority, path: request.path)
+        let picker = clusters.current
+        let host = String(request.authority.split(separator: ":").first ?? "")
+        // The server name a client would send for this host: the service and its lowest port.
+        let connectionRoute: Route
+        switch routes.resolve(ServerName(host: host, port: nil, subset: nil), in: picker) {
+        case .route(let route): connectionRoute = route
+        case .noRoute(let reason):
+            guard routes.httpRoutes(for: request.authority) != nil else {
+                explanation.localReply = Reply(status: 404, body: "", flags: "NR", detail: reason)
+                return explanation
+            }
+            connectionRoute = Route(service: ServiceKey(host: host, port: 0), subset: nil, selector: [:])
+        }
+        switch HTTPRequestRouter.decide(request, connectionRoute: connectionRoute, routes: routes, services: picker,
+                                        listenerPort: nil, random: random) {
+        case .reply(let reply):
+            explanation.localReply = Reply(reply)
+        case .forward(let forward):
+            explanation.virtualService = forward.origin
+            explanation.routeName = forward.routeName.isEmpty ? nil : forward.routeName
+            let total = Double(forward.destinations.reduce(0) { $0 + $1.weight })
+            explanation.destinations = forward.destinations.map {
+                Destination(host: $0.host, port: $0.port, subset: $0.subset, weight: $0.weight, share: total > 0 ? Double($0.weight) / total * 100 : 100)
+            }
+            explanation.chosen = Destination(host: forward.route.service.host, port: forward.route.service.port, subset: forward.route.subset,
+                                             weight: forward.destinations.first { $0.subset == forward.route.subset && $0.host == forward.route.service.host }?.weight ?? 100,
+                                             share: explanation.destinations.first { $0.subset == forward.route.subset && $0.host == forward.route.service.host }?.share ?? 100)
+            explanation.cluster = "outbound|\(forward.route.service.port)|\(forward.route.subset ?? "")|\(forward.route.service.host)"
+            explanation.plan = picker.plan(for: forward.route.service, subset: forward.route.subset)
+            let cursor = Int(truncatingIfNeeded: random)
+            let action = routes.action(for: forward.route, origin: .client)
+            explanation.targets = picker.candidates(for: forward.route, origin: .client, cursor: cursor)
+                .prefix(action.retry.maxAttempts).map { planned in
+                    var via: String?
+                    if case .peerGateway(_, let gateway, _) = planned.target { via = gateway.name }
+                    return Target(address: planned.target.address.description, cluster: planned.target.cluster ?? routes.localCluster,
+                                  locality: planned.locality, priority: planned.priority, via: via)
+                }
+            if explanation.targets.isEmpty {
+                explanation.localReply = Reply(.noHealthyUpstream("no healthy endpoint for \(forward.route.service)\(forward.route.subset.map { " subset \($0)" } ?? "") in any cluster"))
+            }
+        }
+        return explanation
+    }
+}
+
+extension RouteExplanation.Reply {
+    init(_ reply: HTTPLocalReply) {
+        self.init(status: Int(reply.status.code), body: reply.body, flags: reply.flags.map(\.rawValue).sorted().joined(separator: ","),
+                  detail: reply.detail)
+    }
+}
