@@ -24,7 +24,7 @@ struct ALPNTests {
         return (String(lines.last ?? ""), lines.dropLast().joined(separator: "\n"))
     }
 
-    @Test("curl --http2 and Python's h2 (ALPN h2) reach an h2 backend; an HTTP/1.1 service answers http/1.1; a TCP service offers no ALPN",
+    @Test("curl --http2 and Python's h2 (ALPN h2) reach an h2 backend; an HTTP/1.1 service is served over h2 by the gateway's HTTP connection manager; a TCP service offers no ALPN",
           .enabled(if: hasTools, "needs nghttpd (Debian nghttp2-server) and python3's h2 package; .ci/run installs both"))
     func oneGateway() async throws {
         let mesh = try TestMesh("alpn", clusters: ["east"])
@@ -47,9 +47,13 @@ struct ALPNTests {
             return h2.version == "2"
         }
         #expect(h2.version == "2" && h2.body == "hello over h2\n", "\(h2)")
-        let http1 = try await curlHTTP2(mesh, gateway, host: "echo.default.svc.cluster.local")
-        #expect(http1.version == "1.1", "\(http1)")
-        #expect(mesh.answer(CommandResult(status: 0, stdout: http1.body, stderr: ""))?["cluster"] == "east")
+        // The gateway terminates HTTP for an `http` service: h2 to the client, HTTP/1.1 to the backend.
+        let terminated = try await curlHTTP2(mesh, gateway, host: "echo.default.svc.cluster.local", path: "/over/h2")
+        #expect(terminated.version == "2", "\(terminated)")
+        let answer = mesh.answer(CommandResult(status: 0, stdout: terminated.body, stderr: ""))
+        #expect(answer?["cluster"] == "east" && answer?["path"] == "/over/h2", "\(terminated)")
+        let http1 = try await mesh.curl(gateway, host: "echo.default.svc.cluster.local", extra: ["--http1.1", "-w", "\n%{http_version}"])
+        #expect(http1.stdout.hasSuffix("\n1.1"), "\(http1.stdout)")
 
         let client = mesh.clientCertPath("east")
         let script = "\(PackagePaths.root)/Tests/EastWestIntegrationTests/Support/h2_prior_knowledge_client.py"

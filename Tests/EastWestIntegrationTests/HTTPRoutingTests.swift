@@ -82,10 +82,11 @@ struct HTTPRoutingTests {
     }
 
     /// `count` requests over one keep-alive connection; the version each answer names.
-    static func versions(_ mesh: Mesh, count: Int, headers: [String] = []) async throws -> [String: Int] {
+    static func versions(_ mesh: Mesh, count: Int, headers: [String] = [], http2: Bool = false) async throws -> [String: Int] {
         let url = "https://\(reviews):15443/reviews/0"
         let result = try await mesh.mesh.curl(mesh.east, host: reviews, path: "/reviews/0",
-                                              extra: headers.flatMap { ["-H", $0] } + Array(repeating: url, count: count - 1) + ["-w", "\n"])
+                                              extra: [http2 ? "--http2" : "--http1.1"] + headers.flatMap { ["-H", $0] }
+                                                  + Array(repeating: url, count: count - 1) + ["-w", "\n"])
         var counts: [String: Int] = [:]
         for line in result.stdout.split(separator: "\n") where line.hasPrefix("{") {
             let answer = (try? JSONSerialization.jsonObject(with: Data(line.utf8))) as? [String: Any]
@@ -116,6 +117,8 @@ struct HTTPRoutingTests {
         defer { mesh.mesh.processes.stopAll() }
         #expect(try await Self.versions(mesh, count: 20, headers: ["end-user: jason"]) == ["v2": 20])
         #expect(try await Self.versions(mesh, count: 20) == ["v3": 20])
+        // Over HTTP/2 (ALPN h2; 20 streams on one connection) the same routing holds.
+        #expect(try await Self.versions(mesh, count: 20, headers: ["end-user: jason"], http2: true) == ["v2": 20])
         let answer = try await mesh.mesh.curl(mesh.east, host: Self.reviews, path: "/reviews/0?x=1", extra: ["-H", "x-forwarded-client-cert: URI=spiffe://forged"])
         let headers = try #require(mesh.mesh.receivedHeaders(answer), "\(answer.stdout)")
         #expect(mesh.mesh.answer(answer)?["path"] == "/reviews/0?x=1")
@@ -170,10 +173,11 @@ struct HTTPRoutingTests {
         #expect(await v1.waitForExit(timeout: .seconds(5)) != nil)
         #expect(try await status("/uf") == ("503", "upstream connect error or disconnect/reset before headers. reset reason: remote connection failure"))
         // The access-log line is written once the response is out: the client may be first.
+        // curl negotiated h2 (the gateway offers it for http services).
         let gateway = try #require(mesh.mesh.processes.children.first { $0.name == "east-gw" })
-        let logged = await eventually(timeout: .seconds(5)) { gateway.log.contains("\"GET /uf HTTP/1.1\" 503 UF") }
+        let logged = await eventually(timeout: .seconds(5)) { gateway.log.contains("\"GET /uf HTTP/2\" 503 UF") }
         #expect(logged, "\(gateway.log.suffix(2000))")
-        #expect(gateway.log.contains("\"GET /other HTTP/1.1\" 404 NR"))
-        #expect(gateway.log.contains("\"GET /nc HTTP/1.1\" 503 NC"))
+        #expect(gateway.log.contains("\"GET /other HTTP/2\" 404 NR"))
+        #expect(gateway.log.contains("\"GET /nc HTTP/2\" 503 NC"))
     }
 }

@@ -23,14 +23,15 @@ package enum ServiceProtocol: String, Codable, Sendable, CaseIterable {
         self = value
     }
 
-    /// The ALPN values the gateway offers a client of this service on 15443. While the gateway
-    /// forwards bytes as they come, it may offer only what the service itself speaks: an HTTP/1.1
-    /// service gets `http/1.1`, an HTTP/2 or gRPC one `h2`, each with Istio's in-mesh
-    /// spelling (`istio-http/1.1`, `istio-h2`, which Istio's ALPN override sends); anything else
-    /// none, so no client is told it can speak a protocol the backend cannot.
+    /// The ALPN values the gateway offers a client of this service on 15443, each with Istio's
+    /// in-mesh spelling (`istio-h2`, `istio-http/1.1`, which Istio's ALPN override sends). An
+    /// HTTP/1.1 service is served by the gateway's HTTP connection manager, which speaks both
+    /// HTTP/2 and HTTP/1.1 to the client; an HTTP/2 or gRPC service's bytes are still forwarded
+    /// as they come, so it gets only `h2`; anything else none, so no client is told it can speak
+    /// a protocol the backend cannot.
     package var applicationProtocols: [String] {
         switch self {
-        case .http: ["http/1.1", "istio-http/1.1"]
+        case .http: ["h2", "http/1.1", "istio-h2", "istio-http/1.1"]
         case .http2, .grpc, .grpcWeb: ["h2", "istio-h2"]
         case .https, .tcp, .tls, .mongo, .mysql, .redis: []
         }

@@ -95,7 +95,8 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
         record.serverName = connection.serverName
         record.downstreamLocal = connection.downstreamLocal
         record.downstreamRemote = connection.downstreamRemote
-        requestKeepAlive = head.isKeepAlive
+        // An HTTP/2 stream ends with its response; `connection` headers are HTTP/1 only.
+        requestKeepAlive = head.version.major >= 2 || head.isKeepAlive
         responseStarted = false
         attempt = 0
 
@@ -298,7 +299,7 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
         var head = HTTPResponseHead(version: .http1_1, status: reply.status)
         head.headers.add(name: "content-length", value: String(reply.body.utf8.count))
         head.headers.add(name: "content-type", value: "text/plain")
-        head.headers.add(name: "date", value: Date().formatted(.dateTime))
+        head.headers.add(name: "date", value: HTTPLocalReply.httpDate())
         head.headers.add(name: "server", value: "istio-envoy")
         for header in reply.headers { head.headers.add(name: header.name, value: header.value) }
         if !requestKeepAlive { head.headers.add(name: "connection", value: "close") }

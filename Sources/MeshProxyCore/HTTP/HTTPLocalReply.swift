@@ -1,3 +1,4 @@
+import Foundation
 import NIOHTTP1
 
 /// A response the gateway writes itself, with Envoy's status, body and response flag
@@ -55,5 +56,19 @@ package struct HTTPLocalReply: Sendable, Equatable {
     package static func == (a: HTTPLocalReply, b: HTTPLocalReply) -> Bool {
         a.status == b.status && a.body == b.body && a.flags == b.flags && a.detail == b.detail
             && a.headers.elementsEqual(b.headers, by: { $0 == $1 })
+    }
+}
+
+extension HTTPLocalReply {
+    /// RFC 9110's IMF-fixdate (`Sun, 06 Nov 1994 08:49:37 GMT`), the `date` Envoy's local replies carry.
+    static func httpDate(_ date: Date = Date()) -> String {
+        var seconds = time_t(date.timeIntervalSince1970)
+        var parts = tm()
+        gmtime_r(&seconds, &parts)
+        let days = ["Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"]
+        let months = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"]
+        func two(_ value: Int32) -> String { value < 10 ? "0\(value)" : "\(value)" }
+        return "\(days[Int(parts.tm_wday)]), \(two(parts.tm_mday)) \(months[Int(parts.tm_mon)]) \(parts.tm_year + 1900) "
+            + "\(two(parts.tm_hour)):\(two(parts.tm_min)):\(two(parts.tm_sec)) GMT"
     }
 }

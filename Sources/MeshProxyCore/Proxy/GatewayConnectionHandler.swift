@@ -1,6 +1,8 @@
 import Foundation
 import Metrics
 import NIOCore
+import NIOHTTP1
+import NIOHTTP2
 import NIOSSL
 import NIOTLS
 
@@ -36,14 +38,14 @@ package final class GatewayConnectionHandler: ChannelDuplexHandler, RemovableCha
 
     package func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
         switch event {
-        case TLSUserEvent.handshakeCompleted:
+        case TLSUserEvent.handshakeCompleted(let negotiatedProtocol):
             if record.sourceIdentity == nil, let tls = try? context.pipeline.syncOperations.handler(type: NIOSSLServerHandler.self),
                let leaf = tls.peerCertificate {
                 // A resumed session: no verification callback ran, the session holds the leaf.
                 record.sourceIdentity = dataPlane.tls.clients.identity(ofResumedSessionLeaf: leaf, now: Date())
             }
             if takesHTTPPath {
-                startHTTP(context: context)
+                startHTTP(h2: negotiatedProtocol == "h2" || negotiatedProtocol == "istio-h2", context: context)
                 return
             }
             run(machine.handshakeCompleted(), context: context)
@@ -83,14 +85,29 @@ package final class GatewayConnectionHandler: ChannelDuplexHandler, RemovableCha
         route.protocol == .http && record.sourceIdentity.map(dataPlane.tls.isPeerGateway) != true
     }
 
-    private func startHTTP(context: ChannelHandlerContext) {
+    /// HTTP/2 (ALPN `h2`): one connection manager per stream, behind NIOHTTP2's HTTP/1-style
+    /// stream codec, so both protocols share every routing and upstream decision.
+    private func startHTTP(h2: Bool, context: ChannelHandlerContext) {
         record.carriesHTTP = true
-        let manager = HTTPConnectionManager(dataPlane: dataPlane, routes: routes, connectionRoute: route, connection: record,
-                                            protocolName: "HTTP/1.1")
         do {
             let operations = context.pipeline.syncOperations
-            try operations.configureHTTPServerPipeline(position: .after(self), withPipeliningAssistance: true, withErrorHandling: true)
-            try operations.addHandler(manager, position: .last)
+            if h2 {
+                let connection = NIOLoopBound((dataPlane, routes, route, record), eventLoop: context.eventLoop)
+                // This handler is the pipeline's last and leaves right after.
+                _ = try operations.configureHTTP2Pipeline(mode: .server, connectionConfiguration: .init(), streamConfiguration: .init(),
+                                                          position: .last) { stream in
+                    stream.eventLoop.makeCompletedFuture {
+                        let (dataPlane, routes, route, record) = connection.value
+                        try stream.pipeline.syncOperations.addHandler(HTTP2FramePayloadToHTTP1ServerCodec())
+                        try stream.pipeline.syncOperations.addHandler(HTTPConnectionManager(
+                            dataPlane: dataPlane, routes: routes, connectionRoute: route, connection: record, protocolName: "HTTP/2"))
+                    }
+                }
+            } else {
+                try operations.configureHTTPServerPipeline(position: .after(self), withPipeliningAssistance: true, withErrorHandling: true)
+                try operations.addHandler(HTTPConnectionManager(dataPlane: dataPlane, routes: routes, connectionRoute: route, connection: record,
+                                                                protocolName: "HTTP/1.1"), position: .last)
+            }
             operations.removeHandler(context: context, promise: nil)
         } catch {
             record.carriesHTTP = false

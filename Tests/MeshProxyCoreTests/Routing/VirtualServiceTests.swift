@@ -183,3 +183,18 @@ struct VirtualServiceTests {
         #expect(table.rules[0].destinations.map(\.subset) == ["v2"], "weight 0 is dropped")
     }
 }
+
+@Suite("HTTP local replies")
+struct HTTPLocalReplyTests {
+    @Test("Envoy's bodies and flags; the date is RFC 9110's IMF-fixdate")
+    func replies() {
+        #expect(HTTPLocalReply.connectFailure(timedOut: false, attempts: 1, detail: "").body
+                == "upstream connect error or disconnect/reset before headers. reset reason: remote connection failure")
+        #expect(HTTPLocalReply.connectFailure(timedOut: true, attempts: 3, detail: "").body
+                == "upstream connect error or disconnect/reset before headers. retried and the latest reset reason: connection timeout")
+        #expect(HTTPLocalReply.connectFailure(timedOut: true, attempts: 3, detail: "").flags == [.upstreamConnectionFailure, .upstreamRetryLimitExceeded])
+        #expect(HTTPLocalReply.noHealthyUpstream("").body == "no healthy upstream")
+        #expect(HTTPLocalReply.overflow("").headers.first?.name == "x-envoy-overloaded")
+        #expect(HTTPLocalReply.httpDate(Date(timeIntervalSince1970: 784_111_777)) == "Sun, 06 Nov 1994 08:49:37 GMT")
+    }
+}
