@@ -248,17 +248,39 @@ package final class GatewayConnectionHandler: ChannelDuplexHandler, RemovableCha
     }
 }
 
-/// Turns a downstream TLS failure into the reason a user reads in the log.
+/// Turns a downstream TLS failure into the reason a user reads in the log. BoringSSL's errors
+/// reach us only as text (swift-nio-ssl keeps the packed code private), so the packed code is
+/// read back out of `error:XXXXXXXX:` and its reason compared with BoringSSL's constants, not
+/// its wording.
 package enum TLSFailure {
+    /// BoringSSL reason codes, as swift-nio-ssl's copy of include/openssl/ssl.h defines them.
+    enum Reason: UInt32 {
+        case noSharedCipher = 184
+        case peerDidNotReturnCertificate = 192
+        case unsupportedProtocol = 240
+        case wrongVersionNumber = 247
+        case alertCertificateRequired = 1116
+    }
+
     package static func describe(_ error: any Error) -> String {
         let text = "\(error)"
-        if text.contains("PEER_DID_NOT_RETURN_A_CERTIFICATE") || text.contains("CERTIFICATE_REQUIRED") {
-            return PeerRejection.noCertificate.description
+        switch reasons(in: text).first {
+        case .peerDidNotReturnCertificate?, .alertCertificateRequired?: return PeerRejection.noCertificate.description
+        case .wrongVersionNumber?, .unsupportedProtocol?: return "client offered an unsupported TLS version (1.2 or 1.3 required)"
+        case .noSharedCipher?: return "no cipher suite in common with the client"
+        case nil: return "TLS handshake failed: \(text)"
         }
-        if text.contains("WRONG_VERSION_NUMBER") || text.contains("UNSUPPORTED_PROTOCOL") {
-            return "client offered an unsupported TLS version (1.2 or 1.3 required)"
+    }
+
+    /// The known reasons among the packed codes (`error:10000410:…`) in a NIOSSL error's text.
+    static func reasons(in text: String) -> [Reason] {
+        var result: [Reason] = []
+        var rest = Substring(text)
+        while let start = rest.range(of: "error:") {
+            let digits = rest[start.upperBound...].prefix { $0.isHexDigit }
+            if digits.count == 8, let code = UInt32(digits, radix: 16), let reason = Reason(rawValue: code & 0xFFF) { result.append(reason) }
+            rest = rest[start.upperBound...]
         }
-        if text.contains("NO_SHARED_CIPHER") { return "no cipher suite in common with the client" }
-        return "TLS handshake failed: \(text)"
+        return result
     }
 }

@@ -108,3 +108,18 @@ struct PreHandshakeGuardTests {
         #expect(refusals == ["no complete ClientHello within the handshake timeout (2s)"])
     }
 }
+
+@Suite("TLS failure reasons")
+struct TLSFailureTests {
+    @Test("BoringSSL's packed codes, not its wording, decide the reason in the log")
+    func reasons() {
+        let noCertificate = "handshakeFailed(NIOSSL.BoringSSLError.sslError([Error: 268435648 error:100000c0:SSL routines:OPENSSL_internal:PEER_DID_NOT_RETURN_A_CERTIFICATE]))"
+        #expect(TLSFailure.reasons(in: noCertificate) == [.peerDidNotReturnCertificate])
+        #expect(TLSFailure.describe(NSErrorLike(text: noCertificate)) == PeerRejection.noCertificate.description)
+        #expect(TLSFailure.reasons(in: "error:100000f7:SSL routines:OPENSSL_internal:WRONG_VERSION_NUMBER") == [.wrongVersionNumber])
+        #expect(TLSFailure.reasons(in: "error:100000b8:SSL routines:OPENSSL_internal:NO_SHARED_CIPHER") == [.noSharedCipher])
+        #expect(TLSFailure.describe(NSErrorLike(text: "something else")) == "TLS handshake failed: something else")
+    }
+
+    struct NSErrorLike: Error, CustomStringConvertible { var text: String; var description: String { text } }
+}
