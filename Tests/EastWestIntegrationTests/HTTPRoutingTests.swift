@@ -101,6 +101,11 @@ struct HTTPRoutingTests {
         defer { mesh.mesh.processes.stopAll() }
         let counts = try await Self.versions(mesh, count: 1000)
         #expect(counts["v1", default: 0] + counts["v2", default: 0] == 1000, "\(counts)")
+        // One client connection: the gateway kept its upstream connections and reused them
+        // (a connection per request would leave ~900 sockets in TIME-WAIT towards v1).
+        let sockets = try await runCommand("/usr/bin/env", ["ss", "-tanH", "dst", "127.0.81.10:9080"])
+        let towardsV1 = sockets.stdout.split(separator: "\n").count
+        #expect(towardsV1 <= 5, "\(towardsV1) sockets towards v1: \(sockets.stdout.prefix(500))")
         // Binomial(1000, 0.1): within 4 standard deviations.
         #expect((62...138).contains(counts["v2", default: 0]), "\(counts)")
         let metrics = try await mesh.mesh.admin(mesh.east, "/stats/prometheus")

@@ -10,9 +10,12 @@ import NIOHTTP1
 /// connect attempts as the TCP path), relays the request and streams the response back, and
 /// answers with Envoy's local replies when it cannot.
 ///
-/// Upstream connections are per request for now (a connection pool per target comes with the
-/// pooled HTTP/2 between gateways); the peer gateway that receives the request sends it to its
-/// own endpoints of the chosen subset only.
+/// An upstream connection is kept after a keep-alive response and reused by the next request
+/// on this downstream connection that goes to the same target (local endpoint, or peer gateway
+/// with the same server name); a kept connection that the upstream closed before answering is
+/// replaced by a fresh one and the request sent again, when it is small enough to have been kept
+/// (a pooled, multiplexed HTTP/2 between gateways is still to come). The peer gateway that
+/// receives a request sends it to its own endpoints of the chosen subset only.
 package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChannelHandler {
     package typealias InboundIn = HTTPServerRequestPart
     package typealias OutboundOut = HTTPServerResponsePart
@@ -42,6 +45,14 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
     private var requestKeepAlive = true
     private var responseStarted = false
     private var upstreamRequestEnded: ContinuousClock.Instant?
+    /// Upstream connections kept after a keep-alive response, one per target.
+    private var idleUpstreams: [UpstreamTarget: any Channel] = [:]
+    /// The request as sent on a reused connection, until its response starts: sent again on a
+    /// fresh connection if the kept one turns out closed. Nil once over `resendLimit` bytes.
+    private var resendable: [HTTPClientRequestPart]?
+    private var resendableBytes = 0
+    private static let resendLimit = 64 << 10
+    private var upstreamKeepAlive = false
 
     package init(dataPlane: DataPlane, routes: RouteConfiguration, connectionRoute: Route, connection: ConnectionRecord,
                  protocolName: String) {
@@ -73,6 +84,9 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
             state = .idle
             upstream.close(promise: nil)
         }
+        let idle = idleUpstreams.values
+        idleUpstreams = [:]
+        for upstream in idle { upstream.close(promise: nil) }
         if forward != nil || record.responseCode != 0 || !record.flags.isEmpty {
             if record.responseCode == 0 { record.flags.insert(.downstreamTermination) }
             record.finish(logger: dataPlane.logger)
@@ -120,7 +134,13 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
                 return
             }
             state = .connecting(held: [.head(upstreamHead(head, forward: forward, context: context))], ended: false)
-            dial(context: context)
+            if let kept = idleUpstreams.removeValue(forKey: targets[0].target), kept.isActive {
+                resendable = []
+                resendableBytes = 0
+                adopt(kept, planned: targets[0])
+            } else {
+                dial(context: context)
+            }
         }
     }
 
@@ -148,7 +168,6 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
             headers.append(("x-forwarded-client-cert", "\(by)URI=\(client)"))
         }
         forward.requestHeaders.apply(to: &headers)
-        headers.append(("connection", "close"))
         var upstream = HTTPRequestHead(version: .http1_1, method: head.method, uri: head.uri)
         upstream.headers = HTTPHeaders(headers.map { ($0.name, $0.value) })
         return upstream
@@ -160,6 +179,7 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
             held.append(part)
             state = .connecting(held: held, ended: ended)
         case .forwarding(let upstream, _):
+            keepForResend(part)
             upstream.write(part, promise: nil)
             if ended { upstream.flush(); upstreamRequestEnded = .now }
             state = .forwarding(upstream: upstream, ended: ended)
@@ -210,8 +230,7 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
             return
         }
         if case .peerGateway(_, let gateway, _) = planned.target { dataPlane.outliers.peerSucceeded(gateway.name) }
-        record.upstream = planned.target
-        record.upstreamCluster = planned.target.cluster ?? routes.localCluster
+        resendable = nil
         let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
         let relay = UpstreamResponseRelay { part in
             let (handler, context) = bound.value
@@ -229,10 +248,27 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
             localReply(.upstreamTerminated("cannot set up the upstream: \(error)"), context: context)
             return
         }
+        adopt(upstream, planned: planned)
+    }
+
+    /// Sends the held request on `upstream` (new, or kept from an earlier request).
+    private func adopt(_ upstream: any Channel, planned: PlannedTarget) {
+        guard case .connecting(let held, let ended) = state else { return }
+        record.upstream = planned.target
+        record.upstreamCluster = planned.target.cluster ?? routes.localCluster
         state = .forwarding(upstream: upstream, ended: ended)
-        for part in held { upstream.write(part, promise: nil) }
+        for part in held {
+            keepForResend(part)
+            upstream.write(part, promise: nil)
+        }
         upstream.flush()
         if ended { upstreamRequestEnded = .now }
+    }
+
+    private func keepForResend(_ part: HTTPClientRequestPart) {
+        guard resendable != nil else { return }
+        if case .body(.byteBuffer(let buffer)) = part { resendableBytes += buffer.readableBytes }
+        if resendableBytes > Self.resendLimit { resendable = nil } else { resendable?.append(part) }
     }
 
     private func upstreamResponse(_ part: HTTPClientResponsePart, context: ChannelHandlerContext) {
@@ -240,6 +276,8 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
         switch part {
         case .head(var head):
             responseStarted = true
+            resendable = nil
+            upstreamKeepAlive = head.isKeepAlive
             record.responseCode = Int(head.status.code)
             var headers: [(name: String, value: String)] = head.headers.compactMap { header in
                 let name = header.name.lowercased()
@@ -263,7 +301,11 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
             if case .forwarding(let upstream, let ended) = state {
                 // The state moves first: closing fires the relay's end at once.
                 state = ended ? .idle : .discarding
-                upstream.close(promise: nil)
+                if ended, upstreamKeepAlive, let target = record.upstream {
+                    if let previous = idleUpstreams.updateValue(upstream, forKey: target), previous !== upstream { previous.close(promise: nil) }
+                } else {
+                    upstream.close(promise: nil)
+                }
             }
             if case .local(let endpoint) = record.upstream { dataPlane.outliers.succeeded(forward.route.service, endpoint.address) }
             finishRequest(context: context)
@@ -271,7 +313,18 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
     }
 
     private func upstreamClosed(_ upstream: any Channel, context: ChannelHandlerContext) {
-        guard case .forwarding(let current, _) = state, current === upstream else { return }
+        if let kept = idleUpstreams.first(where: { $0.value === upstream }) {
+            idleUpstreams[kept.key] = nil
+            return
+        }
+        guard case .forwarding(let current, let ended) = state, current === upstream else { return }
+        if !responseStarted, let parts = resendable {
+            // A kept connection the upstream had closed: the same request on a fresh one.
+            resendable = nil
+            state = .connecting(held: parts, ended: ended)
+            dial(context: context)
+            return
+        }
         if responseStarted {
             // Mid-response: the client cannot be told otherwise than by the end of its stream.
             record.flags.insert(.upstreamConnectionTermination)
