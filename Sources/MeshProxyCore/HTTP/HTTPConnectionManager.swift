@@ -193,9 +193,7 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
         let planned = targets[attempt]
         let action = routes.action(for: forward.route, origin: .client)
         let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
-        UpstreamConnector.connect(to: planned.target, tls: dataPlane.tls, connectTimeout: action.connectTimeout,
-                                  handshakeTimeout: dataPlane.config.handshakeTimeout, keepalive: action.keepalive,
-                                  from: dataPlane.sourceAddress, on: context.eventLoop)
+        dataPlane.dialer.connect(planned.target, action, context.eventLoop)
             .whenComplete { result in
                 let (handler, context) = bound.value
                 switch result {

@@ -15,12 +15,14 @@ package final class DataPlane: Sendable {
     /// Told when a connect to a peer gateway fails on the data path (gateway name), so the
     /// failure detector probes it now instead of at its turn.
     package let peerGatewayUnreachable: @Sendable (String) -> Void
-    /// The address upstream connections are dialled from: the gateway's own listen address.
-    package let sourceAddress: SocketAddress?
+    /// How upstream connections are opened: the data path's one way out (the network here;
+    /// tests hand in channels of their own).
+    package let dialer: UpstreamDialer
     private let configuration: Mutex<RouteConfiguration>
 
     package init(config: GatewayConfig, tls: GatewayTLS, routes: RouteConfiguration, clusters: ClusterManager,
-                 outliers: OutlierTracker, logger: Logger, peerGatewayUnreachable: @escaping @Sendable (String) -> Void = { _ in }) {
+                 outliers: OutlierTracker, logger: Logger, peerGatewayUnreachable: @escaping @Sendable (String) -> Void = { _ in },
+                 dialer: UpstreamDialer? = nil) {
         self.config = config
         self.tls = tls
         self.clusters = clusters
@@ -28,7 +30,7 @@ package final class DataPlane: Sendable {
         self.metrics = TCPMetrics()
         self.logger = logger
         self.peerGatewayUnreachable = peerGatewayUnreachable
-        self.sourceAddress = try? SocketAddress(ipAddress: config.listen.host, port: 0)
+        self.dialer = dialer ?? .network(tls: tls, config: config)
         self.configuration = Mutex(routes)
     }
 
@@ -41,6 +43,26 @@ package final class DataPlane: Sendable {
         configuration.withLock { current in
             current = routes
             clusters.update { $0.routes = routes }
+        }
+    }
+}
+
+/// Opens one upstream connection for a route action on an event loop (the downstream's, so the
+/// pair shares one isolation domain).
+package struct UpstreamDialer: Sendable {
+    package var connect: @Sendable (_ target: UpstreamTarget, _ action: RouteAction, _ eventLoop: any EventLoop) -> EventLoopFuture<any Channel>
+
+    package init(connect: @escaping @Sendable (_ target: UpstreamTarget, _ action: RouteAction, _ eventLoop: any EventLoop) -> EventLoopFuture<any Channel>) {
+        self.connect = connect
+    }
+
+    /// TCP to local endpoints, mTLS to peer gateways, dialled from the gateway's own address.
+    package static func network(tls: GatewayTLS, config: GatewayConfig) -> UpstreamDialer {
+        let source = try? SocketAddress(ipAddress: config.listen.host, port: 0)
+        let handshakeTimeout = config.handshakeTimeout
+        return UpstreamDialer { target, action, eventLoop in
+            UpstreamConnector.connect(to: target, tls: tls, connectTimeout: action.connectTimeout, handshakeTimeout: handshakeTimeout,
+                                      keepalive: action.keepalive, from: source, on: eventLoop)
         }
     }
 }

@@ -167,9 +167,7 @@ package final class GatewayConnectionHandler: ChannelDuplexHandler, RemovableCha
         guard let action else { return }
         let target = planned.target
         let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
-        UpstreamConnector.connect(to: target, tls: dataPlane.tls, connectTimeout: action.connectTimeout,
-                                  handshakeTimeout: dataPlane.config.handshakeTimeout, keepalive: action.keepalive,
-                                  from: dataPlane.sourceAddress, on: context.eventLoop)
+        dataPlane.dialer.connect(target, action, context.eventLoop)
             .whenComplete { result in
                 let (handler, context) = bound.value
                 switch result {
