@@ -50,7 +50,7 @@ struct HTTPRoutingTests {
 
     /// `block` and `block + 1` are the clusters' 127.0.x.0/24 (a test's own, so the previous
     /// test's draining gateways never hold its addresses).
-    static func start(_ label: String, block: Int, virtualService: String) async throws -> Mesh {
+    static func start(_ label: String, block: Int, virtualService: String, accessLogFormat: String? = nil) async throws -> Mesh {
         let e = "127.0.\(block)", w = "127.0.\(block + 1)"
         try #require(FileManager.default.fileExists(atPath: "/usr/bin/curl"), "curl is needed")
         let mesh = try TestMesh(label, clusters: ["east", "west"], serviceHosts: [reviews])
@@ -74,6 +74,7 @@ struct HTTPRoutingTests {
                                       remotes: [.init(name: "west", gateways: [.init(name: "west-gw", address: HostPort(host: "\(w).1", port: 15443))],
                                                       services: [westService])])
         east.policies = [policyPath]
+        east.accessLogFormat = accessLogFormat
         var west = mesh.gatewayConfig(name: "west-gw", cluster: "west", ip: "\(w).1", services: [westService])
         west.policies = [policyPath]
         try await mesh.startGateway(east)
@@ -118,7 +119,8 @@ struct HTTPRoutingTests {
 
     @Test("virtual-service-reviews-jason-v2-v3: end-user jason reaches v2, everyone else v3, both across clusters; the backend sees the client's identity")
     func headerRouting() async throws {
-        let mesh = try await Self.start("http-jason", block: 83, virtualService: Self.bookinfo("virtual-service-reviews-jason-v2-v3"))
+        let mesh = try await Self.start("http-jason", block: 83, virtualService: Self.bookinfo("virtual-service-reviews-jason-v2-v3"),
+                                        accessLogFormat: "%REQ(:METHOD)% %REQ(END-USER)% %RESPONSE_CODE% %UPSTREAM_CLUSTER% %ROUTE_NAME%")
         defer { mesh.mesh.processes.stopAll() }
         #expect(try await Self.versions(mesh, count: 20, headers: ["end-user: jason"]) == ["v2": 20])
         #expect(try await Self.versions(mesh, count: 20) == ["v3": 20])
@@ -130,6 +132,11 @@ struct HTTPRoutingTests {
         #expect(headers["x-forwarded-client-cert"] == "By=spiffe://cluster.local/ns/istio-system/sa/eastwest-gateway-east;URI=spiffe://cluster.local/ns/default/sa/client")
         #expect(headers["x-forwarded-proto"] == "https")
         #expect(headers["x-request-id"]?.count == 36)
+
+        // The access log in the gateway's own format.
+        let gateway = try #require(mesh.mesh.processes.children.first { $0.name == "east-gw" })
+        #expect(await eventually(timeout: .seconds(5)) { gateway.log.contains("GET jason 200 outbound|9080|v2|\(Self.reviews); -") },
+                "\(gateway.log.suffix(1500))")
 
         // Why did it go there: the rule, the subset in west, the target via west's gateway.
         let admin = mesh.east.effectiveAdmin.description

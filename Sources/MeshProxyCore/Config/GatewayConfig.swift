@@ -45,6 +45,9 @@ package struct GatewayConfig: Codable, Sendable, Equatable {
     /// connection is closed at accept so a flood of idle or half-sent connections cannot take
     /// every file descriptor. Default 4096.
     package var maxPendingHandshakes: Int?
+    /// The HTTP access-log line, in Envoy's command operators (`[%START_TIME%] "%REQ(:METHOD)% …"`);
+    /// absent: Istio's default format.
+    package var accessLogFormat: String?
     package var services: [ServiceConfig]?
     package var remoteClusters: [RemoteCluster]?
     /// Gossip with other gateways (membership and endpoint catalog). Absent: no federation.
@@ -179,6 +182,7 @@ extension GatewayConfig: ConfigValidatable {
                 errors.append(map.error(.invalidValue, at: root.key("peerGatewayIdentities").index(i), error.description))
             }
         }
+        errors += AccessLogFormat.validate(accessLogFormat, at: root.key("accessLogFormat"), map: map)
         if let pending = maxPendingHandshakes, pending < 1 {
             errors.append(map.error(.invalidValue, at: root.key("maxPendingHandshakes"), "must be at least 1"))
         }

@@ -11,6 +11,8 @@ package struct Topology: Codable, Sendable, Equatable {
     package var policies: [String]?
     /// Timing for every gateway's federation (`profile`, `timing`); seeds are derived.
     package var federation: FederationConfig?
+    /// Every gateway's HTTP access-log format (Envoy's command operators); absent: Istio's default.
+    package var accessLogFormat: String?
 
     package struct Cluster: Codable, Sendable, Equatable {
         package var name: String
@@ -53,6 +55,7 @@ package struct Topology: Codable, Sendable, Equatable {
             services: cluster.services ?? [],
             federation: FederationConfig(seeds: seeds, profile: federation?.profile, timing: federation?.timing))
         config.policies = policies
+        config.accessLogFormat = accessLogFormat
         return config
     }
 
@@ -122,6 +125,7 @@ extension Topology: ConfigValidatable {
                                     "a topology derives every gateway's seeds; leave them out"))
         }
         errors += federation?.validate(at: root.key("federation"), map: map) ?? []
+        errors += AccessLogFormat.validate(accessLogFormat, at: root.key("accessLogFormat"), map: map)
         return errors
     }
 }

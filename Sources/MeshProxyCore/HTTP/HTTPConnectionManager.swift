@@ -89,7 +89,7 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
         for upstream in idle { upstream.close(promise: nil) }
         if forward != nil || record.responseCode != 0 || !record.flags.isEmpty {
             if record.responseCode == 0 { record.flags.insert(.downstreamTermination) }
-            record.finish(logger: dataPlane.logger)
+            record.finish(logger: dataPlane.logger, format: dataPlane.accessLog)
             forward = nil
         }
         state = .idle
@@ -168,6 +168,7 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
             headers.append(("x-forwarded-client-cert", "\(by)URI=\(client)"))
         }
         forward.requestHeaders.apply(to: &headers)
+        record.requestHeaders = headers
         var upstream = HTTPRequestHead(version: .http1_1, method: head.method, uri: head.uri)
         upstream.headers = HTTPHeaders(headers.map { ($0.name, $0.value) })
         return upstream
@@ -286,6 +287,7 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
             record.grpcStatus = head.headers.first(name: "grpc-status")
             headers += [("x-envoy-upstream-service-time", String(serviceTime)), ("server", "istio-envoy")]
             forward.responseHeaders.apply(to: &headers)
+            record.responseHeaders = headers
             if !requestKeepAlive { headers.append(("connection", "close")) }
             head.headers = HTTPHeaders(headers.map { ($0.name, $0.value) })
             head.version = .http1_1
@@ -374,7 +376,7 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
     /// to close, close.
     private func finishRequest(context: ChannelHandlerContext) {
         if forward != nil || record.responseCode != 0 {
-            record.finish(logger: dataPlane.logger)
+            record.finish(logger: dataPlane.logger, format: dataPlane.accessLog)
             forward = nil
             record = HTTPRequestRecord()
         }

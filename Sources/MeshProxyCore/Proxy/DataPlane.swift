@@ -18,6 +18,8 @@ package final class DataPlane: Sendable {
     /// How upstream connections are opened: the data path's one way out (the network here;
     /// tests hand in channels of their own).
     package let dialer: UpstreamDialer
+    /// The HTTP access-log format (`accessLogFormat`, else Istio's default).
+    package let accessLog: AccessLogFormat
     private let configuration: Mutex<RouteConfiguration>
 
     package init(config: GatewayConfig, tls: GatewayTLS, routes: RouteConfiguration, clusters: ClusterManager,
@@ -31,6 +33,8 @@ package final class DataPlane: Sendable {
         self.logger = logger
         self.peerGatewayUnreachable = peerGatewayUnreachable
         self.dialer = dialer ?? .network(tls: tls, config: config)
+        // Checked at config load, so a format here always parses.
+        self.accessLog = config.accessLogFormat.flatMap { try? AccessLogFormat(parsing: $0) } ?? .istioDefault
         self.configuration = Mutex(routes)
     }
 

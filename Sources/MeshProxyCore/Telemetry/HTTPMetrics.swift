@@ -43,8 +43,38 @@ package struct HTTPRequestRecord: Sendable {
     package var serverName = "-"
     package var downstreamLocal = "-"
     package var downstreamRemote = "-"
+    /// The request's headers as sent on (lower-case names, after the gateway's own changes).
+    package var requestHeaders: [(name: String, value: String)] = []
+    package var responseHeaders: [(name: String, value: String)] = []
 
     package init() {}
+
+    /// A request header or pseudo-header, as `%REQ()%` reads it.
+    package func requestHeader(_ name: String) -> String? {
+        switch name {
+        case ":method": method
+        case ":path": path
+        case ":authority", "host": authority == "-" ? nil : authority
+        case ":scheme": "https"
+        default: requestHeaders.first { $0.name == name }?.value
+        }
+    }
+
+    package func responseHeader(_ name: String) -> String? {
+        name == ":status" ? (responseCode == 0 ? nil : String(responseCode)) : responseHeaders.first { $0.name == name }?.value
+    }
+
+    /// Envoy's `%RESPONSE_CODE_DETAILS%` for what the gateway answered itself.
+    var responseCodeDetails: String? {
+        if responseCode == 0 { return nil }
+        if flags.contains(.noRoute) { return "route_not_found" }
+        if flags.contains(.noClusterFound) { return "cluster_not_found" }
+        if flags.contains(.noHealthyUpstream) { return "no_healthy_upstream" }
+        if flags.contains(.upstreamOverflow) { return "upstream_reset_before_response_started{overflow}" }
+        if flags.contains(.upstreamConnectionFailure) { return "upstream_reset_before_response_started{remote_connection_failure}" }
+        if flags.contains(.upstreamConnectionTermination) { return "upstream_reset_before_response_started{connection_termination}" }
+        return "via_upstream"
+    }
 
     var flagText: String { flags.isEmpty ? "-" : flags.map(\.rawValue).sorted().joined(separator: ",") }
 
@@ -66,26 +96,17 @@ package struct HTTPRequestRecord: Sendable {
         ]
     }
 
-    /// Counts the request and writes its access-log line.
-    package func finish(logger: Logger) {
+    /// Counts the request and writes its access-log line in `format`.
+    package func finish(logger: Logger, format: AccessLogFormat) {
         let dimensions = self.dimensions
         Counter(label: HTTPMetrics.requests, dimensions: dimensions).increment()
         let milliseconds = (ContinuousClock.now - start).timeInterval * 1000
         Recorder(label: HTTPMetrics.duration, dimensions: dimensions, aggregate: true).record(milliseconds)
         Recorder(label: HTTPMetrics.requestBytes, dimensions: dimensions, aggregate: true).record(bytesReceived)
         Recorder(label: HTTPMetrics.responseBytes, dimensions: dimensions, aggregate: true).record(bytesSent)
-        logger.log(level: flags.isEmpty ? .info : .warning, "\(accessLogLine(duration: Int(milliseconds)))")
-    }
-
-    /// Istio's default text format (pilot/pkg/model/telemetry_logging.go), `-` for absent values.
-    func accessLogLine(duration: Int) -> String {
-        func quoted(_ value: String?) -> String { "\"\(value ?? "-")\"" }
-        let startText = startDate.formatted(.iso8601.year().month().day().time(includingFractionalSeconds: true).timeZone(separator: .omitted))
-        var line = "[\(startText)] \"\(method) \(path) \(`protocol`)\" \(responseCode) \(flagText) \(detail == nil ? "via_upstream" : "-") - \"-\" "
-        line += "\(bytesReceived) \(bytesSent) \(duration) \(upstreamServiceTime.map(String.init) ?? "-") "
-        line += "\(quoted(forwardedFor)) \(quoted(userAgent)) \(quoted(requestID)) \(quoted(authority)) \(quoted(upstream?.address.description)) "
-        line += "\(clusterName ?? "-") - \(downstreamLocal) \(downstreamRemote) \(serverName) \(routeName.isEmpty ? "-" : routeName)"
-        if let detail { line += " reason=\"\(detail)\"" }
-        return line
+        var line = format.render(self, duration: Int(milliseconds))
+        // Istio's default line, plus why the gateway answered itself, for the reader of the log.
+        if format == .istioDefault, let detail { line += " reason=\"\(detail)\"" }
+        logger.log(level: flags.isEmpty ? .info : .warning, "\(line)")
     }
 }
