@@ -105,9 +105,15 @@ struct DemoIdentity: Sendable, Encodable {
         case (_, "delay", let ms?) where ms >= 0:
             return eventLoop.scheduleTask(in: .milliseconds(Int64(min(ms, 600_000)))) { json(status: .ok, request) }.futureResult
         case (_, "bytes", let count?) where count >= 0 && count <= 1 << 30:
+            // The pattern repeats every 256 bytes: written a period at a time, not a byte at a time.
+            let period = (0..<256).map { UInt8(truncatingIfNeeded: $0 &* 31 &+ 7) }
             var buffer = ByteBuffer()
             buffer.reserveCapacity(count)
-            for i in 0..<count { buffer.writeInteger(UInt8(truncatingIfNeeded: i &* 31 &+ 7)) }
+            var left = count
+            while left > 0 {
+                buffer.writeBytes(period.prefix(left))
+                left -= min(left, 256)
+            }
             return eventLoop.makeSucceededFuture(ControlHTTPResponse(contentType: "application/octet-stream", body: buffer))
         default:
             // Any other method and path: an echo, as httpbin's /anything or Istio's echo server.

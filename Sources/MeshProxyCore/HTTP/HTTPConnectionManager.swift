@@ -53,6 +53,11 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
     private var resendableBytes = 0
     private static let resendLimit = 64 << 10
     private var upstreamKeepAlive = false
+    /// Body bytes held while the upstream is being dialled; past `resendLimit` the client waits.
+    private var heldBytes = 0 {
+        didSet { if heldBytes > Self.resendLimit, let context = boundContext { pauseClient(true, context: context) } }
+    }
+    private var boundContext: ChannelHandlerContext?
 
     package init(dataPlane: DataPlane, routes: RouteConfiguration, connectionRoute: Route, connection: ConnectionRecord,
                  protocolName: String) {
@@ -63,6 +68,10 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
         self.protocolName = protocolName
         random = SplitMix64(seed: UInt64.random(in: .min ... .max))
     }
+
+    package func handlerAdded(context: ChannelHandlerContext) { boundContext = context }
+
+    package func handlerRemoved(context: ChannelHandlerContext) { boundContext = nil }
 
     package func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         switch unwrapInboundIn(data) {
@@ -77,6 +86,31 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
                 finishRequest(context: context)
             }
         }
+    }
+
+    /// Backpressure, response direction: a client that reads slowly stops the upstream's reads
+    /// instead of the response piling up in the gateway.
+    package func channelWritabilityChanged(context: ChannelHandlerContext) {
+        if case .forwarding(let upstream, _) = state {
+            let writable = context.channel.isWritable
+            upstream.setOption(ChannelOptions.autoRead, value: writable).whenSuccess { if writable { upstream.read() } }
+        }
+        context.fireChannelWritabilityChanged()
+    }
+
+    /// Backpressure, request direction: an upstream that takes the body slowly (or is still
+    /// being dialled with more than `resendLimit` held) stops the client's reads.
+    private func upstreamWritabilityChanged(_ upstream: any Channel, context: ChannelHandlerContext) {
+        guard case .forwarding(let current, _) = state, current === upstream else { return }
+        pauseClient(!upstream.isWritable, context: context)
+    }
+
+    private var clientPaused = false
+
+    private func pauseClient(_ pause: Bool, context: ChannelHandlerContext) {
+        guard pause != clientPaused else { return }
+        clientPaused = pause
+        context.channel.setOption(ChannelOptions.autoRead, value: !pause).whenSuccess { if !pause { context.read() } }
     }
 
     package func channelInactive(context: ChannelHandlerContext) {
@@ -179,6 +213,7 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
         case .connecting(var held, _):
             held.append(part)
             state = .connecting(held: held, ended: ended)
+            if case .body(.byteBuffer(let buffer)) = part { heldBytes += buffer.readableBytes }
         case .forwarding(let upstream, _):
             keepForResend(part)
             upstream.write(part, promise: nil)
@@ -237,6 +272,14 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
         } closed: {
             let (handler, context) = bound.value
             handler.upstreamClosed(upstream, context: context)
+        } writabilityChanged: {
+            let (handler, context) = bound.value
+            handler.upstreamWritabilityChanged(upstream, context: context)
+        } readComplete: {
+            // What one read of the upstream brought goes out now: held unflushed in TLS it would
+            // escape backpressure (the channel only counts what was flushed to it).
+            let (_, context) = bound.value
+            context.flush()
         }
         do {
             let operations = upstream.pipeline.syncOperations
@@ -256,12 +299,16 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
         record.upstream = planned.target
         record.upstreamCluster = planned.target.cluster ?? routes.localCluster
         state = .forwarding(upstream: upstream, ended: ended)
+        // A kept connection may have been paused by the previous response's slow client.
+        upstream.setOption(ChannelOptions.autoRead, value: boundContext?.channel.isWritable ?? true).whenSuccess { upstream.read() }
         for part in held {
             keepForResend(part)
             upstream.write(part, promise: nil)
         }
         upstream.flush()
         if ended { upstreamRequestEnded = .now }
+        heldBytes = 0
+        if let context = boundContext { pauseClient(!upstream.isWritable, context: context) }
     }
 
     private func keepForResend(_ part: HTTPClientRequestPart) {
@@ -380,6 +427,7 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
             forward = nil
             record = HTTPRequestRecord()
         }
+        if case .idle = state { pauseClient(false, context: context) }
         if !requestKeepAlive, case .idle = state { context.close(promise: nil) }
     }
 }
@@ -389,10 +437,25 @@ final class UpstreamResponseRelay: ChannelInboundHandler, RemovableChannelHandle
     typealias InboundIn = HTTPClientResponsePart
     private let response: (HTTPClientResponsePart) -> Void
     private let closed: () -> Void
+    private let writabilityChanged: () -> Void
+    private let readComplete: () -> Void
 
-    init(response: @escaping (HTTPClientResponsePart) -> Void, closed: @escaping () -> Void) {
+    init(response: @escaping (HTTPClientResponsePart) -> Void, closed: @escaping () -> Void,
+         writabilityChanged: @escaping () -> Void, readComplete: @escaping () -> Void) {
         self.response = response
         self.closed = closed
+        self.writabilityChanged = writabilityChanged
+        self.readComplete = readComplete
+    }
+
+    func channelReadComplete(context: ChannelHandlerContext) {
+        readComplete()
+        context.fireChannelReadComplete()
+    }
+
+    func channelWritabilityChanged(context: ChannelHandlerContext) {
+        writabilityChanged()
+        context.fireChannelWritabilityChanged()
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) { response(unwrapInboundIn(data)) }
