@@ -8,6 +8,17 @@ import Testing
 struct HTTPRoutingTests {
     static let reviews = "reviews.default.svc.cluster.local"
 
+    /// A VirtualService for reviews whose `http:` rules follow (indented two spaces).
+    static let reviewsRoutes = """
+        apiVersion: networking.istio.io/v1
+        kind: VirtualService
+        metadata: {name: reviews}
+        spec:
+          hosts: [reviews]
+          http:
+
+        """
+
     /// Istio's Bookinfo routing files as users paste them (Tests/Fixtures/bookinfo).
     static func bookinfo(_ name: String) -> String {
         (try? String(contentsOfFile: "\(PackagePaths.root)/Tests/Fixtures/bookinfo/\(name).yaml", encoding: .utf8)) ?? ""
@@ -154,13 +165,7 @@ struct HTTPRoutingTests {
 
     @Test("Envoy's local replies: no matching rule 404 NR, a subset in no DestinationRule 503 NC, an empty subset 503 UH, a dead endpoint 503 UF")
     func localReplies() async throws {
-        let mesh = try await Self.start("http-replies", block: 85, virtualService: """
-            apiVersion: networking.istio.io/v1
-            kind: VirtualService
-            metadata: {name: reviews}
-            spec:
-              hosts: [reviews]
-              http:
+        let mesh = try await Self.start("http-replies", block: 85, virtualService: Self.reviewsRoutes + """
               - match: [{uri: {prefix: /nc}}]
                 route: [{destination: {host: reviews, subset: v9}}]
               - match: [{uri: {prefix: /uh}}]
@@ -195,13 +200,7 @@ struct HTTPRoutingTests {
 
     @Test("A client that reads slowly holds the upstream back: 20 MB at 4 MB/s arrive whole while the gateway's memory stays flat")
     func backpressure() async throws {
-        let mesh = try await Self.start("http-backpressure", block: 87, virtualService: """
-            apiVersion: networking.istio.io/v1
-            kind: VirtualService
-            metadata: {name: reviews}
-            spec:
-              hosts: [reviews]
-              http:
+        let mesh = try await Self.start("http-backpressure", block: 87, virtualService: Self.reviewsRoutes + """
               - route: [{destination: {host: reviews, subset: v1}}]
             """)
         defer { mesh.mesh.processes.stopAll() }
