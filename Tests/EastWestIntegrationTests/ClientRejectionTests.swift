@@ -4,7 +4,7 @@ import Testing
 
 @Suite("Who the gateway lets in (mTLS rejection matrix)", .serialized, .timeLimit(.minutes(3)))
 struct ClientRejectionTests {
-    @Test("No certificate, another root, expired and a foreign trust domain are refused with a TLS alert and one log line naming the reason; everyone else is still served")
+    @Test("No certificate, another root, expired, a foreign trust domain and TLS 1.1 are refused with a TLS alert and one log line naming the reason; everyone else is still served")
     func rejectionMatrix() async throws {
         let mesh = try TestMesh("reject", clusters: ["east"])
         defer { mesh.processes.stopAll() }
@@ -37,6 +37,12 @@ struct ClientRejectionTests {
             let served = try await mesh.curl(gateway, host: "echo.default.svc.cluster.local")
             #expect(mesh.answer(served)?["cluster"] == "east", "after \(client): \(served.stderr)")
         }
+        // A client limited to TLS 1.1: refused, and the log says why (from BoringSSL's reason code).
+        let old = try await runCommand("/usr/bin/openssl", ["s_client", "-connect", "\(gateway.listen)", "-servername", "echo.default.svc.cluster.local",
+                                                            "-tls1_1", "-cipher", "DEFAULT@SECLEVEL=0"], stdin: Data(), timeout: 10)
+        #expect(old.stdout.contains("Cipher is (NONE)"), "the TLS 1.1 handshake completed: \(old.stdout)")
+        #expect(await eventually { process.log.contains("client offered an unsupported TLS version (1.2 or 1.3 required)") },
+                "no log line naming the TLS version")
         #expect(process.isRunning)
     }
 }
