@@ -48,6 +48,9 @@ package struct GatewayConfig: Codable, Sendable, Equatable {
     /// The HTTP access-log line, in Envoy's command operators (`[%START_TIME%] "%REQ(:METHOD)% …"`);
     /// absent: Istio's default format.
     package var accessLogFormat: String?
+    /// `TEXT` (default) or `JSON`: Istio's `accessLogEncoding`; JSON writes one object per request
+    /// with Istio's keys.
+    package var accessLogEncoding: AccessLogEncoding?
     package var services: [ServiceConfig]?
     package var remoteClusters: [RemoteCluster]?
     /// Gossip with other gateways (membership and endpoint catalog). Absent: no federation.
@@ -182,7 +185,7 @@ extension GatewayConfig: ConfigValidatable {
                 errors.append(map.error(.invalidValue, at: root.key("peerGatewayIdentities").index(i), error.description))
             }
         }
-        errors += AccessLogFormat.validate(accessLogFormat, at: root.key("accessLogFormat"), map: map)
+        errors += AccessLogFormat.validate(accessLogFormat, encoding: accessLogEncoding, at: root, map: map)
         if let pending = maxPendingHandshakes, pending < 1 {
             errors.append(map.error(.invalidValue, at: root.key("maxPendingHandshakes"), "must be at least 1"))
         }

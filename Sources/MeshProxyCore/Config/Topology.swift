@@ -13,6 +13,8 @@ package struct Topology: Codable, Sendable, Equatable {
     package var federation: FederationConfig?
     /// Every gateway's HTTP access-log format (Envoy's command operators); absent: Istio's default.
     package var accessLogFormat: String?
+    /// `TEXT` (default) or `JSON`, for every gateway.
+    package var accessLogEncoding: AccessLogEncoding?
 
     package struct Cluster: Codable, Sendable, Equatable {
         package var name: String
@@ -56,6 +58,7 @@ package struct Topology: Codable, Sendable, Equatable {
             federation: FederationConfig(seeds: seeds, profile: federation?.profile, timing: federation?.timing))
         config.policies = policies
         config.accessLogFormat = accessLogFormat
+        config.accessLogEncoding = accessLogEncoding
         return config
     }
 
@@ -125,7 +128,7 @@ extension Topology: ConfigValidatable {
                                     "a topology derives every gateway's seeds; leave them out"))
         }
         errors += federation?.validate(at: root.key("federation"), map: map) ?? []
-        errors += AccessLogFormat.validate(accessLogFormat, at: root.key("accessLogFormat"), map: map)
+        errors += AccessLogFormat.validate(accessLogFormat, encoding: accessLogEncoding, at: root, map: map)
         return errors
     }
 }

@@ -33,8 +33,7 @@ package final class DataPlane: Sendable {
         self.logger = logger
         self.peerGatewayUnreachable = peerGatewayUnreachable
         self.dialer = dialer ?? .network(tls: tls, config: config)
-        // Checked at config load, so a format here always parses.
-        self.accessLog = config.accessLogFormat.flatMap { try? AccessLogFormat(parsing: $0) } ?? .istioDefault
+        self.accessLog = .configured(format: config.accessLogFormat, encoding: config.accessLogEncoding)
         self.configuration = Mutex(routes)
     }
 

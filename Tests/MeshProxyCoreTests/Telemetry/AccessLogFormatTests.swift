@@ -40,3 +40,20 @@ struct AccessLogFormatTests {
         do { _ = try AccessLogFormat(parsing: "x %BOGUS% y") } catch { #expect(error.description.hasPrefix("unknown command operator '%BOGUS%'")) }
     }
 }
+
+extension AccessLogFormatTests {
+    @Test("accessLogEncoding JSON: Istio's keys, numbers as numbers, absent values null, strings escaped")
+    func json() throws {
+        var entry = record()
+        entry.userAgent = nil
+        entry.requestHeaders = entry.requestHeaders.map { $0.name == "user-agent" ? ("user-agent", "curl \"8\"\n") : $0 }
+        let line = AccessLogFormat.configured(format: nil, encoding: .json).render(entry, duration: 42)
+        let object = try #require(try JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any], "\(line)")
+        #expect(object["method"] as? String == "GET")
+        #expect(object["response_code"] as? Int == 200 && object["duration"] as? Int == 42 && object["upstream_service_time"] as? Int == 7)
+        #expect(object["user_agent"] as? String == "curl \"8\"\n")
+        #expect(object["upstream_cluster"] as? String == "outbound|9080|v2|reviews.default.svc.cluster.local")
+        #expect(object["route_name"] is NSNull && object["upstream_local_address"] is NSNull)
+        #expect(line.hasPrefix("{\"start_time\":\"2025-12-01T12:00:00.125Z\",\"method\":\"GET\""))
+    }
+}
