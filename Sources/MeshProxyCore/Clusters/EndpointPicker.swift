@@ -191,8 +191,10 @@ package struct EndpointPicker: Sendable, ServiceDirectory {
         var ejected: Set<HostPort>?
     }
 
+    /// What one service's plans are made from: also what `makePlan` walks, so a change that
+    /// leaves it equal leaves the plans equal.
     static func planInputs(of service: ServiceKey, _ inputs: Inputs) -> ServicePlanInputs {
-        var result = ServicePlanInputs(rule: inputs.routes.rule(for: service.host), subsets: subsets(of: service.host, inputs.routes),
+        var result = ServicePlanInputs(rule: inputs.routes.rule(for: service.host), subsets: inputs.routes.subsets(of: service.host),
                                        clusters: [:], endpoints: [:], ejected: inputs.ejected[service])
         for cluster in inputs.endpoints.clusters.values {
             guard let endpoints = cluster.services[service] else { continue }
@@ -204,54 +206,41 @@ package struct EndpointPicker: Sendable, ServiceDirectory {
         return result
     }
 
-    /// The subsets defined for a host, with their labels.
-    static func subsets(of host: String, _ routes: RouteConfiguration) -> [String: [String: String]] {
-        var result = routes.subsets[host] ?? [:]
-        for subset in routes.rule(for: host)?.subsets ?? [] where result[subset.name] == nil {
-            result[subset.name] = subset.labels ?? [:]
-        }
-        return result
-    }
-
     /// Every plan of one service: each subset (and none), for clients and for peer gateways.
     static func plans(for service: ServiceKey, _ inputs: Inputs) -> [Variant: RoutePlan] {
         var result: [Variant: RoutePlan] = [:]
-        let subsets = subsets(of: service.host, inputs.routes)
-        for subset in [nil] + subsets.keys.sorted().map(Optional.some) {
+        let facts = planInputs(of: service, inputs)
+        for subset in [nil] + facts.subsets.keys.sorted().map(Optional.some) {
             for origin in [TrafficOrigin.client, .peerGateway] {
                 result[Variant(subset: subset, origin: origin)] = makePlan(service: service, subset: subset,
-                                                                           selector: subset.flatMap { subsets[$0] } ?? [:],
-                                                                           origin: origin, inputs)
+                                                                           selector: subset.flatMap { facts.subsets[$0] } ?? [:],
+                                                                           origin: origin, facts, inputs)
             }
         }
         return result
     }
 
     private static func makePlan(service: ServiceKey, subset: String?, selector: [String: String], origin: TrafficOrigin,
-                                 _ inputs: Inputs) -> RoutePlan {
-        let endpoints = inputs.endpoints
+                                 _ facts: ServicePlanInputs, _ inputs: Inputs) -> RoutePlan {
         let policy = inputs.routes.trafficPolicy(for: service, subset: subset)
         var planned: [PlannedEndpoint] = []
         var targets: [String: [PlannedTarget]] = [:]
         var healthyTargets: [String: [PlannedTarget]] = [:]
-        for var cluster in endpoints.clusters.values.sorted(by: { $0.name < $1.name }) {
-            cluster.gateways.removeAll { inputs.unreachableGateways.contains($0.name) }
-            let isLocal = cluster.name == endpoints.localCluster
+        for (clusterName, gateways) in facts.clusters.sorted(by: { $0.key < $1.key }) {
+            let isLocal = clusterName == inputs.endpoints.localCluster
             guard isLocal || origin == .client else { continue }
             // Endpoints behind a network with no usable gateway are out of the plan, as Istio
             // drops them from EDS: they are unreachable, not merely unhealthy.
-            guard isLocal || !cluster.gateways.isEmpty else { continue }
-            let matching = (cluster.services[service] ?? []).filter { endpoint in
-                endpoint.matches(selector) && !inputs.blackholes.contains { $0.covers(cluster: cluster.name, locality: endpoint.locality) }
-            }
+            guard isLocal || !gateways.isEmpty else { continue }
+            let matching = (facts.endpoints[clusterName] ?? []).filter { $0.matches(selector) }
             for endpoint in matching {
                 let locality = endpoint.locality?.description ?? ""
-                let healthy = !isLocal || !(inputs.ejected[service]?.contains(endpoint.address) ?? false)
+                let healthy = !isLocal || !(facts.ejected?.contains(endpoint.address) ?? false)
                 planned.append(PlannedEndpoint(locality: locality, labels: endpoint.labels ?? [:], healthy: healthy))
                 let serverName = Route(service: service, subset: subset, selector: selector).upstreamServerName
                 let reach: [UpstreamTarget] = isLocal
                     ? [.local(endpoint)]
-                    : cluster.gateways.map { .peerGateway(cluster: cluster.name, gateway: $0, serverName: serverName) }
+                    : gateways.map { .peerGateway(cluster: clusterName, gateway: $0, serverName: serverName) }
                 for target in reach {
                     let plannedTarget = PlannedTarget(target: target, locality: locality, priority: 0)
                     if !targets[locality, default: []].contains(plannedTarget) { targets[locality, default: []].append(plannedTarget) }

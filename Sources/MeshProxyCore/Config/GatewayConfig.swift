@@ -150,6 +150,11 @@ package struct GatewayConfig: Codable, Sendable, Equatable {
     /// Which verified identities are peer gateways here.
     package var peerGatewayRule: PeerGatewayRule { PeerGatewayRule(listed: listedPeerGatewayIdentities) }
 
+    /// This cluster's service entries and those of every statically configured remote cluster.
+    package var everyService: [ServiceConfig] {
+        (services ?? []) + (remoteClusters ?? []).flatMap { $0.services ?? [] }
+    }
+
     /// What the data plane routes over: this cluster's endpoints plus the statically configured
     /// remote clusters (federation will fill the latter).
     package var meshEndpoints: MeshEndpoints {
@@ -164,7 +169,7 @@ package struct GatewayConfig: Codable, Sendable, Equatable {
                 services: services(remote.services))
         }
         var protocols: [ServiceKey: ServiceProtocol] = [:]
-        for service in (self.services ?? []) + (remoteClusters ?? []).flatMap({ $0.services ?? [] }) {
+        for service in everyService {
             if let value = service.protocol { protocols[ServiceKey(host: service.host, port: service.port)] = value }
         }
         return MeshEndpoints(localCluster: cluster, clusters: clusters, protocols: protocols)

@@ -26,7 +26,7 @@ package enum PolicyCompiler {
     package static func compile(config: GatewayConfig, resources: IstioPolicyLoader.Loaded = .init()) -> RouteConfiguration {
         var draft = Draft()
         // The topology's own subsets (a service entry's `subsets:`), for every cluster it lists.
-        for service in (config.services ?? []) + (config.remoteClusters ?? []).flatMap({ $0.services ?? [] }) {
+        for service in config.everyService {
             for (name, labels) in service.subsets ?? [:] { draft.subsets[service.host, default: [:]][name] = labels }
         }
         for step in kinds { step.compile(resources, &draft) }

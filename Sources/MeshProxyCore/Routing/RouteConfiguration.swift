@@ -105,10 +105,21 @@ package struct RouteConfiguration: Sendable, Equatable {
     /// HTTP services).
     package var hasHTTPRoutes: Bool { !httpRoutesByHost.isEmpty || !wildcardHTTPRoutes.isEmpty }
 
-    /// The labels of `subset` of `host`, when it is defined.
+    /// The labels of `subset` of `host`, when it is defined: the topology's or an exact-host
+    /// rule's (compiled into `subsets`), else a short-name rule's. One subset, without building
+    /// the host's whole table: route resolution asks this per connection.
     package func selector(host: String, subset: String) -> [String: String]? {
         if let labels = subsets[host]?[subset] { return labels }
         return rule(for: host)?.subsets?.first { $0.name == subset }.map { $0.labels ?? [:] }
+    }
+
+    /// Every subset defined for `host`, by the same two sources as `selector`, for planning.
+    package func subsets(of host: String) -> [String: [String: String]] {
+        var result = subsets[host] ?? [:]
+        for subset in rule(for: host)?.subsets ?? [] where result[subset.name] == nil {
+            result[subset.name] = subset.labels ?? [:]
+        }
+        return result
     }
 
     /// The traffic policy for one service port and subset, merged as Istio merges it.
