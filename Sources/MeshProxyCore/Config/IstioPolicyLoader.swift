@@ -103,20 +103,28 @@ package enum IstioPolicyLoader {
         case .failure(let error):
             return [error]
         case .success(let (rule, unknownKeys)):
-            var errors: [ConfigError] = []
-            for path in unknownKeys {
-                guard case .key(let key)? = path.components.last else { continue }
-                if notImplemented.contains(key) {
-                    loaded.warnings.append(map.error(.notImplemented, at: path, "valid Istio field, not carried out by EastWest yet; ignored").asWarning)
-                } else {
-                    errors.append(map.error(.unknownField, at: path, "unknown field '\(key)' (not a DestinationRule field)"))
-                }
-            }
+            let errors = classify(unknownKeys, notImplemented: notImplemented, kind: "DestinationRule", map: map, loaded: &loaded)
             let (problems, warnings) = check(rule, map: map)
             loaded.warnings += warnings
             loaded.destinationRules.append(rule)
             return errors + problems
         }
+    }
+
+    /// Keys a kind's model did not decode: a valid Istio field EastWest does not carry out yet
+    /// loads with a warning; anything else is an error.
+    static func classify(_ unknownKeys: [FieldPath], notImplemented: Set<String>, kind: String, map: SourceMap,
+                         loaded: inout Loaded) -> [ConfigError] {
+        var errors: [ConfigError] = []
+        for path in unknownKeys {
+            guard case .key(let key)? = path.components.last else { continue }
+            if notImplemented.contains(key) {
+                loaded.warnings.append(map.error(.notImplemented, at: path, "valid Istio field, not carried out by EastWest yet; ignored").asWarning)
+            } else {
+                errors.append(map.error(.unknownField, at: path, "unknown field '\(key)' (not a \(kind) field)"))
+            }
+        }
+        return errors
     }
 
     /// What Istio's validation rejects (errors) and what it would do differently (warnings).

@@ -19,15 +19,7 @@ extension IstioPolicyLoader {
             let metadata = map.root?.mapping?["metadata"]?.mapping
             service.name = metadata?["name"]?.string ?? ""
             service.namespace = metadata?["namespace"]?.string ?? "default"
-            var errors: [ConfigError] = []
-            for path in unknownKeys {
-                guard case .key(let key)? = path.components.last else { continue }
-                if virtualServiceNotImplemented.contains(key) {
-                    loaded.warnings.append(map.error(.notImplemented, at: path, "valid Istio field, not carried out by EastWest yet; ignored").asWarning)
-                } else {
-                    errors.append(map.error(.unknownField, at: path, "unknown field '\(key)' (not a VirtualService field)"))
-                }
-            }
+            let errors = classify(unknownKeys, notImplemented: virtualServiceNotImplemented, kind: "VirtualService", map: map, loaded: &loaded)
             let (problems, warnings) = check(service, map: map)
             loaded.warnings += warnings
             loaded.virtualServices.append(service)
