@@ -387,12 +387,6 @@ extension LoadShard {
     /// How a connect failed, for the report: a timeout (NIO's connect timeout, on any of the
     /// addresses tried) or any other failure.
     static func connectFailureKind(_ error: any Error) -> String {
-        func isTimeout(_ error: any Error) -> Bool {
-            if case ChannelError.connectTimeout = error { return true }
-            return false
-        }
-        if isTimeout(error) { return "timeout" }
-        if let error = error as? NIOConnectionError, error.connectionErrors.contains(where: { isTimeout($0.error) }) { return "timeout" }
-        return "connect"
+        UpstreamConnector.isTimeout(error) ? "timeout" : "connect"
     }
 }

@@ -40,6 +40,8 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
     private var state = State.idle
     private var record = HTTPRequestRecord()
     private var forward: HTTPRequestRouter.Forward?
+    /// The route action for `forward`, decided once per request.
+    private var action: RouteAction?
     private var targets: [PlannedTarget] = []
     private var attempt = 0
     private var requestKeepAlive = true
@@ -54,10 +56,11 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
     private static let resendLimit = 64 << 10
     private var upstreamKeepAlive = false
     /// Body bytes held while the upstream is being dialled; past `resendLimit` the client waits.
-    private var heldBytes = 0 {
-        didSet { if heldBytes > Self.resendLimit, let context = boundContext { pauseClient(true, context: context) } }
-    }
-    private var boundContext: ChannelHandlerContext?
+    private var heldBytes = 0
+    /// Hop-by-hop headers (and the ones a gateway replaces) that never cross it.
+    private static let requestHeadersDropped: Set<String> = ["connection", "keep-alive", "proxy-connection", "x-request-id",
+                                                             "x-forwarded-client-cert", "x-forwarded-proto", "x-forwarded-for"]
+    private static let responseHeadersDropped: Set<String> = ["connection", "keep-alive", "proxy-connection", "server"]
 
     package init(dataPlane: DataPlane, routes: RouteConfiguration, connectionRoute: Route, connection: ConnectionRecord,
                  protocolName: String) {
@@ -69,18 +72,14 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
         random = SplitMix64(seed: UInt64.random(in: .min ... .max))
     }
 
-    package func handlerAdded(context: ChannelHandlerContext) { boundContext = context }
-
-    package func handlerRemoved(context: ChannelHandlerContext) { boundContext = nil }
-
     package func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         switch unwrapInboundIn(data) {
         case .head(let head): begin(head, context: context)
         case .body(let body):
             record.bytesReceived += body.readableBytes
-            send(.body(.byteBuffer(body)), ended: false)
+            send(.body(.byteBuffer(body)), ended: false, context: context)
         case .end(let trailers):
-            send(.end(trailers), ended: true)
+            send(.end(trailers), ended: true, context: context)
             if case .discarding = state {
                 state = .idle
                 finishRequest(context: context)
@@ -138,7 +137,6 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
         record.path = head.uri
         record.protocol = protocolName
         record.authority = head.headers.first(name: "host") ?? "-"
-        record.userAgent = head.headers.first(name: "user-agent")
         record.sourcePrincipal = connection.sourcePrincipal
         record.serverName = connection.serverName
         record.downstreamLocal = connection.downstreamLocal
@@ -161,17 +159,17 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
             record.route = forward.route
             record.routeName = forward.routeName
             let action = routes.action(for: forward.route, origin: .client)
+            self.action = action
             targets = Array(clusters.candidates(for: forward.route, origin: .client).prefix(action.retry.maxAttempts))
             guard !targets.isEmpty else {
-                localReply(.noHealthyUpstream("no healthy endpoint for \(forward.route.service)\(forward.route.subset.map { " subset \($0)" } ?? "") in any cluster"),
-                           context: context)
+                localReply(.noHealthyUpstream(for: forward.route), context: context)
                 return
             }
             state = .connecting(held: [.head(upstreamHead(head, forward: forward, context: context))], ended: false)
             if let kept = idleUpstreams.removeValue(forKey: targets[0].target), kept.isActive {
                 resendable = []
                 resendableBytes = 0
-                adopt(kept, planned: targets[0])
+                adopt(kept, planned: targets[0], context: context)
             } else {
                 dial(context: context)
             }
@@ -184,17 +182,11 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
     private func upstreamHead(_ head: HTTPRequestHead, forward: HTTPRequestRouter.Forward, context: ChannelHandlerContext) -> HTTPRequestHead {
         var headers: [(name: String, value: String)] = head.headers.compactMap { header in
             let name = header.name.lowercased()
-            if ["connection", "keep-alive", "proxy-connection", "x-request-id", "x-forwarded-client-cert", "x-forwarded-proto"].contains(name)
-                || name.hasPrefix("x-envoy-") { return nil }
-            return (name, header.value)
+            return Self.requestHeadersDropped.contains(name) || name.hasPrefix("x-envoy-") ? nil : (name, header.value)
         }
-        let requestID = UUID().uuidString.lowercased()
-        record.requestID = requestID
         let remote = connection.downstreamRemote.split(separator: ":").dropLast().joined(separator: ":")
         let forwardedFor = head.headers.first(name: "x-forwarded-for").map { "\($0), \(remote)" } ?? remote
-        record.forwardedFor = forwardedFor
-        headers.removeAll { $0.name == "x-forwarded-for" }
-        headers += [("x-forwarded-for", forwardedFor), ("x-forwarded-proto", "https"), ("x-request-id", requestID)]
+        headers += [("x-forwarded-for", forwardedFor), ("x-forwarded-proto", "https"), ("x-request-id", UUID().uuidString.lowercased())]
         if let client = connection.sourceIdentity {
             // Envoy's SANITIZE_SET at a gateway: only the gateway sets it, for the client it
             // verified. `By` is this gateway; peer gateways trust it only from gateway identities.
@@ -208,12 +200,13 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
         return upstream
     }
 
-    private func send(_ part: HTTPClientRequestPart, ended: Bool) {
+    private func send(_ part: HTTPClientRequestPart, ended: Bool, context: ChannelHandlerContext) {
         switch state {
         case .connecting(var held, _):
             held.append(part)
             state = .connecting(held: held, ended: ended)
             if case .body(.byteBuffer(let buffer)) = part { heldBytes += buffer.readableBytes }
+            if heldBytes > Self.resendLimit { pauseClient(true, context: context) }
         case .forwarding(let upstream, _):
             keepForResend(part)
             upstream.write(part, promise: nil)
@@ -225,9 +218,8 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
     }
 
     private func dial(context: ChannelHandlerContext) {
-        guard let forward else { return }
+        guard let action else { return }
         let planned = targets[attempt]
-        let action = routes.action(for: forward.route, origin: .client)
         let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
         dataPlane.dialer.connect(planned.target, action, context.eventLoop)
             .whenComplete { result in
@@ -241,12 +233,7 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
 
     private func failed(_ planned: PlannedTarget, error: any Error, context: ChannelHandlerContext) {
         guard case .connecting = state, let forward else { return }
-        switch planned.target {
-        case .peerGateway(_, let gateway, _):
-            dataPlane.peerGatewayUnreachable(gateway.name)
-            dataPlane.outliers.peerFailed(gateway.name)
-        case .local(let endpoint): dataPlane.outliers.failed(forward.route.service, endpoint.address)
-        }
+        dataPlane.connectFailed(to: planned.target, for: forward.route.service)
         attempt += 1
         if attempt < targets.count {
             dial(context: context)
@@ -254,16 +241,16 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
         }
         record.upstream = planned.target
         let reason = UpstreamConnector.describe(error)
-        localReply(.connectFailure(timedOut: reason.contains("timed out") || reason.contains("timeout"), attempts: attempt,
+        localReply(.connectFailure(timedOut: UpstreamConnector.isTimeout(error), attempts: attempt,
                                    detail: "\(planned.target): \(reason)"), context: context)
     }
 
     private func connected(_ upstream: any Channel, planned: PlannedTarget, context: ChannelHandlerContext) {
-        guard case .connecting(let held, let ended) = state else {
+        guard case .connecting = state else {
             upstream.close(promise: nil)
             return
         }
-        if case .peerGateway(_, let gateway, _) = planned.target { dataPlane.outliers.peerSucceeded(gateway.name) }
+        dataPlane.connected(to: planned.target)
         resendable = nil
         let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
         let relay = UpstreamResponseRelay { part in
@@ -290,17 +277,17 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
             localReply(.upstreamTerminated("cannot set up the upstream: \(error)"), context: context)
             return
         }
-        adopt(upstream, planned: planned)
+        adopt(upstream, planned: planned, context: context)
     }
 
     /// Sends the held request on `upstream` (new, or kept from an earlier request).
-    private func adopt(_ upstream: any Channel, planned: PlannedTarget) {
+    private func adopt(_ upstream: any Channel, planned: PlannedTarget, context: ChannelHandlerContext) {
         guard case .connecting(let held, let ended) = state else { return }
         record.upstream = planned.target
         record.upstreamCluster = planned.target.cluster ?? routes.localCluster
         state = .forwarding(upstream: upstream, ended: ended)
         // A kept connection may have been paused by the previous response's slow client.
-        upstream.setOption(ChannelOptions.autoRead, value: boundContext?.channel.isWritable ?? true).whenSuccess { upstream.read() }
+        upstream.setOption(ChannelOptions.autoRead, value: context.channel.isWritable).whenSuccess { upstream.read() }
         for part in held {
             keepForResend(part)
             upstream.write(part, promise: nil)
@@ -308,7 +295,7 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
         upstream.flush()
         if ended { upstreamRequestEnded = .now }
         heldBytes = 0
-        if let context = boundContext { pauseClient(!upstream.isWritable, context: context) }
+        pauseClient(!upstream.isWritable, context: context)
     }
 
     private func keepForResend(_ part: HTTPClientRequestPart) {
@@ -327,7 +314,7 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
             record.responseCode = Int(head.status.code)
             var headers: [(name: String, value: String)] = head.headers.compactMap { header in
                 let name = header.name.lowercased()
-                return ["connection", "keep-alive", "proxy-connection", "server"].contains(name) ? nil : (name, header.value)
+                return Self.responseHeadersDropped.contains(name) ? nil : (name, header.value)
             }
             let serviceTime = Int(((upstreamRequestEnded.map { .now - $0 }) ?? .zero).timeInterval * 1000)
             record.upstreamServiceTime = serviceTime
@@ -387,12 +374,16 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
     }
 
     private func localReply(_ reply: HTTPLocalReply, context: ChannelHandlerContext) {
-        var closing: (any Channel)?
-        if case .forwarding(let upstream, let ended) = state {
-            closing = upstream
-            state = .connecting(held: [], ended: ended)
+        let requestEnded: Bool
+        switch state {
+        case .connecting(_, let ended): requestEnded = ended
+        case .forwarding(let upstream, let ended):
+            requestEnded = ended
+            // The state moves first: closing fires the relay's end at once.
+            state = .discarding
+            upstream.close(promise: nil)
+        case .idle, .discarding: requestEnded = false
         }
-        defer { closing?.close(promise: nil) }
         record.responseCode = Int(reply.status.code)
         record.flags.formUnion(reply.flags)
         record.detail = reply.detail
@@ -409,12 +400,6 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
             context.write(wrapOutboundOut(.body(.byteBuffer(ByteBuffer(string: reply.body)))), promise: nil)
         }
         context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: nil)
-        let requestEnded: Bool
-        switch state {
-        case .connecting(_, let ended), .forwarding(_, let ended): requestEnded = ended
-        case .idle: requestEnded = false
-        case .discarding: requestEnded = false
-        }
         state = requestEnded ? .idle : .discarding
         if requestEnded { finishRequest(context: context) }
     }

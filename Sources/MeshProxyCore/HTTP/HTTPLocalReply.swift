@@ -29,6 +29,11 @@ package struct HTTPLocalReply: Sendable, Equatable {
         .init(status: .serviceUnavailable, body: "no healthy upstream", flags: [.noHealthyUpstream], detail: detail)
     }
 
+    /// The plan has no target for `route`: none healthy in any cluster.
+    package static func noHealthyUpstream(for route: Route) -> HTTPLocalReply {
+        noHealthyUpstream("no healthy endpoint for \(route.service)\(route.subset.map { " subset \($0)" } ?? "") in any cluster")
+    }
+
     /// Every connect attempt failed: 503 with Envoy's reset text, `UF` (plus `URX` after retries).
     package static func connectFailure(timedOut: Bool, attempts: Int, detail: String) -> HTTPLocalReply {
         let reason = timedOut ? "connection timeout" : "remote connection failure"

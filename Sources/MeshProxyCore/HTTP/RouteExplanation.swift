@@ -72,9 +72,9 @@ package struct RouteExplanation: Encodable, Sendable {
             explanation.destinations = forward.destinations.map {
                 Destination(host: $0.host, port: $0.port, subset: $0.subset, weight: $0.weight, share: total > 0 ? Double($0.weight) / total * 100 : 100)
             }
+            let drawn = explanation.destinations.first { $0.subset == forward.route.subset && $0.host == forward.route.service.host }
             explanation.chosen = Destination(host: forward.route.service.host, port: forward.route.service.port, subset: forward.route.subset,
-                                             weight: forward.destinations.first { $0.subset == forward.route.subset && $0.host == forward.route.service.host }?.weight ?? 100,
-                                             share: explanation.destinations.first { $0.subset == forward.route.subset && $0.host == forward.route.service.host }?.share ?? 100)
+                                             weight: drawn?.weight ?? 100, share: drawn?.share ?? 100)
             explanation.cluster = "outbound|\(forward.route.service.port)|\(forward.route.subset ?? "")|\(forward.route.service.host)"
             explanation.plan = picker.plan(for: forward.route.service, subset: forward.route.subset)
             let cursor = Int(truncatingIfNeeded: random)
@@ -87,7 +87,7 @@ package struct RouteExplanation: Encodable, Sendable {
                                   locality: planned.locality, priority: planned.priority, via: via)
                 }
             if explanation.targets.isEmpty {
-                explanation.localReply = Reply(.noHealthyUpstream("no healthy endpoint for \(forward.route.service)\(forward.route.subset.map { " subset \($0)" } ?? "") in any cluster"))
+                explanation.localReply = Reply(.noHealthyUpstream(for: forward.route))
             }
         }
         return explanation

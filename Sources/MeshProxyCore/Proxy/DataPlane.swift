@@ -37,6 +37,23 @@ package final class DataPlane: Sendable {
         self.configuration = Mutex(routes)
     }
 
+    /// A connect to `target` for `service` failed: an outlier signal for a local endpoint and,
+    /// for a peer gateway, a hint to the failure detector and to peer reachability.
+    package func connectFailed(to target: UpstreamTarget, for service: ServiceKey) {
+        switch target {
+        case .peerGateway(_, let gateway, _):
+            peerGatewayUnreachable(gateway.name)
+            outliers.peerFailed(gateway.name)
+        case .local(let endpoint):
+            outliers.failed(service, endpoint.address)
+        }
+    }
+
+    /// A connect to `target` got through: a peer gateway is reachable again.
+    package func connected(to target: UpstreamTarget) {
+        if case .peerGateway(_, let gateway, _) = target { outliers.peerSucceeded(gateway.name) }
+    }
+
     /// The route configuration new connections resolve against.
     package var routes: RouteConfiguration { configuration.withLock { $0 } }
 

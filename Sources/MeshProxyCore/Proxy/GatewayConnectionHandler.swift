@@ -181,12 +181,7 @@ package final class GatewayConnectionHandler: ChannelDuplexHandler, RemovableCha
         guard machine.isConnecting else { return }
         // A failed connect is an outlier signal and, for a peer gateway, a hint to the failure
         // detector, whatever the machine decides next.
-        switch target {
-        case .peerGateway(_, let gateway, _):
-            dataPlane.peerGatewayUnreachable(gateway.name)
-            dataPlane.outliers.peerFailed(gateway.name)
-        case .local(let endpoint): dataPlane.outliers.failed(route.service, endpoint.address)
-        }
+        dataPlane.connectFailed(to: target, for: route.service)
         dataPlane.logger.debug("upstream attempt failed", metadata: ["target": "\(target)", "error": "\(error)"])
         run(machine.upstreamFailed(.connectFailure, reason: UpstreamConnector.describe(error)), context: context)
     }
@@ -199,7 +194,7 @@ package final class GatewayConnectionHandler: ChannelDuplexHandler, RemovableCha
     private func glue(_ planned: PlannedTarget, replay: [ByteBuffer], inputEnded: Bool, readPending: Bool, context: ChannelHandlerContext) {
         guard let upstream else { return }
         self.upstream = nil
-        if case .peerGateway(_, let gateway, _) = planned.target { dataPlane.outliers.peerSucceeded(gateway.name) }
+        dataPlane.connected(to: planned.target)
         let upstreams = dataPlane.clusters.connections, address = planned.target.address
         upstreams.opened(address)
         upstream.closeFuture.whenComplete { _ in upstreams.closed(address) }

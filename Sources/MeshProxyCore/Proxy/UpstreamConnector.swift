@@ -23,6 +23,9 @@ extension ClientBootstrap {
 package struct UpstreamConnectError: Error, CustomStringConvertible {
     package var target: UpstreamTarget
     package var reason: String
+    /// The connect or the TLS handshake ran out of time (Envoy's `connection timeout`), as opposed
+    /// to being refused or failing.
+    package var timedOut: Bool = false
     package var description: String { "\(target): \(reason)" }
 }
 
@@ -65,7 +68,7 @@ package enum UpstreamConnector {
         switch target {
         case .local:
             return connect(bootstrap, to: address).flatMapErrorThrowing { error in
-                throw UpstreamConnectError(target: target, reason: describe(error))
+                throw UpstreamConnectError(target: target, reason: describe(error), timedOut: isTimeout(error))
             }
         case .peerGateway(let cluster, _, let serverName):
             let handshake = eventLoop.makePromise(of: Void.self)
@@ -86,14 +89,27 @@ package enum UpstreamConnector {
             }, to: address)
             .flatMapErrorThrowing { error in
                 handshake.fail(error)
-                throw UpstreamConnectError(target: target, reason: describe(error))
+                throw UpstreamConnectError(target: target, reason: describe(error), timedOut: isTimeout(error))
             }
             .flatMap { channel in
                 handshake.futureResult.map { _ in channel }.flatMapErrorThrowing { error in
                     channel.close(promise: nil)
-                    throw UpstreamConnectError(target: target, reason: describe(error))
+                    throw UpstreamConnectError(target: target, reason: describe(error), timedOut: isTimeout(error))
                 }
             }
+        }
+    }
+
+    /// Whether a connect failed by running out of time: NIO's connect timeout (on any address
+    /// tried), the kernel's ETIMEDOUT, or our TLS handshake timeout.
+    package static func isTimeout(_ error: any Error) -> Bool {
+        switch error {
+        case ChannelError.connectTimeout: true
+        case let error as NIOConnectionError: error.connectionErrors.contains { isTimeout($0.error) }
+        case let error as IOError: error.errnoCode == ETIMEDOUT
+        case let error as HandshakeWatcher.Failure: error.timedOut
+        case let error as UpstreamConnectError: error.timedOut
+        default: false
         }
     }
 
@@ -125,7 +141,10 @@ package enum UpstreamConnector {
 /// then steps out of the pipeline.
 final class HandshakeWatcher: ChannelInboundHandler, RemovableChannelHandler {
     typealias InboundIn = NIOAny
-    struct Failure: Error { var reason: String }
+    struct Failure: Error {
+        var reason: String
+        var timedOut = false
+    }
 
     private let promise: EventLoopPromise<Void>
     private let timeout: Duration
@@ -145,7 +164,7 @@ final class HandshakeWatcher: ChannelInboundHandler, RemovableChannelHandler {
         let loopBound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
         timer = context.eventLoop.scheduleTask(in: TimeAmount(timeout)) {
             let (watcher, context) = loopBound.value
-            watcher.finish(.failure(Failure(reason: "TLS handshake with peer gateway timed out")), context: context)
+            watcher.finish(.failure(Failure(reason: "TLS handshake with peer gateway timed out", timedOut: true)), context: context)
             context.close(promise: nil)
         }
     }

@@ -25,9 +25,6 @@ package struct HTTPRequestRecord: Sendable {
     package var path = "-"
     package var `protocol` = "HTTP/1.1"
     package var authority = "-"
-    package var userAgent: String?
-    package var requestID: String?
-    package var forwardedFor: String?
     package var sourcePrincipal: String?
     package var route: Route?
     package var routeName = ""
