@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
-# A/B probe between full runs: w1 (keep-alive HTTP/1.1, 32 connections), one hop or the
-# two-hop chain, alternating the given targets round by round so that drift on the machine
+# A/B probe between full runs: w1 (keep-alive HTTP/1.1, 32 connections) or w2 (a new TLS
+# connection per request), one hop or the two-hop chain, alternating the given targets round by round so that drift on the machine
 # hits all of them alike. Reuses the newest work directory bench/run.sh left in /tmp
 # (certificates, proxy configs, nginx backend) and its way of starting targets (targets.sh),
 # so run bench/run.sh once first.
 #
-#   bench/probe.sh [--chain] [--seconds S] [--rounds N] TARGET...
+#   bench/probe.sh [--chain] [--w2] [--seconds S] [--rounds N] TARGET...
 #
 # TARGET: `haproxy`, or the path of an eastwest binary (say the bench build and a patched
 # one). The load generator is .build-bench/release/eastwest (EASTWEST_LOAD_BIN to change).
@@ -14,10 +14,11 @@
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
-chain=0 seconds=6 rounds=3 targets=()
+chain=0 handshakes=() seconds=6 rounds=3 targets=()
 while [ $# -gt 0 ]; do
     case "$1" in
         --chain) chain=1 ;;
+        --w2) handshakes=(--new-connection-per-request) ;;
         --seconds) seconds=$2; shift ;;
         --rounds) rounds=$2; shift ;;
         -h|--help) sed -n 2,13p "$0"; exit 0 ;;
@@ -49,7 +50,7 @@ probe() { # target
     before=$(cpu_of)
     taskset -c 1 "$load_bin" load --target "$(address_of "$target"):15443" --sni echo.bench.svc.cluster.local \
         --cert "$client/cert-chain.pem" --key "$client/key.pem" --ca "$client/root-cert.pem" \
-        --connections 32 --duration "${seconds}s" --json > "$work/probe.json" 2>/dev/null
+        --connections 32 ${handshakes[@]+"${handshakes[@]}"} --duration "${seconds}s" --json > "$work/probe.json" 2>/dev/null
     after=$(cpu_of)
     stop_target "$target"
     python3 - "$work/probe.json" "$name" "$before" "$after" <<'EOF'
@@ -60,7 +61,7 @@ print(f"{name:>48}  {load['requestsPerSecond']:8.0f} req/s  p99 {load['latencyMs
 EOF
 }
 
-echo "w1$([ "$chain" = 1 ] && echo ", two-hop chain"), ${seconds} s per probe, work directory $work"
+echo "$([ ${#handshakes[@]} -gt 0 ] && echo w2 || echo w1)$([ "$chain" = 1 ] && echo ", two-hop chain"), ${seconds} s per probe, work directory $work"
 for round in $(seq "$rounds"); do
     echo "round $round"
     for target in "${targets[@]}"; do probe "$target"; done

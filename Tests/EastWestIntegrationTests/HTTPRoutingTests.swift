@@ -222,4 +222,42 @@ struct HTTPRoutingTests {
         #expect(result.stdout == "20000000", "\(result.stdout) \(result.stderr)")
         #expect(peak - before < 16_000, "gateway RSS grew \((peak - before) / 1000) MB during a 20 MB download to a slow client")
     }
+
+    @Test("Between gateways, requests share a pooled HTTP/2 connection: 100 client connections to west's v2 make at most one gateway connection per event loop; bodies cross both ways; west reports the original client")
+    func pooledBetweenGateways() async throws {
+        let mesh = try await Self.start("http-pool", block: 89, virtualService: Self.bookinfo("virtual-service-reviews-jason-v2-v3"))
+        defer { mesh.mesh.processes.stopAll() }
+        // A new client TLS connection per request (the gateway closes after each answer).
+        let counts = try await Self.versions(mesh, count: 100, headers: ["end-user: jason", "connection: close"])
+        #expect(counts == ["v2": 100], "\(counts)")
+        let sockets = try await runCommand("/usr/bin/env", ["ss", "-tanH", "state", "established", "src", "127.0.89.1", "dst", "127.0.90.1:15443"])
+        let towardsWest = sockets.stdout.split(separator: "\n").count
+        let loops = ProcessInfo.processInfo.activeProcessorCount
+        #expect((1...loops).contains(towardsWest), "\(towardsWest) connections from east's gateway to west's: \(sockets.stdout.prefix(600))")
+        let eastMetrics = try await mesh.mesh.admin(mesh.east, "/stats/prometheus")
+        let opened = eastMetrics.split(separator: "\n").filter { $0.hasPrefix("envoy_cluster_upstream_cx_http2_total{cluster_name=\"outbound|9080|v2|\(Self.reviews)\"}") }
+            .compactMap { Int($0.split(separator: " ").last ?? "") }.reduce(0, +)
+        #expect((1...loops).contains(opened), "\(opened) pooled connections opened")
+
+        // A 200 kB request body (HTTP/1.1, curl's `Expect: 100-continue`) crosses the pooled
+        // connection past its flow-control window, and a 3 MB answer comes back whole.
+        let body = "\(mesh.mesh.directory)/body"
+        try String(repeating: "x", count: 200_000).write(toFile: body, atomically: true, encoding: .utf8)
+        let echo = try await mesh.mesh.curl(mesh.east, host: Self.reviews, path: "/echo", extra: ["--http1.1", "-H", "end-user: jason", "--data-binary", "@\(body)"])
+        #expect(echo.stdout.count == 200_000, "\(echo.stdout.prefix(200)) \(echo.stderr)")
+        let large = try await mesh.mesh.curl(mesh.east, host: Self.reviews, path: "/bytes/3000000",
+                                             extra: ["-H", "end-user: jason", "-o", "/dev/null", "-w", "%{size_download}"])
+        #expect(large.stdout == "3000000", "\(large.stdout) \(large.stderr)")
+
+        // West delivers to its own endpoint and reports the client east verified, not east's gateway.
+        let westMetrics = try await mesh.mesh.admin(mesh.west, "/stats/prometheus")
+        let delivered = westMetrics.split(separator: "\n").filter {
+            $0.hasPrefix("istio_requests_total{") && $0.contains("reporter=\"destination\"")
+                && $0.contains("source_principal=\"spiffe://cluster.local/ns/default/sa/client\"") && $0.contains("response_code=\"200\"")
+        }.compactMap { Int($0.split(separator: " ").last ?? "") }.reduce(0, +)
+        #expect(delivered == 102, "\(westMetrics.split(separator: "\n").filter { $0.hasPrefix("istio_requests_total{") })")
+        let answer = try await mesh.mesh.curl(mesh.east, host: Self.reviews, path: "/reviews/0", extra: ["-H", "end-user: jason"])
+        #expect(mesh.mesh.receivedHeaders(answer)?["x-forwarded-client-cert"]
+                == "By=spiffe://cluster.local/ns/istio-system/sa/eastwest-gateway-east;URI=spiffe://cluster.local/ns/default/sa/client")
+    }
 }

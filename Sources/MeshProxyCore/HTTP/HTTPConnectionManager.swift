@@ -10,12 +10,17 @@ import NIOHTTP1
 /// connect attempts as the TCP path), relays the request and streams the response back, and
 /// answers with Envoy's local replies when it cannot.
 ///
-/// An upstream connection is kept after a keep-alive response and reused by the next request
-/// on this downstream connection that goes to the same target (local endpoint, or peer gateway
-/// with the same server name); a kept connection that the upstream closed before answering is
-/// replaced by a fresh one and the request sent again, when it is small enough to have been kept
-/// (a pooled, multiplexed HTTP/2 between gateways is still to come). The peer gateway that
-/// receives a request sends it to its own endpoints of the chosen subset only.
+/// Upstreams come from the event loop's `HTTPUpstreams`: a stream of the pooled HTTP/2
+/// connection to a peer gateway, or a keep-alive HTTP/1.1 connection to a local endpoint, kept
+/// after its response for the next request of any downstream connection on the loop; a kept
+/// connection that the upstream closed before answering is replaced by a fresh one and the
+/// request sent again, when it is small enough to have been kept.
+///
+/// At the peer gateway that receives a request over the pooled connection, a manager with
+/// origin `.peerGateway` makes no routing decision: the route is the connection's (its SNI names
+/// the subset the entry gateway chose), the targets are local endpoints only, and the
+/// forwarded headers, the client's identity in `x-forwarded-client-cert` included, pass as the
+/// entry gateway set them.
 package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChannelHandler {
     package typealias InboundIn = HTTPServerRequestPart
     package typealias OutboundOut = HTTPServerResponsePart
@@ -26,13 +31,17 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
     private let connectionRoute: Route
     private let connection: ConnectionRecord
     private let protocolName: String
+    /// A client (route here) or a peer gateway (routed already; local endpoints only).
+    private let origin: TrafficOrigin
     private var random: SplitMix64
+    /// The event loop's upstream connections; set when the handler joins its pipeline.
+    private var upstreams: HTTPUpstreams?
 
     private enum State {
         case idle
         /// Waiting for an upstream; request parts are held until it is there.
         case connecting(held: [HTTPClientRequestPart], ended: Bool)
-        case forwarding(upstream: any Channel, ended: Bool)
+        case forwarding(upstream: UpstreamExchange, ended: Bool)
         /// A local reply went out; the rest of the request body is read and dropped.
         case discarding
     }
@@ -47,8 +56,6 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
     private var requestKeepAlive = true
     private var responseStarted = false
     private var upstreamRequestEnded: ContinuousClock.Instant?
-    /// Upstream connections kept after a keep-alive response, one per target.
-    private var idleUpstreams: [UpstreamTarget: any Channel] = [:]
     /// The request as sent on a reused connection, until its response starts: sent again on a
     /// fresh connection if the kept one turns out closed. Nil once over `resendLimit` bytes.
     private var resendable: [HTTPClientRequestPart]?
@@ -58,18 +65,23 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
     /// Body bytes held while the upstream is being dialled; past `resendLimit` the client waits.
     private var heldBytes = 0
     /// Hop-by-hop headers (and the ones a gateway replaces) that never cross it.
-    private static let requestHeadersDropped: Set<String> = ["connection", "keep-alive", "proxy-connection", "x-request-id",
-                                                             "x-forwarded-client-cert", "x-forwarded-proto", "x-forwarded-for"]
+    private static let hopByHop = ["connection", "keep-alive", "proxy-connection"]
+    private static let requestHeadersDropped = Set(hopByHop + ["x-request-id", "x-forwarded-client-cert", "x-forwarded-proto", "x-forwarded-for"])
     private static let responseHeadersDropped: Set<String> = ["connection", "keep-alive", "proxy-connection", "server"]
 
     package init(dataPlane: DataPlane, routes: RouteConfiguration, connectionRoute: Route, connection: ConnectionRecord,
-                 protocolName: String) {
+                 protocolName: String, origin: TrafficOrigin = .client) {
         self.dataPlane = dataPlane
         self.routes = routes
         self.connectionRoute = connectionRoute
         self.connection = connection
         self.protocolName = protocolName
+        self.origin = origin
         random = SplitMix64(seed: UInt64.random(in: .min ... .max))
+    }
+
+    package func handlerAdded(context: ChannelHandlerContext) {
+        upstreams = dataPlane.httpUpstreams.on(context.eventLoop)
     }
 
     package func channelRead(context: ChannelHandlerContext, data: NIOAny) {
@@ -87,11 +99,19 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
         }
     }
 
+    /// What one read of the client brought goes upstream now: unflushed, a body would pile up in
+    /// the gateway until its end (and an HTTP/2 stream, counting it as pending, would stop the
+    /// client for good).
+    package func channelReadComplete(context: ChannelHandlerContext) {
+        if case .forwarding(let exchange, _) = state { exchange.channel.flush() }
+        context.fireChannelReadComplete()
+    }
+
     /// Backpressure, response direction: a client that reads slowly stops the upstream's reads
     /// instead of the response piling up in the gateway.
     package func channelWritabilityChanged(context: ChannelHandlerContext) {
-        if case .forwarding(let upstream, _) = state {
-            let writable = context.channel.isWritable
+        if case .forwarding(let exchange, _) = state {
+            let writable = context.channel.isWritable, upstream = exchange.channel
             upstream.setOption(ChannelOptions.autoRead, value: writable).whenSuccess { if writable { upstream.read() } }
         }
         context.fireChannelWritabilityChanged()
@@ -99,9 +119,9 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
 
     /// Backpressure, request direction: an upstream that takes the body slowly (or is still
     /// being dialled with more than `resendLimit` held) stops the client's reads.
-    private func upstreamWritabilityChanged(_ upstream: any Channel, context: ChannelHandlerContext) {
-        guard case .forwarding(let current, _) = state, current === upstream else { return }
-        pauseClient(!upstream.isWritable, context: context)
+    private func upstreamWritabilityChanged(_ exchange: UpstreamExchange, context: ChannelHandlerContext) {
+        guard case .forwarding(let current, _) = state, current === exchange else { return }
+        pauseClient(!exchange.channel.isWritable, context: context)
     }
 
     private var clientPaused = false
@@ -109,22 +129,17 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
     private func pauseClient(_ pause: Bool, context: ChannelHandlerContext) {
         guard pause != clientPaused else { return }
         clientPaused = pause
-        context.channel.setOption(ChannelOptions.autoRead, value: !pause).whenSuccess { if !pause { context.read() } }
+        let bound = NIOLoopBound(context, eventLoop: context.eventLoop)
+        context.channel.setOption(ChannelOptions.autoRead, value: !pause).whenSuccess { if !pause { bound.value.read() } }
     }
 
     package func channelInactive(context: ChannelHandlerContext) {
-        if case .forwarding(let upstream, _) = state {
+        if case .forwarding(let exchange, _) = state {
             state = .idle
-            upstream.close(promise: nil)
+            exchange.channel.close(promise: nil)
         }
-        let idle = idleUpstreams.values
-        idleUpstreams = [:]
-        for upstream in idle { upstream.close(promise: nil) }
-        if forward != nil || record.responseCode != 0 || !record.flags.isEmpty {
-            if record.responseCode == 0 { record.flags.insert(.downstreamTermination) }
-            record.finish(logger: dataPlane.logger, format: dataPlane.accessLog)
-            forward = nil
-        }
+        if forward != nil, record.responseCode == 0 { record.flags.insert(.downstreamTermination) }
+        logRequest()
         state = .idle
         context.fireChannelInactive()
     }
@@ -137,7 +152,11 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
         record.path = head.uri
         record.protocol = protocolName
         record.authority = head.headers.first(name: "host") ?? "-"
-        record.sourcePrincipal = connection.sourcePrincipal
+        // From a peer gateway, the client is the one the entry gateway verified and named.
+        record.sourcePrincipal = origin == .peerGateway
+            ? head.headers.first(name: "x-forwarded-client-cert").flatMap(ForwardedClientCert.originalClient)
+            : connection.sourcePrincipal
+        record.reporter = origin == .peerGateway ? "destination" : "source"
         record.serverName = connection.serverName
         record.downstreamLocal = connection.downstreamLocal
         record.downstreamRemote = connection.downstreamRemote
@@ -150,36 +169,43 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
                                      headers: head.headers.map { ($0.name.lowercased(), $0.value) },
                                      sourceNamespace: connection.sourceIdentity?.namespace)
         let clusters = dataPlane.clusters
-        switch HTTPRequestRouter.decide(facts, connectionRoute: connectionRoute, routes: routes, services: clusters.current,
-                                        listenerPort: dataPlane.config.listen.port, random: random.next()) {
+        let decision = origin == .peerGateway
+            ? .forward(HTTPRequestRouter.Forward(route: connectionRoute, routeName: "", origin: nil, requestHeaders: .init(), responseHeaders: .init()))
+            : HTTPRequestRouter.decide(facts, connectionRoute: connectionRoute, routes: routes, services: clusters.current,
+                                       listenerPort: dataPlane.config.listen.port, random: random.next())
+        switch decision {
         case .reply(let reply):
             localReply(reply, context: context)
         case .forward(let forward):
             self.forward = forward
             record.route = forward.route
             record.routeName = forward.routeName
-            let action = routes.action(for: forward.route, origin: .client)
+            let action = routes.action(for: forward.route, origin: origin)
             self.action = action
-            targets = Array(clusters.candidates(for: forward.route, origin: .client).prefix(action.retry.maxAttempts))
+            targets = Array(clusters.candidates(for: forward.route, origin: origin).prefix(action.retry.maxAttempts))
             guard !targets.isEmpty else {
-                localReply(.noHealthyUpstream(for: forward.route), context: context)
+                localReply(origin == .peerGateway
+                    ? .noHealthyUpstream("no local endpoint for \(forward.route.service) (traffic from a peer gateway is never forwarded again)")
+                    : .noHealthyUpstream(for: forward.route), context: context)
                 return
             }
             state = .connecting(held: [.head(upstreamHead(head, forward: forward, context: context))], ended: false)
-            if let kept = idleUpstreams.removeValue(forKey: targets[0].target), kept.isActive {
-                resendable = []
-                resendableBytes = 0
-                adopt(kept, planned: targets[0], context: context)
-            } else {
-                dial(context: context)
-            }
+            openExchange(context: context)
         }
     }
 
     /// The request as the upstream gets it: Envoy's edge handling at a gateway (x-request-id
     /// replaced, x-forwarded-*, the client's identity in x-forwarded-client-cert, x-envoy-*
-    /// stripped), the route's header operations, and one connection per request.
+    /// stripped) and the route's header operations. From a peer gateway, as it was sent, less
+    /// the hop-by-hop headers.
     private func upstreamHead(_ head: HTTPRequestHead, forward: HTTPRequestRouter.Forward, context: ChannelHandlerContext) -> HTTPRequestHead {
+        if origin == .peerGateway {
+            var upstream = HTTPRequestHead(version: .http1_1, method: head.method, uri: head.uri)
+            upstream.headers = head.headers
+            for name in Self.hopByHop { upstream.headers.remove(name: name) }
+            record.requestHeaders = upstream.headers.map { ($0.name.lowercased(), $0.value) }
+            return upstream
+        }
         var headers: [(name: String, value: String)] = head.headers.compactMap { header in
             let name = header.name.lowercased()
             return Self.requestHeadersDropped.contains(name) || name.hasPrefix("x-envoy-") ? nil : (name, header.value)
@@ -207,28 +233,27 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
             state = .connecting(held: held, ended: ended)
             if case .body(.byteBuffer(let buffer)) = part { heldBytes += buffer.readableBytes }
             if heldBytes > Self.resendLimit { pauseClient(true, context: context) }
-        case .forwarding(let upstream, _):
+        case .forwarding(let exchange, _):
             keepForResend(part)
-            upstream.write(part, promise: nil)
-            if ended { upstream.flush(); upstreamRequestEnded = .now }
-            state = .forwarding(upstream: upstream, ended: ended)
+            exchange.channel.write(part, promise: nil)
+            if ended { exchange.channel.flush(); upstreamRequestEnded = .now }
+            state = .forwarding(upstream: exchange, ended: ended)
         case .idle, .discarding:
             break
         }
     }
 
-    private func dial(context: ChannelHandlerContext) {
-        guard let action else { return }
+    /// Asks the loop's pool for a way to the current target: a new or kept connection, or a
+    /// stream of the pooled connection to a peer gateway.
+    private func openExchange(context: ChannelHandlerContext) {
+        guard let action, let upstreams else { return }
         let planned = targets[attempt]
-        let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
-        dataPlane.dialer.connect(planned.target, action, context.eventLoop)
-            .whenComplete { result in
-                let (handler, context) = bound.value
-                switch result {
-                case .success(let upstream): handler.connected(upstream, planned: planned, context: context)
-                case .failure(let error): handler.failed(planned, error: error, context: context)
-                }
+        upstreams.exchange(to: planned.target, action: action) { [self] result in
+            switch result {
+            case .success(let exchange): connected(exchange, planned: planned, context: context)
+            case .failure(let error): failed(planned, error: error, context: context)
             }
+        }
     }
 
     private func failed(_ planned: PlannedTarget, error: any Error, context: ChannelHandlerContext) {
@@ -236,7 +261,7 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
         dataPlane.connectFailed(to: planned.target, for: forward.route.service)
         attempt += 1
         if attempt < targets.count {
-            dial(context: context)
+            openExchange(context: context)
             return
         }
         record.upstream = planned.target
@@ -245,47 +270,36 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
                                    detail: "\(planned.target): \(reason)"), context: context)
     }
 
-    private func connected(_ upstream: any Channel, planned: PlannedTarget, context: ChannelHandlerContext) {
-        guard case .connecting = state else {
-            upstream.close(promise: nil)
+    /// Sends the held request on `exchange` and takes its response events.
+    private func connected(_ exchange: UpstreamExchange, planned: PlannedTarget, context: ChannelHandlerContext) {
+        guard case .connecting(let held, let ended) = state else {
+            exchange.channel.close(promise: nil)
             return
         }
-        dataPlane.connected(to: planned.target)
-        resendable = nil
+        if exchange.isReused {
+            resendable = []
+            resendableBytes = 0
+        } else {
+            dataPlane.connected(to: planned.target)
+            resendable = nil
+        }
         let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
-        let relay = UpstreamResponseRelay { part in
+        exchange.relay.owner = { event in
             let (handler, context) = bound.value
-            handler.upstreamResponse(part, context: context)
-        } closed: {
-            let (handler, context) = bound.value
-            handler.upstreamClosed(upstream, context: context)
-        } writabilityChanged: {
-            let (handler, context) = bound.value
-            handler.upstreamWritabilityChanged(upstream, context: context)
-        } readComplete: {
-            // What one read of the upstream brought goes out now: held unflushed in TLS it would
-            // escape backpressure (the channel only counts what was flushed to it).
-            let (_, context) = bound.value
-            context.flush()
+            switch event {
+            case .response(let part): handler.upstreamResponse(part, context: context)
+            case .closed: handler.upstreamClosed(exchange, context: context)
+            case .writabilityChanged: handler.upstreamWritabilityChanged(exchange, context: context)
+            case .readComplete:
+                // What one read of the upstream brought goes out now: held unflushed in TLS it
+                // would escape backpressure (the channel only counts what was flushed to it).
+                context.flush()
+            }
         }
-        do {
-            let operations = upstream.pipeline.syncOperations
-            try operations.addHTTPClientHandlers()
-            try operations.addHandler(relay)
-        } catch {
-            upstream.close(promise: nil)
-            localReply(.upstreamTerminated("cannot set up the upstream: \(error)"), context: context)
-            return
-        }
-        adopt(upstream, planned: planned, context: context)
-    }
-
-    /// Sends the held request on `upstream` (new, or kept from an earlier request).
-    private func adopt(_ upstream: any Channel, planned: PlannedTarget, context: ChannelHandlerContext) {
-        guard case .connecting(let held, let ended) = state else { return }
         record.upstream = planned.target
         record.upstreamCluster = planned.target.cluster ?? routes.localCluster
-        state = .forwarding(upstream: upstream, ended: ended)
+        state = .forwarding(upstream: exchange, ended: ended)
+        let upstream = exchange.channel
         // A kept connection may have been paused by the previous response's slow client.
         upstream.setOption(ChannelOptions.autoRead, value: context.channel.isWritable).whenSuccess { upstream.read() }
         for part in held {
@@ -331,32 +345,30 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
             context.write(wrapOutboundOut(.body(.byteBuffer(body))), promise: nil)
         case .end(let trailers):
             if let status = trailers?.first(name: "grpc-status") { record.grpcStatus = status }
-            context.writeAndFlush(wrapOutboundOut(.end(trailers)), promise: nil)
-            if case .forwarding(let upstream, let ended) = state {
+            // The upstream is released before the end goes out: on an HTTP/2 stream that end
+            // closes the stream at once, and with it this handler.
+            if case .forwarding(let exchange, let ended) = state {
                 // The state moves first: closing fires the relay's end at once.
                 state = ended ? .idle : .discarding
-                if ended, upstreamKeepAlive, let target = record.upstream {
-                    if let previous = idleUpstreams.updateValue(upstream, forKey: target), previous !== upstream { previous.close(promise: nil) }
+                if ended, let target = record.upstream {
+                    upstreams?.release(exchange, to: target, keepAlive: upstreamKeepAlive)
                 } else {
-                    upstream.close(promise: nil)
+                    exchange.channel.close(promise: nil)
                 }
             }
+            context.writeAndFlush(wrapOutboundOut(.end(trailers)), promise: nil)
             if case .local(let endpoint) = record.upstream { dataPlane.outliers.succeeded(forward.route.service, endpoint.address) }
             finishRequest(context: context)
         }
     }
 
-    private func upstreamClosed(_ upstream: any Channel, context: ChannelHandlerContext) {
-        if let kept = idleUpstreams.first(where: { $0.value === upstream }) {
-            idleUpstreams[kept.key] = nil
-            return
-        }
-        guard case .forwarding(let current, let ended) = state, current === upstream else { return }
+    private func upstreamClosed(_ exchange: UpstreamExchange, context: ChannelHandlerContext) {
+        guard case .forwarding(let current, let ended) = state, current === exchange else { return }
         if !responseStarted, let parts = resendable {
-            // A kept connection the upstream had closed: the same request on a fresh one.
+            // A kept connection the upstream had closed: the same request on another one.
             resendable = nil
             state = .connecting(held: parts, ended: ended)
-            dial(context: context)
+            openExchange(context: context)
             return
         }
         if responseStarted {
@@ -377,11 +389,11 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
         let requestEnded: Bool
         switch state {
         case .connecting(_, let ended): requestEnded = ended
-        case .forwarding(let upstream, let ended):
+        case .forwarding(let exchange, let ended):
             requestEnded = ended
             // The state moves first: closing fires the relay's end at once.
             state = .discarding
-            upstream.close(promise: nil)
+            exchange.channel.close(promise: nil)
         case .idle, .discarding: requestEnded = false
         }
         record.responseCode = Int(reply.status.code)
@@ -404,51 +416,21 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
         if requestEnded { finishRequest(context: context) }
     }
 
+    /// Logs and counts the request once (an HTTP/2 stream may close, and end the handler, while
+    /// its response end is being written).
+    private func logRequest() {
+        guard forward != nil || record.responseCode != 0 || !record.flags.isEmpty else { return }
+        record.finish(logger: dataPlane.logger, format: dataPlane.accessLog)
+        forward = nil
+        record = HTTPRequestRecord()
+    }
+
     /// The response is out and the request fully read: log, count, and for a client that asked
     /// to close, close.
     private func finishRequest(context: ChannelHandlerContext) {
-        if forward != nil || record.responseCode != 0 {
-            record.finish(logger: dataPlane.logger, format: dataPlane.accessLog)
-            forward = nil
-            record = HTTPRequestRecord()
-        }
+        logRequest()
         if case .idle = state { pauseClient(false, context: context) }
         if !requestKeepAlive, case .idle = state { context.close(promise: nil) }
     }
 }
 
-/// Hands an upstream connection's response parts, and its end, to the connection manager.
-final class UpstreamResponseRelay: ChannelInboundHandler, RemovableChannelHandler {
-    typealias InboundIn = HTTPClientResponsePart
-    private let response: (HTTPClientResponsePart) -> Void
-    private let closed: () -> Void
-    private let writabilityChanged: () -> Void
-    private let readComplete: () -> Void
-
-    init(response: @escaping (HTTPClientResponsePart) -> Void, closed: @escaping () -> Void,
-         writabilityChanged: @escaping () -> Void, readComplete: @escaping () -> Void) {
-        self.response = response
-        self.closed = closed
-        self.writabilityChanged = writabilityChanged
-        self.readComplete = readComplete
-    }
-
-    func channelReadComplete(context: ChannelHandlerContext) {
-        readComplete()
-        context.fireChannelReadComplete()
-    }
-
-    func channelWritabilityChanged(context: ChannelHandlerContext) {
-        writabilityChanged()
-        context.fireChannelWritabilityChanged()
-    }
-
-    func channelRead(context: ChannelHandlerContext, data: NIOAny) { response(unwrapInboundIn(data)) }
-
-    func channelInactive(context: ChannelHandlerContext) {
-        closed()
-        context.fireChannelInactive()
-    }
-
-    func errorCaught(context: ChannelHandlerContext, error: any Error) { context.close(promise: nil) }
-}

@@ -75,7 +75,7 @@ package struct RouteExplanation: Encodable, Sendable {
             let drawn = explanation.destinations.first { $0.subset == forward.route.subset && $0.host == forward.route.service.host }
             explanation.chosen = Destination(host: forward.route.service.host, port: forward.route.service.port, subset: forward.route.subset,
                                              weight: drawn?.weight ?? 100, share: drawn?.share ?? 100)
-            explanation.cluster = "outbound|\(forward.route.service.port)|\(forward.route.subset ?? "")|\(forward.route.service.host)"
+            explanation.cluster = forward.route.envoyClusterName
             explanation.plan = picker.plan(for: forward.route.service, subset: forward.route.subset)
             let cursor = Int(truncatingIfNeeded: random)
             let action = routes.action(for: forward.route, origin: .client)

@@ -18,6 +18,8 @@ package final class DataPlane: Sendable {
     /// How upstream connections are opened: the data path's one way out (the network here;
     /// tests hand in channels of their own).
     package let dialer: UpstreamDialer
+    /// HTTP upstream connections shared per event loop: kept HTTP/1.1, pooled HTTP/2 to peers.
+    package let httpUpstreams: HTTPUpstreamPool
     /// The HTTP access-log format (`accessLogFormat`, else Istio's default).
     package let accessLog: AccessLogFormat
     private let configuration: Mutex<RouteConfiguration>
@@ -32,7 +34,9 @@ package final class DataPlane: Sendable {
         self.metrics = TCPMetrics()
         self.logger = logger
         self.peerGatewayUnreachable = peerGatewayUnreachable
-        self.dialer = dialer ?? .network(tls: tls, config: config)
+        let dialer = dialer ?? .network(tls: tls, config: config)
+        self.dialer = dialer
+        self.httpUpstreams = HTTPUpstreamPool(dialer: dialer)
         self.accessLog = .configured(format: config.accessLogFormat, encoding: config.accessLogEncoding)
         self.configuration = Mutex(routes)
     }
@@ -68,11 +72,13 @@ package final class DataPlane: Sendable {
 }
 
 /// Opens one upstream connection for a route action on an event loop (the downstream's, so the
-/// pair shares one isolation domain).
+/// pair shares one isolation domain), offering a peer gateway the given ALPN.
 package struct UpstreamDialer: Sendable {
-    package var connect: @Sendable (_ target: UpstreamTarget, _ action: RouteAction, _ eventLoop: any EventLoop) -> EventLoopFuture<any Channel>
+    package typealias Connect = @Sendable (_ target: UpstreamTarget, _ action: RouteAction, _ applicationProtocols: [String],
+                                           _ eventLoop: any EventLoop) -> EventLoopFuture<DialedUpstream>
+    package var connect: Connect
 
-    package init(connect: @escaping @Sendable (_ target: UpstreamTarget, _ action: RouteAction, _ eventLoop: any EventLoop) -> EventLoopFuture<any Channel>) {
+    package init(connect: @escaping Connect) {
         self.connect = connect
     }
 
@@ -80,9 +86,9 @@ package struct UpstreamDialer: Sendable {
     package static func network(tls: GatewayTLS, config: GatewayConfig) -> UpstreamDialer {
         let source = try? SocketAddress(ipAddress: config.listen.host, port: 0)
         let handshakeTimeout = config.handshakeTimeout
-        return UpstreamDialer { target, action, eventLoop in
+        return UpstreamDialer { target, action, applicationProtocols, eventLoop in
             UpstreamConnector.connect(to: target, tls: tls, connectTimeout: action.connectTimeout, handshakeTimeout: handshakeTimeout,
-                                      keepalive: action.keepalive, from: source, on: eventLoop)
+                                      keepalive: action.keepalive, offering: applicationProtocols, from: source, on: eventLoop)
         }
     }
 }

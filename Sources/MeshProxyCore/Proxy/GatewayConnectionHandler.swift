@@ -44,9 +44,17 @@ package final class GatewayConnectionHandler: ChannelDuplexHandler, RemovableCha
                 // A resumed session: no verification callback ran, the session holds the leaf.
                 record.sourceIdentity = dataPlane.tls.clients.identity(ofResumedSessionLeaf: leaf, now: Date())
             }
-            if takesHTTPPath {
-                startHTTP(h2: negotiatedProtocol == "h2" || negotiatedProtocol == "istio-h2", context: context)
-                return
+            let h2 = negotiatedProtocol == "h2" || negotiatedProtocol == "istio-h2"
+            if route.protocol == .http {
+                if !fromPeerGateway {
+                    startHTTP(h2: h2, origin: .client, context: context)
+                    return
+                }
+                if h2 {
+                    // A peer gateway's pooled connection: requests it routed already, one per stream.
+                    startHTTP(h2: true, origin: .peerGateway, context: context)
+                    return
+                }
             }
             run(machine.handshakeCompleted(), context: context)
         case ChannelEvent.inputClosed:
@@ -79,15 +87,14 @@ package final class GatewayConnectionHandler: ChannelDuplexHandler, RemovableCha
     // MARK: - HTTP
 
     /// An HTTP service's traffic from a client is routed per request here, at the gateway where
-    /// it enters the mesh; a peer gateway's is forwarded as bytes to local endpoints (the
-    /// routing decision was made at the entry gateway and is in the server name).
-    private var takesHTTPPath: Bool {
-        route.protocol == .http && record.sourceIdentity.map(dataPlane.tls.isPeerGateway) != true
-    }
+    /// it enters the mesh. A peer gateway's comes routed already (the subset is in the server
+    /// name): over its pooled HTTP/2 connection (ALPN `h2`) each stream goes to a local endpoint;
+    /// without ALPN it is forwarded as bytes, as an older gateway sends it.
+    private var fromPeerGateway: Bool { record.sourceIdentity.map(dataPlane.tls.isPeerGateway) == true }
 
     /// HTTP/2 (ALPN `h2`): one connection manager per stream, behind NIOHTTP2's HTTP/1-style
     /// stream codec, so both protocols share every routing and upstream decision.
-    private func startHTTP(h2: Bool, context: ChannelHandlerContext) {
+    private func startHTTP(h2: Bool, origin: TrafficOrigin, context: ChannelHandlerContext) {
         record.carriesHTTP = true
         do {
             let operations = context.pipeline.syncOperations
@@ -100,7 +107,8 @@ package final class GatewayConnectionHandler: ChannelDuplexHandler, RemovableCha
                         let (dataPlane, routes, route, record) = connection.value
                         try stream.pipeline.syncOperations.addHandler(HTTP2FramePayloadToHTTP1ServerCodec())
                         try stream.pipeline.syncOperations.addHandler(HTTPConnectionManager(
-                            dataPlane: dataPlane, routes: routes, connectionRoute: route, connection: record, protocolName: "HTTP/2"))
+                            dataPlane: dataPlane, routes: routes, connectionRoute: route, connection: record, protocolName: "HTTP/2",
+                            origin: origin))
                     }
                 }
             } else {
@@ -167,11 +175,11 @@ package final class GatewayConnectionHandler: ChannelDuplexHandler, RemovableCha
         guard let action else { return }
         let target = planned.target
         let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
-        dataPlane.dialer.connect(target, action, context.eventLoop)
+        dataPlane.dialer.connect(target, action, [], context.eventLoop)
             .whenComplete { result in
                 let (handler, context) = bound.value
                 switch result {
-                case .success(let upstream): handler.connected(upstream, context: context)
+                case .success(let upstream): handler.connected(upstream.channel, context: context)
                 case .failure(let error): handler.failed(target: target, error: error, context: context)
                 }
             }

@@ -13,7 +13,10 @@ package struct GatewayTLS: Sendable {
     /// The 15443 contexts by the ALPN a service's protocol offers; one per distinct list, made
     /// once, chosen by SNI before the handshake.
     private let serverContextsByALPN: [[String]: NIOSSLContext]
-    package let clientContext: NIOSSLContext
+    /// For dialling peer gateways: no ALPN (bytes, as the service speaks them) or offering `h2`
+    /// (the pooled, multiplexed HTTP/2 connections that carry HTTP services between gateways).
+    private let clientContext: NIOSSLContext
+    private let clientContextOfferingH2: NIOSSLContext
     /// Who may connect to this gateway: any mesh workload or gateway (role client).
     package let clients: PeerVerifier
     /// Gossip peers, both ways: any cluster's gateway identity; federation then holds each
@@ -79,6 +82,9 @@ package struct GatewayTLS: Sendable {
         client.certificateVerification = .noHostnameVerification
         client.shutdownTimeout = .seconds(1)
         clientContext = try NIOSSLContext(configuration: client)
+        var offeringH2 = client
+        offeringH2.applicationProtocols = ["h2"]
+        clientContextOfferingH2 = try NIOSSLContext(configuration: offeringH2)
         clientConfiguration = client
 
         self.rootCertificates = rootCertificates
@@ -102,6 +108,11 @@ package struct GatewayTLS: Sendable {
             verifiers[cluster] = verifier
             return verifier
         }
+    }
+
+    /// The client context for dialling a peer gateway offering `applicationProtocols` (none or `h2`).
+    package func clientContext(offering applicationProtocols: [String]) -> NIOSSLContext {
+        applicationProtocols == ["h2"] ? clientContextOfferingH2 : clientContext
     }
 
     /// Whether a verified client identity is another gateway (its traffic is never forwarded again).

@@ -101,7 +101,7 @@ package final class OutlierTracker: Sendable {
 
     /// Istio's Envoy cluster name for a service port.
     static func cluster(_ service: ServiceKey) -> [(String, String)] {
-        [("cluster_name", "outbound|\(service.port)||\(service.host)")]
+        [("cluster_name", Route(service: service, subset: nil, selector: [:]).envoyClusterName)]
     }
 }
 

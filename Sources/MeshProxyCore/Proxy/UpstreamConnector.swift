@@ -29,10 +29,23 @@ package struct UpstreamConnectError: Error, CustomStringConvertible {
     package var description: String { "\(target): \(reason)" }
 }
 
+/// An upstream connection ready for bytes, and the application protocol a peer gateway agreed
+/// to by ALPN (nil for a local endpoint, or when the peer chose none).
+package struct DialedUpstream {
+    package var channel: any Channel
+    package var applicationProtocol: String?
+
+    package init(channel: any Channel, applicationProtocol: String? = nil) {
+        self.channel = channel
+        self.applicationProtocol = applicationProtocol
+    }
+}
+
 /// Dials one upstream target on the downstream's event loop, so the glued pair shares one
 /// isolation domain. A local endpoint is plain TCP; a peer gateway is mTLS with our gateway
-/// certificate, Istio-form SNI, and the peer's SPIFFE ID checked against the peer policy. The
-/// returned channel is ready for bytes (TLS handshake done).
+/// certificate, Istio-form SNI, the peer's SPIFFE ID checked against the peer policy, and the
+/// ALPN offered that the caller asks for. The returned channel is ready for bytes (TLS
+/// handshake done).
 package enum UpstreamConnector {
     private static func tcpOption(_ name: Int32) -> ChannelOptions.Types.SocketOption {
         ChannelOptions.Types.SocketOption(level: .tcp, name: NIOBSDSocket.Option(rawValue: name))
@@ -44,7 +57,8 @@ package enum UpstreamConnector {
 
     package static func connect(to target: UpstreamTarget, tls: GatewayTLS, connectTimeout: Duration,
                                 handshakeTimeout: Duration, keepalive: ConnectionPoolSettings.TCP.Keepalive? = nil,
-                                from source: SocketAddress? = nil, on eventLoop: any EventLoop) -> EventLoopFuture<any Channel> {
+                                offering applicationProtocols: [String] = [], from source: SocketAddress? = nil,
+                                on eventLoop: any EventLoop) -> EventLoopFuture<DialedUpstream> {
         var bootstrap = ClientBootstrap(group: eventLoop)
             .connectTimeout(TimeAmount(connectTimeout))
             .channelOption(.allowRemoteHalfClosure, value: true)
@@ -67,13 +81,13 @@ package enum UpstreamConnector {
         let address = target.address
         switch target {
         case .local:
-            return connect(bootstrap, to: address).flatMapErrorThrowing { error in
+            return connect(bootstrap, to: address).map { DialedUpstream(channel: $0) }.flatMapErrorThrowing { error in
                 throw UpstreamConnectError(target: target, reason: describe(error), timedOut: isTimeout(error))
             }
         case .peerGateway(let cluster, _, let serverName):
-            let handshake = eventLoop.makePromise(of: Void.self)
+            let handshake = eventLoop.makePromise(of: String?.self)
             let verifier = tls.peerGateways(of: cluster)
-            let context = tls.clientContext
+            let context = tls.clientContext(offering: applicationProtocols)
             let sni = serverName.istioForm
             return connect(bootstrap.channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
@@ -92,7 +106,7 @@ package enum UpstreamConnector {
                 throw UpstreamConnectError(target: target, reason: describe(error), timedOut: isTimeout(error))
             }
             .flatMap { channel in
-                handshake.futureResult.map { _ in channel }.flatMapErrorThrowing { error in
+                handshake.futureResult.map { DialedUpstream(channel: channel, applicationProtocol: $0) }.flatMapErrorThrowing { error in
                     channel.close(promise: nil)
                     throw UpstreamConnectError(target: target, reason: describe(error), timedOut: isTimeout(error))
                 }
@@ -137,8 +151,8 @@ package enum UpstreamConnector {
     }
 }
 
-/// Completes a promise when the upstream TLS handshake finishes, fails, or takes too long,
-/// then steps out of the pipeline.
+/// Completes a promise with the negotiated ALPN when the upstream TLS handshake finishes (or
+/// fails, or takes too long), then steps out of the pipeline.
 final class HandshakeWatcher: ChannelInboundHandler, RemovableChannelHandler {
     typealias InboundIn = NIOAny
     struct Failure: Error {
@@ -146,13 +160,13 @@ final class HandshakeWatcher: ChannelInboundHandler, RemovableChannelHandler {
         var timedOut = false
     }
 
-    private let promise: EventLoopPromise<Void>
+    private let promise: EventLoopPromise<String?>
     private let timeout: Duration
     private var isDone = false
     private var rejection: String?
     private var timer: Scheduled<Void>?
 
-    init(promise: EventLoopPromise<Void>, timeout: Duration) {
+    init(promise: EventLoopPromise<String?>, timeout: Duration) {
         self.promise = promise
         self.timeout = timeout
     }
@@ -170,8 +184,8 @@ final class HandshakeWatcher: ChannelInboundHandler, RemovableChannelHandler {
     }
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
-        if case TLSUserEvent.handshakeCompleted = event {
-            finish(.success(()), context: context)
+        if case TLSUserEvent.handshakeCompleted(let negotiated) = event {
+            finish(.success(negotiated), context: context)
             context.pipeline.syncOperations.removeHandler(context: context, promise: nil)
         }
         context.fireUserInboundEventTriggered(event)
@@ -187,7 +201,7 @@ final class HandshakeWatcher: ChannelInboundHandler, RemovableChannelHandler {
         context.fireChannelInactive()
     }
 
-    private func finish(_ result: Result<Void, any Error>, context: ChannelHandlerContext) {
+    private func finish(_ result: Result<String?, any Error>, context: ChannelHandlerContext) {
         guard !isDone else { return }
         isDone = true
         timer?.cancel()

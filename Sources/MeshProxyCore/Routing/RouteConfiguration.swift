@@ -12,6 +12,9 @@ package struct Route: Hashable, Sendable {
     package var upstreamServerName: ServerName {
         .istio(host: service.host, port: service.port, subset: subset)
     }
+
+    /// Envoy's name for the upstream cluster (`%UPSTREAM_CLUSTER%`, `cluster_name` labels).
+    package var envoyClusterName: String { upstreamServerName.envoyClusterName }
 }
 
 /// Everything the gateway was told about routing, compiled once (by `PolicyCompiler`) from the

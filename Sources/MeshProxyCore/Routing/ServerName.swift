@@ -26,6 +26,9 @@ package struct ServerName: Hashable, Sendable, CustomStringConvertible {
         "outbound_.\(port.map(String.init) ?? "")_.\(subset ?? "")_.\(host)"
     }
 
+    /// Envoy's name for the upstream cluster this SNI selects: `outbound|port|subset|host`.
+    package var envoyClusterName: String { "outbound|\(port.map(String.init) ?? "")|\(subset ?? "")|\(host)" }
+
     package var description: String { port == nil ? host : istioForm }
 
     package init(parsing name: String) throws(ServerNameError) {

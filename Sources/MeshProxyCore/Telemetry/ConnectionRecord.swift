@@ -72,7 +72,7 @@ package final class ConnectionRecord {
         let duration = Int((ContinuousClock.now - start).timeInterval * 1000)
         let flagText = flags.isEmpty ? "-" : flags.map(\.rawValue).joined(separator: ",")
         let upstreamHost = upstream?.address.description ?? "-"
-        let cluster = route.map { "outbound|\($0.service.port)|\($0.subset ?? "")|\($0.service.host)" } ?? "-"
+        let cluster = route?.envoyClusterName ?? "-"
         var line = "[\(startDate.formatted(.iso8601))] \"- - -\" 0 \(flagText) \(bytesReceived) \(bytesSent) \(duration) \"\(upstreamHost)\" \(cluster) \(downstreamLocal) \(downstreamRemote) \(serverName) principal=\(sourcePrincipal ?? "-") upstream_cluster=\(upstreamCluster ?? "-")"
         if let upstreamLocality, let upstreamPriority { line += " upstream_locality=\(upstreamLocality.isEmpty ? "-" : upstreamLocality) priority=\(upstreamPriority)" }
         if let detail { line += " reason=\"\(detail)\"" }

@@ -3,8 +3,9 @@ import Logging
 import Metrics
 import NIOHTTP1
 
-/// Istio's standard HTTP metrics as a gateway reports them (`reporter="source"`: gateway
-/// listeners are outbound), with Envoy's default histogram buckets, which Istio keeps.
+/// Istio's standard HTTP metrics as a gateway reports them (`reporter="source"` where the
+/// request enters the mesh, `destination` at the peer gateway delivering it), with Envoy's
+/// default histogram buckets, which Istio keeps.
 package enum HTTPMetrics {
     package static let requests = "istio_requests_total"
     package static let duration = "istio_request_duration_milliseconds"
@@ -26,6 +27,9 @@ package struct HTTPRequestRecord: Sendable {
     package var `protocol` = "HTTP/1.1"
     package var authority = "-"
     package var sourcePrincipal: String?
+    /// `source` at the gateway where the request entered the mesh, `destination` at the peer
+    /// gateway that delivered it, so a sum over all gateways counts each request once per side.
+    package var reporter = "source"
     package var route: Route?
     package var routeName = ""
     package var upstream: UpstreamTarget?
@@ -76,13 +80,13 @@ package struct HTTPRequestRecord: Sendable {
     var flagText: String { flags.isEmpty ? "-" : flags.map(\.rawValue).sorted().joined(separator: ",") }
 
     /// `outbound|<port>|<subset>|<host>`, Envoy's cluster for the route.
-    var clusterName: String? { route.map { "outbound|\($0.service.port)|\($0.subset ?? "")|\($0.service.host)" } }
+    var clusterName: String? { route?.envoyClusterName }
 
     var dimensions: [(String, String)] {
         let host = route?.service.host
         let parts = host?.split(separator: ".") ?? []
         return [
-            ("reporter", "source"), ("source_principal", sourcePrincipal ?? "unknown"),
+            ("reporter", reporter), ("source_principal", sourcePrincipal ?? "unknown"),
             ("destination_service", host ?? "unknown"),
             ("destination_service_name", parts.first.map(String.init) ?? "unknown"),
             ("destination_service_namespace", parts.count > 1 ? String(parts[1]) : "unknown"),

@@ -17,12 +17,12 @@ struct GatewayConnectionHandlerTests {
 
     /// The dials the handler asked for, answered by the test.
     final class Dials: Sendable {
-        private let pending = NIOLockedValueBox<[(target: UpstreamTarget, promise: EventLoopPromise<any Channel>)]>([])
+        private let pending = NIOLockedValueBox<[(target: UpstreamTarget, promise: EventLoopPromise<DialedUpstream>)]>([])
         var targets: [UpstreamTarget] { pending.withLockedValue { $0.map(\.target) } }
-        func add(_ target: UpstreamTarget, _ promise: EventLoopPromise<any Channel>) { pending.withLockedValue { $0.append((target, promise)) } }
+        func add(_ target: UpstreamTarget, _ promise: EventLoopPromise<DialedUpstream>) { pending.withLockedValue { $0.append((target, promise)) } }
         func answer(_ index: Int, with result: Result<any Channel, any Error>) {
             let promise = pending.withLockedValue { $0[index].promise }
-            promise.completeWith(result)
+            promise.completeWith(result.map { DialedUpstream(channel: $0) })
         }
     }
 
@@ -63,8 +63,8 @@ struct GatewayConnectionHandlerTests {
             let dials = self.dials
             dataPlane = DataPlane(config: config, tls: try GatewayTLS(config: config), routes: routes, clusters: clusters,
                                   outliers: OutlierTracker(clusters: clusters, logger: logger), logger: logger,
-                                  dialer: UpstreamDialer { target, _, eventLoop in
-                                      let promise = eventLoop.makePromise(of: (any Channel).self)
+                                  dialer: UpstreamDialer { target, _, _, eventLoop in
+                                      let promise = eventLoop.makePromise(of: DialedUpstream.self)
                                       dials.add(target, promise)
                                       return promise.futureResult
                                   })
