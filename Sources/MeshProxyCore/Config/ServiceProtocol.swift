@@ -23,17 +23,29 @@ package enum ServiceProtocol: String, Codable, Sendable, CaseIterable {
         self = value
     }
 
+    /// Istio's HTTP protocols: the gateway's HTTP connection manager routes them per request.
+    package var isHTTP: Bool {
+        switch self {
+        case .http, .http2, .grpc, .grpcWeb: true
+        case .https, .tcp, .tls, .mongo, .mysql, .redis: false
+        }
+    }
+
+    /// Whether endpoints are spoken to in HTTP/2 (prior knowledge, h2c), as Istio's `IsHTTP2`
+    /// says: `http2`, `grpc` and `grpc-web`; `http` endpoints get HTTP/1.1.
+    package var upstreamIsHTTP2: Bool {
+        switch self {
+        case .http2, .grpc, .grpcWeb: true
+        case .http, .https, .tcp, .tls, .mongo, .mysql, .redis: false
+        }
+    }
+
     /// The ALPN values the gateway offers a client of this service on 15443, each with Istio's
     /// in-mesh spelling (`istio-h2`, `istio-http/1.1`, which Istio's ALPN override sends). An
-    /// HTTP/1.1 service is served by the gateway's HTTP connection manager, which speaks both
-    /// HTTP/2 and HTTP/1.1 to the client; an HTTP/2 or gRPC service's bytes are still forwarded
-    /// as they come, so it gets only `h2`; anything else none, so no client is told it can speak
-    /// a protocol the backend cannot.
+    /// HTTP service is served by the gateway's HTTP connection manager, which speaks both
+    /// HTTP/2 and HTTP/1.1 to the client whatever the endpoints speak; anything else gets none,
+    /// so no client is told it can speak a protocol the backend cannot.
     package var applicationProtocols: [String] {
-        switch self {
-        case .http: ["h2", "http/1.1", "istio-h2", "istio-http/1.1"]
-        case .http2, .grpc, .grpcWeb: ["h2", "istio-h2"]
-        case .https, .tcp, .tls, .mongo, .mysql, .redis: []
-        }
+        isHTTP ? ["h2", "http/1.1", "istio-h2", "istio-http/1.1"] : []
     }
 }

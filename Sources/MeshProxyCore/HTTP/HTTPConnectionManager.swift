@@ -54,6 +54,8 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
     private var targets: [PlannedTarget] = []
     private var attempt = 0
     private var requestKeepAlive = true
+    /// A gRPC client gets local replies as gRPC statuses.
+    private var requestIsGRPC = false
     private var responseStarted = false
     private var upstreamRequestEnded: ContinuousClock.Instant?
     /// The request as sent on a reused connection, until its response starts: sent again on a
@@ -162,6 +164,7 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
         record.downstreamRemote = connection.downstreamRemote
         // An HTTP/2 stream ends with its response; `connection` headers are HTTP/1 only.
         requestKeepAlive = head.version.major >= 2 || head.isKeepAlive
+        requestIsGRPC = head.headers.first(name: "content-type")?.lowercased().hasPrefix("application/grpc") == true
         responseStarted = false
         attempt = 0
 
@@ -396,9 +399,26 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
             exchange.channel.close(promise: nil)
         case .idle, .discarding: requestEnded = false
         }
-        record.responseCode = Int(reply.status.code)
         record.flags.formUnion(reply.flags)
         record.detail = reply.detail
+        if requestIsGRPC {
+            // As Envoy answers a gRPC client: 200, the status and message in the trailers.
+            record.responseCode = 200
+            record.grpcStatus = String(reply.grpcStatus)
+            var head = HTTPResponseHead(version: .http1_1, status: .ok)
+            head.headers.add(name: "content-type", value: "application/grpc")
+            head.headers.add(name: "date", value: HTTPLocalReply.httpDate())
+            head.headers.add(name: "server", value: "istio-envoy")
+            for header in reply.headers { head.headers.add(name: header.name, value: header.value) }
+            var trailers = HTTPHeaders([("grpc-status", String(reply.grpcStatus))])
+            if !reply.body.isEmpty { trailers.add(name: "grpc-message", value: reply.body) }
+            context.write(wrapOutboundOut(.head(head)), promise: nil)
+            context.writeAndFlush(wrapOutboundOut(.end(trailers)), promise: nil)
+            state = requestEnded ? .idle : .discarding
+            if requestEnded { finishRequest(context: context) }
+            return
+        }
+        record.responseCode = Int(reply.status.code)
         var head = HTTPResponseHead(version: .http1_1, status: reply.status)
         head.headers.add(name: "content-length", value: String(reply.body.utf8.count))
         head.headers.add(name: "content-type", value: "text/plain")

@@ -16,6 +16,19 @@ package struct HTTPLocalReply: Sendable, Equatable {
         self.status = status; self.body = body; self.flags = flags; self.detail = detail
     }
 
+    /// The gRPC status a gRPC client gets instead (Envoy's `Grpc::Utility::httpToGrpcStatus`):
+    /// a local reply to a gRPC request is HTTP 200 with `grpc-status` and `grpc-message`.
+    package var grpcStatus: Int {
+        switch status.code {
+        case 400: 13  // INTERNAL
+        case 401: 16  // UNAUTHENTICATED
+        case 403: 7  // PERMISSION_DENIED
+        case 404: 12  // UNIMPLEMENTED
+        case 429, 502, 503, 504: 14  // UNAVAILABLE
+        default: 2  // UNKNOWN
+        }
+    }
+
     /// No route matched the request: 404, empty body, `NR`.
     package static func noRoute(_ detail: String) -> HTTPLocalReply { .init(status: .notFound, body: "", flags: [.noRoute], detail: detail) }
 

@@ -34,9 +34,10 @@ final class UpstreamExchange {
 
 /// The HTTP upstream connections of a gateway, shared by every request of an event loop as
 /// Envoy's per-worker connection pools are: idle keep-alive HTTP/1.1 connections by target
-/// (local endpoints), and multiplexed HTTP/2 connections to peer gateways, one per peer and
-/// Istio SNI (Envoy's upstream cluster), opened when the first request needs it and then
-/// carrying every request of that loop — no TLS handshake per request between gateways.
+/// (local endpoints of `http` services), and multiplexed HTTP/2 connections to peer gateways,
+/// one per peer and Istio SNI (Envoy's upstream cluster), and to endpoints of HTTP/2 and gRPC
+/// services (h2c), opened when the first request needs one and then carrying every request of
+/// that loop — no TLS handshake per request between gateways.
 package final class HTTPUpstreamPool: Sendable {
     private let loops = NIOLockedValueBox<[ObjectIdentifier: NIOLoopBound<HTTPUpstreams>]>([:])
     private let dialer: UpstreamDialer
@@ -97,11 +98,17 @@ final class HTTPUpstreams {
     typealias Completion = (Result<UpstreamExchange, any Error>) -> Void
 
     /// A way to `target` for one request: a stream of a pooled HTTP/2 connection for a peer
-    /// gateway, else a kept HTTP/1.1 connection, else a new one. `done` runs on the loop, at
-    /// once when a kept connection or an open pooled one serves.
+    /// gateway (TLS, ALPN h2) or an endpoint of an HTTP/2 service (h2c, prior knowledge), else
+    /// a kept HTTP/1.1 connection, else a new one. `done` runs on the loop, at once when a kept
+    /// connection or an open pooled one serves.
     func exchange(to target: UpstreamTarget, action: RouteAction, _ done: @escaping Completion) {
-        if case .peerGateway = target, (http1Until[target].map { $0 <= .now() } ?? true) {
+        switch target {
+        case .peerGateway where http1Until[target].map { $0 <= .now() } ?? true:
             return stream(to: target, action: action, done)
+        case .local where action.route.protocol?.upstreamIsHTTP2 == true:
+            return stream(to: target, action: action, done)
+        case .local, .peerGateway:
+            break
         }
         while let kept = idle[target]?.popLast() {
             if kept.channel.isActive { return done(.success(kept)) }
@@ -154,6 +161,8 @@ final class HTTPUpstreams {
         if let connection = connections.first(where: { $0.isAccepting && $0.streams < settings.maxStreamsPerConnection }) {
             return connection.openStream(done)
         }
+        let priorKnowledge: Bool
+        if case .local = target { priorKnowledge = true } else { priorKnowledge = false }
         let connection = PooledHTTP2Connection(target: target, eventLoop: eventLoop, settings: settings)
         multiplexed[target, default: []].append(connection)
         connection.onClose = { [weak self, weak connection] in
@@ -161,10 +170,10 @@ final class HTTPUpstreams {
         }
         connection.openStream(done)
         let bound = NIOLoopBound((self, connection), eventLoop: eventLoop)
-        dialer.connect(target, action, ["h2"], eventLoop).whenComplete { result in
+        dialer.connect(target, action, priorKnowledge ? [] : ["h2"], eventLoop).whenComplete { result in
             let (pool, connection) = bound.value
             switch result {
-            case .success(let dialed) where dialed.applicationProtocol == "h2":
+            case .success(let dialed) where priorKnowledge || dialed.applicationProtocol == "h2":
                 connection.connected(dialed.channel)
             case .success(let dialed):
                 // The peer did not agree to HTTP/2 (it treats the service as bytes): this
@@ -284,11 +293,13 @@ final class PooledHTTP2Connection {
     private func createStream(on multiplexer: NIOHTTP2Handler.StreamMultiplexer, _ done: @escaping HTTPUpstreams.Completion) {
         let relay = UpstreamResponseRelay()
         let promise = eventLoop.makePromise(of: (any Channel).self)
+        let scheme: HTTP2FramePayloadToHTTP1ClientCodec.HTTPProtocol
+        if case .local = target { scheme = .http } else { scheme = .https }
         let bound = NIOLoopBound((self, relay, done), eventLoop: eventLoop)
         multiplexer.createStreamChannel(promise: promise) { stream in
             stream.eventLoop.makeCompletedFuture {
                 let operations = stream.pipeline.syncOperations
-                try operations.addHandler(HTTP2FramePayloadToHTTP1ClientCodec(httpProtocol: .https))
+                try operations.addHandler(HTTP2FramePayloadToHTTP1ClientCodec(httpProtocol: scheme))
                 try operations.addHandler(bound.value.1)
             }
         }

@@ -45,7 +45,7 @@ package final class GatewayConnectionHandler: ChannelDuplexHandler, RemovableCha
                 record.sourceIdentity = dataPlane.tls.clients.identity(ofResumedSessionLeaf: leaf, now: Date())
             }
             let h2 = negotiatedProtocol == "h2" || negotiatedProtocol == "istio-h2"
-            if route.protocol == .http {
+            if route.protocol?.isHTTP == true {
                 if !fromPeerGateway {
                     startHTTP(h2: h2, origin: .client, context: context)
                     return
