@@ -260,4 +260,31 @@ struct HTTPRoutingTests {
         #expect(mesh.mesh.receivedHeaders(answer)?["x-forwarded-client-cert"]
                 == "By=spiffe://cluster.local/ns/istio-system/sa/eastwest-gateway-east;URI=spiffe://cluster.local/ns/default/sa/client")
     }
+
+    @Test("rewrite, redirect and directResponse as curl sees them; the access log shows the path as the client sent it")
+    func rewriteRedirectDirect() async throws {
+        let mesh = try await Self.start("http-rewrite", block: 93, virtualService: Self.reviewsRoutes + """
+              - match: [{uri: {prefix: /old/}}]
+                rewrite: {uri: /new/}
+                route: [{destination: {host: reviews, subset: v2}}]
+              - match: [{uri: {prefix: /moved}}]
+                redirect: {uri: /reviews/0, redirectCode: 302}
+              - match: [{uri: {prefix: /teapot}}]
+                directResponse: {status: 418, body: {string: "short and stout"}}
+              - route: [{destination: {host: reviews, subset: v1}}]
+            """)
+        defer { mesh.mesh.processes.stopAll() }
+        let rewritten = try await mesh.mesh.curl(mesh.east, host: Self.reviews, path: "/old/x?y=1")
+        let answer = mesh.mesh.answer(rewritten)
+        #expect(answer?["path"] == "/new/x?y=1" && answer?["version"] == "v2", "\(rewritten.stdout)")
+        #expect(mesh.mesh.receivedHeaders(rewritten)?["x-envoy-original-path"] == "/old/x?y=1")
+        let moved = try await mesh.mesh.curl(mesh.east, host: Self.reviews, path: "/moved/a?b=1", extra: ["-o", "/dev/null", "-w", "%{http_code} %{redirect_url}"])
+        #expect(moved.stdout == "302 https://\(Self.reviews):15443/reviews/0?b=1", "\(moved.stdout)")
+        let teapot = try await mesh.mesh.curl(mesh.east, host: Self.reviews, path: "/teapot", extra: ["-w", "\n%{http_code}"])
+        #expect(teapot.stdout == "short and stout\n418", "\(teapot.stdout)")
+        let gateway = try #require(mesh.mesh.processes.children.first { $0.name == "east-gw" })
+        #expect(await eventually(timeout: .seconds(5)) { gateway.log.contains("\"GET /teapot HTTP/2\" 418 - direct_response") }, "\(gateway.log.suffix(1500))")
+        #expect(gateway.log.contains("\"GET /old/x?y=1 HTTP/2\" 200 - via_upstream"), "\(gateway.log.suffix(1500))")
+        #expect(gateway.log.contains("\"GET /moved/a?b=1 HTTP/2\" 302 - direct_response"), "\(gateway.log.suffix(1500))")
+    }
 }

@@ -125,7 +125,7 @@ package enum ConfigLoader {
         }
     }
 
-    private static func yamlError(_ error: YamlError, file: String) -> ConfigError {
+    static func yamlError(_ error: YamlError, file: String) -> ConfigError {
         switch error {
         case .scanner(let context, let problem, let mark, _), .parser(let context, let problem, let mark, _),
              .composer(let context, let problem, let mark, _):

@@ -51,9 +51,14 @@ package enum IstioPolicyLoader {
     }
 
     package static func load(yaml: String, file: String) throws(ConfigErrors) -> Loaded {
-        let documents: [Node]
+        var documents: [Node] = []
         do {
-            documents = Array(try Yams.compose_all(yaml: yaml))
+            // Document by document, so a syntax error anywhere is an error at its position
+            // (Yams' `compose_all` sequence ends quietly at one, losing every later document).
+            let parser = try Yams.Parser(yaml: yaml)
+            while let document = try parser.nextRoot() { documents.append(document) }
+        } catch let error as YamlError {
+            throw ConfigErrors([ConfigLoader.yamlError(error, file: file)])
         } catch {
             throw ConfigErrors([ConfigError(code: .malformedYAML, file: file, message: "invalid YAML: \(error)")])
         }

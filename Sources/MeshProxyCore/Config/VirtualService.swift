@@ -1,3 +1,5 @@
+import Foundation
+
 /// An Istio VirtualService (networking.istio.io v1, v1beta1, v1alpha3) as users write it; the
 /// fields EastWest carries out are typed here, the rest load with a warning
 /// (`IstioPolicyLoader.virtualServiceNotImplemented`). `PolicyCompiler` turns it into
@@ -23,9 +25,57 @@ package struct VirtualService: Codable, Sendable, Equatable {
         package var match: [HTTPMatchRequest]?
         package var route: [HTTPRouteDestination]?
         package var headers: Headers?
+        package var rewrite: HTTPRewrite?
+        package var redirect: HTTPRedirect?
+        package var directResponse: HTTPDirectResponse?
 
         package init(name: String? = nil, match: [HTTPMatchRequest]? = nil, route: [HTTPRouteDestination]? = nil) {
             self.name = name; self.match = match; self.route = route
+        }
+    }
+
+    /// `rewrite`: the path (`uri`, Envoy's `prefix_rewrite`, or `uriRegexRewrite`) and the
+    /// authority, before the request goes upstream.
+    package struct HTTPRewrite: Codable, Sendable, Equatable {
+        package var uri: String?
+        package var authority: String?
+        package var uriRegexRewrite: RegexRewrite?
+
+        package struct RegexRewrite: Codable, Sendable, Equatable {
+            package var match: String?
+            package var rewrite: String?
+        }
+    }
+
+    /// `redirect`: the gateway answers with a 3xx and a `location` built from the request.
+    package struct HTTPRedirect: Codable, Sendable, Equatable {
+        package var uri: String?
+        package var authority: String?
+        package var port: Int?
+        package var derivePort: String?
+        package var scheme: String?
+        package var redirectCode: Int?
+    }
+
+    /// `directResponse`: the gateway answers with this status and body itself.
+    package struct HTTPDirectResponse: Codable, Sendable, Equatable {
+        package var status: Int
+        package var body: Body?
+
+        package struct Body: Codable, Sendable, Equatable {
+            package var string: String?
+            /// Base64, as protobuf's JSON mapping writes bytes.
+            package var bytes: String?
+        }
+
+        /// Istio raises Envoy's 4 KB direct-response body limit to 1 MiB.
+        package static let bodyLimit = 1 << 20
+
+        /// The body as sent: the string's UTF-8, or the decoded bytes.
+        package var bodyBytes: [UInt8] {
+            if let string = body?.string { return Array(string.utf8) }
+            if let bytes = body?.bytes, let data = Data(base64Encoded: bytes) { return Array(data) }
+            return []
         }
     }
 

@@ -6,7 +6,7 @@ extension IstioPolicyLoader {
     /// yet: they load with a warning naming them.
     static let virtualServiceNotImplemented: Set<String> = [
         "tls", "tcp", "delegate", "timeout", "retries", "fault", "mirror", "mirrors", "mirrorPercentage", "mirrorPercent",
-        "mirror_percent", "corsPolicy", "rewrite", "redirect", "directResponse", "statPrefix",
+        "mirror_percent", "corsPolicy", "statPrefix",
     ]
 
     static func readVirtualService(_ spec: Node, _ map: SourceMap, _ loaded: inout Loaded) -> [ConfigError] {
@@ -49,9 +49,7 @@ extension IstioPolicyLoader {
         for (i, rule) in (service.http ?? []).enumerated() {
             let rulePath = spec.key("http").index(i)
             let destinations = rule.route ?? []
-            if destinations.isEmpty {
-                errors.append(map.error(.missingField, at: rulePath.key("route"), "an HTTP route needs a 'route' (redirect and directResponse are not carried out yet)"))
-            }
+            errors += checkActions(rule, at: rulePath, map: map, warnings: &warnings)
             for (j, destination) in destinations.enumerated() {
                 let path = rulePath.key("route").index(j)
                 if destination.destination.host.isEmpty { errors.append(map.error(.missingField, at: path.key("destination").key("host"), "must not be empty")) }
@@ -89,6 +87,67 @@ extension IstioPolicyLoader {
             }
         }
         return (errors, warnings)
+    }
+
+    /// Istio's `validateHTTPRouteConflict` and the checks of rewrite, redirect and direct response.
+    static func checkActions(_ rule: VirtualService.HTTPRoute, at rulePath: FieldPath, map: SourceMap, warnings: inout [ConfigError]) -> [ConfigError] {
+        var errors: [ConfigError] = []
+        let hasRoute = !(rule.route ?? []).isEmpty
+        if let redirect = rule.redirect {
+            if hasRoute || rule.rewrite != nil || rule.directResponse != nil {
+                errors.append(map.error(.invalidValue, at: rulePath.key("redirect"), "a redirect cannot be combined with route, rewrite or directResponse"))
+            }
+            if let code = redirect.redirectCode, code != 0 {
+                if !(300...399).contains(code) {
+                    errors.append(map.error(.invalidValue, at: rulePath.key("redirect").key("redirectCode"), "redirectCode must be a 3xx status"))
+                } else if ![301, 302, 303, 307, 308].contains(code) {
+                    warnings.append(map.error(.notImplemented, at: rulePath.key("redirect").key("redirectCode"),
+                                              "\(code) is valid but Istio translates only 301, 302, 303, 307 and 308; EastWest answers 301").asWarning)
+                }
+            }
+            if let scheme = redirect.scheme, !["http", "https"].contains(scheme.lowercased()) {
+                errors.append(map.error(.invalidValue, at: rulePath.key("redirect").key("scheme"), "scheme must be http or https"))
+            }
+            if let port = redirect.port, !(1...65_535).contains(port) {
+                errors.append(map.error(.invalidValue, at: rulePath.key("redirect").key("port"), "port must be 1-65535"))
+            }
+            if let derive = redirect.derivePort, !["FROM_PROTOCOL_DEFAULT", "FROM_REQUEST_PORT"].contains(derive) {
+                errors.append(map.error(.invalidValue, at: rulePath.key("redirect").key("derivePort"), "derivePort must be FROM_PROTOCOL_DEFAULT or FROM_REQUEST_PORT"))
+            }
+        } else if let direct = rule.directResponse {
+            if hasRoute || rule.rewrite != nil {
+                errors.append(map.error(.invalidValue, at: rulePath.key("directResponse"), "a directResponse cannot be combined with route or rewrite"))
+            }
+            if !(200...599).contains(direct.status) {
+                errors.append(map.error(.invalidValue, at: rulePath.key("directResponse").key("status"), "status must be 200-599"))
+            }
+            if direct.body?.string != nil, direct.body?.bytes != nil {
+                errors.append(map.error(.invalidValue, at: rulePath.key("directResponse").key("body"), "a body is a string or bytes, not both"))
+            }
+            if let bytes = direct.body?.bytes, Data(base64Encoded: bytes) == nil {
+                errors.append(map.error(.invalidValue, at: rulePath.key("directResponse").key("body").key("bytes"), "bytes must be base64"))
+            }
+            if direct.bodyBytes.count > VirtualService.HTTPDirectResponse.bodyLimit {
+                errors.append(map.error(.invalidValue, at: rulePath.key("directResponse").key("body"), "the body is over Istio's 1 MiB limit"))
+            }
+        } else if !hasRoute {
+            errors.append(map.error(.missingField, at: rulePath.key("route"), "an HTTP route needs a 'route', a 'redirect' or a 'directResponse'"))
+        }
+        if let rewrite = rule.rewrite {
+            if rewrite.uri != nil, rewrite.uriRegexRewrite != nil {
+                errors.append(map.error(.invalidValue, at: rulePath.key("rewrite"), "rewrite takes uri or uriRegexRewrite, not both"))
+            }
+            if let regex = rewrite.uriRegexRewrite {
+                let path = rulePath.key("rewrite").key("uriRegexRewrite")
+                if let match = regex.match {
+                    if let problem = RE2Syntax.problem(in: match) { errors.append(map.error(.invalidValue, at: path.key("match"), problem)) }
+                } else {
+                    errors.append(map.error(.missingField, at: path.key("match"), "uriRegexRewrite needs a match"))
+                }
+                if regex.rewrite == nil { errors.append(map.error(.missingField, at: path.key("rewrite"), "uriRegexRewrite needs a rewrite")) }
+            }
+        }
+        return errors
     }
 
     static func checkStringMatch(_ match: VirtualService.StringMatch, allowEmptyPrefix: Bool, at path: FieldPath, map: SourceMap) -> [ConfigError] {

@@ -222,9 +222,19 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
             let by = dataPlane.tls.identity.map { "By=\($0);" } ?? ""
             headers.append(("x-forwarded-client-cert", "\(by)URI=\(client)"))
         }
+        if let authority = forward.authority {
+            headers.removeAll { $0.name == "host" }
+            headers.insert(("host", authority), at: 0)
+            record.authority = authority
+        }
+        if let path = forward.path {
+            // Envoy keeps the path as sent for the access log (`%REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%`).
+            headers.append(("x-envoy-original-path", head.uri))
+            record.path = path
+        }
         forward.requestHeaders.apply(to: &headers)
         record.requestHeaders = headers
-        var upstream = HTTPRequestHead(version: .http1_1, method: head.method, uri: head.uri)
+        var upstream = HTTPRequestHead(version: .http1_1, method: head.method, uri: forward.path ?? head.uri)
         upstream.headers = HTTPHeaders(headers.map { ($0.name, $0.value) })
         return upstream
     }
@@ -401,6 +411,7 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
         }
         record.flags.formUnion(reply.flags)
         record.detail = reply.detail
+        record.directResponse = reply.flags.isEmpty
         if requestIsGRPC {
             // As Envoy answers a gRPC client: 200, the status and message in the trailers.
             record.responseCode = 200
@@ -419,17 +430,19 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
             return
         }
         record.responseCode = Int(reply.status.code)
+        let payload = reply.payload
         var head = HTTPResponseHead(version: .http1_1, status: reply.status)
-        head.headers.add(name: "content-length", value: String(reply.body.utf8.count))
-        head.headers.add(name: "content-type", value: "text/plain")
+        head.headers.add(name: "content-length", value: String(payload.count))
+        // As Envoy's local replies: a content type only with a body.
+        if !payload.isEmpty { head.headers.add(name: "content-type", value: "text/plain") }
         head.headers.add(name: "date", value: HTTPLocalReply.httpDate())
         head.headers.add(name: "server", value: "istio-envoy")
         for header in reply.headers { head.headers.add(name: header.name, value: header.value) }
         if !requestKeepAlive { head.headers.add(name: "connection", value: "close") }
         context.write(wrapOutboundOut(.head(head)), promise: nil)
-        if !reply.body.isEmpty {
-            record.bytesSent += reply.body.utf8.count
-            context.write(wrapOutboundOut(.body(.byteBuffer(ByteBuffer(string: reply.body)))), promise: nil)
+        if !payload.isEmpty {
+            record.bytesSent += payload.count
+            context.write(wrapOutboundOut(.body(.byteBuffer(ByteBuffer(bytes: payload)))), promise: nil)
         }
         context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: nil)
         state = requestEnded ? .idle : .discarding

@@ -7,8 +7,10 @@ package struct HTTPLocalReply: Sendable, Equatable {
     package var status: HTTPResponseStatus
     package var body: String
     package var flags: Set<ResponseFlag>
-    /// Extra headers (`x-envoy-overloaded: true` on overflow).
+    /// Extra headers (`x-envoy-overloaded: true` on overflow, `location` on a redirect).
     package var headers: [(name: String, value: String)] = []
+    /// A direct response's body as configured, when it is bytes rather than text.
+    package var bytes: [UInt8]?
     /// Why, for the access log and `eastwest route`.
     package var detail: String
 
@@ -27,6 +29,23 @@ package struct HTTPLocalReply: Sendable, Equatable {
         case 429, 502, 503, 504: 14  // UNAVAILABLE
         default: 2  // UNKNOWN
         }
+    }
+
+    /// What goes on the wire.
+    package var payload: [UInt8] { bytes ?? Array(body.utf8) }
+
+    /// A VirtualService `redirect`: the 3xx with its `location`, empty body, no flag.
+    package static func redirect(code: Int, location: String, detail: String) -> HTTPLocalReply {
+        var reply = HTTPLocalReply(status: HTTPResponseStatus(statusCode: code), body: "", flags: [], detail: detail)
+        reply.headers = [("location", location)]
+        return reply
+    }
+
+    /// A VirtualService `directResponse`: its status and body, no flag.
+    package static func directResponse(status: Int, body: [UInt8], detail: String) -> HTTPLocalReply {
+        var reply = HTTPLocalReply(status: HTTPResponseStatus(statusCode: status), body: String(decoding: body, as: UTF8.self), flags: [], detail: detail)
+        reply.bytes = body
+        return reply
     }
 
     /// No route matched the request: 404, empty body, `NR`.
@@ -72,7 +91,7 @@ package struct HTTPLocalReply: Sendable, Equatable {
     }
 
     package static func == (a: HTTPLocalReply, b: HTTPLocalReply) -> Bool {
-        a.status == b.status && a.body == b.body && a.flags == b.flags && a.detail == b.detail
+        a.status == b.status && a.payload == b.payload && a.flags == b.flags && a.detail == b.detail
             && a.headers.elementsEqual(b.headers, by: { $0 == $1 })
     }
 }

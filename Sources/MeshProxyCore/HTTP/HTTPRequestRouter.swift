@@ -14,6 +14,10 @@ package enum HTTPRequestRouter {
         package var responseHeaders: HeaderOperations
         /// Every destination of the rule with its weight (the chosen one is `route`).
         package var destinations: [HTTPDestination] = []
+        /// The path upstream gets after the rule's `rewrite` (query kept); nil: unchanged.
+        package var path: String?
+        /// The authority upstream gets after `rewrite.authority`; nil: unchanged.
+        package var authority: String?
     }
 
     package enum Decision: Sendable, Equatable {
@@ -38,7 +42,18 @@ package enum HTTPRequestRouter {
         guard let decision = table.route(request, port: listenerPort, random: random) else {
             return .reply(.noRoute("no VirtualService route for \(request.method) \(authority)\(request.path)"))
         }
-        let destination = decision.destination
+        switch decision.rule.action {
+        case .redirect(let redirect):
+            return .reply(.redirect(code: redirect.code, location: location(redirect, for: request, authority: authority, listenerPort: listenerPort),
+                                    detail: "\(decision.rule.origin): redirect"))
+        case .directResponse(let status, let body):
+            return .reply(.directResponse(status: status, body: body, detail: "\(decision.rule.origin): direct response"))
+        case .route:
+            break
+        }
+        guard let destination = decision.destination else {
+            return .reply(.noRoute("no VirtualService route for \(request.method) \(authority)\(request.path)"))
+        }
         let ports = services.ports(of: destination.host)
         let port: Int
         if let wanted = destination.port {
@@ -68,6 +83,28 @@ package enum HTTPRequestRouter {
         return .forward(Forward(route: route, routeName: decision.rule.name, origin: decision.rule.origin,
                                 requestHeaders: decision.rule.requestHeaders.then(destination.requestHeaders),
                                 responseHeaders: decision.rule.responseHeaders.then(destination.responseHeaders),
-                                destinations: decision.rule.destinations))
+                                destinations: decision.rule.destinations,
+                                path: decision.rule.rewrite?.rewrittenPath(request.path, matchedBy: decision.rule.match?.uri),
+                                authority: decision.rule.rewrite?.authority))
+    }
+
+    /// A redirect's `location`, as Envoy builds it (`RouteEntryImplBase::newUri`): each part
+    /// the redirect names replaces the request's; a path without its own query keeps the
+    /// request's; a port replaces the authority's, and the scheme's default port is dropped.
+    static func location(_ redirect: HTTPRedirectAction, for request: HTTPRequestFacts, authority: String, listenerPort: Int?) -> String {
+        let scheme = redirect.scheme ?? request.scheme
+        var host = redirect.authority ?? authority
+        var port: Int?
+        if let colon = host.lastIndex(of: ":"), !host.hasSuffix("]"), let given = Int(host[host.index(after: colon)...]) {
+            port = given
+            host = String(host[..<colon])
+        }
+        if let wanted = redirect.port { port = wanted } else if redirect.portFromRequest { port = listenerPort }
+        if redirect.protocolDefaultPort || (scheme == "https" && port == 443) || (scheme == "http" && port == 80) { port = nil }
+        var path = redirect.path ?? request.path
+        if redirect.path != nil, !path.contains("?"), let query = request.path.split(separator: "?", maxSplits: 1).dropFirst().first {
+            path += "?" + query
+        }
+        return "\(scheme)://\(host)\(port.map { ":\($0)" } ?? "")\(path)"
     }
 }

@@ -158,6 +158,87 @@ package struct HTTPDestination: Sendable, Equatable {
     }
 }
 
+/// What a matched rule does: forward to its destinations, or answer itself.
+package enum HTTPRuleAction: Sendable, Equatable {
+    case route
+    /// `redirect`: a 3xx with a `location` built from the request and these parts.
+    case redirect(HTTPRedirectAction)
+    /// `directResponse`: this status and body.
+    case directResponse(status: Int, body: [UInt8])
+}
+
+package struct HTTPRedirectAction: Sendable, Equatable {
+    package var path: String?
+    package var authority: String?
+    package var port: Int?
+    /// `derivePort: FROM_REQUEST_PORT`: the port the request came in on.
+    package var portFromRequest = false
+    /// `derivePort: FROM_PROTOCOL_DEFAULT`: no port in the location.
+    package var protocolDefaultPort = false
+    package var scheme: String?
+    package var code: Int = 301
+
+    package init() {}
+}
+
+/// `rewrite`, compiled: the path by the matched prefix (Envoy's `prefix_rewrite`) or by a
+/// regex (`regex_rewrite`, every match replaced), and the authority.
+package struct HTTPRewriteAction: Sendable, Equatable {
+    package var uri: String?
+    package var regex: RegexRewrite?
+    package var authority: String?
+
+    package init() {}
+
+    package struct RegexRewrite: @unchecked Sendable, Equatable {
+        package let pattern: String
+        package let template: String
+        // NSRegularExpression is immutable and documented thread-safe.
+        private let expression: NSRegularExpression
+
+        /// RE2's `\1` substitutions become NSRegularExpression's `$1`.
+        package init(pattern: String, rewrite: String) throws {
+            self.pattern = pattern
+            expression = try NSRegularExpression(pattern: pattern)
+            var template = ""
+            var escaped = false
+            for character in rewrite {
+                if escaped {
+                    template += character.isNumber ? "$\(character)" : "\\\(character)"
+                    escaped = false
+                } else if character == "\\" {
+                    escaped = true
+                } else {
+                    template += character == "$" ? "\\$" : String(character)
+                }
+            }
+            self.template = template
+        }
+
+        package func apply(to path: String) -> String {
+            expression.stringByReplacingMatches(in: path, range: NSRange(path.startIndex..., in: path), withTemplate: template)
+        }
+
+        package static func == (a: RegexRewrite, b: RegexRewrite) -> Bool { a.pattern == b.pattern && a.template == b.template }
+    }
+
+    /// The path upstream gets for `path` (query string kept), the rule having matched with `uri`.
+    package func rewrittenPath(_ path: String, matchedBy: StringMatcher?) -> String? {
+        let parts = path.split(separator: "?", maxSplits: 1, omittingEmptySubsequences: false)
+        let pathOnly = String(parts.first ?? ""), query = parts.count > 1 ? "?" + parts[1] : ""
+        if let uri = self.uri {
+            // An exact match is replaced whole, a prefix match's prefix; without one Istio's
+            // route matches the prefix "/", so that is what is replaced ("/v1" + "foo").
+            if case .exact? = matchedBy { return uri + query }
+            var prefixLength = 1
+            if case .prefix(let prefix, _)? = matchedBy { prefixLength = prefix.count }
+            return uri + pathOnly.dropFirst(min(prefixLength, pathOnly.count)) + query
+        }
+        if let regex { return regex.apply(to: pathOnly) + query }
+        return nil
+    }
+}
+
 /// One Envoy route: an `http[]` rule with one of its `match[]` entries (or none: catch-all).
 package struct HTTPRouteRule: Sendable, Equatable {
     /// Envoy's route name: `http.name[.match.name]`.
@@ -169,6 +250,8 @@ package struct HTTPRouteRule: Sendable, Equatable {
     package var destinations: [HTTPDestination]
     package var requestHeaders = HeaderOperations()
     package var responseHeaders = HeaderOperations()
+    package var action = HTTPRuleAction.route
+    package var rewrite: HTTPRewriteAction?
 
     package init(name: String, origin: String, match: RequestMatch?, destinations: [HTTPDestination]) {
         self.name = name; self.origin = origin; self.match = match; self.destinations = destinations
@@ -185,7 +268,8 @@ package struct HTTPRouteTable: Sendable, Equatable {
 
     package struct Decision: Sendable, Equatable {
         package var rule: HTTPRouteRule
-        package var destination: HTTPDestination
+        /// Nil when the rule answers itself (redirect, direct response).
+        package var destination: HTTPDestination?
         package var ruleIndex: Int
     }
 
@@ -193,6 +277,7 @@ package struct HTTPRouteTable: Sendable, Equatable {
     /// (Envoy: `random % total`, the first cumulative range holding it). Nil: Envoy's 404 NR.
     package func route(_ request: HTTPRequestFacts, port: Int?, random: UInt64) -> Decision? {
         for (index, rule) in rules.enumerated() where rule.match?.matches(request, port: port) ?? true {
+            guard case .route = rule.action else { return Decision(rule: rule, destination: nil, ruleIndex: index) }
             guard !rule.destinations.isEmpty else { return nil }
             let total = rule.totalWeight
             var chosen = rule.destinations[0]

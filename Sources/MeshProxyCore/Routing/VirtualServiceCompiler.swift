@@ -39,10 +39,12 @@ enum VirtualServiceCompiler {
                 return destination
             }
             let requestHeaders = operations(http.headers?.request), responseHeaders = operations(http.headers?.response)
+            let action = self.action(of: http), rewrite = http.rewrite.flatMap(self.rewrite)
             let matches = http.match ?? []
             if matches.isEmpty {
                 var rule = HTTPRouteRule(name: http.name ?? "", origin: origin, match: nil, destinations: destinations)
                 rule.requestHeaders = requestHeaders; rule.responseHeaders = responseHeaders
+                rule.action = action; rule.rewrite = rewrite
                 result.append((rule, true))
                 break
             }
@@ -52,6 +54,7 @@ enum VirtualServiceCompiler {
                 let name = [http.name, match.name].compactMap { $0 }.joined(separator: ".")
                 var rule = HTTPRouteRule(name: name, origin: origin, match: compiled, destinations: destinations)
                 rule.requestHeaders = requestHeaders; rule.responseHeaders = responseHeaders
+                rule.action = action; rule.rewrite = rewrite
                 let catchAll = isCatchAll(compiled)
                 result.append((rule, catchAll))
                 if catchAll { ended = true; break }
@@ -59,6 +62,34 @@ enum VirtualServiceCompiler {
             if ended { break }
         }
         return result
+    }
+
+    static func action(of http: VirtualService.HTTPRoute) -> HTTPRuleAction {
+        if let redirect = http.redirect {
+            var action = HTTPRedirectAction()
+            action.path = redirect.uri
+            action.authority = redirect.authority
+            action.port = redirect.port
+            action.portFromRequest = redirect.derivePort == "FROM_REQUEST_PORT"
+            action.protocolDefaultPort = redirect.derivePort == "FROM_PROTOCOL_DEFAULT"
+            action.scheme = redirect.scheme?.lowercased()
+            // Istio's ApplyRedirect: 0 and 301 are 301; the loader warned about unsupported codes.
+            if let code = redirect.redirectCode, [302, 303, 307, 308].contains(code) { action.code = code }
+            return .redirect(action)
+        }
+        if let direct = http.directResponse { return .directResponse(status: direct.status, body: direct.bodyBytes) }
+        return .route
+    }
+
+    static func rewrite(_ rewrite: VirtualService.HTTPRewrite) -> HTTPRewriteAction? {
+        var action = HTTPRewriteAction()
+        action.uri = rewrite.uri
+        action.authority = rewrite.authority
+        if let regex = rewrite.uriRegexRewrite, let match = regex.match {
+            // The loader checked the pattern already.
+            action.regex = try? HTTPRewriteAction.RegexRewrite(pattern: match, rewrite: regex.rewrite ?? "")
+        }
+        return action == HTTPRewriteAction() ? nil : action
     }
 
     /// `IsCatchAllRoute`: prefix `/` (or regex `.*`) and no other condition.

@@ -41,6 +41,8 @@ package struct HTTPRequestRecord: Sendable {
     package var bytesSent = 0
     package var upstreamServiceTime: Int?
     package var grpcStatus: String?
+    /// The route answered itself (redirect, direct response): Envoy's `direct_response`.
+    package var directResponse = false
     package var serverName = "-"
     package var downstreamLocal = "-"
     package var downstreamRemote = "-"
@@ -74,7 +76,7 @@ package struct HTTPRequestRecord: Sendable {
         if flags.contains(.upstreamOverflow) { return "upstream_reset_before_response_started{overflow}" }
         if flags.contains(.upstreamConnectionFailure) { return "upstream_reset_before_response_started{remote_connection_failure}" }
         if flags.contains(.upstreamConnectionTermination) { return "upstream_reset_before_response_started{connection_termination}" }
-        return "via_upstream"
+        return directResponse ? "direct_response" : "via_upstream"
     }
 
     var flagText: String { flags.isEmpty ? "-" : flags.map(\.rawValue).sorted().joined(separator: ",") }

@@ -39,8 +39,8 @@ struct VirtualServiceTests {
         var counts: [String: Int] = [:]
         for _ in 0..<1000 {
             let decision = try #require(table.route(request(host: Self.reviews), port: nil, random: mixer.next()))
-            #expect(decision.destination.host == Self.reviews)
-            counts[decision.destination.subset ?? "-", default: 0] += 1
+            #expect(decision.destination?.host == Self.reviews)
+            counts[decision.destination?.subset ?? "-", default: 0] += 1
         }
         // Binomial(1000, 0.1): 4 standard deviations either side is 62...138.
         #expect((62...138).contains(counts["v2", default: 0]), "\(counts)")
@@ -52,9 +52,9 @@ struct VirtualServiceTests {
     @Test("jason → v2, everyone else → v3: header names compare lower-case, values exactly")
     func headerRouting() throws {
         let table = try #require(try compiled(Self.jason).httpRoutes(for: Self.reviews))
-        #expect(table.route(request(headers: [("end-user", "jason")]), port: nil, random: 0)?.destination.subset == "v2")
-        #expect(table.route(request(headers: [("end-user", "Jason")]), port: nil, random: 0)?.destination.subset == "v3")
-        #expect(table.route(request(), port: nil, random: 0)?.destination.subset == "v3")
+        #expect(table.route(request(headers: [("end-user", "jason")]), port: nil, random: 0)?.destination?.subset == "v2")
+        #expect(table.route(request(headers: [("end-user", "Jason")]), port: nil, random: 0)?.destination?.subset == "v3")
+        #expect(table.route(request(), port: nil, random: 0)?.destination?.subset == "v3")
         #expect(table.route(request(), port: nil, random: 0)?.rule.origin == "VirtualService default/reviews http[1] (policy.yaml:17)")
     }
 
@@ -93,7 +93,7 @@ struct VirtualServiceTests {
         #expect(routes.httpRoutes(for: "ratings.shop.svc.cluster.local") == wildcard)
         func destination(_ method: String = "GET", _ path: String, host: String = "x.example.com", _ headers: [(String, String)] = []) -> String? {
             wildcard.route(HTTPRequestFacts(method: method, path: path, authority: host, headers: headers.map { ($0.0, $0.1) }),
-                           port: nil, random: 0)?.destination.host.split(separator: ".").first.map(String.init)
+                           port: nil, random: 0)?.destination?.host.split(separator: ".").first.map(String.init)
         }
         #expect(destination("POST", "/a?x=1") == "exact-svc")
         #expect(destination("GET", "/a") == "default-svc")
@@ -143,6 +143,96 @@ struct VirtualServiceTests {
         #expect(table.rules.map { $0.destinations.first?.subset } == ["v3", "v1"])
     }
 
+    @Test("rewrite (matched prefix, exact path, the '/' of a rule without uri match, regex with \\1), redirect locations, direct responses")
+    func rewriteRedirectDirect() throws {
+        let yaml = """
+            apiVersion: networking.istio.io/v1
+            kind: VirtualService
+            metadata: {name: r}
+            spec:
+              hosts: [ratings]
+              http:
+              - match: [{uri: {prefix: /old/}}]
+                rewrite: {uri: /new/, authority: ratings-v2.default.svc.cluster.local}
+                route: [{destination: {host: ratings}}]
+              - match: [{uri: {exact: /exact}}]
+                rewrite: {uri: /replaced}
+                route: [{destination: {host: ratings}}]
+              - match: [{uri: {regex: "/users/[0-9]+/.*"}}]
+                rewrite: {uriRegexRewrite: {match: "^/users/([0-9]+)/(.*)$", rewrite: '/u/\\2?id=\\1'}}
+                route: [{destination: {host: ratings}}]
+              - match: [{headers: {x-v1: {}}}]
+                rewrite: {uri: /v1}
+                route: [{destination: {host: ratings}}]
+              - match: [{uri: {prefix: /moved}}]
+                redirect: {uri: /here, authority: new.example.com}
+              - match: [{uri: {prefix: /secure}}]
+                redirect: {scheme: https, port: 443, redirectCode: 308}
+              - match: [{uri: {prefix: /port}}]
+                redirect: {derivePort: FROM_REQUEST_PORT}
+              - match: [{uri: {prefix: /teapot}}]
+                directResponse: {status: 418, body: {string: "short and stout"}}
+              - match: [{uri: {prefix: /bin}}]
+                directResponse: {status: 200, body: {bytes: "AAEC"}}
+              - route: [{destination: {host: ratings}}]
+            """
+        let loaded = try IstioPolicyLoader.load(yaml: yaml, file: "r.yaml")
+        #expect(loaded.warnings.isEmpty, "\(loaded.warnings)")
+        let routes = RouteConfiguration(localCluster: "east", httpRoutes: VirtualServiceCompiler.compile(loaded.virtualServices, origins: loaded.virtualServiceOrigins))
+        let services = TestServices(ports: ["ratings.default.svc.cluster.local": [9080]])
+        let connection = Route(service: ServiceKey(host: "ratings.default.svc.cluster.local", port: 9080), subset: nil, selector: [:])
+        func decide(_ path: String, _ headers: [(String, String)] = []) -> HTTPRequestRouter.Decision {
+            HTTPRequestRouter.decide(HTTPRequestFacts(method: "GET", path: path, authority: "ratings.default.svc.cluster.local:15443", headers: headers),
+                                     connectionRoute: connection, routes: routes, services: services, listenerPort: 15443, random: 0)
+        }
+        func forward(_ path: String, _ headers: [(String, String)] = []) -> HTTPRequestRouter.Forward? {
+            if case .forward(let forward) = decide(path, headers) { return forward }
+            return nil
+        }
+        func reply(_ path: String) -> HTTPLocalReply? {
+            if case .reply(let reply) = decide(path) { return reply }
+            return nil
+        }
+        #expect(forward("/old/a/b?q=1")?.path == "/new/a/b?q=1")
+        #expect(forward("/old/a")?.authority == "ratings-v2.default.svc.cluster.local")
+        #expect(forward("/exact?x")?.path == "/replaced?x")
+        #expect(forward("/users/42/profile")?.path == "/u/profile?id=42")
+        #expect(forward("/foo", [("x-v1", "")])?.path == "/v1foo", "Envoy replaces the route's '/' prefix")
+        #expect(forward("/other")?.path == nil && forward("/other")?.authority == nil)
+        #expect(reply("/moved/x?a=1").map { ($0.status.code, $0.headers.first { $0.name == "location" }?.value) } ?? (0, nil)
+                == (301, "https://new.example.com/here?a=1"))
+        #expect(reply("/secure/x")?.headers.first { $0.name == "location" }?.value == "https://ratings.default.svc.cluster.local/secure/x")
+        #expect(reply("/secure/x")?.status.code == 308 && reply("/secure/x")?.flags.isEmpty == true)
+        #expect(reply("/port")?.headers.first { $0.name == "location" }?.value == "https://ratings.default.svc.cluster.local:15443/port")
+        #expect(reply("/teapot").map { ($0.status.code, $0.body) } ?? (0, "") == (418, "short and stout"))
+        #expect(reply("/bin")?.payload == [0, 1, 2])
+
+        let conflicting = """
+            apiVersion: networking.istio.io/v1
+            kind: VirtualService
+            metadata: {name: c}
+            spec:
+              hosts: [ratings]
+              http:
+              - redirect: {uri: /x}
+                route: [{destination: {host: ratings}}]
+              - directResponse: {status: 700}
+              - rewrite: {uri: /a, uriRegexRewrite: {match: a, rewrite: b}}
+                route: [{destination: {host: ratings}}]
+              - name: nothing
+            """
+        do {
+            _ = try IstioPolicyLoader.load(yaml: conflicting, file: "c.yaml")
+            Issue.record("loaded")
+        } catch {
+            let text = error.description
+            #expect(text.contains("c.yaml:7:") && text.contains("a redirect cannot be combined"), "\(text)")
+            #expect(text.contains("c.yaml:9:") && text.contains("status must be 200-599"), "\(text)")
+            #expect(text.contains("c.yaml:10:") && text.contains("not both"), "\(text)")
+            #expect(text.contains("needs a 'route', a 'redirect' or a 'directResponse'"), "\(text)")
+        }
+    }
+
     @Test("What Istio rejects is an error at its line; what EastWest does not carry out yet warns by name")
     func validation() throws {
         let bad = """
@@ -165,6 +255,13 @@ struct VirtualServiceTests {
             let text = error.description
             #expect(text.contains("bad.yaml:7:") && text.contains("RE2 would reject"), "\(text)")
             #expect(text.contains("bad.yaml:9:") && text.contains("several destinations need weights"), "\(text)")
+        }
+        // A syntax error in a later document is an error at its position, not a quiet end of file.
+        do {
+            _ = try IstioPolicyLoader.load(yaml: Self.jason + "\n---\n" + "kind: VirtualService\nspec: {hosts: [\"a\\2\"]}\n", file: "late.yaml")
+            Issue.record("loaded")
+        } catch {
+            #expect(error.description.contains("late.yaml:") && error.description.contains("unknown escape character"), "\(error.description)")
         }
         let partial = """
             apiVersion: networking.istio.io/v1
@@ -197,4 +294,11 @@ struct HTTPLocalReplyTests {
         #expect(HTTPLocalReply.overflow("").headers.first?.name == "x-envoy-overloaded")
         #expect(HTTPLocalReply.httpDate(Date(timeIntervalSince1970: 784_111_777)) == "Sun, 06 Nov 1994 08:49:37 GMT")
     }
+}
+
+/// A service directory with the given ports (the router asks it which port a host has).
+struct TestServices: ServiceDirectory {
+    var ports: [String: [Int]]
+    func ports(of host: String) -> [Int] { ports[host] ?? [] }
+    func `protocol`(of service: ServiceKey) -> ServiceProtocol? { .http }
 }
