@@ -30,6 +30,13 @@ package struct GatewayConfig: Codable, Sendable, Equatable {
     /// Default: the listen host on port 15000, Envoy's admin port.
     package var admin: HostPort?
     package var tls: TLSFiles
+    /// The labels Gateway resources select this gateway by. Default `{istio: eastwestgateway}`,
+    /// the label of Istio's east-west gateway.
+    package var labels: [String: String]?
+    /// The namespace this gateway runs in, as Istio's would be. Default `istio-system`. Gateway
+    /// resources select by labels alone (Istio's default, `PILOT_SCOPE_GATEWAY_TO_NAMESPACE`
+    /// off); namespace-scoped policies (AuthorizationPolicy) will select by it.
+    package var namespace: String?
     /// Trust domains whose clients are served. Default: `[trustDomain]`.
     package var allowedTrustDomains: [String]?
     /// Identities a peer gateway may present. Default: any cluster's gateway identity,
@@ -138,6 +145,8 @@ package struct GatewayConfig: Codable, Sendable, Equatable {
     package var drainTimeout: Duration { timeouts?.drain?.duration ?? .seconds(30) }
     package var effectiveMaxConnectAttempts: Int { maxConnectAttempts ?? 3 }
     package var effectiveMaxPendingHandshakes: Int { maxPendingHandshakes ?? 4096 }
+    package var effectiveLabels: [String: String] { labels ?? ["istio": "eastwestgateway"] }
+    package var effectiveNamespace: String { namespace ?? "istio-system" }
 
     /// This gateway's own identity, which binds it to its cluster.
     package var gatewayIdentity: SpiffeID? { try? GatewayIdentity.spiffeID(cluster: cluster, trustDomain: effectiveTrustDomain) }

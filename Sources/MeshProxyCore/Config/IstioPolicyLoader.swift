@@ -12,6 +12,9 @@ package enum IstioPolicyLoader {
         package var virtualServices: [VirtualService] = []
         /// Where each VirtualService's `http[i]` is written (`file:line`), by VirtualService index.
         package var virtualServiceOrigins: [[String]] = []
+        /// Gateway resources, with where each is written (`file:line`).
+        package var gateways: [IstioGateway] = []
+        package var gatewayOrigins: [String] = []
         package var warnings: [ConfigError] = []
         /// One line per document of a kind EastWest does not read.
         package var skipped: [String] = []
@@ -25,6 +28,8 @@ package enum IstioPolicyLoader {
             destinationRules += other.destinationRules
             virtualServices += other.virtualServices
             virtualServiceOrigins += other.virtualServiceOrigins
+            gateways += other.gateways
+            gatewayOrigins += other.gatewayOrigins
             warnings += other.warnings
             skipped += other.skipped
         }
@@ -101,6 +106,7 @@ package enum IstioPolicyLoader {
     package static let kinds: [String: KindReader] = [
         "DestinationRule": KindReader(apiVersions: apiVersions, read: readDestinationRule),
         "VirtualService": KindReader(apiVersions: apiVersions, read: readVirtualService),
+        "Gateway": KindReader(apiVersions: apiVersions, read: readGateway),
     ]
 
     private static func readDestinationRule(_ spec: Node, _ map: SourceMap, _ loaded: inout Loaded) -> [ConfigError] {
@@ -114,6 +120,12 @@ package enum IstioPolicyLoader {
             loaded.destinationRules.append(rule)
             return errors + problems
         }
+    }
+
+    /// A resource's `metadata.name` and `metadata.namespace` (Kubernetes' default namespace when absent).
+    static func metadata(_ map: SourceMap) -> (name: String, namespace: String) {
+        let metadata = map.root?.mapping?["metadata"]?.mapping
+        return (metadata?["name"]?.string ?? "", metadata?["namespace"]?.string ?? "default")
     }
 
     /// Keys a kind's model did not decode: a valid Istio field EastWest does not carry out yet

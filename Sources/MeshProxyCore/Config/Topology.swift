@@ -30,6 +30,10 @@ package struct Topology: Codable, Sendable, Equatable {
         package var locality: Locality?
         /// Admin port on the same address. Default 15000.
         package var adminPort: Int?
+        /// What Gateway resources select it by; default `{istio: eastwestgateway}`.
+        package var labels: [String: String]?
+        /// Default `istio-system`.
+        package var namespace: String?
 
         package var listen: HostPort? {
             HostPort(parsing: address) ?? (address.isEmpty || address.contains(":") ? nil : HostPort(host: address, port: 15443))
@@ -57,6 +61,8 @@ package struct Topology: Codable, Sendable, Equatable {
             services: cluster.services ?? [],
             federation: FederationConfig(seeds: seeds, profile: federation?.profile, timing: federation?.timing))
         config.policies = policies
+        config.labels = gateway.labels
+        config.namespace = gateway.namespace
         config.accessLogFormat = accessLogFormat
         config.accessLogEncoding = accessLogEncoding
         return config

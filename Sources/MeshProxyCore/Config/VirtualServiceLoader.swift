@@ -16,9 +16,7 @@ extension IstioPolicyLoader {
             return [error]
         case .success(let (decoded, unknownKeys)):
             var service = decoded
-            let metadata = map.root?.mapping?["metadata"]?.mapping
-            service.name = metadata?["name"]?.string ?? ""
-            service.namespace = metadata?["namespace"]?.string ?? "default"
+            (service.name, service.namespace) = metadata(map)
             let errors = classify(unknownKeys, notImplemented: virtualServiceNotImplemented, kind: "VirtualService", map: map, loaded: &loaded)
             let (problems, warnings) = check(service, map: map)
             loaded.warnings += warnings

@@ -27,13 +27,22 @@ package final class GatewayConnectionHandler: ChannelDuplexHandler, RemovableCha
     private var action: RouteAction?
     /// The upstream between its connect and the glue.
     private var upstream: (any Channel)?
+    /// An AUTO_PASSTHROUGH connection: not terminated here; its bytes (the client's TLS, from
+    /// the ClientHello on) go to a local endpoint as they are.
+    private let passthrough: Bool
 
     /// The handshake timeout and an early end of input are `PreHandshakeGuard`'s.
-    package init(dataPlane: DataPlane, routes: RouteConfiguration, route: Route, record: ConnectionRecord) {
+    package init(dataPlane: DataPlane, routes: RouteConfiguration, route: Route, record: ConnectionRecord, passthrough: Bool = false) {
         self.dataPlane = dataPlane
         self.routes = routes
         self.route = route
         self.record = record
+        self.passthrough = passthrough
+    }
+
+    package func handlerAdded(context: ChannelHandlerContext) {
+        // Without a handshake to wait for, the route is known now.
+        if passthrough { run(machine.handshakeCompleted(), context: context) }
     }
 
     package func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
@@ -152,7 +161,8 @@ package final class GatewayConnectionHandler: ChannelDuplexHandler, RemovableCha
     /// plan's targets.
     private func plan(context: ChannelHandlerContext) -> GatewayConnectionStateMachine.Action {
         // The identity verified at the handshake decides how far the traffic may go.
-        let origin: TrafficOrigin = record.sourceIdentity.map(dataPlane.tls.isPeerGateway) == true ? .peerGateway : .client
+        // Passed-through traffic goes to local endpoints only, as Istio's sni-dnat clusters.
+        let origin: TrafficOrigin = passthrough || fromPeerGateway ? .peerGateway : .client
         let action = routes.action(for: route, origin: origin)
         self.action = action
         let clusters = dataPlane.clusters

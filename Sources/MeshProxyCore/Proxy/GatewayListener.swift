@@ -93,7 +93,8 @@ package final class GatewayListener: Sendable {
             channel.close(promise: nil)
             return
         }
-        let guardHandler = PreHandshakeGuard(timeout: dataPlane.config.handshakeTimeout, pending: pending) { reason in
+        let guardHandler = PreHandshakeGuard(timeout: dataPlane.config.handshakeTimeout, pending: pending,
+                                             keepsClientHello: routes.gatewayServers?.passesThrough == true) { reason in
             if record.detail == nil { record.detail = reason }
         }
 
@@ -138,6 +139,34 @@ package final class GatewayListener: Sendable {
                 case .route(let found):
                     route = found
                     record.route = found
+                }
+                switch routes.gatewayServers?.exposure(of: route.service.host) ?? .terminate {
+                case .hidden(let reason):
+                    record.flags = [.noRoute]
+                    record.detail = reason
+                    channel.close(promise: nil)
+                    return channel.eventLoop.makeFailedFuture(ChannelError.ioOnClosedChannel)
+                case .passthrough where serverName.port != nil
+                    && guardHandler.offeredApplicationProtocols?.contains(ClientHelloALPN.peerMarker) != true:
+                    // An Istio workload's own mTLS, by its Istio SNI: to a local endpoint untouched
+                    // (an EastWest peer, which offers its marker, is terminated as always).
+                    do {
+                        let operations = channel.pipeline.syncOperations
+                        try operations.addHandler(GatewayConnectionHandler(dataPlane: dataPlane, routes: routes, route: route, record: record,
+                                                                           passthrough: true))
+                        // No handshake here: the guard's watch ends with the route.
+                        guardHandler.handshakeCompleted(context: try operations.context(handler: guardHandler))
+                        return channel.eventLoop.makeSucceededVoidFuture()
+                    } catch {
+                        return channel.eventLoop.makeFailedFuture(error)
+                    }
+                case .passthrough where serverName.port == nil:
+                    record.flags = [.noRoute]
+                    record.detail = "AUTO_PASSTHROUGH routes by Istio's SNI (outbound_.<port>_.<subset>_.<host>) only; '\(name)' is not one"
+                    channel.close(promise: nil)
+                    return channel.eventLoop.makeFailedFuture(ChannelError.ioOnClosedChannel)
+                case .terminate, .passthrough:
+                    break
                 }
             }
             do {

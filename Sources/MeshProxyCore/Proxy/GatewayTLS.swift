@@ -81,9 +81,14 @@ package struct GatewayTLS: Sendable {
         client.trustRoots = .certificates(roots)
         client.certificateVerification = .noHostnameVerification
         client.shutdownTimeout = .seconds(1)
-        clientContext = try NIOSSLContext(configuration: client)
+        // Every dial of a peer gateway offers `eastwest-peer`, which a peer never selects but
+        // reads before its handshake: it tells an EastWest gateway (terminate, it speaks Istio
+        // mTLS to us) from an Istio workload on an AUTO_PASSTHROUGH server (pass through).
+        var offeringNothing = client
+        offeringNothing.applicationProtocols = [ClientHelloALPN.peerMarker]
+        clientContext = try NIOSSLContext(configuration: offeringNothing)
         var offeringH2 = client
-        offeringH2.applicationProtocols = ["h2"]
+        offeringH2.applicationProtocols = ["h2", ClientHelloALPN.peerMarker]
         clientContextOfferingH2 = try NIOSSLContext(configuration: offeringH2)
         clientConfiguration = client
 

@@ -129,15 +129,22 @@ package final class PreHandshakeGuard: ChannelDuplexHandler, RemovableChannelHan
     private let refused: (String) -> Void
     private var timer: Scheduled<Void>?
     private var admitted = false
+    /// The first TLS record as it arrived, kept only when someone will ask what it offers.
+    private var clientHello: ByteBuffer?
 
     /// `refused` records why the guard closed the connection (the access log's detail).
     /// `pending` has already admitted this connection; the guard gives the slot back.
-    package init(timeout: Duration, pending: PendingHandshakes?, refused: @escaping (String) -> Void) {
+    /// `keepsClientHello`: keep the first record, for `offeredApplicationProtocols`.
+    package init(timeout: Duration, pending: PendingHandshakes?, keepsClientHello: Bool = false, refused: @escaping (String) -> Void) {
         self.timeout = timeout
         self.pending = pending
         self.refused = refused
         self.admitted = pending != nil
+        if keepsClientHello { clientHello = ByteBuffer() }
     }
+
+    /// The ALPN protocols the ClientHello offered, once it is whole (nil when not kept).
+    package var offeredApplicationProtocols: [String]? { clientHello.flatMap(ClientHelloALPN.offered) }
 
     package func handlerAdded(context: ChannelHandlerContext) {
         let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
@@ -159,7 +166,13 @@ package final class PreHandshakeGuard: ChannelDuplexHandler, RemovableChannelHan
     }
 
     package func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        let action = machine.bytesArrived(unwrapInboundIn(data))
+        let bytes = unwrapInboundIn(data)
+        if var kept = clientHello, kept.readableBytes < 5 + PreHandshakeStateMachine.maximumRecordLength {
+            clientHello = nil  // uniquely referenced while it grows
+            kept.writeImmutableBuffer(bytes)
+            clientHello = kept
+        }
+        let action = machine.bytesArrived(bytes)
         if action == .none { context.fireChannelRead(data) } else { run(action, context: context) }
     }
 

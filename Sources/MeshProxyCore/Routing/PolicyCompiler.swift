@@ -8,6 +8,10 @@ package enum PolicyCompiler {
         package var subsets: [String: [String: [String: String]]] = [:]
         package var destinationRules: [DestinationRule] = []
         package var httpRoutes: [String: HTTPRouteTable] = [:]
+        /// This gateway's labels and listener port, which Gateway resources select by.
+        package var gatewayLabels: [String: String] = [:]
+        package var listenerPort = 15443
+        package var gatewayServers: GatewayServers?
     }
 
     /// One kind's compile step: reads its resources out of what the loader produced.
@@ -21,10 +25,15 @@ package enum PolicyCompiler {
         KindCompiler(kind: "VirtualService") { loaded, draft in
             draft.httpRoutes = VirtualServiceCompiler.compile(loaded.virtualServices, origins: loaded.virtualServiceOrigins)
         },
+        KindCompiler(kind: "Gateway") { loaded, draft in
+            draft.gatewayServers = GatewayServers.compile(loaded.gateways, origins: loaded.gatewayOrigins, labels: draft.gatewayLabels, port: draft.listenerPort)
+        },
     ]
 
     package static func compile(config: GatewayConfig, resources: IstioPolicyLoader.Loaded = .init()) -> RouteConfiguration {
         var draft = Draft()
+        draft.gatewayLabels = config.effectiveLabels
+        draft.listenerPort = config.listen.port
         // The topology's own subsets (a service entry's `subsets:`), for every cluster it lists.
         for service in config.everyService {
             for (name, labels) in service.subsets ?? [:] { draft.subsets[service.host, default: [:]][name] = labels }
@@ -34,6 +43,7 @@ package enum PolicyCompiler {
         if let network = config.network { clientLabels["topology.istio.io/network"] = network }
         return RouteConfiguration(localCluster: config.cluster, client: config.locality ?? Locality(region: ""),
                                   clientLabels: clientLabels, subsets: draft.subsets, destinationRules: draft.destinationRules, httpRoutes: draft.httpRoutes,
+                                  gatewayServers: draft.gatewayServers,
                                   connectTimeout: config.connectTimeout, maxConnectAttempts: config.effectiveMaxConnectAttempts)
     }
 }

@@ -23,6 +23,8 @@ package struct Route: Hashable, Sendable {
 /// carries on. Envoy's route configuration, as opposed to its cluster manager.
 package struct RouteConfiguration: Sendable, Equatable {
     package let localCluster: String
+    /// The Gateway resources' servers on this gateway's port; nil: none select it.
+    package let gatewayServers: GatewayServers?
     /// Where this gateway is: the origin of every locality plan it makes.
     package let client: Locality
     /// The client labels failover priorities compare (`topology.istio.io/network`).
@@ -50,8 +52,10 @@ package struct RouteConfiguration: Sendable, Equatable {
 
     package init(localCluster: String, client: Locality = Locality(region: ""), clientLabels: [String: String] = [:],
                  subsets: [String: [String: [String: String]]] = [:], destinationRules: [DestinationRule] = [],
-                 httpRoutes: [String: HTTPRouteTable] = [:], connectTimeout: Duration = .seconds(5), maxConnectAttempts: Int = 3) {
+                 httpRoutes: [String: HTTPRouteTable] = [:], gatewayServers: GatewayServers? = nil,
+                 connectTimeout: Duration = .seconds(5), maxConnectAttempts: Int = 3) {
         self.localCluster = localCluster
+        self.gatewayServers = gatewayServers
         self.client = client
         self.clientLabels = clientLabels
         self.destinationRules = destinationRules

@@ -1,0 +1,109 @@
+import Foundation
+import MeshProxyCore
+import Testing
+
+/// Istio's Gateway resource on 15443: AUTO_PASSTHROUGH hands an Istio workload's own mTLS to the
+/// endpoint (the backend, not the gateway, checks the client), ISTIO_MUTUAL servers terminate as
+/// always, and hosts no server exposes are refused.
+@Suite("Gateway resources on 15443 (openssl and curl on loopback)", .serialized, .timeLimit(.minutes(3)))
+struct GatewayResourceTests {
+    static let secure = "secure.default.svc.cluster.local"
+    static let echo = "echo.default.svc.cluster.local"
+    static let hidden = "hidden.shop.svc.cluster.local"
+
+    @Test("expose-services.yaml: a client with Istio's SNI and ALPN reaches an openssl backend that verifies its certificate through the gateway; without a certificate the backend refuses it; an ISTIO_MUTUAL host is served; a host no server exposes gets NR")
+    func passthrough() async throws {
+        let mesh = try TestMesh("gw-resource", clusters: ["east"], serviceHosts: [Self.secure, Self.echo, Self.hidden])
+        defer { mesh.processes.stopAll() }
+        let backendCerts = "\(mesh.directory)/secure-backend"
+        _ = try mesh.certs.createWorkload(cluster: "east", spiffeID: try SpiffeID(parsing: "spiffe://cluster.local/ns/default/sa/secure"),
+                                          dnsNames: [Self.secure], outputPath: backendCerts)
+        // The backend itself demands and verifies a client certificate (-Verify 1, fail without).
+        let backend = try ChildProcess(name: "openssl-backend", arguments: [
+            "/usr/bin/openssl", "s_server", "-accept", "127.0.95.10:8443", "-cert", "\(backendCerts)/cert-chain.pem",
+            "-cert_chain", "\(backendCerts)/cert-chain.pem",
+            "-key", "\(backendCerts)/key.pem", "-CAfile", mesh.certs.rootCertificatePath, "-Verify", "2", "-verify_return_error", "-www",
+        ], logPath: "\(mesh.directory)/openssl-backend.log")
+        defer { backend.stop() }
+        try await mesh.startBackend("127.0.95.11:8080", cluster: "east")
+        try await mesh.startBackend("127.0.95.12:8080", service: Self.hidden, cluster: "east")
+        let policies = "\(mesh.directory)/gateway.yaml"
+        try """
+            apiVersion: networking.istio.io/v1
+            kind: Gateway
+            metadata: {name: cross-network-gateway, namespace: istio-system}
+            spec:
+              selector: {istio: eastwestgateway}
+              servers:
+              - port: {number: 15443, name: tls-echo, protocol: TLS}
+                tls: {mode: ISTIO_MUTUAL}
+                hosts: ["default/echo.default.svc.cluster.local"]
+              - port: {number: 15443, name: tls, protocol: TLS}
+                tls: {mode: AUTO_PASSTHROUGH}
+                hosts: ["*/secure.default.svc.cluster.local"]
+            """.write(toFile: policies, atomically: true, encoding: .utf8)
+        var gateway = mesh.gatewayConfig(name: "east-gw", cluster: "east", ip: "127.0.95.1", services: [
+            .echo("127.0.95.10:8443", host: Self.secure, port: 8443), .echo("127.0.95.11:8080"), .echo("127.0.95.12:8080", host: Self.hidden),
+        ])
+        gateway.policies = [policies]
+        let process = try await mesh.startGateway(gateway)
+        try #require(await eventually { (try? await runCommand("/usr/bin/env", ["ss", "-tlnH", "src", "127.0.95.10:8443"]))?.stdout.isEmpty == false },
+                     "openssl backend did not listen: \(backend.log)")
+
+        let client = mesh.clientCertPath("east")
+        func sClient(certificate: Bool) async throws -> CommandResult {
+            var arguments = ["s_client", "-connect", "127.0.95.1:15443", "-servername", "outbound_.8443_._.\(Self.secure)", "-alpn", "istio",
+                             "-CAfile", mesh.certs.rootCertificatePath, "-ign_eof"]
+            if certificate { arguments += ["-cert", "\(client)/cert-chain.pem", "-cert_chain", "\(client)/cert-chain.pem", "-key", "\(client)/key.pem"] }
+            return try await runCommand("/usr/bin/openssl", arguments, stdin: Data("GET / HTTP/1.0\r\n\r\n".utf8), timeout: 10)
+        }
+        let through = try await sClient(certificate: true)
+        // The certificate the client saw is the backend's: the gateway did not terminate.
+        func firstCertificate(_ text: String) -> String? {
+            guard let start = text.range(of: "-----BEGIN CERTIFICATE-----"), let end = text.range(of: "-----END CERTIFICATE-----", range: start.upperBound..<text.endIndex) else { return nil }
+            return String(text[start.lowerBound..<end.upperBound])
+        }
+        let backendLeaf = try String(contentsOfFile: "\(backendCerts)/cert-chain.pem", encoding: .utf8)
+        #expect(firstCertificate(through.stdout) != nil && firstCertificate(through.stdout) == firstCertificate(backendLeaf),
+                "the client must see the backend's certificate: \(through.stdout.prefix(1500))")
+        #expect(through.stdout.contains("Verify return code: 0 (ok)"), "\(through.stdout.suffix(600))")
+        #expect(through.stdout.contains("HTTP/1.0 200 ok"), "\(through.stdout.suffix(1500)) \(through.stderr.suffix(500))")
+        let refused = try await sClient(certificate: false)
+        #expect(!refused.stdout.contains("HTTP/1.0 200 ok"), "the backend refuses a client without a certificate: \(refused.stdout.suffix(800))")
+
+        // ISTIO_MUTUAL: terminated and served as always.
+        let served = try await mesh.curl(gateway, host: Self.echo, extra: ["-w", "\n%{http_code}"])
+        #expect(served.stdout.hasSuffix("\n200"), "\(served.stdout) \(served.stderr)")
+        // A host no server exposes: refused before the handshake.
+        let hiddenResult = try await mesh.curl(gateway, host: Self.hidden)
+        #expect(hiddenResult.status != 0)
+        #expect(await eventually(timeout: .seconds(5)) { process.log.contains("NR") && process.log.contains("no Gateway server on this port exposes \(Self.hidden)") },
+                "\(process.log.suffix(2000))")
+    }
+
+    @Test("A peer EastWest gateway is still terminated on a gateway that passes *.local through: it offers its marker, so HTTP and TCP cross as before")
+    func peersStayTerminated() async throws {
+        let mesh = try TestMesh("gw-resource-peer", clusters: ["east", "west"], serviceHosts: [Self.echo, "reviews.default.svc.cluster.local"])
+        defer { mesh.processes.stopAll() }
+        try await mesh.startBackend("127.0.97.10:8080", cluster: "west")
+        try await mesh.startBackend("127.0.97.11:9080", service: "reviews.default.svc.cluster.local", cluster: "west")
+        let policies = "\(mesh.directory)/expose-services.yaml"
+        // Istio's samples/multicluster/expose-services.yaml, as users paste it.
+        try FileManager.default.copyItem(atPath: "\(PackagePaths.root)/Tests/Fixtures/multicluster/expose-services.yaml", toPath: policies)
+        var reviews = GatewayConfig.ServiceConfig.echo("127.0.97.11:9080", host: "reviews.default.svc.cluster.local", port: 9080)
+        reviews.protocol = .http
+        let westServices: [GatewayConfig.ServiceConfig] = [.echo("127.0.97.10:8080"), reviews]
+        var west = mesh.gatewayConfig(name: "west-gw", cluster: "west", ip: "127.0.97.1", services: westServices)
+        west.policies = [policies]
+        let east = mesh.gatewayConfig(name: "east-gw", cluster: "east", ip: "127.0.96.1", services: [],
+                                      remotes: [.init(name: "west", gateways: [.init(name: "west-gw", address: HostPort(host: "127.0.97.1", port: 15443))],
+                                                      services: westServices)])
+        try await mesh.startGateway(west)
+        try await mesh.startGateway(east)
+        let tcp = try await mesh.curl(east, host: Self.echo)
+        #expect(mesh.answer(tcp)?["cluster"] == "west", "\(tcp.stdout) \(tcp.stderr)")
+        let http = try await mesh.curl(east, host: "reviews.default.svc.cluster.local", path: "/x")
+        #expect(mesh.answer(http)?["path"] == "/x" && mesh.receivedHeaders(http)?["x-forwarded-client-cert"]?.contains("URI=spiffe://cluster.local/ns/default/sa/client") == true,
+                "\(http.stdout) \(http.stderr)")
+    }
+}
