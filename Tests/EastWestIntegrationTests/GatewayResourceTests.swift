@@ -107,3 +107,65 @@ struct GatewayResourceTests {
                 "\(http.stdout) \(http.stderr)")
     }
 }
+
+/// ServiceEntry and WorkloadEntry in `policies:` declare a cluster's services; federation
+/// carries them to the other clusters like any endpoint.
+@Suite("ServiceEntry through federation (processes on loopback)", .serialized, .timeLimit(.minutes(3)))
+struct ServiceEntryFederationTests {
+    @Test("One policy file for both clusters: west's endpoints (cluster label west, one inline, one a WorkloadEntry) are west's; east learns them by gossip and curl in east reaches both through west's gateway")
+    func serviceEntryAcrossClusters() async throws {
+        let ratings = "ratings.default.svc.cluster.local"
+        let mesh = try TestMesh("service-entry", clusters: ["east", "west"], serviceHosts: [ratings])
+        defer { mesh.processes.stopAll() }
+        try await mesh.startBackend("127.0.99.10:9080", service: ratings, cluster: "west")
+        try await mesh.startBackend("127.0.99.11:9080", service: ratings, cluster: "west")
+        let policies = "\(mesh.directory)/ratings-entries.yaml"
+        try """
+            apiVersion: networking.istio.io/v1
+            kind: ServiceEntry
+            metadata: {name: ratings, namespace: default}
+            spec:
+              hosts: [\(ratings)]
+              location: MESH_INTERNAL
+              ports: [{number: 9080, name: tcp, protocol: TCP}]
+              resolution: STATIC
+              endpoints:
+              - {address: 127.0.99.10, labels: {version: v1, topology.istio.io/cluster: west}}
+            ---
+            apiVersion: networking.istio.io/v1
+            kind: ServiceEntry
+            metadata: {name: ratings-vms, namespace: default}
+            spec:
+              hosts: [\(ratings)]
+              ports: [{number: 9080, name: tcp, protocol: TCP}]
+              resolution: STATIC
+              workloadSelector: {labels: {app: ratings}}
+            ---
+            apiVersion: networking.istio.io/v1
+            kind: WorkloadEntry
+            metadata: {name: ratings-vm-1, namespace: default}
+            spec: {address: 127.0.99.11, labels: {app: ratings, version: v2, topology.istio.io/cluster: west}}
+            """.write(toFile: policies, atomically: true, encoding: .utf8)
+        var east = mesh.gatewayConfig(name: "east-gw", cluster: "east", ip: "127.0.98.1", services: [])
+        var west = mesh.gatewayConfig(name: "west-gw", cluster: "west", ip: "127.0.99.1", services: [])
+        east.policies = [policies]
+        west.policies = [policies]
+        east.federation = .init(seeds: [west.listen])
+        west.federation = .init(seeds: [east.listen])
+        try await mesh.startGateway(west)
+        _ = try await mesh.startGateway(east)
+        var seen: Set<String> = []
+        let reached = await eventually(timeout: .seconds(15)) {
+            for _ in 0..<6 {
+                if let answer = mesh.answer((try? await mesh.curl(east, host: ratings)) ?? CommandResult(status: 1, stdout: "", stderr: "")),
+                   answer["cluster"] == "west", let endpoint = answer["endpoint"] { seen.insert(endpoint) }
+            }
+            return seen.count == 2
+        }
+        #expect(reached, "reached \(seen)")
+        // East never took west's endpoints for its own (it read the same file): every connection
+        // went through west's gateway, none straight to an endpoint.
+        let eastProcess = try #require(mesh.processes.children.first { $0.name == "east-gw" })
+        #expect(eastProcess.log.contains("upstream_cluster=west") && !eastProcess.log.contains("upstream_cluster=east"), "\(eastProcess.log.suffix(1500))")
+    }
+}

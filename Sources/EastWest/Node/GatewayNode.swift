@@ -18,7 +18,8 @@ struct GatewayNode: Service {
     let group: any EventLoopGroup
     let logger: Logger
 
-    static func run(config: GatewayConfig, configPath: String) async throws {
+    static func run(config configured: GatewayConfig, configPath: String) async throws {
+        var config = configured
         var logger = Logger(label: "eastwest.gateway")
         logger[metadataKey: "gateway"] = "\(config.name)"
         let tls: GatewayTLS
@@ -40,6 +41,10 @@ struct GatewayNode: Service {
             printError(error.description)
             throw ExitCodeError.invalidInput
         }
+        // ServiceEntries (and the WorkloadEntries they select) declare this cluster's services
+        // next to `services:`; from here on they are served and gossiped like those.
+        config.services = (config.services ?? [])
+            + ServiceEntry.services(resources.serviceEntries, workloads: resources.workloadEntries, cluster: config.cluster)
         let registry = PrometheusCollectorRegistry()
         MetricsSystem.bootstrap(PrometheusMetricsFactory(registry: registry))
         let routes = PolicyCompiler.compile(config: config, resources: resources)

@@ -15,6 +15,8 @@ package enum IstioPolicyLoader {
         /// Gateway resources, with where each is written (`file:line`).
         package var gateways: [IstioGateway] = []
         package var gatewayOrigins: [String] = []
+        package var serviceEntries: [ServiceEntry] = []
+        package var workloadEntries: [WorkloadEntry] = []
         package var warnings: [ConfigError] = []
         /// One line per document of a kind EastWest does not read.
         package var skipped: [String] = []
@@ -30,6 +32,8 @@ package enum IstioPolicyLoader {
             virtualServiceOrigins += other.virtualServiceOrigins
             gateways += other.gateways
             gatewayOrigins += other.gatewayOrigins
+            serviceEntries += other.serviceEntries
+            workloadEntries += other.workloadEntries
             warnings += other.warnings
             skipped += other.skipped
         }
@@ -107,6 +111,8 @@ package enum IstioPolicyLoader {
         "DestinationRule": KindReader(apiVersions: apiVersions, read: readDestinationRule),
         "VirtualService": KindReader(apiVersions: apiVersions, read: readVirtualService),
         "Gateway": KindReader(apiVersions: apiVersions, read: readGateway),
+        "ServiceEntry": KindReader(apiVersions: apiVersions, read: readServiceEntry),
+        "WorkloadEntry": KindReader(apiVersions: apiVersions, read: readWorkloadEntry),
     ]
 
     private static func readDestinationRule(_ spec: Node, _ map: SourceMap, _ loaded: inout Loaded) -> [ConfigError] {
