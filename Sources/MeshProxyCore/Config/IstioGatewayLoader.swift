@@ -10,19 +10,10 @@ extension IstioPolicyLoader {
     ]
 
     static func readGateway(_ spec: Node, _ map: SourceMap, _ loaded: inout Loaded) -> [ConfigError] {
-        let specPath = FieldPath().key("spec")
-        switch ConfigLoader.decode(IstioGateway.self, node: spec, map: map, at: specPath) {
-        case .failure(let error):
-            return [error]
-        case .success(let (decoded, unknownKeys)):
-            var gateway = decoded
-            (gateway.name, gateway.namespace) = metadata(map)
-            let errors = classify(unknownKeys, notImplemented: gatewayNotImplemented, kind: "Gateway", map: map, loaded: &loaded)
-            let (problems, warnings) = check(gateway, map: map)
-            loaded.warnings += warnings
+        readNamed(IstioGateway.self, kind: "Gateway", notImplemented: gatewayNotImplemented, spec: spec, map: map, loaded: &loaded,
+                  check: { check($0, map: map) }) { gateway, loaded in
             loaded.gateways.append(gateway)
-            loaded.gatewayOrigins.append("\(map.file):\(map.mark(of: specPath)?.line ?? 0)")
-            return errors + problems
+            loaded.gatewayOrigins.append("\(map.file):\(map.mark(of: FieldPath().key("spec"))?.line ?? 0)")
         }
     }
 

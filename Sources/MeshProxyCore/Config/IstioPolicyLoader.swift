@@ -128,10 +128,27 @@ package enum IstioPolicyLoader {
         }
     }
 
-    /// A resource's `metadata.name` and `metadata.namespace` (Kubernetes' default namespace when absent).
-    static func metadata(_ map: SourceMap) -> (name: String, namespace: String) {
-        let metadata = map.root?.mapping?["metadata"]?.mapping
-        return (metadata?["name"]?.string ?? "", metadata?["namespace"]?.string ?? "default")
+    /// One named resource's spec, the way every kind reads it: decoded, named from its
+    /// `metadata` (Kubernetes' default namespace when absent), keys it did not decode classified,
+    /// checked; `store` keeps it in `loaded`.
+    static func readNamed<Resource: NamedIstioResource>(
+        _ type: Resource.Type, kind: String, notImplemented: Set<String>, spec: Node, map: SourceMap, loaded: inout Loaded,
+        check: (Resource) -> (errors: [ConfigError], warnings: [ConfigError]), store: (Resource, inout Loaded) -> Void
+    ) -> [ConfigError] {
+        switch ConfigLoader.decode(type, node: spec, map: map, at: FieldPath().key("spec")) {
+        case .failure(let error):
+            return [error]
+        case .success(let (decoded, unknownKeys)):
+            var resource = decoded
+            let metadata = map.root?.mapping?["metadata"]?.mapping
+            resource.name = metadata?["name"]?.string ?? ""
+            resource.namespace = metadata?["namespace"]?.string ?? "default"
+            let errors = classify(unknownKeys, notImplemented: notImplemented, kind: kind, map: map, loaded: &loaded)
+            let (problems, warnings) = check(resource)
+            loaded.warnings += warnings
+            store(resource, &loaded)
+            return errors + problems
+        }
     }
 
     /// Keys a kind's model did not decode: a valid Istio field EastWest does not carry out yet
@@ -196,3 +213,14 @@ package enum IstioPolicyLoader {
         return (errors, warnings)
     }
 }
+
+/// An Istio resource named by its `metadata` (set by the loader, never decoded).
+package protocol NamedIstioResource: Codable {
+    var name: String { get set }
+    var namespace: String { get set }
+}
+
+extension VirtualService: NamedIstioResource {}
+extension IstioGateway: NamedIstioResource {}
+extension ServiceEntry: NamedIstioResource {}
+extension WorkloadEntry: NamedIstioResource {}

@@ -7,33 +7,16 @@ extension IstioPolicyLoader {
     static let serviceEntryNotImplemented: Set<String> = ["exportTo", "subjectAltNames", "network", "weight", "serviceAccount"]
 
     static func readServiceEntry(_ spec: Node, _ map: SourceMap, _ loaded: inout Loaded) -> [ConfigError] {
-        switch ConfigLoader.decode(ServiceEntry.self, node: spec, map: map, at: FieldPath().key("spec")) {
-        case .failure(let error):
-            return [error]
-        case .success(let (decoded, unknownKeys)):
-            var entry = decoded
-            (entry.name, entry.namespace) = metadata(map)
-            let errors = classify(unknownKeys, notImplemented: serviceEntryNotImplemented, kind: "ServiceEntry", map: map, loaded: &loaded)
-            let (problems, warnings) = check(entry, map: map)
-            loaded.warnings += warnings
-            loaded.serviceEntries.append(entry)
-            return errors + problems
-        }
+        readNamed(ServiceEntry.self, kind: "ServiceEntry", notImplemented: serviceEntryNotImplemented, spec: spec, map: map, loaded: &loaded,
+                  check: { check($0, map: map) }) { entry, loaded in loaded.serviceEntries.append(entry) }
     }
 
     static func readWorkloadEntry(_ spec: Node, _ map: SourceMap, _ loaded: inout Loaded) -> [ConfigError] {
-        switch ConfigLoader.decode(WorkloadEntry.self, node: spec, map: map, at: FieldPath().key("spec")) {
-        case .failure(let error):
-            return [error]
-        case .success(let (decoded, unknownKeys)):
-            var entry = decoded
-            (entry.name, entry.namespace) = metadata(map)
-            let errors = classify(unknownKeys, notImplemented: serviceEntryNotImplemented, kind: "WorkloadEntry", map: map, loaded: &loaded)
-            var problems: [ConfigError] = []
-            if (entry.address ?? "").isEmpty { problems.append(map.error(.missingField, at: FieldPath().key("spec").key("address"), "a WorkloadEntry needs an address")) }
-            loaded.workloadEntries.append(entry)
-            return errors + problems
-        }
+        readNamed(WorkloadEntry.self, kind: "WorkloadEntry", notImplemented: serviceEntryNotImplemented, spec: spec, map: map, loaded: &loaded,
+                  check: { entry in
+                      let missing = (entry.address ?? "").isEmpty
+                      return (missing ? [map.error(.missingField, at: FieldPath().key("spec").key("address"), "a WorkloadEntry needs an address")] : [], [])
+                  }) { entry, loaded in loaded.workloadEntries.append(entry) }
     }
 
     /// What Istio's validation (`ValidateServiceEntry`) rejects, and what a gateway cannot do.

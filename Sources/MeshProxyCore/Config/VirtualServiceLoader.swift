@@ -10,22 +10,12 @@ extension IstioPolicyLoader {
     ]
 
     static func readVirtualService(_ spec: Node, _ map: SourceMap, _ loaded: inout Loaded) -> [ConfigError] {
-        let specPath = FieldPath().key("spec")
-        switch ConfigLoader.decode(VirtualService.self, node: spec, map: map, at: specPath) {
-        case .failure(let error):
-            return [error]
-        case .success(let (decoded, unknownKeys)):
-            var service = decoded
-            (service.name, service.namespace) = metadata(map)
-            let errors = classify(unknownKeys, notImplemented: virtualServiceNotImplemented, kind: "VirtualService", map: map, loaded: &loaded)
-            let (problems, warnings) = check(service, map: map)
-            loaded.warnings += warnings
+        readNamed(VirtualService.self, kind: "VirtualService", notImplemented: virtualServiceNotImplemented, spec: spec, map: map, loaded: &loaded,
+                  check: { check($0, map: map) }) { service, loaded in
             loaded.virtualServices.append(service)
             loaded.virtualServiceOrigins.append((service.http ?? []).indices.map { index in
-                let mark = map.mark(of: specPath.key("http").index(index))
-                return "\(map.file):\(mark?.line ?? 0)"
+                "\(map.file):\(map.mark(of: FieldPath().key("spec").key("http").index(index))?.line ?? 0)"
             })
-            return errors + problems
         }
     }
 
