@@ -12,8 +12,12 @@ WORKLOADS = {
     "w3": "1 MiB responses, 8 connections",
     "w4": "HTTP/2, 8 connections x 100 streams",
     "w5": "idle connections held, then a burst",
+    "l1": "HTTP terminated by the proxy: keep-alive HTTP/1.1, 32 connections",
+    "l2": "HTTP terminated by the proxy: new mTLS connection per request, 32 in flight",
+    "l4": "HTTP terminated by the proxy: HTTP/2, 8 connections x 100 streams",
 }
-TARGETS = ["direct", "eastwest", "haproxy-tcp", "haproxy-http", "nginx-stream", "nginx-http", "eastwest-chain", "haproxy-chain"]
+TARGETS = ["direct", "eastwest", "haproxy-tcp", "haproxy-http", "nginx-stream", "nginx-http", "eastwest-chain", "haproxy-chain",
+           "eastwest-http", "eastwest-http-vs50", "eastwest-http-chain", "haproxy-http-chain"]
 
 
 def load(path):
@@ -150,6 +154,41 @@ def main():
               f"held {e.held * 100:.2f} %, {e.kib_per_conn:.1f} vs {h.kib_per_conn:.1f} KiB")
     if checks:
         out += ["## Targets (issue 7)", "", "| target | this run | measured |", "|---|---|---|"] + checks + [""]
+
+    # HTTP terminated by every proxy: EastWest's connection manager against HAProxy mode http and
+    # nginx http, and the issue's HTTP targets.
+    if any(w in ("l1", "l2", "l4") for (_, w) in cells):
+        out += ["## HTTP ratios", "", "| workload | EastWest / HAProxy http | EastWest / nginx http | CPU per request, EastWest / HAProxy http | p99, EastWest / HAProxy http | EastWest chain / HAProxy chain (http) |",
+                "|---|---|---|---|---|---|"]
+        for w in ["l1", "l2", "l4"]:
+            ew, ha, ng = (throughput(t, w) for t in ["eastwest-http", "haproxy-http", "nginx-http"])
+            ewc, hac = throughput("eastwest-http-chain", w), throughput("haproxy-http-chain", w)
+            cpu = p99 = None
+            if both(w, "eastwest-http", "haproxy-http"):
+                e, h = cells[("eastwest-http", w)], cells[("haproxy-http", w)]
+                cpu, p99 = ratio(median(e.cpu_us), median(h.cpu_us)), ratio(median(e.p99), median(h.p99))
+            out.append(f"| {w} | {fmt(ew and ha and ratio(ew, ha))} | {fmt(ew and ng and ratio(ew, ng))} | {fmt(cpu)} | {fmt(p99)} | "
+                       f"{fmt(ewc and hac and ratio(ewc, hac))} |")
+        out.append("")
+        http_checks = []
+
+        def http_check(name, ok, detail):
+            http_checks.append(f"| {name} | {'met' if ok else 'NOT met'} | {detail} |")
+
+        for w in ["l1", "l4"]:
+            if both(w, "eastwest-http", "haproxy-http"):
+                e, h = cells[("eastwest-http", w)], cells[("haproxy-http", w)]
+                r, c, p = ratio(median(e.rps), median(h.rps)), ratio(median(e.cpu_us), median(h.cpu_us)), ratio(median(e.p99), median(h.p99))
+                http_check(f"{w} ≥ 1.0× HAProxy http req/s, ≤ 1.0× CPU/req, p99 ≤", r >= 1 and c <= 1 and p <= 1,
+                           f"{r:.2f}× req/s, {c:.2f}× CPU/req, {p:.2f}× p99")
+        if both("l1", "eastwest-http-vs50", "eastwest-http"):
+            c = ratio(median(cells[("eastwest-http-vs50", "l1")].cpu_us), median(cells[("eastwest-http", "l1")].cpu_us))
+            http_check("a 50-rule VirtualService ≤ 1.10× the CPU/req of one rule (l1)", c <= 1.10, f"{c:.2f}×")
+        if both("l2", "eastwest-http-chain", "haproxy-http-chain"):
+            r = ratio(median(cells[("eastwest-http-chain", "l2")].rps), median(cells[("haproxy-http-chain", "l2")].rps))
+            http_check("two-hop HTTP chain, new client connection per request ≥ 2.5× HAProxy chained", r >= 2.5, f"{r:.2f}×")
+        if http_checks:
+            out += ["## Targets (issue 16, HTTP)", "", "| target | this run | measured |", "|---|---|---|"] + http_checks + [""]
     if args.generator:
         gen = dict(part.split("=") for part in args.generator.split())
         ours = [f"eastwest load w1 direct {median(cells[('direct', 'w1')].rps):.0f} req/s" if ("direct", "w1") in cells else None,

@@ -6,7 +6,10 @@
 #   bench/run.sh            full run (every target and workload, 3 repeats of 10 s; ~25 min)
 #   bench/run.sh --quick    2-minute subset (w1, w2 and the chains, 3 repeats of 3 s)
 #
-# Options: --repeats N, --seconds S, --only w1,w2,...,chain (workloads), --targets eastwest,...
+# Workloads: w1-w5 at L4 (EastWest forwards bytes), `chain` (the two-hop pairs), `l7` (HTTP
+# terminated by every proxy: l1 keep-alive HTTP/1.1, l2 a new connection per request, l4
+# HTTP/2; EastWest with a VirtualService of 1 and of 50 rules; the two-hop HTTP chain).
+# Options: --repeats N, --seconds S, --only w1,w2,...,chain,l7 (workloads), --targets eastwest,...
 # (targets), --out FILE, --no-install.
 # Cores: with two or more, proxies run on core 0 and the load generator and the backend on
 # core 1 (taskset), so a proxy's CPU time is its own and it cannot steal the generator's core.
@@ -78,12 +81,14 @@ else proxy_cpu="" load_cpu=""; pinning="one core: no pinning"; fi
 # --- certificates: one mesh root, clusters a and b, gateway and client identities ---------------
 host=echo.bench.svc.cluster.local
 host_h2=echo-h2.bench.svc.cluster.local
+# The same backend as an Istio `http` service: EastWest's HTTP connection manager serves it.
+host_http=web.bench.svc.cluster.local
 "$ew" ca init --dir "$work/ca" >/dev/null
 for c in a b; do "$ew" ca cluster --dir "$work/ca" --cluster "$c" >/dev/null; done
 for c in a b; do
     # Each gateway's identity names its cluster (eastwest-gateway-<cluster>): a dialled peer
     # gateway must present its own cluster's.
-    "$ew" ca gateway --dir "$work/ca" --cluster "$c" --dns "$host" --dns "$host_h2" --out "$work/certs/gw-$c" >/dev/null
+    "$ew" ca gateway --dir "$work/ca" --cluster "$c" --dns "$host" --dns "$host_h2" --dns "$host_http" --out "$work/certs/gw-$c" >/dev/null
     cat "$work/certs/gw-$c/cert-chain.pem" "$work/certs/gw-$c/key.pem" > "$work/certs/gw-$c/haproxy.pem"
 done
 "$ew" ca workload --dir "$work/ca" --cluster a --spiffe spiffe://cluster.local/ns/bench/sa/load --out "$work/certs/client" >/dev/null
@@ -113,8 +118,8 @@ EOF
 $load_cpu nginx -c "$work/nginx-backend.conf"
 
 # --- EastWest: gateway A (cluster a) and B (cluster b); A reaches echo only through B ------------
-gateway_config() { # name cluster address local(yes|no)
-    local name=$1 cluster=$2 address=$3 local_service=$4
+gateway_config() { # name cluster address local(yes|no) [policy file]
+    local name=$1 cluster=$2 address=$3 local_service=$4 policy=${5:-$work/vs1.yaml}
     cat <<EOF
 name: $name
 cluster: $cluster
@@ -122,11 +127,13 @@ locality: bench/$cluster
 listen: $address:15443
 admin: $address:15000
 tls: {certificateChain: $work/certs/gw-$cluster/cert-chain.pem, privateKey: $work/certs/gw-$cluster/key.pem, rootCertificate: $work/certs/gw-$cluster/root-cert.pem}
+policies: [$policy]
 EOF
     if [ "$local_service" = yes ]; then cat <<EOF
 services:
 - {host: $host, port: 8080, endpoints: [{address: $backend:8080, locality: bench/$cluster}]}
 - {host: $host_h2, port: 8082, endpoints: [{address: $backend:8082, locality: bench/$cluster}]}
+- {host: $host_http, port: 8080, protocol: http, endpoints: [{address: $backend:8080, locality: bench/$cluster}]}
 EOF
     else cat <<EOF
 remoteClusters:
@@ -135,10 +142,28 @@ remoteClusters:
   services:
   - {host: $host, port: 8080, endpoints: [{address: $backend:8080, locality: bench/b}]}
   - {host: $host_h2, port: 8082, endpoints: [{address: $backend:8082, locality: bench/b}]}
+  - {host: $host_http, port: 8080, protocol: http, endpoints: [{address: $backend:8080, locality: bench/b}]}
 EOF
     fi
 }
+# The HTTP service's VirtualService: one catch-all rule, or 49 rules that do not match (prefix,
+# header and regex matches in turn) before it, for the cost of matching.
+virtual_service() { # rules
+    printf 'apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: web, namespace: bench}\nspec:\n  hosts: [%s]\n  http:\n' "$host_http"
+    for i in $(seq 1 $(($1 - 1))); do
+        case $((i % 3)) in
+            0) printf '  - match: [{uri: {prefix: /api/v%s/}}]\n' "$i" ;;
+            1) printf '  - match: [{headers: {x-tenant: {exact: tenant-%s}}}]\n' "$i" ;;
+            2) printf '  - match: [{uri: {regex: "/items/%s/[0-9]+"}}]\n' "$i" ;;
+        esac
+        printf '    route: [{destination: {host: %s}}]\n' "$host_http"
+    done
+    printf '  - route: [{destination: {host: %s}}]\n' "$host_http"
+}
+virtual_service 1 > "$work/vs1.yaml"
+virtual_service 50 > "$work/vs50.yaml"
 gateway_config gw-a a 127.0.61.1 yes > "$work/gw-a.yaml"        # single hop: A serves echo itself
+gateway_config gw-a a 127.0.61.1 yes "$work/vs50.yaml" > "$work/gw-a-vs50.yaml"
 gateway_config gw-a a 127.0.61.1 no > "$work/gw-a-chain.yaml"   # chain: A → B → backend
 gateway_config gw-b b 127.0.62.1 yes > "$work/gw-b.yaml"
 
@@ -239,7 +264,9 @@ run_cell() { # target workload repeat
     local target=$1 workload=$2 repeat=$3 addr port args=()
     addr=$(address_of "$target")
     case "$workload" in
-        w1) port=$(port_of "$target" 8080); args=(--connections 32 --duration "${seconds}s") ;;
+        w1|l1) port=$(port_of "$target" 8080); args=(--connections 32 --duration "${seconds}s") ;;
+        l2) port=$(port_of "$target" 8080); args=(--connections 32 --new-connection-per-request --duration "${seconds}s") ;;
+        l4) port=$(port_of "$target" 8080); args=(--http2 --connections 8 --streams 100 --duration "${seconds}s") ;;
         w2) port=$(port_of "$target" 8080); args=(--connections 32 --new-connection-per-request --duration "${seconds}s") ;;
         w3) port=$(port_of "$target" 8080); args=(--connections 8 --path /1m --duration "${seconds}s") ;;
         w4) port=$(port_of "$target" 8082); args=(--http2 --connections 8 --streams 100 --duration "${seconds}s") ;;
@@ -247,6 +274,7 @@ run_cell() { # target workload repeat
     esac
     local sni=$host
     [ "$workload" = w4 ] && sni=$host_h2
+    [[ "$target" == eastwest-http* ]] && sni=$host_http
     local flags=(--target "$addr:$port" --sni "$sni" "${args[@]}" --json)
     [ "$target" != direct ] && flags+=("${tls_flags[@]}")
     local before rss_base=0 rss_peak=0 summary
@@ -299,6 +327,21 @@ if wants chain; then
         start_target "$target"
         for workload in w1 w2 w4; do
             { [ "$quick" = 1 ] && [ "$workload" = w4 ]; } && continue
+            for r in $(seq 1 "$repeats"); do run_cell "$target" "$workload" "$r"; done
+        done
+        stop_target "$target"
+    done
+fi
+
+# HTTP terminated by every proxy: EastWest's connection manager (a VirtualService of one rule, and
+# of 50), HAProxy mode http and nginx http; the two-hop HTTP chains (EastWest A keeps a pooled
+# HTTP/2 connection to B; HAProxy A `http-reuse always` over h2 to B).
+if wants l7; then
+    for target in eastwest-http eastwest-http-vs50 haproxy-http nginx-http eastwest-http-chain haproxy-http-chain; do
+        runs_target "$target" || continue
+        start_target "$target"
+        for workload in l1 l2 l4; do
+            case "$target:$workload" in eastwest-http-vs50:l2|eastwest-http-vs50:l4|*-chain:l4) continue ;; esac
             for r in $(seq 1 "$repeats"); do run_cell "$target" "$workload" "$r"; done
         done
         stop_target "$target"

@@ -8,10 +8,13 @@ start_target() {
     target_pids=()
     case "$1" in
         direct) ;;
-        eastwest)
+        eastwest|eastwest-http)
             $proxy_cpu "$gw_bin" gateway --config "$work/gw-a.yaml" --concurrency 1 --log-level warning 2>>"$work/gw.log" &
             target_pids+=($!); wait_port 127.0.61.1 15443 ;;
-        eastwest-chain)
+        eastwest-http-vs50)
+            $proxy_cpu "$gw_bin" gateway --config "$work/gw-a-vs50.yaml" --concurrency 1 --log-level warning 2>>"$work/gw.log" &
+            target_pids+=($!); wait_port 127.0.61.1 15443 ;;
+        eastwest-chain|eastwest-http-chain)
             $proxy_cpu "$gw_bin" gateway --config "$work/gw-b.yaml" --concurrency 1 --log-level warning 2>>"$work/gw.log" &
             target_pids+=($!)
             $proxy_cpu "$gw_bin" gateway --config "$work/gw-a-chain.yaml" --concurrency 1 --log-level warning 2>>"$work/gw.log" &
@@ -19,7 +22,7 @@ start_target() {
         haproxy-tcp|haproxy-http)
             $proxy_cpu haproxy -db -f "$work/haproxy.cfg" 2>>"$work/haproxy.log" &
             target_pids+=($!); wait_port 127.0.63.1 15443 ;;
-        haproxy-chain)
+        haproxy-chain|haproxy-http-chain)
             $proxy_cpu haproxy -db -f "$work/haproxy-b.cfg" 2>>"$work/haproxy.log" &
             target_pids+=($!)
             $proxy_cpu haproxy -db -f "$work/haproxy-a-chain.cfg" 2>>"$work/haproxy.log" &
@@ -39,11 +42,11 @@ stop_target() {
 }
 address_of() {
     case "$1" in
-        direct) echo "$backend" ;; eastwest|eastwest-chain) echo 127.0.61.1 ;;
+        direct) echo "$backend" ;; eastwest*) echo 127.0.61.1 ;;
         haproxy-*) echo 127.0.63.1 ;; nginx-*) echo 127.0.65.1 ;;
     esac
 }
-port_of() { case "$1" in haproxy-http|nginx-http) echo 15444 ;; direct) echo "$2" ;; *) echo 15443 ;; esac; }
+port_of() { case "$1" in haproxy-http*|nginx-http) echo 15444 ;; direct) echo "$2" ;; *) echo 15443 ;; esac; }
 # CPU seconds (user + system) the target's processes used so far.
 cpu_of() { local total=0; for pid in "${target_pids[@]:-}"; do
     [ -n "$pid" ] && [ -r "/proc/$pid/stat" ] && total=$((total + $(awk '{print $14 + $15}' "/proc/$pid/stat"))); done
