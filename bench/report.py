@@ -99,7 +99,8 @@ def main():
         out.append("")
 
     # Ratios against HAProxy (mode tcp, the same layer as EastWest), nginx stream and direct.
-    out += ["## Ratios", "", "| workload | EastWest / HAProxy tcp | EastWest / nginx stream | EastWest / direct | HAProxy tcp / direct | EastWest chain / HAProxy chain | CPU per request, EastWest / HAProxy tcp |",
+    has_l4 = any(w in ("w1", "w2", "w3", "w4") for (_, w) in cells)
+    out += [] if not has_l4 else ["## Ratios", "", "| workload | EastWest / HAProxy tcp | EastWest / nginx stream | EastWest / direct | HAProxy tcp / direct | EastWest chain / HAProxy chain | CPU per request, EastWest / HAProxy tcp |",
             "|---|---|---|---|---|---|---|"]
 
     def throughput(t, w):
@@ -111,7 +112,7 @@ def main():
     def fmt(x):
         return "-" if x is None or x != x else f"{x:.2f}×"
 
-    for w in ["w1", "w2", "w3", "w4"]:
+    for w in ["w1", "w2", "w3", "w4"] if has_l4 else []:
         ew, ha, ng, di = (throughput(t, w) for t in ["eastwest", "haproxy-tcp", "nginx-stream", "direct"])
         ewc, hac = throughput("eastwest-chain", w), throughput("haproxy-chain", w)
         cpu = None
