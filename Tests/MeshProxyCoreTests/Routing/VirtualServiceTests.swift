@@ -233,6 +233,16 @@ struct VirtualServiceTests {
         }
     }
 
+    @Test("A regex's literal prefix refuses early, never changing what matches")
+    func regexLiteralPrefix() throws {
+        let cases: [(String, String)] = [("/items/[0-9]+", "/items/"), ("/v1/ab?c", "/v1/a"), ("abc+d", "abc"), ("a*", ""), ("a|b", ""),
+                                         ("\\/api\\.v1/.*", "/api.v1/"), ("\\d+", ""), ("(?i)abc", ""), ("x{2}", ""), (".*Firefox.*", "")]
+        for (pattern, prefix) in cases { #expect(FullMatchRegex.literalPrefix(of: pattern) == prefix, "\(pattern)") }
+        let regex = try FullMatchRegex("/v1/ab?c")
+        #expect(regex.matches("/v1/ac") && regex.matches("/v1/abc") && !regex.matches("/v1/abbc") && !regex.matches("/v2/ac"))
+        #expect(try FullMatchRegex("abc+d").matches("abcccd"))
+    }
+
     @Test("What Istio rejects is an error at its line; what EastWest does not carry out yet warns by name")
     func validation() throws {
         let bad = """
