@@ -287,4 +287,31 @@ struct HTTPRoutingTests {
         #expect(gateway.log.contains("\"GET /old/x?y=1 HTTP/2\" 200 - via_upstream"), "\(gateway.log.suffix(1500))")
         #expect(gateway.log.contains("\"GET /moved/a?b=1 HTTP/2\" 302 - direct_response"), "\(gateway.log.suffix(1500))")
     }
+
+    @Test("Malformed HTTP/1 gets Envoy's 400 Bad Request, headers over 60 KiB its 431, each logged DPE; the gateway keeps serving")
+    func malformedRequests() async throws {
+        let mesh = try await Self.start("http-malformed", block: 100, virtualService: Self.reviewsRoutes + """
+              - route: [{destination: {host: reviews, subset: v1}}]
+            """)
+        defer { mesh.mesh.processes.stopAll() }
+        let client = mesh.mesh.clientCertPath("east")
+        func raw(_ request: String) async throws -> String {
+            let result = try await runCommand("/usr/bin/openssl", ["s_client", "-connect", "127.0.100.1:15443", "-servername", Self.reviews, "-alpn", "http/1.1",
+                                                      "-cert", "\(client)/cert-chain.pem", "-cert_chain", "\(client)/cert-chain.pem", "-key", "\(client)/key.pem",
+                                                      "-CAfile", mesh.mesh.certs.rootCertificatePath, "-quiet", "-ign_eof"],
+                                 stdin: Data(request.utf8), timeout: 10)
+            return result.stdout + (result.stdout.isEmpty ? "<no answer; stderr: \(result.stderr.suffix(400))>" : "")
+        }
+        let bad = try await raw("GET /x HTTP/1.1\r\nHost: \(Self.reviews)\r\nno colon here\r\n\r\n")
+        let log = mesh.mesh.processes.children.first { $0.name == "east-gw" }?.log ?? ""
+        #expect(bad.hasPrefix("HTTP/1.1 400 Bad Request") && bad.hasSuffix("\r\n\r\nBad Request"), "\(bad) \(log.suffix(1500))")
+        #expect(bad.lowercased().contains("connection: close") && bad.lowercased().contains("server: istio-envoy"), "\(bad)")
+        let large = try await raw("GET /x HTTP/1.1\r\nHost: \(Self.reviews)\r\nx-big: \(String(repeating: "a", count: 70_000))\r\n\r\n")
+        #expect(large.hasPrefix("HTTP/1.1 431 Request Header Fields Too Large"), "\(large.prefix(300))")
+        let served = try await mesh.mesh.curl(mesh.east, host: Self.reviews, path: "/reviews/0", extra: ["-w", "\n%{http_code}"])
+        #expect(served.stdout.hasSuffix("\n200"), "\(served.stdout)")
+        let gateway = try #require(mesh.mesh.processes.children.first { $0.name == "east-gw" })
+        #expect(await eventually(timeout: .seconds(5)) { gateway.log.contains("400 DPE http1.codec_error") && gateway.log.contains("431 DPE http1.headers_too_large") },
+                "\(gateway.log.suffix(1500))")
+    }
 }

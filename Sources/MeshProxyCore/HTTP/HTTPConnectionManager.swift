@@ -431,15 +431,7 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
         }
         record.responseCode = Int(reply.status.code)
         let payload = reply.payload
-        var head = HTTPResponseHead(version: .http1_1, status: reply.status)
-        head.headers.add(name: "content-length", value: String(payload.count))
-        // As Envoy's local replies: a content type only with a body.
-        if !payload.isEmpty { head.headers.add(name: "content-type", value: "text/plain") }
-        head.headers.add(name: "date", value: HTTPLocalReply.httpDate())
-        head.headers.add(name: "server", value: "istio-envoy")
-        for header in reply.headers { head.headers.add(name: header.name, value: header.value) }
-        if !requestKeepAlive { head.headers.add(name: "connection", value: "close") }
-        context.write(wrapOutboundOut(.head(head)), promise: nil)
+        context.write(wrapOutboundOut(.head(reply.head(closing: !requestKeepAlive))), promise: nil)
         if !payload.isEmpty {
             record.bytesSent += payload.count
             context.write(wrapOutboundOut(.body(.byteBuffer(ByteBuffer(bytes: payload)))), promise: nil)

@@ -34,6 +34,34 @@ package struct HTTPLocalReply: Sendable, Equatable {
     /// What goes on the wire.
     package var payload: [UInt8] { bytes ?? Array(body.utf8) }
 
+    /// The response head as Envoy writes a local reply: its length, a content type only with a
+    /// body, the date, `server: istio-envoy`, the reply's own headers, and `connection: close`
+    /// when the connection ends after it.
+    package func head(closing: Bool) -> HTTPResponseHead {
+        var head = HTTPResponseHead(version: .http1_1, status: status)
+        let length = payload.count
+        head.headers.add(name: "content-length", value: String(length))
+        if length > 0 { head.headers.add(name: "content-type", value: "text/plain") }
+        head.headers.add(name: "date", value: Self.httpDate())
+        head.headers.add(name: "server", value: "istio-envoy")
+        for header in headers { head.headers.add(name: header.name, value: header.value) }
+        if closing { head.headers.add(name: "connection", value: "close") }
+        return head
+    }
+
+    /// A client that broke HTTP/1 (a bad request line, a bad header): 400 `Bad Request`, `DPE`.
+    package static func badRequest(_ detail: String) -> HTTPLocalReply {
+        .init(status: .badRequest, body: "Bad Request", flags: [.downstreamProtocolError], detail: detail)
+    }
+
+    /// Headers over Envoy's `max_request_headers_kb` (60 KiB): 431, `DPE`.
+    package static func headersTooLarge(_ detail: String) -> HTTPLocalReply {
+        .init(status: .requestHeaderFieldsTooLarge, body: "Request Header Fields Too Large", flags: [.downstreamProtocolError], detail: detail)
+    }
+
+    /// Envoy's `max_request_headers_kb` default.
+    package static let maximumRequestHeadersSize = 60 * 1024
+
     /// A VirtualService `redirect`: the 3xx with its `location`, empty body, no flag.
     package static func redirect(code: Int, location: String, detail: String) -> HTTPLocalReply {
         var reply = HTTPLocalReply(status: HTTPResponseStatus(statusCode: code), body: "", flags: [], detail: detail)

@@ -121,7 +121,12 @@ package final class GatewayConnectionHandler: ChannelDuplexHandler, RemovableCha
                     }
                 }
             } else {
-                try operations.configureHTTPServerPipeline(position: .after(self), withPipeliningAssistance: true, withErrorHandling: true)
+                var limits = NIOHTTPDecoderLimitConfiguration()
+                limits.maxHeaderListSize = HTTPLocalReply.maximumRequestHeadersSize
+                limits.maxHeaderFieldSize = HTTPLocalReply.maximumRequestHeadersSize
+                try operations.configureHTTPServerPipeline(position: .after(self), withPipeliningAssistance: true, withErrorHandling: false,
+                                                           withEncoderConfiguration: .init(), withDecoderLimitConfiguration: limits)
+                try operations.addHandler(HTTPProtocolErrorReplier(dataPlane: dataPlane, connection: record), position: .last)
                 try operations.addHandler(HTTPConnectionManager(dataPlane: dataPlane, routes: routes, connectionRoute: route, connection: record,
                                                                 protocolName: "HTTP/1.1"), position: .last)
             }

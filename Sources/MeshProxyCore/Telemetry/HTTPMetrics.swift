@@ -106,6 +106,7 @@ package struct HTTPRequestRecord: Sendable {
         if flags.contains(.upstreamOverflow) { return "upstream_reset_before_response_started{overflow}" }
         if flags.contains(.upstreamConnectionFailure) { return "upstream_reset_before_response_started{remote_connection_failure}" }
         if flags.contains(.upstreamConnectionTermination) { return "upstream_reset_before_response_started{connection_termination}" }
+        if flags.contains(.downstreamProtocolError) { return responseCode == 431 ? "http1.headers_too_large" : "http1.codec_error" }
         return directResponse ? "direct_response" : "via_upstream"
     }
 
