@@ -169,3 +169,64 @@ struct ServiceEntryFederationTests {
         #expect(eastProcess.log.contains("upstream_cluster=west") && !eastProcess.log.contains("upstream_cluster=east"), "\(eastProcess.log.suffix(1500))")
     }
 }
+
+/// VirtualService `tcp:` routes on a TCP service: the subset by weight, per connection.
+@Suite("VirtualService tcp routes (curl on loopback)", .serialized, .timeLimit(.minutes(3)))
+struct TCPRouteTests {
+    @Test("tcp: a port match sends every connection to v2; a 50/50 split over 100 connections lands on both within a binomial tolerance")
+    func weightedSubsets() async throws {
+        let host = "tcp-echo.default.svc.cluster.local"
+        let mesh = try TestMesh("tcp-routes", clusters: ["east"], serviceHosts: [host])
+        defer { mesh.processes.stopAll() }
+        for (address, version) in [("127.0.102.10:9000", "v1"), ("127.0.102.11:9000", "v2")] {
+            _ = try mesh.processes.start("backend-\(version)", ["demo-backend", "--listen", address, "--service", host, "--cluster", "east", "--version", version])
+            try #require(await eventually { (try? await runCommand("/usr/bin/curl", ["-s", "-o", "/dev/null", "-w", "%{http_code}", "http://\(address)/"]).stdout) == "200" })
+        }
+        func policies(_ routes: String) -> String {
+            """
+            apiVersion: networking.istio.io/v1
+            kind: DestinationRule
+            metadata: {name: tcp-echo}
+            spec:
+              host: tcp-echo
+              subsets:
+              - {name: v1, labels: {version: v1}}
+              - {name: v2, labels: {version: v2}}
+            ---
+            apiVersion: networking.istio.io/v1
+            kind: VirtualService
+            metadata: {name: tcp-echo}
+            spec:
+              hosts: [tcp-echo]
+              tcp:
+            \(routes)
+            """
+        }
+        let service = GatewayConfig.ServiceConfig(host: host, port: 9000, endpoints: [
+            Endpoint(address: HostPort(host: "127.0.102.10", port: 9000), labels: ["version": "v1"]),
+            Endpoint(address: HostPort(host: "127.0.102.11", port: 9000), labels: ["version": "v2"]),
+        ])
+        func versions(_ routes: String, label: String, count: Int) async throws -> [String: Int] {
+            let path = "\(mesh.directory)/\(label).yaml"
+            try policies(routes).write(toFile: path, atomically: true, encoding: .utf8)
+            var gateway = mesh.gatewayConfig(name: "gw-\(label)", cluster: "east", ip: "127.0.102.1", services: [service])
+            gateway.policies = [path]
+            let process = try await mesh.startGateway(gateway)
+            defer { process.stop() }
+            // A new connection per request: curl closes after each (HTTP/1.0).
+            var counts: [String: Int] = [:]
+            for _ in 0..<count {
+                let answer = mesh.answer(try await mesh.curl(gateway, host: host, extra: ["--http1.0"]))
+                counts[answer?["version"] ?? "?", default: 0] += 1
+            }
+            return counts
+        }
+        let all = try await versions("  - match: [{port: 9000}]\n    route: [{destination: {host: tcp-echo, subset: v2}}]", label: "all-v2", count: 10)
+        #expect(all == ["v2": 10], "\(all)")
+        let split = try await versions("  - route:\n    - {destination: {host: tcp-echo, subset: v1}, weight: 50}\n    - {destination: {host: tcp-echo, subset: v2}, weight: 50}",
+                                       label: "split", count: 100)
+        // Binomial(100, 0.5): 4 standard deviations is 20.
+        #expect(split["v1", default: 0] + split["v2", default: 0] == 100 && (30...70).contains(split["v1", default: 0]), "\(split)")
+    }
+}
+

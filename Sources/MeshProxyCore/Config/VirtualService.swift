@@ -8,13 +8,14 @@ package struct VirtualService: Codable, Sendable, Equatable {
     package var hosts: [String]?
     package var gateways: [String]?
     package var http: [HTTPRoute]?
+    package var tcp: [TCPRoute]?
     package var exportTo: [String]?
     /// `metadata.namespace` (short host names resolve in it); set by the loader, not decoded.
     package var namespace: String = "default"
     /// `metadata.name`, for `eastwest route` and the log.
     package var name: String = ""
 
-    enum CodingKeys: String, CodingKey { case hosts, gateways, http, exportTo }
+    enum CodingKeys: String, CodingKey { case hosts, gateways, http, tcp, exportTo }
 
     package init(hosts: [String], http: [HTTPRoute], namespace: String = "default", name: String = "") {
         self.hosts = hosts; self.http = http; self.namespace = namespace; self.name = name
@@ -77,6 +78,21 @@ package struct VirtualService: Codable, Sendable, Equatable {
             if let bytes = body?.bytes, let data = Data(base64Encoded: bytes) { return Array(data) }
             return []
         }
+    }
+
+    /// A `tcp:` route: for the service's TCP ports, by destination port (and client namespace),
+    /// weighted destinations chosen per connection.
+    package struct TCPRoute: Codable, Sendable, Equatable {
+        package var match: [L4MatchAttributes]?
+        package var route: [HTTPRouteDestination]?
+    }
+
+    package struct L4MatchAttributes: Codable, Sendable, Equatable {
+        package var port: Int?
+        package var sourceNamespace: String?
+        package var destinationSubnets: [String]?
+        package var sourceLabels: [String: String]?
+        package var gateways: [String]?
     }
 
     package struct HTTPMatchRequest: Codable, Sendable, Equatable {

@@ -5,7 +5,7 @@ extension IstioPolicyLoader {
     /// Valid VirtualService fields (istio/api virtual_service.proto) EastWest does not carry out
     /// yet: they load with a warning naming them.
     static let virtualServiceNotImplemented: Set<String> = [
-        "tls", "tcp", "delegate", "timeout", "retries", "fault", "mirror", "mirrors", "mirrorPercentage", "mirrorPercent",
+        "tls", "delegate", "timeout", "retries", "fault", "mirror", "mirrors", "mirrorPercentage", "mirrorPercent",
         "mirror_percent", "corsPolicy", "statPrefix",
     ]
 
@@ -34,26 +34,24 @@ extension IstioPolicyLoader {
         if service.gateways != nil {
             warnings.append(map.error(.notImplemented, at: spec.key("gateways"), "accepted; every EastWest gateway applies the rules (a Gateway resource does not select them yet)").asWarning)
         }
+        for (i, rule) in (service.tcp ?? []).enumerated() {
+            let rulePath = spec.key("tcp").index(i)
+            let destinations = rule.route ?? []
+            if destinations.isEmpty { errors.append(map.error(.missingField, at: rulePath.key("route"), "a TCP route needs a 'route'")) }
+            errors += checkDestinations(destinations, at: rulePath, map: map)
+            for (j, match) in (rule.match ?? []).enumerated() {
+                let path = rulePath.key("match").index(j)
+                if let port = match.port, !(1...65_535).contains(port) { errors.append(map.error(.invalidValue, at: path.key("port"), "port must be 1-65535")) }
+                for field in [("destinationSubnets", match.destinationSubnets != nil), ("sourceLabels", match.sourceLabels != nil), ("gateways", match.gateways != nil)] where field.1 {
+                    warnings.append(map.error(.notImplemented, at: path.key(field.0), "valid Istio field, not carried out by EastWest yet; the match ignores it").asWarning)
+                }
+            }
+        }
         for (i, rule) in (service.http ?? []).enumerated() {
             let rulePath = spec.key("http").index(i)
             let destinations = rule.route ?? []
             errors += checkActions(rule, at: rulePath, map: map, warnings: &warnings)
-            for (j, destination) in destinations.enumerated() {
-                let path = rulePath.key("route").index(j)
-                if destination.destination.host.isEmpty { errors.append(map.error(.missingField, at: path.key("destination").key("host"), "must not be empty")) }
-                if let weight = destination.weight, weight < 0 { errors.append(map.error(.invalidValue, at: path.key("weight"), "weight must not be negative")) }
-                if let port = destination.destination.port?.number, !(1...65_535).contains(port) {
-                    errors.append(map.error(.invalidValue, at: path.key("destination").key("port").key("number"), "port must be 1-65535"))
-                }
-            }
-            if destinations.count > 1 {
-                let weights = destinations.compactMap(\.weight)
-                if weights.isEmpty {
-                    errors.append(map.error(.invalidValue, at: rulePath.key("route"), "several destinations need weights (Istio rejects them all missing)"))
-                } else if weights.reduce(0, +) == 0 {
-                    errors.append(map.error(.invalidValue, at: rulePath.key("route"), "the weights of several destinations must not sum to 0"))
-                }
-            }
+            errors += checkDestinations(destinations, at: rulePath, map: map)
             for (j, match) in (rule.match ?? []).enumerated() {
                 let path = rulePath.key("match").index(j)
                 let strings: [(String, VirtualService.StringMatch?)] = [("uri", match.uri), ("scheme", match.scheme), ("method", match.method), ("authority", match.authority)]
@@ -75,6 +73,28 @@ extension IstioPolicyLoader {
             }
         }
         return (errors, warnings)
+    }
+
+    /// Istio's `validateHTTPRouteDestinations` (and its TCP twin): hosts, ports, weights.
+    static func checkDestinations(_ destinations: [VirtualService.HTTPRouteDestination], at rulePath: FieldPath, map: SourceMap) -> [ConfigError] {
+        var errors: [ConfigError] = []
+        for (j, destination) in destinations.enumerated() {
+            let path = rulePath.key("route").index(j)
+            if destination.destination.host.isEmpty { errors.append(map.error(.missingField, at: path.key("destination").key("host"), "must not be empty")) }
+            if let weight = destination.weight, weight < 0 { errors.append(map.error(.invalidValue, at: path.key("weight"), "weight must not be negative")) }
+            if let port = destination.destination.port?.number, !(1...65_535).contains(port) {
+                errors.append(map.error(.invalidValue, at: path.key("destination").key("port").key("number"), "port must be 1-65535"))
+            }
+        }
+        if destinations.count > 1 {
+            let weights = destinations.compactMap(\.weight)
+            if weights.isEmpty {
+                errors.append(map.error(.invalidValue, at: rulePath.key("route"), "several destinations need weights (Istio rejects them all missing)"))
+            } else if weights.reduce(0, +) == 0 {
+                errors.append(map.error(.invalidValue, at: rulePath.key("route"), "the weights of several destinations must not sum to 0"))
+            }
+        }
+        return errors
     }
 
     /// Istio's `validateHTTPRouteConflict` and the checks of rewrite, redirect and direct response.

@@ -54,38 +54,52 @@ package enum HTTPRequestRouter {
         guard let destination = decision.destination else {
             return .reply(.noRoute("no VirtualService route for \(request.method) \(authority)\(request.path)"))
         }
-        let ports = services.ports(of: destination.host)
-        let port: Int
-        if let wanted = destination.port {
-            guard ports.contains(wanted) else {
-                return .reply(.noCluster("\(decision.rule.origin): \(destination.host) has no port \(wanted) in the mesh"))
-            }
-            port = wanted
-        } else {
-            // Istio: the destination's only port; with several and none named, the listener port,
-            // which is no service's (NC).
-            guard ports.count == 1 else {
-                return .reply(.noCluster(ports.isEmpty
-                    ? "\(decision.rule.origin): no service \(destination.host) in the mesh"
-                    : "\(decision.rule.origin): \(destination.host) has several ports (\(ports.map(String.init).joined(separator: ", "))); name one in destination.port"))
-            }
-            port = ports[0]
+        let route: Route
+        switch resolve(destination, origin: decision.rule.origin, routes: routes, services: services) {
+        case .success(let resolved): route = resolved
+        case .failure(let missing): return .reply(.noCluster(missing.detail))
         }
-        var selector: [String: String] = [:]
-        if let subset = destination.subset {
-            guard let labels = routes.selector(host: destination.host, subset: subset) else {
-                return .reply(.noCluster("\(decision.rule.origin): subset '\(subset)' of \(destination.host) is in no DestinationRule"))
-            }
-            selector = labels
-        }
-        let service = ServiceKey(host: destination.host, port: port)
-        let route = Route(service: service, subset: destination.subset, selector: selector, protocol: services.protocol(of: service))
         return .forward(Forward(route: route, routeName: decision.rule.name, origin: decision.rule.origin,
                                 requestHeaders: decision.rule.requestHeaders.then(destination.requestHeaders),
                                 responseHeaders: decision.rule.responseHeaders.then(destination.responseHeaders),
                                 destinations: decision.rule.destinations,
                                 path: decision.rule.rewrite?.rewrittenPath(request.path, matchedBy: decision.rule.match?.uri),
                                 authority: decision.rule.rewrite?.authority))
+    }
+
+    /// A destination's service port does not exist, or its subset is in no DestinationRule (NC).
+    package struct NoCluster: Error, Sendable {
+        package var detail: String
+    }
+
+    /// The service port and subset a route destination (HTTP or TCP) names, as istiod resolves
+    /// it: the port given, else the service's only port; the subset's labels.
+    package static func resolve(_ destination: HTTPDestination, origin: String, routes: RouteConfiguration,
+                                services: some ServiceDirectory) -> Result<Route, NoCluster> {
+        let ports = services.ports(of: destination.host)
+        let port: Int
+        if let wanted = destination.port {
+            guard ports.contains(wanted) else { return .failure(NoCluster(detail: "\(origin): \(destination.host) has no port \(wanted) in the mesh")) }
+            port = wanted
+        } else {
+            // Istio: the destination's only port; with several and none named, the listener port,
+            // which is no service's (NC).
+            guard ports.count == 1 else {
+                return .failure(NoCluster(detail: ports.isEmpty
+                    ? "\(origin): no service \(destination.host) in the mesh"
+                    : "\(origin): \(destination.host) has several ports (\(ports.map(String.init).joined(separator: ", "))); name one in destination.port"))
+            }
+            port = ports[0]
+        }
+        var selector: [String: String] = [:]
+        if let subset = destination.subset {
+            guard let labels = routes.selector(host: destination.host, subset: subset) else {
+                return .failure(NoCluster(detail: "\(origin): subset '\(subset)' of \(destination.host) is in no DestinationRule"))
+            }
+            selector = labels
+        }
+        let service = ServiceKey(host: destination.host, port: port)
+        return .success(Route(service: service, subset: destination.subset, selector: selector, protocol: services.protocol(of: service)))
     }
 
     /// A redirect's `location`, as Envoy builds it (`RouteEntryImplBase::newUri`): each part

@@ -20,7 +20,8 @@ package final class GatewayConnectionHandler: ChannelDuplexHandler, RemovableCha
     private let dataPlane: DataPlane
     /// The route configuration the connection was accepted under.
     private let routes: RouteConfiguration
-    private let route: Route
+    /// What the server name resolved to; a `tcp:` route may replace it when the plan is made.
+    private var route: Route
     private let record: ConnectionRecord
     private var machine = GatewayConnectionStateMachine()
     /// Decided once the client's identity is known.
@@ -168,6 +169,17 @@ package final class GatewayConnectionHandler: ChannelDuplexHandler, RemovableCha
         // The identity verified at the handshake decides how far the traffic may go.
         // Passed-through traffic goes to local endpoints only, as Istio's sni-dnat clusters.
         let origin: TrafficOrigin = passthrough || fromPeerGateway ? .peerGateway : .client
+        if origin == .client, routes.hasTCPRoutes,
+           let (rule, destination) = routes.tcpRoute(for: route.service, sourceNamespace: record.sourceIdentity?.namespace, random: UInt64.random(in: .min ... .max)) {
+            // A VirtualService `tcp:` route decides where the connection goes, once, here.
+            switch HTTPRequestRouter.resolve(destination, origin: rule.origin, routes: routes, services: dataPlane.clusters.current) {
+            case .success(let chosen):
+                route = chosen
+                record.route = chosen
+            case .failure(let missing):
+                return machine.refused(flags: [.noClusterFound], detail: missing.detail)
+            }
+        }
         let action = routes.action(for: route, origin: origin)
         self.action = action
         let clusters = dataPlane.clusters

@@ -289,7 +289,41 @@ package struct HTTPRouteRule: Sendable, Equatable {
         self.name = name; self.origin = origin; self.match = match; self.destinations = destinations
     }
 
-    var totalWeight: Int { destinations.reduce(0) { $0 + $1.weight } }
+}
+
+/// One `tcp:` route of a VirtualService, compiled: it holds for a connection to `port` (any
+/// when nil) from a client in `sourceNamespace` (any when nil), for any of its match blocks.
+package struct TCPRouteRule: Sendable, Equatable {
+    package struct Match: Sendable, Equatable {
+        package var port: Int?
+        package var sourceNamespace: String?
+    }
+
+    /// Empty: every connection.
+    package var matches: [Match]
+    /// Weight-0 destinations already dropped.
+    package var destinations: [HTTPDestination]
+    package var origin: String
+
+    package func holds(port: Int, sourceNamespace: String?) -> Bool {
+        matches.isEmpty || matches.contains { ($0.port ?? port) == port && ($0.sourceNamespace.map { $0 == sourceNamespace } ?? true) }
+    }
+}
+
+extension HTTPDestination {
+    /// Envoy's weighted pick (`random % total`, the first cumulative range holding it).
+    static func pick(_ destinations: [HTTPDestination], random: UInt64) -> HTTPDestination? {
+        guard var chosen = destinations.first else { return nil }
+        let total = destinations.reduce(0) { $0 + $1.weight }
+        if destinations.count > 1, total > 0 {
+            var point = Int(random % UInt64(total))
+            for destination in destinations {
+                if point < destination.weight { chosen = destination; break }
+                point -= destination.weight
+            }
+        }
+        return chosen
+    }
 }
 
 /// The routes of one host, in order: the first whose match holds wins (Envoy's virtual host).
@@ -310,16 +344,7 @@ package struct HTTPRouteTable: Sendable, Equatable {
     package func route(_ request: HTTPRequestFacts, port: Int?, random: UInt64) -> Decision? {
         for (index, rule) in rules.enumerated() where rule.match?.matches(request, port: port) ?? true {
             guard case .route = rule.action else { return Decision(rule: rule, destination: nil, ruleIndex: index) }
-            guard !rule.destinations.isEmpty else { return nil }
-            let total = rule.totalWeight
-            var chosen = rule.destinations[0]
-            if rule.destinations.count > 1, total > 0 {
-                var point = Int(random % UInt64(total))
-                for destination in rule.destinations {
-                    if point < destination.weight { chosen = destination; break }
-                    point -= destination.weight
-                }
-            }
+            guard let chosen = HTTPDestination.pick(rule.destinations, random: random) else { return nil }
             return Decision(rule: rule, destination: chosen, ruleIndex: index)
         }
         return nil

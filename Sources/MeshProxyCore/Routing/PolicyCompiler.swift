@@ -8,6 +8,7 @@ package enum PolicyCompiler {
         package var subsets: [String: [String: [String: String]]] = [:]
         package var destinationRules: [DestinationRule] = []
         package var httpRoutes: [String: HTTPRouteTable] = [:]
+        package var tcpRoutes: [String: [TCPRouteRule]] = [:]
         /// This gateway's labels and listener port, which Gateway resources select by.
         package var gatewayLabels: [String: String] = [:]
         package var listenerPort = 15443
@@ -24,6 +25,7 @@ package enum PolicyCompiler {
         KindCompiler(kind: "DestinationRule") { loaded, draft in draft.destinationRules += loaded.destinationRules },
         KindCompiler(kind: "VirtualService") { loaded, draft in
             draft.httpRoutes = VirtualServiceCompiler.compile(loaded.virtualServices, origins: loaded.virtualServiceOrigins)
+            draft.tcpRoutes = VirtualServiceCompiler.compileTCP(loaded.virtualServices)
         },
         KindCompiler(kind: "Gateway") { loaded, draft in
             draft.gatewayServers = GatewayServers.compile(loaded.gateways, origins: loaded.gatewayOrigins, labels: draft.gatewayLabels, port: draft.listenerPort)
@@ -43,7 +45,7 @@ package enum PolicyCompiler {
         if let network = config.network { clientLabels["topology.istio.io/network"] = network }
         return RouteConfiguration(localCluster: config.cluster, client: config.locality ?? Locality(region: ""),
                                   clientLabels: clientLabels, subsets: draft.subsets, destinationRules: draft.destinationRules, httpRoutes: draft.httpRoutes,
-                                  gatewayServers: draft.gatewayServers,
+                                  tcpRoutes: draft.tcpRoutes, gatewayServers: draft.gatewayServers,
                                   connectTimeout: config.connectTimeout, maxConnectAttempts: config.effectiveMaxConnectAttempts)
     }
 }

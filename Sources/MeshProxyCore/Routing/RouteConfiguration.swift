@@ -38,6 +38,8 @@ package struct RouteConfiguration: Sendable, Equatable {
     private let rulesByShortName: [String: DestinationRule]
     /// VirtualService routes by exact host (FQDN, lower-case).
     private let httpRoutesByHost: [String: HTTPRouteTable]
+    /// VirtualService `tcp:` routes by exact host.
+    private let tcpRoutesByHost: [String: [TCPRouteRule]]
     /// `*.suffix` hosts, longest suffix first (Envoy's virtual host order), then `*`.
     private let wildcardHTTPRoutes: [WildcardRoutes]
 
@@ -52,10 +54,11 @@ package struct RouteConfiguration: Sendable, Equatable {
 
     package init(localCluster: String, client: Locality = Locality(region: ""), clientLabels: [String: String] = [:],
                  subsets: [String: [String: [String: String]]] = [:], destinationRules: [DestinationRule] = [],
-                 httpRoutes: [String: HTTPRouteTable] = [:], gatewayServers: GatewayServers? = nil,
+                 httpRoutes: [String: HTTPRouteTable] = [:], tcpRoutes: [String: [TCPRouteRule]] = [:], gatewayServers: GatewayServers? = nil,
                  connectTimeout: Duration = .seconds(5), maxConnectAttempts: Int = 3) {
         self.localCluster = localCluster
         self.gatewayServers = gatewayServers
+        self.tcpRoutesByHost = tcpRoutes
         self.client = client
         self.clientLabels = clientLabels
         self.destinationRules = destinationRules
@@ -107,6 +110,19 @@ package struct RouteConfiguration: Sendable, Equatable {
         if let exact = httpRoutesByHost[name] { return exact }
         return wildcardHTTPRoutes.first { $0.suffix.isEmpty || name.hasSuffix($0.suffix) }?.table
     }
+
+    /// The first `tcp:` route for a connection to `service` from a client in `sourceNamespace`,
+    /// and the destination `random` draws from it.
+    package func tcpRoute(for service: ServiceKey, sourceNamespace: String?, random: UInt64) -> (rule: TCPRouteRule, destination: HTTPDestination)? {
+        guard let rules = tcpRoutesByHost[service.host] else { return nil }
+        for rule in rules where rule.holds(port: service.port, sourceNamespace: sourceNamespace) {
+            guard let destination = HTTPDestination.pick(rule.destinations, random: random) else { return nil }
+            return (rule, destination)
+        }
+        return nil
+    }
+
+    package var hasTCPRoutes: Bool { !tcpRoutesByHost.isEmpty }
 
     /// Whether any VirtualService routes HTTP here (the HTTP path is taken only then, or for
     /// HTTP services).

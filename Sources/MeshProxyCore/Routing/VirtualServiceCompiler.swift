@@ -22,6 +22,26 @@ enum VirtualServiceCompiler {
         }
     }
 
+    /// The `tcp:` routes per host, in load order (first holding wins).
+    static func compileTCP(_ services: [VirtualService]) -> [String: [TCPRouteRule]] {
+        var result: [String: [TCPRouteRule]] = [:]
+        for service in services {
+            for (index, tcp) in (service.tcp ?? []).enumerated() {
+                let all = tcp.route ?? []
+                let destinations = all.compactMap { route -> HTTPDestination? in
+                    let weight = all.count == 1 ? 100 : (route.weight ?? 0)
+                    guard weight > 0 else { return nil }
+                    return HTTPDestination(host: fullName(route.destination.host, namespace: service.namespace),
+                                           port: route.destination.port?.number, subset: route.destination.subset, weight: weight)
+                }
+                let rule = TCPRouteRule(matches: (tcp.match ?? []).map { .init(port: $0.port, sourceNamespace: $0.sourceNamespace) },
+                                        destinations: destinations, origin: "VirtualService \(service.namespace)/\(service.name) tcp[\(index)]")
+                for host in service.hosts ?? [] { result[fullName(host, namespace: service.namespace), default: []].append(rule) }
+            }
+        }
+        return result
+    }
+
     static func routes(of service: VirtualService, origins: [String]) -> [(rule: HTTPRouteRule, catchAll: Bool)] {
         var result: [(rule: HTTPRouteRule, catchAll: Bool)] = []
         for (index, http) in (service.http ?? []).enumerated() {

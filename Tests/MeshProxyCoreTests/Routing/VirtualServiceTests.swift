@@ -233,6 +233,28 @@ struct VirtualServiceTests {
         }
     }
 
+    @Test("tcp: routes by destination port and client namespace, first holding wins; fields not carried out warn")
+    func tcpRoutes() throws {
+        let loaded = try IstioPolicyLoader.load(yaml: """
+            apiVersion: networking.istio.io/v1
+            kind: VirtualService
+            metadata: {name: db, namespace: shop}
+            spec:
+              hosts: [db]
+              tcp:
+              - match: [{port: 5432, sourceNamespace: batch}]
+                route: [{destination: {host: db, subset: replica}}]
+              - match: [{port: 5432, sourceLabels: {app: x}}]
+                route: [{destination: {host: db, subset: primary}}]
+            """, file: "db.yaml")
+        #expect(loaded.warnings.map(\.field) == ["spec.tcp[1].match[0].sourceLabels"])
+        let routes = RouteConfiguration(localCluster: "east", tcpRoutes: VirtualServiceCompiler.compileTCP(loaded.virtualServices))
+        let db = ServiceKey(host: "db.shop.svc.cluster.local", port: 5432)
+        #expect(routes.tcpRoute(for: db, sourceNamespace: "batch", random: 0)?.destination.subset == "replica")
+        #expect(routes.tcpRoute(for: db, sourceNamespace: "web", random: 0)?.destination.subset == "primary")
+        #expect(routes.tcpRoute(for: ServiceKey(host: db.host, port: 6432), sourceNamespace: nil, random: 0) == nil)
+    }
+
     @Test("A regex's literal prefix refuses early, never changing what matches")
     func regexLiteralPrefix() throws {
         let cases: [(String, String)] = [("/items/[0-9]+", "/items/"), ("/v1/ab?c", "/v1/a"), ("abc+d", "abc"), ("a*", ""), ("a|b", ""),
