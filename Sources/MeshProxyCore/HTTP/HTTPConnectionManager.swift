@@ -79,7 +79,7 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
         self.connection = connection
         self.protocolName = protocolName
         self.origin = origin
-        random = SplitMix64(seed: UInt64.random(in: .min ... .max))
+        random = SplitMix64.fresh()
     }
 
     package func handlerAdded(context: ChannelHandlerContext) {
@@ -215,7 +215,7 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
         }
         let remote = connection.downstreamRemote.split(separator: ":").dropLast().joined(separator: ":")
         let forwardedFor = head.headers.first(name: "x-forwarded-for").map { "\($0), \(remote)" } ?? remote
-        headers += [("x-forwarded-for", forwardedFor), ("x-forwarded-proto", "https"), ("x-request-id", UUID().uuidString.lowercased())]
+        headers += [("x-forwarded-for", forwardedFor), ("x-forwarded-proto", "https"), ("x-request-id", RequestID.make(&random))]
         if let client = connection.sourceIdentity {
             // Envoy's SANITIZE_SET at a gateway: only the gateway sets it, for the client it
             // verified. `By` is this gateway; peer gateways trust it only from gateway identities.

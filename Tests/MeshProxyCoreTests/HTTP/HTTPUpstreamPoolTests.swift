@@ -114,3 +114,22 @@ struct ForwardedClientCertTests {
         #expect(ForwardedClientCert.originalClient("") == nil)
     }
 }
+
+@Suite("x-request-id")
+struct RequestIDTests {
+    @Test("A version-4 UUID in lower case, different each time and across fresh generators")
+    func uuidV4() throws {
+        var random = SplitMix64.fresh(), other = SplitMix64.fresh()
+        var seen: Set<String> = []
+        for _ in 0..<1000 {
+            for id in [RequestID.make(&random), RequestID.make(&other)] {
+                let parts = id.split(separator: "-").map(\.count)
+                #expect(parts == [8, 4, 4, 4, 12] && id == id.lowercased(), "\(id)")
+                let chars = Array(id)
+                #expect(chars[14] == "4" && "89ab".contains(chars[19]), "\(id)")
+                seen.insert(id)
+            }
+        }
+        #expect(seen.count == 2000)
+    }
+}
