@@ -27,13 +27,7 @@ enum VirtualServiceCompiler {
         var result: [String: [TCPRouteRule]] = [:]
         for service in services {
             for (index, tcp) in (service.tcp ?? []).enumerated() {
-                let all = tcp.route ?? []
-                let destinations = all.compactMap { route -> HTTPDestination? in
-                    let weight = all.count == 1 ? 100 : (route.weight ?? 0)
-                    guard weight > 0 else { return nil }
-                    return HTTPDestination(host: fullName(route.destination.host, namespace: service.namespace),
-                                           port: route.destination.port?.number, subset: route.destination.subset, weight: weight)
-                }
+                let destinations = self.destinations(tcp.route ?? [], namespace: service.namespace)
                 let rule = TCPRouteRule(matches: (tcp.match ?? []).map { .init(port: $0.port, sourceNamespace: $0.sourceNamespace) },
                                         destinations: destinations, origin: "VirtualService \(service.namespace)/\(service.name) tcp[\(index)]")
                 for host in service.hosts ?? [] { result[fullName(host, namespace: service.namespace), default: []].append(rule) }
@@ -46,18 +40,7 @@ enum VirtualServiceCompiler {
         var result: [(rule: HTTPRouteRule, catchAll: Bool)] = []
         for (index, http) in (service.http ?? []).enumerated() {
             let origin = "VirtualService \(service.namespace)/\(service.name) http[\(index)]" + (index < origins.count ? " (\(origins[index]))" : "")
-            let all = http.route ?? []
-            // One destination: its weight is ignored. Several: missing weights are 0, and weight-0
-            // destinations are dropped (route.go applyHTTPRouteDestination).
-            let destinations = all.compactMap { route -> HTTPDestination? in
-                let weight = all.count == 1 ? 100 : (route.weight ?? 0)
-                guard weight > 0 else { return nil }
-                var destination = HTTPDestination(host: fullName(route.destination.host, namespace: service.namespace),
-                                                  port: route.destination.port?.number, subset: route.destination.subset, weight: weight)
-                destination.requestHeaders = operations(route.headers?.request)
-                destination.responseHeaders = operations(route.headers?.response)
-                return destination
-            }
+            let destinations = self.destinations(http.route ?? [], namespace: service.namespace)
             let requestHeaders = operations(http.headers?.request), responseHeaders = operations(http.headers?.response)
             let action = self.action(of: http), rewrite = http.rewrite.flatMap(self.rewrite)
             let matches = http.match ?? []
@@ -110,6 +93,21 @@ enum VirtualServiceCompiler {
             action.regex = try? HTTPRewriteAction.RegexRewrite(pattern: match, rewrite: regex.rewrite ?? "")
         }
         return action == HTTPRewriteAction() ? nil : action
+    }
+
+    /// A rule's destinations, HTTP or TCP: one destination's weight is ignored; with several,
+    /// missing weights are 0 and weight-0 destinations are dropped (route.go
+    /// applyHTTPRouteDestination). TCP destinations have no header operations.
+    static func destinations(_ all: [VirtualService.HTTPRouteDestination], namespace: String) -> [HTTPDestination] {
+        all.compactMap { route -> HTTPDestination? in
+            let weight = all.count == 1 ? 100 : (route.weight ?? 0)
+            guard weight > 0 else { return nil }
+            var destination = HTTPDestination(host: fullName(route.destination.host, namespace: namespace),
+                                              port: route.destination.port?.number, subset: route.destination.subset, weight: weight)
+            destination.requestHeaders = operations(route.headers?.request)
+            destination.responseHeaders = operations(route.headers?.response)
+            return destination
+        }
     }
 
     /// `IsCatchAllRoute`: prefix `/` (or regex `.*`) and no other condition.
