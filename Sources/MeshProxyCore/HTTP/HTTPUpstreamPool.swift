@@ -161,9 +161,8 @@ final class HTTPUpstreams {
         if let connection = connections.first(where: { $0.isAccepting && $0.streams < settings.maxStreamsPerConnection }) {
             return connection.openStream(done)
         }
-        let priorKnowledge: Bool
-        if case .local = target { priorKnowledge = true } else { priorKnowledge = false }
         let connection = PooledHTTP2Connection(target: target, eventLoop: eventLoop, settings: settings)
+        let priorKnowledge = connection.priorKnowledge
         multiplexed[target, default: []].append(connection)
         connection.onClose = { [weak self, weak connection] in
             self?.multiplexed[target]?.removeAll { $0 === connection }
@@ -198,6 +197,8 @@ final class PooledHTTP2Connection {
     }
 
     let target: UpstreamTarget
+    /// A local endpoint speaks h2c by prior knowledge; a peer gateway is asked by ALPN over TLS.
+    let priorKnowledge: Bool
     private let eventLoop: any EventLoop
     private let settings: HTTPUpstreamSettings
     private var state: State = .connecting(waiters: [])
@@ -216,6 +217,7 @@ final class PooledHTTP2Connection {
         self.target = target
         self.eventLoop = eventLoop
         self.settings = settings
+        priorKnowledge = target.cluster == nil
     }
 
     func openStream(_ done: @escaping HTTPUpstreams.Completion) {
@@ -293,8 +295,7 @@ final class PooledHTTP2Connection {
     private func createStream(on multiplexer: NIOHTTP2Handler.StreamMultiplexer, _ done: @escaping HTTPUpstreams.Completion) {
         let relay = UpstreamResponseRelay()
         let promise = eventLoop.makePromise(of: (any Channel).self)
-        let scheme: HTTP2FramePayloadToHTTP1ClientCodec.HTTPProtocol
-        if case .local = target { scheme = .http } else { scheme = .https }
+        let scheme: HTTP2FramePayloadToHTTP1ClientCodec.HTTPProtocol = priorKnowledge ? .http : .https
         let bound = NIOLoopBound((self, relay, done), eventLoop: eventLoop)
         multiplexer.createStreamChannel(promise: promise) { stream in
             stream.eventLoop.makeCompletedFuture {
