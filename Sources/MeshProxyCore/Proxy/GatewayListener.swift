@@ -99,14 +99,18 @@ package final class GatewayListener: Sendable {
         }
 
         let sni = ByteToMessageHandler(SNIHandler { result in
+            /// No route for this server name: closed before the handshake, `NR`, with why.
+            func refuse(_ detail: String, error: any Error = ChannelError.ioOnClosedChannel) -> EventLoopFuture<Void> {
+                record.flags = [.noRoute]
+                record.detail = detail
+                channel.close(promise: nil)
+                return channel.eventLoop.makeFailedFuture(error)
+            }
             let name: String
             switch result {
             case .hostname(let hostname): name = hostname
             case .fallback:
-                record.flags = [.noRoute]
-                record.detail = "client sent no server name (SNI); the gateway routes by it"
-                channel.close(promise: nil)
-                return channel.eventLoop.makeFailedFuture(ChannelError.ioOnClosedChannel)
+                return refuse("client sent no server name (SNI); the gateway routes by it")
             }
             guardHandler.serverNameRead()
             if let (federationName, accept) = federation, name == federationName {
@@ -125,27 +129,18 @@ package final class GatewayListener: Sendable {
             let route: Route
             switch Result(catching: { () throws(ServerNameError) in try ServerName(parsing: name) }) {
             case .failure(let error):
-                record.flags = [.noRoute]
-                record.detail = error.description
-                channel.close(promise: nil)
-                return channel.eventLoop.makeFailedFuture(error)
+                return refuse(error.description, error: error)
             case .success(let serverName):
                 switch routes.resolve(serverName, in: dataPlane.clusters.current) {
                 case .noRoute(let reason):
-                    record.flags = [.noRoute]
-                    record.detail = reason
-                    channel.close(promise: nil)
-                    return channel.eventLoop.makeFailedFuture(ChannelError.ioOnClosedChannel)
+                    return refuse(reason)
                 case .route(let found):
                     route = found
                     record.route = found
                 }
                 switch routes.gatewayServers?.exposure(of: route.service.host) ?? .terminate {
                 case .hidden(let reason):
-                    record.flags = [.noRoute]
-                    record.detail = reason
-                    channel.close(promise: nil)
-                    return channel.eventLoop.makeFailedFuture(ChannelError.ioOnClosedChannel)
+                    return refuse(reason)
                 case .passthrough where serverName.port != nil
                     && guardHandler.offeredApplicationProtocols?.contains(ClientHelloALPN.peerMarker) != true:
                     // An Istio workload's own mTLS, by its Istio SNI: to a local endpoint untouched
@@ -161,10 +156,7 @@ package final class GatewayListener: Sendable {
                         return channel.eventLoop.makeFailedFuture(error)
                     }
                 case .passthrough where serverName.port == nil:
-                    record.flags = [.noRoute]
-                    record.detail = "AUTO_PASSTHROUGH routes by Istio's SNI (outbound_.<port>_.<subset>_.<host>) only; '\(name)' is not one"
-                    channel.close(promise: nil)
-                    return channel.eventLoop.makeFailedFuture(ChannelError.ioOnClosedChannel)
+                    return refuse("AUTO_PASSTHROUGH routes by Istio's SNI (outbound_.<port>_.<subset>_.<host>) only; '\(name)' is not one")
                 case .terminate, .passthrough:
                     break
                 }
