@@ -17,6 +17,13 @@ extension ThreeRegionsTopologyTests {
         var errorRate: Double
         var faults: [Fault]
         var timeline: [Second]
+
+        /// Seconds with failures and where the rest went, for a failure message: which second
+        /// and which kind says more than an error rate.
+        var failureTrace: String {
+            timeline.filter { !$0.failed.isEmpty }
+                .map { "s\($0.second): failed \($0.failed) served \($0.byLocality)" }.joined(separator: "; ")
+        }
     }
 
     /// Runs a drill at a rate a loaded 2-core CI machine sustains with debug builds (every
@@ -61,7 +68,13 @@ extension ThreeRegionsTopologyTests {
         let (result, report) = try await runDrill(path, reportDir: dir.path)
         #expect(result.status == 0, "\(result.stdout)\(result.stderr)")
         let drill = try #require(report, "no report.json: \(result.stderr)")
-        #expect(drill.passed && drill.sent == Self.testRate * seconds)
+        #expect(drill.passed && drill.sent == Self.testRate * seconds, "\(drill.failureTrace)")
+        if !drill.passed {
+            // The gateways' logs and the report outlive the temporary directory for a post-mortem.
+            let kept = "\(NSTemporaryDirectory())eastwest-failed-drill-\(name)-\(getpid())"
+            try? FileManager.default.copyItem(atPath: dir.path, toPath: kept)
+            Issue.record("drill failed; report and logs kept in \(kept)")
+        }
         let fault = try #require(drill.faults.first)
         #expect(fault.detectSeconds != nil, "the fault was not seen")
         // From two seconds after the fault until its recovery traffic has moved; before the
