@@ -2,6 +2,7 @@ import Federation
 import Foundation
 import MeshProxyCore
 import NIOCore
+import NIOHTTP1
 import Prometheus
 import Synchronization
 
@@ -225,11 +226,11 @@ extension AdminAPI {
         guard let host = request.query["host"], !host.isEmpty else {
             return ControlHTTPResponse(status: .badRequest, text: "/v1/route needs ?host=H (and optionally &path=P, &method=M, &header=name:value)\n")
         }
-        var headers: [(name: String, value: String)] = []
+        var headers = HTTPHeaders()
         for pair in (request.uri.split(separator: "?", maxSplits: 1).dropFirst().first ?? "").split(separator: "&") {
             let parts = pair.split(separator: "=", maxSplits: 1).map { $0.replacingOccurrences(of: "+", with: " ").removingPercentEncoding ?? String($0) }
             guard parts.count == 2, parts[0] == "header", let colon = parts[1].firstIndex(of: ":") else { continue }
-            headers.append((parts[1][..<colon].lowercased(), parts[1][parts[1].index(after: colon)...].trimmingCharacters(in: .whitespaces)))
+            headers.add(name: String(parts[1][..<colon]), value: parts[1][parts[1].index(after: colon)...].trimmingCharacters(in: .whitespaces))
         }
         let facts = HTTPRequestFacts(method: (request.query["method"] ?? "GET").uppercased(), path: request.query["path"] ?? "/",
                                      authority: host, headers: headers)

@@ -51,6 +51,9 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
     private var forward: HTTPRequestRouter.Forward?
     /// The route action for `forward`, decided once per request.
     private var action: RouteAction?
+    /// The last route's action: the next request on a keep-alive connection mostly takes the
+    /// same route, and the policy lookup behind an action is not free.
+    private var lastAction: (route: Route, action: RouteAction)?
     private var targets: [PlannedTarget] = []
     private var attempt = 0
     private var requestKeepAlive = true
@@ -68,8 +71,9 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
     private var heldBytes = 0
     /// Hop-by-hop headers (and the ones a gateway replaces) that never cross it.
     private static let hopByHop = ["connection", "keep-alive", "proxy-connection"]
-    private static let requestHeadersDropped = Set(hopByHop + ["x-request-id", "x-forwarded-client-cert", "x-forwarded-proto", "x-forwarded-for"])
-    private static let responseHeadersDropped: Set<String> = ["connection", "keep-alive", "proxy-connection", "server"]
+    /// Set by the gateway itself, whatever the client sent.
+    private static let replacedAtTheEdge = ["x-request-id", "x-forwarded-client-cert", "x-forwarded-proto", "x-forwarded-for"]
+    private static let responseHeadersDropped = hopByHop + ["server"]
 
     package init(dataPlane: DataPlane, routes: RouteConfiguration, connectionRoute: Route, connection: ConnectionRecord,
                  protocolName: String, origin: TrafficOrigin = .client) {
@@ -112,11 +116,17 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
     /// Backpressure, response direction: a client that reads slowly stops the upstream's reads
     /// instead of the response piling up in the gateway.
     package func channelWritabilityChanged(context: ChannelHandlerContext) {
-        if case .forwarding(let exchange, _) = state {
-            let writable = context.channel.isWritable, upstream = exchange.channel
-            upstream.setOption(ChannelOptions.autoRead, value: writable).whenSuccess { if writable { upstream.read() } }
-        }
+        if case .forwarding(let exchange, _) = state { setUpstreamReads(exchange, on: context.channel.isWritable) }
         context.fireChannelWritabilityChanged()
+    }
+
+    /// Turns the upstream's reads on or off, only when that changes anything (a kept connection
+    /// remembers being paused by an earlier response's slow client).
+    private func setUpstreamReads(_ exchange: UpstreamExchange, on: Bool) {
+        guard exchange.relay.readsPaused == on else { return }
+        exchange.relay.readsPaused = !on
+        let upstream = exchange.channel
+        upstream.setOption(ChannelOptions.autoRead, value: on).whenSuccess { if on { upstream.read() } }
     }
 
     /// Backpressure, request direction: an upstream that takes the body slowly (or is still
@@ -164,13 +174,12 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
         record.downstreamRemote = connection.downstreamRemote
         // An HTTP/2 stream ends with its response; `connection` headers are HTTP/1 only.
         requestKeepAlive = head.version.major >= 2 || head.isKeepAlive
-        requestIsGRPC = head.headers.first(name: "content-type")?.lowercased().hasPrefix("application/grpc") == true
+        requestIsGRPC = head.headers.first(name: "content-type")?.hasASCIIPrefixIgnoringCase("application/grpc") == true
         responseStarted = false
         attempt = 0
 
         let facts = HTTPRequestFacts(method: head.method.rawValue, path: head.uri, authority: record.authority == "-" ? "" : record.authority,
-                                     headers: head.headers.map { ($0.name.lowercased(), $0.value) },
-                                     sourceNamespace: connection.sourceIdentity?.namespace)
+                                     headers: head.headers, sourceNamespace: connection.sourceNamespace)
         let clusters = dataPlane.clusters
         let decision = origin == .peerGateway
             ? .forward(HTTPRequestRouter.Forward(route: connectionRoute, routeName: "", origin: nil, requestHeaders: .init(), responseHeaders: .init()))
@@ -183,7 +192,13 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
             self.forward = forward
             record.route = forward.route
             record.routeName = forward.routeName
-            let action = routes.action(for: forward.route, origin: origin)
+            let action: RouteAction
+            if let last = lastAction, last.route == forward.route {
+                action = last.action
+            } else {
+                action = routes.action(for: forward.route, origin: origin)
+                lastAction = (forward.route, action)
+            }
             self.action = action
             targets = Array(clusters.candidates(for: forward.route, origin: origin).prefix(action.retry.maxAttempts))
             guard !targets.isEmpty else {
@@ -200,42 +215,40 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
     /// The request as the upstream gets it: Envoy's edge handling at a gateway (x-request-id
     /// replaced, x-forwarded-*, the client's identity in x-forwarded-client-cert, x-envoy-*
     /// stripped) and the route's header operations. From a peer gateway, as it was sent, less
-    /// the hop-by-hop headers.
+    /// the hop-by-hop headers. Edited in place: no header is copied or lower-cased per request.
     private func upstreamHead(_ head: HTTPRequestHead, forward: HTTPRequestRouter.Forward, context: ChannelHandlerContext) -> HTTPRequestHead {
+        var upstream = HTTPRequestHead(version: .http1_1, method: head.method, uri: forward.path ?? head.uri, headers: head.headers)
+        for name in Self.hopByHop { upstream.headers.remove(name: name) }
         if origin == .peerGateway {
-            var upstream = HTTPRequestHead(version: .http1_1, method: head.method, uri: head.uri)
-            upstream.headers = head.headers
-            for name in Self.hopByHop { upstream.headers.remove(name: name) }
-            record.requestHeaders = upstream.headers.map { ($0.name.lowercased(), $0.value) }
+            record.requestHeaders = upstream.headers
             return upstream
         }
-        var headers: [(name: String, value: String)] = head.headers.compactMap { header in
-            let name = header.name.lowercased()
-            return Self.requestHeadersDropped.contains(name) || name.hasPrefix("x-envoy-") ? nil : (name, header.value)
+        for name in Self.replacedAtTheEdge { upstream.headers.remove(name: name) }
+        if upstream.headers.contains(where: { $0.name.hasASCIIPrefixIgnoringCase("x-envoy-") }) {
+            for name in upstream.headers.compactMap({ $0.name.hasASCIIPrefixIgnoringCase("x-envoy-") ? $0.name : nil }) {
+                upstream.headers.remove(name: name)
+            }
         }
-        let remote = connection.downstreamRemote.split(separator: ":").dropLast().joined(separator: ":")
-        let forwardedFor = head.headers.first(name: "x-forwarded-for").map { "\($0), \(remote)" } ?? remote
-        headers += [("x-forwarded-for", forwardedFor), ("x-forwarded-proto", "https"), ("x-request-id", RequestID.make(&random))]
-        if let client = connection.sourceIdentity {
+        let remote = connection.downstreamRemoteAddress
+        upstream.headers.add(name: "x-forwarded-for", value: head.headers.first(name: "x-forwarded-for").map { "\($0), \(remote)" } ?? remote)
+        upstream.headers.add(name: "x-forwarded-proto", value: "https")
+        upstream.headers.add(name: "x-request-id", value: RequestID.make(&random))
+        if let client = connection.sourcePrincipal {
             // Envoy's SANITIZE_SET at a gateway: only the gateway sets it, for the client it
             // verified. `By` is this gateway; peer gateways trust it only from gateway identities.
-            let by = dataPlane.tls.identity.map { "By=\($0);" } ?? ""
-            headers.append(("x-forwarded-client-cert", "\(by)URI=\(client)"))
+            upstream.headers.add(name: "x-forwarded-client-cert", value: dataPlane.tls.identity.map { "By=\($0);URI=\(client)" } ?? "URI=\(client)")
         }
         if let authority = forward.authority {
-            headers.removeAll { $0.name == "host" }
-            headers.insert(("host", authority), at: 0)
+            upstream.headers.replaceOrAdd(name: "host", value: authority)
             record.authority = authority
         }
         if let path = forward.path {
             // Envoy keeps the path as sent for the access log (`%REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%`).
-            headers.append(("x-envoy-original-path", head.uri))
+            upstream.headers.add(name: "x-envoy-original-path", value: head.uri)
             record.path = path
         }
-        forward.requestHeaders.apply(to: &headers)
-        record.requestHeaders = headers
-        var upstream = HTTPRequestHead(version: .http1_1, method: head.method, uri: forward.path ?? head.uri)
-        upstream.headers = HTTPHeaders(headers.map { ($0.name, $0.value) })
+        forward.requestHeaders.apply(to: &upstream.headers)
+        record.requestHeaders = upstream.headers
         return upstream
     }
 
@@ -313,8 +326,7 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
         record.upstreamCluster = planned.target.cluster ?? routes.localCluster
         state = .forwarding(upstream: exchange, ended: ended)
         let upstream = exchange.channel
-        // A kept connection may have been paused by the previous response's slow client.
-        upstream.setOption(ChannelOptions.autoRead, value: context.channel.isWritable).whenSuccess { upstream.read() }
+        setUpstreamReads(exchange, on: context.channel.isWritable)
         for part in held {
             keepForResend(part)
             upstream.write(part, promise: nil)
@@ -339,18 +351,15 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
             resendable = nil
             upstreamKeepAlive = head.isKeepAlive
             record.responseCode = Int(head.status.code)
-            var headers: [(name: String, value: String)] = head.headers.compactMap { header in
-                let name = header.name.lowercased()
-                return Self.responseHeadersDropped.contains(name) ? nil : (name, header.value)
-            }
+            for name in Self.responseHeadersDropped { head.headers.remove(name: name) }
             let serviceTime = Int(((upstreamRequestEnded.map { .now - $0 }) ?? .zero).timeInterval * 1000)
             record.upstreamServiceTime = serviceTime
             record.grpcStatus = head.headers.first(name: "grpc-status")
-            headers += [("x-envoy-upstream-service-time", String(serviceTime)), ("server", "istio-envoy")]
-            forward.responseHeaders.apply(to: &headers)
-            record.responseHeaders = headers
-            if !requestKeepAlive { headers.append(("connection", "close")) }
-            head.headers = HTTPHeaders(headers.map { ($0.name, $0.value) })
+            head.headers.add(name: "x-envoy-upstream-service-time", value: String(serviceTime))
+            head.headers.add(name: "server", value: "istio-envoy")
+            forward.responseHeaders.apply(to: &head.headers)
+            record.responseHeaders = head.headers
+            if !requestKeepAlive { head.headers.add(name: "connection", value: "close") }
             head.version = .http1_1
             context.write(wrapOutboundOut(.head(head)), promise: nil)
         case .body(let body):
@@ -459,3 +468,19 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
     }
 }
 
+
+extension String {
+    /// Whether it starts with `prefix` (lower-case ASCII) in any case: a header name or a
+    /// media type, compared without making a lower-cased copy.
+    func hasASCIIPrefixIgnoringCase(_ prefix: StaticString) -> Bool {
+        var utf8 = self.utf8.makeIterator()
+        let count = prefix.utf8CodeUnitCount
+        let start = prefix.utf8Start
+        for index in 0..<count {
+            guard let byte = utf8.next() else { return false }
+            let lowered = (UInt8(ascii: "A")...UInt8(ascii: "Z")).contains(byte) ? byte | 0x20 : byte
+            guard lowered == start[index] else { return false }
+        }
+        return true
+    }
+}

@@ -410,6 +410,9 @@ final class UpstreamResponseRelay: ChannelInboundHandler, RemovableChannelHandle
     }
 
     var owner: (Event) -> Void = { _ in }
+    /// The connection manager turned the upstream's reads off (its client reads slowly); kept
+    /// with the connection so the next request turns them back on.
+    var readsPaused = false
 
     func channelReadComplete(context: ChannelHandlerContext) {
         owner(.readComplete)

@@ -170,7 +170,7 @@ package final class GatewayConnectionHandler: ChannelDuplexHandler, RemovableCha
         // Passed-through traffic goes to local endpoints only, as Istio's sni-dnat clusters.
         let origin: TrafficOrigin = passthrough || fromPeerGateway ? .peerGateway : .client
         if origin == .client, routes.hasTCPRoutes,
-           let (rule, destination) = routes.tcpRoute(for: route.service, sourceNamespace: record.sourceIdentity?.namespace, random: UInt64.random(in: .min ... .max)) {
+           let (rule, destination) = routes.tcpRoute(for: route.service, sourceNamespace: record.sourceNamespace, random: UInt64.random(in: .min ... .max)) {
             // A VirtualService `tcp:` route decides where the connection goes, once, here.
             switch HTTPRequestRouter.resolve(destination, origin: rule.origin, routes: routes, services: dataPlane.clusters.current) {
             case .success(let chosen):

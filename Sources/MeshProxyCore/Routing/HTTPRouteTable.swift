@@ -1,6 +1,8 @@
 import Foundation
+import NIOHTTP1
 
-/// What route matching sees of one HTTP request. Header names are lower-case.
+/// What route matching sees of one HTTP request. Matchers name headers in lower case; a
+/// request's header names are compared without regard to case (HTTP/1.1 clients send either).
 package struct HTTPRequestFacts: Sendable {
     package var method: String
     /// The path as sent, query string included.
@@ -8,17 +10,18 @@ package struct HTTPRequestFacts: Sendable {
     /// `Host` / `:authority` as sent, port included.
     package var authority: String
     package var scheme: String
-    package var headers: [(name: String, value: String)]
+    /// As received: names are compared without regard to case, so nothing is lower-cased per request.
+    package var headers: HTTPHeaders
     /// The namespace of the client's SPIFFE ID, when it has one (`sourceNamespace`).
     package var sourceNamespace: String?
 
     package init(method: String, path: String, authority: String, scheme: String = "https",
-                 headers: [(name: String, value: String)] = [], sourceNamespace: String? = nil) {
+                 headers: HTTPHeaders = [:], sourceNamespace: String? = nil) {
         self.method = method; self.path = path; self.authority = authority; self.scheme = scheme
         self.headers = headers; self.sourceNamespace = sourceNamespace
     }
 
-    package func header(_ name: String) -> String? { headers.first { $0.name == name }?.value }
+    package func header(_ name: String) -> String? { headers.first(name: name) }
 
     /// The path without its query string: what `uri` matches compare (Envoy's `:path` match).
     var pathWithoutQuery: Substring { path.split(separator: "?", maxSplits: 1, omittingEmptySubsequences: false).first ?? "" }
@@ -158,10 +161,11 @@ package struct HeaderOperations: Sendable, Equatable {
 
     package var isEmpty: Bool { self.set.isEmpty && add.isEmpty && remove.isEmpty }
 
-    package func apply(to headers: inout [(name: String, value: String)]) {
-        headers.removeAll { header in remove.contains(header.name) || set.contains { $0.name == header.name } }
-        headers += set
-        headers += add
+    package func apply(to headers: inout HTTPHeaders) {
+        for name in remove { headers.remove(name: name) }
+        for (name, _) in self.set { headers.remove(name: name) }
+        for (name, value) in self.set { headers.add(name: name, value: value) }
+        for (name, value) in add { headers.add(name: name, value: value) }
     }
 
     /// This, then `other` (per-destination operations after the rule's).

@@ -102,11 +102,14 @@ package struct RouteConfiguration: Sendable, Equatable {
     /// The VirtualService routes for a request's host (`Host` / `:authority` without its port):
     /// exact first, then the longest `*.` suffix, then `*`. Nil when no VirtualService names it.
     package func httpRoutes(for authority: String) -> HTTPRouteTable? {
+        // Once per request: bytes, not Characters, and no lower-cased copy of a lower-case name.
         var host = Substring(authority)
-        if let colon = host.lastIndex(of: ":"), !host.hasSuffix("]"), host[host.index(after: colon)...].allSatisfy(\.isNumber) {
+        let digits = UInt8(ascii: "0")...UInt8(ascii: "9")
+        if let colon = host.utf8.lastIndex(of: UInt8(ascii: ":")), host.utf8.last != UInt8(ascii: "]"),
+           host.utf8[host.utf8.index(after: colon)...].allSatisfy(digits.contains) {
             host = host[..<colon]
         }
-        let name = host.lowercased()
+        let name = host.utf8.contains(where: (UInt8(ascii: "A")...UInt8(ascii: "Z")).contains) ? host.lowercased() : String(host)
         if let exact = httpRoutesByHost[name] { return exact }
         return wildcardHTTPRoutes.first { $0.suffix.isEmpty || name.hasSuffix($0.suffix) }?.table
     }

@@ -9,10 +9,22 @@ package final class ConnectionRecord {
     package let startDate = Date()
     package var downstreamRemote: String
     package var downstreamLocal: String
+    /// The client's address without its port (`x-forwarded-for`).
+    package var downstreamRemoteAddress: String {
+        downstreamRemote.lastIndex(of: ":").map { String(downstreamRemote[..<$0]) } ?? downstreamRemote
+    }
     package var serverName: String = "-"
     /// The client's SPIFFE ID, as the trust policy verified it.
-    package var sourceIdentity: SpiffeID?
-    package var sourcePrincipal: String? { sourceIdentity?.description }
+    package var sourceIdentity: SpiffeID? {
+        didSet {
+            // Spelled out once per connection, not for each of its requests.
+            sourcePrincipal = sourceIdentity?.description
+            sourceNamespace = sourceIdentity?.namespace
+        }
+    }
+    package private(set) var sourcePrincipal: String?
+    /// The namespace of an Istio identity (`sourceNamespace` matches).
+    package private(set) var sourceNamespace: String?
     package var route: Route?
     package var upstream: UpstreamTarget?
     package var upstreamCluster: String?

@@ -34,13 +34,28 @@ package enum HTTPMetrics {
         }
     }
 
-    private static let handles = Mutex<[[String]: Handles]>([:])
+    /// What tells one label set from another, without spelling the labels out: they are
+    /// built only the first time a set is seen.
+    struct Key: Hashable {
+        var reporter: String
+        var sourcePrincipal: String?
+        var service: String?
+        var cluster: String?
+        var grpc: Bool
+        var responseCode: Int
+        var flags: Set<ResponseFlag>
+        var grpcStatus: String?
+    }
 
-    static func handles(for dimensions: [(String, String)]) -> Handles {
-        let key = dimensions.map(\.1)
+    private static let handles = Mutex<[Key: Handles]>([:])
+
+    static func handles(for record: HTTPRequestRecord) -> Handles {
+        let key = Key(reporter: record.reporter, sourcePrincipal: record.sourcePrincipal, service: record.route?.service.host,
+                      cluster: record.upstreamCluster, grpc: record.route?.protocol == .grpc, responseCode: record.responseCode,
+                      flags: record.flags, grpcStatus: record.grpcStatus)
         return handles.withLock { cache in
             if let known = cache[key] { return known }
-            let made = Handles(dimensions)
+            let made = Handles(record.dimensions)
             cache[key] = made
             return made
         }
@@ -76,9 +91,9 @@ package struct HTTPRequestRecord: Sendable {
     package var serverName = "-"
     package var downstreamLocal = "-"
     package var downstreamRemote = "-"
-    /// The request's headers as sent on (lower-case names, after the gateway's own changes).
-    package var requestHeaders: [(name: String, value: String)] = []
-    package var responseHeaders: [(name: String, value: String)] = []
+    /// The request's headers as sent on (after the gateway's own changes), and the response's.
+    package var requestHeaders: HTTPHeaders = [:]
+    package var responseHeaders: HTTPHeaders = [:]
 
     package init() {}
 
@@ -89,12 +104,12 @@ package struct HTTPRequestRecord: Sendable {
         case ":path": path
         case ":authority", "host": authority == "-" ? nil : authority
         case ":scheme": "https"
-        default: requestHeaders.first { $0.name == name }?.value
+        default: requestHeaders.first(name: name)
         }
     }
 
     package func responseHeader(_ name: String) -> String? {
-        name == ":status" ? (responseCode == 0 ? nil : String(responseCode)) : responseHeaders.first { $0.name == name }?.value
+        name == ":status" ? (responseCode == 0 ? nil : String(responseCode)) : responseHeaders.first(name: name)
     }
 
     /// Envoy's `%RESPONSE_CODE_DETAILS%` for what the gateway answered itself.
@@ -132,7 +147,7 @@ package struct HTTPRequestRecord: Sendable {
 
     /// Counts the request and writes its access-log line in `format`.
     package func finish(logger: Logger, format: AccessLogFormat) {
-        let metrics = HTTPMetrics.handles(for: dimensions)
+        let metrics = HTTPMetrics.handles(for: self)
         metrics.requests.increment()
         let milliseconds = (ContinuousClock.now - start).timeInterval * 1000
         metrics.duration.record(milliseconds)

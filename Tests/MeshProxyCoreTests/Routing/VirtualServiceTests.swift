@@ -1,4 +1,5 @@
 import Foundation
+import NIOHTTP1
 import Testing
 @testable import MeshProxyCore
 
@@ -27,7 +28,7 @@ struct VirtualServiceTests {
     }
 
     func request(_ path: String = "/reviews/0", headers: [(String, String)] = [], host: String = "reviews:9080") -> HTTPRequestFacts {
-        HTTPRequestFacts(method: "GET", path: path, authority: host, headers: headers.map { ($0.0, $0.1) })
+        HTTPRequestFacts(method: "GET", path: path, authority: host, headers: HTTPHeaders(headers.map { ($0.0, $0.1) }))
     }
 
     @Test("90/10: short names resolve in the namespace; shares follow the weights over any 1000 draws")
@@ -92,7 +93,7 @@ struct VirtualServiceTests {
         let wildcard = try #require(routes.httpRoutes(for: "a.b.example.com"))
         #expect(routes.httpRoutes(for: "ratings.shop.svc.cluster.local") == wildcard)
         func destination(_ method: String = "GET", _ path: String, host: String = "x.example.com", _ headers: [(String, String)] = []) -> String? {
-            wildcard.route(HTTPRequestFacts(method: method, path: path, authority: host, headers: headers.map { ($0.0, $0.1) }),
+            wildcard.route(HTTPRequestFacts(method: method, path: path, authority: host, headers: HTTPHeaders(headers.map { ($0.0, $0.1) })),
                            port: nil, random: 0)?.destination?.host.split(separator: ".").first.map(String.init)
         }
         #expect(destination("POST", "/a?x=1") == "exact-svc")
@@ -182,7 +183,7 @@ struct VirtualServiceTests {
         let services = TestServices(ports: ["ratings.default.svc.cluster.local": [9080]])
         let connection = Route(service: ServiceKey(host: "ratings.default.svc.cluster.local", port: 9080), subset: nil, selector: [:])
         func decide(_ path: String, _ headers: [(String, String)] = []) -> HTTPRequestRouter.Decision {
-            HTTPRequestRouter.decide(HTTPRequestFacts(method: "GET", path: path, authority: "ratings.default.svc.cluster.local:15443", headers: headers),
+            HTTPRequestRouter.decide(HTTPRequestFacts(method: "GET", path: path, authority: "ratings.default.svc.cluster.local:15443", headers: HTTPHeaders(headers)),
                                      connectionRoute: connection, routes: routes, services: services, listenerPort: 15443, random: 0)
         }
         func forward(_ path: String, _ headers: [(String, String)] = []) -> HTTPRequestRouter.Forward? {

@@ -1,4 +1,5 @@
 import Foundation
+import NIOHTTP1
 import Testing
 @testable import MeshProxyCore
 
@@ -9,8 +10,8 @@ struct AccessLogFormatTests {
         record.startDate = Date(timeIntervalSince1970: 1_764_590_400.125)
         record.method = "GET"; record.path = "/reviews/0?x=1"; record.protocol = "HTTP/2"; record.authority = "reviews:9080"
         record.responseCode = 200; record.bytesReceived = 12; record.bytesSent = 345
-        record.requestHeaders = [("x-forwarded-for", "127.0.0.9"), ("user-agent", "curl/8"), ("x-request-id", "abc")]
-        record.responseHeaders = [("x-envoy-upstream-service-time", "7")]
+        record.requestHeaders = ["x-forwarded-for": "127.0.0.9", "user-agent": "curl/8", "x-request-id": "abc"]
+        record.responseHeaders = ["x-envoy-upstream-service-time": "7"]
         record.route = Route(service: ServiceKey(host: "reviews.default.svc.cluster.local", port: 9080), subset: "v2", selector: [:])
         record.upstream = .local(Endpoint(address: HostPort(host: "127.0.2.10", port: 9080)))
         return record
@@ -45,7 +46,7 @@ extension AccessLogFormatTests {
     @Test("accessLogEncoding JSON: Istio's keys, numbers as numbers, absent values null, strings escaped")
     func json() throws {
         var entry = record()
-        entry.requestHeaders = entry.requestHeaders.map { $0.name == "user-agent" ? ("user-agent", "curl \"8\"\n") : $0 }
+        entry.requestHeaders.replaceOrAdd(name: "user-agent", value: "curl \"8\"\n")
         let line = AccessLogFormat.configured(format: nil, encoding: .json).render(entry, duration: 42)
         let object = try #require(try JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any], "\(line)")
         #expect(object["method"] as? String == "GET")
