@@ -121,7 +121,7 @@ let package = Package(
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),
             ],
-            exclude: ["Support/h2_prior_knowledge_client.py", "Support/prehandshake_flood.py", "Support/grpc_echo.py"]
+            exclude: ["Support/h2_prior_knowledge_client.py", "Support/prehandshake_flood.py", "Support/grpc_echo.py", "Support/ws_echo.py"]
         ),
     ],
     swiftLanguageModes: [.v6]

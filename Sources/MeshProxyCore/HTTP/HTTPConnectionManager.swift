@@ -44,6 +44,8 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
         case forwarding(upstream: UpstreamExchange, ended: Bool)
         /// A local reply went out; the rest of the request body is read and dropped.
         case discarding
+        /// A WebSocket upgrade was accepted: both sides carry bytes now, not HTTP.
+        case tunnel
     }
 
     private var state = State.idle
@@ -59,6 +61,11 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
     private var requestKeepAlive = true
     /// A gRPC client gets local replies as gRPC statuses.
     private var requestIsGRPC = false
+    /// An HTTP/1.1 `Upgrade: websocket` request (Istio turns WebSocket upgrades on): passed on
+    /// with its upgrade headers over its own HTTP/1.1 connection, and on `101` the two
+    /// connections are joined byte for byte.
+    private var requestIsWebSocket = false
+    private var switchingProtocols = false
     private var responseStarted = false
     private var upstreamRequestEnded: ContinuousClock.Instant?
     /// The request as sent on a reused connection, until its response starts: sent again on a
@@ -175,6 +182,10 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
         // An HTTP/2 stream ends with its response; `connection` headers are HTTP/1 only.
         requestKeepAlive = head.version.major >= 2 || head.isKeepAlive
         requestIsGRPC = head.headers.first(name: "content-type")?.hasASCIIPrefixIgnoringCase("application/grpc") == true
+        requestIsWebSocket = head.version == .http1_1 && head.headers.contains(name: "upgrade")
+            && head.headers.first(name: "upgrade")?.lowercased() == "websocket"
+            && head.headers[canonicalForm: "connection"].contains { $0.lowercased() == "upgrade" }
+        switchingProtocols = false
         responseStarted = false
         attempt = 0
 
@@ -219,6 +230,9 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
     private func upstreamHead(_ head: HTTPRequestHead, forward: HTTPRequestRouter.Forward, context: ChannelHandlerContext) -> HTTPRequestHead {
         var upstream = HTTPRequestHead(version: .http1_1, method: head.method, uri: forward.path ?? head.uri, headers: head.headers)
         for name in Self.hopByHop { upstream.headers.remove(name: name) }
+        // `upgrade` is hop-by-hop too, unless the request is upgrading (Envoy's
+        // mutateRequestHeaders): then it goes on with the `connection` that names it.
+        if requestIsWebSocket { upstream.headers.add(name: "connection", value: "upgrade") } else { upstream.headers.remove(name: "upgrade") }
         if origin == .peerGateway {
             record.requestHeaders = upstream.headers
             return upstream
@@ -264,7 +278,7 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
             exchange.channel.write(part, promise: nil)
             if ended { exchange.channel.flush(); upstreamRequestEnded = .now }
             state = .forwarding(upstream: exchange, ended: ended)
-        case .idle, .discarding:
+        case .idle, .discarding, .tunnel:
             break
         }
     }
@@ -274,7 +288,7 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
     private func openExchange(context: ChannelHandlerContext) {
         guard let action, let upstreams else { return }
         let planned = targets[attempt]
-        upstreams.exchange(to: planned.target, action: action) { [self] result in
+        upstreams.exchange(to: planned.target, action: action, upgrade: requestIsWebSocket) { [self] result in
             switch result {
             case .success(let exchange): connected(exchange, planned: planned, context: context)
             case .failure(let error): failed(planned, error: error, context: context)
@@ -351,7 +365,8 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
             resendable = nil
             upstreamKeepAlive = head.isKeepAlive
             record.responseCode = Int(head.status.code)
-            for name in Self.responseHeadersDropped { head.headers.remove(name: name) }
+            switchingProtocols = requestIsWebSocket && head.status == .switchingProtocols
+            for name in Self.responseHeadersDropped where !(switchingProtocols && name == "connection") { head.headers.remove(name: name) }
             let serviceTime = Int(((upstreamRequestEnded.map { .now - $0 }) ?? .zero).timeInterval * 1000)
             record.upstreamServiceTime = serviceTime
             record.grpcStatus = head.headers.first(name: "grpc-status")
@@ -359,13 +374,18 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
             head.headers.add(name: "server", value: "istio-envoy")
             forward.responseHeaders.apply(to: &head.headers)
             record.responseHeaders = head.headers
-            if !requestKeepAlive { head.headers.add(name: "connection", value: "close") }
+            if !requestKeepAlive && !switchingProtocols { head.headers.add(name: "connection", value: "close") }
             head.version = .http1_1
             context.write(wrapOutboundOut(.head(head)), promise: nil)
         case .body(let body):
             record.bytesSent += body.readableBytes
             context.write(wrapOutboundOut(.body(.byteBuffer(body))), promise: nil)
         case .end(let trailers):
+            if switchingProtocols, case .forwarding(let exchange, _) = state {
+                context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: nil)
+                joinAsBytes(exchange, context: context)
+                return
+            }
             if let status = trailers?.first(name: "grpc-status") { record.grpcStatus = status }
             // The upstream is released before the end goes out: on an HTTP/2 stream that end
             // closes the stream at once, and with it this handler.
@@ -407,6 +427,52 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
         }
     }
 
+    /// The upstream accepted the WebSocket upgrade and its `101` is out: the client's connection
+    /// and the upstream's lose their HTTP handlers (this one included) and are glued as the TCP
+    /// path glues them, idle timeout included. The request is logged when the client's
+    /// connection ends, with the bytes that crossed, as Envoy logs an upgraded stream.
+    private func joinAsBytes(_ exchange: UpstreamExchange, context: ChannelHandlerContext) {
+        state = .tunnel
+        let downstream = context.pipeline.syncOperations, upstream = exchange.channel.pipeline.syncOperations
+        let (downstreamGlue, upstreamGlue) = GlueHandler.matchedPair()
+        do {
+            try downstream.addHandler(downstreamGlue, position: .last)
+            try upstream.addHandler(upstreamGlue, position: .last)
+        } catch {
+            record.detail = "cannot join the upgraded connections: \(error)"
+            exchange.channel.close(promise: nil)
+            context.close(promise: nil)
+            return
+        }
+        // The client's side first: bytes the upstream sent right after its 101 come out of its
+        // decoder as it leaves, and must find no HTTP encoder on their way to the client.
+        downstream.removeHandler(ofType: HTTPServerPipelineHandler.self)
+        downstream.removeHandler(ofType: HTTPProtocolErrorReplier.self)
+        downstream.removeHandler(ofType: NIOHTTPResponseHeadersValidator.self)
+        downstream.removeHandler(ofType: HTTPResponseEncoder.self)
+        downstream.removeHandler(ofType: ByteToMessageHandler<HTTPRequestDecoder>.self)
+        upstream.removeHandler(exchange.relay, promise: nil)
+        upstream.removeHandler(ofType: NIOHTTPRequestHeadersValidator.self)
+        upstream.removeHandler(ofType: HTTPRequestEncoder.self)
+        upstream.removeHandler(ofType: ByteToMessageHandler<HTTPResponseDecoder>.self)
+        if case .local(let endpoint) = record.upstream, let service = forward?.route.service {
+            dataPlane.outliers.succeeded(service, endpoint.address)
+        }
+        downstreamGlue.closeWhenIdle(for: dataPlane.config.idleTimeout)
+        let bound = NIOLoopBound((self, downstreamGlue, upstreamGlue), eventLoop: context.eventLoop)
+        context.channel.closeFuture.whenComplete { _ in
+            let (manager, fromClient, fromUpstream) = bound.value
+            manager.record.bytesReceived += fromClient.bytesRead
+            manager.record.bytesSent += fromUpstream.bytesRead
+            manager.logRequest()
+        }
+        // Reads may have been held back by HTTP's pipelining; the glue decides from here on.
+        for channel in [context.channel, exchange.channel] {
+            channel.setOption(ChannelOptions.autoRead, value: true).whenSuccess { channel.read() }
+        }
+        downstream.removeHandler(context: context, promise: nil)
+    }
+
     private func localReply(_ reply: HTTPLocalReply, context: ChannelHandlerContext) {
         let requestEnded: Bool
         switch state {
@@ -416,7 +482,7 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
             // The state moves first: closing fires the relay's end at once.
             state = .discarding
             exchange.channel.close(promise: nil)
-        case .idle, .discarding: requestEnded = false
+        case .idle, .discarding, .tunnel: requestEnded = false
         }
         record.flags.formUnion(reply.flags)
         record.detail = reply.detail
@@ -482,5 +548,12 @@ extension String {
             guard lowered == start[index] else { return false }
         }
         return true
+    }
+}
+
+extension ChannelPipeline.SynchronousOperations {
+    /// Removes the handler of `type`, when the pipeline has one.
+    func removeHandler<Handler: ChannelHandler>(ofType type: Handler.Type) {
+        if let context = try? context(handlerType: type) { removeHandler(context: context, promise: nil) }
     }
 }

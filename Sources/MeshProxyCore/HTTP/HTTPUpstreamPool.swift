@@ -101,8 +101,14 @@ final class HTTPUpstreams {
     /// gateway (TLS, ALPN h2) or an endpoint of an HTTP/2 service (h2c, prior knowledge), else
     /// a kept HTTP/1.1 connection, else a new one. `done` runs on the loop, at once when a kept
     /// connection or an open pooled one serves.
-    func exchange(to target: UpstreamTarget, action: RouteAction, _ done: @escaping Completion) {
+    ///
+    /// An `upgrade` (WebSocket) request gets an HTTP/1.1 connection whatever the target: its
+    /// connection becomes the tunnel. To a peer gateway that is a TLS connection without ALPN
+    /// `h2`, which the peer forwards as bytes to an endpoint of the subset its SNI names.
+    func exchange(to target: UpstreamTarget, action: RouteAction, upgrade: Bool = false, _ done: @escaping Completion) {
         switch target {
+        case _ where upgrade:
+            break
         case .peerGateway where http1Until[target].map { $0 <= .now() } ?? true:
             return stream(to: target, action: action, done)
         case .local where action.route.protocol?.upstreamIsHTTP2 == true:
@@ -147,7 +153,8 @@ final class HTTPUpstreams {
         let relay = UpstreamResponseRelay()
         do {
             let operations = channel.pipeline.syncOperations
-            try operations.addHTTPClientHandlers()
+            // Bytes after a `101` pass on when the decoder leaves (WebSocket upgrades).
+            try operations.addHTTPClientHandlers(leftOverBytesStrategy: .forwardBytes)
             try operations.addHandler(relay)
         } catch {
             channel.close(promise: nil)
