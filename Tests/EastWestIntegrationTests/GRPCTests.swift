@@ -38,32 +38,10 @@ struct GRPCTests {
     @Test("A grpcio client in east: end-user jason reaches v2 in west over the pooled connection, others v1 in east; responses, trailers and the client's identity arrive; an empty subset is UNAVAILABLE 'no healthy upstream'",
           .enabled(if: hasGRPC, "needs python3's grpcio (.ci/run installs it from PyPI)"))
     func grpcAcrossClusters() async throws {
-        let mesh = try TestMesh("grpc", clusters: ["east", "west"], serviceHosts: [Self.ratings])
-        defer { mesh.processes.stopAll() }
-        var backends: [ChildProcess] = []
-        defer { backends.forEach { $0.stop() } }
-        for (address, version) in [("127.0.91.10:50051", "v1"), ("127.0.92.10:50051", "v2")] {
-            let backend = try ChildProcess(name: "grpc-\(version)", arguments: ["/usr/bin/env", "python3", Self.script, "serve", address, version],
-                                           logPath: "\(mesh.directory)/grpc-\(version).log")
-            backends.append(backend)
-            try #require(await eventually { backend.log.contains("ready") }, "gRPC backend \(version) did not start: \(backend.log)")
-        }
-        func service(_ address: String, _ version: String) -> GatewayConfig.ServiceConfig {
-            .init(host: Self.ratings, port: 50051, endpoints: [Endpoint(address: HostPort(parsing: address)!, labels: ["version": version])], protocol: .grpc)
-        }
-        let policyPath = "\(mesh.directory)/ratings.yaml"
-        try Self.policies.write(toFile: policyPath, atomically: true, encoding: .utf8)
-        let westService = service("127.0.92.10:50051", "v2")
-        var east = mesh.gatewayConfig(name: "east-gw", cluster: "east", ip: "127.0.91.1", services: [service("127.0.91.10:50051", "v1")],
-                                      remotes: [.init(name: "west", gateways: [.init(name: "west-gw", address: HostPort(host: "127.0.92.1", port: 15443))],
-                                                      services: [westService])])
-        east.policies = [policyPath]
-        var west = mesh.gatewayConfig(name: "west-gw", cluster: "west", ip: "127.0.92.1", services: [westService])
-        west.policies = [policyPath]
-        try await mesh.startGateway(west)
-        try await mesh.startGateway(east)
-
-        let client = mesh.clientCertPath("east")
+        let setup = try await ScriptedBackends("grpc", host: Self.ratings, port: 50051, protocol: .grpc, script: Self.script,
+                                               blocks: (91, 92), policies: Self.policies)
+        defer { setup.stop() }
+        let (mesh, east, client) = (setup.mesh, setup.east, setup.client)
         func call(_ count: Int, _ metadata: [String] = []) async throws -> [String] {
             let result = try await runCommand("/usr/bin/env", ["python3", Self.script, "call", "127.0.91.1:15443", Self.ratings,
                                                                "\(client)/cert-chain.pem", "\(client)/key.pem", mesh.certs.rootCertificatePath,

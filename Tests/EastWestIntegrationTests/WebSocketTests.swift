@@ -35,32 +35,10 @@ struct WebSocketTests {
     @Test("A WebSocket client in east: upgraded by the route its headers match, to v1 in east or v2 in west (through west's gateway); the server's first words, 20 messages and 1 MiB cross both ways; each upgrade counted as a 101 when it ends",
           .enabled(if: hasWebSockets, "needs python3's websockets (.ci/run installs it from PyPI)"))
     func webSocketAcrossClusters() async throws {
-        let mesh = try TestMesh("websocket", clusters: ["east", "west"], serviceHosts: [Self.chat])
-        defer { mesh.processes.stopAll() }
-        var backends: [ChildProcess] = []
-        defer { backends.forEach { $0.stop() } }
-        for (address, version) in [("127.0.103.10:8080", "v1"), ("127.0.104.10:8080", "v2")] {
-            let backend = try ChildProcess(name: "ws-\(version)", arguments: ["/usr/bin/env", "python3", Self.script, "serve", address, version],
-                                           logPath: "\(mesh.directory)/ws-\(version).log")
-            backends.append(backend)
-            try #require(await eventually { backend.log.contains("ready") }, "WebSocket backend \(version) did not start: \(backend.log)")
-        }
-        func service(_ address: String, _ version: String) -> GatewayConfig.ServiceConfig {
-            .init(host: Self.chat, port: 8080, endpoints: [Endpoint(address: HostPort(parsing: address)!, labels: ["version": version])], protocol: .http)
-        }
-        let policyPath = "\(mesh.directory)/chat.yaml"
-        try Self.policies.write(toFile: policyPath, atomically: true, encoding: .utf8)
-        let westService = service("127.0.104.10:8080", "v2")
-        var east = mesh.gatewayConfig(name: "east-gw", cluster: "east", ip: "127.0.103.1", services: [service("127.0.103.10:8080", "v1")],
-                                      remotes: [.init(name: "west", gateways: [.init(name: "west-gw", address: HostPort(host: "127.0.104.1", port: 15443))],
-                                                      services: [westService])])
-        east.policies = [policyPath]
-        var west = mesh.gatewayConfig(name: "west-gw", cluster: "west", ip: "127.0.104.1", services: [westService])
-        west.policies = [policyPath]
-        try await mesh.startGateway(west)
-        let eastGateway = try await mesh.startGateway(east)
-
-        let client = mesh.clientCertPath("east")
+        let setup = try await ScriptedBackends("websocket", host: Self.chat, port: 8080, protocol: .http, script: Self.script,
+                                               blocks: (103, 104), policies: Self.policies)
+        defer { setup.stop() }
+        let (mesh, east, client) = (setup.mesh, setup.east, setup.client)
         func talk(_ headers: [String] = []) async throws -> [String] {
             let result = try await runCommand("/usr/bin/env", ["python3", Self.script, "call", "127.0.103.1:15443", Self.chat,
                                                                "\(client)/cert-chain.pem", "\(client)/key.pem", mesh.certs.rootCertificatePath,
@@ -71,7 +49,7 @@ struct WebSocketTests {
             ["hello from \(version)"] + (0..<20).map { "\(version):message \($0)" } + ["\(version):\(1 << 20)"]
         }
         let local = try await talk()
-        #expect(local == expected("v1"), "\(local)\n\(eastGateway.log.suffix(4000))")
+        #expect(local == expected("v1"), "\(local)\n\(setup.eastGateway.log.suffix(4000))")
         let remote = try await talk(["end-user=jason"])
         #expect(remote == expected("v2"), "\(remote)")
 
