@@ -157,6 +157,10 @@ struct HTTPRoutingTests {
         #expect(why.stdout.contains("rule:         VirtualService default/reviews http[0]"), "\(why.stdout)")
         #expect(why.stdout.contains("cluster:      outbound|9080|v2|\(Self.reviews)"), "\(why.stdout)")
         #expect(why.stdout.contains("in west") && why.stdout.contains("via gateway west-gw"), "\(why.stdout)")
+        // Offline, from east's config file alone (every endpoint healthy, as here): the same answer.
+        let offline = try await runCommand(PackagePaths.eastwest, ["route", "--config", "\(mesh.mesh.directory)/east-gw.yaml", "--host", "\(Self.reviews):9080",
+                                                                   "--path", "/reviews/0", "-H", "end-user: jason"])
+        #expect(offline.status == 0 && offline.stdout == why.stdout, "\(offline.stdout)\(offline.stderr)")
         let other = try await runCommand(PackagePaths.eastwest, ["route", "--admin", admin, "--host", Self.reviews, "--json"])
         let json = try #require(try JSONSerialization.jsonObject(with: Data(other.stdout.utf8)) as? [String: Any], "\(other.stdout)")
         #expect(json["cluster"] as? String == "outbound|9080|v3|\(Self.reviews)")

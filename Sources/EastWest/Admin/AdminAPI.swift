@@ -2,7 +2,6 @@ import Federation
 import Foundation
 import MeshProxyCore
 import NIOCore
-import NIOHTTP1
 import Prometheus
 import Synchronization
 
@@ -226,12 +225,10 @@ extension AdminAPI {
         guard let host = request.query["host"], !host.isEmpty else {
             return ControlHTTPResponse(status: .badRequest, text: "/v1/route needs ?host=H (and optionally &path=P, &method=M, &header=name:value)\n")
         }
-        var headers = HTTPHeaders()
-        for pair in (request.uri.split(separator: "?", maxSplits: 1).dropFirst().first ?? "").split(separator: "&") {
+        let headers = RouteExplanation.headers((request.uri.split(separator: "?", maxSplits: 1).dropFirst().first ?? "").split(separator: "&").compactMap { pair in
             let parts = pair.split(separator: "=", maxSplits: 1).map { $0.replacingOccurrences(of: "+", with: " ").removingPercentEncoding ?? String($0) }
-            guard parts.count == 2, parts[0] == "header", let colon = parts[1].firstIndex(of: ":") else { continue }
-            headers.add(name: String(parts[1][..<colon]), value: parts[1][parts[1].index(after: colon)...].trimmingCharacters(in: .whitespaces))
-        }
+            return parts.count == 2 && parts[0] == "header" ? parts[1] : nil
+        })
         let facts = HTTPRequestFacts(method: (request.query["method"] ?? "GET").uppercased(), path: request.query["path"] ?? "/",
                                      authority: host, headers: headers)
         return json(RouteExplanation.explain(facts, routes: dataPlane.routes, clusters: dataPlane.clusters,

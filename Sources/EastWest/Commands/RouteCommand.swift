@@ -2,13 +2,17 @@ import ArgumentParser
 import Foundation
 import MeshProxyCore
 
-/// "Why did my request go there": asks a running gateway what it would do with a request.
+/// "Why did my request go there": what a gateway would do with a request, asked of the running
+/// gateway (its live view: federation, health, ejections) or worked out from its config file
+/// offline (every endpoint healthy), as `eastwest plan` does for locality plans.
 struct RouteCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "route",
-        abstract: "Show the VirtualService rule, destinations, subset, live plan and targets a request would get, without sending it.")
+        abstract: "Show the VirtualService rule, destinations, subset, locality plan and targets a request would get, without sending it.")
 
-    @Option(help: "Admin address of a running gateway, host:port.") var admin: String
+    @Option(help: "Admin address of a running gateway, host:port: its live view.") var admin: String?
+    @Option(help: "A gateway's config file: what that gateway would do, offline, with its services, remote clusters and policies (every endpoint healthy).")
+    var config: String?
     @Option(help: "The request's Host / :authority.") var host: String
     @Option(help: "The request's path, with any query.") var path: String = "/"
     @Option(help: "The request's method.") var method: String = "GET"
@@ -16,6 +20,11 @@ struct RouteCommand: AsyncParsableCommand {
     @Flag(help: "Print JSON.") var json = false
 
     func run() async throws {
+        if let config {
+            guard admin == nil else { throw ValidationError("--admin and --config: choose one") }
+            return try offline(config: config)
+        }
+        guard let admin else { throw ValidationError("--admin ADDRESS (a running gateway) or --config FILE (offline) is needed") }
         guard let address = HostPort(parsing: admin) else { throw ValidationError("--admin '\(admin)' is not host:port") }
         var query = URLComponents()
         query.queryItems = [URLQueryItem(name: "host", value: host), URLQueryItem(name: "path", value: path), URLQueryItem(name: "method", value: method)]
@@ -34,6 +43,26 @@ struct RouteCommand: AsyncParsableCommand {
         if json { print(reply.body); return }
         let explanation = try JSONDecoder().decode(Explanation.self, from: Data(reply.body.utf8))
         print(explanation.text)
+    }
+
+    func offline(config file: String) throws {
+        let routes: RouteConfiguration, endpoints: MeshEndpoints
+        do {
+            var gateway = try ConfigLoader.load(GatewayConfig.self, file: file)
+            routes = try GatewayNode.compileRoutes(&gateway, configPath: file)
+            endpoints = gateway.meshEndpoints
+        } catch {
+            printError(error.description)
+            throw ExitCode(2)
+        }
+        let request = HTTPRequestFacts(method: method.uppercased(), path: path, authority: host, headers: RouteExplanation.headers(header))
+        let explanation = RouteExplanation.explain(request, routes: routes, clusters: ClusterManager(routes: routes, endpoints: endpoints),
+                                                   random: UInt64.random(in: .min ... .max))
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
+        let body = try encoder.encode(explanation)
+        if json { print(String(decoding: body, as: UTF8.self)); return }
+        print(try JSONDecoder().decode(Explanation.self, from: body).text)
     }
 
     /// The JSON of `/v1/route`, read back for the text form.

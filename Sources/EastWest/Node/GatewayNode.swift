@@ -30,24 +30,15 @@ struct GatewayNode: Service {
             printError("\(configPath): error: tls: \(error)")
             throw ExitCodeError.invalidInput
         }
-        var resources = IstioPolicyLoader.Loaded()
-        let base = URL(fileURLWithPath: configPath).deletingLastPathComponent()
+        let routes: RouteConfiguration
         do {
-            for file in config.policies ?? [] {
-                let path = file.hasPrefix("/") ? file : base.appendingPathComponent(file).path
-                resources.merge(try IstioPolicyLoader.load(file: path))
-            }
+            routes = try compileRoutes(&config, configPath: configPath)
         } catch {
             printError(error.description)
             throw ExitCodeError.invalidInput
         }
-        // ServiceEntries (and the WorkloadEntries they select) declare this cluster's services
-        // next to `services:`; from here on they are served and gossiped like those.
-        config.services = (config.services ?? [])
-            + ServiceEntry.services(resources.serviceEntries, workloads: resources.workloadEntries, cluster: config.cluster)
         let registry = PrometheusCollectorRegistry()
         MetricsSystem.bootstrap(PrometheusMetricsFactory(registry: registry))
-        let routes = PolicyCompiler.compile(config: config, resources: resources)
         let node = GatewayNode(config: config, tls: tls, routes: routes, registry: registry,
                                group: MultiThreadedEventLoopGroup.singleton, logger: logger)
         // The lifecycle's own debug lines print the whole node; keep them out of gateway logs.
@@ -56,6 +47,22 @@ struct GatewayNode: Service {
         let group = ServiceGroup(configuration: .init(
             services: [.init(service: node)], gracefulShutdownSignals: [.sigterm, .sigint], logger: lifecycleLogger))
         try await group.run()
+    }
+
+    /// The gateway's policies (paths relative to its config file) compiled into its routes, with
+    /// its ServiceEntries (and the WorkloadEntries they select) joined into `services:`: from
+    /// here on those are served and gossiped like the others. What `run` serves and
+    /// `eastwest route --config` explains.
+    static func compileRoutes(_ config: inout GatewayConfig, configPath: String) throws(ConfigErrors) -> RouteConfiguration {
+        var resources = IstioPolicyLoader.Loaded()
+        let base = URL(fileURLWithPath: configPath).deletingLastPathComponent()
+        for file in config.policies ?? [] {
+            let path = file.hasPrefix("/") ? file : base.appendingPathComponent(file).path
+            resources.merge(try IstioPolicyLoader.load(file: path))
+        }
+        config.services = (config.services ?? [])
+            + ServiceEntry.services(resources.serviceEntries, workloads: resources.workloadEntries, cluster: config.cluster)
+        return PolicyCompiler.compile(config: config, resources: resources)
     }
 
     /// Gossip with other gateways, when the config asks for it.

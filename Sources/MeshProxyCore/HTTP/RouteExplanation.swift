@@ -1,3 +1,6 @@
+import Foundation
+import NIOHTTP1
+
 /// "Why did my request go there": what the gateway would do with one request, without sending
 /// it — the VirtualService rule that matches, its destinations and weights, the subset, the live
 /// locality plan and the targets in the order they would be tried, or the local reply a client
@@ -44,6 +47,17 @@ package struct RouteExplanation: Encodable, Sendable {
     package var targets: [Target] = []
     /// What the client would get without reaching a backend; nil when it would be forwarded.
     package var localReply: Reply?
+
+    /// Request headers given as `name: value` lines (`eastwest route -H`, `/v1/route?header=`).
+    package static func headers(_ lines: [String]) -> HTTPHeaders {
+        var headers = HTTPHeaders()
+        for line in lines {
+            guard let colon = line.firstIndex(of: ":") else { continue }
+            headers.add(name: String(line[..<colon]).trimmingCharacters(in: .whitespaces),
+                        value: line[line.index(after: colon)...].trimmingCharacters(in: .whitespaces))
+        }
+        return headers
+    }
 
     package static func explain(_ request: HTTPRequestFacts, routes: RouteConfiguration, clusters: ClusterManager,
                                 random: UInt64) -> RouteExplanation {
