@@ -42,7 +42,7 @@ extension IstioPolicyLoader {
             for (j, match) in (rule.match ?? []).enumerated() {
                 let path = rulePath.key("match").index(j)
                 if let port = match.port, !(1...65_535).contains(port) { errors.append(map.error(.invalidValue, at: path.key("port"), "port must be 1-65535")) }
-                for field in [("destinationSubnets", match.destinationSubnets != nil), ("sourceLabels", match.sourceLabels != nil), ("gateways", match.gateways != nil)] where field.1 {
+                for field in [("destinationSubnets", match.destinationSubnets != nil), ("gateways", match.gateways != nil)] where field.1 {
                     warnings.append(map.error(.notImplemented, at: path.key(field.0), "valid Istio field, not carried out by EastWest yet; the match ignores it").asWarning)
                 }
             }
@@ -63,9 +63,6 @@ extension IstioPolicyLoader {
                         if name.isEmpty { errors.append(map.error(.invalidValue, at: path.key(field), "a header name must not be empty")) }
                         errors += checkStringMatch(value, allowEmptyPrefix: false, at: path.key(field).key(name), map: map)
                     }
-                }
-                if match.sourceLabels != nil {
-                    warnings.append(map.error(.notImplemented, at: path.key("sourceLabels"), "valid Istio field, not carried out by EastWest yet (a client's labels are not known from its identity); the match ignores it").asWarning)
                 }
                 if match.gateways != nil {
                     warnings.append(map.error(.notImplemented, at: path.key("gateways"), "accepted; not used to select gateways yet").asWarning)

@@ -24,8 +24,8 @@ package enum PolicyCompiler {
     package static let kinds: [KindCompiler] = [
         KindCompiler(kind: "DestinationRule") { loaded, draft in draft.destinationRules += loaded.destinationRules },
         KindCompiler(kind: "VirtualService") { loaded, draft in
-            draft.httpRoutes = VirtualServiceCompiler.compile(loaded.virtualServices, origins: loaded.virtualServiceOrigins)
-            draft.tcpRoutes = VirtualServiceCompiler.compileTCP(loaded.virtualServices)
+            draft.httpRoutes = VirtualServiceCompiler.compile(loaded.virtualServices, origins: loaded.virtualServiceOrigins, proxyLabels: draft.gatewayLabels)
+            draft.tcpRoutes = VirtualServiceCompiler.compileTCP(loaded.virtualServices, proxyLabels: draft.gatewayLabels)
         },
         KindCompiler(kind: "Gateway") { loaded, draft in
             draft.gatewayServers = GatewayServers.compile(loaded.gateways, origins: loaded.gatewayOrigins, labels: draft.gatewayLabels, port: draft.listenerPort)

@@ -9,10 +9,14 @@ enum VirtualServiceCompiler {
         return lower.contains(".") || lower == "*" ? lower : "\(lower).\(namespace).svc.cluster.local"
     }
 
-    static func compile(_ services: [VirtualService], origins: [[String]]) -> [String: HTTPRouteTable] {
+    /// - Parameter proxyLabels: the gateway's labels, which `sourceLabels` matches name: istiod
+    ///   decides them when it builds a proxy's routes (`sourceMatchHTTP`), and at a gateway the
+    ///   proxy is the gateway. A match whose labels it lacks is left out; a rule with no match
+    ///   left is left out.
+    static func compile(_ services: [VirtualService], origins: [[String]], proxyLabels: [String: String] = [:]) -> [String: HTTPRouteTable] {
         var rulesByHost: [String: [(rule: HTTPRouteRule, catchAll: Bool)]] = [:]
         for (serviceIndex, service) in services.enumerated() {
-            let rules = routes(of: service, origins: serviceIndex < origins.count ? origins[serviceIndex] : [])
+            let rules = routes(of: service, origins: serviceIndex < origins.count ? origins[serviceIndex] : [], proxyLabels: proxyLabels)
             for host in service.hosts ?? [] {
                 rulesByHost[fullName(host, namespace: service.namespace), default: []] += rules
             }
@@ -23,12 +27,14 @@ enum VirtualServiceCompiler {
     }
 
     /// The `tcp:` routes per host, in load order (first holding wins).
-    static func compileTCP(_ services: [VirtualService]) -> [String: [TCPRouteRule]] {
+    static func compileTCP(_ services: [VirtualService], proxyLabels: [String: String] = [:]) -> [String: [TCPRouteRule]] {
         var result: [String: [TCPRouteRule]] = [:]
         for service in services {
             for (index, tcp) in (service.tcp ?? []).enumerated() {
+                let matches = (tcp.match ?? []).filter { applies($0.sourceLabels, to: proxyLabels) }
+                if matches.isEmpty, !(tcp.match ?? []).isEmpty { continue }
                 let destinations = self.destinations(tcp.route ?? [], namespace: service.namespace)
-                let rule = TCPRouteRule(matches: (tcp.match ?? []).map { .init(port: $0.port, sourceNamespace: $0.sourceNamespace) },
+                let rule = TCPRouteRule(matches: matches.map { .init(port: $0.port, sourceNamespace: $0.sourceNamespace) },
                                         destinations: destinations, origin: "VirtualService \(service.namespace)/\(service.name) tcp[\(index)]")
                 for host in service.hosts ?? [] { result[fullName(host, namespace: service.namespace), default: []].append(rule) }
             }
@@ -36,14 +42,20 @@ enum VirtualServiceCompiler {
         return result
     }
 
-    static func routes(of service: VirtualService, origins: [String]) -> [(rule: HTTPRouteRule, catchAll: Bool)] {
+    /// `sourceLabels` hold for a proxy with `labels` (none given: every proxy).
+    static func applies(_ sourceLabels: [String: String]?, to labels: [String: String]) -> Bool {
+        (sourceLabels ?? [:]).allSatisfy { labels[$0.key] == $0.value }
+    }
+
+    static func routes(of service: VirtualService, origins: [String], proxyLabels: [String: String] = [:]) -> [(rule: HTTPRouteRule, catchAll: Bool)] {
         var result: [(rule: HTTPRouteRule, catchAll: Bool)] = []
         for (index, http) in (service.http ?? []).enumerated() {
             let origin = "VirtualService \(service.namespace)/\(service.name) http[\(index)]" + (index < origins.count ? " (\(origins[index]))" : "")
             let destinations = self.destinations(http.route ?? [], namespace: service.namespace)
             let requestHeaders = operations(http.headers?.request), responseHeaders = operations(http.headers?.response)
             let action = self.action(of: http), rewrite = http.rewrite.flatMap(self.rewrite)
-            let matches = http.match ?? []
+            let matches = (http.match ?? []).filter { applies($0.sourceLabels, to: proxyLabels) }
+            if matches.isEmpty, !(http.match ?? []).isEmpty { continue }
             if matches.isEmpty {
                 var rule = HTTPRouteRule(name: http.name ?? "", origin: origin, match: nil, destinations: destinations)
                 rule.requestHeaders = requestHeaders; rule.responseHeaders = responseHeaders
@@ -58,7 +70,9 @@ enum VirtualServiceCompiler {
                 var rule = HTTPRouteRule(name: name, origin: origin, match: compiled, destinations: destinations)
                 rule.requestHeaders = requestHeaders; rule.responseHeaders = responseHeaders
                 rule.action = action; rule.rewrite = rewrite
-                let catchAll = isCatchAll(compiled)
+                // Istio's isCatchAllMatch: sourceLabels make a match specific, though they were
+                // decided here and not at request time.
+                let catchAll = isCatchAll(compiled) && (match.sourceLabels ?? [:]).isEmpty
                 result.append((rule, catchAll))
                 if catchAll { ended = true; break }
             }

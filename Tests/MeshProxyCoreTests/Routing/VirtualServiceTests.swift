@@ -234,7 +234,7 @@ struct VirtualServiceTests {
         }
     }
 
-    @Test("tcp: routes by destination port and client namespace, first holding wins; fields not carried out warn")
+    @Test("tcp: routes by destination port and client namespace, first holding wins; sourceLabels name the gateway's own labels")
     func tcpRoutes() throws {
         let loaded = try IstioPolicyLoader.load(yaml: """
             apiVersion: networking.istio.io/v1
@@ -245,15 +245,47 @@ struct VirtualServiceTests {
               tcp:
               - match: [{port: 5432, sourceNamespace: batch}]
                 route: [{destination: {host: db, subset: replica}}]
-              - match: [{port: 5432, sourceLabels: {app: x}}]
+              - match: [{port: 5432, sourceLabels: {istio: eastwestgateway}}]
                 route: [{destination: {host: db, subset: primary}}]
+              - match: [{port: 5432, sourceLabels: {app: x}}]
+                route: [{destination: {host: db, subset: never}}]
             """, file: "db.yaml")
-        #expect(loaded.warnings.map(\.field) == ["spec.tcp[1].match[0].sourceLabels"])
-        let routes = RouteConfiguration(localCluster: "east", tcpRoutes: VirtualServiceCompiler.compileTCP(loaded.virtualServices))
+        #expect(loaded.warnings.isEmpty, "\(loaded.warnings)")
+        let routes = RouteConfiguration(localCluster: "east", tcpRoutes: VirtualServiceCompiler.compileTCP(loaded.virtualServices, proxyLabels: ["istio": "eastwestgateway"]))
         let db = ServiceKey(host: "db.shop.svc.cluster.local", port: 5432)
         #expect(routes.tcpRoute(for: db, sourceNamespace: "batch", random: 0)?.destination.subset == "replica")
         #expect(routes.tcpRoute(for: db, sourceNamespace: "web", random: 0)?.destination.subset == "primary")
         #expect(routes.tcpRoute(for: ServiceKey(host: db.host, port: 6432), sourceNamespace: nil, random: 0) == nil)
+        // A gateway labelled otherwise has neither sourceLabels rule.
+        let other = RouteConfiguration(localCluster: "east", tcpRoutes: VirtualServiceCompiler.compileTCP(loaded.virtualServices, proxyLabels: ["app": "y"]))
+        #expect(other.tcpRoute(for: db, sourceNamespace: "web", random: 0) == nil)
+    }
+
+    @Test("sourceLabels select by the gateway's labels, as istiod decides them for the proxy it configures: a match the gateway's labels lack is left out, and a sourceLabels match is never a catch-all")
+    func sourceLabels() throws {
+        let loaded = try IstioPolicyLoader.load(yaml: """
+            apiVersion: networking.istio.io/v1
+            kind: VirtualService
+            metadata: {name: reviews}
+            spec:
+              hosts: [reviews]
+              http:
+              - match: [{sourceLabels: {istio: ingressgateway}}]
+                route: [{destination: {host: reviews, subset: v3}}]
+              - match: [{sourceLabels: {istio: eastwestgateway}, uri: {prefix: /}}]
+                route: [{destination: {host: reviews, subset: v2}}]
+              - route: [{destination: {host: reviews, subset: v1}}]
+            """, file: "s.yaml")
+        #expect(loaded.warnings.isEmpty, "\(loaded.warnings)")
+        func subset(labels: [String: String]) -> String? {
+            let tables = VirtualServiceCompiler.compile(loaded.virtualServices, origins: [], proxyLabels: labels)
+            return tables[Self.reviews]?.route(HTTPRequestFacts(method: "GET", path: "/x", authority: Self.reviews), port: nil, random: 0)?.destination?.subset
+        }
+        #expect(subset(labels: ["istio": "eastwestgateway"]) == "v2")
+        #expect(subset(labels: ["istio": "ingressgateway"]) == "v3")
+        #expect(subset(labels: ["app": "other"]) == "v1")
+        let table = try #require(VirtualServiceCompiler.compile(loaded.virtualServices, origins: [], proxyLabels: ["istio": "eastwestgateway"])[Self.reviews])
+        #expect(table.rules.map { $0.destinations.first?.subset } == ["v2", "v1"], "the catch-all after a sourceLabels rule is kept")
     }
 
     @Test("A regex's literal prefix refuses early, never changing what matches")
