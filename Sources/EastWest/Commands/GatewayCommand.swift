@@ -61,7 +61,9 @@ struct ValidateCommand: AsyncParsableCommand {
                 case .topology:
                     _ = try ConfigLoader.load(Topology.self, file: file)
                 case .gatewayConfig:
-                    _ = try ConfigLoader.load(GatewayConfig.self, file: file)
+                    // With its policies, as the gateway would load them.
+                    var config = try ConfigLoader.load(GatewayConfig.self, file: file)
+                    try GatewayNode.compileRoutes(&config, configPath: file).warnings.forEach(printError)
                 }
                 print("\(file): ok")
             } catch {

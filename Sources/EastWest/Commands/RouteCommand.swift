@@ -49,7 +49,7 @@ struct RouteCommand: AsyncParsableCommand {
         let routes: RouteConfiguration, endpoints: MeshEndpoints
         do {
             var gateway = try ConfigLoader.load(GatewayConfig.self, file: file)
-            routes = try GatewayNode.compileRoutes(&gateway, configPath: file)
+            routes = try GatewayNode.compileRoutes(&gateway, configPath: file).routes
             endpoints = gateway.meshEndpoints
         } catch {
             printError(error.description)

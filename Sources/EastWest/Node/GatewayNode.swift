@@ -32,7 +32,10 @@ struct GatewayNode: Service {
         }
         let routes: RouteConfiguration
         do {
-            routes = try compileRoutes(&config, configPath: configPath)
+            let compiled = try compileRoutes(&config, configPath: configPath)
+            routes = compiled.routes
+            // What the policies ask for and this gateway does not do, in its log at start.
+            for warning in compiled.warnings { logger.warning("\(warning)") }
         } catch {
             printError(error.description)
             throw ExitCodeError.invalidInput
@@ -51,9 +54,10 @@ struct GatewayNode: Service {
 
     /// The gateway's policies (paths relative to its config file) compiled into its routes, with
     /// its ServiceEntries (and the WorkloadEntries they select) joined into `services:`: from
-    /// here on those are served and gossiped like the others. What `run` serves and
-    /// `eastwest route --config` explains.
-    static func compileRoutes(_ config: inout GatewayConfig, configPath: String) throws(ConfigErrors) -> RouteConfiguration {
+    /// here on those are served and gossiped like the others. What `run` serves, `eastwest route
+    /// --config` explains and `eastwest validate` checks; `warnings` name what loads but is not
+    /// carried out (skipped kinds, fields, Gateway servers on other ports).
+    static func compileRoutes(_ config: inout GatewayConfig, configPath: String) throws(ConfigErrors) -> (routes: RouteConfiguration, warnings: [String]) {
         var resources = IstioPolicyLoader.Loaded()
         let base = URL(fileURLWithPath: configPath).deletingLastPathComponent()
         for file in config.policies ?? [] {
@@ -62,7 +66,9 @@ struct GatewayNode: Service {
         }
         config.services = (config.services ?? [])
             + ServiceEntry.services(resources.serviceEntries, workloads: resources.workloadEntries, cluster: config.cluster)
-        return PolicyCompiler.compile(config: config, resources: resources)
+        let warnings = resources.skipped + resources.warnings.map(\.description)
+            + GatewayServers.unserved(resources.gateways, origins: resources.gatewayOrigins, labels: config.effectiveLabels, port: config.listen.port)
+        return (PolicyCompiler.compile(config: config, resources: resources), warnings)
     }
 
     /// Gossip with other gateways, when the config asks for it.

@@ -39,6 +39,10 @@ extension IstioPolicyLoader {
             let destinations = rule.route ?? []
             if destinations.isEmpty { errors.append(map.error(.missingField, at: rulePath.key("route"), "a TCP route needs a 'route'")) }
             errors += checkDestinations(destinations, at: rulePath, map: map)
+            for (k, destination) in destinations.enumerated() where destination.headers != nil {
+                // Istio's tcp RouteDestination has `destination` and `weight` only; istiod rejects the rest.
+                errors.append(map.error(.invalidValue, at: rulePath.key("route").index(k).key("headers"), "a tcp route's destination has no 'headers' (bytes carry none)"))
+            }
             for (j, match) in (rule.match ?? []).enumerated() {
                 let path = rulePath.key("match").index(j)
                 if let port = match.port, !(1...65_535).contains(port) { errors.append(map.error(.invalidValue, at: path.key("port"), "port must be 1-65535")) }

@@ -69,6 +69,20 @@ package struct GatewayServers: Sendable, Equatable {
 
     package var passesThrough: Bool { servers.contains { $0.mode == .autoPassthrough } }
 
+    /// The servers of Gateways selecting this gateway that it does not serve, each with why: it
+    /// listens on `port` only, so a server on another port (Istio's 15021 status or 15012
+    /// istiod ports in expose-istiod.yaml, say) does nothing here.
+    package static func unserved(_ gateways: [IstioGateway], origins: [String], labels: [String: String], port: Int) -> [String] {
+        var notes: [String] = []
+        for (index, gateway) in gateways.enumerated() where (gateway.selector ?? [:]).allSatisfy({ labels[$0.key] == $0.value }) {
+            for (i, server) in (gateway.servers ?? []).enumerated() where server.port?.number != port {
+                let origin = index < origins.count ? "\(origins[index]): " : ""
+                notes.append("\(origin)warning: Gateway \(gateway.namespace)/\(gateway.name) servers[\(i)] is on port \(server.port?.number ?? 0); this gateway listens on \(port) only, so the server is not served")
+            }
+        }
+        return notes
+    }
+
     /// The servers on `port` of the Gateways whose selector `labels` satisfy (an empty
     /// selector selects every gateway); nil when there are none.
     package static func compile(_ gateways: [IstioGateway], origins: [String], labels: [String: String], port: Int) -> GatewayServers? {

@@ -24,6 +24,11 @@ struct GatewayServersTests {
         #expect(servers.exposure(of: "example.com") == .hidden("no Gateway server on this port exposes example.com (Gateway istio-system/cross-network-gateway servers[0] (expose-services.yaml:6))"))
         #expect(GatewayServers.compile(loaded.gateways, origins: [], labels: ["istio": "ingressgateway"], port: 15443) == nil, "another gateway's selector")
         #expect(GatewayServers.compile(loaded.gateways, origins: [], labels: ["istio": "eastwestgateway"], port: 443) == nil, "another port")
+        // Said, not silent: a gateway on 443 would not serve the 15443 server.
+        #expect(GatewayServers.unserved(loaded.gateways, origins: loaded.gatewayOrigins, labels: ["istio": "eastwestgateway"], port: 443)
+                == ["expose-services.yaml:6: warning: Gateway istio-system/cross-network-gateway servers[0] is on port 15443; this gateway listens on 443 only, so the server is not served"])
+        #expect(GatewayServers.unserved(loaded.gateways, origins: loaded.gatewayOrigins, labels: ["istio": "eastwestgateway"], port: 15443).isEmpty)
+        #expect(GatewayServers.unserved(loaded.gateways, origins: [], labels: ["istio": "ingressgateway"], port: 443).isEmpty, "not selected")
     }
 
     @Test("hosts: namespace/name with * and ., wildcards by suffix; the first server exposing a host decides its mode")

@@ -321,6 +321,21 @@ struct VirtualServiceTests {
             #expect(text.contains("bad.yaml:7:") && text.contains("RE2 would reject"), "\(text)")
             #expect(text.contains("bad.yaml:9:") && text.contains("several destinations need weights"), "\(text)")
         }
+        // A tcp route's destination carries no headers in Istio's API.
+        do {
+            _ = try IstioPolicyLoader.load(yaml: """
+                apiVersion: networking.istio.io/v1
+                kind: VirtualService
+                metadata: {name: db}
+                spec:
+                  hosts: [db]
+                  tcp:
+                  - route: [{destination: {host: db}, headers: {request: {set: {x: y}}}}]
+                """, file: "tcp.yaml")
+            Issue.record("loaded")
+        } catch {
+            #expect(error.description.contains("tcp.yaml:7:") && error.description.contains("has no 'headers'"), "\(error.description)")
+        }
         // A syntax error in a later document is an error at its position, not a quiet end of file.
         do {
             _ = try IstioPolicyLoader.load(yaml: Self.jason + "\n---\n" + "kind: VirtualService\nspec: {hosts: [\"a\\2\"]}\n", file: "late.yaml")
