@@ -292,7 +292,7 @@ struct HTTPRoutingTests {
         #expect(gateway.log.contains("\"GET /moved/a?b=1 HTTP/2\" 302 - direct_response"), "\(gateway.log.suffix(1500))")
     }
 
-    @Test("Malformed HTTP/1 gets Envoy's 400 Bad Request, headers over 60 KiB its 431, each logged DPE; the gateway keeps serving")
+    @Test("Malformed HTTP/1 gets Envoy's 400 Bad Request, headers over 60 KiB its 431, each logged DPE; the gateway keeps serving; pipelined requests are answered in order")
     func malformedRequests() async throws {
         let mesh = try await Self.start("http-malformed", block: 100, virtualService: Self.reviewsRoutes + """
               - route: [{destination: {host: reviews, subset: v1}}]
@@ -314,6 +314,15 @@ struct HTTPRoutingTests {
         #expect(large.hasPrefix("HTTP/1.1 431 Request Header Fields Too Large"), "\(large.prefix(300))")
         let served = try await mesh.mesh.curl(mesh.east, host: Self.reviews, path: "/reviews/0", extra: ["-w", "\n%{http_code}"])
         #expect(served.stdout.hasSuffix("\n200"), "\(served.stdout)")
+        // Pipelined: three requests in one write are answered in order, the body of the second
+        // kept with it; the last asked to close, and the gateway closes after answering it.
+        let host = "Host: \(Self.reviews)\r\n"
+        let pipelined = try await raw("GET /p/1 HTTP/1.1\r\n\(host)\r\nPOST /echo HTTP/1.1\r\n\(host)Content-Length: 11\r\n\r\nhello there"
+                                      + "GET /p/3 HTTP/1.1\r\n\(host)Connection: close\r\n\r\n")
+        let unescaped = pipelined.replacingOccurrences(of: "\\/", with: "/")
+        let order = ["\"path\":\"/p/1\"", "hello there", "\"path\":\"/p/3\""].map { unescaped.range(of: $0)?.lowerBound }
+        #expect(pipelined.components(separatedBy: "HTTP/1.1 200 OK").count == 4, "\(pipelined)")
+        #expect(order.allSatisfy { $0 != nil } && order[0]! < order[1]! && order[1]! < order[2]!, "\(pipelined)")
         let gateway = try #require(mesh.mesh.processes.children.first { $0.name == "east-gw" })
         #expect(await eventually(timeout: .seconds(5)) { gateway.log.contains("400 DPE http1.codec_error") && gateway.log.contains("431 DPE http1.headers_too_large") },
                 "\(gateway.log.suffix(1500))")

@@ -86,6 +86,7 @@ extension IstioPolicyLoader {
             if let port = destination.destination.port?.number, !(1...65_535).contains(port) {
                 errors.append(map.error(.invalidValue, at: path.key("destination").key("port").key("number"), "port must be 1-65535"))
             }
+            errors += checkHeaders(destination.headers, at: path.key("headers"), map: map)
         }
         if destinations.count > 1 {
             let weights = destinations.compactMap(\.weight)
@@ -99,8 +100,32 @@ extension IstioPolicyLoader {
     }
 
     /// Istio's `validateHTTPRouteConflict` and the checks of rewrite, redirect and direct response.
+    /// Istio's ValidateHTTPHeaderName / value checks: names are tokens, values carry no line
+    /// breaks or NULs. The gateway writes them as they are (it does not validate every header
+    /// it sends), so nothing else may reach a request or response.
+    static func checkHeaders(_ headers: VirtualService.Headers?, at path: FieldPath, map: SourceMap) -> [ConfigError] {
+        var errors: [ConfigError] = []
+        let token = Set("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ".utf8)
+        for (side, operations) in [("request", headers?.request), ("response", headers?.response)] {
+            guard let operations else { continue }
+            let named = (operations.set ?? [:]).map { ("set", $0.key, $0.value) } + (operations.add ?? [:]).map { ("add", $0.key, $0.value) }
+                + (operations.remove ?? []).map { ("remove", $0, "") }
+            for (operation, name, value) in named.sorted(by: { ($0.0, $0.1) < ($1.0, $1.1) }) {
+                let at = operation == "remove" ? path.key(side).key(operation) : path.key(side).key(operation).key(name)
+                if name.isEmpty || !name.utf8.allSatisfy(token.contains) {
+                    errors.append(map.error(.invalidValue, at: at, "'\(name)' is not a valid header name"))
+                }
+                if value.utf8.contains(where: { $0 == 0x0D || $0 == 0x0A || $0 == 0 }) {
+                    errors.append(map.error(.invalidValue, at: at, "a header value must not contain a line break or NUL"))
+                }
+            }
+        }
+        return errors
+    }
+
     static func checkActions(_ rule: VirtualService.HTTPRoute, at rulePath: FieldPath, map: SourceMap, warnings: inout [ConfigError]) -> [ConfigError] {
         var errors: [ConfigError] = []
+        errors += checkHeaders(rule.headers, at: rulePath.key("headers"), map: map)
         let hasRoute = !(rule.route ?? []).isEmpty
         if let redirect = rule.redirect {
             if hasRoute || rule.rewrite != nil || rule.directResponse != nil {

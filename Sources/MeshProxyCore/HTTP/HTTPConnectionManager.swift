@@ -97,8 +97,36 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
         upstreams = dataPlane.httpUpstreams.on(context.eventLoop)
     }
 
+    /// HTTP/1.1 requests a client sent before the current response ended (pipelining), in order:
+    /// taken up one by one as responses end. Kept here rather than by NIO's pipelining handler,
+    /// which stops and restarts the socket's reads around every request (two `epoll_ctl`s per
+    /// request for clients that never pipeline).
+    private var pipelined = CircularBuffer<HTTPServerRequestPart>()
+    private var drainingPipelined = false
+    private static let pipelinedLimit = 256
+    /// The client closed its side: the connection closes once nothing is left to answer.
+    private var clientInputClosed = false
+
     package func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        switch unwrapInboundIn(data) {
+        let part = unwrapInboundIn(data)
+        if !pipelined.isEmpty || isPipelined(part) {
+            pipelined.append(part)
+            // A client far ahead of its answers waits (its requests stay in its socket).
+            if pipelined.count > Self.pipelinedLimit { pauseClient(true, context: context) }
+            return
+        }
+        handle(part, context: context)
+    }
+
+    /// A request head while the previous request is still being answered.
+    private func isPipelined(_ part: HTTPServerRequestPart) -> Bool {
+        guard case .head = part else { return false }
+        if case .idle = state { return false }
+        return true
+    }
+
+    private func handle(_ part: HTTPServerRequestPart, context: ChannelHandlerContext) {
+        switch part {
         case .head(let head): begin(head, context: context)
         case .body(let body):
             record.bytesReceived += body.readableBytes
@@ -150,6 +178,45 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
         clientPaused = pause
         let bound = NIOLoopBound(context, eventLoop: context.eventLoop)
         context.channel.setOption(ChannelOptions.autoRead, value: !pause).whenSuccess { if !pause { bound.value.read() } }
+    }
+
+    package func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if let event = event as? ChannelEvent, case .inputClosed = event {
+            // A client that half-closed after its requests still gets their answers.
+            clientInputClosed = true
+            if case .idle = state, pipelined.isEmpty { context.close(promise: nil) }
+            return
+        }
+        context.fireUserInboundEventTriggered(event)
+    }
+
+    /// Envoy's answer to a client that breaks HTTP/1: 400 `Bad Request`, or 431 past 60 KiB of
+    /// headers (Envoy's `max_request_headers_kb`), flag `DPE`, then the connection closes.
+    /// Written only when no response has started (otherwise the close is all the client can be
+    /// told); logged and counted like any request. Other connections and requests are untouched.
+    package func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        guard let parserError = error as? HTTPParserError else { return context.fireErrorCaught(error) }
+        let detail = "malformed HTTP/1 from the client: \(parserError)"
+        let reply = parserError == .headerOverflow ? HTTPLocalReply.headersTooLarge(detail) : .badRequest(detail)
+        var malformed = HTTPRequestRecord()
+        malformed.sourcePrincipal = connection.sourcePrincipal
+        malformed.serverName = connection.serverName
+        malformed.downstreamLocal = connection.downstreamLocal
+        malformed.downstreamRemote = connection.downstreamRemote
+        malformed.flags = reply.flags
+        malformed.detail = detail
+        malformed.directResponse = true
+        var responseOpen = false
+        if case .forwarding = state { responseOpen = responseStarted }
+        if !responseOpen {
+            malformed.responseCode = Int(reply.status.code)
+            malformed.bytesSent = reply.payload.count
+            context.write(wrapOutboundOut(.head(reply.head(closing: true))), promise: nil)
+            context.write(wrapOutboundOut(.body(.byteBuffer(ByteBuffer(bytes: reply.payload)))), promise: nil)
+            context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: nil)
+        }
+        malformed.finish(logger: dataPlane.logger, format: dataPlane.accessLog)
+        context.close(promise: nil)
     }
 
     package func channelInactive(context: ChannelHandlerContext) {
@@ -446,15 +513,15 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
         }
         // The client's side first: bytes the upstream sent right after its 101 come out of its
         // decoder as it leaves, and must find no HTTP encoder on their way to the client.
-        downstream.removeHandler(ofType: HTTPServerPipelineHandler.self)
-        downstream.removeHandler(ofType: HTTPProtocolErrorReplier.self)
-        downstream.removeHandler(ofType: NIOHTTPResponseHeadersValidator.self)
         downstream.removeHandler(ofType: HTTPResponseEncoder.self)
         downstream.removeHandler(ofType: ByteToMessageHandler<HTTPRequestDecoder>.self)
         upstream.removeHandler(exchange.relay, promise: nil)
-        upstream.removeHandler(ofType: NIOHTTPRequestHeadersValidator.self)
         upstream.removeHandler(ofType: HTTPRequestEncoder.self)
         upstream.removeHandler(ofType: ByteToMessageHandler<HTTPResponseDecoder>.self)
+        // A decoder leaves in a task of its own, handing on the bytes it held (what the server
+        // sent with its 101) with no read-complete after them: flushed by the next task.
+        let client = context.channel
+        context.eventLoop.execute { client.flush() }
         if case .local(let endpoint) = record.upstream, let service = forward?.route.service {
             dataPlane.outliers.succeeded(service, endpoint.address)
         }
@@ -466,7 +533,7 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
             manager.record.bytesSent += fromUpstream.bytesRead
             manager.logRequest()
         }
-        // Reads may have been held back by HTTP's pipelining; the glue decides from here on.
+        // Reads may have been paused for a slow client; the glue decides from here on.
         for channel in [context.channel, exchange.channel] {
             channel.setOption(ChannelOptions.autoRead, value: true).whenSuccess { channel.read() }
         }
@@ -529,8 +596,34 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
     /// to close, close.
     private func finishRequest(context: ChannelHandlerContext) {
         logRequest()
-        if case .idle = state { pauseClient(false, context: context) }
-        if !requestKeepAlive, case .idle = state { context.close(promise: nil) }
+        guard case .idle = state else { return }
+        if !requestKeepAlive {
+            context.close(promise: nil)
+            return
+        }
+        // The next pipelined request, if the client sent one; handling it may end it at once
+        // (a local reply), which comes back here: the outer loop takes the rest.
+        if !drainingPipelined {
+            drainingPipelined = true
+            while case .idle = state, let head = pipelined.popFirst() {
+                handle(head, context: context)
+                // The rest of that request (its body, its end) is the current request's.
+                while let next = pipelined.first, !isHeadPart(next) {
+                    pipelined.removeFirst()
+                    handle(next, context: context)
+                }
+            }
+            drainingPipelined = false
+        }
+        if case .idle = state {
+            if clientInputClosed, pipelined.isEmpty { context.close(promise: nil) }
+            pauseClient(false, context: context)
+        }
+    }
+
+    private func isHeadPart(_ part: HTTPServerRequestPart) -> Bool {
+        if case .head = part { return true }
+        return false
     }
 }
 

@@ -154,7 +154,8 @@ final class HTTPUpstreams {
         do {
             let operations = channel.pipeline.syncOperations
             // Bytes after a `101` pass on when the decoder leaves (WebSocket upgrades).
-            try operations.addHTTPClientHandlers(leftOverBytesStrategy: .forwardBytes)
+            // Headers were parsed or checked on the way in (see HTTPConnectionManager).
+            try operations.addHTTPClientHandlers(leftOverBytesStrategy: .forwardBytes, enableOutboundHeaderValidation: false)
             try operations.addHandler(relay)
         } catch {
             channel.close(promise: nil)
@@ -248,6 +249,7 @@ final class PooledHTTP2Connection {
         let multiplexer: NIOHTTP2Handler.StreamMultiplexer
         do {
             let operations = channel.pipeline.syncOperations
+            try operations.addHandler(FlushCoalescer())
             // Peers never open streams towards the gateway that dialled them.
             multiplexer = try operations.configureHTTP2Pipeline(mode: .client, connectionConfiguration: .init(), streamConfiguration: .init()) { stream in
                 stream.close()

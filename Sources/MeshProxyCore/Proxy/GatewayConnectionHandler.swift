@@ -111,6 +111,7 @@ package final class GatewayConnectionHandler: ChannelDuplexHandler, RemovableCha
             if h2 {
                 let connection = NIOLoopBound((dataPlane, routes, route, record), eventLoop: context.eventLoop)
                 // This handler is the pipeline's last and leaves right after.
+                try operations.addHandler(FlushCoalescer(), position: .last)
                 _ = try operations.configureHTTP2Pipeline(mode: .server, connectionConfiguration: .init(), streamConfiguration: .init(),
                                                           position: .last) { stream in
                     stream.eventLoop.makeCompletedFuture {
@@ -125,9 +126,12 @@ package final class GatewayConnectionHandler: ChannelDuplexHandler, RemovableCha
                 var limits = NIOHTTPDecoderLimitConfiguration()
                 limits.maxHeaderListSize = HTTPLocalReply.maximumRequestHeadersSize
                 limits.maxHeaderFieldSize = HTTPLocalReply.maximumRequestHeadersSize
-                try operations.configureHTTPServerPipeline(position: .after(self), withPipeliningAssistance: true, withErrorHandling: false,
+                // The connection manager takes pipelined requests in turn and answers malformed
+                // ones itself; every header it writes is valid already (parsed, or checked when
+                // its policy loaded), so NIO's per-header validation is left out.
+                try operations.configureHTTPServerPipeline(position: .after(self), withPipeliningAssistance: false, withServerUpgrade: nil,
+                                                           withErrorHandling: false, withOutboundHeaderValidation: false,
                                                            withEncoderConfiguration: .init(), withDecoderLimitConfiguration: limits)
-                try operations.addHandler(HTTPProtocolErrorReplier(dataPlane: dataPlane, connection: record), position: .last)
                 try operations.addHandler(HTTPConnectionManager(dataPlane: dataPlane, routes: routes, connectionRoute: route, connection: record,
                                                                 protocolName: "HTTP/1.1"), position: .last)
             }

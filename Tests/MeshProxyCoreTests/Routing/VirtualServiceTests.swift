@@ -321,6 +321,23 @@ struct VirtualServiceTests {
             #expect(text.contains("bad.yaml:7:") && text.contains("RE2 would reject"), "\(text)")
             #expect(text.contains("bad.yaml:9:") && text.contains("several destinations need weights"), "\(text)")
         }
+        // Header operations carry valid names and single-line values: the gateway writes them as given.
+        do {
+            _ = try IstioPolicyLoader.load(yaml: """
+                apiVersion: networking.istio.io/v1
+                kind: VirtualService
+                metadata: {name: h}
+                spec:
+                  hosts: [reviews]
+                  http:
+                  - headers: {request: {set: {"bad name": x}}}
+                    route: [{destination: {host: reviews}, headers: {response: {add: {x-ok: "a\\r\\nInjected: 1"}}}}]
+                """, file: "h.yaml")
+            Issue.record("loaded")
+        } catch {
+            #expect(error.description.contains("h.yaml:7:") && error.description.contains("'bad name' is not a valid header name"), "\(error.description)")
+            #expect(error.description.contains("h.yaml:8:") && error.description.contains("line break"), "\(error.description)")
+        }
         // A tcp route's destination carries no headers in Istio's API.
         do {
             _ = try IstioPolicyLoader.load(yaml: """
