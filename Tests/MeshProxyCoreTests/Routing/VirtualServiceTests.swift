@@ -6,6 +6,17 @@ import Testing
 /// VirtualService loading, compiling and matching, with Istio's Bookinfo routing as users paste it.
 @Suite("VirtualService routing")
 struct VirtualServiceTests {
+    /// The error text loading `yaml` gives; an issue when it loads.
+    func rejection(of yaml: String, file: String, sourceLocation: SourceLocation = #_sourceLocation) -> String {
+        do {
+            _ = try IstioPolicyLoader.load(yaml: yaml, file: file)
+            Issue.record("\(file) loaded", sourceLocation: sourceLocation)
+            return ""
+        } catch {
+            return error.description
+        }
+    }
+
     static let reviews = "reviews.default.svc.cluster.local"
 
     /// Istio's Bookinfo routing files as users paste them (Tests/Fixtures/bookinfo, named as in
@@ -322,44 +333,32 @@ struct VirtualServiceTests {
             #expect(text.contains("bad.yaml:9:") && text.contains("several destinations need weights"), "\(text)")
         }
         // Header operations carry valid names and single-line values: the gateway writes them as given.
-        do {
-            _ = try IstioPolicyLoader.load(yaml: """
-                apiVersion: networking.istio.io/v1
-                kind: VirtualService
-                metadata: {name: h}
-                spec:
-                  hosts: [reviews]
-                  http:
-                  - headers: {request: {set: {"bad name": x}}}
-                    route: [{destination: {host: reviews}, headers: {response: {add: {x-ok: "a\\r\\nInjected: 1"}}}}]
-                """, file: "h.yaml")
-            Issue.record("loaded")
-        } catch {
-            #expect(error.description.contains("h.yaml:7:") && error.description.contains("'bad name' is not a valid header name"), "\(error.description)")
-            #expect(error.description.contains("h.yaml:8:") && error.description.contains("line break"), "\(error.description)")
-        }
+        let headers = rejection(of: """
+            apiVersion: networking.istio.io/v1
+            kind: VirtualService
+            metadata: {name: h}
+            spec:
+              hosts: [reviews]
+              http:
+              - headers: {request: {set: {"bad name": x}}}
+                route: [{destination: {host: reviews}, headers: {response: {add: {x-ok: "a\\r\\nInjected: 1"}}}}]
+            """, file: "h.yaml")
+        #expect(headers.contains("h.yaml:7:") && headers.contains("'bad name' is not a valid header name"), "\(headers)")
+        #expect(headers.contains("h.yaml:8:") && headers.contains("line break"), "\(headers)")
         // A tcp route's destination carries no headers in Istio's API.
-        do {
-            _ = try IstioPolicyLoader.load(yaml: """
-                apiVersion: networking.istio.io/v1
-                kind: VirtualService
-                metadata: {name: db}
-                spec:
-                  hosts: [db]
-                  tcp:
-                  - route: [{destination: {host: db}, headers: {request: {set: {x: y}}}}]
-                """, file: "tcp.yaml")
-            Issue.record("loaded")
-        } catch {
-            #expect(error.description.contains("tcp.yaml:7:") && error.description.contains("has no 'headers'"), "\(error.description)")
-        }
+        let tcp = rejection(of: """
+            apiVersion: networking.istio.io/v1
+            kind: VirtualService
+            metadata: {name: db}
+            spec:
+              hosts: [db]
+              tcp:
+              - route: [{destination: {host: db}, headers: {request: {set: {x: y}}}}]
+            """, file: "tcp.yaml")
+        #expect(tcp.contains("tcp.yaml:7:") && tcp.contains("has no 'headers'"), "\(tcp)")
         // A syntax error in a later document is an error at its position, not a quiet end of file.
-        do {
-            _ = try IstioPolicyLoader.load(yaml: Self.jason + "\n---\n" + "kind: VirtualService\nspec: {hosts: [\"a\\2\"]}\n", file: "late.yaml")
-            Issue.record("loaded")
-        } catch {
-            #expect(error.description.contains("late.yaml:") && error.description.contains("unknown escape character"), "\(error.description)")
-        }
+        let late = rejection(of: Self.jason + "\n---\n" + "kind: VirtualService\nspec: {hosts: [\"a\\2\"]}\n", file: "late.yaml")
+        #expect(late.contains("late.yaml:") && late.contains("unknown escape character"), "\(late)")
         let partial = """
             apiVersion: networking.istio.io/v1
             kind: VirtualService
