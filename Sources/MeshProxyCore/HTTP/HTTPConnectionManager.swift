@@ -82,14 +82,17 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
     private static let replacedAtTheEdge = ["x-request-id", "x-forwarded-client-cert", "x-forwarded-proto", "x-forwarded-for"]
     private static let responseHeadersDropped = hopByHop + ["server"]
 
+    /// - Parameter connectionAction: the action of `connectionRoute`, when the caller has it
+    ///   already (decided once per HTTP/2 connection rather than once per stream).
     package init(dataPlane: DataPlane, routes: RouteConfiguration, connectionRoute: Route, connection: ConnectionRecord,
-                 protocolName: String, origin: TrafficOrigin = .client) {
+                 protocolName: String, origin: TrafficOrigin = .client, connectionAction: RouteAction? = nil) {
         self.dataPlane = dataPlane
         self.routes = routes
         self.connectionRoute = connectionRoute
         self.connection = connection
         self.protocolName = protocolName
         self.origin = origin
+        lastAction = connectionAction.map { (connectionRoute, $0) }
         random = SplitMix64.fresh()
     }
 

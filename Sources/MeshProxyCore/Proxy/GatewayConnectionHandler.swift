@@ -109,17 +109,21 @@ package final class GatewayConnectionHandler: ChannelDuplexHandler, RemovableCha
         do {
             let operations = context.pipeline.syncOperations
             if h2 {
-                let connection = NIOLoopBound((dataPlane, routes, route, record), eventLoop: context.eventLoop)
+                let action = routes.action(for: route, origin: origin)
+                let connection = NIOLoopBound((dataPlane, routes, route, record, action), eventLoop: context.eventLoop)
                 // This handler is the pipeline's last and leaves right after.
                 try operations.addHandler(FlushCoalescer(), position: .last)
-                _ = try operations.configureHTTP2Pipeline(mode: .server, connectionConfiguration: .init(), streamConfiguration: .init(),
+                // A client's header blocks are validated; a peer gateway's were, where they entered.
+                var connectionConfiguration = NIOHTTP2Handler.ConnectionConfiguration()
+                if origin == .peerGateway { connectionConfiguration.headerBlockValidation = .disabled }
+                _ = try operations.configureHTTP2Pipeline(mode: .server, connectionConfiguration: connectionConfiguration, streamConfiguration: .init(),
                                                           position: .last) { stream in
                     stream.eventLoop.makeCompletedFuture {
-                        let (dataPlane, routes, route, record) = connection.value
+                        let (dataPlane, routes, route, record, action) = connection.value
                         try stream.pipeline.syncOperations.addHandler(HTTP2FramePayloadToHTTP1ServerCodec())
                         try stream.pipeline.syncOperations.addHandler(HTTPConnectionManager(
                             dataPlane: dataPlane, routes: routes, connectionRoute: route, connection: record, protocolName: "HTTP/2",
-                            origin: origin))
+                            origin: origin, connectionAction: action))
                     }
                 }
             } else {
