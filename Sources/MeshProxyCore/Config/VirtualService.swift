@@ -9,13 +9,14 @@ package struct VirtualService: Codable, Sendable, Equatable {
     package var gateways: [String]?
     package var http: [HTTPRoute]?
     package var tcp: [TCPRoute]?
+    package var tls: [TLSRoute]?
     package var exportTo: [String]?
     /// `metadata.namespace` (short host names resolve in it); set by the loader, not decoded.
     package var namespace: String = "default"
     /// `metadata.name`, for `eastwest route` and the log.
     package var name: String = ""
 
-    enum CodingKeys: String, CodingKey { case hosts, gateways, http, tcp, exportTo }
+    enum CodingKeys: String, CodingKey { case hosts, gateways, http, tcp, tls, exportTo }
 
     package init(hosts: [String], http: [HTTPRoute], namespace: String = "default", name: String = "") {
         self.hosts = hosts; self.http = http; self.namespace = namespace; self.name = name
@@ -85,6 +86,23 @@ package struct VirtualService: Codable, Sendable, Equatable {
     package struct TCPRoute: Codable, Sendable, Equatable {
         package var match: [L4MatchAttributes]?
         package var route: [HTTPRouteDestination]?
+    }
+
+    /// A `tls:` route: TLS traffic by the server name it was sent to (`sniHosts`, required, each
+    /// one of the VirtualService's hosts), port and client namespace; weighted destinations
+    /// chosen per connection, tried before the host's `tcp:` routes as Istio does.
+    package struct TLSRoute: Codable, Sendable, Equatable {
+        package var match: [TLSMatchAttributes]?
+        package var route: [HTTPRouteDestination]?
+    }
+
+    package struct TLSMatchAttributes: Codable, Sendable, Equatable {
+        package var sniHosts: [String]?
+        package var port: Int?
+        package var sourceNamespace: String?
+        package var destinationSubnets: [String]?
+        package var sourceLabels: [String: String]?
+        package var gateways: [String]?
     }
 
     package struct L4MatchAttributes: Codable, Sendable, Equatable {

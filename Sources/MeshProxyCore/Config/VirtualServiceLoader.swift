@@ -5,7 +5,7 @@ extension IstioPolicyLoader {
     /// Valid VirtualService fields (istio/api virtual_service.proto) EastWest does not carry out
     /// yet: they load with a warning naming them.
     static let virtualServiceNotImplemented: Set<String> = [
-        "tls", "delegate", "timeout", "retries", "fault", "mirror", "mirrors", "mirrorPercentage", "mirrorPercent",
+        "delegate", "timeout", "retries", "fault", "mirror", "mirrors", "mirrorPercentage", "mirrorPercent",
         "mirror_percent", "corsPolicy", "statPrefix",
     ]
 
@@ -36,19 +36,28 @@ extension IstioPolicyLoader {
         }
         for (i, rule) in (service.tcp ?? []).enumerated() {
             let rulePath = spec.key("tcp").index(i)
-            let destinations = rule.route ?? []
-            if destinations.isEmpty { errors.append(map.error(.missingField, at: rulePath.key("route"), "a TCP route needs a 'route'")) }
-            errors += checkDestinations(destinations, at: rulePath, map: map)
-            for (k, destination) in destinations.enumerated() where destination.headers != nil {
-                // Istio's tcp RouteDestination has `destination` and `weight` only; istiod rejects the rest.
-                errors.append(map.error(.invalidValue, at: rulePath.key("route").index(k).key("headers"), "a tcp route's destination has no 'headers' (bytes carry none)"))
-            }
+            errors += checkL4Destinations(rule.route ?? [], kind: "TCP", at: rulePath, map: map)
             for (j, match) in (rule.match ?? []).enumerated() {
+                checkL4Match(port: match.port, destinationSubnets: match.destinationSubnets, gateways: match.gateways,
+                             at: rulePath.key("match").index(j), map: map, errors: &errors, warnings: &warnings)
+            }
+        }
+        for (i, rule) in (service.tls ?? []).enumerated() {
+            let rulePath = spec.key("tls").index(i)
+            errors += checkL4Destinations(rule.route ?? [], kind: "TLS", at: rulePath, map: map)
+            let matches = rule.match ?? []
+            if matches.isEmpty { errors.append(map.error(.missingField, at: rulePath.key("match"), "a TLS route needs a 'match' with 'sniHosts'")) }
+            for (j, match) in matches.enumerated() {
                 let path = rulePath.key("match").index(j)
-                if let port = match.port, !(1...65_535).contains(port) { errors.append(map.error(.invalidValue, at: path.key("port"), "port must be 1-65535")) }
-                for field in [("destinationSubnets", match.destinationSubnets != nil), ("gateways", match.gateways != nil)] where field.1 {
-                    warnings.append(map.error(.notImplemented, at: path.key(field.0), "valid Istio field, not carried out by EastWest yet; the match ignores it").asWarning)
+                let sniHosts = match.sniHosts ?? []
+                if sniHosts.isEmpty { errors.append(map.error(.missingField, at: path.key("sniHosts"), "a TLS match needs 'sniHosts'")) }
+                let hosts = (service.hosts ?? []).map { VirtualServiceCompiler.fullName($0, namespace: service.namespace) }
+                for (k, sni) in sniHosts.enumerated() where !hosts.contains(where: { VirtualServiceCompiler.hostCovers($0, VirtualServiceCompiler.fullName(sni, namespace: service.namespace)) }) {
+                    // Istio's validateSniHost: an SNI host must be one of the VirtualService's hosts.
+                    errors.append(map.error(.invalidValue, at: path.key("sniHosts").index(k), "'\(sni)' is not one of the VirtualService's hosts"))
                 }
+                checkL4Match(port: match.port, destinationSubnets: match.destinationSubnets, gateways: match.gateways,
+                             at: path, map: map, errors: &errors, warnings: &warnings)
             }
         }
         for (i, rule) in (service.http ?? []).enumerated() {
@@ -100,6 +109,26 @@ extension IstioPolicyLoader {
     }
 
     /// Istio's `validateHTTPRouteConflict` and the checks of rewrite, redirect and direct response.
+    /// A `tcp:` or `tls:` rule's destinations: at least one, valid, and no headers (Istio's L4
+    /// RouteDestination has `destination` and `weight` only; istiod rejects the rest).
+    static func checkL4Destinations(_ destinations: [VirtualService.HTTPRouteDestination], kind: String, at rulePath: FieldPath, map: SourceMap) -> [ConfigError] {
+        var errors: [ConfigError] = []
+        if destinations.isEmpty { errors.append(map.error(.missingField, at: rulePath.key("route"), "a \(kind) route needs a 'route'")) }
+        errors += checkDestinations(destinations, at: rulePath, map: map)
+        for (k, destination) in destinations.enumerated() where destination.headers != nil {
+            errors.append(map.error(.invalidValue, at: rulePath.key("route").index(k).key("headers"), "a \(kind.lowercased()) route's destination has no 'headers' (bytes carry none)"))
+        }
+        return errors
+    }
+
+    static func checkL4Match(port: Int?, destinationSubnets: [String]?, gateways: [String]?, at path: FieldPath, map: SourceMap,
+                             errors: inout [ConfigError], warnings: inout [ConfigError]) {
+        if let port, !(1...65_535).contains(port) { errors.append(map.error(.invalidValue, at: path.key("port"), "port must be 1-65535")) }
+        for field in [("destinationSubnets", destinationSubnets != nil), ("gateways", gateways != nil)] where field.1 {
+            warnings.append(map.error(.notImplemented, at: path.key(field.0), "valid Istio field, not carried out by EastWest yet; the match ignores it").asWarning)
+        }
+    }
+
     /// Istio's ValidateHTTPHeaderName / value checks: names are tokens, values carry no line
     /// breaks or NULs. The gateway writes them as they are (it does not validate every header
     /// it sends), so nothing else may reach a request or response.

@@ -6,7 +6,7 @@ import NIOHTTP1
 package struct HTTPRequestFacts: Sendable {
     package var method: String
     /// The path as sent, query string included.
-    package var path: String
+    package var path: String { didSet { pathWithoutQuery = Self.withoutQuery(path) } }
     /// `Host` / `:authority` as sent, port included.
     package var authority: String
     package var scheme: String
@@ -18,13 +18,17 @@ package struct HTTPRequestFacts: Sendable {
     package init(method: String, path: String, authority: String, scheme: String = "https",
                  headers: HTTPHeaders = [:], sourceNamespace: String? = nil) {
         self.method = method; self.path = path; self.authority = authority; self.scheme = scheme
+        pathWithoutQuery = Self.withoutQuery(path)
         self.headers = headers; self.sourceNamespace = sourceNamespace
     }
 
     package func header(_ name: String) -> String? { headers.first(name: name) }
 
     /// The path without its query string: what `uri` matches compare (Envoy's `:path` match).
-    var pathWithoutQuery: Substring { path.split(separator: "?", maxSplits: 1, omittingEmptySubsequences: false).first ?? "" }
+    /// Taken once per request: every `uri` rule reads it.
+    private(set) var pathWithoutQuery: Substring
+
+    private static func withoutQuery(_ path: String) -> Substring { path.firstIndex(of: "?").map { path[..<$0] } ?? path[...] }
 
     func queryParameter(_ name: String) -> String? {
         guard let query = path.split(separator: "?", maxSplits: 1).dropFirst().first else { return nil }

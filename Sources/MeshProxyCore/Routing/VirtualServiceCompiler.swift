@@ -26,10 +26,34 @@ enum VirtualServiceCompiler {
         }
     }
 
-    /// The `tcp:` routes per host, in load order (first holding wins).
+    /// Whether VirtualService host `host` (a full name, `*.` wildcard or `*`) covers `name`.
+    static func hostCovers(_ host: String, _ name: String) -> Bool {
+        host == name || host == "*" || (host.hasPrefix("*.") && name.hasSuffix(host.dropFirst()))
+    }
+
+    /// The `tls:` and `tcp:` routes per host, in load order (first holding wins); a
+    /// VirtualService's `tls:` rules come before its `tcp:` rules, each under the SNI hosts it
+    /// names (the name the client connected with, which is the service's).
     static func compileTCP(_ services: [VirtualService], proxyLabels: [String: String] = [:]) -> [String: [TCPRouteRule]] {
         var result: [String: [TCPRouteRule]] = [:]
         for service in services {
+            for (index, tls) in (service.tls ?? []).enumerated() {
+                let matches = (tls.match ?? []).filter { applies($0.sourceLabels, to: proxyLabels) }
+                let destinations = self.destinations(tls.route ?? [], namespace: service.namespace)
+                var bySNI: [String: [TCPRouteRule.Match]] = [:]
+                var order: [String] = []
+                for match in matches {
+                    for sni in match.sniHosts ?? [] {
+                        let name = fullName(sni, namespace: service.namespace)
+                        if bySNI[name] == nil { order.append(name) }
+                        bySNI[name, default: []].append(.init(port: match.port, sourceNamespace: match.sourceNamespace))
+                    }
+                }
+                for name in order {
+                    result[name, default: []].append(TCPRouteRule(matches: bySNI[name]!, destinations: destinations,
+                                                                 origin: "VirtualService \(service.namespace)/\(service.name) tls[\(index)]"))
+                }
+            }
             for (index, tcp) in (service.tcp ?? []).enumerated() {
                 let matches = (tcp.match ?? []).filter { applies($0.sourceLabels, to: proxyLabels) }
                 if matches.isEmpty, !(tcp.match ?? []).isEmpty { continue }

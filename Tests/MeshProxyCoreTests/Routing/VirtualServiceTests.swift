@@ -267,6 +267,36 @@ struct VirtualServiceTests {
         #expect(routes.tcpRoute(for: db, sourceNamespace: "batch", random: 0)?.destination.subset == "replica")
         #expect(routes.tcpRoute(for: db, sourceNamespace: "web", random: 0)?.destination.subset == "primary")
         #expect(routes.tcpRoute(for: ServiceKey(host: db.host, port: 6432), sourceNamespace: nil, random: 0) == nil)
+        // tls: rules for the server name come before the tcp: rules; the SNI must be one of the hosts.
+        let tls = try IstioPolicyLoader.load(yaml: """
+            apiVersion: networking.istio.io/v1
+            kind: VirtualService
+            metadata: {name: db, namespace: shop}
+            spec:
+              hosts: [db]
+              tcp:
+              - route: [{destination: {host: db, subset: primary}}]
+              tls:
+              - match: [{sniHosts: [db], port: 5432}]
+                route: [{destination: {host: db, subset: replica}}]
+            """, file: "tls.yaml")
+        let tlsRoutes = RouteConfiguration(localCluster: "east", tcpRoutes: VirtualServiceCompiler.compileTCP(tls.virtualServices))
+        #expect(tlsRoutes.tcpRoute(for: db, sourceNamespace: nil, random: 0)?.rule.origin == "VirtualService shop/db tls[0]")
+        #expect(tlsRoutes.tcpRoute(for: ServiceKey(host: db.host, port: 6432), sourceNamespace: nil, random: 0)?.destination.subset == "primary")
+        let invalid = rejection(of: """
+            apiVersion: networking.istio.io/v1
+            kind: VirtualService
+            metadata: {name: tls}
+            spec:
+              hosts: [db]
+              tls:
+              - match: [{sniHosts: [other.example.com]}]
+                route: [{destination: {host: db}}]
+              - match: [{port: 443}]
+                route: [{destination: {host: db}, headers: {request: {set: {x: y}}}}]
+            """, file: "bad-tls.yaml")
+        #expect(invalid.contains("bad-tls.yaml:7:") && invalid.contains("'other.example.com' is not one of the VirtualService's hosts"), "\(invalid)")
+        #expect(invalid.contains("a TLS match needs 'sniHosts'") && invalid.contains("a tls route's destination has no 'headers'"), "\(invalid)")
         // A gateway labelled otherwise has neither sourceLabels rule.
         let other = RouteConfiguration(localCluster: "east", tcpRoutes: VirtualServiceCompiler.compileTCP(loaded.virtualServices, proxyLabels: ["app": "y"]))
         #expect(other.tcpRoute(for: db, sourceNamespace: "web", random: 0) == nil)
