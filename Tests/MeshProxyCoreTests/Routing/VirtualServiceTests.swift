@@ -245,14 +245,19 @@ struct VirtualServiceTests {
         }
     }
 
+    /// The head of a VirtualService for `db` in namespace `shop`, down to its hosts (5 lines).
+    static let db = """
+        apiVersion: networking.istio.io/v1
+        kind: VirtualService
+        metadata: {name: db, namespace: shop}
+        spec:
+          hosts: [db]
+
+        """
+
     @Test("tcp: routes by destination port and client namespace, first holding wins; sourceLabels name the gateway's own labels")
     func tcpRoutes() throws {
-        let loaded = try IstioPolicyLoader.load(yaml: """
-            apiVersion: networking.istio.io/v1
-            kind: VirtualService
-            metadata: {name: db, namespace: shop}
-            spec:
-              hosts: [db]
+        let loaded = try IstioPolicyLoader.load(yaml: Self.db + """
               tcp:
               - match: [{port: 5432, sourceNamespace: batch}]
                 route: [{destination: {host: db, subset: replica}}]
@@ -268,12 +273,7 @@ struct VirtualServiceTests {
         #expect(routes.tcpRoute(for: db, sourceNamespace: "web", random: 0)?.destination.subset == "primary")
         #expect(routes.tcpRoute(for: ServiceKey(host: db.host, port: 6432), sourceNamespace: nil, random: 0) == nil)
         // tls: rules for the server name come before the tcp: rules; the SNI must be one of the hosts.
-        let tls = try IstioPolicyLoader.load(yaml: """
-            apiVersion: networking.istio.io/v1
-            kind: VirtualService
-            metadata: {name: db, namespace: shop}
-            spec:
-              hosts: [db]
+        let tls = try IstioPolicyLoader.load(yaml: Self.db + """
               tcp:
               - route: [{destination: {host: db, subset: primary}}]
               tls:
@@ -283,12 +283,7 @@ struct VirtualServiceTests {
         let tlsRoutes = RouteConfiguration(localCluster: "east", tcpRoutes: VirtualServiceCompiler.compileTCP(tls.virtualServices))
         #expect(tlsRoutes.tcpRoute(for: db, sourceNamespace: nil, random: 0)?.rule.origin == "VirtualService shop/db tls[0]")
         #expect(tlsRoutes.tcpRoute(for: ServiceKey(host: db.host, port: 6432), sourceNamespace: nil, random: 0)?.destination.subset == "primary")
-        let invalid = rejection(of: """
-            apiVersion: networking.istio.io/v1
-            kind: VirtualService
-            metadata: {name: tls}
-            spec:
-              hosts: [db]
+        let invalid = rejection(of: Self.db + """
               tls:
               - match: [{sniHosts: [other.example.com]}]
                 route: [{destination: {host: db}}]
