@@ -57,7 +57,7 @@ package struct FullMatchRegex: @unchecked Sendable, Equatable {
     }
 
     package func matches(_ text: some StringProtocol) -> Bool {
-        guard text.hasPrefix(literalPrefix) else { return false }
+        guard text.utf8.starts(with: literalPrefix.utf8) else { return false }
         let string = String(text)
         return expression.firstMatch(in: string, options: [.anchored], range: NSRange(string.startIndex..., in: string)) != nil
     }
@@ -99,10 +99,14 @@ package enum StringMatcher: Sendable, Equatable {
     /// `{}`: the value is present, whatever it is.
     case present
 
+    /// Byte for byte, as Envoy's StringMatcher compares (no Unicode canonical equivalence, which
+    /// Swift's `==` and `hasPrefix` apply and which cost a grapheme walk per rule).
     package func matches(_ value: some StringProtocol) -> Bool {
         switch self {
-        case .exact(let expected, let ignoreCase): ignoreCase ? value.lowercased() == expected.lowercased() : value == expected
-        case .prefix(let prefix, let ignoreCase): ignoreCase ? value.lowercased().hasPrefix(prefix.lowercased()) : value.hasPrefix(prefix)
+        case .exact(let expected, let ignoreCase):
+            ignoreCase ? value.lowercased().utf8.elementsEqual(expected.lowercased().utf8) : value.utf8.elementsEqual(expected.utf8)
+        case .prefix(let prefix, let ignoreCase):
+            ignoreCase ? value.lowercased().utf8.starts(with: prefix.lowercased().utf8) : value.utf8.starts(with: prefix.utf8)
         case .regex(let regex): regex.matches(value)
         case .present: true
         }
@@ -336,9 +340,24 @@ extension HTTPDestination {
 
 /// The routes of one host, in order: the first whose match holds wins (Envoy's virtual host).
 package struct HTTPRouteTable: Sendable, Equatable {
-    package var rules: [HTTPRouteRule]
+    package var rules: [HTTPRouteRule] { didSet { matchers = rules.map { Matcher($0.match) } } }
+    /// Each rule's match behind a reference, in the rules' order: testing a request against 50
+    /// rules reads them in place instead of copying each match (and retaining its strings).
+    private var matchers: [Matcher]
 
-    package init(rules: [HTTPRouteRule]) { self.rules = rules }
+    private final class Matcher: Sendable {
+        /// Not optional, so it is read in place: an empty match (a rule without one) holds for
+        /// every request.
+        let match: RequestMatch
+        init(_ match: RequestMatch?) { self.match = match ?? RequestMatch() }
+    }
+
+    package init(rules: [HTTPRouteRule]) {
+        self.rules = rules
+        matchers = rules.map { Matcher($0.match) }
+    }
+
+    package static func == (a: HTTPRouteTable, b: HTTPRouteTable) -> Bool { a.rules == b.rules }
 
     package struct Decision: Sendable, Equatable {
         package var rule: HTTPRouteRule
@@ -350,7 +369,10 @@ package struct HTTPRouteTable: Sendable, Equatable {
     /// The rule for `request` and, among its destinations, the one `random` picks by weight
     /// (Envoy: `random % total`, the first cumulative range holding it). Nil: Envoy's 404 NR.
     package func route(_ request: HTTPRequestFacts, port: Int?, random: UInt64) -> Decision? {
-        for (index, rule) in rules.enumerated() where rule.match?.matches(request, port: port) ?? true {
+        // By index, through the matchers: nothing is copied to be tested; only the rule that
+        // holds is.
+        for index in matchers.indices where matchers[index].match.matches(request, port: port) {
+            let rule = rules[index]
             guard case .route = rule.action else { return Decision(rule: rule, destination: nil, ruleIndex: index) }
             guard let chosen = HTTPDestination.pick(rule.destinations, random: random) else { return nil }
             return Decision(rule: rule, destination: chosen, ruleIndex: index)
