@@ -1,4 +1,5 @@
 import Foundation
+@testable import EastWest
 import MeshProxyCore
 import Testing
 
@@ -151,6 +152,34 @@ struct CommandLineTests {
             #expect(kill(pid, 0) != 0, "process \(pid) is still running")
         }
         #expect(up.log.contains("stopped; nothing left running"))
+    }
+
+    @Test("eastwest up names ServiceEntry hosts in every gateway's certificate, next to the topology's services")
+    func serviceEntryHostsInGatewayCertificates() async throws {
+        let dir = try TemporaryDirectory("up-se")
+        defer { dir.cleanUp() }
+        let entry = """
+            apiVersion: networking.istio.io/v1
+            kind: ServiceEntry
+            metadata: {name: billing, namespace: shop}
+            spec:
+              hosts: [billing.shop.svc.cluster.local]
+              ports: [{number: 8080, name: http, protocol: HTTP}]
+              location: MESH_INTERNAL
+              resolution: STATIC
+              endpoints: [{address: 127.0.1.30, labels: {topology.istio.io/cluster: east}}]
+            """
+        try entry.write(toFile: "\(dir.path)/billing.yaml", atomically: true, encoding: .utf8)
+        let topology = try String(contentsOfFile: "\(PackagePaths.root)/topologies/two-clusters.yaml", encoding: .utf8)
+            .replacingOccurrences(of: "policies: [policies/echo-failover.yaml]", with: "policies: [\(dir.path)/billing.yaml]")
+        try topology.write(toFile: "\(dir.path)/topology.yaml", atomically: true, encoding: .utf8)
+        // What `up` prepares before it starts anything: certificates and gateway configs.
+        _ = try LaunchPlan.prepare(topology: ConfigLoader.load(Topology.self, file: "\(dir.path)/topology.yaml"), stateDir: "\(dir.path)/state",
+                                   gatewayLogLevel: "info")
+        let chain = "\(dir.path)/state/certs/west/gateways/west-gw-1/cert-chain.pem"
+        let inspect = try await eastwest("ca", "inspect", chain)
+        #expect(inspect.stdout.contains("DNS:billing.shop.svc.cluster.local") && inspect.stdout.contains("DNS:ratings.default.svc.cluster.local"),
+                "\(inspect.stdout)\(inspect.stderr)")
     }
 }
 

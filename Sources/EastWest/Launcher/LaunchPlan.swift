@@ -49,6 +49,7 @@ struct LaunchPlan {
         var clients: [String: GatewayConfig.TLSFiles] = [:]
         let parent = String(getpid())
 
+        let dnsNames = servedHosts(topology)
         for cluster in topology.clusters {
             if !fm.fileExists(atPath: "\(certs.clusterPath(cluster.name))/ca-key.pem") {
                 try certs.createCluster(cluster.name)
@@ -63,7 +64,7 @@ struct LaunchPlan {
             for gateway in cluster.gateways {
                 let gatewayDir = "\(certs.clusterPath(cluster.name))/gateways/\(gateway.name)"
                 // Re-issued on every `up` so the DNS SANs follow the topology's services.
-                try certs.createWorkload(cluster: cluster.name, spiffeID: gatewayID, dnsNames: topology.serviceHosts,
+                try certs.createWorkload(cluster: cluster.name, spiffeID: gatewayID, dnsNames: dnsNames,
                                          outputPath: gatewayDir, force: true)
                 let config = topology.gatewayConfig(cluster: cluster, gateway: gateway, tls: files(in: gatewayDir))
                 let path = "\(stateDir)/gateways/\(gateway.name).yaml"
@@ -94,6 +95,23 @@ struct LaunchPlan {
                                   readiness: .federated(config.effectiveAdmin, peers: topology.gatewayNames.filter { $0 != config.name })))
         }
         return LaunchPlan(topology: topology, stateDir: stateDir, children: children, gatewayConfigs: configs, clientCertificates: clients)
+    }
+
+    /// Every host a client may name at a gateway: the topology's services and the ServiceEntry
+    /// hosts in the policies its gateways load (served and gossiped like the others), so a client
+    /// verifying the gateway by a ServiceEntry's name finds it in the certificate. Policies that
+    /// do not load are the gateway's to report when it starts.
+    static func servedHosts(_ topology: Topology) -> [String] {
+        var hosts = Set(topology.serviceHosts)
+        for cluster in topology.clusters {
+            for gateway in cluster.gateways {
+                var config = topology.gatewayConfig(cluster: cluster, gateway: gateway, tls: files(in: "/"))
+                if (try? GatewayNode.compileRoutes(&config, configPath: "/")) != nil {
+                    hosts.formUnion((config.services ?? []).map(\.host))
+                }
+            }
+        }
+        return hosts.sorted()
     }
 
     private static func files(in dir: String) -> GatewayConfig.TLSFiles {
