@@ -106,14 +106,18 @@ struct DataPathTests {
         #expect(process.log.contains("drained; every connection finished"))
     }
 
-    @Test("An idle connection is closed after the idle timeout")
+    @Test("An idle connection is closed after the idle timeout, a TCP one and a keep-alive HTTP/1.1 one after its answer")
     func idleTimeout() async throws {
         let mesh = try TestMesh("idle", clusters: ["east"])
         defer { mesh.processes.stopAll() }
         let echoServer = try await TCPEchoServer.start(host: "127.0.36.30", port: 7000)
         defer { echoServer.stop() }
         let tcpEcho = GatewayConfig.ServiceConfig.echo("127.0.36.30:7000", host: "tcp-echo.default.svc.cluster.local", port: 7000)
-        let gateway = mesh.gatewayConfig(name: "east-gw", cluster: "east", ip: "127.0.36.1", services: [tcpEcho],
+        let web = "web.default.svc.cluster.local"
+        _ = try mesh.processes.start("web", ["demo-backend", "--listen", "127.0.36.31:8080", "--service", web, "--cluster", "east"])
+        try #require(await eventually { (try? await runCommand("/usr/bin/curl", ["-s", "-o", "/dev/null", "-w", "%{http_code}", "http://127.0.36.31:8080/"]).stdout) == "200" })
+        let http = GatewayConfig.ServiceConfig(host: web, port: 8080, endpoints: [Endpoint(address: HostPort(host: "127.0.36.31", port: 8080))], protocol: .http)
+        let gateway = mesh.gatewayConfig(name: "east-gw", cluster: "east", ip: "127.0.36.1", services: [tcpEcho, http],
                                          timeouts: .init(idle: ConfigDuration(parsing: "1s")))
         let process = try await mesh.startGateway(gateway)
         let start = ContinuousClock.now
@@ -131,6 +135,13 @@ struct DataPathTests {
         let elapsed = ContinuousClock.now - start
         #expect(received == [1, 2, 3])
         #expect(elapsed >= .milliseconds(950) && elapsed < .seconds(6), "closed after \(elapsed)")
+        // HTTP/1.1 keep-alive: answered, then closed by the connection manager once idle.
+        let httpStart = ContinuousClock.now
+        let answer = try await MeshTLSClient.sendAndWaitForClose(Array("GET / HTTP/1.1\r\nHost: \(web)\r\n\r\n".utf8), to: gateway.listen, serverName: web,
+                                                                 client: mesh.clientCertPath("east"), root: mesh.certs.rootCertificatePath)
+        let httpElapsed = ContinuousClock.now - httpStart
+        #expect(String(decoding: answer, as: UTF8.self).hasPrefix("HTTP/1.1 200 OK"), "\(String(decoding: answer, as: UTF8.self).prefix(200))")
+        #expect(httpElapsed >= .milliseconds(950) && httpElapsed < .seconds(6), "closed after \(httpElapsed)")
     }
 }
 

@@ -82,10 +82,13 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
     private static let replacedAtTheEdge = ["x-request-id", "x-forwarded-client-cert", "x-forwarded-proto", "x-forwarded-for"]
     private static let responseHeadersDropped = hopByHop + ["server"]
 
-    /// - Parameter connectionAction: the action of `connectionRoute`, when the caller has it
-    ///   already (decided once per HTTP/2 connection rather than once per stream).
+    /// - Parameters:
+    ///   - connectionAction: the action of `connectionRoute`, when the caller has it already
+    ///     (decided once per HTTP/2 connection rather than once per stream).
+    ///   - idleTimeout: an HTTP/1 connection with no request for this long is closed (Envoy's
+    ///     HCM `idle_timeout`, 1 h by default like the TCP proxy's); nil for an HTTP/2 stream.
     package init(dataPlane: DataPlane, routes: RouteConfiguration, connectionRoute: Route, connection: ConnectionRecord,
-                 protocolName: String, origin: TrafficOrigin = .client, connectionAction: RouteAction? = nil) {
+                 protocolName: String, origin: TrafficOrigin = .client, connectionAction: RouteAction? = nil, idleTimeout: Duration? = nil) {
         self.dataPlane = dataPlane
         self.routes = routes
         self.connectionRoute = connectionRoute
@@ -93,11 +96,32 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
         self.protocolName = protocolName
         self.origin = origin
         lastAction = connectionAction.map { (connectionRoute, $0) }
+        self.idleTimeout = idleTimeout
         random = SplitMix64.fresh()
     }
 
+    private let idleTimeout: Duration?
+    private var idleCheck: RepeatedTask?
+    /// When the last request began or ended.
+    private var lastActive = NIODeadline.now()
+
     package func handlerAdded(context: ChannelHandlerContext) {
         upstreams = dataPlane.httpUpstreams.on(context.eventLoop)
+        guard let idleTimeout else { return }
+        // Checked a few times per period rather than a timer re-armed per request.
+        let period = TimeAmount(idleTimeout), step = TimeAmount.nanoseconds(max(period.nanoseconds / 4, 1_000_000))
+        let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+        idleCheck = context.eventLoop.scheduleRepeatedTask(initialDelay: step, delay: step) { _ in
+            let (manager, context) = bound.value
+            if case .idle = manager.state, manager.pipelined.isEmpty, NIODeadline.now() - manager.lastActive >= period {
+                manager.idleCheck?.cancel()
+                context.close(promise: nil)
+            }
+        }
+    }
+
+    package func handlerRemoved(context: ChannelHandlerContext) {
+        idleCheck?.cancel()
     }
 
     /// HTTP/1.1 requests a client sent before the current response ended (pipelining), in order:
@@ -236,6 +260,7 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
     // MARK: - One request
 
     private func begin(_ head: HTTPRequestHead, context: ChannelHandlerContext) {
+        if idleTimeout != nil { lastActive = .now() }
         record = HTTPRequestRecord()
         record.method = head.method.rawValue
         record.path = head.uri
@@ -598,6 +623,7 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
     /// The response is out and the request fully read: log, count, and for a client that asked
     /// to close, close.
     private func finishRequest(context: ChannelHandlerContext) {
+        if idleTimeout != nil { lastActive = .now() }
         logRequest()
         guard case .idle = state else { return }
         if !requestKeepAlive {

@@ -137,7 +137,7 @@ package final class GatewayConnectionHandler: ChannelDuplexHandler, RemovableCha
                                                            withErrorHandling: false, withOutboundHeaderValidation: false,
                                                            withEncoderConfiguration: .init(), withDecoderLimitConfiguration: limits)
                 try operations.addHandler(HTTPConnectionManager(dataPlane: dataPlane, routes: routes, connectionRoute: route, connection: record,
-                                                                protocolName: "HTTP/1.1"), position: .last)
+                                                                protocolName: "HTTP/1.1", idleTimeout: dataPlane.config.idleTimeout), position: .last)
             }
             operations.removeHandler(context: context, promise: nil)
         } catch {
