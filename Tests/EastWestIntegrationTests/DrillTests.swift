@@ -69,11 +69,15 @@ extension ThreeRegionsTopologyTests {
         #expect(result.status == 0, "\(result.stdout)\(result.stderr)")
         let drill = try #require(report, "no report.json: \(result.stderr)")
         #expect(drill.passed && drill.sent == Self.testRate * seconds, "\(drill.failureTrace)")
-        if !drill.passed {
-            // The gateways' logs and the report outlive the temporary directory for a post-mortem.
-            let kept = "\(NSTemporaryDirectory())eastwest-failed-drill-\(name)-\(getpid())"
-            try? FileManager.default.copyItem(atPath: dir.path, toPath: kept)
-            Issue.record("drill failed; report and logs kept in \(kept)")
+        // A drill that failed, or a check of its timeline below that did, keeps its report and
+        // the gateways' logs past the temporary directory for a post-mortem.
+        var intact = drill.passed
+        defer {
+            if !intact {
+                let kept = "\(NSTemporaryDirectory())eastwest-failed-drill-\(name)-\(getpid())"
+                try? FileManager.default.copyItem(atPath: dir.path, toPath: kept)
+                Issue.record("report and logs kept in \(kept)")
+            }
         }
         let fault = try #require(drill.faults.first)
         #expect(fault.detectSeconds != nil, "the fault was not seen")
@@ -87,9 +91,11 @@ extension ThreeRegionsTopologyTests {
             // loaded machine one sent at 4.9 s is still being dialled or answered when the kill
             // lands at 5.0 s (seen: 4 served by the other zone, one reset).
             let before = 0..<(faultAt - 1)
-            #expect(served(drill, before) == ["us-east1/us-east1-a": Self.testRate * before.count])
+            let home = served(drill, before) == ["us-east1/us-east1-a": Self.testRate * before.count]
+            #expect(home, "\(served(drill, before)); \(drill.failureTrace)")
             let failedBefore = drill.timeline.filter { before.contains($0.second) }.flatMap(\.failed)
             #expect(failedBefore.isEmpty, "failed before the fault: \(failedBefore)")
+            intact = intact && home && failedBefore.isEmpty
             #expect(Set(served(drill, moved).keys) == ["us-east1/us-east1-b"])
         case "region-failover", "blackhole-region":
             // blackhole-region: through the admin fault API; nothing was killed.
