@@ -167,7 +167,7 @@ struct HTTPRoutingTests {
         #expect((json["virtualService"] as? String)?.hasPrefix("VirtualService default/reviews http[1]") == true)
     }
 
-    @Test("Envoy's local replies: no matching rule 404 NR, a subset in no DestinationRule 503 NC, an empty subset 503 UH, a dead endpoint 503 UF")
+    @Test("Envoy's local replies: no matching rule 404 NR, a subset in no DestinationRule 503 NC, an empty subset 503 UH, a dead endpoint 503 UF, a route timeout 504 UT")
     func localReplies() async throws {
         let mesh = try await Self.start("http-replies", block: 85, virtualService: Self.reviewsRoutes + """
               - match: [{uri: {prefix: /nc}}]
@@ -175,6 +175,9 @@ struct HTTPRoutingTests {
               - match: [{uri: {prefix: /uh}}]
                 route: [{destination: {host: reviews, subset: v4}}]
               - match: [{uri: {prefix: /uf}}]
+                route: [{destination: {host: reviews, subset: v1}}]
+              - match: [{uri: {prefix: /delay}}]
+                timeout: 0.5s
                 route: [{destination: {host: reviews, subset: v1}}]
               - match: [{uri: {prefix: /reviews}}]
                 route: [{destination: {host: reviews, subset: v3}}]
@@ -189,6 +192,12 @@ struct HTTPRoutingTests {
         #expect(try await status("/other") == ("404", ""))
         #expect(try await status("/nc") == ("503", ""))
         #expect(try await status("/uh") == ("503", "no healthy upstream"))
+        // The route's timeout: a backend slower than it gets Envoy's 504, one faster answers.
+        let started = ContinuousClock.now
+        #expect(try await status("/delay/3000") == ("504", "upstream request timeout"))
+        let waited = ContinuousClock.now - started
+        #expect(waited >= .milliseconds(450) && waited < .seconds(2.5), "answered after \(waited)")
+        #expect(try await status("/delay/10").code == "200")
         let v1 = try #require(mesh.mesh.processes.children.first { $0.name == "reviews-v1" })
         v1.signal(SIGKILL)
         #expect(await v1.waitForExit(timeout: .seconds(5)) != nil)

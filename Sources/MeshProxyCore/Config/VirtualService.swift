@@ -30,6 +30,8 @@ package struct VirtualService: Codable, Sendable, Equatable {
         package var rewrite: HTTPRewrite?
         package var redirect: HTTPRedirect?
         package var directResponse: HTTPDirectResponse?
+        /// Istio's request timeout; unset (or 0s) is none, not Envoy's 15 s.
+        package var timeout: ConfigDuration?
 
         package init(name: String? = nil, match: [HTTPMatchRequest]? = nil, route: [HTTPRouteDestination]? = nil) {
             self.name = name; self.match = match; self.route = route

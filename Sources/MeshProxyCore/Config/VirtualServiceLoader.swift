@@ -5,7 +5,7 @@ extension IstioPolicyLoader {
     /// Valid VirtualService fields (istio/api virtual_service.proto) EastWest does not carry out
     /// yet: they load with a warning naming them.
     static let virtualServiceNotImplemented: Set<String> = [
-        "delegate", "timeout", "retries", "fault", "mirror", "mirrors", "mirrorPercentage", "mirrorPercent",
+        "delegate", "retries", "fault", "mirror", "mirrors", "mirrorPercentage", "mirrorPercent",
         "mirror_percent", "corsPolicy", "statPrefix",
     ]
 

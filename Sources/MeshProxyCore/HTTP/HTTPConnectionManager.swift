@@ -100,6 +100,9 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
         random = SplitMix64.fresh()
     }
 
+    /// The route's `timeout`, running from the whole request received (Envoy's router timer).
+    private var requestTimer: Scheduled<Void>?
+
     private let idleTimeout: Duration?
     private var idleCheck: RepeatedTask?
     /// When the last request began or ended.
@@ -160,6 +163,7 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
             send(.body(.byteBuffer(body)), ended: false, context: context)
         case .end(let trailers):
             send(.end(trailers), ended: true, context: context)
+            startRequestTimer(context: context)
             if case .discarding = state {
                 state = .idle
                 finishRequest(context: context)
@@ -247,6 +251,7 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
     }
 
     package func channelInactive(context: ChannelHandlerContext) {
+        cancelRequestTimer()
         if case .forwarding(let exchange, _) = state {
             state = .idle
             exchange.channel.close(promise: nil)
@@ -356,6 +361,11 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
             upstream.headers.add(name: "x-envoy-original-path", value: head.uri)
             record.path = path
         }
+        if let timeout = forward.timeout {
+            // Envoy's setTimeoutHeaders: the upstream learns how long the gateway will wait.
+            let (seconds, attoseconds) = timeout.components
+            upstream.headers.add(name: "x-envoy-expected-rq-timeout-ms", value: String(seconds * 1000 + attoseconds / 1_000_000_000_000_000))
+        }
         forward.requestHeaders.apply(to: &upstream.headers)
         record.requestHeaders = upstream.headers
         return upstream
@@ -376,6 +386,49 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
         case .idle, .discarding, .tunnel:
             break
         }
+    }
+
+    /// Envoy's route timeout: from the whole request received to the whole response, across
+    /// every attempt. Before the response starts it is a 504 `UT`; after, the client's stream is
+    /// ended (the status has gone out already).
+    private func startRequestTimer(context: ChannelHandlerContext) {
+        guard let timeout = forward?.timeout, requestTimer == nil else { return }
+        switch state {
+        case .connecting, .forwarding: break
+        case .idle, .discarding, .tunnel: return
+        }
+        let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+        requestTimer = context.eventLoop.scheduleTask(in: TimeAmount(timeout)) {
+            let (manager, context) = bound.value
+            manager.requestTimer = nil
+            manager.requestTimedOut(after: timeout, context: context)
+        }
+    }
+
+    private func requestTimedOut(after timeout: Duration, context: ChannelHandlerContext) {
+        switch state {
+        case .connecting, .forwarding: break
+        case .idle, .discarding, .tunnel: return
+        }
+        if case .local(let endpoint) = record.upstream, let service = forward?.route.service {
+            // A local-origin timeout counts as a gateway error for outlier detection (Envoy).
+            dataPlane.outliers.failed(service, endpoint.address)
+        }
+        if responseStarted {
+            record.flags.insert(.upstreamRequestTimeout)
+            if case .forwarding(let exchange, _) = state { exchange.channel.close(promise: nil) }
+            state = .idle
+            finishRequest(context: context)
+            context.close(promise: nil)
+            return
+        }
+        localReply(.upstreamTimeout("no response from \(record.upstream?.description ?? "the upstream") within the route's timeout \(timeout)"),
+                   context: context)
+    }
+
+    private func cancelRequestTimer() {
+        requestTimer?.cancel()
+        requestTimer = nil
     }
 
     /// Asks the loop's pool for a way to the current target: a new or kept connection, or a
@@ -493,6 +546,7 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
                     exchange.channel.close(promise: nil)
                 }
             }
+            cancelRequestTimer()
             context.writeAndFlush(wrapOutboundOut(.end(trailers)), promise: nil)
             if case .local(let endpoint) = record.upstream { dataPlane.outliers.succeeded(forward.route.service, endpoint.address) }
             finishRequest(context: context)
@@ -527,6 +581,8 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
     /// path glues them, idle timeout included. The request is logged when the client's
     /// connection ends, with the bytes that crossed, as Envoy logs an upgraded stream.
     private func joinAsBytes(_ exchange: UpstreamExchange, context: ChannelHandlerContext) {
+        // The upgrade's response is complete; the tunnel has the idle timeout instead.
+        cancelRequestTimer()
         state = .tunnel
         let downstream = context.pipeline.syncOperations, upstream = exchange.channel.pipeline.syncOperations
         let (downstreamGlue, upstreamGlue) = GlueHandler.matchedPair()
@@ -569,6 +625,7 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
     }
 
     private func localReply(_ reply: HTTPLocalReply, context: ChannelHandlerContext) {
+        cancelRequestTimer()
         let requestEnded: Bool
         switch state {
         case .connecting(_, let ended): requestEnded = ended

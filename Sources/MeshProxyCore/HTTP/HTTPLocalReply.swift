@@ -110,6 +110,11 @@ package struct HTTPLocalReply: Sendable, Equatable {
               flags: [.upstreamConnectionTermination], detail: detail)
     }
 
+    /// The route's `timeout` passed with no response: Envoy's 504 `UT` (`response_timeout`).
+    package static func upstreamTimeout(_ detail: String) -> HTTPLocalReply {
+        .init(status: .gatewayTimeout, body: "upstream request timeout", flags: [.upstreamRequestTimeout], detail: detail)
+    }
+
     /// Circuit breaker open: 503 with `x-envoy-overloaded: true`, `UO`.
     package static func overflow(_ detail: String) -> HTTPLocalReply {
         var reply = HTTPLocalReply(status: .serviceUnavailable, body: "upstream connect error or disconnect/reset before headers. reset reason: overflow",

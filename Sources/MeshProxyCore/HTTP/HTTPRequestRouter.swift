@@ -18,6 +18,8 @@ package enum HTTPRequestRouter {
         package var path: String?
         /// The authority upstream gets after `rewrite.authority`; nil: unchanged.
         package var authority: String?
+        /// The rule's `timeout`; nil: none.
+        package var timeout: Duration?
     }
 
     package enum Decision: Sendable, Equatable {
@@ -64,7 +66,7 @@ package enum HTTPRequestRouter {
                                 responseHeaders: decision.rule.responseHeaders.then(destination.responseHeaders),
                                 destinations: decision.rule.destinations,
                                 path: decision.rule.rewrite?.rewrittenPath(request.path, matchedBy: decision.rule.match?.uri),
-                                authority: decision.rule.rewrite?.authority))
+                                authority: decision.rule.rewrite?.authority, timeout: decision.rule.timeout))
     }
 
     /// A destination's service port does not exist, or its subset is in no DestinationRule (NC).

@@ -296,6 +296,8 @@ package struct HTTPRouteRule: Sendable, Equatable {
     package var responseHeaders = HeaderOperations()
     package var action = HTTPRuleAction.route
     package var rewrite: HTTPRewriteAction?
+    /// From the whole request received to the whole response; nil: none (Istio's default).
+    package var timeout: Duration?
 
     package init(name: String, origin: String, match: RequestMatch?, destinations: [HTTPDestination]) {
         self.name = name; self.origin = origin; self.match = match; self.destinations = destinations

@@ -78,12 +78,13 @@ enum VirtualServiceCompiler {
             let destinations = self.destinations(http.route ?? [], namespace: service.namespace)
             let requestHeaders = operations(http.headers?.request), responseHeaders = operations(http.headers?.response)
             let action = self.action(of: http), rewrite = http.rewrite.flatMap(self.rewrite)
+            let timeout = http.timeout.map(\.duration).flatMap { $0 > .zero ? $0 : nil }
             let matches = (http.match ?? []).filter { applies($0.sourceLabels, to: proxyLabels) }
             if matches.isEmpty, !(http.match ?? []).isEmpty { continue }
             if matches.isEmpty {
                 var rule = HTTPRouteRule(name: http.name ?? "", origin: origin, match: nil, destinations: destinations)
                 rule.requestHeaders = requestHeaders; rule.responseHeaders = responseHeaders
-                rule.action = action; rule.rewrite = rewrite
+                rule.action = action; rule.rewrite = rewrite; rule.timeout = timeout
                 result.append((rule, true))
                 break
             }
@@ -93,7 +94,7 @@ enum VirtualServiceCompiler {
                 let name = [http.name, match.name].compactMap { $0 }.joined(separator: ".")
                 var rule = HTTPRouteRule(name: name, origin: origin, match: compiled, destinations: destinations)
                 rule.requestHeaders = requestHeaders; rule.responseHeaders = responseHeaders
-                rule.action = action; rule.rewrite = rewrite
+                rule.action = action; rule.rewrite = rewrite; rule.timeout = timeout
                 // Istio's isCatchAllMatch: sourceLabels make a match specific, though they were
                 // decided here and not at request time.
                 let catchAll = isCatchAll(compiled) && (match.sourceLabels ?? [:]).isEmpty

@@ -11,6 +11,8 @@ package enum ResponseFlag: String, Sendable, CaseIterable {
     case upstreamRetryLimitExceeded = "URX"
     /// Upstream overflow: circuit breaker open.
     case upstreamOverflow = "UO"
+    /// The route's `timeout` passed before the response ended (504 when it had not started).
+    case upstreamRequestTimeout = "UT"
     /// Idle timeout or max duration.
     case durationTimeout = "DT"
     /// Downstream connection termination before the upstream was reached.
