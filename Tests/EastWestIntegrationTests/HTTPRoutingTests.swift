@@ -198,6 +198,8 @@ struct HTTPRoutingTests {
         let waited = ContinuousClock.now - started
         #expect(waited >= .milliseconds(450) && waited < .seconds(2.5), "answered after \(waited)")
         #expect(try await status("/delay/10").code == "200")
+        let why = try await runCommand(PackagePaths.eastwest, ["route", "--admin", mesh.east.effectiveAdmin.description, "--host", Self.reviews, "--path", "/delay/1"])
+        #expect(why.stdout.contains("timeout:      500 ms (then 504 UT)"), "\(why.stdout)\(why.stderr)")
         let v1 = try #require(mesh.mesh.processes.children.first { $0.name == "reviews-v1" })
         v1.signal(SIGKILL)
         #expect(await v1.waitForExit(timeout: .seconds(5)) != nil)

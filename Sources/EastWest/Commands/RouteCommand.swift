@@ -73,6 +73,7 @@ struct RouteCommand: AsyncParsableCommand {
         struct Plan: Decodable { var shares: [String: Double]? }
         var method: String, host: String, path: String
         var virtualService: String?, routeName: String?
+        var timeoutMilliseconds: Int?
         var destinations: [Destination]
         var chosen: Destination?
         var cluster: String?
@@ -86,6 +87,7 @@ struct RouteCommand: AsyncParsableCommand {
                 lines.append("  destinations: " + destinations.map { "\($0.host)\($0.subset.map { " subset \($0)" } ?? "") \(String(format: "%.1f", $0.share)) %" }.joined(separator: ", "))
             }
             if let cluster { lines.append("  cluster:      \(cluster)\(destinations.count > 1 ? " (drawn for this request)" : "")") }
+            if let timeoutMilliseconds { lines.append("  timeout:      \(timeoutMilliseconds) ms (then 504 UT)") }
             for (index, target) in targets.enumerated() {
                 let via = target.via.map { " via gateway \($0)" } ?? ""
                 lines.append("  \(index == 0 ? "target:      " : "then:        ") \(target.address) in \(target.cluster) \(target.locality.isEmpty ? "" : "(\(target.locality)) ")priority \(target.priority)\(via)")

@@ -37,6 +37,8 @@ package struct RouteExplanation: Encodable, Sendable {
     /// The VirtualService rule, `VirtualService ns/name http[i] (file:line)`; nil: none applies.
     package var virtualService: String?
     package var routeName: String?
+    /// The rule's `timeout` in milliseconds; nil: none.
+    package var timeoutMilliseconds: Int?
     package var destinations: [Destination] = []
     /// The destination this request drew (weights decide it per request).
     package var chosen: Destination?
@@ -82,6 +84,7 @@ package struct RouteExplanation: Encodable, Sendable {
         case .forward(let forward):
             explanation.virtualService = forward.origin
             explanation.routeName = forward.routeName.isEmpty ? nil : forward.routeName
+            explanation.timeoutMilliseconds = forward.timeout.map { Int($0.components.seconds * 1000 + $0.components.attoseconds / 1_000_000_000_000_000) }
             let total = Double(forward.destinations.reduce(0) { $0 + $1.weight })
             explanation.destinations = forward.destinations.map {
                 Destination(host: $0.host, port: $0.port, subset: $0.subset, weight: $0.weight, share: total > 0 ? Double($0.weight) / total * 100 : 100)
