@@ -7,7 +7,7 @@ package struct ConfigDuration: Hashable, Sendable, Codable, CustomStringConverti
 
     package init(_ duration: Duration) {
         self.duration = duration
-        let ms = duration.components.seconds * 1000 + duration.components.attoseconds / 1_000_000_000_000_000
+        let ms = duration.milliseconds
         self.text = ms % 1000 == 0 ? "\(ms / 1000)s" : "\(ms)ms"
     }
 
@@ -40,6 +40,9 @@ package struct ConfigDuration: Hashable, Sendable, Codable, CustomStringConverti
 }
 
 extension Duration {
+    /// Whole milliseconds, as Envoy's `*-ms` headers and config write them.
+    package var milliseconds: Int64 { components.seconds * 1000 + components.attoseconds / 1_000_000_000_000_000 }
+
     /// The duration in seconds as a floating-point number, for reports and rates.
     package var seconds: Double {
         let (s, atto) = components

@@ -363,8 +363,7 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
         }
         if let timeout = forward.timeout {
             // Envoy's setTimeoutHeaders: the upstream learns how long the gateway will wait.
-            let (seconds, attoseconds) = timeout.components
-            upstream.headers.add(name: "x-envoy-expected-rq-timeout-ms", value: String(seconds * 1000 + attoseconds / 1_000_000_000_000_000))
+            upstream.headers.add(name: "x-envoy-expected-rq-timeout-ms", value: String(timeout.milliseconds))
         }
         forward.requestHeaders.apply(to: &upstream.headers)
         record.requestHeaders = upstream.headers

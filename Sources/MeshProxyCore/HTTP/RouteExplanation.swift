@@ -84,7 +84,7 @@ package struct RouteExplanation: Encodable, Sendable {
         case .forward(let forward):
             explanation.virtualService = forward.origin
             explanation.routeName = forward.routeName.isEmpty ? nil : forward.routeName
-            explanation.timeoutMilliseconds = forward.timeout.map { Int($0.components.seconds * 1000 + $0.components.attoseconds / 1_000_000_000_000_000) }
+            explanation.timeoutMilliseconds = forward.timeout.map { Int($0.milliseconds) }
             let total = Double(forward.destinations.reduce(0) { $0 + $1.weight })
             explanation.destinations = forward.destinations.map {
                 Destination(host: $0.host, port: $0.port, subset: $0.subset, weight: $0.weight, share: total > 0 ? Double($0.weight) / total * 100 : 100)
