@@ -54,7 +54,7 @@ struct PlanCommand: AsyncParsableCommand {
                 printError("error: subset '\(subset)' is not defined by \(rule.map { "the DestinationRule for \($0.host)" } ?? "any DestinationRule")")
                 throw ExitCode(2)
             }
-            planned = planned.filter { endpoint in (selector.labels ?? [:]).allSatisfy { endpoint.labels[$0.key] == $0.value } }
+            planned = planned.filter { endpoint in (selector.labels ?? [:]).selects(endpoint.labels) }
         }
         let policy = rule?.policy(port: port, subset: subset) ?? TrafficPolicy()
         let planner = LocalityPriorityPlanner(client: client, setting: policy.loadBalancer?.localityLbSetting,

@@ -61,7 +61,7 @@ extension ServiceEntry {
             let members: [WorkloadEntry]
             if let selector = entry.workloadSelector?.labels {
                 members = workloads.filter { workload in
-                    workload.namespace == entry.namespace && selector.allSatisfy { workload.labels?[$0.key] == $0.value }
+                    workload.namespace == entry.namespace && selector.selects(workload.labels)
                 }
             } else {
                 members = entry.endpoints ?? []

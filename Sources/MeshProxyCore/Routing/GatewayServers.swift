@@ -74,7 +74,7 @@ package struct GatewayServers: Sendable, Equatable {
     /// istiod ports in expose-istiod.yaml, say) does nothing here.
     package static func unserved(_ gateways: [IstioGateway], origins: [String], labels: [String: String], port: Int) -> [String] {
         var notes: [String] = []
-        for (index, gateway) in gateways.enumerated() where (gateway.selector ?? [:]).allSatisfy({ labels[$0.key] == $0.value }) {
+        for (index, gateway) in gateways.enumerated() where (gateway.selector ?? [:]).selects(labels) {
             for (i, server) in (gateway.servers ?? []).enumerated() where server.port?.number != port {
                 let origin = index < origins.count ? "\(origins[index]): " : ""
                 notes.append("\(origin)warning: Gateway \(gateway.namespace)/\(gateway.name) servers[\(i)] is on port \(server.port?.number ?? 0); this gateway listens on \(port) only, so the server is not served")
@@ -87,7 +87,7 @@ package struct GatewayServers: Sendable, Equatable {
     /// selector selects every gateway); nil when there are none.
     package static func compile(_ gateways: [IstioGateway], origins: [String], labels: [String: String], port: Int) -> GatewayServers? {
         var servers: [Server] = []
-        for (index, gateway) in gateways.enumerated() where (gateway.selector ?? [:]).allSatisfy({ labels[$0.key] == $0.value }) {
+        for (index, gateway) in gateways.enumerated() where (gateway.selector ?? [:]).selects(labels) {
             for (i, server) in (gateway.servers ?? []).enumerated() where server.port?.number == port {
                 let hosts = (server.hosts ?? []).compactMap { GatewayHost(parsing: $0, gatewayNamespace: gateway.namespace) }
                 let origin = "Gateway \(gateway.namespace)/\(gateway.name) servers[\(i)]" + (index < origins.count ? " (\(origins[index]))" : "")

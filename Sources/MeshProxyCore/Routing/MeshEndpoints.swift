@@ -90,8 +90,15 @@ package struct Endpoint: Hashable, Sendable, Codable {
     }
 
     /// Istio subset selection: every label of the subset must be on the endpoint.
-    package func matches(_ selector: [String: String]) -> Bool {
-        selector.allSatisfy { labels?[$0.key] == $0.value }
+    package func matches(_ selector: [String: String]) -> Bool { selector.selects(labels) }
+}
+
+extension Dictionary where Key == String, Value == String {
+    /// Istio's label selection, wherever a selector names labels (subsets, a ServiceEntry's
+    /// workloadSelector, a Gateway's selector, sourceLabels): every label of this selector is on
+    /// `labels` with the same value. An empty selector selects everything.
+    package func selects(_ labels: [String: String]?) -> Bool {
+        allSatisfy { labels?[$0.key] == $0.value }
     }
 }
 

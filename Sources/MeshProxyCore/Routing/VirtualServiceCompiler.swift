@@ -38,7 +38,7 @@ enum VirtualServiceCompiler {
         var result: [String: [TCPRouteRule]] = [:]
         for service in services {
             for (index, tls) in (service.tls ?? []).enumerated() {
-                let matches = (tls.match ?? []).filter { applies($0.sourceLabels, to: proxyLabels) }
+                let matches = (tls.match ?? []).filter { ($0.sourceLabels ?? [:]).selects(proxyLabels) }
                 let destinations = self.destinations(tls.route ?? [], namespace: service.namespace)
                 var bySNI: [String: [TCPRouteRule.Match]] = [:]
                 var order: [String] = []
@@ -55,7 +55,7 @@ enum VirtualServiceCompiler {
                 }
             }
             for (index, tcp) in (service.tcp ?? []).enumerated() {
-                let matches = (tcp.match ?? []).filter { applies($0.sourceLabels, to: proxyLabels) }
+                let matches = (tcp.match ?? []).filter { ($0.sourceLabels ?? [:]).selects(proxyLabels) }
                 if matches.isEmpty, !(tcp.match ?? []).isEmpty { continue }
                 let destinations = self.destinations(tcp.route ?? [], namespace: service.namespace)
                 let rule = TCPRouteRule(matches: matches.map { .init(port: $0.port, sourceNamespace: $0.sourceNamespace) },
@@ -66,11 +66,6 @@ enum VirtualServiceCompiler {
         return result
     }
 
-    /// `sourceLabels` hold for a proxy with `labels` (none given: every proxy).
-    static func applies(_ sourceLabels: [String: String]?, to labels: [String: String]) -> Bool {
-        (sourceLabels ?? [:]).allSatisfy { labels[$0.key] == $0.value }
-    }
-
     static func routes(of service: VirtualService, origins: [String], proxyLabels: [String: String] = [:]) -> [(rule: HTTPRouteRule, catchAll: Bool)] {
         var result: [(rule: HTTPRouteRule, catchAll: Bool)] = []
         for (index, http) in (service.http ?? []).enumerated() {
@@ -79,7 +74,7 @@ enum VirtualServiceCompiler {
             let requestHeaders = operations(http.headers?.request), responseHeaders = operations(http.headers?.response)
             let action = self.action(of: http), rewrite = http.rewrite.flatMap(self.rewrite)
             let timeout = http.timeout.map(\.duration).flatMap { $0 > .zero ? $0 : nil }
-            let matches = (http.match ?? []).filter { applies($0.sourceLabels, to: proxyLabels) }
+            let matches = (http.match ?? []).filter { ($0.sourceLabels ?? [:]).selects(proxyLabels) }
             if matches.isEmpty, !(http.match ?? []).isEmpty { continue }
             if matches.isEmpty {
                 var rule = HTTPRouteRule(name: http.name ?? "", origin: origin, match: nil, destinations: destinations)
