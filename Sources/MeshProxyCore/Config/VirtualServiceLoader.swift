@@ -42,6 +42,7 @@ extension IstioPolicyLoader {
                              at: rulePath.key("match").index(j), map: map, errors: &errors, warnings: &warnings)
             }
         }
+        let hosts = (service.hosts ?? []).map { VirtualServiceCompiler.fullName($0, namespace: service.namespace) }
         for (i, rule) in (service.tls ?? []).enumerated() {
             let rulePath = spec.key("tls").index(i)
             errors += checkL4Destinations(rule.route ?? [], kind: "TLS", at: rulePath, map: map)
@@ -51,7 +52,6 @@ extension IstioPolicyLoader {
                 let path = rulePath.key("match").index(j)
                 let sniHosts = match.sniHosts ?? []
                 if sniHosts.isEmpty { errors.append(map.error(.missingField, at: path.key("sniHosts"), "a TLS match needs 'sniHosts'")) }
-                let hosts = (service.hosts ?? []).map { VirtualServiceCompiler.fullName($0, namespace: service.namespace) }
                 for (k, sni) in sniHosts.enumerated() where !hosts.contains(where: { VirtualServiceCompiler.hostCovers($0, VirtualServiceCompiler.fullName(sni, namespace: service.namespace)) }) {
                     // Istio's validateSniHost: an SNI host must be one of the VirtualService's hosts.
                     errors.append(map.error(.invalidValue, at: path.key("sniHosts").index(k), "'\(sni)' is not one of the VirtualService's hosts"))
@@ -108,7 +108,6 @@ extension IstioPolicyLoader {
         return errors
     }
 
-    /// Istio's `validateHTTPRouteConflict` and the checks of rewrite, redirect and direct response.
     /// A `tcp:` or `tls:` rule's destinations: at least one, valid, and no headers (Istio's L4
     /// RouteDestination has `destination` and `weight` only; istiod rejects the rest).
     static func checkL4Destinations(_ destinations: [VirtualService.HTTPRouteDestination], kind: String, at rulePath: FieldPath, map: SourceMap) -> [ConfigError] {
@@ -152,6 +151,7 @@ extension IstioPolicyLoader {
         return errors
     }
 
+    /// Istio's `validateHTTPRouteConflict` and the checks of rewrite, redirect and direct response.
     static func checkActions(_ rule: VirtualService.HTTPRoute, at rulePath: FieldPath, map: SourceMap, warnings: inout [ConfigError]) -> [ConfigError] {
         var errors: [ConfigError] = []
         errors += checkHeaders(rule.headers, at: rulePath.key("headers"), map: map)

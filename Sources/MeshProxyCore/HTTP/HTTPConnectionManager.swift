@@ -150,7 +150,7 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
 
     /// A request head while the previous request is still being answered.
     private func isPipelined(_ part: HTTPServerRequestPart) -> Bool {
-        guard case .head = part else { return false }
+        guard isHeadPart(part) else { return false }
         if case .idle = state { return false }
         return true
     }
@@ -229,11 +229,7 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
         guard let parserError = error as? HTTPParserError else { return context.fireErrorCaught(error) }
         let detail = "malformed HTTP/1 from the client: \(parserError)"
         let reply = parserError == .headerOverflow ? HTTPLocalReply.headersTooLarge(detail) : .badRequest(detail)
-        var malformed = HTTPRequestRecord()
-        malformed.sourcePrincipal = connection.sourcePrincipal
-        malformed.serverName = connection.serverName
-        malformed.downstreamLocal = connection.downstreamLocal
-        malformed.downstreamRemote = connection.downstreamRemote
+        var malformed = HTTPRequestRecord(connection: connection)
         malformed.flags = reply.flags
         malformed.detail = detail
         malformed.directResponse = true
@@ -266,24 +262,20 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
 
     private func begin(_ head: HTTPRequestHead, context: ChannelHandlerContext) {
         if idleTimeout != nil { lastActive = .now() }
-        record = HTTPRequestRecord()
+        record = HTTPRequestRecord(connection: connection)
         record.method = head.method.rawValue
         record.path = head.uri
         record.protocol = protocolName
         record.authority = head.headers.first(name: "host") ?? "-"
-        // From a peer gateway, the client is the one the entry gateway verified and named.
-        record.sourcePrincipal = origin == .peerGateway
-            ? head.headers.first(name: "x-forwarded-client-cert").flatMap(ForwardedClientCert.originalClient)
-            : connection.sourcePrincipal
-        record.reporter = origin == .peerGateway ? "destination" : "source"
-        record.serverName = connection.serverName
-        record.downstreamLocal = connection.downstreamLocal
-        record.downstreamRemote = connection.downstreamRemote
+        if origin == .peerGateway {
+            // The client is the one the entry gateway verified and named.
+            record.sourcePrincipal = head.headers.first(name: "x-forwarded-client-cert").flatMap(ForwardedClientCert.originalClient)
+            record.reporter = "destination"
+        }
         // An HTTP/2 stream ends with its response; `connection` headers are HTTP/1 only.
         requestKeepAlive = head.version.major >= 2 || head.isKeepAlive
         requestIsGRPC = head.headers.first(name: "content-type")?.hasASCIIPrefixIgnoringCase("application/grpc") == true
-        requestIsWebSocket = head.version == .http1_1 && head.headers.contains(name: "upgrade")
-            && head.headers.first(name: "upgrade")?.lowercased() == "websocket"
+        requestIsWebSocket = head.version == .http1_1 && head.headers.first(name: "upgrade")?.lowercased() == "websocket"
             && head.headers[canonicalForm: "connection"].contains { $0.lowercased() == "upgrade" }
         switchingProtocols = false
         responseStarted = false
@@ -338,10 +330,9 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
             return upstream
         }
         for name in Self.replacedAtTheEdge { upstream.headers.remove(name: name) }
-        if upstream.headers.contains(where: { $0.name.hasASCIIPrefixIgnoringCase("x-envoy-") }) {
-            for name in upstream.headers.compactMap({ $0.name.hasASCIIPrefixIgnoringCase("x-envoy-") ? $0.name : nil }) {
-                upstream.headers.remove(name: name)
-            }
+        // One pass; nothing is allocated when the client sent none (the usual case).
+        for name in upstream.headers.compactMap({ $0.name.hasASCIIPrefixIgnoringCase("x-envoy-") ? $0.name : nil }) {
+            upstream.headers.remove(name: name)
         }
         let remote = connection.downstreamRemoteAddress
         upstream.headers.add(name: "x-forwarded-for", value: head.headers.first(name: "x-forwarded-for").map { "\($0), \(remote)" } ?? remote)
@@ -391,11 +382,7 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
     /// every attempt. Before the response starts it is a 504 `UT`; after, the client's stream is
     /// ended (the status has gone out already).
     private func startRequestTimer(context: ChannelHandlerContext) {
-        guard let timeout = forward?.timeout, requestTimer == nil else { return }
-        switch state {
-        case .connecting, .forwarding: break
-        case .idle, .discarding, .tunnel: return
-        }
+        guard let timeout = forward?.timeout, requestTimer == nil, awaitsResponse else { return }
         let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
         requestTimer = context.eventLoop.scheduleTask(in: TimeAmount(timeout)) {
             let (manager, context) = bound.value
@@ -405,10 +392,7 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
     }
 
     private func requestTimedOut(after timeout: Duration, context: ChannelHandlerContext) {
-        switch state {
-        case .connecting, .forwarding: break
-        case .idle, .discarding, .tunnel: return
-        }
+        guard awaitsResponse else { return }
         if case .local(let endpoint) = record.upstream, let service = forward?.route.service {
             // A local-origin timeout counts as a gateway error for outlier detection (Envoy).
             dataPlane.outliers.failed(service, endpoint.address)
@@ -423,6 +407,14 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
         }
         localReply(.upstreamTimeout("no response from \(record.upstream?.description ?? "the upstream") within the route's timeout \(timeout)"),
                    context: context)
+    }
+
+    /// A request is with an upstream (being dialled or answered), not answered yet.
+    private var awaitsResponse: Bool {
+        switch state {
+        case .connecting, .forwarding: true
+        case .idle, .discarding, .tunnel: false
+        }
     }
 
     private func cancelRequestTimer() {

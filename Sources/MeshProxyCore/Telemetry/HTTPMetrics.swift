@@ -19,7 +19,7 @@ package enum HTTPMetrics {
 
     /// The four metrics of one label set, made once: swift-prometheus validates every name and
     /// hashes the labels on each make, which at four makes per request was a fifth of the HTTP
-    /// path's CPU. The label values (Istio's fixed names, in order) are the key.
+    /// path's CPU. Found by `Key`.
     final class Handles: Sendable {
         let requests: Counter
         let duration: Recorder
@@ -96,6 +96,14 @@ package struct HTTPRequestRecord: Sendable {
     package var responseHeaders: HTTPHeaders = [:]
 
     package init() {}
+
+    /// A request on `connection`: who the client is and where it connected.
+    package init(connection: ConnectionRecord) {
+        sourcePrincipal = connection.sourcePrincipal
+        serverName = connection.serverName
+        downstreamLocal = connection.downstreamLocal
+        downstreamRemote = connection.downstreamRemote
+    }
 
     /// A request header or pseudo-header, as `%REQ()%` reads it.
     package func requestHeader(_ name: String) -> String? {
