@@ -11,17 +11,7 @@ struct GRPCTests {
     static let ratings = "ratings.default.svc.cluster.local"
     static let script = "\(PackagePaths.root)/Tests/EastWestIntegrationTests/Support/grpc_echo.py"
 
-    static let policies = """
-        apiVersion: networking.istio.io/v1
-        kind: DestinationRule
-        metadata: {name: ratings}
-        spec:
-          host: ratings
-          subsets:
-          - {name: v1, labels: {version: v1}}
-          - {name: v2, labels: {version: v2}}
-          - {name: v4, labels: {version: v4}}
-        ---
+    static let policies = TestFiles.versionSubsets("ratings", ["v1", "v2", "v4"]) + """
         apiVersion: networking.istio.io/v1
         kind: VirtualService
         metadata: {name: ratings}

@@ -183,16 +183,7 @@ struct TCPRouteTests {
             try #require(await eventually { (try? await runCommand("/usr/bin/curl", ["-s", "-o", "/dev/null", "-w", "%{http_code}", "http://\(address)/"]).stdout) == "200" })
         }
         func policies(_ routes: String) -> String {
-            """
-            apiVersion: networking.istio.io/v1
-            kind: DestinationRule
-            metadata: {name: tcp-echo}
-            spec:
-              host: tcp-echo
-              subsets:
-              - {name: v1, labels: {version: v1}}
-              - {name: v2, labels: {version: v2}}
-            ---
+            TestFiles.versionSubsets("tcp-echo", ["v1", "v2"]) + """
             apiVersion: networking.istio.io/v1
             kind: VirtualService
             metadata: {name: tcp-echo}

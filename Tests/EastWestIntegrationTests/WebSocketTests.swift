@@ -11,16 +11,7 @@ struct WebSocketTests {
     static let hasWebSockets = (try? runCommandBlocking("/usr/bin/env", ["python3", "-c", "import websockets.sync.client"]))?.status == 0
     static let script = "\(PackagePaths.root)/Tests/EastWestIntegrationTests/Support/ws_echo.py"
 
-    static let policies = """
-        apiVersion: networking.istio.io/v1
-        kind: DestinationRule
-        metadata: {name: chat}
-        spec:
-          host: chat
-          subsets:
-          - {name: v1, labels: {version: v1}}
-          - {name: v2, labels: {version: v2}}
-        ---
+    static let policies = TestFiles.versionSubsets("chat", ["v1", "v2"]) + """
         apiVersion: networking.istio.io/v1
         kind: VirtualService
         metadata: {name: chat}

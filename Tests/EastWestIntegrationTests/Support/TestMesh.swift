@@ -122,6 +122,23 @@ extension GatewayConfig.ServiceConfig {
 
 /// Test fixtures written as files, the way users hand them to eastwest.
 enum TestFiles {
+    /// A DestinationRule for `host` (a short name) with one subset per version, selecting
+    /// `version: <name>`, followed by a document separator: the head of a policy file whose
+    /// VirtualService routes to those subsets.
+    static func versionSubsets(_ host: String, _ versions: [String]) -> String {
+        """
+        apiVersion: networking.istio.io/v1
+        kind: DestinationRule
+        metadata: {name: \(host)}
+        spec:
+          host: \(host)
+          subsets:
+        \(versions.map { "  - {name: \($0), labels: {version: \($0)}}" }.joined(separator: "\n"))
+        ---
+
+        """
+    }
+
     /// A DestinationRule for `host` with `trafficPolicy` (YAML, unindented); returns its path.
     static func writeDestinationRule(in directory: String, host: String = "echo.default.svc.cluster.local",
                                      trafficPolicy: String) throws -> String {
