@@ -167,7 +167,7 @@ struct HTTPRoutingTests {
         #expect((json["virtualService"] as? String)?.hasPrefix("VirtualService default/reviews http[1]") == true)
     }
 
-    @Test("Envoy's local replies: no matching rule 404 NR, a subset in no DestinationRule 503 NC, an empty subset 503 UH, a dead endpoint 503 UF, a route timeout 504 UT")
+    @Test("Envoy's local replies: no matching rule 404 NR, a subset in no DestinationRule 503 NC, an empty subset 503 UH, a dead endpoint 503 UF,URX after Istio's default retries, a route timeout 504 UT")
     func localReplies() async throws {
         let mesh = try await Self.start("http-replies", block: 85, virtualService: Self.reviewsRoutes + """
               - match: [{uri: {prefix: /nc}}]
@@ -203,11 +203,13 @@ struct HTTPRoutingTests {
         let v1 = try #require(mesh.mesh.processes.children.first { $0.name == "reviews-v1" })
         v1.signal(SIGKILL)
         #expect(await v1.waitForExit(timeout: .seconds(5)) != nil)
-        #expect(try await status("/uf") == ("503", "upstream connect error or disconnect/reset before headers. reset reason: remote connection failure"))
+        // Istio's default retry policy tries the dead endpoint three times (connect-failure; there
+        // is no other v1 endpoint for the previous-hosts predicate to prefer).
+        #expect(try await status("/uf") == ("503", "upstream connect error or disconnect/reset before headers. retried and the latest reset reason: remote connection failure"))
         // The access-log line is written once the response is out: the client may be first.
         // curl negotiated h2 (the gateway offers it for http services).
         let gateway = try #require(mesh.mesh.processes.children.first { $0.name == "east-gw" })
-        let logged = await eventually(timeout: .seconds(5)) { gateway.log.contains("\"GET /uf HTTP/2\" 503 UF") }
+        let logged = await eventually(timeout: .seconds(5)) { gateway.log.contains("\"GET /uf HTTP/2\" 503 UF,URX") }
         #expect(logged, "\(gateway.log.suffix(2000))")
         #expect(gateway.log.contains("\"GET /other HTTP/2\" 404 NR"))
         #expect(gateway.log.contains("\"GET /nc HTTP/2\" 503 NC"))

@@ -31,6 +31,15 @@ package struct ControlHTTPResponse: Sendable {
     package var status: HTTPResponseStatus
     package var headers: HTTPHeaders
     package var body: ByteBuffer
+    /// No response at all: the connection is closed instead (a demo backend's failure mode).
+    package var reset = false
+
+    /// The connection closes without an answer.
+    package static var connectionReset: ControlHTTPResponse {
+        var response = ControlHTTPResponse(text: "")
+        response.reset = true
+        return response
+    }
 
     package init(status: HTTPResponseStatus = .ok, contentType: String = "text/plain; charset=utf-8", body: ByteBuffer) {
         self.status = status
@@ -124,6 +133,10 @@ package enum ControlHTTPServer {
         }
 
         private func write(_ response: ControlHTTPResponse, version: HTTPVersion, keepAlive: Bool, context: ChannelHandlerContext) {
+            if response.reset {
+                context.close(promise: nil)
+                return
+            }
             var headers = response.headers
             headers.replaceOrAdd(name: "Content-Length", value: String(response.body.readableBytes))
             if !keepAlive { headers.replaceOrAdd(name: "Connection", value: "close") }

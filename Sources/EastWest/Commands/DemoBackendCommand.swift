@@ -11,7 +11,15 @@ import NIOPosix
 struct DemoBackendCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "demo-backend",
-        abstract: "HTTP/1.1 echo service: any request gets JSON naming the cluster, version and what arrived (method, path, authority, headers); /status/<code>, /delay/<ms>, /bytes/<n>, POST /echo, /count; /_demo/requests lists what it received.")
+        abstract: "HTTP/1.1 echo service: any request gets JSON naming the cluster, version and what arrived (method, path, authority, headers); /status/<code>, /delay/<ms>, /bytes/<n>, POST /echo, /count; /_demo/requests lists what it received.",
+        discussion: """
+        Failure modes, by request header, so one backend serves many tests: with `x-demo-key: K`,
+        `x-demo-fail: N` answers the first N requests carrying K with `x-demo-fail-code` (503 unless
+        given); `x-demo-hang-first: N` with `x-demo-hang-ms: T` holds the first N for T ms first;
+        `x-demo-reset-first: N` closes the connection on the first N instead of answering.
+        `GET /_demo/attempts/K`, on the backend's own address, says how many requests carrying K
+        arrived.
+        """)
 
     @Option(help: "Address to listen on, host:port.") var listen: String
     @Option(help: "Service host name it answers for.") var service: String
@@ -49,6 +57,8 @@ struct DemoIdentity: Sendable, Encodable {
     let answered = AnsweredCount()
     /// What arrived, for `GET /_demo/requests` (the most recent 10 000).
     let received = ReceivedRequests()
+    /// Requests per `x-demo-key`, for the failure modes and `GET /_demo/attempts/<key>`.
+    let keyed = KeyedCounts()
 
     enum CodingKeys: String, CodingKey { case service, cluster, locality, endpoint, version }
 
@@ -72,6 +82,14 @@ struct DemoIdentity: Sendable, Encodable {
         var all: [Received] { list.withLock { $0 } }
     }
 
+    final class KeyedCounts: Sendable {
+        private let counts = Mutex<[String: Int]>([:])
+        /// Counts one more request carrying `key`; its number, from 1.
+        func arrived(_ key: String) -> Int { counts.withLock { $0[key, default: 0] += 1; return $0[key]! } }
+        func count(_ key: String) -> Int { counts.withLock { $0[key] ?? 0 } }
+        func reset() { counts.withLock { $0 = [:] } }
+    }
+
     final class AnsweredCount: Sendable {
         private let value = Atomic<Int>(0)
         func add() { value.add(1, ordering: .relaxed) }
@@ -88,15 +106,32 @@ struct DemoIdentity: Sendable, Encodable {
             }
             switch (request.method, parts.dropFirst().first) {
             case (.GET, "requests"): return eventLoop.makeSucceededFuture(encoded(received.all, status: .ok))
+            case (.GET, "attempts") where parts.count == 3:
+                return eventLoop.makeSucceededFuture(ControlHTTPResponse(text: "\(keyed.count(parts[2]))\n"))
             case (.POST, "reset"):
                 received.reset()
+                keyed.reset()
                 return eventLoop.makeSucceededFuture(ControlHTTPResponse(text: "reset\n"))
-            default: return eventLoop.makeSucceededFuture(ControlHTTPResponse(status: .notFound, text: "GET /_demo/requests or POST /_demo/reset\n"))
+            default: return eventLoop.makeSucceededFuture(ControlHTTPResponse(status: .notFound, text: "GET /_demo/requests, GET /_demo/attempts/<key> or POST /_demo/reset\n"))
             }
         }
         answered.add()
         received.add(Received(time: Date().formatted(.iso8601), method: request.method.rawValue, path: request.uri,
                               authority: request.headers.first(name: "host") ?? "", headers: Self.headers(of: request)))
+        if let key = request.headers.first(name: "x-demo-key") {
+            let number = keyed.arrived(key)
+            func first(_ name: String) -> Bool { request.headers.first(name: name).flatMap(Int.init).map { number <= $0 } ?? false }
+            if first("x-demo-reset-first") { return eventLoop.makeSucceededFuture(.connectionReset) }
+            let failing = first("x-demo-fail")
+            let code = request.headers.first(name: "x-demo-fail-code").flatMap(Int.init).flatMap { (100...599).contains($0) ? $0 : nil } ?? 503
+            if first("x-demo-hang-first") {
+                let wait = Int64(min(request.headers.first(name: "x-demo-hang-ms").flatMap(Int.init) ?? 0, 600_000))
+                return eventLoop.scheduleTask(in: .milliseconds(wait)) {
+                    json(status: failing ? HTTPResponseStatus(statusCode: code) : .ok, request)
+                }.futureResult
+            }
+            if failing { return eventLoop.makeSucceededFuture(json(status: HTTPResponseStatus(statusCode: code), request)) }
+        }
         switch (request.method, parts.first, parts.dropFirst().first.flatMap { Int($0) }) {
         case (.POST, "echo", _):
             return eventLoop.makeSucceededFuture(ControlHTTPResponse(contentType: "application/octet-stream", body: request.body))

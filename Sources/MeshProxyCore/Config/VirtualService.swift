@@ -32,10 +32,50 @@ package struct VirtualService: Codable, Sendable, Equatable {
         package var directResponse: HTTPDirectResponse?
         /// Istio's request timeout; unset (or 0s) is none, not Envoy's 15 s.
         package var timeout: ConfigDuration?
+        /// Unset: Istio's default retry policy (`RetryPolicy.istioDefault`).
+        package var retries: HTTPRetry?
+        package var fault: HTTPFaultInjection?
 
         package init(name: String? = nil, match: [HTTPMatchRequest]? = nil, route: [HTTPRouteDestination]? = nil) {
             self.name = name; self.match = match; self.route = route
         }
+    }
+
+    /// `retries` (istio/api HTTPRetry): `attempts` retries after the first try.
+    package struct HTTPRetry: Codable, Sendable, Equatable {
+        package var attempts: Int?
+        package var perTryTimeout: ConfigDuration?
+        /// Envoy's `retry_on`: tokens and bare status codes, comma-separated, no spaces.
+        package var retryOn: String?
+        package var retryRemoteLocalities: Bool?
+        package var retryIgnorePreviousHosts: Bool?
+        package var backoff: ConfigDuration?
+    }
+
+    /// `fault` (istio/api HTTPFaultInjection): a delay and/or an abort for a share of requests.
+    package struct HTTPFaultInjection: Codable, Sendable, Equatable {
+        package var delay: Delay?
+        package var abort: Abort?
+
+        package struct Delay: Codable, Sendable, Equatable {
+            package var fixedDelay: ConfigDuration?
+            package var exponentialDelay: ConfigDuration?
+            package var percentage: Percent?
+            /// Deprecated integer percent, read when `percentage` is absent.
+            package var percent: Int?
+        }
+
+        package struct Abort: Codable, Sendable, Equatable {
+            package var httpStatus: Int?
+            package var grpcStatus: String?
+            package var http2Error: String?
+            package var percentage: Percent?
+        }
+    }
+
+    /// istio/api `Percent`: a double in [0, 100].
+    package struct Percent: Codable, Sendable, Equatable {
+        package var value: Double?
     }
 
     /// `rewrite`: the path (`uri`, Envoy's `prefix_rewrite`, or `uriRegexRewrite`) and the

@@ -5,7 +5,7 @@ extension IstioPolicyLoader {
     /// Valid VirtualService fields (istio/api virtual_service.proto) EastWest does not carry out
     /// yet: they load with a warning naming them.
     static let virtualServiceNotImplemented: Set<String> = [
-        "delegate", "retries", "fault", "mirror", "mirrors", "mirrorPercentage", "mirrorPercent",
+        "delegate", "mirror", "mirrors", "mirrorPercentage", "mirrorPercent",
         "mirror_percent", "corsPolicy", "statPrefix",
     ]
 
@@ -64,6 +64,8 @@ extension IstioPolicyLoader {
             let rulePath = spec.key("http").index(i)
             let destinations = rule.route ?? []
             errors += checkActions(rule, at: rulePath, map: map, warnings: &warnings)
+            errors += checkRetries(rule.retries, at: rulePath.key("retries"), map: map)
+            errors += checkFault(rule.fault, at: rulePath.key("fault"), map: map)
             errors += checkDestinations(destinations, at: rulePath, map: map)
             for (j, match) in (rule.match ?? []).enumerated() {
                 let path = rulePath.key("match").index(j)
@@ -151,6 +153,76 @@ extension IstioPolicyLoader {
         return errors
     }
 
+    /// Istio's `validateHTTPRetry`.
+    static func checkRetries(_ retries: VirtualService.HTTPRetry?, at path: FieldPath, map: SourceMap) -> [ConfigError] {
+        guard let retries else { return [] }
+        var errors: [ConfigError] = []
+        let attempts = retries.attempts ?? 0
+        if attempts < 0 { errors.append(map.error(.invalidValue, at: path.key("attempts"), "attempts cannot be negative")) }
+        if attempts == 0, retries.perTryTimeout != nil || retries.retryOn != nil || retries.retryRemoteLocalities != nil {
+            errors.append(map.error(.invalidValue, at: path.key("attempts"),
+                                    "perTryTimeout, retryOn and retryRemoteLocalities need attempts above 0 (0 turns retries off)"))
+        }
+        if let perTry = retries.perTryTimeout, perTry.duration < .milliseconds(1) {
+            errors.append(map.error(.invalidValue, at: path.key("perTryTimeout"), "perTryTimeout must be at least 1ms"))
+        }
+        if let backoff = retries.backoff, backoff.duration < .milliseconds(1) {
+            errors.append(map.error(.invalidValue, at: path.key("backoff"), "backoff must be at least 1ms"))
+        }
+        for token in (retries.retryOn ?? "").split(separator: ",", omittingEmptySubsequences: false) where retries.retryOn?.isEmpty == false {
+            // Istio does not trim: "5xx, reset" names " reset", which is no condition.
+            if RetryCondition(rawValue: String(token)) != nil { continue }
+            if let code = Int(token), HTTPStatusText.known.contains(code) { continue }
+            errors.append(map.error(.invalidValue, at: path.key("retryOn"),
+                                    "'\(token)' is not a retry condition (one of \(RetryCondition.allCases.map(\.rawValue).joined(separator: ", ")), or an HTTP status code; no spaces)"))
+        }
+        return errors
+    }
+
+    /// Istio's `validateHTTPFaultInjection`.
+    static func checkFault(_ fault: VirtualService.HTTPFaultInjection?, at path: FieldPath, map: SourceMap) -> [ConfigError] {
+        guard let fault else { return [] }
+        var errors: [ConfigError] = []
+        func checkPercentage(_ percentage: VirtualService.Percent?, at path: FieldPath) {
+            if let value = percentage?.value, !(0...100).contains(value) {
+                errors.append(map.error(.invalidValue, at: path.key("percentage").key("value"), "percentage must be between 0 and 100"))
+            }
+        }
+        if fault.delay == nil, fault.abort == nil {
+            errors.append(map.error(.missingField, at: path, "a fault needs a delay and/or an abort"))
+        }
+        if let delay = fault.delay {
+            let delayPath = path.key("delay")
+            checkPercentage(delay.percentage, at: delayPath)
+            if let percent = delay.percent, !(0...100).contains(percent) {
+                errors.append(map.error(.invalidValue, at: delayPath.key("percent"), "percent must be between 0 and 100"))
+            }
+            if delay.exponentialDelay != nil {
+                errors.append(map.error(.invalidValue, at: delayPath.key("exponentialDelay"), "exponentialDelay is not supported by Istio; use fixedDelay"))
+            } else if let fixed = delay.fixedDelay {
+                if fixed.duration < .milliseconds(1) { errors.append(map.error(.invalidValue, at: delayPath.key("fixedDelay"), "fixedDelay must be at least 1ms")) }
+            } else {
+                errors.append(map.error(.missingField, at: delayPath.key("fixedDelay"), "a delay needs fixedDelay"))
+            }
+        }
+        if let abort = fault.abort {
+            let abortPath = path.key("abort")
+            checkPercentage(abort.percentage, at: abortPath)
+            if abort.http2Error != nil {
+                errors.append(map.error(.invalidValue, at: abortPath.key("http2Error"), "HTTP/2 abort fault injection is not supported by Istio"))
+            } else if let status = abort.httpStatus {
+                if !(200...600).contains(status) { errors.append(map.error(.invalidValue, at: abortPath.key("httpStatus"), "httpStatus \(status) is not in range 200-600")) }
+            } else if let grpc = abort.grpcStatus {
+                if FaultInjection.grpcStatusCodes[grpc] == nil {
+                    errors.append(map.error(.invalidValue, at: abortPath.key("grpcStatus"), "'\(grpc)' is not a gRPC status name (such as UNAVAILABLE)"))
+                }
+            } else {
+                errors.append(map.error(.missingField, at: abortPath, "an abort needs httpStatus or grpcStatus"))
+            }
+        }
+        return errors
+    }
+
     /// Istio's `validateHTTPRouteConflict` and the checks of rewrite, redirect and direct response.
     static func checkActions(_ rule: VirtualService.HTTPRoute, at rulePath: FieldPath, map: SourceMap, warnings: inout [ConfigError]) -> [ConfigError] {
         var errors: [ConfigError] = []
@@ -223,6 +295,12 @@ extension IstioPolicyLoader {
         if let problem = RE2Syntax.problem(in: regex) { return [map.error(.invalidValue, at: path.key("regex"), problem)] }
         return []
     }
+}
+
+/// The status codes Go's `http.StatusText` names: what Istio accepts as a bare `retryOn` code.
+enum HTTPStatusText {
+    static let known: Set<Int> = Set([100, 101, 102, 103, 226, 421, 422, 423, 424, 425, 426, 428, 429, 431, 451, 510, 511]
+        + Array(200...208) + [300, 301, 302, 303, 304, 305, 307, 308] + Array(400...418) + Array(500...508))
 }
 
 /// What RE2 (Envoy's regex engine) rejects, checked where Istio checks it: at load. The data path

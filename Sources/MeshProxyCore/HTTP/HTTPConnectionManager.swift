@@ -6,15 +6,16 @@ import NIOHTTP1
 /// Envoy's HTTP connection manager at the gateway where a request enters the mesh: one per
 /// HTTP/1.1 connection (requests one after another) or per HTTP/2 stream (behind
 /// `HTTP2FramePayloadToHTTP1ServerCodec`). For each request it asks `HTTPRequestRouter` where it
-/// goes, asks the cluster manager for the plan's targets, dials them in order (the same
-/// connect attempts as the TCP path), relays the request and streams the response back, and
-/// answers with Envoy's local replies when it cannot.
+/// goes, asks the cluster manager for the plan's targets, carries out the route's fault and
+/// retry policy (`FaultInjection`, `RetryState`: which outcome is retried, after which back-off,
+/// at which target), relays the request and streams the response back, and answers with Envoy's
+/// local replies when it cannot.
 ///
 /// Upstreams come from the event loop's `HTTPUpstreams`: a stream of the pooled HTTP/2
 /// connection to a peer gateway, or a keep-alive HTTP/1.1 connection to a local endpoint, kept
-/// after its response for the next request of any downstream connection on the loop; a kept
-/// connection that the upstream closed before answering is replaced by a fresh one and the
-/// request sent again, when it is small enough to have been kept.
+/// after its response for the next request of any downstream connection on the loop. A kept
+/// connection the upstream closes before answering is a reset like any other, for the retry
+/// policy to judge (as in Envoy: it cannot be told from an upstream that died on the request).
 ///
 /// At the peer gateway that receives a request over the pooled connection, a manager with
 /// origin `.peerGateway` makes no routing decision: the route is the connection's (its SNI names
@@ -42,6 +43,9 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
         /// Waiting for an upstream; request parts are held until it is there.
         case connecting(held: [HTTPClientRequestPart], ended: Bool)
         case forwarding(upstream: UpstreamExchange, ended: Bool)
+        /// Between attempts (a retry's back-off) or in an injected delay: request parts are
+        /// kept for the next attempt.
+        case waiting(ended: Bool)
         /// A local reply went out; the rest of the request body is read and dropped.
         case discarding
         /// A WebSocket upgrade was accepted: both sides carry bytes now, not HTTP.
@@ -56,8 +60,12 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
     /// The last route's action: the next request on a keep-alive connection mostly takes the
     /// same route, and the policy lookup behind an action is not free.
     private var lastAction: (route: Route, action: RouteAction)?
-    private var targets: [PlannedTarget] = []
-    private var attempt = 0
+    /// The request's retries: its policy, the targets tried.
+    private var retry = RetryState(policy: .none)
+    /// The target of the attempt in flight.
+    private var target: PlannedTarget?
+    /// Between attempts, in a fault's delay, each attempt's own limit: one at a time.
+    private var attemptTimer: Scheduled<Void>?
     private var requestKeepAlive = true
     /// A gRPC client gets local replies as gRPC statuses.
     private var requestIsGRPC = false
@@ -68,10 +76,14 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
     private var switchingProtocols = false
     private var responseStarted = false
     private var upstreamRequestEnded: ContinuousClock.Instant?
-    /// The request as sent on a reused connection, until its response starts: sent again on a
-    /// fresh connection if the kept one turns out closed. Nil once over `resendLimit` bytes.
-    private var resendable: [HTTPClientRequestPart]?
-    private var resendableBytes = 0
+    /// The request as sent upstream, until its response starts: sent again by a retry, or on a
+    /// fresh connection when a kept one turns out closed. Nil once over `retryBufferLimit`
+    /// bytes: then nothing is retried (Envoy's `retry_or_shadow_abandoned`).
+    private var kept: [HTTPClientRequestPart]? = []
+    private var keptBytes = 0
+    /// Envoy's default `per_connection_buffer_limit_bytes` (Istio sets none).
+    private static let retryBufferLimit = 1 << 20
+    /// Body bytes held while an upstream is dialled before the client is paused.
     private static let resendLimit = 64 << 10
     private var upstreamKeepAlive = false
     /// Body bytes held while the upstream is being dialled; past `resendLimit` the client waits.
@@ -164,6 +176,10 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
         case .end(let trailers):
             send(.end(trailers), ended: true, context: context)
             startRequestTimer(context: context)
+            switch state {
+            case .connecting, .forwarding: startPerTryTimer(context: context)
+            case .idle, .discarding, .tunnel, .waiting: break
+            }
             if case .discarding = state {
                 state = .idle
                 finishRequest(context: context)
@@ -248,6 +264,7 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
 
     package func channelInactive(context: ChannelHandlerContext) {
         cancelRequestTimer()
+        cancelAttemptTimer()
         if case .forwarding(let exchange, _) = state {
             state = .idle
             exchange.channel.close(promise: nil)
@@ -279,7 +296,8 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
             && head.headers[canonicalForm: "connection"].contains { $0.lowercased() == "upgrade" }
         switchingProtocols = false
         responseStarted = false
-        attempt = 0
+        kept = []
+        keptBytes = 0
 
         let facts = HTTPRequestFacts(method: head.method.rawValue, path: head.uri, authority: record.authority == "-" ? "" : record.authority,
                                      headers: head.headers, sourceNamespace: connection.sourceNamespace)
@@ -303,16 +321,158 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
                 lastAction = (forward.route, action)
             }
             self.action = action
-            targets = Array(clusters.candidates(for: forward.route, origin: origin).prefix(action.retry.maxAttempts))
-            guard !targets.isEmpty else {
+            // A peer gateway only walks its local endpoints on connect failures: the entry
+            // gateway's retry policy covers the request end to end, once.
+            retry = RetryState(policy: origin == .peerGateway ? action.retry : forward.retry)
+            guard let first = retry.nextTarget(in: clusters.candidates(for: forward.route, origin: origin)) else {
                 localReply(origin == .peerGateway
                     ? .noHealthyUpstream("no local endpoint for \(forward.route.service) (traffic from a peer gateway is never forwarded again)")
                     : .noHealthyUpstream(for: forward.route), context: context)
                 return
             }
-            state = .connecting(held: [.head(upstreamHead(head, forward: forward, context: context))], ended: false)
+            target = first
+            let upstream = HTTPClientRequestPart.head(upstreamHead(head, forward: forward, context: context))
+            keep(upstream)
+            let fault = forward.fault?.decide(delayRandom: random.next(), abortRandom: random.next())
+            if let delay = fault?.delay {
+                // Envoy's fault filter runs before the router: the route's timer starts after it.
+                record.flags.insert(.delayInjected)
+                state = .waiting(ended: false)
+                attemptTimer = schedule(in: delay, context: context) { manager, context in
+                    manager.afterDelay(abort: fault?.abort, context: context)
+                }
+                return
+            }
+            if let abort = fault?.abort {
+                localReply(.faultAbort(abort), context: context)
+                return
+            }
+            state = .connecting(held: [upstream], ended: false)
             openExchange(context: context)
         }
+    }
+
+    /// A fault's delay is over: its abort, if the roll gave one, else the first attempt.
+    private func afterDelay(abort: FaultInjection.Abort?, context: ChannelHandlerContext) {
+        guard case .waiting(let ended) = state else { return }
+        if let abort {
+            localReply(.faultAbort(abort), context: context)
+            return
+        }
+        startRequestTimer(context: context)
+        startAttempt(ended: ended, context: context)
+    }
+
+    /// Runs `task` on the loop after `delay`, with the manager and its context.
+    private func schedule(in delay: Duration, context: ChannelHandlerContext,
+                          _ task: @escaping (HTTPConnectionManager, ChannelHandlerContext) -> Void) -> Scheduled<Void> {
+        let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+        return context.eventLoop.scheduleTask(in: TimeAmount(delay)) {
+            let (manager, context) = bound.value
+            manager.attemptTimer = nil
+            task(manager, context)
+        }
+    }
+
+    private func cancelAttemptTimer() {
+        attemptTimer?.cancel()
+        attemptTimer = nil
+    }
+
+    /// Sends the kept request to `target` (a retry, or the first attempt after a delay).
+    private func startAttempt(ended: Bool, context: ChannelHandlerContext) {
+        guard var parts = kept else { return }
+        if origin == .client, case .head(var head) = parts.first {
+            // Envoy's `x-envoy-attempt-count` (Istio turns it on): which attempt this is.
+            head.headers.replaceOrAdd(name: "x-envoy-attempt-count", value: String(retry.attempts))
+            parts[0] = .head(head)
+        }
+        state = .connecting(held: parts, ended: ended)
+        openExchange(context: context)
+        if ended { startPerTryTimer(context: context) }
+    }
+
+    /// The policy's per-try timeout, from the whole request sent on (Envoy's per-try timer).
+    private func startPerTryTimer(context: ChannelHandlerContext) {
+        guard let perTry = retry.policy.perTryTimeout, attemptTimer == nil, !responseStarted else { return }
+        attemptTimer = schedule(in: perTry, context: context) { manager, context in
+            manager.perTryTimedOut(after: perTry, context: context)
+        }
+    }
+
+    private func perTryTimedOut(after perTry: Duration, context: ChannelHandlerContext) {
+        guard !responseStarted else { return }
+        let ended: Bool
+        switch state {
+        case .connecting(_, let requestEnded): ended = requestEnded
+        case .forwarding(let exchange, let requestEnded):
+            ended = requestEnded
+            state = .waiting(ended: ended)
+            exchange.channel.close(promise: nil)
+        case .idle, .discarding, .tunnel, .waiting: return
+        }
+        state = .waiting(ended: ended)
+        if case .local(let endpoint) = target?.target, let service = forward?.route.service {
+            dataPlane.outliers.failed(service, endpoint.address)
+        }
+        let reason = "no response from \(target?.target.description ?? "the upstream") within the per-try timeout \(perTry)"
+        attemptEnded(.perTryTimeout, reason: reason, reply: .upstreamTimeout(reason), context: context)
+    }
+
+    /// The attempt in flight ended with `outcome` and its exchange is gone: another attempt
+    /// after the back-off, or `reply` (with the retry's flags) as the answer.
+    private func attemptEnded(_ outcome: AttemptOutcome, reason: String, reply: HTTPLocalReply, context: ChannelHandlerContext) {
+        cancelAttemptTimer()
+        switch decideRetry(outcome, reason: reason) {
+        case .retry(let backoff):
+            let ended: Bool
+            switch state {
+            case .connecting(_, let requestEnded), .forwarding(_, let requestEnded), .waiting(let requestEnded): ended = requestEnded
+            case .idle, .discarding, .tunnel: return
+            }
+            state = .waiting(ended: ended)
+            attemptTimer = schedule(in: backoff, context: context) { manager, context in manager.retryNow(context: context) }
+        case .giveUp(let why):
+            var reply = reply
+            reply.flags.remove(.upstreamRetryLimitExceeded)
+            reply.flags.formUnion(Self.flags(why, attempts: retry.attempts))
+            localReply(reply, context: context)
+        }
+    }
+
+    /// What the retry state makes of `outcome`, counted as Envoy counts it.
+    private func decideRetry(_ outcome: AttemptOutcome, reason: String) -> RetryState.Decision {
+        let decision = retry.attemptFailed(outcome, reason: reason, requestKept: kept != nil, random: random.next())
+        guard let cluster = forward?.route.envoyClusterName else { return decision }
+        switch decision {
+        case .retry: RetryMetrics.retried(cluster)
+        case .giveUp(.exhausted) where retry.attempts > 1: RetryMetrics.limitExceeded(cluster)
+        case .giveUp(.overflow): RetryMetrics.overflowed(cluster)
+        case .giveUp: break
+        }
+        return decision
+    }
+
+    /// Envoy's flags for a request whose retries ended: `URX` when they ran out, `UO` when the
+    /// budget stopped them.
+    private static func flags(_ giveUp: RetryState.GiveUp, attempts: Int) -> Set<ResponseFlag> {
+        switch giveUp {
+        case .exhausted: attempts > 1 ? [.upstreamRetryLimitExceeded] : []
+        case .overflow: [.upstreamOverflow]
+        case .notRetriable, .requestNotKept: []
+        }
+    }
+
+    /// The back-off is over: the next target from a fresh look at the plan (health may have
+    /// moved the load), then the attempt.
+    private func retryNow(context: ChannelHandlerContext) {
+        guard case .waiting(let ended) = state, let forward else { return }
+        guard let next = retry.nextTarget(in: dataPlane.clusters.candidates(for: forward.route, origin: origin)) else {
+            localReply(.noHealthyUpstream(for: forward.route), context: context)
+            return
+        }
+        target = next
+        startAttempt(ended: ended, context: context)
     }
 
     /// The request as the upstream gets it: Envoy's edge handling at a gateway (x-request-id
@@ -352,6 +512,7 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
             upstream.headers.add(name: "x-envoy-original-path", value: head.uri)
             record.path = path
         }
+        upstream.headers.add(name: "x-envoy-attempt-count", value: "1")
         if let timeout = forward.timeout {
             // Envoy's setTimeoutHeaders: the upstream learns how long the gateway will wait.
             upstream.headers.add(name: "x-envoy-expected-rq-timeout-ms", value: String(timeout.milliseconds))
@@ -364,15 +525,21 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
     private func send(_ part: HTTPClientRequestPart, ended: Bool, context: ChannelHandlerContext) {
         switch state {
         case .connecting(var held, _):
+            keep(part)
             held.append(part)
             state = .connecting(held: held, ended: ended)
             if case .body(.byteBuffer(let buffer)) = part { heldBytes += buffer.readableBytes }
             if heldBytes > Self.resendLimit { pauseClient(true, context: context) }
         case .forwarding(let exchange, _):
-            keepForResend(part)
+            keep(part)
             exchange.channel.write(part, promise: nil)
             if ended { exchange.channel.flush(); upstreamRequestEnded = .now }
             state = .forwarding(upstream: exchange, ended: ended)
+        case .waiting:
+            keep(part)
+            state = .waiting(ended: ended)
+            // Nothing takes the body while waiting; a large one waits in the client.
+            if keptBytes > Self.resendLimit { pauseClient(true, context: context) }
         case .idle, .discarding, .tunnel:
             break
         }
@@ -393,6 +560,7 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
 
     private func requestTimedOut(after timeout: Duration, context: ChannelHandlerContext) {
         guard awaitsResponse else { return }
+        cancelAttemptTimer()
         if case .local(let endpoint) = record.upstream, let service = forward?.route.service {
             // A local-origin timeout counts as a gateway error for outlier detection (Envoy).
             dataPlane.outliers.failed(service, endpoint.address)
@@ -412,7 +580,7 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
     /// A request is with an upstream (being dialled or answered), not answered yet.
     private var awaitsResponse: Bool {
         switch state {
-        case .connecting, .forwarding: true
+        case .connecting, .forwarding, .waiting: true
         case .idle, .discarding, .tunnel: false
         }
     }
@@ -425,8 +593,7 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
     /// Asks the loop's pool for a way to the current target: a new or kept connection, or a
     /// stream of the pooled connection to a peer gateway.
     private func openExchange(context: ChannelHandlerContext) {
-        guard let action, let upstreams else { return }
-        let planned = targets[attempt]
+        guard let action, let upstreams, let planned = target else { return }
         upstreams.exchange(to: planned.target, action: action, upgrade: requestIsWebSocket) { [self] result in
             switch result {
             case .success(let exchange): connected(exchange, planned: planned, context: context)
@@ -436,32 +603,22 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
     }
 
     private func failed(_ planned: PlannedTarget, error: any Error, context: ChannelHandlerContext) {
-        guard case .connecting = state, let forward else { return }
+        guard case .connecting(_, let ended) = state, planned == target, let forward else { return }
         dataPlane.connectFailed(to: planned.target, for: forward.route.service)
-        attempt += 1
-        if attempt < targets.count {
-            openExchange(context: context)
-            return
-        }
         record.upstream = planned.target
-        let reason = UpstreamConnector.describe(error)
-        localReply(.connectFailure(timedOut: UpstreamConnector.isTimeout(error), attempts: attempt,
-                                   detail: "\(planned.target): \(reason)"), context: context)
+        state = .waiting(ended: ended)
+        let reason = "\(planned.target): \(UpstreamConnector.describe(error))"
+        attemptEnded(.connectFailure, reason: reason,
+                     reply: .connectFailure(timedOut: UpstreamConnector.isTimeout(error), attempts: retry.attempts, detail: reason), context: context)
     }
 
     /// Sends the held request on `exchange` and takes its response events.
     private func connected(_ exchange: UpstreamExchange, planned: PlannedTarget, context: ChannelHandlerContext) {
-        guard case .connecting(let held, let ended) = state else {
+        guard case .connecting(let held, let ended) = state, planned == target else {
             exchange.channel.close(promise: nil)
             return
         }
-        if exchange.isReused {
-            resendable = []
-            resendableBytes = 0
-        } else {
-            dataPlane.connected(to: planned.target)
-            resendable = nil
-        }
+        if !exchange.isReused { dataPlane.connected(to: planned.target) }
         let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
         exchange.relay.owner = { event in
             let (handler, context) = bound.value
@@ -480,28 +637,28 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
         state = .forwarding(upstream: exchange, ended: ended)
         let upstream = exchange.channel
         setUpstreamReads(exchange, on: context.channel.isWritable)
-        for part in held {
-            keepForResend(part)
-            upstream.write(part, promise: nil)
-        }
+        for part in held { upstream.write(part, promise: nil) }
         upstream.flush()
         if ended { upstreamRequestEnded = .now }
         heldBytes = 0
         pauseClient(!upstream.isWritable, context: context)
     }
 
-    private func keepForResend(_ part: HTTPClientRequestPart) {
-        guard resendable != nil else { return }
-        if case .body(.byteBuffer(let buffer)) = part { resendableBytes += buffer.readableBytes }
-        if resendableBytes > Self.resendLimit { resendable = nil } else { resendable?.append(part) }
+    /// Keeps a request part for another attempt, until the response begins or the limit.
+    private func keep(_ part: HTTPClientRequestPart) {
+        guard kept != nil, !responseStarted else { return }
+        if case .body(.byteBuffer(let buffer)) = part { keptBytes += buffer.readableBytes }
+        if keptBytes > Self.retryBufferLimit { kept = nil } else { kept?.append(part) }
     }
 
     private func upstreamResponse(_ part: HTTPClientResponsePart, context: ChannelHandlerContext) {
         guard case .forwarding = state, let forward else { return }
         switch part {
         case .head(var head):
+            if retryResponse(head, context: context) { return }
             responseStarted = true
-            resendable = nil
+            kept = nil
+            cancelAttemptTimer()
             upstreamKeepAlive = head.isKeepAlive
             record.responseCode = Int(head.status.code)
             switchingProtocols = requestIsWebSocket && head.status == .switchingProtocols
@@ -544,15 +701,33 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
         }
     }
 
+    /// A response head the retry policy retries (a 503 under `5xx`, a gRPC `unavailable`):
+    /// not passed on; its exchange is dropped and the next attempt follows the back-off.
+    /// False when it is the answer.
+    private func retryResponse(_ head: HTTPResponseHead, context: ChannelHandlerContext) -> Bool {
+        guard origin == .client, case .forwarding(let exchange, let ended) = state else { return false }
+        let outcome = AttemptOutcome.response(status: Int(head.status.code), grpcStatus: head.headers.first(name: "grpc-status").flatMap { Int($0) },
+                                              rateLimited: head.headers.contains(name: "x-envoy-ratelimited"))
+        guard retry.policy.retries(outcome) else {
+            // Envoy's `upstream_rq_retry_success`: a retried request got an answer it keeps.
+            if retry.attempts > 1, let cluster = forward?.route.envoyClusterName { RetryMetrics.succeeded(cluster) }
+            return false
+        }
+        cancelAttemptTimer()
+        let decision = decideRetry(outcome, reason: "\(target?.target.description ?? "upstream") answered \(head.status.code)")
+        guard case .retry(let backoff) = decision else {
+            if case .giveUp(let why) = decision { record.flags.formUnion(Self.flags(why, attempts: retry.attempts)) }
+            return false
+        }
+        // The state moves first: closing fires the relay's end at once.
+        state = .waiting(ended: ended)
+        exchange.channel.close(promise: nil)
+        attemptTimer = schedule(in: backoff, context: context) { manager, context in manager.retryNow(context: context) }
+        return true
+    }
+
     private func upstreamClosed(_ exchange: UpstreamExchange, context: ChannelHandlerContext) {
         guard case .forwarding(let current, let ended) = state, current === exchange else { return }
-        if !responseStarted, let parts = resendable {
-            // A kept connection the upstream had closed: the same request on another one.
-            resendable = nil
-            state = .connecting(held: parts, ended: ended)
-            openExchange(context: context)
-            return
-        }
         if responseStarted {
             // Mid-response: the client cannot be told otherwise than by the end of its stream.
             record.flags.insert(.upstreamConnectionTermination)
@@ -563,7 +738,11 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
             if case .local(let endpoint) = record.upstream, let service = forward?.route.service {
                 dataPlane.outliers.failed(service, endpoint.address)
             }
-            localReply(.upstreamTerminated("\(record.upstream?.description ?? "upstream") closed before its response"), context: context)
+            state = .waiting(ended: ended)
+            let refused = exchange.relay.refusedStream
+            let reason = "\(record.upstream?.description ?? "upstream") \(refused ? "refused the stream" : "closed before its response")"
+            attemptEnded(refused ? .refusedStream : .reset(requestSent: true), reason: reason,
+                         reply: .upstreamTerminated(reason, retried: retry.attempts > 1), context: context)
         }
     }
 
@@ -617,9 +796,10 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
 
     private func localReply(_ reply: HTTPLocalReply, context: ChannelHandlerContext) {
         cancelRequestTimer()
+        cancelAttemptTimer()
         let requestEnded: Bool
         switch state {
-        case .connecting(_, let ended): requestEnded = ended
+        case .connecting(_, let ended), .waiting(let ended): requestEnded = ended
         case .forwarding(let exchange, let ended):
             requestEnded = ended
             // The state moves first: closing fires the relay's end at once.
@@ -630,7 +810,7 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
         record.flags.formUnion(reply.flags)
         record.detail = reply.detail
         record.directResponse = reply.flags.isEmpty
-        if requestIsGRPC {
+        if requestIsGRPC || reply.grpcAbortStatus != nil {
             // As Envoy answers a gRPC client: 200, the status and message in the trailers.
             record.responseCode = 200
             record.grpcStatus = String(reply.grpcStatus)

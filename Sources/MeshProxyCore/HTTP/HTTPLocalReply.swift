@@ -13,6 +13,8 @@ package struct HTTPLocalReply: Sendable, Equatable {
     package var bytes: [UInt8]?
     /// Why, for the access log and `eastwest route`.
     package var detail: String
+    /// A gRPC fault abort's status, given as it is rather than mapped from the HTTP status.
+    package var grpcAbortStatus: Int?
 
     package init(status: HTTPResponseStatus, body: String, flags: Set<ResponseFlag>, detail: String) {
         self.status = status; self.body = body; self.flags = flags; self.detail = detail
@@ -21,7 +23,8 @@ package struct HTTPLocalReply: Sendable, Equatable {
     /// The gRPC status a gRPC client gets instead (Envoy's `Grpc::Utility::httpToGrpcStatus`):
     /// a local reply to a gRPC request is HTTP 200 with `grpc-status` and `grpc-message`.
     package var grpcStatus: Int {
-        switch status.code {
+        if let grpcAbortStatus { return grpcAbortStatus }
+        return switch status.code {
         case 400: 13  // INTERNAL
         case 401: 16  // UNAUTHENTICATED
         case 403: 7  // PERMISSION_DENIED
@@ -105,9 +108,19 @@ package struct HTTPLocalReply: Sendable, Equatable {
     }
 
     /// The upstream closed or reset before its response headers: 503, `UC`.
-    package static func upstreamTerminated(_ detail: String) -> HTTPLocalReply {
-        .init(status: .serviceUnavailable, body: "upstream connect error or disconnect/reset before headers. reset reason: connection termination",
+    package static func upstreamTerminated(_ detail: String, retried: Bool = false) -> HTTPLocalReply {
+        .init(status: .serviceUnavailable,
+              body: "upstream connect error or disconnect/reset before headers. \(retried ? "retried and the latest reset reason" : "reset reason"): connection termination",
               flags: [.upstreamConnectionTermination], detail: detail)
+    }
+
+    /// A VirtualService `fault.abort`: its status with Envoy's body, `FI`; a gRPC abort is a
+    /// 200 with the gRPC status (as a gRPC client's local reply is).
+    package static func faultAbort(_ abort: FaultInjection.Abort) -> HTTPLocalReply {
+        var reply = HTTPLocalReply(status: HTTPResponseStatus(statusCode: abort.httpStatus), body: "fault filter abort", flags: [.faultInjected],
+                                   detail: "fault injected: abort \(abort.grpcStatus.map { "grpc-status \($0)" } ?? String(abort.httpStatus))")
+        reply.grpcAbortStatus = abort.grpcStatus
+        return reply
     }
 
     /// The route's `timeout` passed with no response: Envoy's 504 `UT` (`response_timeout`).

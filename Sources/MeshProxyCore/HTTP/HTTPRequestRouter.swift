@@ -20,6 +20,9 @@ package enum HTTPRequestRouter {
         package var authority: String?
         /// The rule's `timeout`; nil: none.
         package var timeout: Duration?
+        /// The rule's `retries`, else Istio's default policy.
+        package var retry = RetryPolicy.istioDefault
+        package var fault: FaultInjection?
     }
 
     package enum Decision: Sendable, Equatable {
@@ -66,7 +69,8 @@ package enum HTTPRequestRouter {
                                 responseHeaders: decision.rule.responseHeaders.then(destination.responseHeaders),
                                 destinations: decision.rule.destinations,
                                 path: decision.rule.rewrite?.rewrittenPath(request.path, matchedBy: decision.rule.match?.uri),
-                                authority: decision.rule.rewrite?.authority, timeout: decision.rule.timeout))
+                                authority: decision.rule.rewrite?.authority, timeout: decision.rule.timeout,
+                                retry: decision.rule.retry, fault: decision.rule.fault))
     }
 
     /// A destination's service port does not exist, or its subset is in no DestinationRule (NC).

@@ -9,8 +9,7 @@ import NIOHTTP2
 /// relay that hands the response back to whoever owns the exchange now.
 final class UpstreamExchange {
     enum Kind {
-        /// A whole HTTP/1.1 connection; `reused` when it was kept from an earlier request (it
-        /// may turn out closed before it answers, and the request is then sent again).
+        /// A whole HTTP/1.1 connection; `reused` when it was kept from an earlier request.
         case http1(reused: Bool)
         /// A stream of a multiplexed connection: it ends with its response.
         case http2Stream
@@ -446,5 +445,23 @@ final class UpstreamResponseRelay: ChannelInboundHandler, RemovableChannelHandle
         context.fireChannelInactive()
     }
 
-    func errorCaught(context: ChannelHandlerContext, error: any Error) { context.close(promise: nil) }
+    /// The upstream closed its side (dialled connections allow half-closure, for the TCP path):
+    /// for HTTP that ends the connection; a response delimited by the close has been decoded
+    /// whole before this event.
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if let event = event as? ChannelEvent, case .inputClosed = event {
+            context.close(promise: nil)
+            return
+        }
+        context.fireUserInboundEventTriggered(event)
+    }
+
+    /// The upstream stream ended with REFUSED_STREAM (nothing of the request was processed):
+    /// a condition of its own for retries.
+    private(set) var refusedStream = false
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        if let closed = error as? NIOHTTP2Errors.StreamClosed, closed.errorCode == .refusedStream { refusedStream = true }
+        context.close(promise: nil)
+    }
 }

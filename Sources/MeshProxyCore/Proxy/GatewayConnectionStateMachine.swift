@@ -8,7 +8,7 @@ import NIOCore
 package struct GatewayConnectionStateMachine {
     private enum State {
         case handshaking
-        /// Dialling `targets[retry.attempt]`.
+        /// Dialling `retry.tried.last`.
         case connecting(targets: [PlannedTarget], retry: RetryState)
         case glued
         case closed
@@ -53,7 +53,12 @@ package struct GatewayConnectionStateMachine {
             state = .closed
             return .closeDownstream(flags: [.noHealthyUpstream], detail: detail)
         }
-        state = .connecting(targets: targets, retry: RetryState(policy: policy, targets: targets.count))
+        // Never more attempts than targets: a connect attempt goes to a target not tried yet.
+        var limited = policy
+        limited.maxAttempts = min(policy.maxAttempts, targets.count)
+        var retry = RetryState(policy: limited)
+        _ = retry.nextTarget(in: targets)
+        state = .connecting(targets: targets, retry: retry)
         return .dial(first)
     }
 
@@ -63,30 +68,28 @@ package struct GatewayConnectionStateMachine {
         return .closeDownstream(flags: flags, detail: detail)
     }
 
-    package mutating func upstreamFailed(_ condition: RetryCondition, reason: String) -> Action {
-        guard case .connecting(let targets, var retry) = state else { return .none }
-        let failed = targets[retry.attempt]
-        switch retry.attemptFailed(condition, reason: "\(failed.target) (\(reason))") {
-        case .retry(let next):
+    package mutating func upstreamFailed(_ outcome: AttemptOutcome, reason: String) -> Action {
+        guard case .connecting(let targets, var retry) = state, let failed = retry.tried.last else { return .none }
+        let decision = retry.attemptFailed(outcome, reason: "\(failed.target) (\(reason))")
+        if case .retry = decision, let next = retry.nextTarget(in: targets) {
             state = .connecting(targets: targets, retry: retry)
-            return .dial(targets[next])
-        case .giveUp(let exhausted):
-            state = .closed
-            var flags: [ResponseFlag] = [.upstreamConnectionFailure]
-            if exhausted, retry.plannedAttempts > 1 { flags.append(.upstreamRetryLimitExceeded) }
-            let detail = "all \(retry.attempt) upstream attempt(s) failed: " + retry.failures.joined(separator: "; ")
-            return .closeDownstream(flags: flags, detail: detail, upstream: failed)
+            return .dial(next)
         }
+        state = .closed
+        var flags: [ResponseFlag] = [.upstreamConnectionFailure]
+        if decision == .giveUp(.exhausted), retry.policy.maxAttempts > 1 { flags.append(.upstreamRetryLimitExceeded) }
+        let detail = "all \(retry.attempts) upstream attempt(s) failed: " + retry.failures.joined(separator: "; ")
+        return .closeDownstream(flags: flags, detail: detail, upstream: failed)
     }
 
     /// The target being dialled answered.
     package mutating func upstreamConnected() -> Action {
-        guard case .connecting(let targets, let retry) = state else { return .closeUpstream }
+        guard case .connecting(_, let retry) = state, let connected = retry.tried.last else { return .closeUpstream }
         state = .glued
         let replay = held
         held = []
         defer { readPending = false }
-        return .glue(targets[retry.attempt], replay: replay, inputEnded: inputEnded, readPending: readPending)
+        return .glue(connected, replay: replay, inputEnded: inputEnded, readPending: readPending)
     }
 
     package mutating func channelRead(_ bytes: ByteBuffer) -> Action {

@@ -298,6 +298,9 @@ package struct HTTPRouteRule: Sendable, Equatable {
     package var rewrite: HTTPRewriteAction?
     /// From the whole request received to the whole response; nil: none (Istio's default).
     package var timeout: Duration?
+    /// The rule's `retries`, or Istio's default policy.
+    package var retry = RetryPolicy.istioDefault
+    package var fault: FaultInjection?
 
     package init(name: String, origin: String, match: RequestMatch?, destinations: [HTTPDestination]) {
         self.name = name; self.origin = origin; self.match = match; self.destinations = destinations

@@ -74,12 +74,14 @@ enum VirtualServiceCompiler {
             let requestHeaders = operations(http.headers?.request), responseHeaders = operations(http.headers?.response)
             let action = self.action(of: http), rewrite = http.rewrite.flatMap(self.rewrite)
             let timeout = http.timeout.map(\.duration).flatMap { $0 > .zero ? $0 : nil }
+            let retry = retryPolicy(http.retries), fault = http.fault.flatMap(FaultInjection.init)
             let matches = (http.match ?? []).filter { ($0.sourceLabels ?? [:]).selects(proxyLabels) }
             if matches.isEmpty, !(http.match ?? []).isEmpty { continue }
             if matches.isEmpty {
                 var rule = HTTPRouteRule(name: http.name ?? "", origin: origin, match: nil, destinations: destinations)
                 rule.requestHeaders = requestHeaders; rule.responseHeaders = responseHeaders
                 rule.action = action; rule.rewrite = rewrite; rule.timeout = timeout
+                rule.retry = retry; rule.fault = fault
                 result.append((rule, true))
                 break
             }
@@ -90,6 +92,7 @@ enum VirtualServiceCompiler {
                 var rule = HTTPRouteRule(name: name, origin: origin, match: compiled, destinations: destinations)
                 rule.requestHeaders = requestHeaders; rule.responseHeaders = responseHeaders
                 rule.action = action; rule.rewrite = rewrite; rule.timeout = timeout
+                rule.retry = retry; rule.fault = fault
                 // Istio's isCatchAllMatch: sourceLabels make a match specific, though they were
                 // decided here and not at request time.
                 let catchAll = isCatchAll(compiled) && (match.sourceLabels ?? [:]).isEmpty
@@ -99,6 +102,32 @@ enum VirtualServiceCompiler {
             if ended { break }
         }
         return result
+    }
+
+    /// istiod's `retry.ConvertPolicy`: no `retries`, the default policy; `attempts` 0 or less,
+    /// none; else `attempts` retries on the `retryOn` given (bare codes become retriable status
+    /// codes) or the default conditions.
+    static func retryPolicy(_ retries: VirtualService.HTTPRetry?) -> RetryPolicy {
+        guard let retries else { return .istioDefault }
+        guard let attempts = retries.attempts, attempts > 0 else { return .none }
+        var policy = RetryPolicy.istioDefault
+        policy.maxAttempts = attempts + 1
+        if let retryOn = retries.retryOn {
+            policy.retryOn = []
+            for token in retryOn.split(separator: ",") {
+                if let code = Int(token) {
+                    policy.retriableStatusCodes.insert(code)
+                    policy.retryOn.insert(.retriableStatusCodes)
+                } else if let condition = RetryCondition(rawValue: String(token)) {
+                    policy.retryOn.insert(condition)
+                }
+            }
+        }
+        policy.perTryTimeout = retries.perTryTimeout.map(\.duration).flatMap { $0 > .zero ? $0 : nil }
+        if let backoff = retries.backoff?.duration, backoff > .zero { policy.backoffBase = backoff }
+        if retries.retryRemoteLocalities == true { policy.targets = .previousPriorities }
+        if retries.retryIgnorePreviousHosts == false { policy.avoidPreviousHosts = false }
+        return policy
     }
 
     static func action(of http: VirtualService.HTTPRoute) -> HTTPRuleAction {

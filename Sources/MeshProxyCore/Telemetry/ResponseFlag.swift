@@ -23,4 +23,8 @@ package enum ResponseFlag: String, Sendable, CaseIterable {
     case upstreamConnectionTermination = "UC"
     /// The downstream sent what HTTP does not allow.
     case downstreamProtocolError = "DPE"
+    /// A VirtualService `fault.delay` held the request.
+    case delayInjected = "DI"
+    /// A VirtualService `fault.abort` answered it.
+    case faultInjected = "FI"
 }

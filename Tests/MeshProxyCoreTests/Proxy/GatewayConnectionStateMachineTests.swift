@@ -45,7 +45,7 @@ struct GatewayConnectionStateMachineTests {
         var machine = GatewayConnectionStateMachine()
         _ = machine.handshakeCompleted()
         _ = machine.planned([target("10.0.0.1:80"), target("10.0.0.2:80")], retry: .connectAttempts(2), noTarget: "none")
-        #expect(machine.upstreamFailed(.reset, reason: "reset") ==
+        #expect(machine.upstreamFailed(.reset(requestSent: true), reason: "reset") ==
                 .closeDownstream(flags: [.upstreamConnectionFailure], detail: "all 1 upstream attempt(s) failed: 10.0.0.1:80 (reset)",
                                  upstream: target("10.0.0.1:80")))
     }

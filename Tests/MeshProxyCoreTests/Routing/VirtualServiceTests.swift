@@ -370,6 +370,33 @@ struct VirtualServiceTests {
             """, file: "h.yaml")
         #expect(headers.contains("h.yaml:7:") && headers.contains("'bad name' is not a valid header name"), "\(headers)")
         #expect(headers.contains("h.yaml:8:") && headers.contains("line break"), "\(headers)")
+        // retries and fault as Istio's validateHTTPRetry / validateHTTPFaultInjection judge them.
+        let resilience = rejection(of: """
+            apiVersion: networking.istio.io/v1
+            kind: VirtualService
+            metadata: {name: r}
+            spec:
+              hosts: [reviews]
+              http:
+              - retries: {attempts: 0, perTryTimeout: 1s}
+                route: [{destination: {host: reviews}}]
+              - retries: {attempts: 2, retryOn: "5xx, reset"}
+                route: [{destination: {host: reviews}}]
+              - retries: {attempts: 2, retryOn: "5xx,999"}
+                route: [{destination: {host: reviews}}]
+              - fault: {abort: {httpStatus: 700, percentage: {value: 10}}}
+                route: [{destination: {host: reviews}}]
+              - fault: {delay: {exponentialDelay: 1s, percentage: {value: 150}}}
+                route: [{destination: {host: reviews}}]
+              - fault: {abort: {grpcStatus: NOPE}}
+                route: [{destination: {host: reviews}}]
+            """, file: "r.yaml")
+        #expect(resilience.contains("r.yaml:7:") && resilience.contains("need attempts above 0"), "\(resilience)")
+        #expect(resilience.contains("r.yaml:9:") && resilience.contains("' reset' is not a retry condition"), "\(resilience)")
+        #expect(resilience.contains("r.yaml:11:") && resilience.contains("'999' is not a retry condition"), "\(resilience)")
+        #expect(resilience.contains("r.yaml:13:") && resilience.contains("httpStatus 700"), "\(resilience)")
+        #expect(resilience.contains("r.yaml:15:") && resilience.contains("exponentialDelay") && resilience.contains("between 0 and 100"), "\(resilience)")
+        #expect(resilience.contains("r.yaml:17:") && resilience.contains("'NOPE' is not a gRPC status"), "\(resilience)")
         // A tcp route's destination carries no headers in Istio's API.
         let tcp = rejection(of: """
             apiVersion: networking.istio.io/v1
@@ -392,13 +419,49 @@ struct VirtualServiceTests {
               hosts: [reviews]
               http:
               - timeout: 2s
-                retries: {attempts: 3}
+                mirror: {host: reviews, subset: v3}
                 route: [{destination: {host: reviews, subset: v1}, weight: 0}, {destination: {host: reviews, subset: v2}, weight: 5}]
             """
         let loaded = try IstioPolicyLoader.load(yaml: partial, file: "p.yaml")
-        #expect(loaded.warnings.map(\.field).sorted() == ["spec.http[0].retries"])
+        #expect(loaded.warnings.map(\.field).sorted() == ["spec.http[0].mirror"])
         let table = try #require(VirtualServiceCompiler.compile(loaded.virtualServices, origins: [])[Self.reviews])
         #expect(table.rules[0].destinations.map(\.subset) == ["v2"], "weight 0 is dropped")
+    }
+
+    @Test("retries compile as istiod's ConvertPolicy: attempts are retries, bare codes retriable, unset retryOn keeps the default list; fault shares in parts per million")
+    func resiliencePolicies() throws {
+        let routes = try compiled("""
+            apiVersion: networking.istio.io/v1
+            kind: VirtualService
+            metadata: {name: r}
+            spec:
+              hosts: [reviews]
+              http:
+              - match: [{uri: {prefix: /a}}]
+                retries: {attempts: 3, perTryTimeout: 2s, retryOn: "gateway-error,connect-failure,409", retryRemoteLocalities: true}
+                fault: {delay: {fixedDelay: 5s, percentage: {value: 0.1}}, abort: {grpcStatus: UNAVAILABLE, percentage: {value: 12.5}}}
+                route: [{destination: {host: reviews}}]
+              - match: [{uri: {prefix: /b}}]
+                retries: {attempts: 1, retryIgnorePreviousHosts: false}
+                fault: {delay: {fixedDelay: 1s, percent: 20}}
+                route: [{destination: {host: reviews}}]
+              - route: [{destination: {host: reviews}}]
+            """)
+        let rules = try #require(routes.httpRoutes(for: Self.reviews)).rules
+        #expect(rules[0].retry.maxAttempts == 4)
+        #expect(rules[0].retry.retryOn == [.gatewayError, .connectFailure, .retriableStatusCodes])
+        #expect(rules[0].retry.retriableStatusCodes == [409])
+        #expect(rules[0].retry.perTryTimeout == .seconds(2))
+        #expect(rules[0].retry.targets == .previousPriorities)
+        #expect(rules[0].fault == FaultInjection(delay: .init(duration: .seconds(5), perMillion: 1000),
+                                                 abort: .init(httpStatus: 200, grpcStatus: 14, perMillion: 125_000)))
+        #expect(rules[1].retry.maxAttempts == 2 && rules[1].retry.retryOn == RetryPolicy.istioDefault.retryOn && !rules[1].retry.avoidPreviousHosts)
+        #expect(rules[1].fault?.delay?.perMillion == 200_000 && rules[1].fault?.abort == nil)
+        #expect(rules[2].retry == .istioDefault && rules[2].fault == nil)
+        // Delay and abort are rolled independently, Envoy's `random % 1e6 < numerator`.
+        let fault = try #require(rules[0].fault)
+        #expect(fault.decide(delayRandom: 999, abortRandom: 124_999) == .init(delay: .seconds(5), abort: fault.abort))
+        #expect(fault.decide(delayRandom: 1000, abortRandom: 125_000) == .init(delay: nil, abort: nil))
     }
 }
 

@@ -1,0 +1,160 @@
+import Foundation
+import Testing
+@testable import MeshProxyCore
+
+/// VirtualService `retries` and `fault` carried out by the entry gateway, against demo backends
+/// whose failure modes are driven by request headers (`x-demo-key`, `x-demo-fail`, …), so each
+/// case counts, on the backend itself, how many attempts reached it.
+@Suite("HTTP retries and faults at the entry gateway", .serialized)
+struct HTTPRetryTests {
+    typealias Mesh = HTTPRoutingTests.Mesh
+
+    /// One GET through east's gateway: status, body and the time it took.
+    static func get(_ mesh: Mesh, _ path: String, headers: [String] = []) async throws -> (code: String, body: String, took: Duration) {
+        let started = ContinuousClock.now
+        let result = try await mesh.mesh.curl(mesh.east, host: HTTPRoutingTests.reviews, path: path,
+                                              extra: headers.flatMap { ["-H", $0] } + ["-w", "\n%{http_code}"])
+        let lines = result.stdout.split(separator: "\n", omittingEmptySubsequences: false)
+        return (String(lines.last ?? ""), lines.dropLast().joined(separator: "\n"), ContinuousClock.now - started)
+    }
+
+    /// How many requests carrying `key` reached the backend at `address` (its own view).
+    static func attempts(_ key: String, at address: String) async throws -> Int {
+        let result = try await runCommand("/usr/bin/curl", ["-s", "http://\(address)/_demo/attempts/\(key)"])
+        return Int(result.stdout.trimmingCharacters(in: .whitespacesAndNewlines)) ?? -1
+    }
+
+    @Test("retries: a 503 is retried up to `attempts` under 5xx (the backend counts each attempt, x-envoy-attempt-count numbers them); Istio's default retries no 503; gateway-error leaves a 500 alone; URX when they run out")
+    func statusRetries() async throws {
+        let mesh = try await HTTPRoutingTests.start("http-retry-status", block: 105, virtualService: HTTPRoutingTests.reviewsRoutes + """
+              - match: [{uri: {prefix: /five}}]
+                retries: {attempts: 3, retryOn: 5xx}
+                route: [{destination: {host: reviews, subset: v1}}]
+              - match: [{uri: {prefix: /gateway}}]
+                retries: {attempts: 3, retryOn: "gateway-error,409"}
+                route: [{destination: {host: reviews, subset: v1}}]
+              - match: [{uri: {prefix: /off}}]
+                retries: {attempts: 0}
+                route: [{destination: {host: reviews, subset: v1}}]
+              - route: [{destination: {host: reviews, subset: v1}}]
+            """)
+        defer { mesh.mesh.processes.stopAll() }
+        let v1 = "127.0.105.10:9080"
+        // Two failures, then success: the client sees only the success, the third attempt.
+        let healed = try await Self.get(mesh, "/five/a", headers: ["x-demo-key: a", "x-demo-fail: 2"])
+        #expect(healed.code == "200", "\(healed)")
+        #expect(healed.body.contains("\"x-envoy-attempt-count\":\"3\""), "\(healed.body)")
+        #expect(try await Self.attempts("a", at: v1) == 3)
+        // Failing more often than 1 + 3 attempts: the last 503 is the answer.
+        let failing = try await Self.get(mesh, "/five/b", headers: ["x-demo-key: b", "x-demo-fail: 10"])
+        #expect(failing.code == "503")
+        #expect(try await Self.attempts("b", at: v1) == 4)
+        // Istio's default policy (no `retries`) does not retry a 503 (since 1.24), nor does `attempts: 0`.
+        #expect(try await Self.get(mesh, "/default", headers: ["x-demo-key: c", "x-demo-fail: 1"]).code == "503")
+        #expect(try await Self.attempts("c", at: v1) == 1)
+        #expect(try await Self.get(mesh, "/off", headers: ["x-demo-key: d", "x-demo-fail: 1"]).code == "503")
+        #expect(try await Self.attempts("d", at: v1) == 1)
+        // gateway-error covers 502/503/504 only; a bare code adds it to the retriable codes.
+        #expect(try await Self.get(mesh, "/gateway", headers: ["x-demo-key: e", "x-demo-fail: 1", "x-demo-fail-code: 500"]).code == "500")
+        #expect(try await Self.attempts("e", at: v1) == 1)
+        #expect(try await Self.get(mesh, "/gateway", headers: ["x-demo-key: f", "x-demo-fail: 2", "x-demo-fail-code: 409"]).code == "200")
+        #expect(try await Self.attempts("f", at: v1) == 3)
+
+        let gateway = try #require(mesh.mesh.processes.children.first { $0.name == "east-gw" })
+        let logged = await eventually(timeout: .seconds(5)) { gateway.log.contains("\"GET /five/b HTTP/2\" 503 URX") }
+        #expect(logged, "\(gateway.log.suffix(3000))")
+        let metrics = try await mesh.mesh.admin(mesh.east, "/stats/prometheus")
+        let cluster = "cluster_name=\"outbound|9080|v1|\(HTTPRoutingTests.reviews)\""
+        func counter(_ name: String) -> Int? {
+            metrics.split(separator: "\n").first { $0.hasPrefix("\(name){") && $0.contains(cluster) }
+                .flatMap { $0.split(separator: " ").last }.flatMap { Int($0) }
+        }
+        // Retries started: 2 (a) + 3 (b) + 2 (f); two retried requests succeeded; one ran out.
+        #expect(counter(RetryMetrics.retry) == 7, "\(metrics.split(separator: "\n").filter { $0.contains("retry") })")
+        #expect(counter(RetryMetrics.success) == 2)
+        #expect(counter(RetryMetrics.limitExceeded) == 1)
+    }
+
+    @Test("retries: a reset is retried under `reset` (not by Istio's default, 503 UC); a per-try timeout is retried under 5xx and is a 504 UT otherwise; the route timeout bounds every try")
+    func resetsAndTimeouts() async throws {
+        let mesh = try await HTTPRoutingTests.start("http-retry-reset", block: 107, virtualService: HTTPRoutingTests.reviewsRoutes + """
+              - match: [{uri: {prefix: /reset}}]
+                retries: {attempts: 2, retryOn: "reset"}
+                route: [{destination: {host: reviews, subset: v1}}]
+              - match: [{uri: {prefix: /pertry}}]
+                retries: {attempts: 2, perTryTimeout: 0.3s, retryOn: 5xx}
+                route: [{destination: {host: reviews, subset: v1}}]
+              - match: [{uri: {prefix: /connectonly}}]
+                retries: {attempts: 2, perTryTimeout: 0.3s, retryOn: connect-failure}
+                route: [{destination: {host: reviews, subset: v1}}]
+              - match: [{uri: {prefix: /bounded}}]
+                timeout: 0.5s
+                retries: {attempts: 5, perTryTimeout: 0.3s, retryOn: 5xx}
+                route: [{destination: {host: reviews, subset: v1}}]
+              - route: [{destination: {host: reviews, subset: v1}}]
+            """)
+        defer { mesh.mesh.processes.stopAll() }
+        let v1 = "127.0.107.10:9080"
+        let reset = try await Self.get(mesh, "/reset", headers: ["x-demo-key: r1", "x-demo-reset-first: 1"])
+        #expect(reset.code == "200", "\(reset) \(mesh.mesh.processes.children.first { $0.name == "east-gw" }?.log.suffix(3000) ?? "")")
+        #expect(try await Self.attempts("r1", at: v1) == 2)
+        let notRetried = try await Self.get(mesh, "/default", headers: ["x-demo-key: r2", "x-demo-reset-first: 1"])
+        #expect(notRetried.code == "503")
+        #expect(notRetried.body == "upstream connect error or disconnect/reset before headers. reset reason: connection termination")
+        #expect(try await Self.attempts("r2", at: v1) == 1)
+
+        // The first attempt hangs 3 s; the per-try timeout ends it at 0.3 s and the retry answers.
+        let recovered = try await Self.get(mesh, "/pertry", headers: ["x-demo-key: t1", "x-demo-hang-first: 1", "x-demo-hang-ms: 3000"])
+        #expect(recovered.code == "200")
+        #expect(recovered.took < .seconds(2), "took \(recovered.took)")
+        #expect(try await Self.attempts("t1", at: v1) == 2)
+        // connect-failure does not cover a per-try timeout: Envoy's 504.
+        let timedOut = try await Self.get(mesh, "/connectonly", headers: ["x-demo-key: t2", "x-demo-hang-first: 1", "x-demo-hang-ms: 3000"])
+        #expect(timedOut.code == "504")
+        #expect(timedOut.body == "upstream request timeout")
+        #expect(timedOut.took < .seconds(2), "took \(timedOut.took)")
+        #expect(try await Self.attempts("t2", at: v1) == 1)
+        // Every try hangs: the route's 0.5 s ends them all, after the second try began.
+        let bounded = try await Self.get(mesh, "/bounded", headers: ["x-demo-key: t3", "x-demo-hang-first: 9", "x-demo-hang-ms: 3000"])
+        #expect(bounded.code == "504")
+        #expect(bounded.took >= .milliseconds(450) && bounded.took < .seconds(2), "took \(bounded.took)")
+        #expect(try await Self.attempts("t3", at: v1) == 2)
+    }
+
+    @Test("fault: an abort answers with its status, 'fault filter abort' and FI without reaching the backend; a delay holds the request (DI); percentages hold within binomial bounds")
+    func faults() async throws {
+        let mesh = try await HTTPRoutingTests.start("http-fault", block: 109, virtualService: HTTPRoutingTests.reviewsRoutes + """
+              - match: [{uri: {prefix: /abort}}]
+                fault: {abort: {httpStatus: 418, percentage: {value: 100}}}
+                route: [{destination: {host: reviews, subset: v1}}]
+              - match: [{uri: {prefix: /delay}}]
+                fault: {delay: {fixedDelay: 400ms, percentage: {value: 100.0}}}
+                route: [{destination: {host: reviews, subset: v1}}]
+              - match: [{uri: {prefix: /half}}]
+                fault: {abort: {httpStatus: 503, percentage: {value: 50}}}
+                route: [{destination: {host: reviews, subset: v1}}]
+              - route: [{destination: {host: reviews, subset: v1}}]
+            """)
+        defer { mesh.mesh.processes.stopAll() }
+        let v1 = "127.0.109.10:9080"
+        let aborted = try await Self.get(mesh, "/abort", headers: ["x-demo-key: a"])
+        #expect(aborted.code == "418")
+        #expect(aborted.body == "fault filter abort")
+        #expect(try await Self.attempts("a", at: v1) == 0)
+        let delayed = try await Self.get(mesh, "/delay", headers: ["x-demo-key: d"])
+        #expect(delayed.code == "200")
+        #expect(delayed.took >= .milliseconds(380), "took \(delayed.took)")
+        #expect(try await Self.attempts("d", at: v1) == 1)
+        // 400 requests at 50 %: within 4 standard deviations (±40).
+        let url = "https://\(HTTPRoutingTests.reviews):15443/half"
+        let many = try await mesh.mesh.curl(mesh.east, host: HTTPRoutingTests.reviews, path: "/half",
+                                            extra: ["-w", "%{http_code}\n"] + Array(repeating: ["-o", "/dev/null", url], count: 399).flatMap { $0 } + ["-o", "/dev/null"])
+        let codes = many.stdout.split(separator: "\n")
+        #expect(codes.count == 400, "\(many.stderr)")
+        let aborts = codes.filter { $0 == "503" }.count
+        #expect((160...240).contains(aborts), "\(aborts) of 400 aborted")
+        let gateway = try #require(mesh.mesh.processes.children.first { $0.name == "east-gw" })
+        let logged = await eventually(timeout: .seconds(5)) { gateway.log.contains("\"GET /abort HTTP/2\" 418 FI") && gateway.log.contains("\"GET /delay HTTP/2\" 200 DI") }
+        #expect(logged, "\(gateway.log.suffix(3000))")
+    }
+}
