@@ -14,6 +14,7 @@ extension ThreeRegionsTopologyTests {
         var sent: Int
         var succeeded: Int
         var gatewayOpenedConnections: Int?
+        var gatewayRetries: Int?
         var errorRate: Double
         var faults: [Fault]
         var timeline: [Second]
@@ -46,6 +47,14 @@ extension ThreeRegionsTopologyTests {
         }
     }
 
+    /// A shipped scenario's file, length and its first two steps' seconds: from the scenario a
+    /// user would edit, not from copies of it here.
+    func shippedScenario(_ name: String) throws -> (path: String, seconds: Int, faultAt: Int, recoveryAt: Int) {
+        let path = "\(PackagePaths.root)/topologies/drills/\(name).yaml"
+        let scenario = try YAMLDecoder().decode(DrillScenario.self, from: String(contentsOfFile: path, encoding: .utf8))
+        return (path, Int(scenario.duration.duration.seconds), Int(scenario.steps[0].at.duration.seconds), Int(scenario.steps[1].at.duration.seconds))
+    }
+
     /// Served answers per locality (or cluster) in seconds [from, to).
     func served(_ report: DrillReportFile, _ range: Range<Int>, cluster: Bool = false) -> [String: Int] {
         var total: [String: Int] = [:]
@@ -60,11 +69,7 @@ extension ThreeRegionsTopologyTests {
     func shippedDrill(name: String) async throws {
         let dir = try TemporaryDirectory("drill-\(name)")
         defer { dir.cleanUp() }
-        let path = "\(PackagePaths.root)/topologies/drills/\(name).yaml"
-        // The seconds come from the scenario a user would edit, not from copies of it here.
-        let scenario = try YAMLDecoder().decode(DrillScenario.self, from: String(contentsOfFile: path, encoding: .utf8))
-        let seconds = Int(scenario.duration.duration.seconds)
-        let faultAt = Int(scenario.steps[0].at.duration.seconds), recoveryAt = Int(scenario.steps[1].at.duration.seconds)
+        let (path, seconds, faultAt, recoveryAt) = try shippedScenario(name)
         let (result, report) = try await runDrill(path, reportDir: dir.path)
         #expect(result.status == 0, "\(result.stdout)\(result.stderr)")
         let drill = try #require(report, "no report.json: \(result.stderr)")
@@ -124,9 +129,36 @@ extension ThreeRegionsTopologyTests {
         await expectCleanedUp(dir.path)
     }
 
-    @Test("Shipped drills with iptables: a partition is seen and heals, 10 % loss costs requests within the scenario's bound; no rule is left behind",
+    @Test("Shipped HTTP drills with retries: killing a whole region (backends and gateways, requests in flight included), the client cluster's own backends, or one gateway loses no request; the entry gateway retried, traffic moved and came back",
+          arguments: ["region-kill-with-retries", "local-backends-kill-with-retries", "gateway-crash-http"])
+    func shippedHTTPDrill(name: String) async throws {
+        let dir = try TemporaryDirectory("drill-\(name)")
+        defer { dir.cleanUp() }
+        let (path, seconds, faultAt, recoveryAt) = try shippedScenario(name)
+        let (result, report) = try await runDrill(path, reportDir: dir.path)
+        let drill = try #require(report, "no report.json: \(result.stderr)")
+        #expect(result.status == 0 && drill.passed, "\(result.stdout)\(result.stderr)")
+        #expect(drill.sent == Self.testRate * seconds && drill.succeeded == drill.sent, "\(drill.failureTrace)")
+        // The clients saw nothing because the gateway retried (its own counter).
+        #expect((drill.gatewayRetries ?? 0) > 0, "retries: \(String(describing: drill.gatewayRetries))")
+        #expect(drill.gatewayOpenedConnections == drill.succeeded, "gateway counted \(String(describing: drill.gatewayOpenedConnections))")
+        let home = name == "local-backends-kill-with-retries" ? "us-east1/us-east1-a" : "us-east1"
+        let moved = (faultAt + 1)..<recoveryAt
+        switch name {
+        case "gateway-crash-http":
+            // The other us-east gateway (or us-west1) carried it; us-east1 still served.
+            #expect(served(drill, moved, cluster: true)["us-east", default: 0] > 0, "\(served(drill, moved))")
+        default:
+            #expect(Set(served(drill, moved).keys.map { String($0.prefix(8)) }) == ["us-west1"], "\(served(drill, moved))")
+        }
+        let tail = drill.timeline.count - 3..<drill.timeline.count
+        #expect(served(drill, tail).keys.allSatisfy { $0.hasPrefix(home) }, "no failback: \(served(drill, tail))")
+        await expectCleanedUp(dir.path)
+    }
+
+    @Test("Shipped drills with iptables: a partition is seen and heals, 10 % loss costs requests within the scenario's bound (none with HTTP on the gateways' pooled connection and retries); no rule is left behind",
           .enabled(if: isRoot && FileManager.default.isExecutableFile(atPath: "/usr/sbin/iptables"), "needs root and iptables"),
-          arguments: ["partition-heal", "packet-loss"])
+          arguments: ["partition-heal", "packet-loss", "packet-loss-http"])
     func shippedNetworkDrill(name: String) async throws {
         let dir = try TemporaryDirectory("drill-\(name)")
         defer { dir.cleanUp() }
@@ -139,8 +171,10 @@ extension ThreeRegionsTopologyTests {
             // During the cut nothing from us-east reaches ledger; after the heal it does again.
             #expect(served(drill, 7..<10, cluster: true).isEmpty)
             #expect(served(drill, 15..<20, cluster: true)["eu-west", default: 0] > 0)
-        } else {
+        } else if name == "packet-loss" {
             #expect(drill.errorRate < 0.2 && drill.errorRate > 0, "loss costs requests, within the scenario's bound")
+        } else {
+            #expect(drill.errorRate == 0, "\(drill.failureTrace)")
         }
         await expectCleanedUp(dir.path)
     }

@@ -90,7 +90,7 @@ struct LoadCommand: AsyncParsableCommand {
 }
 
 extension LoadProfile.WireProtocol: EnumerableFlag {
-    static func name(for value: Self) -> NameSpecification {
+    package static func name(for value: Self) -> NameSpecification {
         switch value {
         case .http1: .customLong("http1")
         case .http2: .customLong("http2")

@@ -198,12 +198,14 @@ struct DrillRun {
     var interrupted: @Sendable () -> Bool
 
     func run() async throws -> (DrillReport, [DrillFault]) {
-        // Every request a new mTLS connection, as a fleet of short-lived clients makes them: a
-        // drill measures what one client sees when it connects during a fault.
+        // By default every request a new mTLS connection, as a fleet of short-lived clients makes
+        // them: a drill measures what one client sees when it connects during a fault. With
+        // `keepAlive`, long-lived clients: requests in flight on a connection when a region dies.
         var profile = LoadProfile(target: deployment.listen, serverName: drill.load.host, tls: deployment.client)
         profile.rate = drill.load.rate
         profile.connections = drill.load.concurrency ?? 16
-        profile.newConnectionPerRequest = true
+        profile.wireProtocol = drill.load.protocol ?? .http1
+        profile.newConnectionPerRequest = !(drill.load.keepAlive ?? false)
         profile.timeout = drill.load.timeout?.duration ?? .seconds(2)
         profile.duration = drill.duration.duration
         profile.readsAnswers = true
@@ -224,6 +226,7 @@ struct DrillRun {
             .flatMap { ($0.services ?? []).flatMap { $0.endpoints.compactMap { $0.locality?.description } } }
 
         let openedBefore = await Self.openedConnections(admin: admin, host: host)
+        let retriesBefore = await Self.retries(admin: admin, host: host)
         try await withThrowingTaskGroup(of: Void.self) { group in
             group.addTask { await engine.run(start: start) }
             group.addTask {
@@ -285,17 +288,34 @@ struct DrillRun {
         if let before = openedBefore, let after = await Self.openedConnections(admin: admin, host: host) {
             report.gatewayOpenedConnections = after - before
         }
+        if let before = retriesBefore, let after = await Self.retries(admin: admin, host: host) {
+            report.gatewayRetries = after - before
+        }
+        report.load = drill.load
         return (report, happened)
     }
 
-    /// The gateway's own count of proxied connections for `host` (every source and cluster).
+    /// The gateway's own count of what it proxied for `host` (every source and cluster):
+    /// connections on a TCP service, requests it received on an HTTP one.
     static func openedConnections(admin: HostPort, host: String) async -> Int? {
+        guard let metrics = await metrics(admin: admin) else { return nil }
+        return Int(sum(metrics, "istio_tcp_connections_opened_total", where: "destination_service=\"\(host)\"")
+            + sum(metrics, "istio_requests_total", where: "destination_service=\"\(host)\""))
+    }
+
+    /// Retries the gateway started for `host` (Envoy's `upstream_rq_retry`, every subset).
+    static func retries(admin: HostPort, host: String) async -> Int? {
+        guard let metrics = await metrics(admin: admin) else { return nil }
+        return Int(sum(metrics, "envoy_cluster_upstream_rq_retry", where: "|\(host)\""))
+    }
+
+    private static func metrics(admin: HostPort) async -> String? {
         guard let reply = try? await AdminClient.send(.GET, admin, path: "/stats/prometheus"), reply.status == 200 else { return nil }
-        var total = 0.0
-        for line in reply.body.split(separator: "\n") where line.hasPrefix("istio_tcp_connections_opened_total{")
-            && line.contains("destination_service=\"\(host)\"") {
-            total += Double(line.split(separator: " ").last ?? "0") ?? 0
-        }
-        return Int(total)
+        return reply.body
+    }
+
+    private static func sum(_ metrics: String, _ name: String, where label: String) -> Double {
+        metrics.split(separator: "\n").filter { $0.hasPrefix("\(name){") && $0.contains(label) }
+            .reduce(0) { $0 + (Double($1.split(separator: " ").last ?? "0") ?? 0) }
     }
 }

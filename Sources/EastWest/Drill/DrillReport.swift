@@ -96,6 +96,11 @@ package struct DrillReport: Codable, Sendable, Equatable {
     /// Connections the client-side gateway itself counted as proxied for the host during the
     /// drill (`istio_tcp_connections_opened_total`): a check on the load generator's numbers.
     package var gatewayOpenedConnections: Int?
+    /// Retries the client-side gateway made for the host (`envoy_cluster_upstream_rq_retry`):
+    /// failures the clients never saw.
+    package var gatewayRetries: Int?
+    /// How the load was sent.
+    package var load: DrillScenario.Load?
     package var timeline: [DrillSecond]
 }
 
@@ -140,7 +145,7 @@ package enum DrillAnalysis {
         return DrillReport(name: scenario.name, durationSeconds: scenario.duration.duration.seconds, from: scenario.load.from,
                            host: scenario.load.host, rate: scenario.load.rate, sent: sent, succeeded: succeeded, failed: failed,
                            errorRate: errorRate, faults: results, phases: phases, checks: checks, passed: checks.allSatisfy(\.passed),
-                           gatewayOpenedConnections: nil, timeline: timeline)
+                           gatewayOpenedConnections: nil, gatewayRetries: nil, load: nil, timeline: timeline)
     }
 
     static func sameTarget(_ a: DrillFault, _ b: DrillFault) -> Bool {

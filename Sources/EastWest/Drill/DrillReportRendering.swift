@@ -4,14 +4,24 @@ import Foundation
 extension DrillReport {
     private static func seconds(_ value: Double?) -> String { value.map { String(format: "%.1f s", $0) } ?? "never" }
 
+    /// How the load was sent, in words.
+    private var loadDescription: String {
+        let wire = (load?.protocol ?? .http1).rawValue
+        return load?.keepAlive == true ? "\(wire) on \(load?.concurrency ?? 16) kept mTLS connections" : "\(wire), each request a new mTLS connection"
+    }
+
     /// The post-drill review in Markdown.
     package var markdown: String {
         var lines = ["# Drill \(name): \(passed ? "PASSED" : "FAILED")", "",
-                     "Load: \(rate) requests/s from `\(from)` to `\(host)` for \(Int(durationSeconds)) s, each a new mTLS connection.", "",
+                     "Load: \(rate) requests/s from `\(from)` to `\(host)` for \(Int(durationSeconds)) s, \(loadDescription).", "",
                      "| sent | succeeded | failed | error rate |", "|---|---|---|---|",
                      "| \(sent) | \(succeeded) | \(failed.values.reduce(0, +))\(failed.isEmpty ? "" : " (" + failed.sorted { $0.key < $1.key }.map { "\($0.key) \($0.value)" }.joined(separator: ", ") + ")") | \(String(format: "%.4f", errorRate)) |", ""]
         if let opened = gatewayOpenedConnections {
-            lines += ["The client-side gateway counted \(opened) proxied connections for `\(host)` (the load generator: \(succeeded) succeeded).", ""]
+            let unit = load?.protocol == .tcp || load?.protocol == nil && load?.keepAlive != true ? "proxied connections or requests" : "requests"
+            lines += ["The client-side gateway counted \(opened) \(unit) for `\(host)` (the load generator: \(succeeded) succeeded).", ""]
+        }
+        if let retries = gatewayRetries, retries > 0 {
+            lines += ["The client-side gateway retried \(retries) attempts (`envoy_cluster_upstream_rq_retry`); the clients saw \(failed.values.reduce(0, +)) failures.", ""]
         }
         lines += ["## Faults", "", "| step | at | fault | detected | failed over | failed back | requests / failures until recovered |", "|---|---|---|---|---|---|---|"]
         for f in faults {

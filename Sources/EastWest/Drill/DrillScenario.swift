@@ -7,7 +7,7 @@ import MeshProxyCore
 /// topology: ../three-regions.yaml        # relative to this file
 /// policies: [../policies/echo-failover.yaml]
 /// duration: 60s
-/// load: {from: us-east, host: echo.default.svc.cluster.local, concurrency: 16, rate: 400}
+/// load: {from: us-east, host: echo.default.svc.cluster.local, concurrency: 16, rate: 400}  # protocol: http1|http2|tcp, keepAlive
 /// steps:
 /// - {at: 10s, action: kill, target: {region: us-west1, what: backends}}
 /// - {at: 30s, action: restart, target: {region: us-west1, what: backends}}
@@ -32,6 +32,12 @@ package struct DrillScenario: Codable, Sendable, Equatable {
         package var rate: Int
         /// A request that has no answer after this is a timeout. Default 2s.
         package var timeout: ConfigDuration?
+        /// `http1` (default: an HTTP/1.1 GET, whatever the service speaks), `http2`, or `tcp`
+        /// (an HTTP/1.0 GET, then read until the server closes).
+        package var `protocol`: LoadProfile.WireProtocol?
+        /// Requests on kept connections (`concurrency` of them) rather than a new mTLS
+        /// connection each. Default false.
+        package var keepAlive: Bool?
     }
 
     package enum Action: String, Codable, Sendable, CaseIterable {

@@ -5,8 +5,8 @@ import NIOSSL
 
 /// What a load run sends and how: `eastwest load` builds one from its flags, a drill from its
 /// scenario's `load:` block.
-struct LoadProfile: Sendable {
-    enum WireProtocol: String, Sendable, Codable, CaseIterable {
+package struct LoadProfile: Sendable {
+    package enum WireProtocol: String, Sendable, Codable, CaseIterable {
         /// HTTP/1.1 requests, one at a time per connection (no pipelining).
         case http1
         /// HTTP/2 streams, `streamsPerConnection` at a time per connection (prior knowledge;
