@@ -60,6 +60,13 @@ struct HTTPRetryTests {
         #expect(try await Self.get(mesh, "/gateway", headers: ["x-demo-key: f", "x-demo-fail: 2", "x-demo-fail-code: 409"]).code == "200")
         #expect(try await Self.attempts("f", at: v1) == 3)
 
+        // `eastwest route` says which policy applies.
+        func route(_ path: String) async throws -> String {
+            try await runCommand(PackagePaths.eastwest, ["route", "--admin", mesh.east.effectiveAdmin.description, "--host", HTTPRoutingTests.reviews, "--path", path]).stdout
+        }
+        #expect(try await route("/five/x").contains("retries:      3 on 5xx\n"))
+        #expect(try await route("/default").contains("retries:      2 on cancelled,connect-failure,refused-stream,retriable-status-codes,unavailable (Istio's default)"))
+        #expect(try await route("/off").contains("retries:      none"))
         let gateway = try #require(mesh.mesh.processes.children.first { $0.name == "east-gw" })
         let logged = await eventually(timeout: .seconds(5)) { gateway.log.contains("\"GET /five/b HTTP/2\" 503 URX") }
         #expect(logged, "\(gateway.log.suffix(3000))")
@@ -137,6 +144,8 @@ struct HTTPRetryTests {
             """)
         defer { mesh.mesh.processes.stopAll() }
         let v1 = "127.0.109.10:9080"
+        let why = try await runCommand(PackagePaths.eastwest, ["route", "--admin", mesh.east.effectiveAdmin.description, "--host", HTTPRoutingTests.reviews, "--path", "/half"])
+        #expect(why.stdout.contains("fault:        abort 503 for 50.0 % (FI)"), "\(why.stdout)")
         let aborted = try await Self.get(mesh, "/abort", headers: ["x-demo-key: a"])
         #expect(aborted.code == "418")
         #expect(aborted.body == "fault filter abort")

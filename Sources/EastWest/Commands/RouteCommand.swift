@@ -74,6 +74,10 @@ struct RouteCommand: AsyncParsableCommand {
         var method: String, host: String, path: String
         var virtualService: String?, routeName: String?
         var timeoutMilliseconds: Int?
+        struct Retries: Decodable { var retries: Int; var retryOn: [String]; var perTryTimeoutMilliseconds: Int?; var remoteLocalities: Bool; var istioDefault: Bool }
+        struct Fault: Decodable { var delayMilliseconds: Int?; var delayPercent: Double?; var abortStatus: Int?; var abortGrpcStatus: Int?; var abortPercent: Double? }
+        var retries: Retries?
+        var fault: Fault?
         var destinations: [Destination]
         var chosen: Destination?
         var cluster: String?
@@ -88,6 +92,20 @@ struct RouteCommand: AsyncParsableCommand {
             }
             if let cluster { lines.append("  cluster:      \(cluster)\(destinations.count > 1 ? " (drawn for this request)" : "")") }
             if let timeoutMilliseconds { lines.append("  timeout:      \(timeoutMilliseconds) ms (then 504 UT)") }
+            if let retries {
+                let perTry = retries.perTryTimeoutMilliseconds.map { ", \($0) ms per try" } ?? ""
+                let remote = retries.remoteLocalities ? ", may leave the locality from the third try" : ""
+                lines.append(retries.retries == 0 ? "  retries:      none"
+                    : "  retries:      \(retries.retries) on \(retries.retryOn.joined(separator: ","))\(perTry)\(remote)\(retries.istioDefault ? " (Istio's default)" : "")")
+            }
+            if let fault {
+                var parts: [String] = []
+                if let ms = fault.delayMilliseconds { parts.append("delay \(ms) ms for \(fault.delayPercent ?? 0) % (DI)") }
+                if let status = fault.abortStatus {
+                    parts.append("abort \(fault.abortGrpcStatus.map { "grpc-status \($0)" } ?? String(status)) for \(fault.abortPercent ?? 0) % (FI)")
+                }
+                lines.append("  fault:        " + parts.joined(separator: "; "))
+            }
             for (index, target) in targets.enumerated() {
                 let via = target.via.map { " via gateway \($0)" } ?? ""
                 lines.append("  \(index == 0 ? "target:      " : "then:        ") \(target.address) in \(target.cluster) \(target.locality.isEmpty ? "" : "(\(target.locality)) ")priority \(target.priority)\(via)")

@@ -39,6 +39,44 @@ package struct RouteExplanation: Encodable, Sendable {
     package var routeName: String?
     /// The rule's `timeout` in milliseconds; nil: none.
     package var timeoutMilliseconds: Int?
+    package var retries: Retries?
+    package var fault: Fault?
+
+    /// The retry policy that applies: the rule's `retries`, or Istio's default.
+    package struct Retries: Encodable, Sendable {
+        /// Retries after the first try.
+        package var retries: Int
+        package var retryOn: [String]
+        package var perTryTimeoutMilliseconds: Int?
+        package var remoteLocalities: Bool
+        /// No `retries` on the rule: Istio's default policy.
+        package var istioDefault: Bool
+
+        init(_ policy: RetryPolicy) {
+            retries = policy.maxAttempts - 1
+            retryOn = policy.retryOn.map(\.rawValue).sorted() + policy.retriableStatusCodes.sorted().map(String.init)
+            perTryTimeoutMilliseconds = policy.perTryTimeout.map { Int($0.milliseconds) }
+            remoteLocalities = policy.targets == .previousPriorities
+            istioDefault = policy == .istioDefault
+        }
+    }
+
+    /// The rule's `fault`, shares in percent.
+    package struct Fault: Encodable, Sendable {
+        package var delayMilliseconds: Int?
+        package var delayPercent: Double?
+        package var abortStatus: Int?
+        package var abortGrpcStatus: Int?
+        package var abortPercent: Double?
+
+        init(_ fault: FaultInjection) {
+            delayMilliseconds = fault.delay.map { Int($0.duration.milliseconds) }
+            delayPercent = fault.delay.map { Double($0.perMillion) / 10_000 }
+            abortStatus = fault.abort?.httpStatus
+            abortGrpcStatus = fault.abort?.grpcStatus
+            abortPercent = fault.abort.map { Double($0.perMillion) / 10_000 }
+        }
+    }
     package var destinations: [Destination] = []
     /// The destination this request drew (weights decide it per request).
     package var chosen: Destination?
@@ -85,6 +123,8 @@ package struct RouteExplanation: Encodable, Sendable {
             explanation.virtualService = forward.origin
             explanation.routeName = forward.routeName.isEmpty ? nil : forward.routeName
             explanation.timeoutMilliseconds = forward.timeout.map { Int($0.milliseconds) }
+            explanation.retries = Retries(forward.retry)
+            explanation.fault = forward.fault.map(Fault.init)
             let total = Double(forward.destinations.reduce(0) { $0 + $1.weight })
             explanation.destinations = forward.destinations.map {
                 Destination(host: $0.host, port: $0.port, subset: $0.subset, weight: $0.weight, share: total > 0 ? Double($0.weight) / total * 100 : 100)
