@@ -166,4 +166,31 @@ struct HTTPRetryTests {
         let logged = await eventually(timeout: .seconds(5)) { gateway.log.contains("\"GET /abort HTTP/2\" 418 FI") && gateway.log.contains("\"GET /delay HTTP/2\" 200 DI") }
         #expect(logged, "\(gateway.log.suffix(3000))")
     }
+
+    @Test("outlierDetection at L7: consecutive 5xx answers eject the endpoint (then 503 UH, no healthy upstream), and it returns after baseEjectionTime; faults never count")
+    func fiveXXEjection() async throws {
+        let mesh = try await HTTPRoutingTests.start("http-outlier", block: 111, virtualService: HTTPRoutingTests.reviewsRoutes + """
+              - match: [{uri: {prefix: /aborted}}]
+                fault: {abort: {httpStatus: 503, percentage: {value: 100}}}
+                route: [{destination: {host: reviews, subset: v1}}]
+              - route: [{destination: {host: reviews, subset: v1}}]
+            """, trafficPolicy: """
+                outlierDetection: {consecutive5xxErrors: 3, interval: 1s, baseEjectionTime: 3s, maxEjectionPercent: 100}
+            """)
+        defer { mesh.mesh.processes.stopAll() }
+        // Aborts are the gateway's own answers: any number of them ejects nothing.
+        for _ in 0..<5 { #expect(try await Self.get(mesh, "/aborted").code == "503") }
+        #expect(try await Self.get(mesh, "/reviews/1").code == "200")
+        // Three 500s from the backend itself: the third ejects v1's only endpoint.
+        for _ in 0..<3 { #expect(try await Self.get(mesh, "/status/500").code == "500") }
+        let ejected = try await Self.get(mesh, "/reviews/1")
+        #expect(ejected.code == "503" && ejected.body == "no healthy upstream", "\(ejected)")
+        let started = ContinuousClock.now
+        let back = await eventually(timeout: .seconds(10)) { (try? await Self.get(mesh, "/reviews/1").code) == "200" }
+        #expect(back, "v1 did not return")
+        #expect(ContinuousClock.now - started >= .seconds(1.5), "returned after \(ContinuousClock.now - started)")
+        let metrics = try await mesh.mesh.admin(mesh.east, "/stats/prometheus")
+        #expect(metrics.contains("envoy_cluster_outlier_detection_ejections_enforced_consecutive_5xx{cluster_name=\"outbound|9080||\(HTTPRoutingTests.reviews)\"} 1"),
+                "\(metrics.split(separator: "\n").filter { $0.contains("outlier") })")
+    }
 }

@@ -25,7 +25,9 @@ struct HTTPRoutingTests {
     }
 
     /// Bookinfo's reviews subsets plus a subset with no endpoint (v4), and the routes under test.
-    static func policies(_ virtualService: String) -> String {
+    /// The reviews DestinationRule (subsets v1-v4, with `trafficPolicy` when given: YAML
+    /// indented for its place under `spec`) and the VirtualService.
+    static func policies(_ virtualService: String, trafficPolicy: String? = nil) -> String {
         """
         apiVersion: networking.istio.io/v1
         kind: DestinationRule
@@ -33,6 +35,7 @@ struct HTTPRoutingTests {
           name: reviews
         spec:
           host: reviews
+        \(trafficPolicy.map { "  trafficPolicy:\n" + $0 } ?? "")
           subsets:
           - name: v1
             labels:
@@ -61,7 +64,8 @@ struct HTTPRoutingTests {
 
     /// `block` and `block + 1` are the clusters' 127.0.x.0/24 (a test's own, so the previous
     /// test's draining gateways never hold its addresses).
-    static func start(_ label: String, block: Int, virtualService: String, accessLogFormat: String? = nil) async throws -> Mesh {
+    static func start(_ label: String, block: Int, virtualService: String, trafficPolicy: String? = nil,
+                      accessLogFormat: String? = nil) async throws -> Mesh {
         let e = "127.0.\(block)", w = "127.0.\(block + 1)"
         try #require(FileManager.default.fileExists(atPath: "/usr/bin/curl"), "curl is needed")
         let mesh = try TestMesh(label, clusters: ["east", "west"], serviceHosts: [reviews])
@@ -80,7 +84,7 @@ struct HTTPRoutingTests {
         }
         let westService = service([("\(w).10:9080", "v2"), ("\(w).11:9080", "v3")])
         let policyPath = "\(mesh.directory)/reviews-policies.yaml"
-        try policies(virtualService).write(toFile: policyPath, atomically: true, encoding: .utf8)
+        try policies(virtualService, trafficPolicy: trafficPolicy).write(toFile: policyPath, atomically: true, encoding: .utf8)
         var east = mesh.gatewayConfig(name: "east-gw", cluster: "east", ip: "\(e).1", services: [service([("\(e).10:9080", "v1")])],
                                       remotes: [.init(name: "west", gateways: [.init(name: "west-gw", address: HostPort(host: "\(w).1", port: 15443))],
                                                       services: [westService])])

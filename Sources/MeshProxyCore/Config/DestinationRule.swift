@@ -115,11 +115,15 @@ package struct OutlierDetection: Codable, Sendable, Equatable {
     package var baseEjectionTime: ConfigDuration?
     package var maxEjectionPercent: Int?
     package var minHealthPercent: Int?
+    package var splitExternalLocalOriginErrors: Bool?
+    package var consecutiveLocalOriginFailures: Int?
     package init(consecutive5xxErrors: Int? = nil, consecutiveGatewayErrors: Int? = nil, interval: ConfigDuration? = nil,
-                 baseEjectionTime: ConfigDuration? = nil, maxEjectionPercent: Int? = nil, minHealthPercent: Int? = nil) {
+                 baseEjectionTime: ConfigDuration? = nil, maxEjectionPercent: Int? = nil, minHealthPercent: Int? = nil,
+                 splitExternalLocalOriginErrors: Bool? = nil, consecutiveLocalOriginFailures: Int? = nil) {
         self.consecutive5xxErrors = consecutive5xxErrors; self.consecutiveGatewayErrors = consecutiveGatewayErrors
         self.interval = interval; self.baseEjectionTime = baseEjectionTime
         self.maxEjectionPercent = maxEjectionPercent; self.minHealthPercent = minHealthPercent
+        self.splitExternalLocalOriginErrors = splitExternalLocalOriginErrors; self.consecutiveLocalOriginFailures = consecutiveLocalOriginFailures
     }
 }
 

@@ -45,7 +45,7 @@ package enum IstioPolicyLoader {
     /// out yet: they load with a warning.
     static let notImplemented: Set<String> = [
         "workloadSelector", "tls", "tunnel", "proxyProtocol", "consistentHash", "warmupDurationSecs", "warmup", "http",
-        "maxConnectionDuration", "idleTimeout", "splitExternalLocalOriginErrors", "consecutiveLocalOriginFailures",
+        "maxConnectionDuration", "idleTimeout",
         "consecutiveErrors", "trafficDistribution",
     ]
 

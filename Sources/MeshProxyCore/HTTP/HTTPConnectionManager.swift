@@ -412,9 +412,7 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
         case .idle, .discarding, .tunnel, .waiting: return
         }
         state = .waiting(ended: ended)
-        if case .local(let endpoint) = target?.target, let service = forward?.route.service {
-            dataPlane.outliers.failed(service, endpoint.address)
-        }
+        reportOutlier(.localOriginTimeout)
         let reason = "no response from \(target?.target.description ?? "the upstream") within the per-try timeout \(perTry)"
         attemptEnded(.perTryTimeout, reason: reason, reply: .upstreamTimeout(reason), context: context)
     }
@@ -561,10 +559,8 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
     private func requestTimedOut(after timeout: Duration, context: ChannelHandlerContext) {
         guard awaitsResponse else { return }
         cancelAttemptTimer()
-        if case .local(let endpoint) = record.upstream, let service = forward?.route.service {
-            // A local-origin timeout counts as a gateway error for outlier detection (Envoy).
-            dataPlane.outliers.failed(service, endpoint.address)
-        }
+        // A local-origin timeout: a 504 for outlier detection unless split (Envoy).
+        if !responseStarted { reportOutlier(.localOriginTimeout) }
         if responseStarted {
             record.flags.insert(.upstreamRequestTimeout)
             if case .forwarding(let exchange, _) = state { exchange.channel.close(promise: nil) }
@@ -618,7 +614,10 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
             exchange.channel.close(promise: nil)
             return
         }
-        if !exchange.isReused { dataPlane.connected(to: planned.target) }
+        if !exchange.isReused {
+            dataPlane.connected(to: planned.target)
+            reportOutlier(.connected)
+        }
         let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
         exchange.relay.owner = { event in
             let (handler, context) = bound.value
@@ -655,6 +654,7 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
         guard case .forwarding = state, let forward else { return }
         switch part {
         case .head(var head):
+            if case .local = target?.target { reportOutlier(.response(Self.outlierStatus(head))) }
             if retryResponse(head, context: context) { return }
             responseStarted = true
             kept = nil
@@ -696,10 +696,26 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
             }
             cancelRequestTimer()
             context.writeAndFlush(wrapOutboundOut(.end(trailers)), promise: nil)
-            if case .local(let endpoint) = record.upstream { dataPlane.outliers.succeeded(forward.route.service, endpoint.address) }
             finishRequest(context: context)
         }
     }
+
+    /// What the attempt's local endpoint did, for outlier detection (a peer gateway is judged
+    /// by reachability, not per request).
+    private func reportOutlier(_ result: OutlierResult) {
+        guard case .local(let endpoint) = target?.target, let service = forward?.route.service else { return }
+        dataPlane.outliers.record(result, service, endpoint.address)
+    }
+
+    /// The status outlier detection judges: a gRPC status in the response headers (a
+    /// trailers-only answer) as Envoy maps it to HTTP (`Grpc::Utility::grpcToHttpStatus`).
+    private static func outlierStatus(_ head: HTTPResponseHead) -> Int {
+        guard let grpc = head.headers.first(name: "grpc-status").flatMap(Int.init) else { return Int(head.status.code) }
+        return grpcToHTTP[grpc] ?? 500
+    }
+
+    private static let grpcToHTTP = [0: 200, 1: 499, 2: 500, 3: 400, 4: 504, 5: 404, 6: 409, 7: 403, 8: 429, 9: 400, 10: 409, 11: 400,
+                                     12: 501, 13: 500, 14: 503, 15: 500, 16: 401]
 
     /// A response head the retry policy retries (a 503 under `5xx`, a gRPC `unavailable`):
     /// not passed on; its exchange is dropped and the next attempt follows the back-off.
@@ -735,9 +751,7 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
             finishRequest(context: context)
             context.close(promise: nil)
         } else {
-            if case .local(let endpoint) = record.upstream, let service = forward?.route.service {
-                dataPlane.outliers.failed(service, endpoint.address)
-            }
+            reportOutlier(.localOriginFailure)
             state = .waiting(ended: ended)
             let refused = exchange.relay.refusedStream
             let reason = "\(record.upstream?.description ?? "upstream") \(refused ? "refused the stream" : "closed before its response")"
@@ -776,9 +790,6 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
         // sent with its 101) with no read-complete after them: flushed by the next task.
         let client = context.channel
         context.eventLoop.execute { client.flush() }
-        if case .local(let endpoint) = record.upstream, let service = forward?.route.service {
-            dataPlane.outliers.succeeded(service, endpoint.address)
-        }
         downstreamGlue.closeWhenIdle(for: dataPlane.config.idleTimeout)
         let bound = NIOLoopBound((self, downstreamGlue, upstreamGlue), eventLoop: context.eventLoop)
         context.channel.closeFuture.whenComplete { _ in

@@ -20,7 +20,7 @@ package final class OutlierTracker: Sendable {
         self.logger = logger
         let (settings, counts) = Self.configuration(clusters.current.inputs)
         detector = Mutex(OutlierDetector(settings: settings, hostCounts: counts))
-        enabled = Mutex(Set(settings.filter { $0.value.threshold != nil }.keys))
+        enabled = Mutex(Set(settings.filter { $0.value.isEnabled }.keys))
     }
 
     /// Per local service: its DestinationRule's outlierDetection and its endpoint count.
@@ -39,7 +39,7 @@ package final class OutlierTracker: Sendable {
     package func reconfigure() {
         let (settings, counts) = Self.configuration(clusters.current.inputs)
         detector.withLock { $0.reconfigure(settings: settings, hostCounts: counts) }
-        enabled.withLock { $0 = Set(settings.filter { $0.value.threshold != nil }.keys) }
+        enabled.withLock { $0 = Set(settings.filter { $0.value.isEnabled }.keys) }
     }
 
     package func failed(_ service: ServiceKey, _ host: HostPort) {
@@ -51,6 +51,12 @@ package final class OutlierTracker: Sendable {
     package func succeeded(_ service: ServiceKey, _ host: HostPort) {
         guard enabled.withLock({ $0.contains(service) }) else { return }
         detector.withLock { $0.succeeded(service, host) }
+    }
+
+    /// What a local endpoint did for an HTTP request: its status, or a local-origin event.
+    package func record(_ result: OutlierResult, _ service: ServiceKey, _ host: HostPort) {
+        guard enabled.withLock({ $0.contains(service) }) else { return }
+        apply(detector.withLock { $0.record(result, service, host, now: .now) })
     }
 
     package func sweep() {
@@ -80,10 +86,10 @@ package final class OutlierTracker: Sendable {
         guard !events.isEmpty else { return }
         for event in events {
             switch event {
-            case .ejected(let service, let host, let duration):
-                logger.warning("outlier ejected", metadata: ["service": "\(service)", "endpoint": "\(host)", "for": "\(duration)"])
+            case .ejected(let service, let host, let duration, let reason):
+                logger.warning("outlier ejected", metadata: ["service": "\(service)", "endpoint": "\(host)", "for": "\(duration)", "reason": "\(reason.rawValue)"])
                 Counter(label: "envoy_cluster_outlier_detection_ejections_enforced_total", dimensions: Self.cluster(service)).increment()
-                Counter(label: "envoy_cluster_outlier_detection_ejections_enforced_consecutive_gateway_failure", dimensions: Self.cluster(service)).increment()
+                Counter(label: "envoy_cluster_outlier_detection_ejections_enforced_\(reason.rawValue)", dimensions: Self.cluster(service)).increment()
             case .restored(let service, let host):
                 logger.info("outlier restored", metadata: ["service": "\(service)", "endpoint": "\(host)"])
             case .overflow(let service, let host):
@@ -108,7 +114,7 @@ package final class OutlierTracker: Sendable {
 extension OutlierDetector.Event {
     var service: ServiceKey {
         switch self {
-        case .ejected(let service, _, _), .restored(let service, _), .overflow(let service, _): service
+        case .ejected(let service, _, _, _), .restored(let service, _), .overflow(let service, _): service
         }
     }
 }

@@ -1,34 +1,49 @@
-/// Envoy's outlier detection at L4, configured by Istio's `outlierDetection`: consecutive
-/// connect failures, resets and connect timeouts of an endpoint are gateway errors (Envoy maps
-/// local-origin failures to 503, so they count toward both `consecutive5xxErrors` and
-/// `consecutiveGatewayErrors`); reaching the threshold ejects the endpoint for
+/// Envoy's outlier detection (`DetectorImpl`), configured by Istio's `outlierDetection`, for L4
+/// and L7 alike. What an endpoint did comes in as an `OutlierResult`: an HTTP status, or a
+/// local-origin event (connect failure, reset, timeout). Without `splitExternalLocalOriginErrors`
+/// (Istio's default) local-origin failures count as 503 (504 for a timeout), so they feed both
+/// `consecutive5xxErrors` and `consecutiveGatewayErrors`; with it they count only toward
+/// `consecutiveLocalOriginFailures`. Reaching a threshold ejects the endpoint for
 /// `baseEjectionTime × times ejected` (capped at max(300 s, base)), never more than
-/// `maxEjectionPercent` of the service's endpoints at once; a success resets the count.
-/// Ejected endpoints are unhealthy to the traffic planner, which is how traffic spills.
+/// `maxEjectionPercent` of the service's endpoints at once. Ejected endpoints are unhealthy to
+/// the traffic planner, which is how traffic spills.
 ///
-/// Pure: time comes in as `now`; the shell reports connect results and sweeps on a timer.
+/// Pure: time comes in as `now`; the shell reports results and sweeps on a timer.
 package struct OutlierDetector: Sendable {
     package struct Settings: Sendable, Equatable {
-        /// Consecutive gateway errors that eject; nil disables detection for the service.
-        package var threshold: Int?
+        /// `consecutive_5xx` when enforced (Istio: unset is Envoy's 5, 0 turns it off).
+        package var consecutive5xx: Int?
+        /// `consecutive_gateway_failure` when enforced (Istio: only when set above 0).
+        package var consecutiveGatewayFailure: Int?
+        /// `split_external_local_origin_errors`.
+        package var splitLocalOrigin: Bool
+        /// `consecutive_local_origin_failure` when split (Istio: the value above 0, else Envoy's 5).
+        package var consecutiveLocalOriginFailure: Int?
         package var interval: Duration
         package var baseEjectionTime: Duration
         package var maxEjectionPercent: Int
 
-        /// Istio's defaults: consecutive5xxErrors 5 (0 disables), consecutiveGatewayErrors unset,
-        /// interval 10 s, baseEjectionTime 30 s, maxEjectionPercent 10.
+        /// Istio's translation (cluster_traffic_policy.go `applyOutlierDetection`): interval 10 s,
+        /// baseEjectionTime 30 s, maxEjectionPercent 10 unless set.
         package init(_ od: OutlierDetection) {
             let fiveXX = od.consecutive5xxErrors ?? 5
-            let gateway = od.consecutiveGatewayErrors ?? 0
-            threshold = [fiveXX, gateway].filter { $0 > 0 }.min()
+            consecutive5xx = fiveXX > 0 ? fiveXX : nil
+            consecutiveGatewayFailure = (od.consecutiveGatewayErrors ?? 0) > 0 ? od.consecutiveGatewayErrors : nil
+            splitLocalOrigin = od.splitExternalLocalOriginErrors ?? false
+            consecutiveLocalOriginFailure = splitLocalOrigin ? ((od.consecutiveLocalOriginFailures ?? 0) > 0 ? od.consecutiveLocalOriginFailures : 5) : nil
             interval = od.interval?.duration ?? .seconds(10)
             baseEjectionTime = od.baseEjectionTime?.duration ?? .seconds(30)
             maxEjectionPercent = min(100, max(0, od.maxEjectionPercent ?? 10))
         }
+
+        /// Whether any ejection is enforced for the service.
+        package var isEnabled: Bool { consecutive5xx != nil || consecutiveGatewayFailure != nil || consecutiveLocalOriginFailure != nil }
     }
 
     struct HostState: Sendable {
-        var consecutiveErrors = 0
+        var consecutive5xx = 0
+        var consecutiveGatewayFailure = 0
+        var consecutiveLocalOriginFailure = 0
         var timesEjected = 0
         var ejectedUntil: ContinuousClock.Instant?
         var lastHealthySweep: ContinuousClock.Instant?
@@ -36,10 +51,17 @@ package struct OutlierDetector: Sendable {
 
     /// What changed, for the shell to rebuild the plan and count (Envoy's stat names).
     package enum Event: Sendable, Equatable {
-        case ejected(ServiceKey, HostPort, for: Duration)
+        case ejected(ServiceKey, HostPort, for: Duration, reason: EjectionReason)
         case restored(ServiceKey, HostPort)
         /// The threshold was reached but `maxEjectionPercent` forbade another ejection.
         case overflow(ServiceKey, HostPort)
+    }
+
+    /// Which run ejected an endpoint (Envoy's `ejections_enforced_<reason>` counters).
+    package enum EjectionReason: String, Sendable, Equatable {
+        case consecutive5xx = "consecutive_5xx"
+        case consecutiveGatewayFailure = "consecutive_gateway_failure"
+        case consecutiveLocalOriginFailure = "consecutive_local_origin_failure"
     }
 
     private var settings: [ServiceKey: Settings]
@@ -58,7 +80,7 @@ package struct OutlierDetector: Sendable {
     package mutating func reconfigure(settings: [ServiceKey: Settings], hostCounts: [ServiceKey: Int]) {
         self.settings = settings
         self.hostCounts = hostCounts
-        hosts = hosts.filter { settings[$0.key]?.threshold != nil }
+        hosts = hosts.filter { settings[$0.key]?.isEnabled == true }
     }
 
     package func ejected(_ service: ServiceKey) -> Set<HostPort> {
@@ -70,13 +92,63 @@ package struct OutlierDetector: Sendable {
     }
 
 
-    /// A connect to `host` failed (refused, reset, timed out).
+    /// A connect to `host` failed, or it reset or closed before answering (Envoy's
+    /// `LocalOriginConnectFailed`).
     package mutating func failed(_ service: ServiceKey, _ host: HostPort, now: ContinuousClock.Instant) -> [Event] {
-        guard let config = settings[service], let threshold = config.threshold else { return [] }
+        record(.localOriginFailure, service, host, now: now)
+    }
+
+    /// The TCP proxy connected to `host` (`LocalOriginConnectSuccessFinal`: a success).
+    package mutating func succeeded(_ service: ServiceKey, _ host: HostPort) {
+        _ = record(.connectedFinal, service, host, now: .now)
+    }
+
+    /// What `host` did, in Envoy's `putResult` / `putHttpResponseCode` terms.
+    package mutating func record(_ result: OutlierResult, _ service: ServiceKey, _ host: HostPort, now: ContinuousClock.Instant) -> [Event] {
+        guard let config = settings[service], config.isEnabled else { return [] }
         var state = hosts[service]?[host] ?? HostState()
-        state.consecutiveErrors += 1
+        var reached: EjectionReason?
+        func status(_ code: Int) {
+            guard code >= 500 else {
+                state.consecutive5xx = 0
+                state.consecutiveGatewayFailure = 0
+                return
+            }
+            if [502, 503, 504].contains(code) {
+                state.consecutiveGatewayFailure += 1
+                if state.consecutiveGatewayFailure == config.consecutiveGatewayFailure { reached = .consecutiveGatewayFailure }
+            } else {
+                state.consecutiveGatewayFailure = 0
+            }
+            state.consecutive5xx += 1
+            if state.consecutive5xx == config.consecutive5xx, reached == nil { reached = .consecutive5xx }
+        }
+        switch result {
+        case .response(let code):
+            status(code)
+        case .localOriginFailure, .localOriginTimeout:
+            if config.splitLocalOrigin {
+                state.consecutiveLocalOriginFailure += 1
+                if state.consecutiveLocalOriginFailure == config.consecutiveLocalOriginFailure { reached = .consecutiveLocalOriginFailure }
+            } else {
+                status(result == .localOriginTimeout ? 504 : 503)
+            }
+        case .connected:
+            // Not a response: only the local-origin run ends (Envoy maps no code to it).
+            if config.splitLocalOrigin { state.consecutiveLocalOriginFailure = 0 }
+        case .connectedFinal:
+            if config.splitLocalOrigin { state.consecutiveLocalOriginFailure = 0 } else { status(200) }
+        }
         var events: [Event] = []
-        if state.ejectedUntil == nil, state.consecutiveErrors >= threshold {
+        if let reason = reached {
+            // Envoy resets the run that reached its threshold, ejected or not.
+            switch reason {
+            case .consecutive5xx: state.consecutive5xx = 0
+            case .consecutiveGatewayFailure: state.consecutiveGatewayFailure = 0
+            case .consecutiveLocalOriginFailure: state.consecutiveLocalOriginFailure = 0
+            }
+        }
+        if state.ejectedUntil == nil, let reason = reached {
             let active = ejected(service).count
             let total = max(1, hostCounts[service] ?? 1)
             // Envoy: eject when (active + 1) / hosts stays within maxEjectionPercent.
@@ -84,20 +156,13 @@ package struct OutlierDetector: Sendable {
                 state.timesEjected += 1
                 let duration = min(config.baseEjectionTime * state.timesEjected, max(.seconds(300), config.baseEjectionTime))
                 state.ejectedUntil = now + duration
-                state.consecutiveErrors = 0
-                events.append(.ejected(service, host, for: duration))
+                events.append(.ejected(service, host, for: duration, reason: reason))
             } else {
                 events.append(.overflow(service, host))
             }
         }
         hosts[service, default: [:]][host] = state
         return events
-    }
-
-    /// A connect to `host` succeeded: its run of errors is over.
-    package mutating func succeeded(_ service: ServiceKey, _ host: HostPort) {
-        guard hosts[service]?[host] != nil else { return }
-        hosts[service]?[host]?.consecutiveErrors = 0
     }
 
     /// Envoy's interval timer: ejections that ran out end; a healthy host's ejection count
@@ -110,7 +175,9 @@ package struct OutlierDetector: Sendable {
                 if let until = state.ejectedUntil {
                     if now >= until {
                         state.ejectedUntil = nil
-                        state.consecutiveErrors = 0
+                        state.consecutive5xx = 0
+                        state.consecutiveGatewayFailure = 0
+                        state.consecutiveLocalOriginFailure = 0
                         state.lastHealthySweep = now
                         events.append(.restored(service, host))
                     }
@@ -123,4 +190,18 @@ package struct OutlierDetector: Sendable {
         }
         return events
     }
+}
+
+/// What an endpoint did, as Envoy's router and TCP proxy report it to outlier detection.
+package enum OutlierResult: Sendable, Equatable {
+    /// An HTTP upstream answered with this status (a gRPC status mapped to HTTP first).
+    case response(Int)
+    /// A connect failure, or a reset or close before the response (`LocalOriginConnectFailed`).
+    case localOriginFailure
+    /// A per-try or route timeout (`LocalOriginTimeout`).
+    case localOriginTimeout
+    /// An HTTP upstream connected (`LocalOriginConnectSuccess`): the response is still to judge.
+    case connected
+    /// The TCP proxy connected (`LocalOriginConnectSuccessFinal`): the whole verdict.
+    case connectedFinal
 }
