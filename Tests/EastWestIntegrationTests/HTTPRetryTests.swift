@@ -193,4 +193,42 @@ struct HTTPRetryTests {
         #expect(metrics.contains("envoy_cluster_outlier_detection_ejections_enforced_consecutive_5xx{cluster_name=\"outbound|9080||\(HTTPRoutingTests.reviews)\"} 1"),
                 "\(metrics.split(separator: "\n").filter { $0.contains("outlier") })")
     }
+
+    @Test("connectionPool.http: past http2MaxRequests in flight a request gets 503 UO with x-envoy-overloaded and Envoy's body, counted and gauged; maxRequestsPerConnection 1 closes each upstream connection after its answer")
+    func circuitBreaking() async throws {
+        let mesh = try await HTTPRoutingTests.start("http-breaker", block: 113, virtualService: HTTPRoutingTests.reviewsRoutes + """
+              - route: [{destination: {host: reviews, subset: v1}}]
+            """, trafficPolicy: """
+                connectionPool: {http: {http2MaxRequests: 2, maxRequestsPerConnection: 1}}
+            """)
+        defer { mesh.mesh.processes.stopAll() }
+        let url = "https://\(HTTPRoutingTests.reviews):15443/delay/1500"
+        // Three at once on one HTTP/2 client connection: two are in flight, the third overflows.
+        let parallel = try await mesh.mesh.curl(mesh.east, host: HTTPRoutingTests.reviews, path: "/delay/1500",
+                                                extra: ["--parallel", "--parallel-immediate", "-w", "%{http_code}\n", "-o", "/dev/null", url, "-o", "/dev/null", url, "-o", "/dev/null"])
+        let codes = parallel.stdout.split(separator: "\n").map(String.init).sorted()
+        #expect(codes == ["200", "200", "503"], "\(parallel.stdout) \(parallel.stderr)")
+        let gateway = try #require(mesh.mesh.processes.children.first { $0.name == "east-gw" })
+        let logged = await eventually(timeout: .seconds(5)) { gateway.log.contains("\"GET /delay/1500 HTTP/2\" 503 UO") }
+        #expect(logged, "\(gateway.log.suffix(2000))")
+        let metrics = try await mesh.mesh.admin(mesh.east, "/stats/prometheus")
+        let cluster = "cluster_name=\"outbound|9080|v1|\(HTTPRoutingTests.reviews)\""
+        #expect(metrics.contains("envoy_cluster_upstream_rq_pending_overflow{\(cluster)} 1"), "\(metrics.split(separator: "\n").filter { $0.contains("envoy_cluster") })")
+        // Both answered: the breaker is closed again.
+        #expect(metrics.contains("envoy_cluster_circuit_breakers_default_rq_open{\(cluster)} 0"))
+        let overflowed = try await Self.get(mesh, "/reviews/1")
+        #expect(overflowed.code == "200")
+        // The overflow reply itself, as a client sees it.
+        let headers = try await mesh.mesh.curl(mesh.east, host: HTTPRoutingTests.reviews, path: "/delay/1500",
+                                               extra: ["--parallel", "--parallel-immediate", "-o", "/dev/null", url, "-o", "/dev/null", url, "-D", "-", "-o", "/dev/null"])
+        #expect(headers.stdout.lowercased().contains("x-envoy-overloaded: true"), "\(headers.stdout)")
+        // maxRequestsPerConnection 1: ten requests, ten upstream connections (each closed after its answer).
+        func sockets() async throws -> Int {
+            try await runCommand("/usr/bin/env", ["ss", "-tanH", "dst", "127.0.113.10:9080"]).stdout.split(separator: "\n").count
+        }
+        let before = try await sockets()
+        for _ in 0..<10 { _ = try await Self.get(mesh, "/reviews/1") }
+        let after = try await sockets()
+        #expect(after - before >= 10, "\(before) sockets towards v1 before, \(after) after")
+    }
 }

@@ -15,6 +15,8 @@ package final class ClusterManager: Sendable {
     package let cursors = RoundRobinCursors()
     /// Open upstream connections per service (maxConnections) and per address (LEAST_REQUEST).
     package let connections = UpstreamConnections()
+    /// HTTP circuit breakers per upstream cluster, kept across reloads while their limits stay.
+    private let breakers = Mutex<[String: CircuitBreakers]>([:])
 
     package init(routes: RouteConfiguration, endpoints: MeshEndpoints) {
         let picker = EndpointPicker(endpoints: endpoints, routes: routes)
@@ -32,6 +34,19 @@ package final class ClusterManager: Sendable {
             let next = picker.replanned(change)
             picker = next
             published.withLock { $0 = next }
+        }
+    }
+
+    /// The circuit breakers of `route`'s cluster under `limits`; nil when it has none. A reload
+    /// that changes the limits starts them afresh.
+    package func breakers(for route: Route, limits: CircuitBreakers.Limits) -> CircuitBreakers? {
+        guard !limits.isEmpty else { return nil }
+        let cluster = route.envoyClusterName
+        return breakers.withLock { all in
+            if let known = all[cluster], known.limits == limits { return known }
+            let made = CircuitBreakers(cluster: cluster, limits: limits)
+            all[cluster] = made
+            return made
         }
     }
 

@@ -139,4 +139,25 @@ package struct ConnectionPoolSettings: Codable, Sendable, Equatable {
         package var tcpKeepalive: Keepalive?
     }
     package var tcp: TCP?
+    package var http: HTTP?
+
+    /// `connectionPool.http`: the fields EastWest carries out (the others load with a warning).
+    package struct HTTP: Codable, Sendable, Equatable {
+        package var http1MaxPendingRequests: Int?
+        package var http2MaxRequests: Int?
+        package var maxRequestsPerConnection: Int?
+        package var maxRetries: Int?
+
+        package init(http1MaxPendingRequests: Int? = nil, http2MaxRequests: Int? = nil, maxRequestsPerConnection: Int? = nil, maxRetries: Int? = nil) {
+            self.http1MaxPendingRequests = http1MaxPendingRequests; self.http2MaxRequests = http2MaxRequests
+            self.maxRequestsPerConnection = maxRequestsPerConnection; self.maxRetries = maxRetries
+        }
+
+        /// istiod's `applyConnectionPool`: only values above 0 replace the (unlimited) defaults.
+        package var limits: CircuitBreakers.Limits {
+            func positive(_ value: Int?) -> Int? { value.flatMap { $0 > 0 ? $0 : nil } }
+            return CircuitBreakers.Limits(maxRequests: positive(http2MaxRequests), maxPending: positive(http1MaxPendingRequests),
+                                          maxRetries: positive(maxRetries))
+        }
+    }
 }

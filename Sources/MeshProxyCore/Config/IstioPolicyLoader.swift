@@ -44,8 +44,8 @@ package enum IstioPolicyLoader {
     /// Valid DestinationRule fields (istio/api destination_rule.proto) EastWest does not carry
     /// out yet: they load with a warning.
     static let notImplemented: Set<String> = [
-        "workloadSelector", "tls", "tunnel", "proxyProtocol", "consistentHash", "warmupDurationSecs", "warmup", "http",
-        "maxConnectionDuration", "idleTimeout",
+        "workloadSelector", "tls", "tunnel", "proxyProtocol", "consistentHash", "warmupDurationSecs", "warmup",
+        "maxConnectionDuration", "idleTimeout", "h2UpgradePolicy", "useClientProtocol", "maxConcurrentStreams", "http2KeepAlive",
         "consecutiveErrors", "trafficDistribution",
     ]
 

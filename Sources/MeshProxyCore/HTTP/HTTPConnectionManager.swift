@@ -59,7 +59,11 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
     private var action: RouteAction?
     /// The last route's action: the next request on a keep-alive connection mostly takes the
     /// same route, and the policy lookup behind an action is not free.
-    private var lastAction: (route: Route, action: RouteAction)?
+    private var lastAction: (route: Route, action: RouteAction, breakers: CircuitBreakers?)?
+    /// The route's cluster's circuit breakers (nil: no `connectionPool.http` limits), and the
+    /// slots this request holds in them until it is logged.
+    private var breakers: CircuitBreakers?
+    private var holdsRequest = false, holdsPending = false, holdsRetry = false
     /// The request's retries: its policy, the targets tried.
     private var retry = RetryState(policy: .none)
     /// The target of the attempt in flight.
@@ -107,7 +111,7 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
         self.connection = connection
         self.protocolName = protocolName
         self.origin = origin
-        lastAction = connectionAction.map { (connectionRoute, $0) }
+        lastAction = connectionAction.map { (connectionRoute, $0, $0.httpLimits.isEmpty ? nil : dataPlane.clusters.breakers(for: connectionRoute, limits: $0.httpLimits)) }
         self.idleTimeout = idleTimeout
         random = SplitMix64.fresh()
     }
@@ -316,9 +320,11 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
             let action: RouteAction
             if let last = lastAction, last.route == forward.route {
                 action = last.action
+                breakers = last.breakers
             } else {
                 action = routes.action(for: forward.route, origin: origin)
-                lastAction = (forward.route, action)
+                breakers = action.httpLimits.isEmpty ? nil : clusters.breakers(for: forward.route, limits: action.httpLimits)
+                lastAction = (forward.route, action, breakers)
             }
             self.action = action
             // A peer gateway only walks its local endpoints on connect failures: the entry
@@ -438,9 +444,15 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
         }
     }
 
-    /// What the retry state makes of `outcome`, counted as Envoy counts it.
+    /// What the retry state makes of `outcome`, counted as Envoy counts it. A retry takes a
+    /// slot of the cluster's `maxRetries` until its back-off ends.
     private func decideRetry(_ outcome: AttemptOutcome, reason: String) -> RetryState.Decision {
-        let decision = retry.attemptFailed(outcome, reason: reason, requestKept: kept != nil, random: random.next())
+        var allowed = true
+        if let breakers, breakers.limits.maxRetries != nil, retry.policy.retries(outcome), retry.attempts < retry.policy.maxAttempts, kept != nil {
+            allowed = breakers.acquire(.retries)
+            holdsRetry = allowed
+        }
+        let decision = retry.attemptFailed(outcome, reason: reason, requestKept: kept != nil, retryAllowed: allowed, random: random.next())
         guard let cluster = forward?.route.envoyClusterName else { return decision }
         switch decision {
         case .retry: RetryMetrics.retried(cluster)
@@ -465,6 +477,10 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
     /// moved the load), then the attempt.
     private func retryNow(context: ChannelHandlerContext) {
         guard case .waiting(let ended) = state, let forward else { return }
+        if holdsRetry {
+            holdsRetry = false
+            breakers?.release(.retries)
+        }
         guard let next = retry.nextTarget(in: dataPlane.clusters.candidates(for: forward.route, origin: origin)) else {
             localReply(.noHealthyUpstream(for: forward.route), context: context)
             return
@@ -590,6 +606,15 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
     /// stream of the pooled connection to a peer gateway.
     private func openExchange(context: ChannelHandlerContext) {
         guard let action, let upstreams, let planned = target else { return }
+        if let breakers {
+            // Envoy's connection pool: a request in flight, then one waiting for a connection.
+            if !holdsRequest {
+                guard breakers.acquire(.requests) else { return overflow("\(breakers.limits.maxRequests ?? 0) requests in flight (http2MaxRequests)", context: context) }
+                holdsRequest = true
+            }
+            guard breakers.acquire(.pending) else { return overflow("\(breakers.limits.maxPending ?? 0) requests pending (http1MaxPendingRequests)", context: context) }
+            holdsPending = true
+        }
         upstreams.exchange(to: planned.target, action: action, upgrade: requestIsWebSocket) { [self] result in
             switch result {
             case .success(let exchange): connected(exchange, planned: planned, context: context)
@@ -600,6 +625,7 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
 
     private func failed(_ planned: PlannedTarget, error: any Error, context: ChannelHandlerContext) {
         guard case .connecting(_, let ended) = state, planned == target, let forward else { return }
+        releasePending()
         dataPlane.connectFailed(to: planned.target, for: forward.route.service)
         record.upstream = planned.target
         state = .waiting(ended: ended)
@@ -614,6 +640,7 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
             exchange.channel.close(promise: nil)
             return
         }
+        releasePending()
         if !exchange.isReused {
             dataPlane.connected(to: planned.target)
             reportOutlier(.connected)
@@ -689,7 +716,9 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
                 // The state moves first: closing fires the relay's end at once.
                 state = ended ? .idle : .discarding
                 if ended, let target = record.upstream {
-                    upstreams?.release(exchange, to: target, keepAlive: upstreamKeepAlive)
+                    exchange.relay.requestsServed += 1
+                    let underLimit = action?.maxRequestsPerConnection.map { exchange.relay.requestsServed < $0 } ?? true
+                    upstreams?.release(exchange, to: target, keepAlive: upstreamKeepAlive && underLimit)
                 } else {
                     exchange.channel.close(promise: nil)
                 }
@@ -698,6 +727,19 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
             context.writeAndFlush(wrapOutboundOut(.end(trailers)), promise: nil)
             finishRequest(context: context)
         }
+    }
+
+    private func releasePending() {
+        guard holdsPending else { return }
+        holdsPending = false
+        breakers?.release(.pending)
+    }
+
+    /// A full circuit breaker: Envoy's 503 `UO` with `x-envoy-overloaded`, never retried and
+    /// never an outlier signal.
+    private func overflow(_ what: String, context: ChannelHandlerContext) {
+        breakers?.overflowed()
+        localReply(.overflow("\(forward?.route.envoyClusterName ?? "cluster") has \(what)"), context: context)
     }
 
     /// What the attempt's local endpoint did, for outlier detection (a peer gateway is judged
@@ -851,8 +893,14 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
     }
 
     /// Logs and counts the request once (an HTTP/2 stream may close, and end the handler, while
-    /// its response end is being written).
+    /// its response end is being written), and gives its circuit-breaker slots back.
     private func logRequest() {
+        if let breakers {
+            if holdsRequest { breakers.release(.requests) }
+            if holdsPending { breakers.release(.pending) }
+            if holdsRetry { breakers.release(.retries) }
+            holdsRequest = false; holdsPending = false; holdsRetry = false
+        }
         guard forward != nil || record.responseCode != 0 || !record.flags.isEmpty else { return }
         record.finish(logger: dataPlane.logger, format: dataPlane.accessLog)
         forward = nil

@@ -427,6 +427,8 @@ final class UpstreamResponseRelay: ChannelInboundHandler, RemovableChannelHandle
     /// The connection manager turned the upstream's reads off (its client reads slowly); kept
     /// with the connection so the next request turns them back on.
     var readsPaused = false
+    /// Requests this connection answered (`maxRequestsPerConnection`).
+    var requestsServed = 0
 
     func channelReadComplete(context: ChannelHandlerContext) {
         owner(.readComplete)

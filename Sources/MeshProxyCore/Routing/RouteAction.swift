@@ -11,6 +11,11 @@ package struct RouteAction: Sendable, Equatable {
     package var keepalive: ConnectionPoolSettings.TCP.Keepalive?
     /// `connectionPool.tcp.maxConnections`, when set.
     package var maxConnections: Int?
+    /// `connectionPool.http`'s breaker limits (none: unlimited, Istio's 2^32-1).
+    package var httpLimits = CircuitBreakers.Limits()
+    /// `connectionPool.http.maxRequestsPerConnection`: an HTTP/1.1 upstream connection closes
+    /// after this many requests.
+    package var maxRequestsPerConnection: Int?
 
     package init(route: Route, origin: TrafficOrigin, retry: RetryPolicy, connectTimeout: Duration,
                  keepalive: ConnectionPoolSettings.TCP.Keepalive? = nil, maxConnections: Int? = nil) {

@@ -188,10 +188,16 @@ package struct RouteConfiguration: Sendable, Equatable {
     /// What the data path does with `route` for traffic from `origin`: retries, timeouts and
     /// limits from the route's DestinationRule, else the gateway's defaults.
     package func action(for route: Route, origin: TrafficOrigin) -> RouteAction {
-        let pool = trafficPolicy(for: route.service, subset: route.subset).connectionPool?.tcp
-        return RouteAction(route: route, origin: origin, retry: .connectAttempts(maxConnectAttempts),
-                           connectTimeout: pool?.connectTimeout?.duration ?? connectTimeout,
-                           keepalive: pool?.tcpKeepalive, maxConnections: pool?.maxConnections)
+        let connectionPool = trafficPolicy(for: route.service, subset: route.subset).connectionPool
+        let pool = connectionPool?.tcp
+        var action = RouteAction(route: route, origin: origin, retry: .connectAttempts(maxConnectAttempts),
+                                 connectTimeout: pool?.connectTimeout?.duration ?? connectTimeout,
+                                 keepalive: pool?.tcpKeepalive, maxConnections: pool?.maxConnections)
+        if let http = connectionPool?.http {
+            action.httpLimits = http.limits
+            action.maxRequestsPerConnection = http.maxRequestsPerConnection.flatMap { $0 > 0 ? $0 : nil }
+        }
+        return action
     }
 }
 

@@ -428,6 +428,60 @@ struct VirtualServiceTests {
         #expect(table.rules[0].destinations.map(\.subset) == ["v2"], "weight 0 is dropped")
     }
 
+    @Test("The design document's retries, faults and connection pool, pasted into resources, load without a warning and compile to its limits")
+    func designDocumentResilience() throws {
+        let yaml = """
+            apiVersion: networking.istio.io/v1beta1
+            kind: VirtualService
+            metadata: {name: mcp-organization-vs}
+            spec:
+              hosts: [mcp-organization]
+              http:
+              - retries:
+                  attempts: 3
+                  perTryTimeout: 10s
+                  retryOn: "5xx,reset,connect-failure,refused-stream"
+                  retryRemoteLocalities: true
+                fault:
+                  delay:
+                    percentage:
+                      value: 50
+                    fixedDelay: 5s
+                  abort:
+                    percentage:
+                      value: 10
+                    httpStatus: 503
+                route: [{destination: {host: mcp-organization}}]
+            ---
+            apiVersion: networking.istio.io/v1beta1
+            kind: DestinationRule
+            metadata: {name: mcp-organization-dr}
+            spec:
+              host: mcp-organization
+              trafficPolicy:
+                connectionPool:
+                  tcp:
+                    maxConnections: 100
+                    connectTimeout: 30s
+                    tcpKeepalive:
+                      time: 7200s
+                      interval: 75s
+                  http:
+                    http1MaxPendingRequests: 50
+                    http2MaxRequests: 100
+                    maxRequestsPerConnection: 10
+            """
+        let loaded = try IstioPolicyLoader.load(yaml: yaml, file: "design.yaml")
+        #expect(loaded.warnings.isEmpty, "\(loaded.warnings)")
+        let rule = try #require(VirtualServiceCompiler.compile(loaded.virtualServices, origins: [])["mcp-organization.default.svc.cluster.local"]).rules[0]
+        #expect(rule.retry.maxAttempts == 4 && rule.retry.perTryTimeout == .seconds(10) && rule.retry.targets == .previousPriorities)
+        #expect(rule.retry.retryOn == [.serverError, .reset, .connectFailure, .refusedStream])
+        #expect(rule.fault == FaultInjection(delay: .init(duration: .seconds(5), perMillion: 500_000), abort: .init(httpStatus: 503, grpcStatus: nil, perMillion: 100_000)))
+        let pool = try #require(loaded.destinationRules.first?.trafficPolicy?.connectionPool?.http)
+        #expect(pool.limits == CircuitBreakers.Limits(maxRequests: 100, maxPending: 50))
+        #expect(pool.maxRequestsPerConnection == 10)
+    }
+
     @Test("retries compile as istiod's ConvertPolicy: attempts are retries, bare codes retriable, unset retryOn keeps the default list; fault shares in parts per million")
     func resiliencePolicies() throws {
         let routes = try compiled("""
