@@ -231,4 +231,51 @@ struct HTTPRetryTests {
         let after = try await sockets()
         #expect(after - before >= 10, "\(before) sockets towards v1 before, \(after) after")
     }
+
+    @Test("mirror: a copy of each request reaches the mirror (in another cluster too) and its answer is dropped; mirrorPercentage holds within binomial bounds; a stopped or dead mirror changes nothing for the client")
+    func mirroring() async throws {
+        let mesh = try await HTTPRoutingTests.start("http-mirror", block: 115, virtualService: HTTPRoutingTests.reviewsRoutes + """
+              - match: [{uri: {prefix: /mirrored}}]
+                route: [{destination: {host: reviews, subset: v1}}]
+                mirror: {host: reviews, subset: v2}
+              - match: [{uri: {prefix: /half}}]
+                route: [{destination: {host: reviews, subset: v1}}]
+                mirrors: [{destination: {host: reviews, subset: v2}, percentage: {value: 50}}]
+              - match: [{uri: {prefix: /stuck}}]
+                route: [{destination: {host: reviews, subset: v1}}]
+                mirror: {host: reviews, subset: v3}
+                mirrorPercentage: {value: 100}
+              - route: [{destination: {host: reviews, subset: v1}}]
+            """)
+        defer { mesh.mesh.processes.stopAll() }
+        let v1 = "127.0.115.10:9080", v2 = "127.0.116.10:9080"
+        let why = try await runCommand(PackagePaths.eastwest, ["route", "--admin", mesh.east.effectiveAdmin.description, "--host", HTTPRoutingTests.reviews, "--path", "/half"])
+        #expect(why.stdout.contains("mirror:       \(HTTPRoutingTests.reviews) subset v2 for 50.0 % (copies; answers dropped)"), "\(why.stdout)")
+        let answer = try await Self.get(mesh, "/mirrored", headers: ["x-demo-key: m1"])
+        #expect(answer.code == "200" && answer.body.contains("\"version\":\"v1\""), "\(answer)")
+        #expect(await eventually(timeout: .seconds(5)) { (try? await Self.attempts("m1", at: v2)) == 1 }, "the mirror got no copy")
+        #expect(try await Self.attempts("m1", at: v1) == 1)
+        // 200 requests at 50 %: within 4 standard deviations (±28).
+        let url = "https://\(HTTPRoutingTests.reviews):15443/half"
+        let many = try await mesh.mesh.curl(mesh.east, host: HTTPRoutingTests.reviews, path: "/half",
+                                            extra: ["-H", "x-demo-key: m2", "-w", "%{http_code}\n"] + Array(repeating: ["-o", "/dev/null", url], count: 199).flatMap { $0 } + ["-o", "/dev/null"])
+        #expect(many.stdout.split(separator: "\n").allSatisfy { $0 == "200" } && many.stdout.split(separator: "\n").count == 200, "\(many.stderr)")
+        try await Task.sleep(for: .milliseconds(300))  // the last copies are fire and forget
+        let copies = try await Self.attempts("m2", at: v2)
+        #expect((72...128).contains(copies), "\(copies) of 200 mirrored")
+        // A mirror that accepts and never answers (stopped), then one that is gone: the client
+        // is answered as fast as without it.
+        let v3 = try #require(mesh.mesh.processes.children.first { $0.name == "reviews-v3" })
+        v3.signal(SIGSTOP)
+        for _ in 0..<3 {
+            let stuck = try await Self.get(mesh, "/stuck")
+            #expect(stuck.code == "200" && stuck.took < .seconds(1), "\(stuck)")
+        }
+        v3.signal(SIGKILL)
+        #expect(await v3.waitForExit(timeout: .seconds(5)) != nil)
+        for _ in 0..<3 {
+            let dead = try await Self.get(mesh, "/stuck")
+            #expect(dead.code == "200" && dead.took < .seconds(1), "\(dead)")
+        }
+    }
 }

@@ -78,6 +78,8 @@ struct RouteCommand: AsyncParsableCommand {
         struct Fault: Decodable { var delayMilliseconds: Int?; var delayPercent: Double?; var abortStatus: Int?; var abortGrpcStatus: Int?; var abortPercent: Double? }
         var retries: Retries?
         var fault: Fault?
+        struct Mirror: Decodable { var host: String; var subset: String?; var percent: Double }
+        var mirrors: [Mirror]
         var destinations: [Destination]
         var chosen: Destination?
         var cluster: String?
@@ -105,6 +107,9 @@ struct RouteCommand: AsyncParsableCommand {
                     parts.append("abort \(fault.abortGrpcStatus.map { "grpc-status \($0)" } ?? String(status)) for \(fault.abortPercent ?? 0) % (FI)")
                 }
                 lines.append("  fault:        " + parts.joined(separator: "; "))
+            }
+            for mirror in mirrors {
+                lines.append("  mirror:       \(mirror.host)\(mirror.subset.map { " subset \($0)" } ?? "") for \(mirror.percent) % (copies; answers dropped)")
             }
             for (index, target) in targets.enumerated() {
                 let via = target.via.map { " via gateway \($0)" } ?? ""

@@ -35,6 +35,12 @@ package struct VirtualService: Codable, Sendable, Equatable {
         /// Unset: Istio's default retry policy (`RetryPolicy.istioDefault`).
         package var retries: HTTPRetry?
         package var fault: HTTPFaultInjection?
+        /// One mirror (`mirror` with `mirrorPercentage`, or the legacy integer `mirrorPercent`) or
+        /// several (`mirrors`), never both.
+        package var mirror: Destination?
+        package var mirrorPercentage: Percent?
+        package var mirrorPercent: Int?
+        package var mirrors: [HTTPMirrorPolicy]?
 
         package init(name: String? = nil, match: [HTTPMatchRequest]? = nil, route: [HTTPRouteDestination]? = nil) {
             self.name = name; self.match = match; self.route = route
@@ -71,6 +77,12 @@ package struct VirtualService: Codable, Sendable, Equatable {
             package var http2Error: String?
             package var percentage: Percent?
         }
+    }
+
+    /// One of `mirrors`: a destination and its share (absent: every request).
+    package struct HTTPMirrorPolicy: Codable, Sendable, Equatable {
+        package var destination: Destination
+        package var percentage: Percent?
     }
 
     /// istio/api `Percent`: a double in [0, 100].

@@ -5,8 +5,7 @@ extension IstioPolicyLoader {
     /// Valid VirtualService fields (istio/api virtual_service.proto) EastWest does not carry out
     /// yet: they load with a warning naming them.
     static let virtualServiceNotImplemented: Set<String> = [
-        "delegate", "mirror", "mirrors", "mirrorPercentage", "mirrorPercent",
-        "mirror_percent", "corsPolicy", "statPrefix",
+        "delegate", "mirror_percent", "corsPolicy", "statPrefix",
     ]
 
     static func readVirtualService(_ spec: Node, _ map: SourceMap, _ loaded: inout Loaded) -> [ConfigError] {
@@ -66,6 +65,7 @@ extension IstioPolicyLoader {
             errors += checkActions(rule, at: rulePath, map: map, warnings: &warnings)
             errors += checkRetries(rule.retries, at: rulePath.key("retries"), map: map)
             errors += checkFault(rule.fault, at: rulePath.key("fault"), map: map)
+            errors += checkMirrors(rule, at: rulePath, map: map)
             errors += checkDestinations(destinations, at: rulePath, map: map)
             for (j, match) in (rule.match ?? []).enumerated() {
                 let path = rulePath.key("match").index(j)
@@ -175,6 +175,28 @@ extension IstioPolicyLoader {
             if let code = Int(token), HTTPStatusText.known.contains(code) { continue }
             errors.append(map.error(.invalidValue, at: path.key("retryOn"),
                                     "'\(token)' is not a retry condition (one of \(RetryCondition.allCases.map(\.rawValue).joined(separator: ", ")), or an HTTP status code; no spaces)"))
+        }
+        return errors
+    }
+
+    /// Istio's mirror checks: `mirror` or `mirrors`, not both; shares within 0-100; a host each.
+    static func checkMirrors(_ rule: VirtualService.HTTPRoute, at path: FieldPath, map: SourceMap) -> [ConfigError] {
+        var errors: [ConfigError] = []
+        if rule.mirror != nil, rule.mirrors != nil {
+            errors.append(map.error(.invalidValue, at: path.key("mirrors"), "mirror and mirrors cannot both be set"))
+        }
+        if let value = rule.mirrorPercentage?.value, !(0...100).contains(value) {
+            errors.append(map.error(.invalidValue, at: path.key("mirrorPercentage").key("value"), "percentage must be between 0 and 100"))
+        }
+        if let percent = rule.mirrorPercent, !(0...100).contains(percent) {
+            errors.append(map.error(.invalidValue, at: path.key("mirrorPercent"), "mirrorPercent must be between 0 and 100"))
+        }
+        if rule.mirror?.host.isEmpty == true { errors.append(map.error(.missingField, at: path.key("mirror").key("host"), "must not be empty")) }
+        for (i, mirror) in (rule.mirrors ?? []).enumerated() {
+            if mirror.destination.host.isEmpty { errors.append(map.error(.missingField, at: path.key("mirrors").index(i).key("destination").key("host"), "must not be empty")) }
+            if let value = mirror.percentage?.value, !(0...100).contains(value) {
+                errors.append(map.error(.invalidValue, at: path.key("mirrors").index(i).key("percentage").key("value"), "percentage must be between 0 and 100"))
+            }
         }
         return errors
     }

@@ -180,6 +180,7 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
         case .end(let trailers):
             send(.end(trailers), ended: true, context: context)
             startRequestTimer(context: context)
+            if let mirrors = forward?.mirrors, !mirrors.isEmpty { sendMirrors(mirrors, context: context) }
             switch state {
             case .connecting, .forwarding: startPerTryTimer(context: context)
             case .idle, .discarding, .tunnel, .waiting: break
@@ -556,6 +557,19 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
             if keptBytes > Self.resendLimit { pauseClient(true, context: context) }
         case .idle, .discarding, .tunnel:
             break
+        }
+    }
+
+    /// The route's mirrors, each rolled for this request: a copy of the whole request (when it
+    /// was small enough to keep, as Envoy needs it buffered) to the mirror's first target.
+    private func sendMirrors(_ mirrors: [RequestMirror], context: ChannelHandlerContext) {
+        guard origin == .client, let parts = kept, let upstreams, let forward else { return }
+        for mirror in mirrors where mirror.holds(random: random.next()) {
+            guard case .success(let route) = HTTPRequestRouter.resolve(mirror.destination, origin: forward.origin ?? "mirror", routes: routes,
+                                                                       services: dataPlane.clusters.current),
+                  let target = dataPlane.clusters.candidates(for: route, origin: origin).first else { continue }
+            MirroredRequest.send(parts, to: target.target, action: routes.action(for: route, origin: origin), timeout: forward.timeout,
+                                 upstreams: upstreams, eventLoop: context.eventLoop)
         }
     }
 

@@ -23,6 +23,7 @@ package enum HTTPRequestRouter {
         /// The rule's `retries`, else Istio's default policy.
         package var retry = RetryPolicy.istioDefault
         package var fault: FaultInjection?
+        package var mirrors: [RequestMirror] = []
     }
 
     package enum Decision: Sendable, Equatable {
@@ -70,7 +71,7 @@ package enum HTTPRequestRouter {
                                 destinations: decision.rule.destinations,
                                 path: decision.rule.rewrite?.rewrittenPath(request.path, matchedBy: decision.rule.match?.uri),
                                 authority: decision.rule.rewrite?.authority, timeout: decision.rule.timeout,
-                                retry: decision.rule.retry, fault: decision.rule.fault))
+                                retry: decision.rule.retry, fault: decision.rule.fault, mirrors: decision.rule.mirrors))
     }
 
     /// A destination's service port does not exist, or its subset is in no DestinationRule (NC).

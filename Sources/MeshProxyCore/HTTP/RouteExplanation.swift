@@ -41,6 +41,14 @@ package struct RouteExplanation: Encodable, Sendable {
     package var timeoutMilliseconds: Int?
     package var retries: Retries?
     package var fault: Fault?
+    /// Where copies go (`mirror`, `mirrors`), each for `percent` of the requests.
+    package var mirrors: [Mirror] = []
+
+    package struct Mirror: Encodable, Sendable {
+        package var host: String
+        package var subset: String?
+        package var percent: Double
+    }
 
     /// The retry policy that applies: the rule's `retries`, or Istio's default.
     package struct Retries: Encodable, Sendable {
@@ -125,6 +133,9 @@ package struct RouteExplanation: Encodable, Sendable {
             explanation.timeoutMilliseconds = forward.timeout.map { Int($0.milliseconds) }
             explanation.retries = Retries(forward.retry)
             explanation.fault = forward.fault.map(Fault.init)
+            explanation.mirrors = forward.mirrors.map {
+                Mirror(host: $0.destination.host, subset: $0.destination.subset, percent: Double($0.perMillion) / 10_000)
+            }
             let total = Double(forward.destinations.reduce(0) { $0 + $1.weight })
             explanation.destinations = forward.destinations.map {
                 Destination(host: $0.host, port: $0.port, subset: $0.subset, weight: $0.weight, share: total > 0 ? Double($0.weight) / total * 100 : 100)

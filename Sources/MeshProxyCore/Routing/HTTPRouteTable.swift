@@ -301,6 +301,8 @@ package struct HTTPRouteRule: Sendable, Equatable {
     /// The rule's `retries`, or Istio's default policy.
     package var retry = RetryPolicy.istioDefault
     package var fault: FaultInjection?
+    /// Where copies of the request go, each for its share of requests.
+    package var mirrors: [RequestMirror] = []
 
     package init(name: String, origin: String, match: RequestMatch?, destinations: [HTTPDestination]) {
         self.name = name; self.origin = origin; self.match = match; self.destinations = destinations

@@ -75,13 +75,14 @@ enum VirtualServiceCompiler {
             let action = self.action(of: http), rewrite = http.rewrite.flatMap(self.rewrite)
             let timeout = http.timeout.map(\.duration).flatMap { $0 > .zero ? $0 : nil }
             let retry = retryPolicy(http.retries), fault = http.fault.flatMap(FaultInjection.init)
+            let mirrors = self.mirrors(of: http, namespace: service.namespace)
             let matches = (http.match ?? []).filter { ($0.sourceLabels ?? [:]).selects(proxyLabels) }
             if matches.isEmpty, !(http.match ?? []).isEmpty { continue }
             if matches.isEmpty {
                 var rule = HTTPRouteRule(name: http.name ?? "", origin: origin, match: nil, destinations: destinations)
                 rule.requestHeaders = requestHeaders; rule.responseHeaders = responseHeaders
                 rule.action = action; rule.rewrite = rewrite; rule.timeout = timeout
-                rule.retry = retry; rule.fault = fault
+                rule.retry = retry; rule.fault = fault; rule.mirrors = mirrors
                 result.append((rule, true))
                 break
             }
@@ -92,7 +93,7 @@ enum VirtualServiceCompiler {
                 var rule = HTTPRouteRule(name: name, origin: origin, match: compiled, destinations: destinations)
                 rule.requestHeaders = requestHeaders; rule.responseHeaders = responseHeaders
                 rule.action = action; rule.rewrite = rewrite; rule.timeout = timeout
-                rule.retry = retry; rule.fault = fault
+                rule.retry = retry; rule.fault = fault; rule.mirrors = mirrors
                 // Istio's isCatchAllMatch: sourceLabels make a match specific, though they were
                 // decided here and not at request time.
                 let catchAll = isCatchAll(compiled) && (match.sourceLabels ?? [:]).isEmpty
@@ -128,6 +129,25 @@ enum VirtualServiceCompiler {
         if retries.retryRemoteLocalities == true { policy.targets = .previousPriorities }
         if retries.retryIgnorePreviousHosts == false { policy.avoidPreviousHosts = false }
         return policy
+    }
+
+    /// istiod's `TranslateRequestMirrorPolicy`: `mirror` with `mirrorPercentage` (else the
+    /// legacy `mirrorPercent`, else every request), or each of `mirrors`; a share of 0 is none.
+    static func mirrors(of http: VirtualService.HTTPRoute, namespace: String) -> [RequestMirror] {
+        func destination(_ d: VirtualService.Destination) -> HTTPDestination {
+            HTTPDestination(host: fullName(d.host, namespace: namespace), port: d.port?.number, subset: d.subset, weight: 100)
+        }
+        var result: [RequestMirror] = []
+        if let mirror = http.mirror {
+            let share = http.mirrorPercentage != nil ? FaultInjection.perMillion(http.mirrorPercentage)
+                : http.mirrorPercent.map { $0 * 10_000 } ?? 1_000_000
+            result.append(RequestMirror(destination: destination(mirror), perMillion: share))
+        }
+        for mirror in http.mirrors ?? [] {
+            result.append(RequestMirror(destination: destination(mirror.destination),
+                                        perMillion: mirror.percentage != nil ? FaultInjection.perMillion(mirror.percentage) : 1_000_000))
+        }
+        return result.filter { $0.perMillion > 0 }
     }
 
     static func action(of http: VirtualService.HTTPRoute) -> HTTPRuleAction {

@@ -419,11 +419,11 @@ struct VirtualServiceTests {
               hosts: [reviews]
               http:
               - timeout: 2s
-                mirror: {host: reviews, subset: v3}
+                corsPolicy: {allowOrigins: [{exact: "https://example.com"}]}
                 route: [{destination: {host: reviews, subset: v1}, weight: 0}, {destination: {host: reviews, subset: v2}, weight: 5}]
             """
         let loaded = try IstioPolicyLoader.load(yaml: partial, file: "p.yaml")
-        #expect(loaded.warnings.map(\.field).sorted() == ["spec.http[0].mirror"])
+        #expect(loaded.warnings.map(\.field).sorted() == ["spec.http[0].corsPolicy"])
         let table = try #require(VirtualServiceCompiler.compile(loaded.virtualServices, origins: [])[Self.reviews])
         #expect(table.rules[0].destinations.map(\.subset) == ["v2"], "weight 0 is dropped")
     }
