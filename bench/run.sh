@@ -162,8 +162,15 @@ virtual_service() { # rules
 }
 virtual_service 1 > "$work/vs1.yaml"
 virtual_service 50 > "$work/vs50.yaml"
+# One rule with the design document's retries, a route timeout and faults that never fire
+# (0 %): what a resilience policy costs a request that needs none of it.
+{ virtual_service 1 | sed '$d'
+  printf '  - timeout: 30s\n    retries: {attempts: 3, perTryTimeout: 10s, retryOn: "5xx,reset,connect-failure,refused-stream", retryRemoteLocalities: true}\n'
+  printf '    fault: {delay: {fixedDelay: 5s, percentage: {value: 0}}, abort: {httpStatus: 503, percentage: {value: 0}}}\n'
+  printf '    route: [{destination: {host: %s}}]\n' "$host_http"; } > "$work/vs-resilience.yaml"
 gateway_config gw-a a 127.0.61.1 yes > "$work/gw-a.yaml"        # single hop: A serves echo itself
 gateway_config gw-a a 127.0.61.1 yes "$work/vs50.yaml" > "$work/gw-a-vs50.yaml"
+gateway_config gw-a a 127.0.61.1 yes "$work/vs-resilience.yaml" > "$work/gw-a-resilience.yaml"
 gateway_config gw-a a 127.0.61.1 no > "$work/gw-a-chain.yaml"   # chain: A → B → backend
 gateway_config gw-b b 127.0.62.1 yes > "$work/gw-b.yaml"
 
@@ -333,15 +340,15 @@ if wants chain; then
     done
 fi
 
-# HTTP terminated by every proxy: EastWest's connection manager (a VirtualService of one rule, and
-# of 50), HAProxy mode http and nginx http; the two-hop HTTP chains (EastWest A keeps a pooled
+# HTTP terminated by every proxy: EastWest's connection manager (a VirtualService of one rule, of
+# 50, and of one rule with retries, a timeout and faults that do not fire), HAProxy mode http and nginx http; the two-hop HTTP chains (EastWest A keeps a pooled
 # HTTP/2 connection to B; HAProxy A `http-reuse always` over h2 to B).
 if wants l7; then
-    for target in eastwest-http eastwest-http-vs50 haproxy-http nginx-http eastwest-http-chain haproxy-http-chain; do
+    for target in eastwest-http eastwest-http-vs50 eastwest-http-resilience haproxy-http nginx-http eastwest-http-chain haproxy-http-chain; do
         runs_target "$target" || continue
         start_target "$target"
         for workload in l1 l2 l4; do
-            case "$target:$workload" in eastwest-http-vs50:l2|eastwest-http-vs50:l4|*-chain:l4) continue ;; esac
+            case "$target:$workload" in eastwest-http-vs50:l2|eastwest-http-vs50:l4|eastwest-http-resilience:l2|eastwest-http-resilience:l4|*-chain:l4) continue ;; esac
             for r in $(seq 1 "$repeats"); do run_cell "$target" "$workload" "$r"; done
         done
         stop_target "$target"
