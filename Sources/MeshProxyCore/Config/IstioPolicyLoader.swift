@@ -17,6 +17,7 @@ package enum IstioPolicyLoader {
         package var gatewayOrigins: [String] = []
         package var serviceEntries: [ServiceEntry] = []
         package var workloadEntries: [WorkloadEntry] = []
+        package var authorizationPolicies: [AuthorizationPolicy] = []
         package var warnings: [ConfigError] = []
         /// One line per document of a kind EastWest does not read.
         package var skipped: [String] = []
@@ -34,6 +35,7 @@ package enum IstioPolicyLoader {
             gatewayOrigins += other.gatewayOrigins
             serviceEntries += other.serviceEntries
             workloadEntries += other.workloadEntries
+            authorizationPolicies += other.authorizationPolicies
             warnings += other.warnings
             skipped += other.skipped
         }
@@ -113,6 +115,7 @@ package enum IstioPolicyLoader {
         "Gateway": KindReader(apiVersions: apiVersions, read: readGateway),
         "ServiceEntry": KindReader(apiVersions: apiVersions, read: readServiceEntry),
         "WorkloadEntry": KindReader(apiVersions: apiVersions, read: readWorkloadEntry),
+        "AuthorizationPolicy": KindReader(apiVersions: securityAPIVersions, read: readAuthorizationPolicy),
     ]
 
     private static func readDestinationRule(_ spec: Node, _ map: SourceMap, _ loaded: inout Loaded) -> [ConfigError] {

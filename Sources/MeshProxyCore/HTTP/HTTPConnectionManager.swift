@@ -59,7 +59,9 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
     private var action: RouteAction?
     /// The last route's action: the next request on a keep-alive connection mostly takes the
     /// same route, and the policy lookup behind an action is not free.
-    private var lastAction: (route: Route, action: RouteAction, breakers: CircuitBreakers?)?
+    private var lastAction: (route: Route, action: RouteAction, breakers: CircuitBreakers?, policies: [AuthorizationEngine.Policy])?
+    /// The AuthorizationPolicies that apply to the current route (none: nothing to decide).
+    private var policies: [AuthorizationEngine.Policy] = []
     /// The route's cluster's circuit breakers (nil: no `connectionPool.http` limits), and the
     /// slots this request holds in them until it is logged.
     private var breakers: CircuitBreakers?
@@ -111,7 +113,10 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
         self.connection = connection
         self.protocolName = protocolName
         self.origin = origin
-        lastAction = connectionAction.map { (connectionRoute, $0, $0.httpLimits.isEmpty ? nil : dataPlane.clusters.breakers(for: connectionRoute, limits: $0.httpLimits)) }
+        lastAction = connectionAction.map {
+            (connectionRoute, $0, $0.httpLimits.isEmpty ? nil : dataPlane.clusters.breakers(for: connectionRoute, limits: $0.httpLimits),
+             routes.authorizationPolicies(for: connectionRoute.service, endpoints: dataPlane.clusters.current.inputs.endpoints))
+        }
         self.idleTimeout = idleTimeout
         random = SplitMix64.fresh()
     }
@@ -322,11 +327,14 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
             if let last = lastAction, last.route == forward.route {
                 action = last.action
                 breakers = last.breakers
+                policies = last.policies
             } else {
                 action = routes.action(for: forward.route, origin: origin)
                 breakers = action.httpLimits.isEmpty ? nil : clusters.breakers(for: forward.route, limits: action.httpLimits)
-                lastAction = (forward.route, action, breakers)
+                policies = routes.authorizationPolicies(for: forward.route.service, endpoints: clusters.current.inputs.endpoints)
+                lastAction = (forward.route, action, breakers, policies)
             }
+            if !policies.isEmpty, !authorized(head, facts: facts, route: forward.route, context: context) { return }
             self.action = action
             // A peer gateway only walks its local endpoints on connect failures: the entry
             // gateway's retry policy covers the request end to end, once.
@@ -357,6 +365,27 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
             state = .connecting(held: [upstream], ended: false)
             openExchange(context: context)
         }
+    }
+
+    /// Istio's RBAC filter, before any fault or upstream: the request as the original client
+    /// sent it, judged by the AuthorizationPolicies of the route. False: refused with 403.
+    private func authorized(_ head: HTTPRequestHead, facts: HTTPRequestFacts, route: Route, context: ChannelHandlerContext) -> Bool {
+        let peer = connection.downstreamRemoteAddress
+        // The original client's address: the first hop the entry gateway recorded.
+        let remote = origin == .peerGateway ? head.headers.first(name: "x-forwarded-for").flatMap { $0.split(separator: ",").first }
+            .map { $0.trimmingCharacters(in: .whitespaces) } : nil
+        let local = connection.downstreamLocal.split(separator: ":").dropLast().joined(separator: ":")
+        let request = AuthorizationRequest(principal: record.sourcePrincipal, sourceIP: peer, remoteIP: remote, destinationIP: local,
+                                           listenerPort: dataPlane.config.listen.port, servicePort: route.service.port, serverName: connection.serverName,
+                                           http: .init(host: facts.authority, method: facts.method, path: facts.path, headers: head.headers))
+        let decision = AuthorizationEngine.decide(request, policies: policies)
+        for audited in decision.audited { dataPlane.logger.info("AuthorizationPolicy AUDIT matched", metadata: ["policy": "\(audited)", "path": "\(facts.path)"]) }
+        for shadow in decision.shadow { dataPlane.logger.info("AuthorizationPolicy dry run", metadata: ["result": "\(shadow)", "path": "\(facts.path)"]) }
+        guard !decision.allowed else { return true }
+        record.codeDetails = decision.responseDetails
+        localReply(.forbidden("\(decision.responseDetails): \(record.sourcePrincipal ?? "a client without a certificate") \(facts.method) \(facts.path)"),
+                   context: context)
+        return false
     }
 
     /// A fault's delay is over: its abort, if the roll gave one, else the first attempt.

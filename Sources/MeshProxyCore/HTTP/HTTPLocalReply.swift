@@ -128,6 +128,12 @@ package struct HTTPLocalReply: Sendable, Equatable {
         .init(status: .gatewayTimeout, body: "upstream request timeout", flags: [.upstreamRequestTimeout], detail: detail)
     }
 
+    /// An AuthorizationPolicy refused the request: Envoy's RBAC filter answers 403 `RBAC: access
+    /// denied`, with no response flag (the policy is in the details).
+    package static func forbidden(_ detail: String) -> HTTPLocalReply {
+        .init(status: .forbidden, body: "RBAC: access denied", flags: [], detail: detail)
+    }
+
     /// Circuit breaker open: 503 with `x-envoy-overloaded: true`, `UO`.
     package static func overflow(_ detail: String) -> HTTPLocalReply {
         var reply = HTTPLocalReply(status: .serviceUnavailable, body: "upstream connect error or disconnect/reset before headers. reset reason: overflow",

@@ -188,9 +188,24 @@ package final class GatewayConnectionHandler: ChannelDuplexHandler, RemovableCha
                 return machine.refused(flags: [.noClusterFound], detail: missing.detail)
             }
         }
+        let clusters = dataPlane.clusters
+        if origin == .client {
+            // Istio's network RBAC filter, with the HTTP-only attributes handled as istiod does.
+            // A peer gateway's connection was judged by the entry gateway, which knew the client.
+            let policies = routes.authorizationPolicies(for: route.service, endpoints: clusters.current.inputs.endpoints)
+            if !policies.isEmpty {
+                let local = record.downstreamLocal.split(separator: ":").dropLast().joined(separator: ":")
+                let request = AuthorizationRequest(principal: record.sourcePrincipal, sourceIP: record.downstreamRemoteAddress, destinationIP: local,
+                                                   listenerPort: dataPlane.config.listen.port, servicePort: route.service.port, serverName: record.serverName)
+                let decision = AuthorizationEngine.decide(request, policies: policies)
+                if !decision.allowed {
+                    Counter(label: "envoy_tcp_rbac_denied", dimensions: OutlierTracker.cluster(route.service)).increment()
+                    return machine.refused(flags: [], detail: decision.responseDetails)
+                }
+            }
+        }
         let action = routes.action(for: route, origin: origin)
         self.action = action
-        let clusters = dataPlane.clusters
         if let limit = action.maxConnections {
             guard clusters.connections.acquire(route.service, limit: limit) else {
                 Counter(label: "envoy_cluster_upstream_cx_overflow", dimensions: OutlierTracker.cluster(route.service)).increment()

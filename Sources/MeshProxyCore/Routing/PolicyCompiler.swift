@@ -13,6 +13,7 @@ package enum PolicyCompiler {
         package var gatewayLabels: [String: String] = [:]
         package var listenerPort = 15443
         package var gatewayServers: GatewayServers?
+        package var authorization = AuthorizationEngine()
     }
 
     /// One kind's compile step: reads its resources out of what the loader produced.
@@ -27,6 +28,7 @@ package enum PolicyCompiler {
             draft.httpRoutes = VirtualServiceCompiler.compile(loaded.virtualServices, origins: loaded.virtualServiceOrigins, proxyLabels: draft.gatewayLabels)
             draft.tcpRoutes = VirtualServiceCompiler.compileTCP(loaded.virtualServices, proxyLabels: draft.gatewayLabels)
         },
+        KindCompiler(kind: "AuthorizationPolicy") { loaded, draft in draft.authorization = AuthorizationEngine(policies: loaded.authorizationPolicies) },
         KindCompiler(kind: "Gateway") { loaded, draft in
             draft.gatewayServers = GatewayServers.compile(loaded.gateways, origins: loaded.gatewayOrigins, labels: draft.gatewayLabels, port: draft.listenerPort)
         },
@@ -43,9 +45,13 @@ package enum PolicyCompiler {
         for step in kinds { step.compile(resources, &draft) }
         var clientLabels: [String: String] = [:]
         if let network = config.network { clientLabels["topology.istio.io/network"] = network }
-        return RouteConfiguration(localCluster: config.cluster, client: config.locality ?? Locality(region: ""),
-                                  clientLabels: clientLabels, subsets: draft.subsets, destinationRules: draft.destinationRules, httpRoutes: draft.httpRoutes,
-                                  tcpRoutes: draft.tcpRoutes, gatewayServers: draft.gatewayServers,
-                                  connectTimeout: config.connectTimeout, maxConnectAttempts: config.effectiveMaxConnectAttempts)
+        var routes = RouteConfiguration(localCluster: config.cluster, client: config.locality ?? Locality(region: ""),
+                                        clientLabels: clientLabels, subsets: draft.subsets, destinationRules: draft.destinationRules, httpRoutes: draft.httpRoutes,
+                                        tcpRoutes: draft.tcpRoutes, gatewayServers: draft.gatewayServers,
+                                        connectTimeout: config.connectTimeout, maxConnectAttempts: config.effectiveMaxConnectAttempts)
+        routes.authorization = draft.authorization
+        routes.gatewayLabels = config.effectiveLabels
+        routes.gatewayNamespace = config.effectiveNamespace
+        return routes
     }
 }

@@ -51,6 +51,11 @@ package struct RouteConfiguration: Sendable, Equatable {
     /// The gateway's defaults where no DestinationRule says otherwise.
     package let connectTimeout: Duration
     package let maxConnectAttempts: Int
+    /// The AuthorizationPolicies this gateway loaded, and the labels and namespace they select
+    /// the gateway by.
+    package var authorization = AuthorizationEngine()
+    package var gatewayLabels: [String: String] = [:]
+    package var gatewayNamespace = "istio-system"
 
     package init(localCluster: String, client: Locality = Locality(region: ""), clientLabels: [String: String] = [:],
                  subsets: [String: [String: [String: String]]] = [:], destinationRules: [DestinationRule] = [],

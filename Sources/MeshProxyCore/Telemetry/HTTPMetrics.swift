@@ -120,9 +120,13 @@ package struct HTTPRequestRecord: Sendable {
         name == ":status" ? (responseCode == 0 ? nil : String(responseCode)) : responseHeaders.first(name: name)
     }
 
+    /// Set when the details are more than the flags tell (an RBAC denial names its policy).
+    package var codeDetails: String?
+
     /// Envoy's `%RESPONSE_CODE_DETAILS%` for what the gateway answered itself.
     var responseCodeDetails: String? {
         if responseCode == 0 { return nil }
+        if let codeDetails { return codeDetails }
         if flags.contains(.noRoute) { return "route_not_found" }
         if flags.contains(.noClusterFound) { return "cluster_not_found" }
         if flags.contains(.noHealthyUpstream) { return "no_healthy_upstream" }
