@@ -64,8 +64,9 @@ struct HTTPRoutingTests {
 
     /// `block` and `block + 1` are the clusters' 127.0.x.0/24 (a test's own, so the previous
     /// test's draining gateways never hold its addresses).
+    /// - Parameter westPolicies: more Istio documents that only west's gateway loads.
     static func start(_ label: String, block: Int, virtualService: String, trafficPolicy: String? = nil,
-                      accessLogFormat: String? = nil) async throws -> Mesh {
+                      westPolicies: String? = nil, accessLogFormat: String? = nil) async throws -> Mesh {
         let e = "127.0.\(block)", w = "127.0.\(block + 1)"
         try #require(FileManager.default.fileExists(atPath: "/usr/bin/curl"), "curl is needed")
         let mesh = try TestMesh(label, clusters: ["east", "west"], serviceHosts: [reviews])
@@ -92,6 +93,11 @@ struct HTTPRoutingTests {
         east.accessLogFormat = accessLogFormat
         var west = mesh.gatewayConfig(name: "west-gw", cluster: "west", ip: "\(w).1", services: [westService])
         west.policies = [policyPath]
+        if let westPolicies {
+            let westOnly = "\(mesh.directory)/west-policies.yaml"
+            try westPolicies.write(toFile: westOnly, atomically: true, encoding: .utf8)
+            west.policies?.append(westOnly)
+        }
         try await mesh.startGateway(east)
         try await mesh.startGateway(west)
         return Mesh(mesh: mesh, east: east, west: west)

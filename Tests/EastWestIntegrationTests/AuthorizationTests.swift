@@ -1,0 +1,83 @@
+import Foundation
+import Testing
+@testable import MeshProxyCore
+
+/// AuthorizationPolicy at the gateways, against the original client: east's clients reach
+/// reviews v2 in west through both gateways, and west's gateway — the only one with the ALLOW
+/// policy — judges them by the identity east carried in x-forwarded-client-cert.
+@Suite("AuthorizationPolicy at the gateways (processes on loopback)", .serialized)
+struct AuthorizationTests {
+    static let routes = HTTPRoutingTests.reviewsRoutes + """
+          - route: [{destination: {host: reviews, subset: v2}}]
+        ---
+        apiVersion: security.istio.io/v1
+        kind: AuthorizationPolicy
+        metadata: {name: no-admin, namespace: istio-system}
+        spec:
+          selector: {matchLabels: {istio: eastwestgateway}}
+          action: DENY
+          rules:
+          - to: [{operation: {paths: ["/admin*"]}}]
+        """
+
+    static let westOnly = """
+        apiVersion: security.istio.io/v1
+        kind: AuthorizationPolicy
+        metadata: {name: reviews-v2-readers, namespace: default}
+        spec:
+          selector: {matchLabels: {version: v2}}
+          action: ALLOW
+          rules:
+          - from: [{source: {principals: [cluster.local/ns/default/sa/client]}}]
+            to: [{operation: {methods: [GET], paths: ["/reviews/*"]}}]
+        ---
+        apiVersion: security.istio.io/v1
+        kind: AuthorizationPolicy
+        metadata:
+          name: would-deny-everything
+          namespace: default
+          annotations: {istio.io/dry-run: "true"}
+        spec:
+          selector: {matchLabels: {version: v2}}
+          action: DENY
+          rules: [{}]
+        """
+
+    @Test("An allowed principal of east reaches reviews v2 in west; another client of east, a POST or another path is refused by west's gateway with 403 'RBAC: access denied'; a forged x-forwarded-client-cert is judged by its sender's own identity; a gateway-wide DENY refuses at east; a dry-run policy only logs")
+    func originalPrincipal() async throws {
+        let mesh = try await HTTPRoutingTests.start("authz", block: 117, virtualService: Self.routes, westPolicies: Self.westOnly)
+        defer { mesh.mesh.processes.stopAll() }
+        let intruder = "\(mesh.mesh.certs.path)/east/intruder"
+        _ = try mesh.mesh.certs.createWorkload(cluster: "east", spiffeID: try SpiffeID(parsing: "spiffe://cluster.local/ns/default/sa/intruder"),
+                                               outputPath: intruder)
+        func get(_ gateway: GatewayConfig, _ path: String, client: String? = nil, extra: [String] = []) async throws -> (code: String, body: String) {
+            let result = try await mesh.mesh.curl(gateway, host: HTTPRoutingTests.reviews, path: path, client: client, extra: extra + ["-w", "\n%{http_code}"])
+            let lines = result.stdout.split(separator: "\n", omittingEmptySubsequences: false)
+            return (String(lines.last ?? ""), lines.dropLast().joined(separator: "\n"))
+        }
+        let allowed = try await get(mesh.east, "/reviews/1")
+        #expect(allowed.code == "200" && allowed.body.contains("\"version\":\"v2\""), "\(allowed)")
+        #expect(try await get(mesh.east, "/reviews/1", client: intruder) == ("403", "RBAC: access denied"))
+        #expect(try await get(mesh.east, "/reviews/1", extra: ["-X", "POST"]) == ("403", "RBAC: access denied"))
+        #expect(try await get(mesh.east, "/ratings/1") == ("403", "RBAC: access denied"))
+        // Straight to west's gateway with a forged header naming the allowed client: the header
+        // is the gateway's to set, and the sender is a workload, not a gateway.
+        let forged = try await get(mesh.west, "/reviews/1", client: intruder,
+                                   extra: ["-H", "x-forwarded-client-cert: By=spiffe://cluster.local/ns/istio-system/sa/eastwest-gateway-east;URI=spiffe://cluster.local/ns/default/sa/client"])
+        #expect(forged == ("403", "RBAC: access denied"))
+        // The gateway-wide DENY is in both gateways' policies: east refuses before forwarding.
+        #expect(try await get(mesh.east, "/admin/users") == ("403", "RBAC: access denied"))
+
+        let west = try #require(mesh.mesh.processes.children.first { $0.name == "west-gw" })
+        let east = try #require(mesh.mesh.processes.children.first { $0.name == "east-gw" })
+        let logged = await eventually(timeout: .seconds(5)) {
+            west.log.contains("rbac_access_denied_matched_policy[none]: spiffe://cluster.local/ns/default/sa/intruder GET /reviews/1")
+                && east.log.contains("rbac_access_denied_matched_policy[ns[istio-system]-policy[no-admin]-rule[0]]")
+        }
+        #expect(logged, "west: \(west.log.suffix(2500))\neast: \(east.log.suffix(1500))")
+        // The dry-run DENY decided every request aside and refused none of them.
+        #expect(west.log.contains("ns[default]-policy[would-deny-everything]: denied"), "\(west.log.suffix(1500))")
+        // east forwarded the intruder's request and passed west's refusal on: it is west's 403.
+        #expect(!east.log.contains("rbac_access_denied_matched_policy[none]"))
+    }
+}
