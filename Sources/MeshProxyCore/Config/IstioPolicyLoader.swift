@@ -18,6 +18,7 @@ package enum IstioPolicyLoader {
         package var serviceEntries: [ServiceEntry] = []
         package var workloadEntries: [WorkloadEntry] = []
         package var authorizationPolicies: [AuthorizationPolicy] = []
+        package var peerAuthentications: [PeerAuthentication] = []
         package var warnings: [ConfigError] = []
         /// One line per document of a kind EastWest does not read.
         package var skipped: [String] = []
@@ -36,6 +37,7 @@ package enum IstioPolicyLoader {
             serviceEntries += other.serviceEntries
             workloadEntries += other.workloadEntries
             authorizationPolicies += other.authorizationPolicies
+            peerAuthentications += other.peerAuthentications
             warnings += other.warnings
             skipped += other.skipped
         }
@@ -116,6 +118,7 @@ package enum IstioPolicyLoader {
         "ServiceEntry": KindReader(apiVersions: apiVersions, read: readServiceEntry),
         "WorkloadEntry": KindReader(apiVersions: apiVersions, read: readWorkloadEntry),
         "AuthorizationPolicy": KindReader(apiVersions: securityAPIVersions, read: readAuthorizationPolicy),
+        "PeerAuthentication": KindReader(apiVersions: securityAPIVersions, read: readPeerAuthentication),
     ]
 
     private static func readDestinationRule(_ spec: Node, _ map: SourceMap, _ loaded: inout Loaded) -> [ConfigError] {
