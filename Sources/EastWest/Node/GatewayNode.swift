@@ -69,6 +69,7 @@ struct GatewayNode: Service {
         let warnings = resources.skipped + resources.warnings.map(\.description)
             + GatewayServers.unserved(resources.gateways, origins: resources.gatewayOrigins, labels: config.effectiveLabels, port: config.listen.port)
             + PeerAuthentication.gatewayWarnings(resources.peerAuthentications, labels: config.effectiveLabels, namespace: config.effectiveNamespace)
+            + EnvoyFilter.gatewayWarnings(resources.envoyFilters, labels: config.effectiveLabels, namespace: config.effectiveNamespace)
         return (PolicyCompiler.compile(config: config, resources: resources), warnings)
     }
 

@@ -19,6 +19,7 @@ package enum IstioPolicyLoader {
         package var workloadEntries: [WorkloadEntry] = []
         package var authorizationPolicies: [AuthorizationPolicy] = []
         package var peerAuthentications: [PeerAuthentication] = []
+        package var envoyFilters: [EnvoyFilter] = []
         package var warnings: [ConfigError] = []
         /// One line per document of a kind EastWest does not read.
         package var skipped: [String] = []
@@ -38,6 +39,7 @@ package enum IstioPolicyLoader {
             workloadEntries += other.workloadEntries
             authorizationPolicies += other.authorizationPolicies
             peerAuthentications += other.peerAuthentications
+            envoyFilters += other.envoyFilters
             warnings += other.warnings
             skipped += other.skipped
         }
@@ -119,6 +121,7 @@ package enum IstioPolicyLoader {
         "WorkloadEntry": KindReader(apiVersions: apiVersions, read: readWorkloadEntry),
         "AuthorizationPolicy": KindReader(apiVersions: securityAPIVersions, read: readAuthorizationPolicy),
         "PeerAuthentication": KindReader(apiVersions: securityAPIVersions, read: readPeerAuthentication),
+        "EnvoyFilter": KindReader(apiVersions: envoyFilterAPIVersions, read: readEnvoyFilter),
     ]
 
     private static func readDestinationRule(_ spec: Node, _ map: SourceMap, _ loaded: inout Loaded) -> [ConfigError] {

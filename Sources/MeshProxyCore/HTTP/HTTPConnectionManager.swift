@@ -316,6 +316,18 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
             ? .forward(HTTPRequestRouter.Forward(route: connectionRoute, routeName: "", origin: nil, requestHeaders: .init(), responseHeaders: .init()))
             : HTTPRequestRouter.decide(facts, connectionRoute: connectionRoute, routes: routes, services: clusters.current,
                                        listenerPort: dataPlane.config.listen.port, random: random.next())
+        if let limit = routes.localRateLimit {
+            // Envoy's local_ratelimit, first in the HTTP filters (the EnvoyFilter inserts it).
+            switch limit.check(enabledRoll: random.next(), enforcedRoll: random.next()) {
+            case .pass: break
+            case .limitedNotEnforced: break  // counted; Envoy lets it through
+            case .refuse:
+                if case .forward(let forward) = decision { self.forward = forward; record.route = forward.route; record.routeName = forward.routeName }
+                record.codeDetails = "local_rate_limited"
+                localReply(.rateLimited(limit.settings), context: context)
+                return
+            }
+        }
         switch decision {
         case .reply(let reply):
             localReply(reply, context: context)

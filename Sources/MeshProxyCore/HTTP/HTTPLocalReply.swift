@@ -128,6 +128,15 @@ package struct HTTPLocalReply: Sendable, Equatable {
         .init(status: .gatewayTimeout, body: "upstream request timeout", flags: [.upstreamRequestTimeout], detail: detail)
     }
 
+    /// The local rate limit is out of tokens: its status (429), body `local_rate_limited`, `RL`,
+    /// and the filter's `response_headers_to_add`.
+    package static func rateLimited(_ settings: LocalRateLimit.Settings) -> HTTPLocalReply {
+        var reply = HTTPLocalReply(status: HTTPResponseStatus(statusCode: settings.status), body: "local_rate_limited", flags: [.rateLimited],
+                                   detail: "local_rate_limited: \(settings.origin) (\(settings.maxTokens) tokens, \(settings.tokensPerFill) per \(settings.fillInterval))")
+        reply.headers = settings.responseHeaders
+        return reply
+    }
+
     /// An AuthorizationPolicy refused the request: Envoy's RBAC filter answers 403 `RBAC: access
     /// denied`, with no response flag (the policy is in the details).
     package static func forbidden(_ detail: String) -> HTTPLocalReply {

@@ -52,6 +52,8 @@ package enum PolicyCompiler {
         routes.authorization = draft.authorization
         routes.gatewayLabels = config.effectiveLabels
         routes.gatewayNamespace = config.effectiveNamespace
+        routes.localRateLimit = EnvoyFilter.localRateLimit(resources.envoyFilters, labels: config.effectiveLabels, namespace: config.effectiveNamespace)
+            .map(LocalRateLimit.init)
         return routes
     }
 }

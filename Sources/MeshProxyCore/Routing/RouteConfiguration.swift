@@ -56,6 +56,8 @@ package struct RouteConfiguration: Sendable, Equatable {
     package var authorization = AuthorizationEngine()
     package var gatewayLabels: [String: String] = [:]
     package var gatewayNamespace = "istio-system"
+    /// The gateway's `envoy.filters.http.local_ratelimit`, from an EnvoyFilter; nil: none.
+    package var localRateLimit: LocalRateLimit?
 
     package init(localCluster: String, client: Locality = Locality(region: ""), clientLabels: [String: String] = [:],
                  subsets: [String: [String: [String: String]]] = [:], destinationRules: [DestinationRule] = [],

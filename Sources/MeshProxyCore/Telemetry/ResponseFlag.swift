@@ -27,4 +27,6 @@ package enum ResponseFlag: String, Sendable, CaseIterable {
     case delayInjected = "DI"
     /// A VirtualService `fault.abort` answered it.
     case faultInjected = "FI"
+    /// A local rate limit refused it.
+    case rateLimited = "RL"
 }

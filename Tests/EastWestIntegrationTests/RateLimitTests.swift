@@ -1,0 +1,58 @@
+import Foundation
+import Testing
+@testable import MeshProxyCore
+
+@Suite("Local rate limit from an EnvoyFilter (processes on loopback)", .serialized)
+struct RateLimitTests {
+    static let filter = "\n" + """
+        ---
+        apiVersion: networking.istio.io/v1alpha3
+        kind: EnvoyFilter
+        metadata: {name: gateway-rate-limit, namespace: istio-system}
+        spec:
+          workloadSelector: {labels: {istio: eastwestgateway}}
+          configPatches:
+          - applyTo: HTTP_FILTER
+            match: {context: GATEWAY}
+            patch:
+              operation: INSERT_BEFORE
+              value:
+                name: envoy.filters.http.local_ratelimit
+                typed_config:
+                  "@type": type.googleapis.com/udpa.type.v1.TypedStruct
+                  type_url: type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit
+                  value:
+                    stat_prefix: http_local_rate_limiter
+                    token_bucket: {max_tokens: 3, tokens_per_fill: 3, fill_interval: 60s}
+                    filter_enabled: {runtime_key: local_rate_limit_enabled, default_value: {numerator: 100, denominator: HUNDRED}}
+                    filter_enforced: {runtime_key: local_rate_limit_enforced, default_value: {numerator: 100, denominator: HUNDRED}}
+                    response_headers_to_add:
+                    - append_action: OVERWRITE_IF_EXISTS_OR_ADD
+                      header: {key: x-local-rate-limit, value: "true"}
+        """
+
+    @Test("Istio's rate-limit example at the gateway: a bucket of 3 lets 3 requests through, then 429 local_rate_limited with x-local-rate-limit and flag RL; Envoy's counters count them")
+    func bucketRunsOut() async throws {
+        let mesh = try await HTTPRoutingTests.start("ratelimit", block: 119, virtualService: HTTPRoutingTests.reviewsRoutes + """
+              - route: [{destination: {host: reviews, subset: v1}}]
+            """ + Self.filter)
+        defer { mesh.mesh.processes.stopAll() }
+        var codes: [String] = []
+        var refused = ""
+        for _ in 0..<5 {
+            let result = try await mesh.mesh.curl(mesh.east, host: HTTPRoutingTests.reviews, path: "/reviews/1", extra: ["-i", "-w", "\n%{http_code}"])
+            let lines = result.stdout.split(separator: "\n", omittingEmptySubsequences: false)
+            codes.append(String(lines.last ?? ""))
+            if lines.last == "429" { refused = result.stdout }
+        }
+        #expect(codes == ["200", "200", "200", "429", "429"], "\(codes)")
+        #expect(refused.lowercased().contains("x-local-rate-limit: true") && refused.contains("local_rate_limited"), "\(refused)")
+        let gateway = try #require(mesh.mesh.processes.children.first { $0.name == "east-gw" })
+        let logged = await eventually(timeout: .seconds(5)) { gateway.log.contains("\"GET /reviews/1 HTTP/2\" 429 RL") }
+        #expect(logged, "\(gateway.log.suffix(2000))")
+        let metrics = try await mesh.mesh.admin(mesh.east, "/stats/prometheus")
+        for (name, count) in [("enabled", 5), ("ok", 3), ("rate_limited", 2), ("enforced", 2)] {
+            #expect(metrics.contains("envoy_http_local_rate_limiter_http_local_rate_limit_\(name) \(count)"), "\(name): \(metrics.split(separator: "\n").filter { $0.contains("rate_limit") })")
+        }
+    }
+}
