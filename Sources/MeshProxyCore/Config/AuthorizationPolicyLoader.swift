@@ -96,15 +96,10 @@ extension IstioPolicyLoader {
                 if (condition.values ?? []).isEmpty, (condition.notValues ?? []).isEmpty {
                     errors.append(map.error(.missingField, at: at, "a condition needs values or notValues"))
                 }
-                if key.hasPrefix("request.auth.") || key.hasPrefix("experimental.") {
+                if key.hasPrefix("experimental.") {
                     warnings.append(map.error(.notImplemented, at: at.key("key"),
-                                              "'\(key)' needs RequestAuthentication (or filter metadata), which EastWest does not verify yet: it never holds").asWarning)
+                                              "'\(key)' reads Envoy filter metadata, which EastWest does not have: it never holds").asWarning)
                 }
-            }
-            let sources = (rule.from ?? []).compactMap(\.source)
-            if sources.contains(where: { $0.requestPrincipals != nil || $0.notRequestPrincipals != nil }) {
-                warnings.append(map.error(.notImplemented, at: path.key("from"),
-                                          "requestPrincipals need RequestAuthentication (JWT), which EastWest does not verify yet: requestPrincipals never match, notRequestPrincipals always do").asWarning)
             }
         }
         return (errors, warnings)

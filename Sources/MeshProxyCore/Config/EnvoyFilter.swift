@@ -46,7 +46,8 @@ package struct EnvoyFilter: Codable, Sendable, Equatable {
     }
 }
 
-/// Any YAML value, for the parts of a resource that carry Envoy's own configuration.
+/// Any YAML or JSON value: the parts of a resource that carry Envoy's own configuration, a
+/// JWT's claims.
 package indirect enum ConfigValue: Codable, Sendable, Equatable {
     case string(String), number(Double), bool(Bool), list([ConfigValue]), object([String: ConfigValue]), null
 

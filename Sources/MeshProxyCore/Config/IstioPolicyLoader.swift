@@ -20,6 +20,7 @@ package enum IstioPolicyLoader {
         package var authorizationPolicies: [AuthorizationPolicy] = []
         package var peerAuthentications: [PeerAuthentication] = []
         package var envoyFilters: [EnvoyFilter] = []
+        package var requestAuthentications: [RequestAuthentication] = []
         package var warnings: [ConfigError] = []
         /// One line per document of a kind EastWest does not read.
         package var skipped: [String] = []
@@ -40,6 +41,7 @@ package enum IstioPolicyLoader {
             authorizationPolicies += other.authorizationPolicies
             peerAuthentications += other.peerAuthentications
             envoyFilters += other.envoyFilters
+            requestAuthentications += other.requestAuthentications
             warnings += other.warnings
             skipped += other.skipped
         }
@@ -122,6 +124,7 @@ package enum IstioPolicyLoader {
         "AuthorizationPolicy": KindReader(apiVersions: securityAPIVersions, read: readAuthorizationPolicy),
         "PeerAuthentication": KindReader(apiVersions: securityAPIVersions, read: readPeerAuthentication),
         "EnvoyFilter": KindReader(apiVersions: envoyFilterAPIVersions, read: readEnvoyFilter),
+        "RequestAuthentication": KindReader(apiVersions: securityAPIVersions, read: readRequestAuthentication),
     ]
 
     private static func readDestinationRule(_ spec: Node, _ map: SourceMap, _ loaded: inout Loaded) -> [ConfigError] {

@@ -59,7 +59,16 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
     private var action: RouteAction?
     /// The last route's action: the next request on a keep-alive connection mostly takes the
     /// same route, and the policy lookup behind an action is not free.
-    private var lastAction: (route: Route, action: RouteAction, breakers: CircuitBreakers?, policies: [AuthorizationEngine.Policy])?
+    private var lastAction: (route: Route, action: RouteAction, breakers: CircuitBreakers?, policies: [AuthorizationEngine.Policy],
+                             authenticator: JWTAuthenticator?)?
+    /// The route's RequestAuthentication rules (nil: none), and what a verified token adds.
+    private var authenticator: JWTAuthenticator?
+    private var requestPrincipal: RequestPrincipal?
+    private var tokenHeaders: [(name: String, value: String)] = []
+    private var tokenHeaderRemoved: String?
+    /// The verified JWT's payload, from the entry gateway to the peer gateway (trusted from
+    /// gateways only, like x-forwarded-client-cert), so its policies see the same principal.
+    private static let verifiedPayload = "x-eastwest-jwt-payload"
     /// The AuthorizationPolicies that apply to the current route (none: nothing to decide).
     private var policies: [AuthorizationEngine.Policy] = []
     /// The route's cluster's circuit breakers (nil: no `connectionPool.http` limits), and the
@@ -97,7 +106,7 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
     /// Hop-by-hop headers (and the ones a gateway replaces) that never cross it.
     private static let hopByHop = ["connection", "keep-alive", "proxy-connection"]
     /// Set by the gateway itself, whatever the client sent.
-    private static let replacedAtTheEdge = ["x-request-id", "x-forwarded-client-cert", "x-forwarded-proto", "x-forwarded-for"]
+    private static let replacedAtTheEdge = ["x-request-id", "x-forwarded-client-cert", "x-forwarded-proto", "x-forwarded-for", verifiedPayload]
     private static let responseHeadersDropped = hopByHop + ["server"]
 
     /// - Parameters:
@@ -114,8 +123,10 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
         self.protocolName = protocolName
         self.origin = origin
         lastAction = connectionAction.map {
-            (connectionRoute, $0, $0.httpLimits.isEmpty ? nil : dataPlane.clusters.breakers(for: connectionRoute, limits: $0.httpLimits),
-             routes.authorizationPolicies(for: connectionRoute.service, endpoints: dataPlane.clusters.current.inputs.endpoints))
+            let endpoints = dataPlane.clusters.current.inputs.endpoints
+            return (connectionRoute, $0, $0.httpLimits.isEmpty ? nil : dataPlane.clusters.breakers(for: connectionRoute, limits: $0.httpLimits),
+                    routes.authorizationPolicies(for: connectionRoute.service, endpoints: endpoints),
+                    routes.requestAuthenticator(for: connectionRoute.service, endpoints: endpoints))
         }
         self.idleTimeout = idleTimeout
         random = SplitMix64.fresh()
@@ -340,11 +351,22 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
                 action = last.action
                 breakers = last.breakers
                 policies = last.policies
+                authenticator = last.authenticator
             } else {
                 action = routes.action(for: forward.route, origin: origin)
                 breakers = action.httpLimits.isEmpty ? nil : clusters.breakers(for: forward.route, limits: action.httpLimits)
-                policies = routes.authorizationPolicies(for: forward.route.service, endpoints: clusters.current.inputs.endpoints)
-                lastAction = (forward.route, action, breakers, policies)
+                let endpoints = clusters.current.inputs.endpoints
+                policies = routes.authorizationPolicies(for: forward.route.service, endpoints: endpoints)
+                authenticator = routes.requestAuthenticator(for: forward.route.service, endpoints: endpoints)
+                lastAction = (forward.route, action, breakers, policies, authenticator)
+            }
+            requestPrincipal = nil
+            tokenHeaders = []
+            tokenHeaderRemoved = nil
+            if origin == .peerGateway {
+                requestPrincipal = head.headers.first(name: Self.verifiedPayload).flatMap(RequestPrincipal.init(payload:))
+            } else if let authenticator, !authenticated(head, authenticator: authenticator, context: context) {
+                return
             }
             if !policies.isEmpty, !authorized(head, facts: facts, route: forward.route, context: context) { return }
             self.action = action
@@ -379,6 +401,24 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
         }
     }
 
+    /// Envoy's jwt_authn with Istio's requirement: no token passes, a token must verify.
+    /// False: refused (401, or 403 for audiences).
+    private func authenticated(_ head: HTTPRequestHead, authenticator: JWTAuthenticator, context: ChannelHandlerContext) -> Bool {
+        switch authenticator.authenticate(head.headers, path: head.uri) {
+        case .noToken:
+            return true
+        case .verified(let principal, let headers, let removing):
+            requestPrincipal = principal
+            tokenHeaders = headers
+            tokenHeaderRemoved = removing
+            return true
+        case .rejected(let status, let message):
+            record.codeDetails = "jwt_authn_access_denied{\(message)}"
+            localReply(.jwtRejected(status: status, message: message, uri: "https://\(record.authority)\(head.uri)"), context: context)
+            return false
+        }
+    }
+
     /// Istio's RBAC filter, before any fault or upstream: the request as the original client
     /// sent it, judged by the AuthorizationPolicies of the route. False: refused with 403.
     private func authorized(_ head: HTTPRequestHead, facts: HTTPRequestFacts, route: Route, context: ChannelHandlerContext) -> Bool {
@@ -387,9 +427,10 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
         let remote = origin == .peerGateway ? head.headers.first(name: "x-forwarded-for").flatMap { $0.split(separator: ",").first }
             .map { $0.trimmingCharacters(in: .whitespaces) } : nil
         let local = connection.downstreamLocal.split(separator: ":").dropLast().joined(separator: ":")
-        let request = AuthorizationRequest(principal: record.sourcePrincipal, sourceIP: peer, remoteIP: remote, destinationIP: local,
+        var request = AuthorizationRequest(principal: record.sourcePrincipal, sourceIP: peer, remoteIP: remote, destinationIP: local,
                                            listenerPort: dataPlane.config.listen.port, servicePort: route.service.port, serverName: connection.serverName,
                                            http: .init(host: facts.authority, method: facts.method, path: facts.path, headers: head.headers))
+        request.requestPrincipal = requestPrincipal
         let decision = AuthorizationEngine.decide(request, policies: policies)
         for audited in decision.audited { dataPlane.logger.info("AuthorizationPolicy AUDIT matched", metadata: ["policy": "\(audited)", "path": "\(facts.path)"]) }
         for shadow in decision.shadow { dataPlane.logger.info("AuthorizationPolicy dry run", metadata: ["result": "\(shadow)", "path": "\(facts.path)"]) }
@@ -542,6 +583,8 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
         // mutateRequestHeaders): then it goes on with the `connection` that names it.
         if requestIsWebSocket { upstream.headers.add(name: "connection", value: "upgrade") } else { upstream.headers.remove(name: "upgrade") }
         if origin == .peerGateway {
+            // For this gateway's policies only; the backend never sees it.
+            upstream.headers.remove(name: Self.verifiedPayload)
             record.requestHeaders = upstream.headers
             return upstream
         }
@@ -569,6 +612,12 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
             record.path = path
         }
         upstream.headers.add(name: "x-envoy-attempt-count", value: "1")
+        if let principal = requestPrincipal {
+            // jwt_authn's outputs: the token gone unless forwarded, claims and payload headers.
+            if let removed = tokenHeaderRemoved { upstream.headers.remove(name: removed) }
+            for header in tokenHeaders { upstream.headers.replaceOrAdd(name: header.name, value: header.value) }
+            upstream.headers.add(name: Self.verifiedPayload, value: principal.payload)
+        }
         if let timeout = forward.timeout {
             // Envoy's setTimeoutHeaders: the upstream learns how long the gateway will wait.
             upstream.headers.add(name: "x-envoy-expected-rq-timeout-ms", value: String(timeout.milliseconds))

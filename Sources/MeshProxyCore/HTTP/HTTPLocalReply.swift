@@ -137,6 +137,14 @@ package struct HTTPLocalReply: Sendable, Equatable {
         return reply
     }
 
+    /// RequestAuthentication refused the token: 401 (403 for its audiences) with the verifier's
+    /// text as the body and `www-authenticate: Bearer realm="<URI>", error="invalid_token"`.
+    package static func jwtRejected(status: Int, message: String, uri: String) -> HTTPLocalReply {
+        var reply = HTTPLocalReply(status: HTTPResponseStatus(statusCode: status), body: message, flags: [], detail: "jwt_authn_access_denied{\(message)}")
+        reply.headers = [("www-authenticate", "Bearer realm=\"\(uri.prefix(256))\", error=\"invalid_token\"")]
+        return reply
+    }
+
     /// An AuthorizationPolicy refused the request: Envoy's RBAC filter answers 403 `RBAC: access
     /// denied`, with no response flag (the policy is in the details).
     package static func forbidden(_ detail: String) -> HTTPLocalReply {

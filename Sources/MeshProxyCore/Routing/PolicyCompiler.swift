@@ -52,6 +52,7 @@ package enum PolicyCompiler {
         routes.authorization = draft.authorization
         routes.gatewayLabels = config.effectiveLabels
         routes.gatewayNamespace = config.effectiveNamespace
+        routes.requestAuthentications = resources.requestAuthentications
         routes.localRateLimit = EnvoyFilter.localRateLimit(resources.envoyFilters, labels: config.effectiveLabels, namespace: config.effectiveNamespace)
             .map(LocalRateLimit.init)
         return routes

@@ -58,6 +58,8 @@ package struct RouteConfiguration: Sendable, Equatable {
     package var gatewayNamespace = "istio-system"
     /// The gateway's `envoy.filters.http.local_ratelimit`, from an EnvoyFilter; nil: none.
     package var localRateLimit: LocalRateLimit?
+    /// Every RequestAuthentication loaded; which apply is decided per route.
+    package var requestAuthentications: [RequestAuthentication] = []
 
     package init(localCluster: String, client: Locality = Locality(region: ""), clientLabels: [String: String] = [:],
                  subsets: [String: [String: [String: String]]] = [:], destinationRules: [DestinationRule] = [],

@@ -20,6 +20,8 @@ package struct AuthorizationRequest: Sendable {
     package var servicePort: Int
     package var serverName: String
     package var http: HTTP?
+    /// What a verified JWT says (RequestAuthentication); nil: no token.
+    package var requestPrincipal: RequestPrincipal?
 
     package struct HTTP: Sendable {
         /// `:authority`.
@@ -84,16 +86,13 @@ package struct AuthorizationEngine: Sendable, Equatable {
                             serviceLabels: [[String: String]]) -> [Policy] {
         policies.compactMap { policy in
             var applying = policy
-            let inScope = { (namespace: String?) in policy.namespace == rootNamespace || policy.namespace == namespace }
-            guard let selector = policy.selector else {
-                applying.atGateway = policy.namespace == gatewayNamespace && policy.namespace != rootNamespace
-                return policy.namespace == rootNamespace || policy.namespace == gatewayNamespace || policy.namespace == serviceNamespace ? applying : nil
+            switch PolicyScope.match(namespace: policy.namespace, selector: policy.selector, gatewayLabels: gatewayLabels, gatewayNamespace: gatewayNamespace,
+                                     serviceNamespace: serviceNamespace, serviceLabels: serviceLabels, root: rootNamespace) {
+            case nil: return nil
+            case .gateway: applying.atGateway = true
+            case .service: applying.atGateway = false
             }
-            if inScope(gatewayNamespace), selector.selects(gatewayLabels) {
-                applying.atGateway = true
-                return applying
-            }
-            return inScope(serviceNamespace) && serviceLabels.contains { selector.selects($0) } ? applying : nil
+            return applying
         }
     }
 
@@ -184,9 +183,13 @@ package struct AuthorizationEngine: Sendable, Equatable {
         return check(source.principals, source.notPrincipals, request) { pattern in
             principal.map { pattern.hasPrefix("*") ? glob(pattern, $0) : glob("spiffe://" + pattern, $0) } ?? false
         }
-            // No JWT verification yet: a request principal never holds (a rule needing one never
-            // matches; `notRequestPrincipals` always does).
-            && check(source.requestPrincipals, source.notRequestPrincipals, httpOnly: true, request) { _ in false }
+            // `iss/sub`, split at the last `/`, each side matched on its own; `*` needs both.
+            && check(source.requestPrincipals, source.notRequestPrincipals, httpOnly: true, request) { pattern in
+                guard let token = request.requestPrincipal else { return false }
+                if pattern == "*" { return !token.issuer.isEmpty && !token.subject.isEmpty }
+                guard let slash = pattern.lastIndex(of: "/") else { return false }
+                return glob(String(pattern[..<slash]), token.issuer) && glob(String(pattern[pattern.index(after: slash)...]), token.subject)
+            }
             && check(source.namespaces, source.notNamespaces, request) { pattern in SpiffeParts(principal).map { glob(pattern, $0.namespace) } ?? false }
             && check(source.serviceAccounts, source.notServiceAccounts, request) { account in
                 guard let parts = SpiffeParts(principal) else { return false }
@@ -225,8 +228,16 @@ package struct AuthorizationEngine: Sendable, Equatable {
             let name = String(key.dropFirst("request.headers[".count).dropLast())
             let joined = request.http?.headers[name].joined(separator: ",")
             value = { pattern in joined.map { glob(pattern, $0) } ?? false }
+        case "request.auth.principal": value = { pattern in request.requestPrincipal.map { glob(pattern, $0.principal) } ?? false }
+        case "request.auth.audiences": value = { pattern in request.requestPrincipal?.claims["aud"]?.strings.contains { glob(pattern, $0) } ?? false }
+        case "request.auth.presenter": value = { pattern in request.requestPrincipal?.claims["azp"]?.strings.contains { glob(pattern, $0) } ?? false }
+        case _ where key.hasPrefix("request.auth.claims[") && key.hasSuffix("]"):
+            // `[a][b]`: nested claims; a list claim holds when any of its strings does.
+            let path = key.dropFirst("request.auth.claims[".count).dropLast().components(separatedBy: "][")
+            let claim = request.requestPrincipal.flatMap { JWTAuthenticator.claim(path, in: $0.claims) }?.strings ?? []
+            value = { pattern in claim.contains { glob(pattern, $0) } }
         default:
-            // request.auth.* (no JWT yet) and keys EastWest does not know: nothing holds.
+            // Filter metadata and keys EastWest does not know: nothing holds.
             value = { _ in false }
         }
         return check(condition.values, condition.notValues, request, value)
@@ -338,9 +349,46 @@ extension RouteConfiguration {
     /// labels are its endpoints' anywhere in the mesh); empty when none applies.
     package func authorizationPolicies(for service: ServiceKey, endpoints: MeshEndpoints) -> [AuthorizationEngine.Policy] {
         guard !authorization.isEmpty else { return [] }
+        let (namespace, labels) = Self.workloads(of: service, endpoints: endpoints)
+        return authorization.applicable(gatewayLabels: gatewayLabels, gatewayNamespace: gatewayNamespace, serviceNamespace: namespace, serviceLabels: labels)
+    }
+
+    /// The JWT rules of the RequestAuthentications for traffic to `service`; nil when none applies.
+    package func requestAuthenticator(for service: ServiceKey, endpoints: MeshEndpoints) -> JWTAuthenticator? {
+        guard !requestAuthentications.isEmpty else { return nil }
+        let (namespace, labels) = Self.workloads(of: service, endpoints: endpoints)
+        let applying = requestAuthentications.filter { policy in
+            PolicyScope.match(namespace: policy.namespace, selector: policy.selector?.matchLabels, gatewayLabels: gatewayLabels,
+                              gatewayNamespace: gatewayNamespace, serviceNamespace: namespace, serviceLabels: labels) != nil
+                && policy.targetRef == nil && policy.targetRefs == nil
+        }
+        let authenticator = JWTAuthenticator(applying)
+        return authenticator.isEmpty ? nil : authenticator
+    }
+
+    /// A service's namespace (from its host name) and its endpoints' labels anywhere in the mesh.
+    static func workloads(of service: ServiceKey, endpoints: MeshEndpoints) -> (namespace: String?, labels: [[String: String]]) {
         let labels = endpoints.clusters.values.flatMap { ($0.services[service] ?? []).map { $0.labels ?? [:] } }
         let parts = service.host.split(separator: ".")
-        return authorization.applicable(gatewayLabels: gatewayLabels, gatewayNamespace: gatewayNamespace,
-                                        serviceNamespace: parts.count > 1 ? String(parts[1]) : nil, serviceLabels: labels)
+        return (parts.count > 1 ? String(parts[1]) : nil, labels)
+    }
+}
+
+/// Which workloads a security policy (AuthorizationPolicy, RequestAuthentication) covers, seen
+/// from a gateway: its selector against the gateway's labels or the destination service's
+/// workloads' labels, in the policy's namespace or from the root namespace; without a selector,
+/// every workload of its namespace (the mesh's from the root).
+package enum PolicyScope {
+    package enum Match { case gateway, service }
+
+    package static func match(namespace: String, selector: [String: String]?, gatewayLabels: [String: String], gatewayNamespace: String,
+                              serviceNamespace: String?, serviceLabels: [[String: String]], root: String = "istio-system") -> Match? {
+        let inScope = { (other: String?) in namespace == root || namespace == other }
+        guard let selector, !selector.isEmpty else {
+            if namespace == gatewayNamespace, namespace != root { return .gateway }
+            return namespace == root || namespace == serviceNamespace ? .service : nil
+        }
+        if inScope(gatewayNamespace), selector.selects(gatewayLabels) { return .gateway }
+        return inScope(serviceNamespace) && serviceLabels.contains { selector.selects($0) } ? .service : nil
     }
 }

@@ -1,0 +1,296 @@
+import Crypto
+import CryptoExtras
+import Foundation
+import NIOHTTP1
+
+/// A JWKS document's public keys, as swift-crypto keys (RSA for RS*/PS*, P-256/P-384 for
+/// ES256/ES384, Ed25519 for EdDSA); keys of other types are left out.
+package struct JWKSet: Sendable {
+    package struct Key: Sendable {
+        package enum Material: Sendable {
+            case rsa(_RSA.Signing.PublicKey)
+            case p256(P256.Signing.PublicKey)
+            case p384(P384.Signing.PublicKey)
+            case ed25519(Curve25519.Signing.PublicKey)
+        }
+        package var kid: String?
+        package var alg: String?
+        package var material: Material
+    }
+
+    package var keys: [Key]
+
+    package struct Problem: Error, Sendable {
+        package var message: String
+        /// An `https://` URI: valid, only not fetched here.
+        package var fetchable = false
+    }
+
+    /// The rule's keys: inline `jwks`, or a `file://` `jwksUri` (read now).
+    static func source(of rule: RequestAuthentication.JWTRule, base: URL) -> Result<JWKSet, Problem> {
+        if let jwks = rule.jwks { return parse(Data(jwks.utf8)) }
+        guard let uri = rule.jwksUri else { return .failure(Problem(message: "a jwtRule needs jwks or jwksUri (istiod's OpenID discovery is not done here)", fetchable: true)) }
+        guard uri.hasPrefix("file://") else { return .failure(Problem(message: "jwksUri \(uri) is not fetched", fetchable: true)) }
+        let path = String(uri.dropFirst("file://".count))
+        let url = path.hasPrefix("/") ? URL(fileURLWithPath: path) : base.appendingPathComponent(path)
+        guard let data = try? Data(contentsOf: url) else { return .failure(Problem(message: "cannot read the JWKS at \(url.path)")) }
+        return parse(data)
+    }
+
+    package static func parse(_ data: Data) -> Result<JWKSet, Problem> {
+        guard let document = (try? JSONSerialization.jsonObject(with: data)) as? [String: Any], let keys = document["keys"] as? [[String: Any]] else {
+            return .failure(Problem(message: "not a JWKS document (a JSON object with \"keys\")"))
+        }
+        return .success(JWKSet(keys: keys.compactMap(key)))
+    }
+
+    private static func key(_ jwk: [String: Any]) -> Key? {
+        func bytes(_ name: String) -> Data? { (jwk[name] as? String).flatMap(JWT.base64URLDecoded) }
+        let material: Key.Material
+        switch (jwk["kty"] as? String, jwk["crv"] as? String) {
+        case ("RSA", _):
+            guard let n = bytes("n"), let e = bytes("e"), let key = try? _RSA.Signing.PublicKey(n: n, e: e) else { return nil }
+            material = .rsa(key)
+        case ("EC", "P-256"):
+            guard let x = bytes("x"), let y = bytes("y"), let key = try? P256.Signing.PublicKey(rawRepresentation: x + y) else { return nil }
+            material = .p256(key)
+        case ("EC", "P-384"):
+            guard let x = bytes("x"), let y = bytes("y"), let key = try? P384.Signing.PublicKey(rawRepresentation: x + y) else { return nil }
+            material = .p384(key)
+        case ("OKP", "Ed25519"):
+            guard let x = bytes("x"), let key = try? Curve25519.Signing.PublicKey(rawRepresentation: x) else { return nil }
+            material = .ed25519(key)
+        default:
+            return nil
+        }
+        return Key(kid: jwk["kid"] as? String, alg: jwk["alg"] as? String, material: material)
+    }
+}
+
+/// One JWT, split and decoded (not yet trusted).
+package struct JWT: Sendable {
+    package var alg: String
+    package var kid: String?
+    /// The payload's claims as JSON values.
+    package var claims: [String: ConfigValue]
+    package var payload: Data
+    package var signingInput: Data
+    package var signature: Data
+
+    package init?(_ token: String) {
+        let parts = token.split(separator: ".", omittingEmptySubsequences: false)
+        guard parts.count == 3, let header = Self.base64URLDecoded(String(parts[0])), let payload = Self.base64URLDecoded(String(parts[1])),
+              let signature = Self.base64URLDecoded(String(parts[2])),
+              let headerJSON = try? JSONDecoder().decode([String: ConfigValue].self, from: header),
+              let claims = try? JSONDecoder().decode([String: ConfigValue].self, from: payload) else { return nil }
+        alg = headerJSON["alg"]?.string ?? ""
+        kid = headerJSON["kid"]?.string
+        self.claims = claims
+        self.payload = payload
+        signingInput = Data("\(parts[0]).\(parts[1])".utf8)
+        self.signature = signature
+    }
+
+    static func base64URLDecoded(_ text: String) -> Data? {
+        var base64 = text.replacingOccurrences(of: "-", with: "+").replacingOccurrences(of: "_", with: "/")
+        while base64.count % 4 != 0 { base64 += "=" }
+        return Data(base64Encoded: base64)
+    }
+
+    static func base64URLEncoded(_ data: Data) -> String {
+        data.base64EncodedString().replacingOccurrences(of: "+", with: "-").replacingOccurrences(of: "/", with: "_").replacingOccurrences(of: "=", with: "")
+    }
+
+    /// Whether `key` signed it with the header's `alg`.
+    func isSigned(by key: JWKSet.Key) -> Bool {
+        switch (alg, key.material) {
+        case ("RS256", .rsa(let rsa)): rsaValid(rsa, SHA256.hash(data: signingInput), .insecurePKCS1v1_5)
+        case ("RS384", .rsa(let rsa)): rsaValid(rsa, SHA384.hash(data: signingInput), .insecurePKCS1v1_5)
+        case ("RS512", .rsa(let rsa)): rsaValid(rsa, SHA512.hash(data: signingInput), .insecurePKCS1v1_5)
+        case ("PS256", .rsa(let rsa)): rsaValid(rsa, SHA256.hash(data: signingInput), .PSS)
+        case ("PS384", .rsa(let rsa)): rsaValid(rsa, SHA384.hash(data: signingInput), .PSS)
+        case ("PS512", .rsa(let rsa)): rsaValid(rsa, SHA512.hash(data: signingInput), .PSS)
+        case ("ES256", .p256(let ec)):
+            (try? P256.Signing.ECDSASignature(rawRepresentation: signature)).map { ec.isValidSignature($0, for: SHA256.hash(data: signingInput)) } ?? false
+        case ("ES384", .p384(let ec)):
+            (try? P384.Signing.ECDSASignature(rawRepresentation: signature)).map { ec.isValidSignature($0, for: SHA384.hash(data: signingInput)) } ?? false
+        case ("EdDSA", .ed25519(let ed)): ed.isValidSignature(signature, for: signingInput)
+        default: false
+        }
+    }
+
+    private func rsaValid(_ key: _RSA.Signing.PublicKey, _ digest: some Digest, _ padding: _RSA.Signing.Padding) -> Bool {
+        key.isValidSignature(_RSA.Signing.RSASignature(rawRepresentation: signature), for: digest, padding: padding)
+    }
+
+    static let algorithms: Set<String> = ["RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA"]
+}
+
+extension ConfigValue {
+    /// As a header value (`outputClaimToHeaders`: strings, numbers, booleans).
+    var headerValue: String? {
+        switch self {
+        case .string(let value): value
+        case .number(let value): value == value.rounded() ? String(Int(value)) : String(value)
+        case .bool(let value): String(value)
+        case .list, .object, .null: nil
+        }
+    }
+
+    /// The strings an AuthorizationPolicy matches: a string, or each string of a list.
+    var strings: [String] {
+        switch self {
+        case .string(let value): [value]
+        case .list(let values): values.compactMap { if case .string(let s) = $0 { s } else { nil } }
+        default: []
+        }
+    }
+}
+
+/// What a verified token says, for AuthorizationPolicy (`requestPrincipals`, `request.auth.*`).
+package struct RequestPrincipal: Sendable, Equatable {
+    package var issuer: String
+    package var subject: String
+    package var claims: [String: ConfigValue]
+
+    /// `request.auth.principal`: `iss/sub`.
+    package var principal: String { "\(issuer)/\(subject)" }
+
+    package init(issuer: String, subject: String, claims: [String: ConfigValue]) {
+        self.issuer = issuer; self.subject = subject; self.claims = claims
+    }
+
+    /// The claims as base64url JSON, as the entry gateway hands them to a peer gateway.
+    package var payload: String {
+        JWT.base64URLEncoded((try? JSONEncoder().encode(claims)) ?? Data("{}".utf8))
+    }
+
+    /// What an entry gateway verified, read back at a peer gateway.
+    package init?(payload: String) {
+        guard let data = JWT.base64URLDecoded(payload), let claims = try? JSONDecoder().decode([String: ConfigValue].self, from: data),
+              let issuer = claims["iss"]?.string else { return nil }
+        self.init(issuer: issuer, subject: claims["sub"]?.string ?? "", claims: claims)
+    }
+}
+
+/// Envoy's `jwt_authn` with the requirement Istio builds from RequestAuthentication rules: a
+/// request without a token passes (with no principal); a token must come from a configured
+/// issuer and verify — checked in Envoy's order: parse, issuer, time (60 s skew), audiences,
+/// signature. Pure apart from `now`.
+package struct JWTAuthenticator: Sendable {
+    package struct Provider: Sendable {
+        package var rule: RequestAuthentication.JWTRule
+        package var keys: JWKSet
+    }
+
+    package var providers: [Provider]
+
+    /// The rules of `policies` (their `file://` JWKS were inlined by the loader); a rule
+    /// whose keys could not be had has none, and rejects every token (fail closed).
+    package init(_ policies: [RequestAuthentication]) {
+        providers = policies.flatMap { $0.jwtRules ?? [] }.sorted { $0.issuer < $1.issuer }.map { rule in
+            Provider(rule: rule, keys: rule.jwks.flatMap { try? JWKSet.parse(Data($0.utf8)).get() } ?? JWKSet(keys: []))
+        }
+    }
+
+    package var isEmpty: Bool { providers.isEmpty }
+
+    package enum Outcome: Sendable, Equatable {
+        /// No token where any rule looks: passes, with no request principal.
+        case noToken
+        /// A valid token; `removing` is where it was, when the rule does not forward it.
+        case verified(RequestPrincipal, headers: [(name: String, value: String)], removing: String?)
+        /// 401 (403 for audiences) with Envoy's text.
+        case rejected(status: Int, message: String)
+
+        package static func == (a: Outcome, b: Outcome) -> Bool {
+            switch (a, b) {
+            case (.noToken, .noToken): true
+            case (.verified(let p, let h, let r), .verified(let q, let i, let s)): p == q && r == s && h.elementsEqual(i, by: { $0 == $1 })
+            case (.rejected(let s, let m), .rejected(let t, let n)): s == t && m == n
+            default: false
+            }
+        }
+    }
+
+    /// The token the rules look for: their `fromHeaders` (with prefix), `fromParams`, `fromCookies`,
+    /// else Envoy's default `Authorization: Bearer` and `access_token`.
+    func token(in headers: HTTPHeaders, path: String) -> (token: String, header: String?)? {
+        let query = path.split(separator: "?", maxSplits: 1).dropFirst().first.map { $0.split(separator: "&") } ?? []
+        func param(_ name: String) -> String? {
+            query.lazy.compactMap { item -> String? in
+                let pair = item.split(separator: "=", maxSplits: 1)
+                return pair.count == 2 && pair[0] == name ? String(pair[1]).removingPercentEncoding : nil
+            }.first
+        }
+        for provider in providers {
+            let rule = provider.rule
+            let explicit = rule.fromHeaders != nil || rule.fromParams != nil || rule.fromCookies != nil
+            for header in rule.fromHeaders ?? (explicit ? [] : [.init(name: "authorization", prefix: "Bearer ")]) {
+                guard let value = headers.first(name: header.name) else { continue }
+                let prefix = header.prefix ?? ""
+                if value.hasPrefix(prefix) { return (String(value.dropFirst(prefix.count)).trimmingCharacters(in: .whitespaces), header.name) }
+            }
+            for name in rule.fromParams ?? (explicit ? [] : ["access_token"]) {
+                if let value = param(name) { return (value, nil) }
+            }
+            for name in rule.fromCookies ?? [] {
+                for cookie in headers["cookie"].flatMap({ $0.split(separator: ";") }) {
+                    let pair = cookie.trimmingCharacters(in: .whitespaces).split(separator: "=", maxSplits: 1)
+                    if pair.count == 2, pair[0] == name { return (String(pair[1]), nil) }
+                }
+            }
+        }
+        return nil
+    }
+
+    package func authenticate(_ headers: HTTPHeaders, path: String, now: Date = Date()) -> Outcome {
+        guard let (raw, header) = token(in: headers, path: path) else { return .noToken }
+        guard let jwt = JWT(raw) else { return .rejected(status: 401, message: "Jwt is not in the form of Header.Payload.Signature with two dots and 3 sections") }
+        guard JWT.algorithms.contains(jwt.alg) else { return .rejected(status: 401, message: "Jwt header [alg] is not supported") }
+        guard case .string(let issuer)? = jwt.claims["iss"], let provider = providers.first(where: { $0.rule.issuer == issuer }) else {
+            return .rejected(status: 401, message: "Jwt issuer is not configured")
+        }
+        let skew = 60.0, seconds = now.timeIntervalSince1970
+        if case .number(let nbf)? = jwt.claims["nbf"], seconds + skew < nbf { return .rejected(status: 401, message: "Jwt not yet valid") }
+        if case .number(let exp)? = jwt.claims["exp"], seconds > exp + skew { return .rejected(status: 401, message: "Jwt is expired") }
+        if let audiences = provider.rule.audiences, !audiences.isEmpty {
+            func plain(_ audience: String) -> String {
+                var value = audience
+                for scheme in ["https://", "http://"] where value.hasPrefix(scheme) { value.removeFirst(scheme.count) }
+                if value.hasSuffix("/") { value.removeLast() }
+                return value
+            }
+            let allowed = Set(audiences.map(plain))
+            guard (jwt.claims["aud"]?.strings ?? []).contains(where: { allowed.contains(plain($0)) }) else {
+                return .rejected(status: 403, message: "Audiences in Jwt are not allowed")
+            }
+        }
+        // Keys whose kid or alg (when both sides say) differ are skipped; the rest are tried.
+        let candidates = provider.keys.keys.filter { key in
+            (key.kid == nil || jwt.kid == nil || key.kid == jwt.kid) && (key.alg == nil || key.alg == jwt.alg)
+        }
+        guard !candidates.isEmpty else { return .rejected(status: 401, message: "Jwks doesn't have key to match kid or alg from Jwt") }
+        guard candidates.contains(where: jwt.isSigned) else { return .rejected(status: 401, message: "Jwt verification fails") }
+
+        let subject: String
+        if case .string(let sub)? = jwt.claims["sub"] { subject = sub } else { subject = "" }
+        var added: [(name: String, value: String)] = []
+        if let name = provider.rule.outputPayloadToHeader { added.append((name, JWT.base64URLEncoded(jwt.payload))) }
+        for output in provider.rule.outputClaimToHeaders ?? [] {
+            if let value = Self.claim(output.claim.split(separator: ".").map(String.init), in: jwt.claims)?.headerValue { added.append((output.header, value)) }
+        }
+        let forward = provider.rule.forwardOriginalToken ?? false
+        return .verified(RequestPrincipal(issuer: issuer, subject: subject, claims: jwt.claims), headers: added, removing: forward ? nil : header)
+    }
+
+    /// A claim by path (`a.b` or `[a][b]`), nested objects followed.
+    static func claim(_ path: [String], in claims: [String: ConfigValue]) -> ConfigValue? {
+        guard let first = path.first, var value = claims[first] else { return nil }
+        for key in path.dropFirst() {
+            guard case .object(let object) = value, let next = object[key] else { return nil }
+            value = next
+        }
+        return value
+    }
+}
