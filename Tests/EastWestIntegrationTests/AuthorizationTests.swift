@@ -1,3 +1,4 @@
+import Crypto
 import Foundation
 import Testing
 @testable import MeshProxyCore
@@ -79,5 +80,59 @@ struct AuthorizationTests {
         #expect(west.log.contains("ns[default]-policy[would-deny-everything]: denied"), "\(west.log.suffix(1500))")
         // east forwarded the intruder's request and passed west's refusal on: it is west's 403.
         #expect(!east.log.contains("rbac_access_denied_matched_policy[none]"))
+    }
+
+    @Test("RequestAuthentication at west's gateway: east's client with a token for alice is allowed, without a token 403 (requestPrincipals required), an expired token 401 'Jwt is expired' with www-authenticate, bob's token 403")
+    func jwtAcrossGateways() async throws {
+        let key = P256.Signing.PrivateKey()
+        func b64(_ data: Data) -> String {
+            data.base64EncodedString().replacingOccurrences(of: "+", with: "-").replacingOccurrences(of: "/", with: "_").replacingOccurrences(of: "=", with: "")
+        }
+        func token(sub: String, exp: TimeInterval) -> String {
+            let header = b64(Data(#"{"alg":"ES256","kid":"k1","typ":"JWT"}"#.utf8))
+            let claims = b64(Data(#"{"iss":"https://auth.mcp.example.com","sub":"\#(sub)","exp":\#(Int(Date().timeIntervalSince1970 + exp))}"#.utf8))
+            let signature = try! key.signature(for: SHA256.hash(data: Data("\(header).\(claims)".utf8))).rawRepresentation
+            return "\(header).\(claims).\(b64(signature))"
+        }
+        let point = key.publicKey.rawRepresentation
+        let jwks = #"{"keys":[{"kty":"EC","crv":"P-256","kid":"k1","x":"\#(b64(point.prefix(32)))","y":"\#(b64(point.suffix(32)))"}]}"#
+        let westOnly = """
+            apiVersion: security.istio.io/v1
+            kind: RequestAuthentication
+            metadata: {name: mcp-jwt, namespace: default}
+            spec:
+              selector: {matchLabels: {version: v2}}
+              jwtRules:
+              - issuer: https://auth.mcp.example.com
+                jwks: '\(jwks)'
+            ---
+            apiVersion: security.istio.io/v1
+            kind: AuthorizationPolicy
+            metadata: {name: alice-only, namespace: default}
+            spec:
+              selector: {matchLabels: {version: v2}}
+              rules:
+              - from: [{source: {requestPrincipals: [https://auth.mcp.example.com/alice]}}]
+            """
+        let mesh = try await HTTPRoutingTests.start("authz-jwt", block: 121, virtualService: HTTPRoutingTests.reviewsRoutes + """
+              - route: [{destination: {host: reviews, subset: v2}}]
+            """, westPolicies: westOnly)
+        defer { mesh.mesh.processes.stopAll() }
+        func get(_ bearer: String?) async throws -> (code: String, body: String) {
+            let extra = bearer.map { ["-H", "authorization: Bearer \($0)"] } ?? []
+            let result = try await mesh.mesh.curl(mesh.east, host: HTTPRoutingTests.reviews, path: "/reviews/1", extra: extra + ["-w", "\n%{http_code}"])
+            let lines = result.stdout.split(separator: "\n", omittingEmptySubsequences: false)
+            return (String(lines.last ?? ""), lines.dropLast().joined(separator: "\n"))
+        }
+        let alice = try await get(token(sub: "alice", exp: 600))
+        #expect(alice.code == "200" && alice.body.contains("\"version\":\"v2\""), "\(alice)")
+        // The token was for the gateway: the backend did not get it.
+        #expect(!alice.body.lowercased().contains("\"authorization\""), "\(alice.body)")
+        #expect(try await get(nil) == ("403", "RBAC: access denied"))
+        #expect(try await get(token(sub: "bob", exp: 600)) == ("403", "RBAC: access denied"))
+        #expect(try await get(token(sub: "alice", exp: -600)) == ("401", "Jwt is expired"))
+        let headers = try await mesh.mesh.curl(mesh.east, host: HTTPRoutingTests.reviews, path: "/reviews/1",
+                                               extra: ["-H", "authorization: Bearer \(token(sub: "alice", exp: -600))", "-D", "-", "-o", "/dev/null"])
+        #expect(headers.stdout.lowercased().contains("www-authenticate: bearer realm="), "\(headers.stdout)")
     }
 }

@@ -363,8 +363,10 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
             requestPrincipal = nil
             tokenHeaders = []
             tokenHeaderRemoved = nil
-            if origin == .peerGateway {
-                requestPrincipal = head.headers.first(name: Self.verifiedPayload).flatMap(RequestPrincipal.init(payload:))
+            // At a peer gateway, what the entry gateway verified; else (the entry gateway had no
+            // rule for it) the token itself, under this gateway's rules.
+            if origin == .peerGateway, let verified = head.headers.first(name: Self.verifiedPayload).flatMap(RequestPrincipal.init(payload:)) {
+                requestPrincipal = verified
             } else if let authenticator, !authenticated(head, authenticator: authenticator, context: context) {
                 return
             }
@@ -399,6 +401,13 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
             state = .connecting(held: [upstream], ended: false)
             openExchange(context: context)
         }
+    }
+
+    /// jwt_authn's outputs for a token this gateway verified: the token gone unless forwarded,
+    /// the claim and payload headers.
+    private func applyTokenOutputs(to headers: inout HTTPHeaders) {
+        if let removed = tokenHeaderRemoved { headers.remove(name: removed) }
+        for header in tokenHeaders { headers.replaceOrAdd(name: header.name, value: header.value) }
     }
 
     /// Envoy's jwt_authn with Istio's requirement: no token passes, a token must verify.
@@ -585,6 +594,7 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
         if origin == .peerGateway {
             // For this gateway's policies only; the backend never sees it.
             upstream.headers.remove(name: Self.verifiedPayload)
+            applyTokenOutputs(to: &upstream.headers)
             record.requestHeaders = upstream.headers
             return upstream
         }
@@ -613,9 +623,7 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
         }
         upstream.headers.add(name: "x-envoy-attempt-count", value: "1")
         if let principal = requestPrincipal {
-            // jwt_authn's outputs: the token gone unless forwarded, claims and payload headers.
-            if let removed = tokenHeaderRemoved { upstream.headers.remove(name: removed) }
-            for header in tokenHeaders { upstream.headers.replaceOrAdd(name: header.name, value: header.value) }
+            applyTokenOutputs(to: &upstream.headers)
             upstream.headers.add(name: Self.verifiedPayload, value: principal.payload)
         }
         if let timeout = forward.timeout {
