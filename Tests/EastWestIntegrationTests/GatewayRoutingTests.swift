@@ -264,7 +264,16 @@ struct FederationIntegrationTests {
         // was sent, which an answer given at once could not.
 
         // An endpoint registered in one cluster appears in the others; deregistered, it goes.
-        let register = try await runCommand("/usr/bin/curl", ["-s", "-X", "PUT", "--data",
+        // Writes need the operator's token; without it, 401 and nothing changes.
+        let anonymous = try await runCommand("/usr/bin/curl", ["-s", "-w", "\n%{http_code}", "-X", "PUT", "--data",
+            #"{"host": "inventory.default.svc.cluster.local", "port": 7070, "address": "127.0.48.31:7070"}"#,
+            "http://\(configs[2].effectiveAdmin)/v1/catalog/register"])
+        #expect(anonymous.stdout.hasSuffix("\n401") && anonymous.stdout.contains("operator token"), "\(anonymous.stdout)")
+        let forged = try await runCommand("/usr/bin/curl", ["-s", "-o", "/dev/null", "-w", "%{http_code}", "-X", "PUT", "-H", "Authorization: Bearer guess",
+            "--data", #"{"host": "inventory.default.svc.cluster.local", "port": 7070, "address": "127.0.48.31:7070"}"#,
+            "http://\(configs[2].effectiveAdmin)/v1/catalog/register"])
+        #expect(forged.stdout == "403")
+        let register = try await runCommand("/usr/bin/curl", ["-s", "-X", "PUT", "-H", "Authorization: Bearer \(TestMesh.adminToken)", "--data",
             #"{"host": "inventory.default.svc.cluster.local", "port": 7070, "address": "127.0.48.30:7070", "locality": "r-c2/z1"}"#,
             "http://\(configs[2].effectiveAdmin)/v1/catalog/register"])
         #expect(register.stdout.contains("accepted"))
@@ -277,7 +286,7 @@ struct FederationIntegrationTests {
         })
         let endpoints = try await runCommand(PackagePaths.eastwest, ["endpoints", "inventory.default.svc.cluster.local", "--admin", configs[1].effectiveAdmin.description])
         #expect(endpoints.stdout.contains("c2") && endpoints.stdout.contains("7070"), "\(endpoints.stdout)\(endpoints.stderr)")
-        _ = try await runCommand("/usr/bin/curl", ["-s", "-X", "PUT", "--data",
+        _ = try await runCommand("/usr/bin/curl", ["-s", "-X", "PUT", "-H", "Authorization: Bearer \(TestMesh.adminToken)", "--data",
             #"{"host": "inventory.default.svc.cluster.local", "port": 7070, "address": "127.0.48.30:7070"}"#,
             "http://\(configs[2].effectiveAdmin)/v1/catalog/deregister"])
         #expect(await eventually(timeout: .seconds(5)) {

@@ -2,6 +2,7 @@ import Federation
 import Foundation
 import MeshProxyCore
 import NIOCore
+import NIOHTTP1
 import Prometheus
 import Synchronization
 
@@ -22,6 +23,8 @@ struct AdminAPI: Sendable {
     let dataPlane: DataPlane
     /// Drill faults (`/v1/faults`).
     let blackholes: Blackholes
+    /// The operator's bearer token for writes (`adminTokenFile`); nil: writes are refused.
+    var writeToken: String?
 
     func respond(_ request: ControlHTTPRequest, on eventLoop: any EventLoop) -> EventLoopFuture<ControlHTTPResponse> {
         // A blocking query parks until the federation view passes the index the caller saw.
@@ -44,12 +47,51 @@ struct AdminAPI: Sendable {
         return eventLoop.makeSucceededFuture(response(to: request))
     }
 
+    /// Reads are open on the admin address; a write needs the operator's token: 401 without one,
+    /// 403 with another (or when the gateway has none configured), each with the reason and
+    /// logged with the address it came from.
+    private func refusal(of request: ControlHTTPRequest) -> ControlHTTPResponse? {
+        let reason: String
+        let status: HTTPResponseStatus
+        if let token = writeToken {
+            guard let given = request.headers.first(name: "authorization"), given.hasPrefix("Bearer ") else {
+                var response = ControlHTTPResponse(status: .unauthorized, text: "admin writes need the operator token: Authorization: Bearer <the content of adminTokenFile>\n")
+                response.headers.add(name: "www-authenticate", value: "Bearer realm=\"eastwest-admin\"")
+                dataPlane.logger.warning("admin write refused", metadata: ["path": "\(request.path)", "from": "\(request.remote)", "reason": "no token"])
+                return response
+            }
+            guard Self.constantTimeEqual(Array(given.dropFirst("Bearer ".count).utf8), Array(token.utf8)) else {
+                status = .forbidden
+                reason = "the bearer token is not this gateway's operator token"
+                dataPlane.logger.warning("admin write refused", metadata: ["path": "\(request.path)", "from": "\(request.remote)", "reason": "wrong token"])
+                return ControlHTTPResponse(status: status, text: reason + "\n")
+            }
+            return nil
+        }
+        status = .forbidden
+        reason = "admin writes are off on this gateway: set adminTokenFile in its config (eastwest up does)"
+        dataPlane.logger.warning("admin write refused", metadata: ["path": "\(request.path)", "from": "\(request.remote)", "reason": "no adminTokenFile"])
+        return ControlHTTPResponse(status: status, text: reason + "\n")
+    }
+
+    /// Compares without stopping at the first difference, so the time says nothing about the token.
+    static func constantTimeEqual(_ a: [UInt8], _ b: [UInt8]) -> Bool {
+        guard a.count == b.count else { return false }
+        return zip(a, b).reduce(0) { $0 | ($1.0 ^ $1.1) } == 0
+    }
+
     /// Consul's defaults for blocking queries.
     static let defaultWait: Duration = .seconds(300)
     static let maximumWait: Duration = .seconds(600)
     static let discoveryPaths: Set<String> = ["/v1/members", "/v1/services", "/v1/endpoints"]
 
     private func response(to request: ControlHTTPRequest) -> ControlHTTPResponse {
+        let isWrite = request.method != .GET && (request.path.hasPrefix("/v1/catalog/") || request.path == "/v1/faults")
+        if isWrite {
+            if let refusal = refusal(of: request) { return refusal }
+            dataPlane.logger.notice("admin write", metadata: ["method": "\(request.method.rawValue)", "path": "\(request.path)",
+                                                              "by": "operator token", "from": "\(request.remote)"])
+        }
         if request.method == .PUT, request.path == "/v1/catalog/register" || request.path == "/v1/catalog/deregister" {
             return catalogChange(request)
         }

@@ -15,7 +15,8 @@ enum AdminClient {
     /// Largest answer read (a big mesh's `/v1/endpoints` or `/stats/prometheus`).
     static let maximumResponseSize = 64 << 20
 
-    static func send(_ method: HTTPMethod, _ address: HostPort, path: String, body: String = "",
+    /// - Parameter token: the operator's bearer token, for writes.
+    static func send(_ method: HTTPMethod, _ address: HostPort, path: String, body: String = "", token: String? = nil,
                      timeout: Duration = .seconds(10)) async throws -> Response {
         let group = MultiThreadedEventLoopGroup.singleton
         let answer = group.next().makePromise(of: Response.self)
@@ -42,6 +43,7 @@ enum AdminClient {
         }
         var headers = HTTPHeaders([("Host", address.description), ("Connection", "close"), ("Content-Length", String(body.utf8.count))])
         if !body.isEmpty { headers.add(name: "Content-Type", value: "application/json") }
+        if let token { headers.add(name: "Authorization", value: "Bearer \(token)") }
         let head = HTTPRequestHead(version: .http1_1, method: method, uri: path, headers: headers)
         channel.write(HTTPClientRequestPart.head(head), promise: nil)
         if !body.isEmpty { channel.write(HTTPClientRequestPart.body(.byteBuffer(ByteBuffer(string: body))), promise: nil) }

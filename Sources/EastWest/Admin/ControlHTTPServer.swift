@@ -10,6 +10,8 @@ package struct ControlHTTPRequest: Sendable {
     package var uri: String
     package var headers: HTTPHeaders
     package var body: ByteBuffer
+    /// The client's address, for the log of who changed what.
+    package var remote = "-"
 
     package var path: String { String(uri.split(separator: "?", maxSplits: 1).first ?? "") }
 
@@ -112,7 +114,8 @@ package enum ControlHTTPServer {
                 body.writeBuffer(&chunk)
             case .end:
                 guard !refused, let head else { return }
-                let request = ControlHTTPRequest(method: head.method, uri: head.uri, headers: head.headers, body: body)
+                var request = ControlHTTPRequest(method: head.method, uri: head.uri, headers: head.headers, body: body)
+                request.remote = context.remoteAddress?.description ?? "-"
                 let keepAlive = head.isKeepAlive
                 let version = head.version
                 let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)

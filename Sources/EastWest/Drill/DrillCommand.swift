@@ -48,6 +48,7 @@ struct DrillCommand: AsyncParsableCommand {
             }
             do {
                 deployment = try DrillRun.Deployment(readyFile: attach, topology: topology, from: drill.load.from)
+                injector.adminToken.withLock { $0 = deployment.adminToken }
             } catch {
                 printError("error: --attach \(attach): \(error)")
                 throw ExitCode(2)
@@ -70,6 +71,7 @@ struct DrillCommand: AsyncParsableCommand {
                 throw ExitCode(1)
             }
             deployment = try DrillRun.Deployment(plan: plan, from: drill.load.from)
+            injector.adminToken.withLock { $0 = deployment.adminToken }
         }
 
         let report: DrillReport
@@ -165,6 +167,12 @@ struct DrillRun {
         var admin: HostPort
         var fromGateways: [String]
         var client: GatewayConfig.TLSFiles
+        /// The operator token for the gateways' admin writes.
+        var adminToken: String?
+
+        static func token(_ file: String?) -> String? {
+            file.flatMap { try? String(contentsOfFile: $0, encoding: .utf8) }?.trimmingCharacters(in: .whitespacesAndNewlines)
+        }
 
         init(plan: LaunchPlan, from: String) throws {
             guard let gateway = plan.gatewayConfigs.first(where: { $0.cluster == from }), let client = plan.clientCertificates[from] else {
@@ -175,6 +183,7 @@ struct DrillRun {
             admin = gateway.effectiveAdmin
             fromGateways = plan.gatewayConfigs.filter { $0.cluster == from }.map(\.name)
             self.client = client
+            adminToken = Self.token(plan.gatewayConfigs.first?.adminTokenFile)
         }
 
         init(readyFile: String, topology: Topology, from: String) throws {
@@ -189,6 +198,7 @@ struct DrillRun {
             fromGateways = ready.gateways.filter { $0.cluster == from }.map(\.name)
             self.client = GatewayConfig.TLSFiles(certificateChain: client.certificateChain, privateKey: client.privateKey,
                                                  rootCertificate: client.rootCertificate)
+            adminToken = Self.token(ready.adminTokenFile)
         }
     }
 

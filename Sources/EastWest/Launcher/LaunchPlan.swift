@@ -46,6 +46,12 @@ struct LaunchPlan {
         let clientID = try SpiffeID(trustDomain: trustDomain, namespace: "default", serviceAccount: "client")
         var children: [Child] = []
         var configs: [GatewayConfig] = []
+        // The operator's token for admin writes: one per deployment, readable by its owner only.
+        let tokenFile = "\(stateDir)/admin-token"
+        if !fm.fileExists(atPath: tokenFile) {
+            let token = (0..<32).map { _ in String(format: "%02x", UInt8.random(in: 0...255)) }.joined()
+            fm.createFile(atPath: tokenFile, contents: Data((token + "\n").utf8), attributes: [.posixPermissions: 0o600])
+        }
         var clients: [String: GatewayConfig.TLSFiles] = [:]
         let parent = String(getpid())
 
@@ -66,7 +72,8 @@ struct LaunchPlan {
                 // Re-issued on every `up` so the DNS SANs follow the topology's services.
                 try certs.createWorkload(cluster: cluster.name, spiffeID: gatewayID, dnsNames: dnsNames,
                                          outputPath: gatewayDir, force: true)
-                let config = topology.gatewayConfig(cluster: cluster, gateway: gateway, tls: files(in: gatewayDir))
+                var config = topology.gatewayConfig(cluster: cluster, gateway: gateway, tls: files(in: gatewayDir))
+                config.adminTokenFile = tokenFile
                 let path = "\(stateDir)/gateways/\(gateway.name).yaml"
                 try YAMLEncoder().encode(config).write(toFile: path, atomically: true, encoding: .utf8)
                 configs.append(config)
@@ -127,6 +134,8 @@ struct LaunchPlan {
         struct Backend: Codable { var service, cluster, address: String; var pid: Int32 }
         struct Client: Codable { var certificateChain, privateKey, rootCertificate, spiffeID: String }
         var topology: String
+        /// The operator token admin writes need (`adminTokenFile` of every gateway).
+        var adminTokenFile: String?
         var trustDomain: String
         var gateways: [Gateway]
         var backends: [Backend]
@@ -136,7 +145,7 @@ struct LaunchPlan {
     func readyFile(pids: [String: Int32]) -> ReadyFile {
         let td = topology.effectiveTrustDomain
         return ReadyFile(
-            topology: topology.name, trustDomain: td,
+            topology: topology.name, adminTokenFile: gatewayConfigs.first?.adminTokenFile, trustDomain: td,
             gateways: gatewayConfigs.map { .init(name: $0.name, cluster: $0.cluster, address: $0.listen.description,
                                                  admin: $0.effectiveAdmin.description, locality: $0.locality?.description,
                                                  pid: pids[$0.name] ?? 0) },

@@ -126,7 +126,9 @@ struct GatewayNode: Service {
             bound = try await listener.bind()
             admin = try await ControlHTTPServer.bind(
                 host: config.effectiveAdmin.host, port: config.effectiveAdmin.port, role: "admin listener",
-                group: group, responder: AdminAPI(config: config, registry: registry, ready: ready, gossip: gossip, dataPlane: dataPlane, blackholes: blackholes).respond)
+                group: group, responder: AdminAPI(config: config, registry: registry, ready: ready, gossip: gossip, dataPlane: dataPlane, blackholes: blackholes,
+                                    writeToken: config.adminTokenFile.flatMap { try? String(contentsOfFile: $0, encoding: .utf8) }
+                                        .map { $0.trimmingCharacters(in: .whitespacesAndNewlines) }.flatMap { $0.isEmpty ? nil : $0 }).respond)
         } catch {
             printError("error: \(error)")
             _ = await listener.drain(timeout: .zero)

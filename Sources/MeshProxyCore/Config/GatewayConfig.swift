@@ -29,6 +29,9 @@ package struct GatewayConfig: Codable, Sendable, Equatable {
     package var listen: HostPort
     /// Default: the listen host on port 15000, Envoy's admin port.
     package var admin: HostPort?
+    /// A file whose content is the bearer token admin writes (`/v1/catalog/*`, `/v1/faults`)
+    /// need; without one, writes are refused. `eastwest up` writes one per deployment.
+    package var adminTokenFile: String?
     package var tls: TLSFiles
     /// The labels Gateway resources select this gateway by. Default `{istio: eastwestgateway}`,
     /// the label of Istio's east-west gateway.

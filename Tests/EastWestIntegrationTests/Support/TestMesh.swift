@@ -76,9 +76,19 @@ final class TestMesh: @unchecked Sendable {  // used from one test task only
 
     func gatewayConfig(name: String, cluster: String, ip: String, services: [GatewayConfig.ServiceConfig],
                        remotes: [GatewayConfig.RemoteCluster] = [], timeouts: GatewayConfig.Timeouts? = nil) -> GatewayConfig {
-        GatewayConfig(name: name, cluster: cluster, locality: Locality(region: "r-\(cluster)"), trustDomain: trustDomain,
-                      listen: HostPort(host: ip, port: 15443), admin: HostPort(host: ip, port: 15000),
-                      tls: tlsFiles(gatewayCertPath(cluster)), timeouts: timeouts, services: services, remoteClusters: remotes)
+        var config = GatewayConfig(name: name, cluster: cluster, locality: Locality(region: "r-\(cluster)"), trustDomain: trustDomain,
+                                   listen: HostPort(host: ip, port: 15443), admin: HostPort(host: ip, port: 15000),
+                                   tls: tlsFiles(gatewayCertPath(cluster)), timeouts: timeouts, services: services, remoteClusters: remotes)
+        config.adminTokenFile = adminTokenFile
+        return config
+    }
+
+    /// The operator token every test gateway's admin writes need.
+    static let adminToken = "test-operator-token"
+    var adminTokenFile: String {
+        let path = "\(directory)/admin-token"
+        if !FileManager.default.fileExists(atPath: path) { FileManager.default.createFile(atPath: path, contents: Data(Self.adminToken.utf8)) }
+        return path
     }
 
     func adminStatus(_ config: GatewayConfig, _ path: String) async throws -> String {
