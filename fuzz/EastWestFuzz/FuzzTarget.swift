@@ -1,5 +1,7 @@
+import Crypto
 import Federation
 import Foundation
+import NIOHTTP1
 import MeshProxyCore
 import NIOCore
 import NIOEmbedded
@@ -19,6 +21,8 @@ enum FuzzTarget: String, CaseIterable, Sendable {
     case config
     /// The JSON bodies the admin listener takes (catalog registration, faults).
     case adminJSON = "admin-json"
+    /// A bearer token a client sends (RequestAuthentication), and a JWKS document.
+    case jwt
 
     /// Runs one input; returns what happened, for the corpus replay to show.
     @discardableResult
@@ -28,7 +32,39 @@ enum FuzzTarget: String, CaseIterable, Sendable {
         case .gossip: Self.gossip(bytes)
         case .config: Self.config(bytes)
         case .adminJSON: Self.adminJSON(bytes)
+        case .jwt: Self.jwt(bytes)
         }
+    }
+
+    /// The key the fuzzing issuer trusts: made here, so no input can have been signed by it.
+    static let jwtKey = P256.Signing.PrivateKey()
+    static let jwtAuthenticator: JWTAuthenticator = {
+        let point = jwtKey.publicKey.rawRepresentation
+        func b64(_ data: Data) -> String { data.base64EncodedString().replacingOccurrences(of: "+", with: "-").replacingOccurrences(of: "/", with: "_").replacingOccurrences(of: "=", with: "") }
+        var rule = RequestAuthentication.JWTRule(issuer: "https://issuer.example",
+                                                 jwks: #"{"keys":[{"kty":"EC","crv":"P-256","kid":"k1","x":"\#(b64(point.prefix(32)))","y":"\#(b64(point.suffix(32)))"}]}"#)
+        rule.audiences = ["fuzz"]
+        rule.outputClaimToHeaders = [.init(header: "x-sub", claim: "sub"), .init(header: "x-deep", claim: "a.b.c")]
+        rule.outputPayloadToHeader = "x-payload"
+        return JWTAuthenticator([RequestAuthentication(jwtRules: [rule])])
+    }()
+
+    /// The bytes as a token (header, query parameter) and as a JWKS document: nothing traps,
+    /// and nothing the fuzzer wrote verifies (it never had the key).
+    static func jwt(_ bytes: [UInt8]) -> String {
+        let text = String(decoding: bytes, as: UTF8.self).filter { $0 != "\r" && $0 != "\n" }
+        var outcomes: [String] = []
+        for (headers, path) in [(HTTPHeaders([("authorization", "Bearer \(text)")]), "/"),
+                                (HTTPHeaders(), "/?access_token=\(text.addingPercentEncoding(withAllowedCharacters: .alphanumerics) ?? "")")] {
+            let outcome = jwtAuthenticator.authenticate(headers, path: path)
+            if case .verified = outcome { preconditionFailure("a token signed by no trusted key verified: \(text)") }
+            outcomes.append("\(outcome)")
+        }
+        switch JWKSet.parse(Data(bytes)) {
+        case .success(let set): outcomes.append("jwks with \(set.keys.count) keys")
+        case .failure(let problem): outcomes.append("jwks refused: \(problem.message)")
+        }
+        return outcomes.joined(separator: "; ")
     }
 
     static func clientHello(_ bytes: [UInt8]) -> String {
@@ -203,6 +239,21 @@ extension FuzzTarget {
                 "deregister": Array(#"{"host": "echo.default.svc.cluster.local", "port": 8080, "address": "127.0.1.12:8080"}"#.utf8),
                 "fault-region": Array(#"{"blackhole": {"region": "us-east1"}, "duration": "30s"}"#.utf8),
                 "fault-zone": Array(#"{"blackhole": {"cluster": "east", "zone": "a"}, "duration": "1500ms"}"#.utf8),
+            ]
+        case .jwt:
+            // Well-formed tokens the fuzzer can bend: signed by a key nobody trusts.
+            let other = P256.Signing.PrivateKey()
+            func b64(_ text: String) -> String { Data(text.utf8).base64EncodedString().replacingOccurrences(of: "+", with: "-").replacingOccurrences(of: "/", with: "_").replacingOccurrences(of: "=", with: "") }
+            func token(_ header: String, _ claims: String) -> [UInt8] {
+                let input = b64(header) + "." + b64(claims)
+                let signature = (try? other.signature(for: SHA256.hash(data: Data(input.utf8))).rawRepresentation) ?? Data()
+                return Array((input + "." + signature.base64EncodedString().replacingOccurrences(of: "+", with: "-").replacingOccurrences(of: "/", with: "_").replacingOccurrences(of: "=", with: "")).utf8)
+            }
+            return [
+                "es256": token(#"{"alg":"ES256","kid":"k1"}"#, #"{"iss":"https://issuer.example","sub":"alice","aud":["fuzz"],"exp":4102444800,"a":{"b":{"c":"deep"}}}"#),
+                "unknown-issuer": token(#"{"alg":"RS256"}"#, #"{"iss":"https://other.example","sub":"bob"}"#),
+                "alg-none": Array((b64(#"{"alg":"none"}"#) + "." + b64(#"{"iss":"https://issuer.example"}"#) + ".").utf8),
+                "jwks": Array(#"{"keys":[{"kty":"RSA","n":"sXch","e":"AQAB","kid":"r"},{"kty":"OKP","crv":"Ed25519","x":"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"}]}"#.utf8),
             ]
         case .clientHello, .config:
             return [:]

@@ -28,6 +28,8 @@ package struct AuthorizationPolicy: Codable, Sendable, Equatable {
 
     package struct WorkloadSelector: Codable, Sendable, Equatable {
         package var matchLabels: [String: String]?
+
+        package init(matchLabels: [String: String]?) { self.matchLabels = matchLabels }
     }
 
     package struct PolicyTargetReference: Codable, Sendable, Equatable {

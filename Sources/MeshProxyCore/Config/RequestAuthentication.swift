@@ -14,6 +14,11 @@ package struct RequestAuthentication: Codable, Sendable, Equatable {
 
     enum CodingKeys: String, CodingKey { case selector, targetRef, targetRefs, jwtRules }
 
+    package init(jwtRules: [JWTRule], selector: [String: String]? = nil, namespace: String = "default", name: String = "") {
+        self.jwtRules = jwtRules; self.namespace = namespace; self.name = name
+        self.selector = selector.map { AuthorizationPolicy.WorkloadSelector(matchLabels: $0) }
+    }
+
     package struct JWTRule: Codable, Sendable, Equatable {
         package var issuer: String
         package var audiences: [String]?
@@ -34,11 +39,15 @@ package struct RequestAuthentication: Codable, Sendable, Equatable {
     package struct JWTHeader: Codable, Sendable, Equatable {
         package var name: String
         package var prefix: String?
+
+        package init(name: String, prefix: String? = nil) { self.name = name; self.prefix = prefix }
     }
 
     package struct ClaimToHeader: Codable, Sendable, Equatable {
         package var header: String
         package var claim: String
+
+        package init(header: String, claim: String) { self.header = header; self.claim = claim }
     }
 }
 
