@@ -100,8 +100,9 @@ extension ThreeRegionsTopologyTests {
             #expect(home, "\(served(drill, before)); \(drill.failureTrace)")
             let failedBefore = drill.timeline.filter { before.contains($0.second) }.flatMap(\.failed)
             #expect(failedBefore.isEmpty, "failed before the fault: \(failedBefore)")
-            intact = intact && home && failedBefore.isEmpty
-            #expect(Set(served(drill, moved).keys) == ["us-east1/us-east1-b"])
+            let spilled = Set(served(drill, moved).keys) == ["us-east1/us-east1-b"]
+            #expect(spilled, "\(served(drill, moved)); per second: \(drill.timeline.map { "s\($0.second) \($0.byLocality)" }.joined(separator: "; "))")
+            intact = intact && home && failedBefore.isEmpty && spilled
         case "region-failover", "blackhole-region":
             // blackhole-region: through the admin fault API; nothing was killed.
             #expect(Set(served(drill, moved).keys.map { String($0.prefix(8)) }) == ["us-west1"], "\(served(drill, moved))")
