@@ -85,9 +85,7 @@ struct AuthorizationTests {
     @Test("RequestAuthentication at west's gateway: east's client with a token for alice is allowed, without a token 403 (requestPrincipals required), an expired token 401 'Jwt is expired' with www-authenticate, bob's token 403")
     func jwtAcrossGateways() async throws {
         let key = P256.Signing.PrivateKey()
-        func b64(_ data: Data) -> String {
-            data.base64EncodedString().replacingOccurrences(of: "+", with: "-").replacingOccurrences(of: "/", with: "_").replacingOccurrences(of: "=", with: "")
-        }
+        let b64 = JWT.base64URLEncoded
         func token(sub: String, exp: TimeInterval) -> String {
             let header = b64(Data(#"{"alg":"ES256","kid":"k1","typ":"JWT"}"#.utf8))
             let claims = b64(Data(#"{"iss":"https://auth.mcp.example.com","sub":"\#(sub)","exp":\#(Int(Date().timeIntervalSince1970 + exp))}"#.utf8))

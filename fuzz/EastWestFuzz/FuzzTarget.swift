@@ -40,7 +40,7 @@ enum FuzzTarget: String, CaseIterable, Sendable {
     static let jwtKey = P256.Signing.PrivateKey()
     static let jwtAuthenticator: JWTAuthenticator = {
         let point = jwtKey.publicKey.rawRepresentation
-        func b64(_ data: Data) -> String { data.base64EncodedString().replacingOccurrences(of: "+", with: "-").replacingOccurrences(of: "/", with: "_").replacingOccurrences(of: "=", with: "") }
+        let b64 = JWT.base64URLEncoded
         var rule = RequestAuthentication.JWTRule(issuer: "https://issuer.example",
                                                  jwks: #"{"keys":[{"kty":"EC","crv":"P-256","kid":"k1","x":"\#(b64(point.prefix(32)))","y":"\#(b64(point.suffix(32)))"}]}"#)
         rule.audiences = ["fuzz"]
@@ -243,11 +243,11 @@ extension FuzzTarget {
         case .jwt:
             // Well-formed tokens the fuzzer can bend: signed by a key nobody trusts.
             let other = P256.Signing.PrivateKey()
-            func b64(_ text: String) -> String { Data(text.utf8).base64EncodedString().replacingOccurrences(of: "+", with: "-").replacingOccurrences(of: "/", with: "_").replacingOccurrences(of: "=", with: "") }
+            func b64(_ text: String) -> String { JWT.base64URLEncoded(Data(text.utf8)) }
             func token(_ header: String, _ claims: String) -> [UInt8] {
                 let input = b64(header) + "." + b64(claims)
                 let signature = (try? other.signature(for: SHA256.hash(data: Data(input.utf8))).rawRepresentation) ?? Data()
-                return Array((input + "." + signature.base64EncodedString().replacingOccurrences(of: "+", with: "-").replacingOccurrences(of: "/", with: "_").replacingOccurrences(of: "=", with: "")).utf8)
+                return Array((input + "." + JWT.base64URLEncoded(signature)).utf8)
             }
             return [
                 "es256": token(#"{"alg":"ES256","kid":"k1"}"#, #"{"iss":"https://issuer.example","sub":"alice","aud":["fuzz"],"exp":4102444800,"a":{"b":{"c":"deep"}}}"#),

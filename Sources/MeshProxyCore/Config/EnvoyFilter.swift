@@ -143,9 +143,8 @@ extension IstioPolicyLoader {
                 warnings.append(map.error(.notImplemented, at: path, "EnvoyFilter patch not carried out by EastWest (\(what)); it reads HTTP_FILTER patches that insert envoy.filters.http.local_ratelimit").asWarning)
             case .invalid(let field, let message):
                 errors.append(map.error(.invalidValue, at: path.key("patch").key("value").key("typed_config").key(field), message))
-            case .rateLimit(let settings, let notices):
+            case .rateLimit(_, let notices):
                 for notice in notices { warnings.append(map.error(.istioDifference, at: path.key("patch").key("value"), notice).asWarning) }
-                _ = settings
             }
         }
         return (errors, warnings)

@@ -46,7 +46,7 @@ extension PeerAuthentication {
     /// (Istio's gateways follow their Gateway's `tls`), and EastWest's listener requires Istio
     /// mTLS, so plaintext such a policy lets a workload accept is refused at the gateway. STRICT
     /// is what the gateway does already.
-    package static func gatewayWarnings(_ policies: [PeerAuthentication], labels: [String: String], namespace: String) -> [String] {
+    package static func gatewayWarnings(_ policies: [PeerAuthentication]) -> [String] {
         policies.compactMap { policy in
             let modes = [policy.mtls?.mode] + (policy.portLevelMtls ?? [:]).values.map(\.mode)
             guard let open = modes.compactMap({ $0 }).first(where: { $0 == .permissive || $0 == .disable }) else { return nil }

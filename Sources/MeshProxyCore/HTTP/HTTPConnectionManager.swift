@@ -57,10 +57,28 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
     private var forward: HTTPRequestRouter.Forward?
     /// The route action for `forward`, decided once per request.
     private var action: RouteAction?
-    /// The last route's action: the next request on a keep-alive connection mostly takes the
-    /// same route, and the policy lookup behind an action is not free.
-    private var lastAction: (route: Route, action: RouteAction, breakers: CircuitBreakers?, policies: [AuthorizationEngine.Policy],
-                             authenticator: JWTAuthenticator?)?
+    /// What the last route decided: the next request on a keep-alive connection mostly takes
+    /// the same route, and the policy lookups behind it are not free.
+    private var lastAction: RouteState?
+
+    /// Everything decided once per route: its action and the route's circuit breakers,
+    /// AuthorizationPolicies and RequestAuthentication rules.
+    private struct RouteState {
+        var route: Route
+        var action: RouteAction
+        var breakers: CircuitBreakers?
+        var policies: [AuthorizationEngine.Policy]
+        var authenticator: JWTAuthenticator?
+
+        init(_ route: Route, action: RouteAction, routes: RouteConfiguration, clusters: ClusterManager) {
+            let endpoints = clusters.current.inputs.endpoints
+            self.route = route
+            self.action = action
+            breakers = action.httpLimits.isEmpty ? nil : clusters.breakers(for: route, limits: action.httpLimits)
+            policies = routes.authorizationPolicies(for: route.service, endpoints: endpoints)
+            authenticator = routes.requestAuthenticator(for: route.service, endpoints: endpoints)
+        }
+    }
     /// The route's RequestAuthentication rules (nil: none), and what a verified token adds.
     private var authenticator: JWTAuthenticator?
     private var requestPrincipal: RequestPrincipal?
@@ -122,12 +140,7 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
         self.connection = connection
         self.protocolName = protocolName
         self.origin = origin
-        lastAction = connectionAction.map {
-            let endpoints = dataPlane.clusters.current.inputs.endpoints
-            return (connectionRoute, $0, $0.httpLimits.isEmpty ? nil : dataPlane.clusters.breakers(for: connectionRoute, limits: $0.httpLimits),
-                    routes.authorizationPolicies(for: connectionRoute.service, endpoints: endpoints),
-                    routes.requestAuthenticator(for: connectionRoute.service, endpoints: endpoints))
-        }
+        lastAction = connectionAction.map { RouteState(connectionRoute, action: $0, routes: routes, clusters: dataPlane.clusters) }
         self.idleTimeout = idleTimeout
         random = SplitMix64.fresh()
     }
@@ -346,20 +359,13 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
             self.forward = forward
             record.route = forward.route
             record.routeName = forward.routeName
-            let action: RouteAction
-            if let last = lastAction, last.route == forward.route {
-                action = last.action
-                breakers = last.breakers
-                policies = last.policies
-                authenticator = last.authenticator
-            } else {
-                action = routes.action(for: forward.route, origin: origin)
-                breakers = action.httpLimits.isEmpty ? nil : clusters.breakers(for: forward.route, limits: action.httpLimits)
-                let endpoints = clusters.current.inputs.endpoints
-                policies = routes.authorizationPolicies(for: forward.route.service, endpoints: endpoints)
-                authenticator = routes.requestAuthenticator(for: forward.route.service, endpoints: endpoints)
-                lastAction = (forward.route, action, breakers, policies, authenticator)
-            }
+            let decided = lastAction.flatMap { $0.route == forward.route ? $0 : nil }
+                ?? RouteState(forward.route, action: routes.action(for: forward.route, origin: origin), routes: routes, clusters: clusters)
+            lastAction = decided
+            let action = decided.action
+            breakers = decided.breakers
+            policies = decided.policies
+            authenticator = decided.authenticator
             requestPrincipal = nil
             tokenHeaders = []
             tokenHeaderRemoved = nil
@@ -527,7 +533,7 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
             case .idle, .discarding, .tunnel: return
             }
             state = .waiting(ended: ended)
-            attemptTimer = schedule(in: backoff, context: context) { manager, context in manager.retryNow(context: context) }
+            scheduleRetry(after: backoff, context: context)
         case .giveUp(let why):
             var reply = reply
             reply.flags.remove(.upstreamRetryLimitExceeded)
@@ -892,8 +898,13 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
         // The state moves first: closing fires the relay's end at once.
         state = .waiting(ended: ended)
         exchange.channel.close(promise: nil)
-        attemptTimer = schedule(in: backoff, context: context) { manager, context in manager.retryNow(context: context) }
+        scheduleRetry(after: backoff, context: context)
         return true
+    }
+
+    /// The next attempt, once the back-off is over.
+    private func scheduleRetry(after backoff: Duration, context: ChannelHandlerContext) {
+        attemptTimer = schedule(in: backoff, context: context) { manager, context in manager.retryNow(context: context) }
     }
 
     private func upstreamClosed(_ exchange: UpstreamExchange, context: ChannelHandlerContext) {

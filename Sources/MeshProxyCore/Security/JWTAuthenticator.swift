@@ -91,13 +91,13 @@ package struct JWT: Sendable {
         self.signature = signature
     }
 
-    static func base64URLDecoded(_ text: String) -> Data? {
+    package static func base64URLDecoded(_ text: String) -> Data? {
         var base64 = text.replacingOccurrences(of: "-", with: "+").replacingOccurrences(of: "_", with: "/")
         while base64.count % 4 != 0 { base64 += "=" }
         return Data(base64Encoded: base64)
     }
 
-    static func base64URLEncoded(_ data: Data) -> String {
+    package static func base64URLEncoded(_ data: Data) -> String {
         data.base64EncodedString().replacingOccurrences(of: "+", with: "-").replacingOccurrences(of: "/", with: "_").replacingOccurrences(of: "=", with: "")
     }
 

@@ -43,7 +43,7 @@ struct PeerAuthenticationTests {
             spec: {mtls: {mode: PERMISSIVE}}
             """, file: "pa.yaml")
         #expect(loaded.warnings.isEmpty && loaded.skipped.isEmpty && loaded.peerAuthentications.count == 2)
-        let said = PeerAuthentication.gatewayWarnings(loaded.peerAuthentications, labels: ["istio": "eastwestgateway"], namespace: "istio-system")
+        let said = PeerAuthentication.gatewayWarnings(loaded.peerAuthentications)
         #expect(said.count == 1 && said[0].contains("payments/legacy allows plaintext (PERMISSIVE)"), "\(said)")
         do {
             _ = try IstioPolicyLoader.load(yaml: """
