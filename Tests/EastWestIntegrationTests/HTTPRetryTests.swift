@@ -94,6 +94,9 @@ struct HTTPRetryTests {
               - match: [{uri: {prefix: /connectonly}}]
                 retries: {attempts: 2, perTryTimeout: 0.3s, retryOn: connect-failure}
                 route: [{destination: {host: reviews, subset: v1}}]
+              - match: [{uri: {prefix: /delay}}]
+                timeout: 0.5s
+                route: [{destination: {host: reviews, subset: v1}}]
               - match: [{uri: {prefix: /bounded}}]
                 timeout: 0.5s
                 retries: {attempts: 5, perTryTimeout: 0.3s, retryOn: 5xx}
@@ -126,6 +129,17 @@ struct HTTPRetryTests {
         #expect(bounded.code == "504")
         #expect(bounded.took >= .milliseconds(450) && bounded.took < .seconds(2), "took \(bounded.took)")
         #expect(try await Self.attempts("t3", at: v1) == 2)
+
+        // One keep-alive HTTP/1.1 connection: two quick answers, then one slower than the
+        // route's 0.5 s. Each request's deadline is its own, though the first armed the timer.
+        let url = "https://\(HTTPRoutingTests.reviews):15443"
+        let started = ContinuousClock.now
+        let sequence = try await mesh.mesh.curl(mesh.east, host: HTTPRoutingTests.reviews, path: "/delay/1500",
+                                                extra: ["--http1.1", "-w", "%{http_code} %{num_connects}\n", "-o", "/dev/null", "\(url)/delay/0",
+                                                        "-o", "/dev/null", "\(url)/delay/300", "-o", "/dev/null"])
+        let took = ContinuousClock.now - started
+        #expect(sequence.stdout.split(separator: "\n") == ["200 1", "200 0", "504 0"], "\(sequence)")
+        #expect(took >= .milliseconds(750) && took < .milliseconds(1400), "took \(took)")
     }
 
     @Test("fault: an abort answers with its status, 'fault filter abort' and FI without reaching the backend; a delay holds the request (DI); percentages hold within binomial bounds")

@@ -97,7 +97,7 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
     private var retry = RetryState(policy: .none)
     /// The target of the attempt in flight.
     private var target: PlannedTarget?
-    /// Between attempts, in a fault's delay, each attempt's own limit: one at a time.
+    /// A retry's back-off or a fault's delay: one at a time.
     private var attemptTimer: Scheduled<Void>?
     private var requestKeepAlive = true
     /// A gRPC client gets local replies as gRPC statuses.
@@ -145,8 +145,11 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
         random = SplitMix64.fresh()
     }
 
-    /// The route's `timeout`, running from the whole request received (Envoy's router timer).
-    private var requestTimer: Scheduled<Void>?
+    /// The route's `timeout` (from the whole request received, Envoy's router timer) and the
+    /// retry policy's per-try timeout (from each attempt's request sent), on one lazily armed
+    /// timer: requests that end in time cost it nothing.
+    private var deadlines = RequestDeadlines()
+    private var deadlineTimer: Scheduled<Void>?
 
     private let idleTimeout: Duration?
     private var idleCheck: RepeatedTask?
@@ -170,6 +173,7 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
 
     package func handlerRemoved(context: ChannelHandlerContext) {
         idleCheck?.cancel()
+        stopDeadlines()
     }
 
     /// HTTP/1.1 requests a client sent before the current response ended (pipelining), in order:
@@ -297,7 +301,7 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
     }
 
     package func channelInactive(context: ChannelHandlerContext) {
-        cancelRequestTimer()
+        stopDeadlines()
         cancelAttemptTimer()
         if case .forwarding(let exchange, _) = state {
             state = .idle
@@ -478,9 +482,11 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
         }
     }
 
+    /// Ends the back-off or delay, and the attempt's per-try timeout.
     private func cancelAttemptTimer() {
         attemptTimer?.cancel()
         attemptTimer = nil
+        deadlines.clear(.perTry)
     }
 
     /// Sends the kept request to `target` (a retry, or the first attempt after a delay).
@@ -498,10 +504,8 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
 
     /// The policy's per-try timeout, from the whole request sent on (Envoy's per-try timer).
     private func startPerTryTimer(context: ChannelHandlerContext) {
-        guard let perTry = retry.policy.perTryTimeout, attemptTimer == nil, !responseStarted else { return }
-        attemptTimer = schedule(in: perTry, context: context) { manager, context in
-            manager.perTryTimedOut(after: perTry, context: context)
-        }
+        guard let perTry = retry.policy.perTryTimeout, attemptTimer == nil, !deadlines.isSet(.perTry), !responseStarted else { return }
+        if let at = deadlines.set(.perTry, at: .now() + TimeAmount(perTry)) { armDeadlines(at: at, context: context) }
     }
 
     private func perTryTimedOut(after perTry: Duration, context: ChannelHandlerContext) {
@@ -681,13 +685,33 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
     /// every attempt. Before the response starts it is a 504 `UT`; after, the client's stream is
     /// ended (the status has gone out already).
     private func startRequestTimer(context: ChannelHandlerContext) {
-        guard let timeout = forward?.timeout, requestTimer == nil, awaitsResponse else { return }
+        guard let timeout = forward?.timeout, !deadlines.isSet(.route), awaitsResponse else { return }
+        if let at = deadlines.set(.route, at: .now() + TimeAmount(timeout)) { armDeadlines(at: at, context: context) }
+    }
+
+    private func armDeadlines(at deadline: NIODeadline, context: ChannelHandlerContext) {
+        deadlineTimer?.cancel()
         let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
-        requestTimer = context.eventLoop.scheduleTask(in: TimeAmount(timeout)) {
+        deadlineTimer = context.eventLoop.scheduleTask(deadline: deadline) {
             let (manager, context) = bound.value
-            manager.requestTimer = nil
-            manager.requestTimedOut(after: timeout, context: context)
+            manager.deadlineTimer = nil
+            manager.deadlinesPassed(context: context)
         }
+    }
+
+    /// The timer ran: the deadlines that passed take effect (a per-try timeout may start the
+    /// next attempt and its own), and the timer is armed for what is left.
+    private func deadlinesPassed(context: ChannelHandlerContext) {
+        let passed = deadlines.fired(now: .now())
+        if passed.perTry, let perTry = retry.policy.perTryTimeout { perTryTimedOut(after: perTry, context: context) }
+        if passed.route, let timeout = forward?.timeout { requestTimedOut(after: timeout, context: context) }
+        if let at = deadlines.armIfNeeded() { armDeadlines(at: at, context: context) }
+    }
+
+    private func stopDeadlines() {
+        deadlineTimer?.cancel()
+        deadlineTimer = nil
+        deadlines.reset()
     }
 
     private func requestTimedOut(after timeout: Duration, context: ChannelHandlerContext) {
@@ -716,8 +740,7 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
     }
 
     private func cancelRequestTimer() {
-        requestTimer?.cancel()
-        requestTimer = nil
+        deadlines.clear(.route)
     }
 
     /// Asks the loop's pool for a way to the current target: a new or kept connection, or a

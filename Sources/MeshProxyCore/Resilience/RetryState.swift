@@ -182,6 +182,11 @@ package struct RetryState: Sendable, Equatable {
     /// them now). Nil when there is none.
     package mutating func nextTarget(in candidates: [PlannedTarget]) -> PlannedTarget? {
         guard let pick = candidates.first else { return nil }
+        guard !tried.isEmpty else {
+            // Every rule gives the first attempt the plan's own pick (nothing tried or left out yet).
+            tried.append(pick)
+            return pick
+        }
         var allowed = candidates
         switch policy.targets {
         case .walkPlan:
