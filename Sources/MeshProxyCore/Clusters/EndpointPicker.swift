@@ -14,6 +14,12 @@ package enum UpstreamTarget: Hashable, Sendable, CustomStringConvertible {
     /// A gateway of another cluster, dialled with mTLS and Istio-form SNI.
     case peerGateway(cluster: String, gateway: GatewayAddress, serverName: ServerName)
 
+    /// In this cluster: the gateway is the last hop before the workload.
+    package var isLocal: Bool {
+        if case .local = self { return true }
+        return false
+    }
+
     package var address: HostPort {
         switch self {
         case .local(let endpoint): endpoint.address

@@ -96,25 +96,28 @@ package indirect enum ConfigValue: Codable, Sendable, Equatable {
 }
 
 extension EnvoyFilter: NamedIstioResource {
-    /// The local rate limit the filters set for a gateway with these labels in this namespace:
-    /// the first that applies (Istio applies patches in priority order, then by age; files are
-    /// read in order).
-    package static func localRateLimit(_ filters: [EnvoyFilter], labels: [String: String], namespace: String) -> LocalRateLimit.Settings? {
-        for filter in filters.sorted(by: { ($0.priority ?? 0) < ($1.priority ?? 0) }) where filter.applies(toLabels: labels, namespace: namespace) {
-            for patch in filter.configPatches ?? [] {
-                if case .rateLimit(let settings, _) = LocalRateLimitPatch.read(patch, origin: "EnvoyFilter \(filter.namespace)/\(filter.name)") { return settings }
+    /// Every local rate-limit patch, in the order Istio applies them (priority, then as read).
+    package static func rateLimitPatches(_ filters: [EnvoyFilter]) -> [(filter: EnvoyFilter, reading: LocalRateLimitPatch.Reading)] {
+        filters.enumerated().sorted { ($0.element.priority ?? 0, $0.offset) < ($1.element.priority ?? 0, $1.offset) }.flatMap { _, filter in
+            (filter.configPatches ?? []).compactMap { patch in
+                let reading = LocalRateLimitPatch.read(patch, origin: "EnvoyFilter \(filter.namespace)/\(filter.name)")
+                switch reading {
+                case .filter, .route: return (filter, reading)
+                case .notRateLimit, .invalid: return nil
+                }
             }
         }
-        return nil
     }
 
-    /// Rate limits this gateway does not run because the filter's scope leaves it out, said aloud.
+    /// Gateway-only rate limits this gateway does not run because the filter's scope leaves it
+    /// out, said aloud.
     package static func gatewayWarnings(_ filters: [EnvoyFilter], labels: [String: String], namespace: String) -> [String] {
-        filters.compactMap { filter in
-            let limits = (filter.configPatches ?? []).contains { if case .rateLimit = LocalRateLimitPatch.read($0, origin: "") { true } else { false } }
-            guard limits, !filter.applies(toLabels: labels, namespace: namespace) else { return nil }
-            return "warning: EnvoyFilter \(filter.namespace)/\(filter.name) rate-limits the workloads \(filter.workloadSelector?.labels.map { "labelled \($0)" } ?? "of namespace \(filter.namespace)"), "
-                + "not this gateway (namespace \(namespace)): as in Istio it does not apply here. Put it in \(namespace) or istio-system with a workloadSelector matching the gateway's labels"
+        var seen = Set<String>()
+        return rateLimitPatches(filters).compactMap { filter, reading in
+            guard case .filter(_, .gateway, _) = reading, !filter.applies(toLabels: labels, namespace: namespace),
+                  seen.insert("\(filter.namespace)/\(filter.name)").inserted else { return nil }
+            return "warning: EnvoyFilter \(filter.namespace)/\(filter.name) rate-limits the gateways \(filter.workloadSelector?.labels.map { "labelled \($0)" } ?? "of namespace \(filter.namespace)"), "
+                + "not this one (namespace \(namespace)): as in Istio it does not apply here. Put it in \(namespace) or istio-system with a workloadSelector matching the gateway's labels"
         }
     }
 }
@@ -140,10 +143,11 @@ extension IstioPolicyLoader {
             let path = FieldPath().key("spec").key("configPatches").index(i)
             switch LocalRateLimitPatch.read(patch, origin: "\(map.file):\(map.mark(of: path)?.line ?? 0)") {
             case .notRateLimit(let what):
-                warnings.append(map.error(.notImplemented, at: path, "EnvoyFilter patch not carried out by EastWest (\(what)); it reads HTTP_FILTER patches that insert envoy.filters.http.local_ratelimit").asWarning)
+                warnings.append(map.error(.notImplemented, at: path, "EnvoyFilter patch not carried out by EastWest (\(what)); it reads HTTP_FILTER patches that insert envoy.filters.http.local_ratelimit and HTTP_ROUTE patches that configure it per route").asWarning)
             case .invalid(let field, let message):
-                errors.append(map.error(.invalidValue, at: path.key("patch").key("value").key("typed_config").key(field), message))
-            case .rateLimit(_, let notices):
+                let value = path.key("patch").key("value")
+                errors.append(map.error(.invalidValue, at: patch.applyTo == "HTTP_ROUTE" ? value.key("typed_per_filter_config") : value.key("typed_config").key(field), message))
+            case .filter(_, _, let notices), .route(_, _, _, _, let notices):
                 for notice in notices { warnings.append(map.error(.istioDifference, at: path.key("patch").key("value"), notice).asWarning) }
             }
         }
@@ -151,13 +155,23 @@ extension IstioPolicyLoader {
     }
 }
 
-/// Reads one EnvoyFilter patch as a local rate limit.
+/// Reads one EnvoyFilter patch as a local rate limit: an `HTTP_FILTER` patch inserting
+/// `envoy.filters.http.local_ratelimit` (with its own token bucket, or none when only routes
+/// limit), or an `HTTP_ROUTE` patch merging a `typed_per_filter_config` for it (the route's own
+/// bucket, which replaces the filter's for that route, as in Envoy).
 package enum LocalRateLimitPatch {
+    /// Where the patch runs: at gateways, at the selected workloads' inbound sidecars (here: the
+    /// gateway that delivers to them), or both.
+    package enum Context: Sendable, Equatable { case any, gateway, inbound }
+
     package enum Reading {
         case notRateLimit(String)
         case invalid(field: String, message: String)
-        /// The settings, and what Envoy would do that a user does not expect.
-        case rateLimit(LocalRateLimit.Settings, notices: [String])
+        /// The filter inserted, with its filter-level settings (nil: no token_bucket).
+        case filter(LocalRateLimit.Settings?, context: Context, notices: [String])
+        /// A route's own settings: the inbound port its virtual host names (`inbound|http|9080`)
+        /// and the route's name, each nil for any.
+        case route(LocalRateLimit.Settings?, context: Context, port: Int?, routeName: String?, notices: [String])
     }
 
     static let filterName = "envoy.filters.http.local_ratelimit"
@@ -165,26 +179,59 @@ package enum LocalRateLimitPatch {
     static let enforceHint = "filter_enforced: {runtime_key: local_rate_limit_enforced, default_value: {numerator: 100, denominator: HUNDRED}}"
 
     package static func read(_ patch: EnvoyFilter.ConfigPatch, origin: String) -> Reading {
-        guard patch.applyTo == "HTTP_FILTER" else { return .notRateLimit("applyTo \(patch.applyTo ?? "unset")") }
-        let operation = patch.patch?.operation ?? ""
-        guard ["INSERT_BEFORE", "INSERT_AFTER", "INSERT_FIRST", "ADD"].contains(operation) else { return .notRateLimit("operation \(operation)") }
-        if let context = patch.match?.context, !["ANY", "GATEWAY"].contains(context) { return .notRateLimit("context \(context): not a gateway") }
-        guard let value = patch.patch?.value, value["name"]?.string == filterName else {
-            return .notRateLimit("filter \(patch.patch?.value?["name"]?.string ?? "unnamed")")
+        let context: Context
+        switch patch.match?.context ?? "ANY" {
+        case "ANY": context = .any
+        case "GATEWAY": context = .gateway
+        case "SIDECAR_INBOUND": context = .inbound
+        case let other: return .notRateLimit("context \(other): the client's own sidecar, which EastWest is not")
         }
-        // `typed_config` as Envoy's own message, or wrapped in a udpa TypedStruct's `value`.
-        guard let typed = value["typed_config"] else { return .invalid(field: "token_bucket", message: "a local rate limit needs typed_config with a token_bucket") }
+        let operation = patch.patch?.operation ?? ""
+        switch patch.applyTo {
+        case "HTTP_FILTER":
+            guard ["INSERT_BEFORE", "INSERT_AFTER", "INSERT_FIRST", "ADD"].contains(operation) else { return .notRateLimit("operation \(operation)") }
+            guard let value = patch.patch?.value, value["name"]?.string == filterName else {
+                return .notRateLimit("filter \(patch.patch?.value?["name"]?.string ?? "unnamed")")
+            }
+            // A filter with no typed_config at all is one Envoy would reject: said, and read as empty.
+            var notices: [String] = []
+            switch settings(value["typed_config"] ?? .object([:]), origin: origin, notices: &notices) {
+            case .failure(let invalid): return .invalid(field: invalid.field, message: invalid.message)
+            case .success(let settings): return .filter(settings, context: context, notices: notices)
+            }
+        case "HTTP_ROUTE":
+            guard operation == "MERGE" else { return .notRateLimit("HTTP_ROUTE operation \(operation)") }
+            guard let typed = patch.patch?.value?["typed_per_filter_config"]?[filterName] else {
+                return .notRateLimit("an HTTP_ROUTE patch without typed_per_filter_config for \(filterName)")
+            }
+            let vhost = patch.match?.routeConfiguration?["vhost"]
+            let port = vhost?["name"]?.string.flatMap { name in name.split(whereSeparator: { $0 == "|" || $0 == ":" }).last.flatMap { Int($0) } }
+            let routeName = vhost?["route"]?["name"]?.string
+            var notices: [String] = []
+            switch settings(typed, origin: origin, notices: &notices) {
+            case .failure(let invalid): return .invalid(field: invalid.field, message: invalid.message)
+            case .success(let settings): return .route(settings, context: context, port: port, routeName: routeName, notices: notices)
+            }
+        default:
+            return .notRateLimit("applyTo \(patch.applyTo ?? "unset")")
+        }
+    }
+
+    struct Invalid: Error { var field: String, message: String }
+
+    /// A LocalRateLimit message (as Envoy's own or in a udpa TypedStruct's `value`); nil
+    /// without a token_bucket (the filter then limits nothing by itself).
+    static func settings(_ typed: ConfigValue, origin: String, notices: inout [String]) -> Result<LocalRateLimit.Settings?, Invalid> {
         let config = typed["value"] ?? typed
-        var notices: [String] = []
         if typed["@type"] == nil {
             notices.append("typed_config has no '@type': Envoy rejects such a filter (Istio's push is refused); EastWest reads it as envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit")
         }
-        guard let bucket = config["token_bucket"] else { return .invalid(field: "token_bucket", message: "a local rate limit needs a token_bucket") }
+        guard let bucket = config["token_bucket"] else { return .success(nil) }
         guard let maxTokens = bucket["max_tokens"]?.int, maxTokens > 0 else {
-            return .invalid(field: "token_bucket", message: "token_bucket.max_tokens must be above 0")
+            return .failure(Invalid(field: "token_bucket", message: "token_bucket.max_tokens must be above 0"))
         }
         guard let interval = bucket["fill_interval"]?.string.flatMap(ConfigDuration.init(parsing:))?.duration, interval >= .milliseconds(50) else {
-            return .invalid(field: "token_bucket", message: "token_bucket.fill_interval must be a duration of at least 50ms")
+            return .failure(Invalid(field: "token_bucket", message: "token_bucket.fill_interval must be a duration of at least 50ms"))
         }
         func fraction(_ key: String) -> Int? {
             guard let percent = config[key]?["default_value"] else { return nil }
@@ -209,8 +256,8 @@ package enum LocalRateLimitPatch {
             }
         }
         for key in ["descriptors", "enable_x_ratelimit_headers", "local_rate_limit_per_downstream_connection"] where config[key] != nil {
-            notices.append("\(key) is not carried out by EastWest yet: one bucket for the whole gateway, without x-ratelimit-* headers")
+            notices.append("\(key) is not carried out by EastWest yet: one bucket per scope, without x-ratelimit-* headers")
         }
-        return .rateLimit(settings, notices: notices)
+        return .success(settings)
     }
 }

@@ -69,6 +69,8 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
         var breakers: CircuitBreakers?
         var policies: [AuthorizationEngine.Policy]
         var authenticator: JWTAuthenticator?
+        /// The workloads' inbound rate limits, for requests this gateway delivers itself.
+        var inboundLimits: [LocalRateLimits.Applied]
 
         init(_ route: Route, action: RouteAction, routes: RouteConfiguration, clusters: ClusterManager) {
             let endpoints = clusters.current.inputs.endpoints
@@ -77,6 +79,7 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
             breakers = action.httpLimits.isEmpty ? nil : clusters.breakers(for: route, limits: action.httpLimits)
             policies = routes.authorizationPolicies(for: route.service, endpoints: endpoints)
             authenticator = routes.requestAuthenticator(for: route.service, endpoints: endpoints)
+            inboundLimits = routes.inboundRateLimits(for: route.service, endpoints: endpoints)
         }
     }
     /// The route's RequestAuthentication rules (nil: none), and what a verified token adds.
@@ -344,15 +347,12 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
             ? .forward(HTTPRequestRouter.Forward(route: connectionRoute, routeName: "", origin: nil, requestHeaders: .init(), responseHeaders: .init()))
             : HTTPRequestRouter.decide(facts, connectionRoute: connectionRoute, routes: routes, services: clusters.current,
                                        listenerPort: dataPlane.config.listen.port, random: random.next())
-        if let limit = routes.localRateLimit {
+        if let limits = routes.localRateLimits?.gateway, !limits.isEmpty {
             // Envoy's local_ratelimit, first in the HTTP filters (the EnvoyFilter inserts it).
-            switch limit.check(enabledRoll: random.next(), enforcedRoll: random.next()) {
-            case .pass: break
-            case .limitedNotEnforced: break  // counted; Envoy lets it through
-            case .refuse:
+            let routeName: String
+            if case .forward(let forward) = decision { routeName = forward.routeName } else { routeName = "" }
+            if let limit = LocalRateLimits.pick(limits, routeName: routeName), !admitted(by: limit, context: context) {
                 if case .forward(let forward) = decision { self.forward = forward; record.route = forward.route; record.routeName = forward.routeName }
-                record.codeDetails = "local_rate_limited"
-                localReply(.rateLimited(limit.settings), context: context)
                 return
             }
         }
@@ -391,6 +391,9 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
                     : .noHealthyUpstream(for: forward.route), context: context)
                 return
             }
+            // The inbound sidecar's rate limit, where this gateway is the last hop to the workload.
+            if origin == .peerGateway || first.target.isLocal, let limit = LocalRateLimits.pick(decided.inboundLimits, routeName: forward.routeName),
+               !admitted(by: limit, context: context) { return }
             target = first
             let upstream = HTTPClientRequestPart.head(upstreamHead(head, forward: forward, context: context))
             keep(upstream)
@@ -410,6 +413,18 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
             }
             state = .connecting(held: [upstream], ended: false)
             openExchange(context: context)
+        }
+    }
+
+    /// One request through a local rate limit; false: refused with its local reply.
+    private func admitted(by limit: LocalRateLimit, context: ChannelHandlerContext) -> Bool {
+        switch limit.check(enabledRoll: random.next(), enforcedRoll: random.next()) {
+        case .pass, .limitedNotEnforced:  // counted when not enforced; Envoy lets it through
+            return true
+        case .refuse:
+            record.codeDetails = "local_rate_limited"
+            localReply(.rateLimited(limit.settings), context: context)
+            return false
         }
     }
 

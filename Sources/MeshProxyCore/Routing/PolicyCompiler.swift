@@ -53,8 +53,8 @@ package enum PolicyCompiler {
         routes.gatewayLabels = config.effectiveLabels
         routes.gatewayNamespace = config.effectiveNamespace
         routes.requestAuthentications = resources.requestAuthentications
-        routes.localRateLimit = EnvoyFilter.localRateLimit(resources.envoyFilters, labels: config.effectiveLabels, namespace: config.effectiveNamespace)
-            .map(LocalRateLimit.init)
+        let limits = LocalRateLimits(resources.envoyFilters, gatewayLabels: config.effectiveLabels, gatewayNamespace: config.effectiveNamespace)
+        routes.localRateLimits = limits.isEmpty ? nil : limits
         return routes
     }
 }

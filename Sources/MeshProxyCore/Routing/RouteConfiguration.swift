@@ -56,8 +56,9 @@ package struct RouteConfiguration: Sendable, Equatable {
     package var authorization = AuthorizationEngine()
     package var gatewayLabels: [String: String] = [:]
     package var gatewayNamespace = "istio-system"
-    /// The gateway's `envoy.filters.http.local_ratelimit`, from an EnvoyFilter; nil: none.
-    package var localRateLimit: LocalRateLimit?
+    /// `envoy.filters.http.local_ratelimit` from EnvoyFilters: the gateway's own, and the
+    /// inbound ones of the workloads it delivers to; nil: none.
+    package var localRateLimits: LocalRateLimits?
     /// Every RequestAuthentication loaded; which apply is decided per route.
     package var requestAuthentications: [RequestAuthentication] = []
 

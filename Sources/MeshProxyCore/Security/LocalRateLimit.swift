@@ -110,3 +110,118 @@ package final class LocalRateLimit: Sendable, Equatable {
         return .refuse
     }
 }
+
+/// The local rate limits EnvoyFilters set up around this gateway, as Envoy would run them:
+/// the gateway's own (filter-level bucket, or a route's), and the selected workloads' inbound
+/// ones (an Istio sidecar's, with `SIDECAR_INBOUND` or `ANY`), which this gateway runs for the
+/// requests it delivers to those workloads itself — one bucket per service here, where Istio has
+/// one per pod. A route's settings replace the filter's for that route (Envoy's
+/// `typed_per_filter_config`); a route patch without the filter inserted for the same
+/// workloads does nothing, as in Envoy.
+package final class LocalRateLimits: Sendable, Equatable {
+    package struct Rule: Sendable, Equatable {
+        package enum Scope: Sendable, Equatable {
+            case gateway
+            /// Workloads of `namespace` (every namespace from the root) that `selector` selects (nil: all).
+            case workloads(namespace: String, selector: [String: String]?)
+        }
+        package var scope: Scope
+        /// The inbound port a route patch's virtual host names; nil: any.
+        package var port: Int?
+        /// The route a route patch names; nil: any (or the filter-level bucket).
+        package var routeName: String?
+        package var perRoute: Bool
+        package var settings: LocalRateLimit.Settings
+    }
+
+    /// A limit that applies, and the route name it is for (nil: any route).
+    package struct Applied: Sendable {
+        package var routeName: String?
+        package var perRoute: Bool
+        package var limit: LocalRateLimit
+    }
+
+    package let rules: [Rule]
+    /// The gateway's own, made once.
+    package let gateway: [Applied]
+    private let root: String
+    /// Workload buckets, made at the first request to each service.
+    private let buckets = Mutex<[Key: LocalRateLimit]>([:])
+    private struct Key: Hashable { var rule: Int, service: ServiceKey }
+
+    package init(_ filters: [EnvoyFilter], gatewayLabels: [String: String], gatewayNamespace: String, root: String = "istio-system") {
+        self.root = root
+        var rules: [Rule] = []
+        let patches = EnvoyFilter.rateLimitPatches(filters)
+        // A route patch needs the filter in the same workloads' chain.
+        let inserted = patches.compactMap { filter, reading -> (String, [String: String]?)? in
+            if case .filter = reading { return (filter.namespace, filter.workloadSelector?.labels) }
+            return nil
+        }
+        for (filter, reading) in patches {
+            let selector = filter.workloadSelector?.labels
+            let context: LocalRateLimitPatch.Context, settings: LocalRateLimit.Settings?, port: Int?, routeName: String?, perRoute: Bool
+            switch reading {
+            case .filter(let s, let c, _): (settings, context, port, routeName, perRoute) = (s, c, nil, nil, false)
+            case .route(let s, let c, let p, let r, _):
+                guard inserted.contains(where: { $0.0 == filter.namespace && $0.1 == selector }) else { continue }
+                (settings, context, port, routeName, perRoute) = (s, c, p, r, true)
+            case .notRateLimit, .invalid: continue
+            }
+            guard let settings else { continue }
+            if context != .inbound, filter.applies(toLabels: gatewayLabels, namespace: gatewayNamespace, root: root) {
+                rules.append(Rule(scope: .gateway, port: nil, routeName: routeName, perRoute: perRoute, settings: settings))
+            }
+            if context != .gateway {
+                rules.append(Rule(scope: .workloads(namespace: filter.namespace, selector: selector), port: port, routeName: routeName,
+                                  perRoute: perRoute, settings: settings))
+            }
+        }
+        self.rules = rules
+        gateway = rules.filter { $0.scope == .gateway }.map { Applied(routeName: $0.routeName, perRoute: $0.perRoute, limit: LocalRateLimit($0.settings)) }
+    }
+
+    package var isEmpty: Bool { rules.isEmpty }
+
+    /// Same rules (their buckets are state, not configuration).
+    package static func == (a: LocalRateLimits, b: LocalRateLimits) -> Bool { a.rules == b.rules }
+
+    /// The inbound limits for requests to `service`, whose workloads are in `namespace` with
+    /// these labels (its endpoints'), each with the bucket this gateway keeps for the service.
+    package func inbound(for service: ServiceKey, namespace: String?, labels: [[String: String]]) -> [Applied] {
+        var applied: [Applied] = []
+        for (index, rule) in rules.enumerated() {
+            guard case .workloads(let ruleNamespace, let selector) = rule.scope,
+                  ruleNamespace == root || ruleNamespace == namespace,
+                  rule.port.map({ $0 == service.port }) ?? true,
+                  selector.map({ selector in labels.contains { selector.selects($0) } }) ?? true else { continue }
+            let limit = buckets.withLock { buckets in
+                if let made = buckets[Key(rule: index, service: service)] { return made }
+                let made = LocalRateLimit(rule.settings)
+                buckets[Key(rule: index, service: service)] = made
+                return made
+            }
+            applied.append(Applied(routeName: rule.routeName, perRoute: rule.perRoute, limit: limit))
+        }
+        return applied
+    }
+
+    /// Which of `applied` limits a request on the route named `routeName`: the first route
+    /// patch for it (by name, then any route), else the first filter-level bucket.
+    package static func pick(_ applied: [Applied], routeName: String) -> LocalRateLimit? {
+        if applied.isEmpty { return nil }
+        return applied.first { $0.perRoute && $0.routeName == routeName }?.limit
+            ?? applied.first { $0.perRoute && $0.routeName == nil }?.limit
+            ?? applied.first { !$0.perRoute }?.limit
+    }
+}
+
+extension RouteConfiguration {
+    /// The inbound rate limits of `service`'s workloads (its endpoints' labels anywhere in the
+    /// mesh); empty when none applies.
+    package func inboundRateLimits(for service: ServiceKey, endpoints: MeshEndpoints) -> [LocalRateLimits.Applied] {
+        guard let localRateLimits else { return [] }
+        let (namespace, labels) = Self.workloads(of: service, endpoints: endpoints)
+        return localRateLimits.inbound(for: service, namespace: namespace, labels: labels)
+    }
+}

@@ -40,13 +40,155 @@ struct LocalRateLimitTests {
         #expect(warnings.contains { $0.contains("ef.yaml:10:") && $0.contains("Envoy does NOT run this rate limit") && $0.contains("filter_enabled: {runtime_key: local_rate_limit_enabled") })
         #expect(warnings.contains { $0.contains("no '@type'") })
         #expect(warnings.contains { $0.contains("ef.yaml:17:") && $0.contains("applyTo CLUSTER") })
-        // Scoped to namespace default: not the gateway's (istio-system), which is said too.
-        #expect(EnvoyFilter.localRateLimit(loaded.envoyFilters, labels: ["istio": "eastwestgateway"], namespace: "istio-system") == nil)
-        #expect(EnvoyFilter.gatewayWarnings(loaded.envoyFilters, labels: ["istio": "eastwestgateway"], namespace: "istio-system").first?.contains("not this gateway") == true)
-        let settings = try #require(EnvoyFilter.localRateLimit(loaded.envoyFilters, labels: [:], namespace: "default"))
-        #expect(settings.maxTokens == 1000 && settings.fillInterval == .seconds(60) && settings.enabledPerMillion == 0)
-        let limit = LocalRateLimit(settings)
+        // Context ANY in namespace default: not the gateway's (istio-system), but the inbound
+        // limit of every workload of default, which the gateway runs for what it delivers.
+        let limits = LocalRateLimits(loaded.envoyFilters, gatewayLabels: ["istio": "eastwestgateway"], gatewayNamespace: "istio-system")
+        #expect(limits.gateway.isEmpty)
+        let echo = ServiceKey(host: "echo.default.svc.cluster.local", port: 8080)
+        let inbound = limits.inbound(for: echo, namespace: "default", labels: [["app": "echo"]])
+        #expect(inbound.count == 1)
+        #expect(limits.inbound(for: ServiceKey(host: "a.other.svc.cluster.local", port: 80), namespace: "other", labels: []).isEmpty)
+        let limit = try #require(LocalRateLimits.pick(inbound, routeName: ""))
+        #expect(limit.settings.maxTokens == 1000 && limit.settings.fillInterval == .seconds(60) && limit.settings.enabledPerMillion == 0)
+        #expect(limits.inbound(for: echo, namespace: "default", labels: [])[0].limit === limit, "one bucket per service, kept across requests")
         for _ in 0..<2000 { #expect(limit.check(enabledRoll: 0, enforcedRoll: 0) == .pass) }
+    }
+
+    /// Istio's local rate-limit task (tasks/policy-enforcement/rate-limit): the filter with its
+    /// bucket at productpage's inbound sidecar, then the same limit as a route's.
+    static let taskFilterLevel = """
+        apiVersion: networking.istio.io/v1alpha3
+        kind: EnvoyFilter
+        metadata:
+          name: filter-local-ratelimit-svc
+          namespace: istio-system
+        spec:
+          workloadSelector:
+            labels:
+              app: productpage
+          configPatches:
+            - applyTo: HTTP_FILTER
+              match:
+                context: SIDECAR_INBOUND
+                listener:
+                  filterChain:
+                    filter:
+                      name: "envoy.filters.network.http_connection_manager"
+              patch:
+                operation: INSERT_BEFORE
+                value:
+                  name: envoy.filters.http.local_ratelimit
+                  typed_config:
+                    "@type": type.googleapis.com/udpa.type.v1.TypedStruct
+                    type_url: type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit
+                    value:
+                      stat_prefix: http_local_rate_limiter
+                      token_bucket:
+                        max_tokens: 4
+                        tokens_per_fill: 4
+                        fill_interval: 60s
+                      filter_enabled:
+                        runtime_key: local_rate_limit_enabled
+                        default_value:
+                          numerator: 100
+                          denominator: HUNDRED
+                      filter_enforced:
+                        runtime_key: local_rate_limit_enforced
+                        default_value:
+                          numerator: 100
+                          denominator: HUNDRED
+                      response_headers_to_add:
+                        - append: false
+                          header:
+                            key: x-local-rate-limit
+                            value: 'true'
+        """
+
+    static let taskRouteLevel = """
+        apiVersion: networking.istio.io/v1alpha3
+        kind: EnvoyFilter
+        metadata:
+          name: filter-local-ratelimit-svc
+          namespace: istio-system
+        spec:
+          workloadSelector:
+            labels:
+              app: productpage
+          configPatches:
+            - applyTo: HTTP_FILTER
+              match:
+                context: SIDECAR_INBOUND
+                listener:
+                  filterChain:
+                    filter:
+                      name: "envoy.filters.network.http_connection_manager"
+              patch:
+                operation: INSERT_BEFORE
+                value:
+                  name: envoy.filters.http.local_ratelimit
+                  typed_config:
+                    "@type": type.googleapis.com/udpa.type.v1.TypedStruct
+                    type_url: type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit
+                    value:
+                      stat_prefix: http_local_rate_limiter
+            - applyTo: HTTP_ROUTE
+              match:
+                context: SIDECAR_INBOUND
+                routeConfiguration:
+                  vhost:
+                    name: "inbound|http|9080"
+                    route:
+                      action: ANY
+              patch:
+                operation: MERGE
+                value:
+                  typed_per_filter_config:
+                    envoy.filters.http.local_ratelimit:
+                      "@type": type.googleapis.com/udpa.type.v1.TypedStruct
+                      type_url: type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit
+                      value:
+                        stat_prefix: http_local_rate_limiter
+                        token_bucket:
+                          max_tokens: 4
+                          tokens_per_fill: 4
+                          fill_interval: 60s
+                        filter_enabled:
+                          runtime_key: local_rate_limit_enabled
+                          default_value:
+                            numerator: 100
+                            denominator: HUNDRED
+                        filter_enforced:
+                          runtime_key: local_rate_limit_enforced
+                          default_value:
+                            numerator: 100
+                            denominator: HUNDRED
+                        response_headers_to_add:
+                          - append: false
+                            header:
+                              key: x-local-rate-limit
+                              value: 'true'
+        """
+
+    @Test("Istio's local rate-limit task loads without a warning, as the filter's bucket or the route's: productpage's workloads get 4 requests a minute, other services none, the gateway none")
+    func istioTask() throws {
+        let productpage = ServiceKey(host: "productpage.default.svc.cluster.local", port: 9080)
+        for (name, yaml) in [("filter level", Self.taskFilterLevel), ("route level", Self.taskRouteLevel)] {
+            let loaded = try IstioPolicyLoader.load(yaml: yaml, file: "task.yaml")
+            #expect(loaded.warnings.isEmpty, "\(name): \(loaded.warnings)")
+            let limits = LocalRateLimits(loaded.envoyFilters, gatewayLabels: ["istio": "eastwestgateway"], gatewayNamespace: "istio-system")
+            #expect(limits.gateway.isEmpty, "\(name)")
+            #expect(limits.inbound(for: ServiceKey(host: "reviews.default.svc.cluster.local", port: 9080), namespace: "default", labels: [["app": "reviews"]]).isEmpty)
+            let limit = try #require(LocalRateLimits.pick(limits.inbound(for: productpage, namespace: "default", labels: [["app": "productpage"]]), routeName: ""),
+                                     "\(name)")
+            let verdicts = (0..<5).map { _ in limit.check(enabledRoll: 0, enforcedRoll: 0) }
+            #expect(verdicts == [.pass, .pass, .pass, .pass, .refuse], "\(name)")
+            #expect(HTTPLocalReply.rateLimited(limit.settings).headers.contains { $0 == ("x-local-rate-limit", "true") })
+        }
+        // The route patch names port 9080: another port of productpage's workloads has none.
+        let routed = try IstioPolicyLoader.load(yaml: Self.taskRouteLevel, file: "task.yaml")
+        let limits = LocalRateLimits(routed.envoyFilters, gatewayLabels: [:], gatewayNamespace: "istio-system")
+        #expect(LocalRateLimits.pick(limits.inbound(for: ServiceKey(host: "productpage.default.svc.cluster.local", port: 9443), namespace: "default",
+                                                    labels: [["app": "productpage"]]), routeName: "") == nil)
     }
 
     @Test("filter_enabled without filter_enforced counts and lets through; with both, refusals once the bucket is empty; a status below 400 becomes 429")
