@@ -1,3 +1,4 @@
+import Foundation
 import Testing
 @testable import MeshProxyCore
 
@@ -54,125 +55,18 @@ struct LocalRateLimitTests {
         for _ in 0..<2000 { #expect(limit.check(enabledRoll: 0, enforcedRoll: 0) == .pass) }
     }
 
-    /// Istio's local rate-limit task (tasks/policy-enforcement/rate-limit): the filter with its
-    /// bucket at productpage's inbound sidecar, then the same limit as a route's.
-    static let taskFilterLevel = """
-        apiVersion: networking.istio.io/v1alpha3
-        kind: EnvoyFilter
-        metadata:
-          name: filter-local-ratelimit-svc
-          namespace: istio-system
-        spec:
-          workloadSelector:
-            labels:
-              app: productpage
-          configPatches:
-            - applyTo: HTTP_FILTER
-              match:
-                context: SIDECAR_INBOUND
-                listener:
-                  filterChain:
-                    filter:
-                      name: "envoy.filters.network.http_connection_manager"
-              patch:
-                operation: INSERT_BEFORE
-                value:
-                  name: envoy.filters.http.local_ratelimit
-                  typed_config:
-                    "@type": type.googleapis.com/udpa.type.v1.TypedStruct
-                    type_url: type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit
-                    value:
-                      stat_prefix: http_local_rate_limiter
-                      token_bucket:
-                        max_tokens: 4
-                        tokens_per_fill: 4
-                        fill_interval: 60s
-                      filter_enabled:
-                        runtime_key: local_rate_limit_enabled
-                        default_value:
-                          numerator: 100
-                          denominator: HUNDRED
-                      filter_enforced:
-                        runtime_key: local_rate_limit_enforced
-                        default_value:
-                          numerator: 100
-                          denominator: HUNDRED
-                      response_headers_to_add:
-                        - append: false
-                          header:
-                            key: x-local-rate-limit
-                            value: 'true'
-        """
-
-    static let taskRouteLevel = """
-        apiVersion: networking.istio.io/v1alpha3
-        kind: EnvoyFilter
-        metadata:
-          name: filter-local-ratelimit-svc
-          namespace: istio-system
-        spec:
-          workloadSelector:
-            labels:
-              app: productpage
-          configPatches:
-            - applyTo: HTTP_FILTER
-              match:
-                context: SIDECAR_INBOUND
-                listener:
-                  filterChain:
-                    filter:
-                      name: "envoy.filters.network.http_connection_manager"
-              patch:
-                operation: INSERT_BEFORE
-                value:
-                  name: envoy.filters.http.local_ratelimit
-                  typed_config:
-                    "@type": type.googleapis.com/udpa.type.v1.TypedStruct
-                    type_url: type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit
-                    value:
-                      stat_prefix: http_local_rate_limiter
-            - applyTo: HTTP_ROUTE
-              match:
-                context: SIDECAR_INBOUND
-                routeConfiguration:
-                  vhost:
-                    name: "inbound|http|9080"
-                    route:
-                      action: ANY
-              patch:
-                operation: MERGE
-                value:
-                  typed_per_filter_config:
-                    envoy.filters.http.local_ratelimit:
-                      "@type": type.googleapis.com/udpa.type.v1.TypedStruct
-                      type_url: type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit
-                      value:
-                        stat_prefix: http_local_rate_limiter
-                        token_bucket:
-                          max_tokens: 4
-                          tokens_per_fill: 4
-                          fill_interval: 60s
-                        filter_enabled:
-                          runtime_key: local_rate_limit_enabled
-                          default_value:
-                            numerator: 100
-                            denominator: HUNDRED
-                        filter_enforced:
-                          runtime_key: local_rate_limit_enforced
-                          default_value:
-                            numerator: 100
-                            denominator: HUNDRED
-                        response_headers_to_add:
-                          - append: false
-                            header:
-                              key: x-local-rate-limit
-                              value: 'true'
-        """
+    /// Istio's local rate-limit task (tasks/policy-enforcement/rate-limit) as users paste it
+    /// (Tests/Fixtures/istio-tasks): the filter with its bucket at productpage's inbound
+    /// sidecar, then the same limit as a route's.
+    static func task(_ name: String) throws -> String {
+        let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+        return try String(contentsOf: root.appendingPathComponent("Fixtures/istio-tasks/\(name).yaml"), encoding: .utf8)
+    }
 
     @Test("Istio's local rate-limit task loads without a warning, as the filter's bucket or the route's: productpage's workloads get 4 requests a minute, other services none, the gateway none")
     func istioTask() throws {
         let productpage = ServiceKey(host: "productpage.default.svc.cluster.local", port: 9080)
-        for (name, yaml) in [("filter level", Self.taskFilterLevel), ("route level", Self.taskRouteLevel)] {
+        for (name, yaml) in [("filter level", try Self.task("local-rate-limit")), ("route level", try Self.task("local-rate-limit-per-route"))] {
             let loaded = try IstioPolicyLoader.load(yaml: yaml, file: "task.yaml")
             #expect(loaded.warnings.isEmpty, "\(name): \(loaded.warnings)")
             let limits = LocalRateLimits(loaded.envoyFilters, gatewayLabels: ["istio": "eastwestgateway"], gatewayNamespace: "istio-system")
@@ -185,7 +79,7 @@ struct LocalRateLimitTests {
             #expect(HTTPLocalReply.rateLimited(limit.settings).headers.contains { $0 == ("x-local-rate-limit", "true") })
         }
         // The route patch names port 9080: another port of productpage's workloads has none.
-        let routed = try IstioPolicyLoader.load(yaml: Self.taskRouteLevel, file: "task.yaml")
+        let routed = try IstioPolicyLoader.load(yaml: try Self.task("local-rate-limit-per-route"), file: "task.yaml")
         let limits = LocalRateLimits(routed.envoyFilters, gatewayLabels: [:], gatewayNamespace: "istio-system")
         #expect(LocalRateLimits.pick(limits.inbound(for: ServiceKey(host: "productpage.default.svc.cluster.local", port: 9443), namespace: "default",
                                                     labels: [["app": "productpage"]]), routeName: "") == nil)
