@@ -24,6 +24,8 @@ let package = Package(
         .package(url: "https://github.com/HdrHistogram/hdrhistogram-swift.git", from: "0.2.0"),
         .package(url: "https://github.com/swiftlang/swift-subprocess.git", from: "1.0.2"),
         .package(url: "https://github.com/apple/swift-system.git", from: "1.8.1"),
+        // JWKS fetched over https for RequestAuthentication's jwksUri.
+        .package(url: "https://github.com/swift-server/async-http-client.git", from: "1.37.0"),
     ],
     targets: [
         .target(
@@ -80,6 +82,7 @@ let package = Package(
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
                 .product(name: "Yams", package: "Yams"),
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
             ]
         ),
         // libFuzzer targets for what EastWest reads from strangers; fuzz/run.sh builds them with
@@ -119,13 +122,14 @@ let package = Package(
                 "MeshProxyCore",
                 "EastWest",
                 .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "CryptoExtras", package: "swift-crypto"),
                 .product(name: "Yams", package: "Yams"),
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),
             ],
-            exclude: ["Support/h2_prior_knowledge_client.py", "Support/prehandshake_flood.py", "Support/grpc_echo.py", "Support/ws_echo.py"]
+            exclude: ["Support/h2_prior_knowledge_client.py", "Support/prehandshake_flood.py", "Support/grpc_echo.py", "Support/ws_echo.py", "Support/h2_refusing_server.py"]
         ),
     ],
     swiftLanguageModes: [.v6]

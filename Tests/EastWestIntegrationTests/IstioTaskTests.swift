@@ -1,4 +1,7 @@
+import Crypto
+import CryptoExtras
 import Foundation
+@testable import MeshProxyCore
 import Testing
 
 /// Istio's security and rate-limit task pages, their YAML pasted as users paste it
@@ -9,7 +12,7 @@ import Testing
 struct IstioTaskTests {
     static let fixtures = "\(PackagePaths.root)/Tests/Fixtures/istio-tasks"
 
-    struct Client {
+    struct Client: Decodable {
         var certificateChain: String, privateKey: String, rootCertificate: String
     }
 
@@ -103,4 +106,94 @@ struct IstioTaskTests {
         #expect(try await Self.call(sleep, httpbin, port: 8000, path: "/ip", headers: ["x-token: admin"]).code == "200")
         #expect(try await Self.call(sleep, httpbin, port: 8000, path: "/get", headers: ["x-token: admin"]).code == "403")
     }
+
+    @Test("authz-jwt: its jwksUri fetched over https (here from a server the test runs, with its own CA): before the JWKS is there every token is refused (fail closed), then an invalid token 401, none 403, the demo token 403 (no groups), the groups token 200")
+    func jwtTask() async throws {
+        let dir = try TemporaryDirectory("istio-task-jwt")
+        defer { dir.cleanUp() }
+        let state = "\(dir.path)/state", certs = "\(dir.path)/state/certs"
+        func eastwest(_ arguments: String...) async throws {
+            let result = try await runCommand(PackagePaths.eastwest, arguments)
+            try #require(result.status == 0, "eastwest \(arguments.joined(separator: " ")): \(result.stderr)")
+        }
+        // The issuer's server has a certificate for localhost from a CA of its own making.
+        try await eastwest("ca", "init", "--dir", certs)
+        try await eastwest("ca", "cluster", "--dir", certs, "--cluster", "issuer")
+        try await eastwest("ca", "workload", "--dir", certs, "--cluster", "issuer", "--spiffe", "spiffe://cluster.local/ns/auth/sa/issuer",
+                           "--dns", "localhost", "--out", "\(dir.path)/issuer")
+
+        // Tokens like the task's demo.jwt and groups-scope.jwt, signed RS256 by a key made here.
+        let key = try _RSA.Signing.PrivateKey(keySize: .bits2048)
+        let b64 = JWT.base64URLEncoded
+        func token(_ claims: String) throws -> String {
+            let signed = "\(b64(Data(#"{"alg":"RS256","kid":"task-key","typ":"JWT"}"#.utf8))).\(b64(Data(claims.utf8)))"
+            let signature = try key.signature(for: SHA256.hash(data: Data(signed.utf8)), padding: .insecurePKCS1v1_5)
+            return "\(signed).\(b64(signature.rawRepresentation))"
+        }
+        let demo = try token(#"{"exp":4685989700,"foo":"bar","iat":1532389700,"iss":"testing@secure.istio.io","sub":"testing@secure.istio.io"}"#)
+        let groups = try token(#"{"exp":3537391104,"groups":["group1","group2"],"iat":1537391104,"iss":"testing@secure.istio.io","scope":["scope1","scope2"],"sub":"testing@secure.istio.io"}"#)
+        let primitives = try key.publicKey.getKeyPrimitives()
+        try FileManager.default.createDirectory(atPath: "\(dir.path)/www", withIntermediateDirectories: true)
+        try #"{"keys":[{"kty":"RSA","alg":"RS256","use":"sig","kid":"task-key","n":"\#(b64(primitives.modulus))","e":"\#(b64(primitives.publicExponent))"}]}"#
+            .write(toFile: "\(dir.path)/www/jwks.json", atomically: true, encoding: .utf8)
+
+        // A free port for the issuer, named in the task's file in place of GitHub's address.
+        let port = try await runCommand("/usr/bin/python3", ["-c", "import socket; s=socket.socket(); s.bind(('127.0.0.1', 0)); print(s.getsockname()[1])"])
+            .stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+        let task = try String(contentsOfFile: "\(Self.fixtures)/authz-jwt.yaml", encoding: .utf8)
+            .replacingOccurrences(of: "https://raw.githubusercontent.com/istio/istio/release-1.8/security/tools/jwt/samples/jwks.json",
+                                  with: "https://localhost:\(port)/jwks.json")
+        try task.write(toFile: "\(dir.path)/authz-jwt.yaml", atomically: true, encoding: .utf8)
+        let validate = try await runCommand(PackagePaths.eastwest, ["validate", "\(Self.fixtures)/authz-jwt.yaml"])
+        #expect(validate.status == 0 && !validate.stderr.contains("skipped") && !validate.stderr.contains("warning"), "\(validate.stderr)")
+
+        let topology = "\(dir.path)/topology.yaml"
+        try """
+            name: istio-task-jwt
+            policies: [\(dir.path)/authz-jwt.yaml]
+            jwksCACertificates: \(certs)/root-cert.pem
+            clusters:
+            - name: east
+              gateways: [{name: jwt-east-gw, address: 127.0.127.1, locality: us-east1/us-east1-a}]
+            - name: west
+              gateways: [{name: jwt-west-gw, address: 127.0.128.1, locality: us-west1/us-west1-a}]
+              services:
+              - host: httpbin.foo.svc.cluster.local
+                port: 8000
+                protocol: http
+                endpoints: [{address: "127.0.128.10:8000", locality: us-west1/us-west1-a, labels: {app: httpbin}}]
+            """.write(toFile: topology, atomically: true, encoding: .utf8)
+        let (up, _) = try await startUp(topology, in: dir)
+        defer { up.stop() }
+        struct Ready: Decodable { var clients: [String: Client] }
+        let ready = try JSONDecoder().decode(Ready.self, from: try Data(contentsOf: URL(fileURLWithPath: "\(state)/ready.json")))
+        let sleep = try #require(ready.clients["east"])
+        let httpbin = "httpbin.foo.svc.cluster.local"
+        func call(_ headers: [String] = []) async throws -> (code: String, body: String, headers: String) {
+            try await Self.call(sleep, httpbin, port: 8000, path: "/headers", headers: headers, gateway: "127.0.127.1")
+        }
+        // No JWKS yet (the issuer is not up): the token cannot be verified, and is refused.
+        let early = await eventually(timeout: .seconds(30)) { (try? await call(["Authorization: Bearer \(groups)"]).code) == "401" }
+        #expect(early, "\(up.log.suffix(3000))")
+        #expect(try await call(["Authorization: Bearer \(groups)"]).body == "Jwks doesn't have key to match kid or alg from Jwt")
+
+        let issuer = try ChildProcess(name: "issuer", arguments: ["/usr/bin/python3", "-c", """
+            import http.server, ssl, functools
+            handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory="\(dir.path)/www")
+            server = http.server.HTTPServer(("127.0.0.1", \(port)), handler)
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain("\(dir.path)/issuer/cert-chain.pem", "\(dir.path)/issuer/key.pem")
+            server.socket = context.wrap_socket(server.socket, server_side=True)
+            server.serve_forever()
+            """], logPath: "\(dir.path)/issuer.log")
+        defer { issuer.stop() }
+        // The gateways try again after 1 s, 2 s, 4 s…: the keys arrive within seconds.
+        let fetched = await eventually(timeout: .seconds(40)) { (try? await call(["Authorization: Bearer \(groups)"]).code) == "200" }
+        #expect(fetched, "issuer: \(issuer.log.suffix(1500)) up: \(up.log.suffix(2000))")
+        #expect(try await call(["Authorization: Bearer invalidToken"]).code == "401")
+        #expect(try await call().code == "403")
+        #expect(try await call(["Authorization: Bearer \(demo)"]).code == "403")
+        #expect(try await call(["Authorization: Bearer \(groups)"]).code == "200")
+    }
 }
+

@@ -113,6 +113,10 @@ struct GatewayNode: Service {
             }
         }
         defer { sweeper.cancel() }
+        let jwks = Task { [routes, config, logger] in
+            await JWKSFetcher(remotes: Array(routes.remoteJWKS.values), caCertificates: config.jwksCACertificates, logger: logger).run()
+        }
+        defer { jwks.cancel() }
         var acceptor: (@Sendable (any Channel) throws -> Void)?
         if let gossip {
             acceptor = { channel in try gossip.acceptConnection(channel) }

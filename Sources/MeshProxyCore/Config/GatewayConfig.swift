@@ -32,6 +32,9 @@ package struct GatewayConfig: Codable, Sendable, Equatable {
     /// A file whose content is the bearer token admin writes (`/v1/catalog/*`, `/v1/faults`)
     /// need; without one, writes are refused. `eastwest up` writes one per deployment.
     package var adminTokenFile: String?
+    /// PEM CA certificates trusted, besides the system's, for RequestAuthentication `jwksUri`
+    /// servers (an issuer with a private CA).
+    package var jwksCACertificates: String?
     package var tls: TLSFiles
     /// The labels Gateway resources select this gateway by. Default `{istio: eastwestgateway}`,
     /// the label of Istio's east-west gateway.

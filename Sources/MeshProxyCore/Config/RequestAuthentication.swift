@@ -91,8 +91,11 @@ extension IstioPolicyLoader {
                 if set.keys.isEmpty { warnings.append(map.error(.istioDifference, at: path, "no usable key for \(rule.issuer): every token it signs is rejected").asWarning) }
             case .failure(let problem):
                 if problem.fetchable {
-                    warnings.append(map.error(.notImplemented, at: path.key("jwksUri"),
-                                              "\(problem.message): EastWest does not fetch JWKS over the network yet; tokens from \(rule.issuer) are rejected (fail closed, as Envoy when it cannot fetch). Inline them with jwks, or use a file:// URI").asWarning)
+                    // A network jwksUri is fetched by the running gateway; neither it nor jwks
+                    // would be istiod's OpenID discovery, which is not done.
+                    if rule.jwksUri == nil {
+                        warnings.append(map.error(.notImplemented, at: path, "\(problem.message): tokens from \(rule.issuer) are rejected (fail closed). Add jwksUri or jwks").asWarning)
+                    }
                 } else {
                     errors.append(map.error(.invalidValue, at: path.key(rule.jwks != nil ? "jwks" : "jwksUri"), problem.message))
                 }

@@ -13,6 +13,8 @@ package struct Topology: Codable, Sendable, Equatable {
     package var federation: FederationConfig?
     /// Every gateway's HTTP access-log format (Envoy's command operators); absent: Istio's default.
     package var accessLogFormat: String?
+    /// Passed to every gateway: CA certificates trusted for `jwksUri` servers.
+    package var jwksCACertificates: String?
     /// `TEXT` (default) or `JSON`, for every gateway.
     package var accessLogEncoding: AccessLogEncoding?
 
@@ -64,6 +66,7 @@ package struct Topology: Codable, Sendable, Equatable {
         config.labels = gateway.labels
         config.namespace = gateway.namespace
         config.accessLogFormat = accessLogFormat
+        config.jwksCACertificates = jwksCACertificates
         config.accessLogEncoding = accessLogEncoding
         return config
     }
@@ -74,6 +77,7 @@ package struct Topology: Codable, Sendable, Equatable {
         var copy = self
         let base = URL(fileURLWithPath: file).deletingLastPathComponent()
         copy.policies = policies?.map { $0.hasPrefix("/") ? $0 : base.appendingPathComponent($0).standardizedFileURL.path }
+        copy.jwksCACertificates = jwksCACertificates.map { $0.hasPrefix("/") ? $0 : base.appendingPathComponent($0).standardizedFileURL.path }
         return copy
     }
 

@@ -61,6 +61,8 @@ package struct RouteConfiguration: Sendable, Equatable {
     package var localRateLimits: LocalRateLimits?
     /// Every RequestAuthentication loaded; which apply is decided per route.
     package var requestAuthentications: [RequestAuthentication] = []
+    /// Their network jwksUris by URI, filled by the gateway's fetcher.
+    package var remoteJWKS: [String: RemoteJWKS] = [:]
 
     package init(localCluster: String, client: Locality = Locality(region: ""), clientLabels: [String: String] = [:],
                  subsets: [String: [String: [String: String]]] = [:], destinationRules: [DestinationRule] = [],

@@ -2,6 +2,7 @@ import Crypto
 import CryptoExtras
 import Foundation
 import NIOHTTP1
+import Synchronization
 
 /// A JWKS document's public keys, as swift-crypto keys (RSA for RS*/PS*, P-256/P-384 for
 /// ES256/ES384, Ed25519 for EdDSA); keys of other types are left out.
@@ -22,15 +23,20 @@ package struct JWKSet: Sendable {
 
     package struct Problem: Error, Sendable {
         package var message: String
-        /// An `https://` URI: valid, only not fetched here.
+        /// An `http(s)://` URI: valid, fetched by the gateway when it runs (not by the loader).
         package var fetchable = false
+
+        package init(message: String, fetchable: Bool = false) {
+            self.message = message
+            self.fetchable = fetchable
+        }
     }
 
     /// The rule's keys: inline `jwks`, or a `file://` `jwksUri` (read now).
     static func source(of rule: RequestAuthentication.JWTRule, base: URL) -> Result<JWKSet, Problem> {
         if let jwks = rule.jwks { return parse(Data(jwks.utf8)) }
         guard let uri = rule.jwksUri else { return .failure(Problem(message: "a jwtRule needs jwks or jwksUri (istiod's OpenID discovery is not done here)", fetchable: true)) }
-        guard uri.hasPrefix("file://") else { return .failure(Problem(message: "jwksUri \(uri) is not fetched", fetchable: true)) }
+        guard uri.hasPrefix("file://") else { return .failure(Problem(message: "jwksUri \(uri) is fetched when the gateway runs", fetchable: true)) }
         let path = String(uri.dropFirst("file://".count))
         let url = path.hasPrefix("/") ? URL(fileURLWithPath: path) : base.appendingPathComponent(path)
         guard let data = try? Data(contentsOf: url) else { return .failure(Problem(message: "cannot read the JWKS at \(url.path)")) }
@@ -177,19 +183,50 @@ package struct RequestPrincipal: Sendable, Equatable {
 /// request without a token passes (with no principal); a token must come from a configured
 /// issuer and verify — checked in Envoy's order: parse, issuer, time (60 s skew), audiences,
 /// signature. Pure apart from `now`.
+/// A `jwksUri` fetched over the network (as istiod does before handing the keys to Envoy):
+/// the keys last fetched, shared by every route whose rules name the URI. None until the first
+/// fetch succeeds, and tokens are rejected meanwhile (fail closed, as Envoy and istiod do); a
+/// later failed fetch keeps the keys it had.
+package final class RemoteJWKS: Sendable, Equatable {
+    package let uri: String
+
+    /// Configuration compares by URI; the keys are state.
+    package static func == (a: RemoteJWKS, b: RemoteJWKS) -> Bool { a.uri == b.uri }
+    private let keys = Mutex<JWKSet?>(nil)
+
+    package init(uri: String) { self.uri = uri }
+
+    package var current: JWKSet? { keys.withLock { $0 } }
+
+    package func update(_ set: JWKSet) { keys.withLock { $0 = set } }
+
+    /// The URIs `policies` fetch over the network, each once.
+    package static func uris(in policies: [RequestAuthentication]) -> [String] {
+        var seen = Set<String>()
+        return policies.flatMap { $0.jwtRules ?? [] }.compactMap(\.jwksUri)
+            .filter { ($0.hasPrefix("https://") || $0.hasPrefix("http://")) && seen.insert($0).inserted }
+    }
+}
+
 package struct JWTAuthenticator: Sendable {
     package struct Provider: Sendable {
         package var rule: RequestAuthentication.JWTRule
         package var keys: JWKSet
+        /// A jwksUri fetched over the network: its keys as last fetched replace `keys`.
+        package var remote: RemoteJWKS?
+
+        var currentKeys: JWKSet { remote?.current ?? keys }
     }
 
     package var providers: [Provider]
 
-    /// The rules of `policies` (their `file://` JWKS were inlined by the loader); a rule
-    /// whose keys could not be had has none, and rejects every token (fail closed).
-    package init(_ policies: [RequestAuthentication]) {
+    /// The rules of `policies` (their `file://` JWKS were inlined by the loader; `remote` holds
+    /// the fetched ones by URI); a rule whose keys could not be had has none, and rejects every
+    /// token (fail closed).
+    package init(_ policies: [RequestAuthentication], remote: [String: RemoteJWKS] = [:]) {
         providers = policies.flatMap { $0.jwtRules ?? [] }.sorted { $0.issuer < $1.issuer }.map { rule in
-            Provider(rule: rule, keys: rule.jwks.flatMap { try? JWKSet.parse(Data($0.utf8)).get() } ?? JWKSet(keys: []))
+            Provider(rule: rule, keys: rule.jwks.flatMap { try? JWKSet.parse(Data($0.utf8)).get() } ?? JWKSet(keys: []),
+                     remote: rule.jwksUri.flatMap { remote[$0] })
         }
     }
 
@@ -267,7 +304,7 @@ package struct JWTAuthenticator: Sendable {
             }
         }
         // Keys whose kid or alg (when both sides say) differ are skipped; the rest are tried.
-        let candidates = provider.keys.keys.filter { key in
+        let candidates = provider.currentKeys.keys.filter { key in
             (key.kid == nil || jwt.kid == nil || key.kid == jwt.kid) && (key.alg == nil || key.alg == jwt.alg)
         }
         guard !candidates.isEmpty else { return .rejected(status: 401, message: "Jwks doesn't have key to match kid or alg from Jwt") }
