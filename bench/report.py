@@ -17,7 +17,7 @@ WORKLOADS = {
     "l4": "HTTP terminated by the proxy: HTTP/2, 8 connections x 100 streams",
 }
 TARGETS = ["direct", "eastwest", "haproxy-tcp", "haproxy-http", "nginx-stream", "nginx-http", "eastwest-chain", "haproxy-chain",
-           "eastwest-http", "eastwest-http-vs50", "eastwest-http-resilience", "eastwest-http-chain", "haproxy-http-chain"]
+           "eastwest-http", "eastwest-http-vs50", "eastwest-http-resilience", "eastwest-http-authz", "eastwest-http-chain", "haproxy-http-chain"]
 
 
 def load(path):
@@ -188,6 +188,9 @@ def main():
         if both("l1", "eastwest-http-resilience", "eastwest-http"):
             c = ratio(median(cells[("eastwest-http-resilience", "l1")].cpu_us), median(cells[("eastwest-http", "l1")].cpu_us))
             http_check("retries, a timeout and faults configured but not firing ≤ 1.03× the CPU/req of one plain rule (l1)", c <= 1.03, f"{c:.2f}×")
+        if both("l1", "eastwest-http-authz", "eastwest-http"):
+            c = ratio(median(cells[("eastwest-http-authz", "l1")].cpu_us), median(cells[("eastwest-http", "l1")].cpu_us))
+            http_check("a 20-rule AuthorizationPolicy and a JWT check ≤ 1.15× the CPU/req of the same route without (l1)", c <= 1.15, f"{c:.2f}×")
         if both("l2", "eastwest-http-chain", "haproxy-http-chain"):
             r = ratio(median(cells[("eastwest-http-chain", "l2")].rps), median(cells[("haproxy-http-chain", "l2")].rps))
             http_check("two-hop HTTP chain, new client connection per request ≥ 2.5× HAProxy chained", r >= 2.5, f"{r:.2f}×")

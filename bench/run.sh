@@ -168,9 +168,47 @@ virtual_service 50 > "$work/vs50.yaml"
   printf '  - timeout: 30s\n    retries: {attempts: 3, perTryTimeout: 10s, retryOn: "5xx,reset,connect-failure,refused-stream", retryRemoteLocalities: true}\n'
   printf '    fault: {delay: {fixedDelay: 5s, percentage: {value: 0}}, abort: {httpStatus: 503, percentage: {value: 0}}}\n'
   printf '    route: [{destination: {host: %s}}]\n' "$host_http"; } > "$work/vs-resilience.yaml"
+# A 20-rule AuthorizationPolicy (19 that do not match, then one that needs the token's
+# principal) and a RequestAuthentication whose RS256 token every request carries: what security
+# policy costs a request it lets through (issue 18: ≤ 1.15× the CPU/req of the same route without).
+openssl genrsa -out "$work/jwt-key.pem" 2048 2>/dev/null
+python3 - "$work" <<'EOF'
+import base64, json, subprocess, sys
+work = sys.argv[1]
+b64 = lambda data: base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+modulus = subprocess.run(["openssl", "rsa", "-in", f"{work}/jwt-key.pem", "-noout", "-modulus"], capture_output=True, text=True).stdout.split("=")[1].strip()
+jwks = json.dumps({"keys": [{"kty": "RSA", "alg": "RS256", "kid": "bench", "n": b64(bytes.fromhex(modulus)), "e": "AQAB"}]})
+signing = b64(json.dumps({"alg": "RS256", "kid": "bench", "typ": "JWT"}).encode()) + "." + b64(json.dumps(
+    {"iss": "https://issuer.bench", "sub": "load", "aud": "web", "exp": 4102444800}).encode())
+signature = subprocess.run(["openssl", "dgst", "-sha256", "-sign", f"{work}/jwt-key.pem"], input=signing.encode(), capture_output=True).stdout
+open(f"{work}/jwt-token", "w").write(signing + "." + b64(signature))
+rules = "".join(f"  - to: [{{operation: {{paths: [/admin/{i}/*], methods: [DELETE]}}}}]\n" if i % 2 else
+                f"  - from: [{{source: {{principals: [cluster.local/ns/other/sa/s{i}]}}}}]\n" for i in range(19))
+open(f"{work}/authz.yaml", "w").write(f"""---
+apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {{name: bench-jwt, namespace: bench}}
+spec:
+  jwtRules:
+  - issuer: https://issuer.bench
+    audiences: [web]
+    jwks: '{jwks}'
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {{name: bench-allow, namespace: bench}}
+spec:
+  action: ALLOW
+  rules:
+{rules}  - from: [{{source: {{requestPrincipals: [https://issuer.bench/load]}}}}]
+    to: [{{operation: {{methods: [GET], paths: ["/*"]}}}}]
+""")
+EOF
+cat "$work/vs1.yaml" "$work/authz.yaml" > "$work/vs-authz.yaml"
 gateway_config gw-a a 127.0.61.1 yes > "$work/gw-a.yaml"        # single hop: A serves echo itself
 gateway_config gw-a a 127.0.61.1 yes "$work/vs50.yaml" > "$work/gw-a-vs50.yaml"
 gateway_config gw-a a 127.0.61.1 yes "$work/vs-resilience.yaml" > "$work/gw-a-resilience.yaml"
+gateway_config gw-a a 127.0.61.1 yes "$work/vs-authz.yaml" > "$work/gw-a-authz.yaml"
 gateway_config gw-a a 127.0.61.1 no > "$work/gw-a-chain.yaml"   # chain: A → B → backend
 gateway_config gw-b b 127.0.62.1 yes > "$work/gw-b.yaml"
 
@@ -283,6 +321,7 @@ run_cell() { # target workload repeat
     [ "$workload" = w4 ] && sni=$host_h2
     [[ "$target" == eastwest-http* ]] && sni=$host_http
     local flags=(--target "$addr:$port" --sni "$sni" "${args[@]}" --json)
+    [ "$target" = eastwest-http-authz ] && flags+=(--header "Authorization: Bearer $(cat "$work/jwt-token")")
     [ "$target" != direct ] && flags+=("${tls_flags[@]}")
     local before rss_base=0 rss_peak=0 summary
     before=$(cpu_of)
@@ -344,11 +383,11 @@ fi
 # 50, and of one rule with retries, a timeout and faults that do not fire), HAProxy mode http and nginx http; the two-hop HTTP chains (EastWest A keeps a pooled
 # HTTP/2 connection to B; HAProxy A `http-reuse always` over h2 to B).
 if wants l7; then
-    for target in eastwest-http eastwest-http-vs50 eastwest-http-resilience haproxy-http nginx-http eastwest-http-chain haproxy-http-chain; do
+    for target in eastwest-http eastwest-http-vs50 eastwest-http-resilience eastwest-http-authz haproxy-http nginx-http eastwest-http-chain haproxy-http-chain; do
         runs_target "$target" || continue
         start_target "$target"
         for workload in l1 l2 l4; do
-            case "$target:$workload" in eastwest-http-vs50:l2|eastwest-http-vs50:l4|eastwest-http-resilience:l2|eastwest-http-resilience:l4|*-chain:l4) continue ;; esac
+            case "$target:$workload" in eastwest-http-vs50:l2|eastwest-http-vs50:l4|eastwest-http-resilience:l2|eastwest-http-resilience:l4|eastwest-http-authz:l2|eastwest-http-authz:l4|*-chain:l4) continue ;; esac
             for r in $(seq 1 "$repeats"); do run_cell "$target" "$workload" "$r"; done
         done
         stop_target "$target"

@@ -14,6 +14,9 @@ start_target() {
         eastwest-http-vs50)
             $proxy_cpu "$gw_bin" gateway --config "$work/gw-a-vs50.yaml" --concurrency 1 --log-level warning 2>>"$work/gw.log" &
             target_pids+=($!); wait_port 127.0.61.1 15443 ;;
+        eastwest-http-authz)
+            $proxy_cpu "$gw_bin" gateway --config "$work/gw-a-authz.yaml" --concurrency 1 --log-level warning 2>>"$work/gw.log" &
+            target_pids+=($!); wait_port 127.0.61.1 15443 ;;
         eastwest-http-resilience)
             $proxy_cpu "$gw_bin" gateway --config "$work/gw-a-resilience.yaml" --concurrency 1 --log-level warning 2>>"$work/gw.log" &
             target_pids+=($!); wait_port 127.0.61.1 15443 ;;

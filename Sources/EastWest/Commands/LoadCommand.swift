@@ -25,6 +25,7 @@ struct LoadCommand: AsyncParsableCommand {
     @Option(help: "How long to send, e.g. 10s or 1m.") var duration = "10s"
     @Flag(help: "A new connection (and TLS handshake) for every request.") var newConnectionPerRequest = false
     @Option(help: "Request path.") var path = "/"
+    @Option(name: .customLong("header"), help: "A request header, 'Name: value' (repeatable).") var headers: [String] = []
     @Option(help: "Request body bytes (POST), or bytes sent per --tcp connection.") var payload = 0
     @Option(help: "A request not answered this long after it was due is a timeout.") var timeout = "10s"
     @Option(help: "Event loops (threads) generating load.") var threads = 1
@@ -61,6 +62,12 @@ struct LoadCommand: AsyncParsableCommand {
         profile.duration = duration
         profile.newConnectionPerRequest = newConnectionPerRequest || wireProtocol == .tcp
         profile.path = path
+        for header in headers {
+            guard let colon = header.firstIndex(of: ":"), colon != header.startIndex else {
+                throw ValidationError("--header '\(header)': expected 'Name: value'")
+            }
+            profile.headers.append((String(header[..<colon]), header[header.index(after: colon)...].trimmingCharacters(in: .whitespaces)))
+        }
         profile.payload = payload
         profile.timeout = timeout
         profile.threads = threads

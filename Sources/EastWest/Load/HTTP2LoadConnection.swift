@@ -35,7 +35,8 @@ final class HTTP2LoadConnection: ChannelInboundHandler, LoadLane {
         self.shard = shard
         let profile = shard.profile
         headers = HPACKHeaders([(":method", profile.payload > 0 ? "POST" : "GET"), (":path", profile.path),
-                                (":scheme", shard.context == nil ? "http" : "https"), (":authority", profile.serverName)])
+                                (":scheme", shard.context == nil ? "http" : "https"), (":authority", profile.serverName)]
+                               + profile.headers.map { ($0.name.lowercased(), $0.value) })
     }
 
     static func open(shard: LoadShard) -> HTTP2LoadConnection {

@@ -32,6 +32,8 @@ package struct LoadProfile: Sendable {
     var duration: Duration = .seconds(10)
     var newConnectionPerRequest = false
     var path = "/"
+    /// Extra request headers (a token, say), sent on every request.
+    var headers: [(name: String, value: String)] = []
     /// Request body bytes (an HTTP POST), or the bytes a `tcp` request sends.
     var payload = 0
     /// A request that takes longer than this (from when it was due) counts as a timeout.
@@ -51,6 +53,7 @@ package struct LoadProfile: Sendable {
         let version = wireProtocol == .tcp ? "HTTP/1.0" : "HTTP/1.1"
         var head = "\(payload > 0 ? "POST" : "GET") \(path) \(version)\r\nHost: \(serverName)\r\n"
         if payload > 0 { head += "Content-Length: \(payload)\r\nContent-Type: application/octet-stream\r\n" }
+        for header in headers { head += "\(header.name): \(header.value)\r\n" }
         var buffer = ByteBuffer(string: head + "\r\n")
         if payload > 0 { buffer.writeImmutableBuffer(Self.filler(payload)) }
         return buffer

@@ -63,6 +63,8 @@ package struct RouteConfiguration: Sendable, Equatable {
     package var requestAuthentications: [RequestAuthentication] = []
     /// Their network jwksUris by URI, filled by the gateway's fetcher.
     package var remoteJWKS: [String: RemoteJWKS] = [:]
+    /// Tokens verified at this gateway, for every route (state: not compared).
+    package var verifiedTokens: VerifiedTokens? = VerifiedTokens()
 
     package init(localCluster: String, client: Locality = Locality(region: ""), clientLabels: [String: String] = [:],
                  subsets: [String: [String: [String: String]]] = [:], destinationRules: [DestinationRule] = [],

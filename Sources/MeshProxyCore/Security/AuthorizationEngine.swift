@@ -362,7 +362,7 @@ extension RouteConfiguration {
                               gatewayNamespace: gatewayNamespace, serviceNamespace: namespace, serviceLabels: labels) != nil
                 && policy.targetRef == nil && policy.targetRefs == nil
         }
-        let authenticator = JWTAuthenticator(applying, remote: remoteJWKS)
+        let authenticator = JWTAuthenticator(applying, remote: remoteJWKS, verified: verifiedTokens)
         return authenticator.isEmpty ? nil : authenticator
     }
 

@@ -192,13 +192,16 @@ package final class RemoteJWKS: Sendable, Equatable {
 
     /// Configuration compares by URI; the keys are state.
     package static func == (a: RemoteJWKS, b: RemoteJWKS) -> Bool { a.uri == b.uri }
-    private let keys = Mutex<JWKSet?>(nil)
+    /// The keys, and how many times they were replaced (a token verified under older keys is
+    /// verified again).
+    private let keys = Mutex<(set: JWKSet?, generation: Int)>((nil, 0))
 
     package init(uri: String) { self.uri = uri }
 
-    package var current: JWKSet? { keys.withLock { $0 } }
+    package var current: JWKSet? { keys.withLock { $0.set } }
+    package var generation: Int { keys.withLock { $0.generation } }
 
-    package func update(_ set: JWKSet) { keys.withLock { $0 = set } }
+    package func update(_ set: JWKSet) { keys.withLock { $0 = (set, $0.generation + 1) } }
 
     /// The URIs `policies` fetch over the network, each once.
     package static func uris(in policies: [RequestAuthentication]) -> [String] {
@@ -206,6 +209,42 @@ package final class RemoteJWKS: Sendable, Equatable {
         return policies.flatMap { $0.jwtRules ?? [] }.compactMap(\.jwksUri)
             .filter { ($0.hasPrefix("https://") || $0.hasPrefix("http://")) && seen.insert($0).inserted }
     }
+}
+
+/// Tokens whose signature checked out, by their text, with the keys that checked it: a client
+/// sending the same token on every request costs one signature check (as Envoy's JWT cache),
+/// while issuer, time and audience are checked every time. Bounded; when full it starts over.
+package final class VerifiedTokens: Sendable, Equatable {
+    /// A cache is state, not configuration: any two compare equal.
+    package static func == (a: VerifiedTokens, b: VerifiedTokens) -> Bool { true }
+
+    package struct KeySource: Sendable, Equatable {
+        var name: String
+        var generation: Int
+    }
+
+    private struct Entry: Sendable {
+        var jwt: JWT
+        var source: KeySource
+    }
+
+    private let entries = Mutex<[String: Entry]>([:])
+    package let capacity: Int
+
+    package init(capacity: Int = 1024) { self.capacity = capacity }
+
+    func lookup(_ token: String) -> (jwt: JWT, source: KeySource)? {
+        entries.withLock { $0[token].map { ($0.jwt, $0.source) } }
+    }
+
+    func store(_ token: String, jwt: JWT, source: KeySource) {
+        entries.withLock { entries in
+            if entries.count >= capacity { entries.removeAll(keepingCapacity: true) }
+            entries[token] = Entry(jwt: jwt, source: source)
+        }
+    }
+
+    package var count: Int { entries.withLock { $0.count } }
 }
 
 package struct JWTAuthenticator: Sendable {
@@ -216,14 +255,22 @@ package struct JWTAuthenticator: Sendable {
         package var remote: RemoteJWKS?
 
         var currentKeys: JWKSet { remote?.current ?? keys }
+        /// Which keys a cached verification was made with.
+        var keySource: VerifiedTokens.KeySource {
+            if let remote { return .init(name: remote.uri, generation: remote.generation) }
+            return .init(name: rule.jwks ?? "", generation: 0)
+        }
     }
 
     package var providers: [Provider]
+    /// Tokens verified before (shared by every route of the gateway); nil: none kept.
+    package var verified: VerifiedTokens?
 
     /// The rules of `policies` (their `file://` JWKS were inlined by the loader; `remote` holds
     /// the fetched ones by URI); a rule whose keys could not be had has none, and rejects every
     /// token (fail closed).
-    package init(_ policies: [RequestAuthentication], remote: [String: RemoteJWKS] = [:]) {
+    package init(_ policies: [RequestAuthentication], remote: [String: RemoteJWKS] = [:], verified: VerifiedTokens? = nil) {
+        self.verified = verified
         providers = policies.flatMap { $0.jwtRules ?? [] }.sorted { $0.issuer < $1.issuer }.map { rule in
             Provider(rule: rule, keys: rule.jwks.flatMap { try? JWKSet.parse(Data($0.utf8)).get() } ?? JWKSet(keys: []),
                      remote: rule.jwksUri.flatMap { remote[$0] })
@@ -283,7 +330,9 @@ package struct JWTAuthenticator: Sendable {
 
     package func authenticate(_ headers: HTTPHeaders, path: String, now: Date = Date()) -> Outcome {
         guard let (raw, header) = token(in: headers, path: path) else { return .noToken }
-        guard let jwt = JWT(raw) else { return .rejected(status: 401, message: "Jwt is not in the form of Header.Payload.Signature with two dots and 3 sections") }
+        // A token verified before is not parsed or verified again; every other check is made.
+        let cached = verified?.lookup(raw)
+        guard let jwt = cached?.jwt ?? JWT(raw) else { return .rejected(status: 401, message: "Jwt is not in the form of Header.Payload.Signature with two dots and 3 sections") }
         guard JWT.algorithms.contains(jwt.alg) else { return .rejected(status: 401, message: "Jwt header [alg] is not supported") }
         guard case .string(let issuer)? = jwt.claims["iss"], let provider = providers.first(where: { $0.rule.issuer == issuer }) else {
             return .rejected(status: 401, message: "Jwt issuer is not configured")
@@ -303,12 +352,16 @@ package struct JWTAuthenticator: Sendable {
                 return .rejected(status: 403, message: "Audiences in Jwt are not allowed")
             }
         }
-        // Keys whose kid or alg (when both sides say) differ are skipped; the rest are tried.
-        let candidates = provider.currentKeys.keys.filter { key in
-            (key.kid == nil || jwt.kid == nil || key.kid == jwt.kid) && (key.alg == nil || key.alg == jwt.alg)
+        let source = provider.keySource
+        if cached?.source != source {
+            // Keys whose kid or alg (when both sides say) differ are skipped; the rest are tried.
+            let candidates = provider.currentKeys.keys.filter { key in
+                (key.kid == nil || jwt.kid == nil || key.kid == jwt.kid) && (key.alg == nil || key.alg == jwt.alg)
+            }
+            guard !candidates.isEmpty else { return .rejected(status: 401, message: "Jwks doesn't have key to match kid or alg from Jwt") }
+            guard candidates.contains(where: jwt.isSigned) else { return .rejected(status: 401, message: "Jwt verification fails") }
+            verified?.store(raw, jwt: jwt, source: source)
         }
-        guard !candidates.isEmpty else { return .rejected(status: 401, message: "Jwks doesn't have key to match kid or alg from Jwt") }
-        guard candidates.contains(where: jwt.isSigned) else { return .rejected(status: 401, message: "Jwt verification fails") }
 
         let subject: String
         if case .string(let sub)? = jwt.claims["sub"] { subject = sub } else { subject = "" }

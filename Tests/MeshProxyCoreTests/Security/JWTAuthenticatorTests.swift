@@ -102,6 +102,40 @@ struct JWTAuthenticatorTests {
         #expect(rejected(Self.token(claims: Self.claims()), empty)?.0 == 401)
     }
 
+    @Test("A verified token is kept: the same token again skips the signature check but not the clock or the issuer; other keys (a rule with another JWKS, a refetched remote JWKS) check it again")
+    func verifiedTokens() throws {
+        let cache = VerifiedTokens(capacity: 2)
+        var rule = RequestAuthentication.JWTRule(issuer: Self.issuer, jwks: Self.jwks)
+        rule.audiences = ["mcp-organization"]
+        let auth = JWTAuthenticator([RequestAuthentication(jwtRules: [rule])], verified: cache)
+        let token = Self.token(claims: Self.claims(exp: 100))
+        guard case .verified = outcome(token, auth) else { Issue.record("not verified"); return }
+        #expect(cache.count == 1)
+        guard case .verified = outcome(token, auth) else { Issue.record("not verified from the cache"); return }
+        // Kept, yet its time is checked on every use.
+        var headers = HTTPHeaders()
+        headers.add(name: "authorization", value: "Bearer \(token)")
+        #expect(auth.authenticate(headers, path: "/", now: Date().addingTimeInterval(300)) == .rejected(status: 401, message: "Jwt is expired"))
+        // The same text under a rule whose JWKS lacks the key: checked again, refused.
+        var other = rule
+        other.jwks = #"{"keys": []}"#
+        let strict = JWTAuthenticator([RequestAuthentication(jwtRules: [other])], verified: cache)
+        #expect(outcome(token, strict) == .rejected(status: 401, message: "Jwks doesn't have key to match kid or alg from Jwt"))
+        // A remote JWKS replaced by keys without this one: the cached verification no longer holds.
+        let remote = RemoteJWKS(uri: "https://issuer.example/jwks.json")
+        remote.update(try JWKSet.parse(Data(Self.jwks.utf8)).get())
+        var fetched = rule
+        fetched.jwks = nil
+        fetched.jwksUri = remote.uri
+        let viaRemote = JWTAuthenticator([RequestAuthentication(jwtRules: [fetched])], remote: [remote.uri: remote], verified: cache)
+        guard case .verified = outcome(token, viaRemote) else { Issue.record("not verified by the remote keys"); return }
+        remote.update(JWKSet(keys: []))
+        #expect(outcome(token, viaRemote) == .rejected(status: 401, message: "Jwks doesn't have key to match kid or alg from Jwt"))
+        // Bounded: past its capacity it starts over.
+        for i in 0..<3 { _ = outcome(Self.token(claims: Self.claims(exp: Double(200 + i))), auth) }
+        #expect(cache.count <= 2)
+    }
+
     @Test("fromHeaders with a prefix, fromParams; outputPayloadToHeader and outputClaimToHeaders (nested claims); AuthorizationPolicy requestPrincipals and request.auth.claims")
     func locationsOutputsAndPolicy() throws {
         let custom = authenticator { rule in
