@@ -55,4 +55,52 @@ struct RateLimitTests {
             #expect(metrics.contains("envoy_http_local_rate_limiter_http_local_rate_limit_\(name) \(count)"), "\(name): \(metrics.split(separator: "\n").filter { $0.contains("rate_limit") })")
         }
     }
+
+    static let networkFilter = "\n" + """
+        ---
+        apiVersion: networking.istio.io/v1alpha3
+        kind: EnvoyFilter
+        metadata: {name: gateway-connection-limit, namespace: istio-system}
+        spec:
+          workloadSelector: {labels: {istio: eastwestgateway}}
+          configPatches:
+          - applyTo: NETWORK_FILTER
+            match:
+              context: GATEWAY
+              listener:
+                filterChain:
+                  filter: {name: envoy.filters.network.http_connection_manager}
+            patch:
+              operation: INSERT_BEFORE
+              value:
+                name: envoy.filters.network.local_ratelimit
+                typed_config:
+                  "@type": type.googleapis.com/envoy.extensions.filters.network.local_ratelimit.v3.LocalRateLimit
+                  stat_prefix: gateway_connections
+                  token_bucket: {max_tokens: 2, tokens_per_fill: 2, fill_interval: 60s}
+        """
+
+    @Test("envoy.filters.network.local_ratelimit at the gateway: 2 new connections a minute on the HTTP chains go through, the third is closed before its handshake and counted; requests on a kept connection take no token")
+    func connectionsRunOut() async throws {
+        let mesh = try await HTTPRoutingTests.start("connlimit", block: 129, virtualService: HTTPRoutingTests.reviewsRoutes + """
+              - route: [{destination: {host: reviews, subset: v1}}]
+            """ + Self.networkFilter)
+        defer { mesh.mesh.processes.stopAll() }
+        // Three requests on one kept connection: one token.
+        let url = "https://\(HTTPRoutingTests.reviews):15443/reviews/1"
+        let kept = try await mesh.mesh.curl(mesh.east, host: HTTPRoutingTests.reviews, path: "/reviews/1",
+                                            extra: ["-o", "/dev/null", "-w", "%{http_code}\n", url, "-o", "/dev/null", url, "-o", "/dev/null"])
+        #expect(kept.stdout == "200\n200\n200\n", "\(kept)")
+        var codes: [String] = []
+        for _ in 0..<3 {
+            let result = try await mesh.mesh.curl(mesh.east, host: HTTPRoutingTests.reviews, path: "/reviews/1", extra: ["-o", "/dev/null", "-w", "%{http_code}"])
+            codes.append(result.stdout)
+        }
+        // The second connection takes the last token; the third finds none and is closed.
+        #expect(codes == ["200", "000", "000"], "\(codes)")
+        let metrics = try await mesh.mesh.admin(mesh.east, "/stats/prometheus")
+        #expect(metrics.contains("envoy_local_rate_limit_gateway_connections_rate_limited 2"), "\(metrics.split(separator: "\n").filter { $0.contains("rate_limit") })")
+        let gateway = try #require(mesh.mesh.processes.children.first { $0.name == "east-gw" })
+        #expect(await eventually(timeout: .seconds(5)) { gateway.log.contains("envoy.filters.network.local_ratelimit") }, "\(gateway.log.suffix(1500))")
+    }
 }

@@ -102,7 +102,7 @@ extension EnvoyFilter: NamedIstioResource {
             (filter.configPatches ?? []).compactMap { patch in
                 let reading = LocalRateLimitPatch.read(patch, origin: "EnvoyFilter \(filter.namespace)/\(filter.name)")
                 switch reading {
-                case .filter, .route: return (filter, reading)
+                case .filter, .route, .connections: return (filter, reading)
                 case .notRateLimit, .invalid: return nil
                 }
             }
@@ -143,11 +143,11 @@ extension IstioPolicyLoader {
             let path = FieldPath().key("spec").key("configPatches").index(i)
             switch LocalRateLimitPatch.read(patch, origin: "\(map.file):\(map.mark(of: path)?.line ?? 0)") {
             case .notRateLimit(let what):
-                warnings.append(map.error(.notImplemented, at: path, "EnvoyFilter patch not carried out by EastWest (\(what)); it reads HTTP_FILTER patches that insert envoy.filters.http.local_ratelimit and HTTP_ROUTE patches that configure it per route").asWarning)
+                warnings.append(map.error(.notImplemented, at: path, "EnvoyFilter patch not carried out by EastWest (\(what)); it reads HTTP_FILTER patches that insert envoy.filters.http.local_ratelimit, HTTP_ROUTE patches that configure it per route, and NETWORK_FILTER patches that insert envoy.filters.network.local_ratelimit").asWarning)
             case .invalid(let field, let message):
                 let value = path.key("patch").key("value")
                 errors.append(map.error(.invalidValue, at: patch.applyTo == "HTTP_ROUTE" ? value.key("typed_per_filter_config") : value.key("typed_config").key(field), message))
-            case .filter(_, _, let notices), .route(_, _, _, _, let notices):
+            case .filter(_, _, let notices), .route(_, _, _, _, let notices), .connections(_, _, _, _, let notices):
                 for notice in notices { warnings.append(map.error(.istioDifference, at: path.key("patch").key("value"), notice).asWarning) }
             }
         }
@@ -172,7 +172,12 @@ package enum LocalRateLimitPatch {
         /// A route's own settings: the inbound port its virtual host names (`inbound|http|9080`)
         /// and the route's name, each nil for any.
         case route(LocalRateLimit.Settings?, context: Context, port: Int?, routeName: String?, notices: [String])
+        /// `envoy.filters.network.local_ratelimit`: new connections take a token, on the
+        /// filter chains `chain` names (nil: every chain) of the listener `port` names.
+        case connections(ConnectionRateLimit.Settings, context: Context, chain: ConnectionRateLimit.Chain?, port: Int?, notices: [String])
     }
+
+    static let networkFilterName = "envoy.filters.network.local_ratelimit"
 
     static let filterName = "envoy.filters.http.local_ratelimit"
     static let enableHint = "filter_enabled: {runtime_key: local_rate_limit_enabled, default_value: {numerator: 100, denominator: HUNDRED}}"
@@ -212,9 +217,49 @@ package enum LocalRateLimitPatch {
             case .failure(let invalid): return .invalid(field: invalid.field, message: invalid.message)
             case .success(let settings): return .route(settings, context: context, port: port, routeName: routeName, notices: notices)
             }
+        case "NETWORK_FILTER":
+            guard ["INSERT_BEFORE", "INSERT_AFTER", "INSERT_FIRST", "ADD"].contains(operation) else { return .notRateLimit("operation \(operation)") }
+            guard let value = patch.patch?.value, value["name"]?.string == networkFilterName else {
+                return .notRateLimit("network filter \(patch.patch?.value?["name"]?.string ?? "unnamed")")
+            }
+            var notices: [String] = []
+            let typed = value["typed_config"] ?? .object([:])
+            let config = typed["value"] ?? typed
+            if typed["@type"] == nil { notices.append("typed_config has no '@type': Envoy rejects such a filter (Istio's push is refused); EastWest reads it as envoy.extensions.filters.network.local_ratelimit.v3.LocalRateLimit") }
+            guard config["token_bucket"] != nil else {
+                return .invalid(field: "token_bucket", message: "the network local rate limit needs a token_bucket (Envoy rejects it without one)")
+            }
+            let bucket: (maxTokens: Int, tokensPerFill: Int, fillInterval: Duration)
+            switch tokenBucket(config) {
+            case .failure(let invalid): return .invalid(field: invalid.field, message: invalid.message)
+            case .success(let read): bucket = read!
+            }
+            let match = patch.match?.listener
+            let chain: ConnectionRateLimit.Chain? = switch match?["filterChain"]?["filter"]?["name"]?.string {
+            case "envoy.filters.network.http_connection_manager": .http
+            case "envoy.filters.network.tcp_proxy": .tcp
+            default: nil
+            }
+            if context == .inbound { return .notRateLimit("a network local rate limit at SIDECAR_INBOUND: the workload's own connections, which the gateway does not hold") }
+            let settings = ConnectionRateLimit.Settings(statPrefix: config["stat_prefix"]?.string ?? "local_rate_limit", maxTokens: bucket.maxTokens,
+                                                        tokensPerFill: bucket.tokensPerFill, fillInterval: bucket.fillInterval,
+                                                        enabled: config["runtime_enabled"]?["default_value"].map { $0 != .bool(false) } ?? true)
+            return .connections(settings, context: context, chain: chain, port: match?["portNumber"]?.int, notices: notices)
         default:
             return .notRateLimit("applyTo \(patch.applyTo ?? "unset")")
         }
+    }
+
+    /// A `token_bucket` (nil: none given).
+    static func tokenBucket(_ config: ConfigValue) -> Result<(maxTokens: Int, tokensPerFill: Int, fillInterval: Duration)?, Invalid> {
+        guard let bucket = config["token_bucket"] else { return .success(nil) }
+        guard let maxTokens = bucket["max_tokens"]?.int, maxTokens > 0 else {
+            return .failure(Invalid(field: "token_bucket", message: "token_bucket.max_tokens must be above 0"))
+        }
+        guard let interval = bucket["fill_interval"]?.string.flatMap(ConfigDuration.init(parsing:))?.duration, interval >= .milliseconds(50) else {
+            return .failure(Invalid(field: "token_bucket", message: "token_bucket.fill_interval must be a duration of at least 50ms"))
+        }
+        return .success((maxTokens, bucket["tokens_per_fill"]?.int ?? 1, interval))
     }
 
     struct Invalid: Error { var field: String, message: String }
@@ -226,12 +271,11 @@ package enum LocalRateLimitPatch {
         if typed["@type"] == nil {
             notices.append("typed_config has no '@type': Envoy rejects such a filter (Istio's push is refused); EastWest reads it as envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit")
         }
-        guard let bucket = config["token_bucket"] else { return .success(nil) }
-        guard let maxTokens = bucket["max_tokens"]?.int, maxTokens > 0 else {
-            return .failure(Invalid(field: "token_bucket", message: "token_bucket.max_tokens must be above 0"))
-        }
-        guard let interval = bucket["fill_interval"]?.string.flatMap(ConfigDuration.init(parsing:))?.duration, interval >= .milliseconds(50) else {
-            return .failure(Invalid(field: "token_bucket", message: "token_bucket.fill_interval must be a duration of at least 50ms"))
+        let bucket: (maxTokens: Int, tokensPerFill: Int, fillInterval: Duration)
+        switch tokenBucket(config) {
+        case .failure(let invalid): return .failure(invalid)
+        case .success(nil): return .success(nil)
+        case .success(let read?): bucket = read
         }
         func fraction(_ key: String) -> Int? {
             guard let percent = config[key]?["default_value"] else { return nil }
@@ -245,8 +289,8 @@ package enum LocalRateLimitPatch {
         } else if enforced == nil {
             notices.append("Envoy counts this rate limit but never refuses a request: without filter_enforced nothing is enforced. Add \(enforceHint)")
         }
-        var settings = LocalRateLimit.Settings(statPrefix: config["stat_prefix"]?.string ?? "http_local_rate_limiter", maxTokens: maxTokens,
-                                               tokensPerFill: bucket["tokens_per_fill"]?.int ?? 1, fillInterval: interval,
+        var settings = LocalRateLimit.Settings(statPrefix: config["stat_prefix"]?.string ?? "http_local_rate_limiter", maxTokens: bucket.maxTokens,
+                                               tokensPerFill: bucket.tokensPerFill, fillInterval: bucket.fillInterval,
                                                enabledPerMillion: enabled ?? 0, enforcedPerMillion: enforced ?? 0, origin: origin)
         if let code = config["status"]?["code"]?.int { settings.status = code < 400 ? 429 : code }
         if case .list(let headers)? = config["response_headers_to_add"] {

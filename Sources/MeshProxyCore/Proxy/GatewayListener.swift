@@ -100,8 +100,8 @@ package final class GatewayListener: Sendable {
 
         let sni = ByteToMessageHandler(SNIHandler { result in
             /// No route for this server name: closed before the handshake, `NR`, with why.
-            func refuse(_ detail: String, error: any Error = ChannelError.ioOnClosedChannel) -> EventLoopFuture<Void> {
-                record.flags = [.noRoute]
+            func refuse(_ detail: String, flags: [ResponseFlag] = [.noRoute], error: any Error = ChannelError.ioOnClosedChannel) -> EventLoopFuture<Void> {
+                record.flags = flags
                 record.detail = detail
                 channel.close(promise: nil)
                 return channel.eventLoop.makeFailedFuture(error)
@@ -137,6 +137,11 @@ package final class GatewayListener: Sendable {
                 case .route(let found):
                     route = found
                     record.route = found
+                }
+                if let limit = routes.localRateLimits?.admitConnection(to: route, listenerPort: dataPlane.config.listen.port) {
+                    // Envoy's network local_ratelimit: closed at once, before any handshake.
+                    return refuse("local_rate_limited: new connections over \(limit.settings.maxTokens) per \(limit.settings.fillInterval) (envoy.filters.network.local_ratelimit)",
+                                  flags: [.rateLimited])
                 }
                 switch routes.gatewayServers?.exposure(of: route.service.host) ?? .terminate {
                 case .hidden(let reason):

@@ -152,6 +152,7 @@ package final class LocalRateLimits: Sendable, Equatable {
     package init(_ filters: [EnvoyFilter], gatewayLabels: [String: String], gatewayNamespace: String, root: String = "istio-system") {
         self.root = root
         var rules: [Rule] = []
+        var connectionLimits: [ConnectionRateLimit] = []
         let patches = EnvoyFilter.rateLimitPatches(filters)
         // A route patch needs the filter in the same workloads' chain.
         let inserted = patches.compactMap { filter, reading -> (String, [String: String]?)? in
@@ -166,6 +167,11 @@ package final class LocalRateLimits: Sendable, Equatable {
             case .route(let s, let c, let p, let r, _):
                 guard inserted.contains(where: { $0.0 == filter.namespace && $0.1 == selector }) else { continue }
                 (settings, context, port, routeName, perRoute) = (s, c, p, r, true)
+            case .connections(let limit, let c, let chain, let port, _):
+                if c != .inbound, filter.applies(toLabels: gatewayLabels, namespace: gatewayNamespace, root: root) {
+                    connectionLimits.append(ConnectionRateLimit(limit, chain: chain, port: port))
+                }
+                continue
             case .notRateLimit, .invalid: continue
             }
             guard let settings else { continue }
@@ -178,13 +184,29 @@ package final class LocalRateLimits: Sendable, Equatable {
             }
         }
         self.rules = rules
+        self.connections = connectionLimits
         gateway = rules.filter { $0.scope == .gateway }.map { Applied(routeName: $0.routeName, perRoute: $0.perRoute, limit: LocalRateLimit($0.settings)) }
     }
 
-    package var isEmpty: Bool { rules.isEmpty }
+    /// The gateway's `envoy.filters.network.local_ratelimit`s: every new connection on a chain
+    /// they cover takes a token from each.
+    package let connections: [ConnectionRateLimit]
+
+    package var isEmpty: Bool { rules.isEmpty && connections.isEmpty }
+
+    /// Whether a new connection to `route` on the listener port may go on (a token from each
+    /// network rate limit covering it); false: the limit that refused it.
+    package func admitConnection(to route: Route, listenerPort: Int) -> ConnectionRateLimit? {
+        for limit in connections where limit.covers(route, listenerPort: listenerPort) {
+            if !limit.take() { return limit }
+        }
+        return nil
+    }
 
     /// Same rules (their buckets are state, not configuration).
-    package static func == (a: LocalRateLimits, b: LocalRateLimits) -> Bool { a.rules == b.rules }
+    package static func == (a: LocalRateLimits, b: LocalRateLimits) -> Bool {
+        a.rules == b.rules && a.connections.map(\.settings) == b.connections.map(\.settings)
+    }
 
     /// The inbound limits for requests to `service`, whose workloads are in `namespace` with
     /// these labels (its endpoints'), each with the bucket this gateway keeps for the service.
@@ -223,5 +245,56 @@ extension RouteConfiguration {
         guard let localRateLimits else { return [] }
         let (namespace, labels) = Self.workloads(of: service, endpoints: endpoints)
         return localRateLimits.inbound(for: service, namespace: namespace, labels: labels)
+    }
+}
+
+/// `envoy.filters.network.local_ratelimit` at the gateway: each new connection takes a token
+/// when it is accepted, before its TLS handshake (Envoy's `onNewConnection`), and one that finds
+/// none is closed at once; counted as `envoy_local_rate_limit_<stat_prefix>_rate_limited`. One
+/// bucket shared by the gateway's event loops. `runtime_enabled` false turns it off.
+package final class ConnectionRateLimit: Sendable {
+    package struct Settings: Sendable, Equatable {
+        package var statPrefix: String
+        package var maxTokens: Int
+        package var tokensPerFill: Int
+        package var fillInterval: Duration
+        package var enabled = true
+    }
+
+    /// Which of Istio's filter chains a patch's `listener.filterChain.filter.name` picks.
+    package enum Chain: Sendable, Equatable { case http, tcp }
+
+    package let settings: Settings
+    package let chain: Chain?
+    package let port: Int?
+    private let bucket: Mutex<TokenBucket>
+    private let counter = Mutex<Counter?>(nil)
+
+    package init(_ settings: Settings, chain: Chain? = nil, port: Int? = nil) {
+        self.settings = settings
+        self.chain = chain
+        self.port = port
+        bucket = Mutex(TokenBucket(maxTokens: settings.maxTokens, tokensPerFill: settings.tokensPerFill, fillInterval: settings.fillInterval, now: .now))
+    }
+
+    func covers(_ route: Route, listenerPort: Int) -> Bool {
+        guard settings.enabled, port.map({ $0 == listenerPort }) ?? true else { return false }
+        switch chain {
+        case nil: return true
+        case .http: return route.protocol?.isHTTP == true
+        case .tcp: return route.protocol?.isHTTP != true
+        }
+    }
+
+    /// A token for one new connection; false: none left (counted).
+    package func take(now: ContinuousClock.Instant = .now) -> Bool {
+        if bucket.withLock({ $0.take(now: now) }) { return true }
+        counter.withLock { made in
+            if made == nil {
+                made = Counter(label: "envoy_local_rate_limit_\(String(settings.statPrefix.map { $0.isLetter || $0.isNumber ? $0 : "_" }))_rate_limited")
+            }
+            return made!
+        }.increment()
+        return false
     }
 }

@@ -98,4 +98,51 @@ struct LocalRateLimitTests {
         #expect(enforced.check(enabledRoll: 0, enforcedRoll: 0) == .refuse)
         #expect(HTTPLocalReply.rateLimited(settings).status.code == 429 && HTTPLocalReply.rateLimited(settings).flags == [.rateLimited])
     }
+
+    @Test("A NETWORK_FILTER envoy.filters.network.local_ratelimit: the chains it names (tcp_proxy: TCP routes only), its listener port, one token per new connection; runtime_enabled false turns it off")
+    func connectionLimit() throws {
+        func limits(_ chain: String, port: Int? = nil, enabled: Bool = true) throws -> LocalRateLimits {
+            let loaded = try IstioPolicyLoader.load(yaml: """
+                apiVersion: networking.istio.io/v1alpha3
+                kind: EnvoyFilter
+                metadata: {name: conn, namespace: istio-system}
+                spec:
+                  configPatches:
+                  - applyTo: NETWORK_FILTER
+                    match: {context: GATEWAY, listener: {\(port.map { "portNumber: \($0), " } ?? "")filterChain: {filter: {name: \(chain)}}}}
+                    patch:
+                      operation: INSERT_FIRST
+                      value:
+                        name: envoy.filters.network.local_ratelimit
+                        typed_config:
+                          "@type": type.googleapis.com/envoy.extensions.filters.network.local_ratelimit.v3.LocalRateLimit
+                          stat_prefix: conn
+                          token_bucket: {max_tokens: 2, tokens_per_fill: 2, fill_interval: 60s}
+                          runtime_enabled: {runtime_key: conn_enabled, default_value: \(enabled)}
+                """, file: "conn.yaml")
+            #expect(loaded.warnings.isEmpty, "\(loaded.warnings)")
+            return LocalRateLimits(loaded.envoyFilters, gatewayLabels: [:], gatewayNamespace: "istio-system")
+        }
+        let tcp = Route(service: ServiceKey(host: "db.default.svc.cluster.local", port: 5432), selector: [:], protocol: .tcp)
+        let http = Route(service: ServiceKey(host: "web.default.svc.cluster.local", port: 80), selector: [:], protocol: .http)
+        let tcpOnly = try limits("envoy.filters.network.tcp_proxy")
+        #expect((0..<5).map { _ in tcpOnly.admitConnection(to: http, listenerPort: 15443) == nil } == [true, true, true, true, true])
+        #expect((0..<3).map { _ in tcpOnly.admitConnection(to: tcp, listenerPort: 15443) == nil } == [true, true, false])
+        let otherPort = try limits("envoy.filters.network.tcp_proxy", port: 15021)
+        #expect((0..<3).allSatisfy { _ in otherPort.admitConnection(to: tcp, listenerPort: 15443) == nil })
+        let off = try limits("envoy.filters.network.tcp_proxy", enabled: false)
+        #expect((0..<3).allSatisfy { _ in off.admitConnection(to: tcp, listenerPort: 15443) == nil })
+        // Without a token bucket Envoy rejects the filter: an error at its line.
+        #expect(throws: ConfigErrors.self) {
+            try IstioPolicyLoader.load(yaml: """
+                apiVersion: networking.istio.io/v1alpha3
+                kind: EnvoyFilter
+                metadata: {name: conn, namespace: istio-system}
+                spec:
+                  configPatches:
+                  - applyTo: NETWORK_FILTER
+                    patch: {operation: INSERT_FIRST, value: {name: envoy.filters.network.local_ratelimit, typed_config: {stat_prefix: c}}}
+                """, file: "conn.yaml")
+        }
+    }
 }
