@@ -510,6 +510,15 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
         if origin == .client, case .head(var head) = parts.first {
             // Envoy's `x-envoy-attempt-count` (Istio turns it on): which attempt this is.
             head.headers.replaceOrAdd(name: "x-envoy-attempt-count", value: String(retry.attempts))
+            // A retry may move between a local endpoint and a peer gateway: the verified token
+            // goes to the peer only.
+            if let principal = requestPrincipal {
+                if target?.target.isLocal == false {
+                    head.headers.replaceOrAdd(name: Self.verifiedPayload, value: principal.payload)
+                } else {
+                    head.headers.remove(name: Self.verifiedPayload)
+                }
+            }
             parts[0] = .head(head)
         }
         state = .connecting(held: parts, ended: ended)
@@ -649,7 +658,8 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
         upstream.headers.add(name: "x-envoy-attempt-count", value: "1")
         if let principal = requestPrincipal {
             applyTokenOutputs(to: &upstream.headers)
-            upstream.headers.add(name: Self.verifiedPayload, value: principal.payload)
+            // For the peer gateway only: a backend never sees what the gateways tell each other.
+            if target?.target.isLocal == false { upstream.headers.add(name: Self.verifiedPayload, value: principal.payload) }
         }
         if let timeout = forward.timeout {
             // Envoy's setTimeoutHeaders: the upstream learns how long the gateway will wait.

@@ -80,6 +80,8 @@ package struct JWT: Sendable {
     /// The payload's claims as JSON values.
     package var claims: [String: ConfigValue]
     package var payload: Data
+    /// The payload as the token carries it (base64url JSON), passed on as it is.
+    package var encodedPayload: String
     package var signingInput: Data
     package var signature: Data
 
@@ -93,6 +95,7 @@ package struct JWT: Sendable {
         kid = headerJSON["kid"]?.string
         self.claims = claims
         self.payload = payload
+        encodedPayload = String(parts[1])
         signingInput = Data("\(parts[0]).\(parts[1])".utf8)
         self.signature = signature
     }
@@ -166,9 +169,18 @@ package struct RequestPrincipal: Sendable, Equatable {
         self.issuer = issuer; self.subject = subject; self.claims = claims
     }
 
-    /// The claims as base64url JSON, as the entry gateway hands them to a peer gateway.
+    /// The same principal and claims, however they were carried.
+    package static func == (a: RequestPrincipal, b: RequestPrincipal) -> Bool {
+        a.issuer == b.issuer && a.subject == b.subject && a.claims == b.claims
+    }
+
+    /// The token's own payload segment, when it came from a token (not compared).
+    package var encodedPayload: String?
+
+    /// The claims as base64url JSON, as the entry gateway hands them to a peer gateway: the
+    /// token's own segment when there is one, so nothing is encoded per request.
     package var payload: String {
-        JWT.base64URLEncoded((try? JSONEncoder().encode(claims)) ?? Data("{}".utf8))
+        encodedPayload ?? JWT.base64URLEncoded((try? JSONEncoder().encode(claims)) ?? Data("{}".utf8))
     }
 
     /// What an entry gateway verified, read back at a peer gateway.
@@ -313,14 +325,14 @@ package struct JWTAuthenticator: Sendable {
             for header in rule.fromHeaders ?? (explicit ? [] : [.init(name: "authorization", prefix: "Bearer ")]) {
                 guard let value = headers.first(name: header.name) else { continue }
                 let prefix = header.prefix ?? ""
-                if value.hasPrefix(prefix) { return (String(value.dropFirst(prefix.count)).trimmingCharacters(in: .whitespaces), header.name) }
+                if value.hasPrefix(prefix) { return (String(value.dropFirst(prefix.count).trimmingASCIISpaces()), header.name) }
             }
             for name in rule.fromParams ?? (explicit ? [] : ["access_token"]) {
                 if let value = param(name) { return (value, nil) }
             }
             for name in rule.fromCookies ?? [] {
                 for cookie in headers["cookie"].flatMap({ $0.split(separator: ";") }) {
-                    let pair = cookie.trimmingCharacters(in: .whitespaces).split(separator: "=", maxSplits: 1)
+                    let pair = cookie.trimmingASCIISpaces().split(separator: "=", maxSplits: 1)
                     if pair.count == 2, pair[0] == name { return (String(pair[1]), nil) }
                 }
             }
@@ -366,12 +378,14 @@ package struct JWTAuthenticator: Sendable {
         let subject: String
         if case .string(let sub)? = jwt.claims["sub"] { subject = sub } else { subject = "" }
         var added: [(name: String, value: String)] = []
-        if let name = provider.rule.outputPayloadToHeader { added.append((name, JWT.base64URLEncoded(jwt.payload))) }
+        if let name = provider.rule.outputPayloadToHeader { added.append((name, jwt.encodedPayload)) }
         for output in provider.rule.outputClaimToHeaders ?? [] {
             if let value = Self.claim(output.claim.split(separator: ".").map(String.init), in: jwt.claims)?.headerValue { added.append((output.header, value)) }
         }
         let forward = provider.rule.forwardOriginalToken ?? false
-        return .verified(RequestPrincipal(issuer: issuer, subject: subject, claims: jwt.claims), headers: added, removing: forward ? nil : header)
+        var principal = RequestPrincipal(issuer: issuer, subject: subject, claims: jwt.claims)
+        principal.encodedPayload = jwt.encodedPayload
+        return .verified(principal, headers: added, removing: forward ? nil : header)
     }
 
     /// A claim by path (`a.b` or `[a][b]`), nested objects followed.
@@ -382,5 +396,16 @@ package struct JWTAuthenticator: Sendable {
             value = next
         }
         return value
+    }
+}
+
+extension StringProtocol {
+    /// Without leading and trailing spaces and tabs (HTTP's OWS), without Foundation's
+    /// Unicode-aware trimming, which costs more than the rest of a token lookup.
+    func trimmingASCIISpaces() -> SubSequence {
+        var start = startIndex, end = endIndex
+        while start < end, self[start] == " " || self[start] == "\t" { start = index(after: start) }
+        while end > start, self[index(before: end)] == " " || self[index(before: end)] == "\t" { end = index(before: end) }
+        return self[start..<end]
     }
 }
