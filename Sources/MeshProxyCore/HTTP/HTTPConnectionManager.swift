@@ -453,6 +453,9 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
         }
     }
 
+    /// The address the client reached, without its port: the same for every request.
+    private lazy var localIP = connection.downstreamLocal.split(separator: ":").dropLast().joined(separator: ":")
+
     /// Istio's RBAC filter, before any fault or upstream: the request as the original client
     /// sent it, judged by the AuthorizationPolicies of the route. False: refused with 403.
     private func authorized(_ head: HTTPRequestHead, facts: HTTPRequestFacts, route: Route, context: ChannelHandlerContext) -> Bool {
@@ -460,8 +463,7 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
         // The original client's address: the first hop the entry gateway recorded.
         let remote = origin == .peerGateway ? head.headers.first(name: "x-forwarded-for").flatMap { $0.split(separator: ",").first }
             .map { $0.trimmingCharacters(in: .whitespaces) } : nil
-        let local = connection.downstreamLocal.split(separator: ":").dropLast().joined(separator: ":")
-        var request = AuthorizationRequest(principal: record.sourcePrincipal, sourceIP: peer, remoteIP: remote, destinationIP: local,
+        var request = AuthorizationRequest(principal: record.sourcePrincipal, sourceIP: peer, remoteIP: remote, destinationIP: localIP,
                                            listenerPort: dataPlane.config.listen.port, servicePort: route.service.port, serverName: connection.serverName,
                                            http: .init(host: facts.authority, method: facts.method, path: facts.path, headers: head.headers))
         request.requestPrincipal = requestPrincipal

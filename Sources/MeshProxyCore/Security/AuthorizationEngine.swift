@@ -114,12 +114,14 @@ package struct AuthorizationEngine: Sendable, Equatable {
     package static func decide(_ request: AuthorizationRequest, policies: [Policy]) -> Decision {
         var decision = Decision()
         if policies.isEmpty { return decision }
-        decision.deniedBy = verdict(request, policies.filter { !$0.dryRun })
+        // Mostly no dry-run policy: the list as it is, no copy.
+        let anyDryRun = policies.contains(where: \.dryRun)
+        decision.deniedBy = verdict(request, anyDryRun ? policies.filter { !$0.dryRun } : policies)
         for policy in policies where policy.action == .audit && !policy.dryRun {
             if let rule = matchedRule(policy, request) { decision.audited.append("\(policy.name)-rule[\(rule)]") }
         }
-        let shadows = policies.filter(\.dryRun)
-        if !shadows.isEmpty {
+        if anyDryRun {
+            let shadows = policies.filter(\.dryRun)
             let denied = verdict(request, shadows)
             decision.shadow = shadows.map { "\($0.name): \(denied == nil ? "allowed" : "denied")" }
         }
@@ -133,10 +135,12 @@ package struct AuthorizationEngine: Sendable, Equatable {
         for policy in policies where policy.action == .custom || policy.action == .deny {
             if let rule = matchedRule(policy, request) { return "\(policy.name)-rule[\(rule)]" }
         }
-        let allows = policies.filter { $0.action == .allow }
-        guard !allows.isEmpty else { return nil }
-        for policy in allows where matchedRule(policy, request) != nil { return nil }
-        return "none"
+        var anyAllow = false
+        for policy in policies where policy.action == .allow {
+            anyAllow = true
+            if matchedRule(policy, request) != nil { return nil }
+        }
+        return anyAllow ? "none" : nil
     }
 
     /// The index of the first rule of `policy` that holds for `request`.
@@ -181,14 +185,16 @@ package struct AuthorizationEngine: Sendable, Equatable {
         let principal = request.principal
         // A principal is written without `spiffe://` and matched with it (`*x`: any ID ending so).
         return check(source.principals, source.notPrincipals, request) { pattern in
-            principal.map { pattern.hasPrefix("*") ? glob(pattern, $0) : glob("spiffe://" + pattern, $0) } ?? false
+            guard let principal else { return false }
+            if pattern.hasPrefix("*") { return glob(pattern, principal) }
+            return principal.hasPrefix("spiffe://") && glob(pattern, principal.dropFirst("spiffe://".count))
         }
             // `iss/sub`, split at the last `/`, each side matched on its own; `*` needs both.
             && check(source.requestPrincipals, source.notRequestPrincipals, httpOnly: true, request) { pattern in
                 guard let token = request.requestPrincipal else { return false }
                 if pattern == "*" { return !token.issuer.isEmpty && !token.subject.isEmpty }
                 guard let slash = pattern.lastIndex(of: "/") else { return false }
-                return glob(String(pattern[..<slash]), token.issuer) && glob(String(pattern[pattern.index(after: slash)...]), token.subject)
+                return glob(pattern[..<slash], token.issuer) && glob(pattern[pattern.index(after: slash)...], token.subject)
             }
             && check(source.namespaces, source.notNamespaces, request) { pattern in SpiffeParts(principal).map { glob(pattern, $0.namespace) } ?? false }
             && check(source.serviceAccounts, source.notServiceAccounts, request) { account in
@@ -244,7 +250,7 @@ package struct AuthorizationEngine: Sendable, Equatable {
     }
 
     /// Istio's string match: `*` any non-empty value, `x*` a prefix, `*x` a suffix, else exact.
-    static func glob(_ pattern: String, _ value: String) -> Bool {
+    static func glob(_ pattern: some StringProtocol, _ value: some StringProtocol) -> Bool {
         if pattern == "*" { return !value.isEmpty }
         if pattern.hasSuffix("*") { return value.hasPrefix(pattern.dropLast()) }
         if pattern.hasPrefix("*") { return value.hasSuffix(pattern.dropFirst()) }
