@@ -101,6 +101,7 @@ struct RateLimitTests {
         let metrics = try await mesh.mesh.admin(mesh.east, "/stats/prometheus")
         #expect(metrics.contains("envoy_local_rate_limit_gateway_connections_rate_limited 2"), "\(metrics.split(separator: "\n").filter { $0.contains("rate_limit") })")
         let gateway = try #require(mesh.mesh.processes.children.first { $0.name == "east-gw" })
-        #expect(await eventually(timeout: .seconds(5)) { gateway.log.contains("envoy.filters.network.local_ratelimit") }, "\(gateway.log.suffix(1500))")
+        #expect(await eventually(timeout: .seconds(5)) { gateway.log.contains("local_ratelimit_close_over_limit") && gateway.log.contains(" URX ") },
+                "\(gateway.log.suffix(1500))")
     }
 }

@@ -139,9 +139,10 @@ package final class GatewayListener: Sendable {
                     record.route = found
                 }
                 if let limit = routes.localRateLimits?.admitConnection(to: route, listenerPort: dataPlane.config.listen.port) {
-                    // Envoy's network local_ratelimit: closed at once, before any handshake.
-                    return refuse("local_rate_limited: new connections over \(limit.settings.maxTokens) per \(limit.settings.fillInterval) (envoy.filters.network.local_ratelimit)",
-                                  flags: [.rateLimited])
+                    // Envoy's network local_ratelimit: closed at once, before any handshake, with
+                    // the flag Envoy sets for it (URX) and its close reason.
+                    return refuse("local_ratelimit_close_over_limit: new connections over \(limit.settings.maxTokens) per \(limit.settings.fillInterval) (envoy.filters.network.local_ratelimit)",
+                                  flags: [.upstreamRetryLimitExceeded])
                 }
                 switch routes.gatewayServers?.exposure(of: route.service.host) ?? .terminate {
                 case .hidden(let reason):

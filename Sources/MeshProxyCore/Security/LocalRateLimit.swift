@@ -250,7 +250,8 @@ extension RouteConfiguration {
 
 /// `envoy.filters.network.local_ratelimit` at the gateway: each new connection takes a token
 /// when it is accepted, before its TLS handshake (Envoy's `onNewConnection`), and one that finds
-/// none is closed at once; counted as `envoy_local_rate_limit_<stat_prefix>_rate_limited`. One
+/// none is closed at once (`local_ratelimit_close_over_limit`, flag `URX` as Envoy sets it);
+/// counted as `envoy_local_rate_limit_<stat_prefix>_rate_limited`. One
 /// bucket shared by the gateway's event loops. `runtime_enabled` false turns it off.
 package final class ConnectionRateLimit: Sendable {
     package struct Settings: Sendable, Equatable {
