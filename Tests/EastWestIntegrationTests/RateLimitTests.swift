@@ -24,6 +24,7 @@ struct RateLimitTests {
                   value:
                     stat_prefix: http_local_rate_limiter
                     token_bucket: {max_tokens: 3, tokens_per_fill: 3, fill_interval: 60s}
+                    enable_x_ratelimit_headers: DRAFT_VERSION_03
                     filter_enabled: {runtime_key: local_rate_limit_enabled, default_value: {numerator: 100, denominator: HUNDRED}}
                     filter_enforced: {runtime_key: local_rate_limit_enforced, default_value: {numerator: 100, denominator: HUNDRED}}
                     response_headers_to_add:
@@ -39,13 +40,21 @@ struct RateLimitTests {
         defer { mesh.mesh.processes.stopAll() }
         var codes: [String] = []
         var refused = ""
+        var remaining: [String] = []
         for _ in 0..<5 {
             let result = try await mesh.mesh.curl(mesh.east, host: HTTPRoutingTests.reviews, path: "/reviews/1", extra: ["-i", "-w", "\n%{http_code}"])
             let lines = result.stdout.split(separator: "\n", omittingEmptySubsequences: false)
             codes.append(String(lines.last ?? ""))
             if lines.last == "429" { refused = result.stdout }
+            // (Header lines end in CR LF, one Character in Swift: searched, not split.)
+            remaining.append(result.stdout.lowercased().components(separatedBy: "x-ratelimit-remaining: ").dropFirst().first.map { String($0.prefix { $0.isNumber }) } ?? "none")
         }
         #expect(codes == ["200", "200", "200", "429", "429"], "\(codes)")
+        // enable_x_ratelimit_headers: every answer says the limit, what is left and when the
+        // next token comes (3 a minute: one every 20 s).
+        #expect(remaining == ["2", "1", "0", "0", "0"], "\(remaining)")
+        let lowered = refused.lowercased()
+        #expect(lowered.contains("x-ratelimit-limit: 3") && (lowered.contains("x-ratelimit-reset: 19") || lowered.contains("x-ratelimit-reset: 20")), "\(refused)")
         #expect(refused.lowercased().contains("x-local-rate-limit: true") && refused.contains("local_rate_limited"), "\(refused)")
         let gateway = try #require(mesh.mesh.processes.children.first { $0.name == "east-gw" })
         let logged = await eventually(timeout: .seconds(5)) { gateway.log.contains("\"GET /reviews/1 HTTP/2\" 429 RL") }

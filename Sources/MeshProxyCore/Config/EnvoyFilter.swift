@@ -215,6 +215,9 @@ package enum LocalRateLimitPatch {
             var notices: [String] = []
             switch settings(typed, origin: origin, notices: &notices) {
             case .failure(let invalid): return .invalid(field: invalid.field, message: invalid.message)
+            case .success(nil):
+                // Envoy: "local rate limit token bucket must be set for per filter configs".
+                return .invalid(field: "token_bucket", message: "a route's local rate limit (typed_per_filter_config) needs a token_bucket; Envoy rejects it without one")
             case .success(let settings): return .route(settings, context: context, port: port, routeName: routeName, notices: notices)
             }
         case "NETWORK_FILTER":
@@ -299,7 +302,10 @@ package enum LocalRateLimitPatch {
                 return (key, value)
             }
         }
-        for key in ["descriptors", "enable_x_ratelimit_headers", "local_rate_limit_per_downstream_connection"] where config[key] != nil {
+        if let version = config["enable_x_ratelimit_headers"]?.string {
+            settings.xRateLimitHeaders = version == "DRAFT_VERSION_03"
+        }
+        for key in ["descriptors", "local_rate_limit_per_downstream_connection"] where config[key] != nil {
             notices.append("\(key) is not carried out by EastWest yet: one bucket per scope, without x-ratelimit-* headers")
         }
         return .success(settings)

@@ -321,6 +321,7 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
     private func begin(_ head: HTTPRequestHead, context: ChannelHandlerContext) {
         if idleTimeout != nil { lastActive = .now() }
         record = HTTPRequestRecord(connection: connection)
+        if !rateLimitHeaders.isEmpty { rateLimitHeaders = [] }
         record.method = head.method.rawValue
         record.path = head.uri
         record.protocol = protocolName
@@ -416,9 +417,12 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
         }
     }
 
-    /// One request through a local rate limit; false: refused with its local reply.
+    /// One request through a local rate limit; false: refused with its local reply. The
+    /// limit's `x-ratelimit-*` headers go on whatever answers the request.
     private func admitted(by limit: LocalRateLimit, context: ChannelHandlerContext) -> Bool {
-        switch limit.check(enabledRoll: random.next(), enforcedRoll: random.next()) {
+        guard let consulted = limit.consult(enabledRoll: random.next(), enforcedRoll: random.next()) else { return true }
+        rateLimitHeaders += limit.headers(consulted)
+        switch consulted.verdict {
         case .pass, .limitedNotEnforced:  // counted when not enforced; Envoy lets it through
             return true
         case .refuse:
@@ -427,6 +431,9 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
             return false
         }
     }
+
+    /// `x-ratelimit-*` for the current request's response (Envoy adds them in encodeHeaders).
+    private var rateLimitHeaders: [(name: String, value: String)] = []
 
     /// jwt_authn's outputs for a token this gateway verified: the token gone unless forwarded,
     /// the claim and payload headers.
@@ -863,6 +870,7 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
             record.grpcStatus = head.headers.first(name: "grpc-status")
             head.headers.add(name: "x-envoy-upstream-service-time", value: String(serviceTime))
             head.headers.add(name: "server", value: "istio-envoy")
+            for header in rateLimitHeaders { head.headers.replaceOrAdd(name: header.name, value: header.value) }
             forward.responseHeaders.apply(to: &head.headers)
             record.responseHeaders = head.headers
             if !requestKeepAlive && !switchingProtocols { head.headers.add(name: "connection", value: "close") }
@@ -1023,6 +1031,8 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
     private func localReply(_ reply: HTTPLocalReply, context: ChannelHandlerContext) {
         cancelRequestTimer()
         cancelAttemptTimer()
+        var reply = reply
+        reply.headers += rateLimitHeaders
         let requestEnded: Bool
         switch state {
         case .connecting(_, let ended), .waiting(let ended): requestEnded = ended

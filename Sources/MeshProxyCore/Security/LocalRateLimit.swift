@@ -27,6 +27,13 @@ package struct TokenBucket: Sendable, Equatable {
 
     /// Whole tokens left (`x-ratelimit-remaining`).
     package var remaining: Int { Int(tokens) }
+
+    /// Whole seconds until the next token (`x-ratelimit-reset`): 0 while one is there. Envoy's
+    /// `resetSeconds`, which divides whole milliseconds by 1000 before its ceil.
+    package var secondsToNextToken: Int {
+        guard tokens < 1 else { return 0 }
+        return Int((1 - tokens) / tokensPerSecond * 1000) / 1000
+    }
 }
 
 /// `envoy.filters.http.local_ratelimit` at a gateway, as an EnvoyFilter configures it: one
@@ -45,6 +52,9 @@ package final class LocalRateLimit: Sendable, Equatable {
         package var enforcedPerMillion: Int
         package var status: Int = 429
         package var responseHeaders: [(name: String, value: String)] = []
+        /// `enable_x_ratelimit_headers: DRAFT_VERSION_03`: every response to a request the
+        /// filter looked at says `x-ratelimit-limit`, `-remaining` and `-reset`.
+        package var xRateLimitHeaders = false
         /// Where it was written, for the log and `eastwest validate`.
         package var origin: String
 
@@ -52,6 +62,7 @@ package final class LocalRateLimit: Sendable, Equatable {
             a.statPrefix == b.statPrefix && a.maxTokens == b.maxTokens && a.tokensPerFill == b.tokensPerFill && a.fillInterval == b.fillInterval
                 && a.enabledPerMillion == b.enabledPerMillion && a.enforcedPerMillion == b.enforcedPerMillion && a.status == b.status
                 && a.responseHeaders.elementsEqual(b.responseHeaders, by: { $0 == $1 }) && a.origin == b.origin
+                && a.xRateLimitHeaders == b.xRateLimitHeaders
         }
     }
 
@@ -97,17 +108,43 @@ package final class LocalRateLimit: Sendable, Equatable {
 
     /// One request: the `filter_enabled` roll, a token, the `filter_enforced` roll.
     package func check(enabledRoll: UInt64, enforcedRoll: UInt64) -> Verdict {
-        guard enabledRoll % 1_000_000 < UInt64(settings.enabledPerMillion) else { return .pass }
+        consult(enabledRoll: enabledRoll, enforcedRoll: enforcedRoll)?.verdict ?? .pass
+    }
+
+    /// What the bucket said about one request, for its `x-ratelimit-*` headers.
+    package struct Consulted: Sendable, Equatable {
+        package var verdict: Verdict
+        package var remaining: Int
+        package var resetSeconds: Int
+    }
+
+    /// `check`, with the bucket's state after it; nil when the filter did not look at the
+    /// request (`filter_enabled` said no).
+    package func consult(enabledRoll: UInt64, enforcedRoll: UInt64, now: ContinuousClock.Instant = .now) -> Consulted? {
+        guard enabledRoll % 1_000_000 < UInt64(settings.enabledPerMillion) else { return nil }
         let counters = handles
         counters.enabled.increment()
-        if bucket.withLock({ $0.take(now: .now) }) {
+        let (taken, remaining, reset) = bucket.withLock { bucket in
+            let taken = bucket.take(now: now)
+            return (taken, bucket.remaining, bucket.secondsToNextToken)
+        }
+        if taken {
             counters.ok.increment()
-            return .pass
+            return Consulted(verdict: .pass, remaining: remaining, resetSeconds: reset)
         }
         counters.rateLimited.increment()
-        guard enforcedRoll % 1_000_000 < UInt64(settings.enforcedPerMillion) else { return .limitedNotEnforced }
+        guard enforcedRoll % 1_000_000 < UInt64(settings.enforcedPerMillion) else {
+            return Consulted(verdict: .limitedNotEnforced, remaining: remaining, resetSeconds: reset)
+        }
         counters.enforced.increment()
-        return .refuse
+        return Consulted(verdict: .refuse, remaining: remaining, resetSeconds: reset)
+    }
+
+    /// The `x-ratelimit-*` headers for a request `consulted` says about; none unless enabled.
+    package func headers(_ consulted: Consulted) -> [(name: String, value: String)] {
+        guard settings.xRateLimitHeaders else { return [] }
+        return [("x-ratelimit-limit", String(settings.maxTokens)), ("x-ratelimit-remaining", String(consulted.remaining)),
+                ("x-ratelimit-reset", String(consulted.resetSeconds))]
     }
 }
 
