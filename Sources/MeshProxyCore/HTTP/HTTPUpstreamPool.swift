@@ -168,7 +168,8 @@ final class HTTPUpstreams {
         if let connection = connections.first(where: { $0.isAccepting && $0.streams < settings.maxStreamsPerConnection }) {
             return connection.openStream(done)
         }
-        let connection = PooledHTTP2Connection(target: target, eventLoop: eventLoop, settings: settings)
+        let connection = PooledHTTP2Connection(target: target, eventLoop: eventLoop, settings: settings,
+                                               maxStreams: action.maxRequestsPerConnection)
         let priorKnowledge = connection.priorKnowledge
         multiplexed[target, default: []].append(connection)
         connection.onClose = { [weak self, weak connection] in
@@ -211,6 +212,10 @@ final class PooledHTTP2Connection {
     private var state: State = .connecting(waiters: [])
     /// Streams open or being opened.
     private(set) var streams = 0
+    /// `maxRequestsPerConnection`: after this many streams the connection takes no more and
+    /// closes once they end (Envoy drains it); nil: no limit.
+    private let maxStreams: Int?
+    private var streamsOpened = 0
     /// False once the peer sent GOAWAY or the connection closed: no new streams.
     private(set) var isAccepting = true
     private var idleTimer: Scheduled<Void>?
@@ -220,10 +225,11 @@ final class PooledHTTP2Connection {
         var description: String
     }
 
-    init(target: UpstreamTarget, eventLoop: any EventLoop, settings: HTTPUpstreamSettings) {
+    init(target: UpstreamTarget, eventLoop: any EventLoop, settings: HTTPUpstreamSettings, maxStreams: Int? = nil) {
         self.target = target
         self.eventLoop = eventLoop
         self.settings = settings
+        self.maxStreams = maxStreams
         priorKnowledge = target.cluster == nil
     }
 
@@ -231,6 +237,8 @@ final class PooledHTTP2Connection {
         idleTimer?.cancel()
         idleTimer = nil
         streams += 1
+        streamsOpened += 1
+        if let maxStreams, streamsOpened >= maxStreams { isAccepting = false }
         switch state {
         case .connecting(var waiters):
             waiters.append(done)
@@ -336,6 +344,11 @@ final class PooledHTTP2Connection {
     private func streamEnded() {
         streams = max(0, streams - 1)
         guard streams == 0, case .ready(let channel, _) = state else { return }
+        if let maxStreams, streamsOpened >= maxStreams {
+            // Drained after its last allowed request: closed now, not after the idle timeout.
+            channel.close(promise: nil)
+            return
+        }
         idleTimer?.cancel()
         let bound = NIOLoopBound(self, eventLoop: eventLoop)
         idleTimer = eventLoop.scheduleTask(in: TimeAmount(settings.idleTimeout)) {

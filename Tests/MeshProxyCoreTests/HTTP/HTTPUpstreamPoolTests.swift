@@ -70,6 +70,26 @@ struct HTTPUpstreamPoolTests {
         #expect(preface.map { String(buffer: $0).hasPrefix("PRI * HTTP/2.0") } == true)
     }
 
+    @Test("maxRequestsPerConnection on the pooled HTTP/2 connection: after that many streams a new connection is dialled, and the drained one closes when its streams end")
+    func maxRequestsPerPooledConnection() throws {
+        let loop = EmbeddedEventLoop()
+        let dialer = Dialer(loop: loop, alpn: "h2")
+        let upstreams = HTTPUpstreamPool(dialer: dialer.dialer).on(loop)
+        var limited = Self.action
+        limited.maxRequestsPerConnection = 2
+        let answers = Answers()
+        for _ in 0..<3 { upstreams.exchange(to: Self.peer, action: limited) { answers.results.append($0) } }
+        loop.run()
+        let streams = try answers.results.map { try $0.get() }
+        #expect(streams.count == 3 && dialer.dials.count == 2, "two streams on the first connection, the third on a second")
+        #expect(streams[0].channel.parent === streams[1].channel.parent && streams[2].channel.parent !== streams[0].channel.parent)
+        let first = dialer.dials[0].channel
+        for stream in streams.prefix(2) { stream.channel.close(promise: nil) }
+        loop.run()
+        #expect(!first.isActive, "the drained connection closes with its last stream")
+        #expect(dialer.dials[1].channel.isActive)
+    }
+
     @Test("A peer that does not agree to h2 gets the first request as HTTP/1.1 on that connection; the others, and later ones, dial HTTP/1.1")
     func fallback() throws {
         let loop = EmbeddedEventLoop()
