@@ -133,4 +133,55 @@ struct AuthorizationTests {
                                                extra: ["-H", "authorization: Bearer \(token(sub: "alice", exp: -600))", "-D", "-", "-o", "/dev/null"])
         #expect(headers.stdout.lowercased().contains("www-authenticate: bearer realm="), "\(headers.stdout)")
     }
+
+    @Test("TCP: west's gateway judges the client east's gateway vouches for in its original-client preamble — east's client allowed, another client of east refused after the handshake; a workload that sends a preamble itself is judged by its own certificate")
+    func tcpOriginalClient() async throws {
+        let mesh = try TestMesh("authz-tcp", clusters: ["east", "west"])
+        defer { mesh.processes.stopAll() }
+        let ratingsHost = "ratings.default.svc.cluster.local"
+        try await mesh.startBackend("127.0.132.20:9080", service: ratingsHost, cluster: "west")
+        let ratings = GatewayConfig.ServiceConfig.echo("127.0.132.20:9080", host: ratingsHost, port: 9080)
+        var west = mesh.gatewayConfig(name: "west-gw", cluster: "west", ip: "127.0.132.1", services: [ratings])
+        let east = mesh.gatewayConfig(name: "east-gw", cluster: "east", ip: "127.0.131.1", services: [], remotes: [
+            .init(name: "west", gateways: [.init(name: "west-gw", address: west.listen)], services: [ratings]),
+        ])
+        let policy = "\(mesh.directory)/west-tcp-policy.yaml"
+        try """
+            apiVersion: security.istio.io/v1
+            kind: AuthorizationPolicy
+            metadata: {name: ratings-clients, namespace: default}
+            spec:
+              action: ALLOW
+              rules:
+              - from: [{source: {principals: [cluster.local/ns/default/sa/client]}}]
+            """.write(toFile: policy, atomically: true, encoding: .utf8)
+        west.policies = [policy]
+        let westProcess = try await mesh.startGateway(west)
+        try await mesh.startGateway(east)
+        let intruder = "\(mesh.certs.path)/east/intruder"
+        _ = try mesh.certs.createWorkload(cluster: "east", spiffeID: try SpiffeID(parsing: "spiffe://cluster.local/ns/default/sa/intruder"), outputPath: intruder)
+
+        let allowed = try await mesh.curl(east, host: ratingsHost)
+        #expect(mesh.answer(allowed)?["cluster"] == "west", "\(allowed.stderr) \(westProcess.log.suffix(1500))")
+        let refused = try await mesh.curl(east, host: ratingsHost, client: intruder)
+        #expect(mesh.answer(refused) == nil && refused.status != 0, "\(refused)")
+        #expect(await eventually { westProcess.log.contains("rbac_access_denied_matched_policy[none]") && westProcess.log.contains("principal=spiffe://cluster.local/ns/default/sa/intruder") },
+                "\(westProcess.log.suffix(2000))")
+
+        // Straight to west, offering the gateways' ALPN and sending the line a gateway would.
+        func direct(_ client: String, claiming principal: String) async throws -> String {
+            let request = "EASTWEST/1 \(principal)\nGET / HTTP/1.0\r\nHost: \(ratingsHost)\r\n\r\n"
+            return try await runCommand("/usr/bin/openssl", ["s_client", "-quiet", "-connect", "127.0.132.1:15443", "-servername", "outbound_.9080_._.\(ratingsHost)",
+                                                             "-alpn", ClientHelloALPN.peerMarker, "-cert", "\(client)/cert-chain.pem", "-cert_chain", "\(client)/cert-chain.pem", "-key", "\(client)/key.pem",
+                                                             "-CAfile", mesh.certs.rootCertificatePath], stdin: Data(request.utf8), timeout: 10).stdout
+        }
+        let forged = try await direct(intruder, claiming: "spiffe://cluster.local/ns/default/sa/client")
+        #expect(!forged.contains("HTTP/1."), "a workload's preamble vouched for it: \(forged)")
+        #expect(await eventually { westProcess.log.split(separator: "\n").contains { line in
+                    line.contains(" 127.0.0.1:") && line.contains("principal=spiffe://cluster.local/ns/default/sa/intruder ") && line.contains("rbac_access_denied")
+                } },
+                "refused for its own identity, not for its chain: \(westProcess.log.suffix(1500))")
+        let own = try await direct(mesh.clientCertPath("east"), claiming: "spiffe://cluster.local/ns/default/sa/intruder")
+        #expect(own.contains("HTTP/1.") && own.contains("\"cluster\":\"west\""), "the allowed client, judged by its own certificate, with its bytes intact: \(own) \(westProcess.log.suffix(1500))")
+    }
 }

@@ -40,8 +40,10 @@ struct GatewayRoutingTests {
         let result = try await mesh.curl(east, host: "ratings.default.svc.cluster.local")
         #expect(result.status == 0, "curl failed: \(result.stderr)")
         #expect(mesh.answer(result)?["cluster"] == "west")
-        // The west gateway saw the Istio-form SNI and the east gateway's identity.
-        #expect(await eventually { westProcess.log.contains("outbound_.9080_._.ratings.default.svc.cluster.local principal=spiffe://cluster.local/ns/istio-system/sa/eastwest-gateway") })
+        // The west gateway saw the Istio-form SNI, and the client east's gateway vouched for in
+        // its original-client preamble (not the gateway itself).
+        #expect(await eventually { westProcess.log.contains("outbound_.9080_._.ratings.default.svc.cluster.local principal=spiffe://cluster.local/ns/default/sa/client") },
+                "\(westProcess.log.suffix(1500))")
         #expect(await eventually { eastProcess.log.contains("upstream_cluster=west") })
         let metrics = try await mesh.admin(east, "/stats/prometheus")
         #expect(metrics.contains(#"destination_service="ratings.default.svc.cluster.local",destination_cluster="west""#))

@@ -66,6 +66,20 @@ package final class GatewayConnectionHandler: ChannelDuplexHandler, RemovableCha
                     return
                 }
             }
+            if negotiatedProtocol == ClientHelloALPN.peerMarker {
+                // An EastWest entry gateway's TCP connection: its original-client line first.
+                do {
+                    try context.pipeline.syncOperations.addHandler(ByteToMessageHandler(OriginalClientPreamble.Decoder()), position: .before(self))
+                } catch {
+                    record.detail = "cannot read the original-client preamble: \(error)"
+                    context.close(promise: nil)
+                }
+                return
+            }
+            run(machine.handshakeCompleted(), context: context)
+        case let read as OriginalClientPreamble.Read:
+            // Believed from a peer gateway only; anyone else is judged by their own certificate.
+            if fromPeerGateway { record.vouched(for: read.principal) }
             run(machine.handshakeCompleted(), context: context)
         case ChannelEvent.inputClosed:
             if machine.inputClosed() == .forward { context.fireUserInboundEventTriggered(event) }
@@ -84,7 +98,7 @@ package final class GatewayConnectionHandler: ChannelDuplexHandler, RemovableCha
 
     package func errorCaught(context: ChannelHandlerContext, error: any Error) {
         if action == nil, record.detail == nil {
-            record.detail = TLSFailure.describe(error)
+            record.detail = (error as? OriginalClientPreamble.Invalid).map { "refused: \($0)" } ?? TLSFailure.describe(error)
         }
         context.close(promise: nil)
     }
@@ -189,9 +203,10 @@ package final class GatewayConnectionHandler: ChannelDuplexHandler, RemovableCha
             }
         }
         let clusters = dataPlane.clusters
-        if origin == .client {
+        if origin == .client || record.vouchedByPeerGateway {
             // Istio's network RBAC filter, with the HTTP-only attributes handled as istiod does.
-            // A peer gateway's connection was judged by the entry gateway, which knew the client.
+            // A peer gateway's connection is judged again by the client it vouched for (an older
+            // gateway sends no preamble: the entry gateway, which knew the client, judged it).
             let policies = routes.authorizationPolicies(for: route.service, endpoints: clusters.current.inputs.endpoints)
             if !policies.isEmpty {
                 let local = record.downstreamLocal.split(separator: ":").dropLast().joined(separator: ":")
@@ -229,7 +244,12 @@ package final class GatewayConnectionHandler: ChannelDuplexHandler, RemovableCha
             .whenComplete { result in
                 let (handler, context) = bound.value
                 switch result {
-                case .success(let upstream): handler.connected(upstream.channel, context: context)
+                case .success(let upstream):
+                    if upstream.applicationProtocol == ClientHelloALPN.peerMarker {
+                        // The peer reads who the client is before the client's first byte.
+                        upstream.channel.writeAndFlush(OriginalClientPreamble.encode(handler.record.sourcePrincipal), promise: nil)
+                    }
+                    handler.connected(upstream.channel, context: context)
                 case .failure(let error): handler.failed(target: target, error: error, context: context)
                 }
             }

@@ -66,7 +66,11 @@ package struct GatewayTLS: Sendable {
         server.shutdownTimeout = .seconds(1)
         serverContext = try NIOSSLContext(configuration: server)
         serverConfiguration = server
-        var byALPN: [[String]: NIOSSLContext] = [[]: serverContext]
+        // A TCP service selects `eastwest-peer` when an EastWest gateway offers it: the entry
+        // gateway then knows this gateway reads its original-client preamble.
+        var tcp = server
+        tcp.applicationProtocols = [ClientHelloALPN.peerMarker]
+        var byALPN: [[String]: NIOSSLContext] = [[]: try NIOSSLContext(configuration: tcp)]
         for alpn in Set(ServiceProtocol.allCases.map(\.applicationProtocols)) where byALPN[alpn] == nil {
             var offering = server
             offering.applicationProtocols = alpn
@@ -81,9 +85,10 @@ package struct GatewayTLS: Sendable {
         client.trustRoots = .certificates(roots)
         client.certificateVerification = .noHostnameVerification
         client.shutdownTimeout = .seconds(1)
-        // Every dial of a peer gateway offers `eastwest-peer`, which a peer never selects but
-        // reads before its handshake: it tells an EastWest gateway (terminate, it speaks Istio
-        // mTLS to us) from an Istio workload on an AUTO_PASSTHROUGH server (pass through).
+        // Every dial of a peer gateway offers `eastwest-peer`, which a peer reads before its
+        // handshake: it tells an EastWest gateway (terminate, it speaks Istio mTLS to us) from
+        // an Istio workload on an AUTO_PASSTHROUGH server (pass through). A TCP service selects
+        // it, and the connection then starts with the original-client preamble.
         var offeringNothing = client
         offeringNothing.applicationProtocols = [ClientHelloALPN.peerMarker]
         clientContext = try NIOSSLContext(configuration: offeringNothing)

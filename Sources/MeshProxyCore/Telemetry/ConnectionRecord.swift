@@ -23,6 +23,15 @@ package final class ConnectionRecord {
         }
     }
     package private(set) var sourcePrincipal: String?
+
+    /// The client a peer gateway vouched for (its original-client preamble): the principal
+    /// policies, metrics and the log see from here on; `sourceIdentity` stays the gateway's.
+    package func vouched(for client: String?) {
+        sourcePrincipal = client
+        sourceNamespace = client.flatMap { try? SpiffeID(parsing: $0) }?.namespace
+        vouchedByPeerGateway = true
+    }
+    package private(set) var vouchedByPeerGateway = false
     /// The namespace of an Istio identity (`sourceNamespace` matches).
     package private(set) var sourceNamespace: String?
     package var route: Route?
