@@ -141,6 +141,13 @@ extension ThreeRegionsTopologyTests {
         let drill = try #require(report, "no report.json: \(result.stderr)")
         #expect(result.status == 0 && drill.passed, "\(result.stdout)\(result.stderr)")
         #expect(drill.sent == Self.testRate * seconds && drill.succeeded == drill.sent, "\(drill.failureTrace)")
+        // A lost request keeps the report and the gateways' logs (their access logs say which
+        // status, after which attempts) past the temporary directory.
+        if !drill.passed || drill.succeeded != drill.sent {
+            let kept = "\(NSTemporaryDirectory())eastwest-failed-drill-\(name)-\(getpid())"
+            try? FileManager.default.copyItem(atPath: dir.path, toPath: kept)
+            Issue.record("report and logs kept in \(kept)")
+        }
         // The clients saw nothing because the gateway retried (its own counter).
         #expect((drill.gatewayRetries ?? 0) > 0, "retries: \(String(describing: drill.gatewayRetries))")
         #expect(drill.gatewayOpenedConnections == drill.succeeded, "gateway counted \(String(describing: drill.gatewayOpenedConnections))")
