@@ -171,7 +171,7 @@ package enum LocalRateLimitPatch {
         case filter(LocalRateLimit.Settings?, context: Context, notices: [String])
         /// A route's own settings: the inbound port its virtual host names (`inbound|http|9080`)
         /// and the route's name, each nil for any.
-        case route(LocalRateLimit.Settings?, context: Context, port: Int?, routeName: String?, notices: [String])
+        case route(LocalRateLimit.Settings, context: Context, port: Int?, routeName: String?, notices: [String])
         /// `envoy.filters.network.local_ratelimit`: new connections take a token, on the
         /// filter chains `chain` names (nil: every chain) of the listener `port` names.
         case connections(ConnectionRateLimit.Settings, context: Context, chain: ConnectionRateLimit.Chain?, port: Int?, notices: [String])
@@ -218,7 +218,7 @@ package enum LocalRateLimitPatch {
             case .success(nil):
                 // Envoy: "local rate limit token bucket must be set for per filter configs".
                 return .invalid(field: "token_bucket", message: "a route's local rate limit (typed_per_filter_config) needs a token_bucket; Envoy rejects it without one")
-            case .success(let settings): return .route(settings, context: context, port: port, routeName: routeName, notices: notices)
+            case .success(let settings?): return .route(settings, context: context, port: port, routeName: routeName, notices: notices)
             }
         case "NETWORK_FILTER":
             guard ["INSERT_BEFORE", "INSERT_AFTER", "INSERT_FIRST", "ADD"].contains(operation) else { return .notRateLimit("operation \(operation)") }
@@ -226,16 +226,12 @@ package enum LocalRateLimitPatch {
                 return .notRateLimit("network filter \(patch.patch?.value?["name"]?.string ?? "unnamed")")
             }
             var notices: [String] = []
-            let typed = value["typed_config"] ?? .object([:])
-            let config = typed["value"] ?? typed
-            if typed["@type"] == nil { notices.append("typed_config has no '@type': Envoy rejects such a filter (Istio's push is refused); EastWest reads it as envoy.extensions.filters.network.local_ratelimit.v3.LocalRateLimit") }
-            guard config["token_bucket"] != nil else {
-                return .invalid(field: "token_bucket", message: "the network local rate limit needs a token_bucket (Envoy rejects it without one)")
-            }
+            let config = message(value["typed_config"] ?? .object([:]), type: "envoy.extensions.filters.network.local_ratelimit.v3.LocalRateLimit", notices: &notices)
             let bucket: (maxTokens: Int, tokensPerFill: Int, fillInterval: Duration)
             switch tokenBucket(config) {
             case .failure(let invalid): return .invalid(field: invalid.field, message: invalid.message)
-            case .success(let read): bucket = read!
+            case .success(nil): return .invalid(field: "token_bucket", message: "the network local rate limit needs a token_bucket (Envoy rejects it without one)")
+            case .success(let read?): bucket = read
             }
             let match = patch.match?.listener
             let chain: ConnectionRateLimit.Chain? = switch match?["filterChain"]?["filter"]?["name"]?.string {
@@ -267,13 +263,19 @@ package enum LocalRateLimitPatch {
 
     struct Invalid: Error { var field: String, message: String }
 
+    /// A `typed_config`'s message: Envoy's own, or wrapped in a udpa TypedStruct's `value`.
+    /// Without `@type` Envoy rejects it, which is said; it is read as `type`.
+    static func message(_ typed: ConfigValue, type: String, notices: inout [String]) -> ConfigValue {
+        if typed["@type"] == nil {
+            notices.append("typed_config has no '@type': Envoy rejects such a filter (Istio's push is refused); EastWest reads it as \(type)")
+        }
+        return typed["value"] ?? typed
+    }
+
     /// A LocalRateLimit message (as Envoy's own or in a udpa TypedStruct's `value`); nil
     /// without a token_bucket (the filter then limits nothing by itself).
     static func settings(_ typed: ConfigValue, origin: String, notices: inout [String]) -> Result<LocalRateLimit.Settings?, Invalid> {
-        let config = typed["value"] ?? typed
-        if typed["@type"] == nil {
-            notices.append("typed_config has no '@type': Envoy rejects such a filter (Istio's push is refused); EastWest reads it as envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit")
-        }
+        let config = message(typed, type: "envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit", notices: &notices)
         let bucket: (maxTokens: Int, tokensPerFill: Int, fillInterval: Duration)
         switch tokenBucket(config) {
         case .failure(let invalid): return .failure(invalid)
@@ -306,7 +308,7 @@ package enum LocalRateLimitPatch {
             settings.xRateLimitHeaders = version == "DRAFT_VERSION_03"
         }
         for key in ["descriptors", "local_rate_limit_per_downstream_connection"] where config[key] != nil {
-            notices.append("\(key) is not carried out by EastWest yet: one bucket per scope, without x-ratelimit-* headers")
+            notices.append("\(key) is not carried out by EastWest yet: one bucket per scope")
         }
         return .success(settings)
     }

@@ -435,6 +435,17 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
     /// `x-ratelimit-*` for the current request's response (Envoy adds them in encodeHeaders).
     private var rateLimitHeaders: [(name: String, value: String)] = []
 
+    /// The verified token's payload for the current target: a peer gateway gets it, a backend
+    /// never sees what the gateways tell each other.
+    private func addVerifiedPayload(to headers: inout HTTPHeaders) {
+        guard let principal = requestPrincipal else { return }
+        if target?.target.isLocal == false {
+            headers.replaceOrAdd(name: Self.verifiedPayload, value: principal.payload)
+        } else {
+            headers.remove(name: Self.verifiedPayload)
+        }
+    }
+
     /// jwt_authn's outputs for a token this gateway verified: the token gone unless forwarded,
     /// the claim and payload headers.
     private func applyTokenOutputs(to headers: inout HTTPHeaders) {
@@ -460,9 +471,6 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
         }
     }
 
-    /// The address the client reached, without its port: the same for every request.
-    private lazy var localIP = connection.downstreamLocal.split(separator: ":").dropLast().joined(separator: ":")
-
     /// Istio's RBAC filter, before any fault or upstream: the request as the original client
     /// sent it, judged by the AuthorizationPolicies of the route. False: refused with 403.
     private func authorized(_ head: HTTPRequestHead, facts: HTTPRequestFacts, route: Route, context: ChannelHandlerContext) -> Bool {
@@ -470,7 +478,7 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
         // The original client's address: the first hop the entry gateway recorded.
         let remote = origin == .peerGateway ? head.headers.first(name: "x-forwarded-for").flatMap { $0.split(separator: ",").first }
             .map { $0.trimmingCharacters(in: .whitespaces) } : nil
-        var request = AuthorizationRequest(principal: record.sourcePrincipal, sourceIP: peer, remoteIP: remote, destinationIP: localIP,
+        var request = AuthorizationRequest(principal: record.sourcePrincipal, sourceIP: peer, remoteIP: remote, destinationIP: connection.downstreamLocalAddress,
                                            listenerPort: dataPlane.config.listen.port, servicePort: route.service.port, serverName: connection.serverName,
                                            http: .init(host: facts.authority, method: facts.method, path: facts.path, headers: head.headers))
         request.requestPrincipal = requestPrincipal
@@ -519,15 +527,8 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
         if origin == .client, case .head(var head) = parts.first {
             // Envoy's `x-envoy-attempt-count` (Istio turns it on): which attempt this is.
             head.headers.replaceOrAdd(name: "x-envoy-attempt-count", value: String(retry.attempts))
-            // A retry may move between a local endpoint and a peer gateway: the verified token
-            // goes to the peer only.
-            if let principal = requestPrincipal {
-                if target?.target.isLocal == false {
-                    head.headers.replaceOrAdd(name: Self.verifiedPayload, value: principal.payload)
-                } else {
-                    head.headers.remove(name: Self.verifiedPayload)
-                }
-            }
+            // A retry may move between a local endpoint and a peer gateway.
+            addVerifiedPayload(to: &head.headers)
             parts[0] = .head(head)
         }
         state = .connecting(held: parts, ended: ended)
@@ -665,10 +666,9 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
             record.path = path
         }
         upstream.headers.add(name: "x-envoy-attempt-count", value: "1")
-        if let principal = requestPrincipal {
+        if requestPrincipal != nil {
             applyTokenOutputs(to: &upstream.headers)
-            // For the peer gateway only: a backend never sees what the gateways tell each other.
-            if target?.target.isLocal == false { upstream.headers.add(name: Self.verifiedPayload, value: principal.payload) }
+            addVerifiedPayload(to: &upstream.headers)
         }
         if let timeout = forward.timeout {
             // Envoy's setTimeoutHeaders: the upstream learns how long the gateway will wait.

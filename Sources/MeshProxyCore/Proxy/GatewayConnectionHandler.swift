@@ -209,8 +209,8 @@ package final class GatewayConnectionHandler: ChannelDuplexHandler, RemovableCha
             // gateway sends no preamble: the entry gateway, which knew the client, judged it).
             let policies = routes.authorizationPolicies(for: route.service, endpoints: clusters.current.inputs.endpoints)
             if !policies.isEmpty {
-                let local = record.downstreamLocal.split(separator: ":").dropLast().joined(separator: ":")
-                let request = AuthorizationRequest(principal: record.sourcePrincipal, sourceIP: record.downstreamRemoteAddress, destinationIP: local,
+                let request = AuthorizationRequest(principal: record.sourcePrincipal, sourceIP: record.downstreamRemoteAddress,
+                                                   destinationIP: record.downstreamLocalAddress,
                                                    listenerPort: dataPlane.config.listen.port, servicePort: route.service.port, serverName: record.serverName)
                 let decision = AuthorizationEngine.decide(request, policies: policies)
                 if !decision.allowed {

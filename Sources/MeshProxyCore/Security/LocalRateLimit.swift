@@ -93,7 +93,8 @@ package final class LocalRateLimit: Sendable, Equatable {
 
     package static func == (a: LocalRateLimit, b: LocalRateLimit) -> Bool { a.settings == b.settings }
 
-    private static func sanitized(_ prefix: String) -> String {
+    /// A stat prefix as a Prometheus name part.
+    static func sanitized(_ prefix: String) -> String {
         String(prefix.map { $0.isLetter || $0.isNumber ? $0 : "_" })
     }
 
@@ -203,7 +204,7 @@ package final class LocalRateLimits: Sendable, Equatable {
             case .filter(let s, let c, _): (settings, context, port, routeName, perRoute) = (s, c, nil, nil, false)
             case .route(let s, let c, let p, let r, _):
                 guard inserted.contains(where: { $0.0 == filter.namespace && $0.1 == selector }) else { continue }
-                (settings, context, port, routeName, perRoute) = (s, c, p, r, true)
+                (settings, context, port, routeName, perRoute) = (s as LocalRateLimit.Settings?, c, p, r, true)
             case .connections(let limit, let c, let chain, let port, _):
                 if c != .inbound, filter.applies(toLabels: gatewayLabels, namespace: gatewayNamespace, root: root) {
                     connectionLimits.append(ConnectionRateLimit(limit, chain: chain, port: port))
@@ -242,7 +243,7 @@ package final class LocalRateLimits: Sendable, Equatable {
 
     /// Same rules (their buckets are state, not configuration).
     package static func == (a: LocalRateLimits, b: LocalRateLimits) -> Bool {
-        a.rules == b.rules && a.connections.map(\.settings) == b.connections.map(\.settings)
+        a.rules == b.rules && a.connections.elementsEqual(b.connections) { $0.settings == $1.settings && $0.chain == $1.chain && $0.port == $1.port }
     }
 
     /// The inbound limits for requests to `service`, whose workloads are in `namespace` with
@@ -329,7 +330,7 @@ package final class ConnectionRateLimit: Sendable {
         if bucket.withLock({ $0.take(now: now) }) { return true }
         counter.withLock { made in
             if made == nil {
-                made = Counter(label: "envoy_local_rate_limit_\(String(settings.statPrefix.map { $0.isLetter || $0.isNumber ? $0 : "_" }))_rate_limited")
+                made = Counter(label: "envoy_local_rate_limit_\(LocalRateLimit.sanitized(settings.statPrefix))_rate_limited")
             }
             return made!
         }.increment()

@@ -13,6 +13,9 @@ package final class ConnectionRecord {
     package var downstreamRemoteAddress: String {
         downstreamRemote.lastIndex(of: ":").map { String(downstreamRemote[..<$0]) } ?? downstreamRemote
     }
+    /// The address the client reached, without its port (`destination.ip`): split once per
+    /// connection, for every request and policy check on it.
+    package private(set) lazy var downstreamLocalAddress = downstreamLocal.split(separator: ":").dropLast().joined(separator: ":")
     package var serverName: String = "-"
     /// The client's SPIFFE ID, as the trust policy verified it.
     package var sourceIdentity: SpiffeID? {
