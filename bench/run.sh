@@ -383,11 +383,27 @@ fi
 # 50, and of one rule with retries, a timeout and faults that do not fire), HAProxy mode http and nginx http; the two-hop HTTP chains (EastWest A keeps a pooled
 # HTTP/2 connection to B; HAProxy A `http-reuse always` over h2 to B).
 if wants l7; then
+    # The cost rows (one rule against 50 rules, resilience, security) are ratios of l1 cells a few
+    # per cent apart, while this machine drifts by tens of per cent over minutes: their l1 cells
+    # take turns, one repeat of each per round (a gateway started for each), so drift falls on
+    # every target alike instead of on whichever ran last.
+    rotating=()
+    for target in eastwest-http eastwest-http-vs50 eastwest-http-resilience eastwest-http-authz; do
+        runs_target "$target" && rotating+=("$target")
+    done
+    if [ "${#rotating[@]}" -gt 1 ]; then
+        for r in $(seq 1 "$repeats"); do
+            for target in "${rotating[@]}"; do start_target "$target"; run_cell "$target" l1 "$r"; stop_target "$target"; done
+        done
+    fi
     for target in eastwest-http eastwest-http-vs50 eastwest-http-resilience eastwest-http-authz haproxy-http nginx-http eastwest-http-chain haproxy-http-chain; do
         runs_target "$target" || continue
+        # The cost rows have l1 cells only: done in the rotation above.
+        [ "${#rotating[@]}" -gt 1 ] && [[ " ${rotating[*]} " == *" $target "* ]] && [ "$target" != eastwest-http ] && continue
         start_target "$target"
         for workload in l1 l2 l4; do
             case "$target:$workload" in eastwest-http-vs50:l2|eastwest-http-vs50:l4|eastwest-http-resilience:l2|eastwest-http-resilience:l4|eastwest-http-authz:l2|eastwest-http-authz:l4|*-chain:l4) continue ;; esac
+            [ "${#rotating[@]}" -gt 1 ] && [ "$workload" = l1 ] && [[ " ${rotating[*]} " == *" $target "* ]] && continue
             for r in $(seq 1 "$repeats"); do run_cell "$target" "$workload" "$r"; done
         done
         stop_target "$target"

@@ -265,6 +265,8 @@ package struct JWTAuthenticator: Sendable {
         package var keys: JWKSet
         /// A jwksUri fetched over the network: its keys as last fetched replace `keys`.
         package var remote: RemoteJWKS?
+        /// `audiences` without scheme or trailing `/`, as Envoy compares them; nil: any.
+        var allowedAudiences: Set<String>?
 
         var currentKeys: JWKSet { remote?.current ?? keys }
         /// Which keys a cached verification was made with.
@@ -285,8 +287,17 @@ package struct JWTAuthenticator: Sendable {
         self.verified = verified
         providers = policies.flatMap { $0.jwtRules ?? [] }.sorted { $0.issuer < $1.issuer }.map { rule in
             Provider(rule: rule, keys: rule.jwks.flatMap { try? JWKSet.parse(Data($0.utf8)).get() } ?? JWKSet(keys: []),
-                     remote: rule.jwksUri.flatMap { remote[$0] })
+                     remote: rule.jwksUri.flatMap { remote[$0] },
+                     allowedAudiences: rule.audiences.flatMap { $0.isEmpty ? nil : Set($0.map(Self.plainAudience)) })
         }
+    }
+
+    /// An audience without `https://`/`http://` and a trailing `/`.
+    static func plainAudience(_ audience: String) -> String {
+        var value = Substring(audience)
+        for scheme in ["https://", "http://"] where value.hasPrefix(scheme) { value = value.dropFirst(scheme.count) }
+        if value.hasSuffix("/") { value = value.dropLast() }
+        return String(value)
     }
 
     package var isEmpty: Bool { providers.isEmpty }
@@ -312,9 +323,11 @@ package struct JWTAuthenticator: Sendable {
     /// The token the rules look for: their `fromHeaders` (with prefix), `fromParams`, `fromCookies`,
     /// else Envoy's default `Authorization: Bearer` and `access_token`.
     func token(in headers: HTTPHeaders, path: String) -> (token: String, header: String?)? {
-        let query = path.split(separator: "?", maxSplits: 1).dropFirst().first.map { $0.split(separator: "&") } ?? []
+        // The query is split only when a rule looks there and the path has one.
+        let query = path.utf8.firstIndex(of: UInt8(ascii: "?")).map { path[path.index(after: $0)...] }
         func param(_ name: String) -> String? {
-            query.lazy.compactMap { item -> String? in
+            guard let query else { return nil }
+            return query.split(separator: "&").lazy.compactMap { item -> String? in
                 let pair = item.split(separator: "=", maxSplits: 1)
                 return pair.count == 2 && pair[0] == name ? String(pair[1]).removingPercentEncoding : nil
             }.first
@@ -352,15 +365,8 @@ package struct JWTAuthenticator: Sendable {
         let skew = 60.0, seconds = now.timeIntervalSince1970
         if case .number(let nbf)? = jwt.claims["nbf"], seconds + skew < nbf { return .rejected(status: 401, message: "Jwt not yet valid") }
         if case .number(let exp)? = jwt.claims["exp"], seconds > exp + skew { return .rejected(status: 401, message: "Jwt is expired") }
-        if let audiences = provider.rule.audiences, !audiences.isEmpty {
-            func plain(_ audience: String) -> String {
-                var value = audience
-                for scheme in ["https://", "http://"] where value.hasPrefix(scheme) { value.removeFirst(scheme.count) }
-                if value.hasSuffix("/") { value.removeLast() }
-                return value
-            }
-            let allowed = Set(audiences.map(plain))
-            guard (jwt.claims["aud"]?.strings ?? []).contains(where: { allowed.contains(plain($0)) }) else {
+        if let allowed = provider.allowedAudiences {
+            guard (jwt.claims["aud"]?.strings ?? []).contains(where: { allowed.contains($0) || allowed.contains(Self.plainAudience($0)) }) else {
                 return .rejected(status: 403, message: "Audiences in Jwt are not allowed")
             }
         }

@@ -122,4 +122,32 @@ struct AuthorizationEngineTests {
         let shadow = decide([dry], request())
         #expect(shadow.allowed && shadow.shadow == ["ns[default]-policy[would-deny]: denied"])
     }
+
+    @Test("Compiled patterns: host suffix ignoring case, serviceAccounts with and without a namespace, IPv6 blocks, a template's empty segment, a SPIFFE ID with an empty account, an unknown when key")
+    func compiledPatterns() {
+        func allows(_ rule: Policy.Rule, _ request: AuthorizationRequest) -> Bool {
+            decide([Policy(action: .allow, rules: [rule])], request).allowed
+        }
+        #expect(allows(.init(to: [.init(hosts: ["*.Svc.Cluster.Local"])]), request(host: "REVIEWS.default.svc.cluster.local")))
+        #expect(!allows(.init(to: [.init(hosts: ["*.svc.cluster.local"])]), request(host: "cluster.local")))
+        #expect(allows(.init(to: [.init(hosts: ["reviews*"])]), request(host: "Reviews.Default.svc")))
+        var account = Policy.Source()
+        account.serviceAccounts = ["client"]
+        #expect(allows(.init(from: [account]), request()), "an account without a namespace is the policy's namespace")
+        account.serviceAccounts = ["other/client"]
+        #expect(!allows(.init(from: [account]), request()))
+        account.serviceAccounts = ["default/client"]
+        #expect(allows(.init(from: [account]), request()))
+        #expect(allows(.init(from: [.init(ipBlocks: ["fd00::/8"])]), request(ip: "fd12::1")))
+        #expect(!allows(.init(from: [.init(ipBlocks: ["fd00::/8", "not-an-address"])]), request(ip: "fe80::1")))
+        #expect(!allows(.init(from: [.init(ipBlocks: ["10.0.0.0/8"])]), request(ip: "fd12::1")))
+        #expect(!allows(.init(to: [.init(paths: ["/a/{*}/c"])]), request(path: "/a//c")), "{*} needs a non-empty segment")
+        #expect(allows(.init(to: [.init(paths: ["/a/{*}/c"])]), request(path: "/a/b/c")))
+        #expect(allows(.init(to: [.init(paths: ["/a/{**}"])]), request(path: "/a")))
+        #expect(!allows(.init(to: [.init(paths: ["/a/{*}"])]), request(path: "/a")))
+        #expect(allows(.init(from: [.init(namespaces: ["default"])]), request("spiffe://td/ns/default/sa/")))
+        #expect(!allows(.init(from: [.init(namespaces: ["default"])]), request("spiffe://td/ns/default/sa")))
+        #expect(!allows(.init(when: [.init(key: "experimental.envoy.filters.network.rbac[k]", values: ["v"])]), request()))
+        #expect(allows(.init(when: [.init(key: "experimental.envoy.filters.network.rbac[k]", notValues: ["v"])]), request()))
+    }
 }
