@@ -85,6 +85,8 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
     /// The route's RequestAuthentication rules (nil: none), and what a verified token adds.
     private var authenticator: JWTAuthenticator?
     private var requestPrincipal: RequestPrincipal?
+    /// The token this connection's last request carried, verified (most clients send one token).
+    private var lastToken: JWTAuthenticator.LastToken?
     private var tokenHeaders: [(name: String, value: String)] = []
     private var tokenHeaderRemoved: String?
     /// The verified JWT's payload, from the entry gateway to the peer gateway (trusted from
@@ -456,7 +458,7 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
     /// Envoy's jwt_authn with Istio's requirement: no token passes, a token must verify.
     /// False: refused (401, or 403 for audiences).
     private func authenticated(_ head: HTTPRequestHead, authenticator: JWTAuthenticator, context: ChannelHandlerContext) -> Bool {
-        switch authenticator.authenticate(head.headers, path: head.uri) {
+        switch authenticator.authenticate(head.headers, path: head.uri, last: &lastToken) {
         case .noToken:
             return true
         case .verified(let principal, let headers, let removing):

@@ -33,10 +33,17 @@ package struct AuthorizationRule: Sendable, Equatable {
     func holds(for request: AuthorizationRequest, action: AuthorizationPolicy.Action, atGateway: Bool) -> Bool {
         if request.http == nil, action == .allow, usesHTTPOnly { return false }
         let port = atGateway ? request.listenerPort : request.servicePort
-        if let sources, !sources.contains(where: { $0?.matches(request) ?? true }) { return false }
-        if let operations, !operations.contains(where: { $0?.matches(request, port: port) ?? true }) { return false }
-        for condition in conditions where !condition.matches(request, port: port) { return false }
+        // By index: the entries are matched where they are, not copied out (retaining every
+        // pattern list in them) once per rule per request.
+        if let sources, !Self.any(sources, { $0?.matches(request) ?? true }) { return false }
+        if let operations, !Self.any(operations, { $0?.matches(request, port: port) ?? true }) { return false }
+        for index in conditions.indices where !conditions[index].matches(request, port: port) { return false }
         return true
+    }
+
+    fileprivate static func any<Element>(_ elements: [Element], _ holds: (borrowing Element) -> Bool) -> Bool {
+        for index in elements.indices where holds(elements[index]) { return true }
+        return false
     }
 
     /// A field's `values` (any holds) and `notValues` (none holds); absent: no condition.
@@ -53,9 +60,9 @@ package struct AuthorizationRule: Sendable, Equatable {
 
         var isEmpty: Bool { values == nil && notValues == nil }
 
-        func check(_ holds: (Pattern) -> Bool) -> Bool {
-            if let values, !values.contains(where: holds) { return false }
-            if let notValues, notValues.contains(where: holds) { return false }
+        func check(_ holds: (borrowing Pattern) -> Bool) -> Bool {
+            if let values, !AuthorizationRule.any(values, holds) { return false }
+            if let notValues, AuthorizationRule.any(notValues, holds) { return false }
             return true
         }
     }
@@ -246,12 +253,12 @@ struct StringPattern: Sendable, Equatable {
     }
 
     func matches(_ value: some StringProtocol) -> Bool {
-        let bytes = value.utf8, text = self.text.utf8
+        let count = value.utf8.count, length = text.utf8.count
         switch kind {
-        case .any: return !bytes.isEmpty
-        case .prefix: return bytes.starts(with: text)
-        case .suffix: return bytes.count >= text.count && bytes.suffix(text.count).elementsEqual(text)
-        case .exact: return bytes.count == text.count && bytes.elementsEqual(text)
+        case .any: return count > 0
+        case .prefix: return count >= length && UTF8Bytes.equal(value, at: 0, text)
+        case .suffix: return count >= length && UTF8Bytes.equal(value, at: count - length, text)
+        case .exact: return count == length && UTF8Bytes.equal(value, at: 0, text)
         case .never: return false
         }
     }
@@ -377,5 +384,20 @@ struct IPBlock: Sendable, Equatable {
         var storage = in_addr()
         guard inet_pton(AF_INET, text, &storage) == 1 else { return body(nil) }
         return withUnsafeBytes(of: storage) { body($0) }
+    }
+}
+
+/// Byte comparisons of strings through `memcmp` when both are contiguous UTF-8 (native strings
+/// and their slices always are): the generic collection comparison costs a call per byte.
+enum UTF8Bytes {
+    /// Whether `value`'s bytes from `offset` start with `text`'s (the caller checked the lengths).
+    static func equal(_ value: some StringProtocol, at offset: Int, _ text: some StringProtocol) -> Bool {
+        let fast = value.utf8.withContiguousStorageIfAvailable { bytes in
+            text.utf8.withContiguousStorageIfAvailable { other in
+                offset + other.count <= bytes.count && (other.isEmpty || memcmp(bytes.baseAddress! + offset, other.baseAddress!, other.count) == 0)
+            }
+        }
+        if let fast, let result = fast { return result }
+        return value.utf8.dropFirst(offset).starts(with: text.utf8)
     }
 }

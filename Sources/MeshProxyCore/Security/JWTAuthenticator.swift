@@ -322,7 +322,7 @@ package struct JWTAuthenticator: Sendable {
 
     /// The token the rules look for: their `fromHeaders` (with prefix), `fromParams`, `fromCookies`,
     /// else Envoy's default `Authorization: Bearer` and `access_token`.
-    func token(in headers: HTTPHeaders, path: String) -> (token: String, header: String?)? {
+    func token(in headers: HTTPHeaders, path: String) -> (token: Substring, header: String?)? {
         // The query is split only when a rule looks there and the path has one.
         let query = path.utf8.firstIndex(of: UInt8(ascii: "?")).map { path[path.index(after: $0)...] }
         func param(_ name: String) -> String? {
@@ -338,25 +338,42 @@ package struct JWTAuthenticator: Sendable {
             for header in rule.fromHeaders ?? (explicit ? [] : [.init(name: "authorization", prefix: "Bearer ")]) {
                 guard let value = headers.first(name: header.name) else { continue }
                 let prefix = header.prefix ?? ""
-                if value.hasPrefix(prefix) { return (String(value.dropFirst(prefix.count).trimmingASCIISpaces()), header.name) }
+                if value.hasPrefix(prefix) { return (value.dropFirst(prefix.count).trimmingASCIISpaces(), header.name) }
             }
             for name in rule.fromParams ?? (explicit ? [] : ["access_token"]) {
-                if let value = param(name) { return (value, nil) }
+                if let value = param(name) { return (Substring(value), nil) }
             }
             for name in rule.fromCookies ?? [] {
                 for cookie in headers["cookie"].flatMap({ $0.split(separator: ";") }) {
                     let pair = cookie.trimmingASCIISpaces().split(separator: "=", maxSplits: 1)
-                    if pair.count == 2, pair[0] == name { return (String(pair[1]), nil) }
+                    if pair.count == 2, pair[0] == name { return (pair[1], nil) }
                 }
             }
         }
         return nil
     }
 
+    /// The token a connection's previous request carried, once verified: a keep-alive client
+    /// sends the same one again, and comparing its bytes costs less than copying and hashing it
+    /// for `VerifiedTokens`.
+    package struct LastToken: Sendable {
+        var raw: String
+        var jwt: JWT
+        var source: VerifiedTokens.KeySource
+    }
+
     package func authenticate(_ headers: HTTPHeaders, path: String, now: Date = Date()) -> Outcome {
-        guard let (raw, header) = token(in: headers, path: path) else { return .noToken }
+        var last: LastToken?
+        return authenticate(headers, path: path, now: now, last: &last)
+    }
+
+    /// `last`: the connection's previous verified token, replaced by this one when it verifies.
+    package func authenticate(_ headers: HTTPHeaders, path: String, now: Date = Date(), last: inout LastToken?) -> Outcome {
+        guard let (found, header) = token(in: headers, path: path) else { return .noToken }
         // A token verified before is not parsed or verified again; every other check is made.
-        let cached = verified?.lookup(raw)
+        let remembered = last.flatMap { $0.raw.utf8.count == found.utf8.count && UTF8Bytes.equal(found, at: 0, $0.raw) ? $0 : nil }
+        let raw = remembered?.raw ?? String(found)
+        let cached = remembered.map { (jwt: $0.jwt, source: $0.source) } ?? verified?.lookup(raw)
         guard let jwt = cached?.jwt ?? JWT(raw) else { return .rejected(status: 401, message: "Jwt is not in the form of Header.Payload.Signature with two dots and 3 sections") }
         guard JWT.algorithms.contains(jwt.alg) else { return .rejected(status: 401, message: "Jwt header [alg] is not supported") }
         guard case .string(let issuer)? = jwt.claims["iss"], let provider = providers.first(where: { $0.rule.issuer == issuer }) else {
@@ -379,6 +396,9 @@ package struct JWTAuthenticator: Sendable {
             guard !candidates.isEmpty else { return .rejected(status: 401, message: "Jwks doesn't have key to match kid or alg from Jwt") }
             guard candidates.contains(where: jwt.isSigned) else { return .rejected(status: 401, message: "Jwt verification fails") }
             verified?.store(raw, jwt: jwt, source: source)
+            last = LastToken(raw: raw, jwt: jwt, source: source)
+        } else if remembered == nil, let cached {
+            last = LastToken(raw: raw, jwt: cached.jwt, source: cached.source)
         }
 
         let subject: String

@@ -136,6 +136,28 @@ struct JWTAuthenticatorTests {
         #expect(cache.count <= 2)
     }
 
+    @Test("A connection's last token: the same bytes again are taken as verified, yet the clock is checked; another token (tampered) is verified on its own; keys replaced since check it again")
+    func lastToken() throws {
+        let remote = RemoteJWKS(uri: "https://issuer.example/jwks.json")
+        remote.update(try JWKSet.parse(Data(Self.jwks.utf8)).get())
+        var rule = RequestAuthentication.JWTRule(issuer: Self.issuer)
+        rule.jwksUri = remote.uri
+        let auth = JWTAuthenticator([RequestAuthentication(jwtRules: [rule])], remote: [remote.uri: remote])
+        let token = Self.token(claims: Self.claims(exp: 100))
+        func headers(_ token: String) -> HTTPHeaders { HTTPHeaders([("authorization", "Bearer \(token)")]) }
+        var last: JWTAuthenticator.LastToken?
+        guard case .verified = auth.authenticate(headers(token), path: "/", last: &last) else { Issue.record("not verified"); return }
+        #expect(last != nil)
+        guard case .verified = auth.authenticate(headers(token), path: "/", last: &last) else { Issue.record("not verified again"); return }
+        #expect(auth.authenticate(headers(token), path: "/", now: Date().addingTimeInterval(300), last: &last) == .rejected(status: 401, message: "Jwt is expired"))
+        var tampered = Array(token)
+        tampered[tampered.count - 3] = tampered[tampered.count - 3] == "A" ? "B" : "A"
+        #expect(auth.authenticate(headers(String(tampered)), path: "/", last: &last) == .rejected(status: 401, message: "Jwt verification fails"))
+        guard case .verified = auth.authenticate(headers(token), path: "/", last: &last) else { Issue.record("the good token after a bad one"); return }
+        remote.update(JWKSet(keys: []))
+        #expect(auth.authenticate(headers(token), path: "/", last: &last) == .rejected(status: 401, message: "Jwks doesn't have key to match kid or alg from Jwt"))
+    }
+
     @Test("fromHeaders with a prefix, fromParams; outputPayloadToHeader and outputClaimToHeaders (nested claims); AuthorizationPolicy requestPrincipals and request.auth.claims")
     func locationsOutputsAndPolicy() throws {
         let custom = authenticator { rule in
