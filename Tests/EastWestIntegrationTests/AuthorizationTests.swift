@@ -153,7 +153,9 @@ struct AuthorizationTests {
             spec:
               action: ALLOW
               rules:
-              - from: [{source: {principals: [cluster.local/ns/default/sa/client]}}]
+              # remote.ip: the client's own address (curl's, 127.0.0.1), which east carries in
+              # its preamble; east dials west from 127.0.131.1.
+              - from: [{source: {principals: [cluster.local/ns/default/sa/client], remoteIpBlocks: [127.0.0.1/32]}}]
             """.write(toFile: policy, atomically: true, encoding: .utf8)
         west.policies = [policy]
         let westProcess = try await mesh.startGateway(west)

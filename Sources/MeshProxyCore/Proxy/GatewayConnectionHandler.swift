@@ -79,7 +79,7 @@ package final class GatewayConnectionHandler: ChannelDuplexHandler, RemovableCha
             run(machine.handshakeCompleted(), context: context)
         case let read as OriginalClientPreamble.Read:
             // Believed from a peer gateway only; anyone else is judged by their own certificate.
-            if fromPeerGateway { record.vouched(for: read.principal) }
+            if fromPeerGateway { record.vouched(for: read.principal, address: read.address) }
             run(machine.handshakeCompleted(), context: context)
         case ChannelEvent.inputClosed:
             if machine.inputClosed() == .forward { context.fireUserInboundEventTriggered(event) }
@@ -210,7 +210,7 @@ package final class GatewayConnectionHandler: ChannelDuplexHandler, RemovableCha
             let policies = routes.authorizationPolicies(for: route.service, endpoints: clusters.current.inputs.endpoints)
             if !policies.isEmpty {
                 let request = AuthorizationRequest(principal: record.sourcePrincipal, sourceIP: record.downstreamRemoteAddress,
-                                                   destinationIP: record.downstreamLocalAddress,
+                                                   remoteIP: record.originalClientAddress, destinationIP: record.downstreamLocalAddress,
                                                    listenerPort: dataPlane.config.listen.port, servicePort: route.service.port, serverName: record.serverName)
                 let decision = AuthorizationEngine.decide(request, policies: policies)
                 if !decision.allowed {
@@ -247,7 +247,8 @@ package final class GatewayConnectionHandler: ChannelDuplexHandler, RemovableCha
                 case .success(let upstream):
                     if upstream.applicationProtocol == ClientHelloALPN.peerMarker {
                         // The peer reads who the client is before the client's first byte.
-                        upstream.channel.writeAndFlush(OriginalClientPreamble.encode(handler.record.sourcePrincipal), promise: nil)
+                        upstream.channel.writeAndFlush(OriginalClientPreamble.encode(handler.record.sourcePrincipal,
+                                                                                     address: handler.record.downstreamRemoteAddress), promise: nil)
                     }
                     handler.connected(upstream.channel, context: context)
                 case .failure(let error): handler.failed(target: target, error: error, context: context)

@@ -29,12 +29,16 @@ package final class ConnectionRecord {
 
     /// The client a peer gateway vouched for (its original-client preamble): the principal
     /// policies, metrics and the log see from here on; `sourceIdentity` stays the gateway's.
-    package func vouched(for client: String?) {
+    package func vouched(for client: String?, address: String? = nil) {
         sourcePrincipal = client
         sourceNamespace = client.flatMap { try? SpiffeID(parsing: $0) }?.namespace
+        originalClientAddress = address
         vouchedByPeerGateway = true
     }
     package private(set) var vouchedByPeerGateway = false
+    /// The client's address a peer gateway vouched for (AuthorizationPolicy's `remote.ip` and
+    /// `remoteIpBlocks`); nil: the connection's own peer is the client.
+    package private(set) var originalClientAddress: String?
     /// The namespace of an Istio identity (`sourceNamespace` matches).
     package private(set) var sourceNamespace: String?
     package var route: Route?

@@ -10,6 +10,11 @@ struct OriginalClientPreambleTests {
         let line = OriginalClientPreamble.encode("spiffe://cluster.local/ns/default/sa/client")
         #expect(OriginalClientPreamble.parse(line.readableBytesView) == .line(principal: "spiffe://cluster.local/ns/default/sa/client", length: line.readableBytes))
         #expect(OriginalClientPreamble.parse(OriginalClientPreamble.encode(nil).readableBytesView) == .line(principal: nil, length: 13))
+        let withAddress = OriginalClientPreamble.encode("spiffe://td/ns/a/sa/b", address: "fd00::7")
+        #expect(OriginalClientPreamble.parse(withAddress.readableBytesView) == .line(principal: "spiffe://td/ns/a/sa/b", address: "fd00::7", length: withAddress.readableBytes))
+        #expect(OriginalClientPreamble.parse(OriginalClientPreamble.encode(nil, address: "10.0.0.1").readableBytesView) == .line(principal: nil, address: "10.0.0.1", length: 22))
+        if case .invalid = OriginalClientPreamble.parse(ByteBuffer(string: "EASTWEST/1 - not-an-ip\n").readableBytesView) {} else { Issue.record("a bad address taken") }
+        if case .invalid = OriginalClientPreamble.parse(ByteBuffer(string: "EASTWEST/1 - 10.0.0.1 extra\n").readableBytesView) {} else { Issue.record("a third field taken") }
         #expect(OriginalClientPreamble.parse(ByteBuffer(string: "EASTW").readableBytesView) == .incomplete)
         #expect(OriginalClientPreamble.parse(ByteBuffer(string: "EASTWEST/1 spiffe://x").readableBytesView) == .incomplete)
         if case .invalid = OriginalClientPreamble.parse(ByteBuffer(string: "GET / HTTP/1.1\r\n").readableBytesView) {} else { Issue.record("HTTP taken for a preamble") }
