@@ -117,6 +117,57 @@ struct HTTPRoutingTests {
         return counts
     }
 
+    @Test("Telemetry tagOverrides: the design document's Telemetry adds organization_id and user_id from request headers to istio_requests_total only; a mesh-wide CLIENT override removes request_protocol from every metric east reports")
+    func telemetryTagOverrides() async throws {
+        let telemetry = """
+            apiVersion: networking.istio.io/v1
+            kind: VirtualService
+            metadata: {name: reviews}
+            spec:
+              hosts: [reviews]
+              http:
+              - route:
+                - destination: {host: reviews, subset: v1}
+            ---
+            apiVersion: telemetry.istio.io/v1
+            kind: Telemetry
+            metadata:
+              name: mcp-custom-metrics
+            spec:
+              metrics:
+              - overrides:
+                - match:
+                    metric: requests_total
+                  tagOverrides:
+                    organization_id:
+                      value: "%{REQUEST_HEADERS['x-organization-id']}"
+                    user_id:
+                      value: "%{REQUEST_HEADERS['x-user-id']}"
+            ---
+            apiVersion: telemetry.istio.io/v1
+            kind: Telemetry
+            metadata: {name: mesh-default, namespace: istio-system}
+            spec:
+              metrics:
+              - providers: [{name: prometheus}]
+                overrides:
+                - match: {metric: ALL_METRICS, mode: CLIENT}
+                  tagOverrides:
+                    request_protocol: {operation: REMOVE}
+            """
+        let mesh = try await Self.start("http-telemetry", block: 133, virtualService: telemetry)
+        defer { mesh.mesh.processes.stopAll() }
+        let counts = try await Self.versions(mesh, count: 3, headers: ["x-organization-id: acme", "x-user-id: u-7"])
+        #expect(counts == ["v1": 3], "\(counts)")
+        let metrics = try await mesh.mesh.admin(mesh.east, "/stats/prometheus")
+        let requests = metrics.split(separator: "\n").filter { $0.hasPrefix("istio_requests_total{") && $0.contains("destination_service=\"\(Self.reviews)\"") }
+        #expect(requests.count == 1 && requests.allSatisfy { $0.contains("organization_id=\"acme\"") && $0.contains("user_id=\"u-7\"") && $0.hasSuffix(" 3") },
+                "\(requests)")
+        #expect(requests.allSatisfy { !$0.contains("request_protocol=") }, "\(requests)")
+        let durations = metrics.split(separator: "\n").filter { $0.hasPrefix("istio_request_duration_milliseconds_count{") && $0.contains(Self.reviews) }
+        #expect(!durations.isEmpty && durations.allSatisfy { !$0.contains("organization_id") && !$0.contains("request_protocol=") }, "REQUEST_COUNT only: \(durations)")
+    }
+
     @Test("virtual-service-reviews-90-10: 1000 requests split 90/10 between v1 (east) and v2 (west), counted by istio_requests_total")
     func ninetyTen() async throws {
         let mesh = try await Self.start("http-90-10", block: 81, virtualService: Self.bookinfo("virtual-service-reviews-90-10"))

@@ -21,6 +21,7 @@ package enum IstioPolicyLoader {
         package var peerAuthentications: [PeerAuthentication] = []
         package var envoyFilters: [EnvoyFilter] = []
         package var requestAuthentications: [RequestAuthentication] = []
+        package var telemetries: [Telemetry] = []
         package var warnings: [ConfigError] = []
         /// One line per document of a kind EastWest does not read.
         package var skipped: [String] = []
@@ -42,6 +43,7 @@ package enum IstioPolicyLoader {
             peerAuthentications += other.peerAuthentications
             envoyFilters += other.envoyFilters
             requestAuthentications += other.requestAuthentications
+            telemetries += other.telemetries
             warnings += other.warnings
             skipped += other.skipped
         }
@@ -125,6 +127,7 @@ package enum IstioPolicyLoader {
         "PeerAuthentication": KindReader(apiVersions: securityAPIVersions, read: readPeerAuthentication),
         "EnvoyFilter": KindReader(apiVersions: envoyFilterAPIVersions, read: readEnvoyFilter),
         "RequestAuthentication": KindReader(apiVersions: securityAPIVersions, read: readRequestAuthentication),
+        "Telemetry": KindReader(apiVersions: telemetryAPIVersions, read: readTelemetry),
     ]
 
     private static func readDestinationRule(_ spec: Node, _ map: SourceMap, _ loaded: inout Loaded) -> [ConfigError] {

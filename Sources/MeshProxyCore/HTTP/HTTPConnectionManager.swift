@@ -71,6 +71,8 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
         var authenticator: JWTAuthenticator?
         /// The workloads' inbound rate limits, for requests this gateway delivers itself.
         var inboundLimits: [LocalRateLimits.Applied]
+        /// Telemetry tag overrides on this route's metrics.
+        var metricTags: [MetricTagOverrides.Tag]
 
         init(_ route: Route, action: RouteAction, routes: RouteConfiguration, clusters: ClusterManager) {
             let endpoints = clusters.current.inputs.endpoints
@@ -80,6 +82,7 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
             policies = routes.authorizationPolicies(for: route.service, endpoints: endpoints)
             authenticator = routes.requestAuthenticator(for: route.service, endpoints: endpoints)
             inboundLimits = routes.inboundRateLimits(for: route.service, endpoints: endpoints)
+            metricTags = routes.metricTags(for: route.service, endpoints: endpoints)
         }
     }
     /// The route's RequestAuthentication rules (nil: none), and what a verified token adds.
@@ -370,6 +373,7 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
                 ?? RouteState(forward.route, action: routes.action(for: forward.route, origin: origin), routes: routes, clusters: clusters)
             lastAction = decided
             let action = decided.action
+            if !decided.metricTags.isEmpty { record.metricTags = MetricTagOverrides.evaluate(decided.metricTags, head, reporter: record.reporter) }
             breakers = decided.breakers
             policies = decided.policies
             authenticator = decided.authenticator

@@ -26,11 +26,15 @@ package enum HTTPMetrics {
         let requestBytes: Recorder
         let responseBytes: Recorder
 
-        init(_ dimensions: [(String, String)]) {
-            requests = Counter(label: HTTPMetrics.requests, dimensions: dimensions)
-            duration = Recorder(label: HTTPMetrics.duration, dimensions: dimensions, aggregate: true)
-            requestBytes = Recorder(label: HTTPMetrics.requestBytes, dimensions: dimensions, aggregate: true)
-            responseBytes = Recorder(label: HTTPMetrics.responseBytes, dimensions: dimensions, aggregate: true)
+        /// `tags`: Telemetry overrides, each for the metrics it names.
+        init(_ dimensions: [(String, String)], tags: [MetricTagOverrides.Applied] = []) {
+            func labels(_ metric: MetricTagOverrides.Metrics) -> [(String, String)] {
+                tags.isEmpty ? dimensions : MetricTagOverrides.dimensions(dimensions, for: metric, tags)
+            }
+            requests = Counter(label: HTTPMetrics.requests, dimensions: labels(.requests))
+            duration = Recorder(label: HTTPMetrics.duration, dimensions: labels(.duration), aggregate: true)
+            requestBytes = Recorder(label: HTTPMetrics.requestBytes, dimensions: labels(.requestBytes), aggregate: true)
+            responseBytes = Recorder(label: HTTPMetrics.responseBytes, dimensions: labels(.responseBytes), aggregate: true)
         }
     }
 
@@ -45,6 +49,7 @@ package enum HTTPMetrics {
         var responseCode: Int
         var flags: Set<ResponseFlag>
         var grpcStatus: String?
+        var tags: [MetricTagOverrides.Applied]
     }
 
     private static let handles = Mutex<[Key: Handles]>([:])
@@ -52,10 +57,10 @@ package enum HTTPMetrics {
     static func handles(for record: HTTPRequestRecord) -> Handles {
         let key = Key(reporter: record.reporter, sourcePrincipal: record.sourcePrincipal, service: record.route?.service.host,
                       cluster: record.upstreamCluster, grpc: record.route?.protocol == .grpc, responseCode: record.responseCode,
-                      flags: record.flags, grpcStatus: record.grpcStatus)
+                      flags: record.flags, grpcStatus: record.grpcStatus, tags: record.metricTags)
         return handles.withLock { cache in
             if let known = cache[key] { return known }
-            let made = Handles(record.dimensions)
+            let made = Handles(record.dimensions, tags: record.metricTags)
             cache[key] = made
             return made
         }
@@ -86,6 +91,8 @@ package struct HTTPRequestRecord: Sendable {
     package var bytesSent = 0
     package var upstreamServiceTime: Int?
     package var grpcStatus: String?
+    /// Telemetry tag overrides, as this request evaluated them.
+    package var metricTags: [MetricTagOverrides.Applied] = []
     /// The route answered itself (redirect, direct response): Envoy's `direct_response`.
     package var directResponse = false
     package var serverName = "-"

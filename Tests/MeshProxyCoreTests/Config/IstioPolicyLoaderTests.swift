@@ -46,7 +46,7 @@ struct IstioPolicyLoaderTests {
         #expect(loaded.skipped.isEmpty, "\(loaded.skipped)")
         #expect(loaded.peerAuthentications.map(\.name) == ["mcp-mtls"])
         #expect(IstioPolicyLoader.kinds.keys.sorted() == ["AuthorizationPolicy", "DestinationRule", "EnvoyFilter", "Gateway", "PeerAuthentication",
-                                                          "RequestAuthentication", "ServiceEntry", "VirtualService", "WorkloadEntry"])
+                                                          "RequestAuthentication", "ServiceEntry", "Telemetry", "VirtualService", "WorkloadEntry"])
         let warnings = loaded.warnings.map(\.description)
         #expect(warnings.contains("dr.yaml:22:5: warning: spec.trafficPolicy.tls: valid Istio field, not carried out by EastWest yet; ignored"))
         #expect(warnings.contains { $0.hasPrefix("dr.yaml:19:5: warning: spec.trafficPolicy.circuitBreaker: not an Istio field; read as 'outlierDetection'") })
