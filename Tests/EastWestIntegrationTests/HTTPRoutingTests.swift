@@ -119,13 +119,7 @@ struct HTTPRoutingTests {
 
     @Test("Telemetry tagOverrides: the design document's Telemetry adds organization_id and user_id from request headers to istio_requests_total only; a mesh-wide CLIENT override removes request_protocol from every metric east reports")
     func telemetryTagOverrides() async throws {
-        let telemetry = """
-            apiVersion: networking.istio.io/v1
-            kind: VirtualService
-            metadata: {name: reviews}
-            spec:
-              hosts: [reviews]
-              http:
+        let telemetry = Self.reviewsRoutes + """
               - route:
                 - destination: {host: reviews, subset: v1}
             ---
