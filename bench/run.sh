@@ -336,15 +336,17 @@ run_cell() { # target workload repeat
     fi
     local cpu
     cpu=$(python3 -c "print($(cpu_of) - $before)")
-    python3 - "$work/cell.json" "$target" "$workload" "$repeat" "$cpu" "$rss_base" "$rss_peak" "$idle_conns" >> "$results" <<'EOF'
+    python3 - "$work/cell.json" "$target" "$workload" "$repeat" "$cpu" "$rss_base" "$rss_peak" "$idle_conns" "${rotated:-0}" >> "$results" <<'EOF'
 import json, sys
-path, target, workload, repeat, cpu, base, peak, idle = sys.argv[1:]
+path, target, workload, repeat, cpu, base, peak, idle, rotated = sys.argv[1:]
 try:
     summary = json.load(open(path))
 except Exception:
     summary = {"requestsPerSecond": 0, "bytesPerSecond": 0, "succeeded": 0, "sent": 0, "failed": {"generator": 1}, "latencyMs": {}}
 summary.update(target=target, workload=workload, repeat=int(repeat), cpuSeconds=float(cpu),
                rssBaseKiB=int(base), rssPeakKiB=int(peak), idleConnections=int(idle))
+if rotated == "1":
+    summary["rotated"] = True   # this repeat ran in turn with the other cost rows' (bench/report.py pairs them)
 print(json.dumps(summary))
 EOF
     python3 -c "
@@ -393,7 +395,7 @@ if wants l7; then
     done
     if [ "${#rotating[@]}" -gt 1 ]; then
         for r in $(seq 1 "$repeats"); do
-            for target in "${rotating[@]}"; do start_target "$target"; run_cell "$target" l1 "$r"; stop_target "$target"; done
+            for target in "${rotating[@]}"; do start_target "$target"; rotated=1 run_cell "$target" l1 "$r"; stop_target "$target"; done
         done
     fi
     for target in eastwest-http eastwest-http-vs50 eastwest-http-resilience eastwest-http-authz haproxy-http nginx-http eastwest-http-chain haproxy-http-chain; do

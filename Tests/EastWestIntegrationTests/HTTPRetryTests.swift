@@ -246,6 +246,40 @@ struct HTTPRetryTests {
         #expect(after - before >= 10, "\(before) sockets towards v1 before, \(after) after")
     }
 
+    @Test("connectionPool.http.http1MaxPendingRequests: while one request waits for a connection to a silent endpoint, the next gets 503 UO with x-envoy-overloaded at once, counted; the first ends when the connect times out",
+          .enabled(if: isRoot && FileManager.default.isExecutableFile(atPath: "/usr/sbin/iptables"), "needs root and iptables to make an endpoint silent on loopback"))
+    func pendingOverflow() async throws {
+        let mesh = try await HTTPRoutingTests.start("http-pending", block: 135, virtualService: HTTPRoutingTests.reviewsRoutes + """
+              - route: [{destination: {host: reviews, subset: v1}}]
+                retries: {attempts: 0}
+            """, trafficPolicy: """
+                connectionPool: {tcp: {connectTimeout: 1s}, http: {http1MaxPendingRequests: 1}}
+            """)
+        defer { mesh.mesh.processes.stopAll() }
+        // SYNs to v1 vanish: a connection to it stays pending until the connect timeout.
+        let rule = ["-d", "127.0.135.10", "-p", "tcp", "--dport", "9080", "-j", "DROP"]
+        let added = try await runCommand("/usr/sbin/iptables", ["-I", "OUTPUT"] + rule)
+        try #require(added.status == 0, "iptables: \(added.stderr)")
+        defer { _ = try? runCommandBlocking("/usr/sbin/iptables", ["-D", "OUTPUT"] + rule) }
+        let url = "https://\(HTTPRoutingTests.reviews):15443/reviews/1"
+        let start = ContinuousClock.now
+        let parallel = try await mesh.mesh.curl(mesh.east, host: HTTPRoutingTests.reviews, path: "/reviews/1",
+                                                extra: ["--http2", "--parallel", "--parallel-immediate", "-D", "-", "-o", "/dev/null", url, "-D", "-", "-o", "/dev/null"])
+        let elapsed = ContinuousClock.now - start
+        let headers = parallel.stdout.lowercased()
+        #expect(headers.components(separatedBy: "x-envoy-overloaded: true").count - 1 == 1, "one request overflowed: \(parallel.stdout) \(parallel.stderr)")
+        #expect(headers.components(separatedBy: "http/2 503").count - 1 == 2, "the other failed to connect: \(parallel.stdout)")
+        #expect(elapsed >= .milliseconds(900) && elapsed < .seconds(4), "the pending one waited for the 1 s connect timeout: \(elapsed)")
+        let gateway = try #require(mesh.mesh.processes.children.first { $0.name == "east-gw" })
+        #expect(await eventually(timeout: .seconds(5)) { gateway.log.contains("\"GET /reviews/1 HTTP/2\" 503 UO") && gateway.log.contains("\"GET /reviews/1 HTTP/2\" 503 UF") },
+                "\(gateway.log.suffix(2000))")
+        let metrics = try await mesh.mesh.admin(mesh.east, "/stats/prometheus")
+        let cluster = "cluster_name=\"outbound|9080|v1|\(HTTPRoutingTests.reviews)\""
+        #expect(metrics.contains("envoy_cluster_upstream_rq_pending_overflow{\(cluster)} 1"), "\(metrics.split(separator: "\n").filter { $0.contains("envoy_cluster") })")
+        #expect(metrics.contains("envoy_cluster_upstream_rq_pending_active{\(cluster)} 0") && metrics.contains("envoy_cluster_circuit_breakers_default_rq_pending_open{\(cluster)} 0"),
+                "nothing pending once both ended: \(metrics.split(separator: "\n").filter { $0.contains("pending") })")
+    }
+
     @Test("mirror: a copy of each request reaches the mirror (in another cluster too) and its answer is dropped; mirrorPercentage holds within binomial bounds; a stopped or dead mirror changes nothing for the client")
     func mirroring() async throws {
         let mesh = try await HTTPRoutingTests.start("http-mirror", block: 115, virtualService: HTTPRoutingTests.reviewsRoutes + """
