@@ -82,6 +82,38 @@ struct HTTPRetryTests {
         #expect(counter(RetryMetrics.limitExceeded) == 1)
     }
 
+    @Test("retries back off as Envoy does (25 ms base): retry N waits a jittered [0, (2^N - 1) x 25 ms), at most 250 ms; the backend's own arrival times of 10 requests x 6 attempts stay inside those bounds, and the later retries wait well above zero on average")
+    func backoffTimes() async throws {
+        let mesh = try await HTTPRoutingTests.start("http-backoff", block: 137, virtualService: HTTPRoutingTests.reviewsRoutes + """
+              - route: [{destination: {host: reviews, subset: v1}}]
+                retries: {attempts: 5, retryOn: 5xx}
+            """)
+        defer { mesh.mesh.processes.stopAll() }
+        let keys = (0..<10).map { "backoff-\($0)" }
+        for key in keys {
+            let answer = try await Self.get(mesh, "/backoff", headers: ["x-demo-key: \(key)", "x-demo-fail: 5"])
+            #expect(answer.code == "200", "\(answer)")
+        }
+        let listing = try await runCommand("/usr/bin/curl", ["-s", "http://127.0.137.10:9080/_demo/requests"])
+        let received = (try? JSONSerialization.jsonObject(with: Data(listing.stdout.utf8))) as? [[String: Any]] ?? []
+        let times = Date.ISO8601FormatStyle(includingFractionalSeconds: true)
+        var laterGaps: [Double] = []
+        for key in keys {
+            let arrivals = received.filter { ($0["headers"] as? [String: String])?["x-demo-key"] == key }
+                .compactMap { ($0["time"] as? String).flatMap { try? times.parse($0) } }.sorted()
+            try #require(arrivals.count == 6, "\(key): \(arrivals.count) attempts arrived")
+            let gaps = zip(arrivals.dropFirst(), arrivals).map { $0.timeIntervalSince($1) * 1000 }
+            // Envoy's spans for retries 1-5, and 150 ms for the attempt itself on a loaded machine.
+            for (n, (gap, bound)) in zip(gaps, [25.0, 75, 175, 250, 250]).enumerated() {
+                #expect(gap < bound + 150, "\(key): retry \(n + 1) came \(gap) ms after the attempt before (bound \(bound) ms)")
+            }
+            laterGaps += gaps.suffix(2)
+        }
+        // Retries 4 and 5 wait min(U[0, 375), 250) ms: 167 ms on average.
+        let mean = laterGaps.reduce(0, +) / Double(laterGaps.count)
+        #expect(mean > 60, "retries 4 and 5 waited \(mean) ms on average: no back-off?")
+    }
+
     @Test("retries: a reset is retried under `reset` (not by Istio's default, 503 UC); a per-try timeout is retried under 5xx and is a 504 UT otherwise; the route timeout bounds every try")
     func resetsAndTimeouts() async throws {
         let mesh = try await HTTPRoutingTests.start("http-retry-reset", block: 107, virtualService: HTTPRoutingTests.reviewsRoutes + """

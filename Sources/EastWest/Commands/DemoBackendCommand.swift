@@ -116,7 +116,8 @@ struct DemoIdentity: Sendable, Encodable {
             }
         }
         answered.add()
-        received.add(Received(time: Date().formatted(.iso8601), method: request.method.rawValue, path: request.uri,
+        // Milliseconds: tests read retry back-off from the gaps between arrivals.
+        received.add(Received(time: Date().formatted(Date.ISO8601FormatStyle(includingFractionalSeconds: true)), method: request.method.rawValue, path: request.uri,
                               authority: request.headers.first(name: "host") ?? "", headers: Self.headers(of: request)))
         if let key = request.headers.first(name: "x-demo-key") {
             let number = keyed.arrived(key)
