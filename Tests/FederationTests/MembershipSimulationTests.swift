@@ -3,7 +3,9 @@ import Testing
 import MeshProxyCore
 
 /// The protocol on a simulated network in virtual time; seeds make every run repeatable.
-@Suite("Membership on a simulated network")
+/// Serialized: each case keeps a core busy for its whole run, and in parallel they starved the
+/// drill tests' gateways (run at the same time in the same `swift test`) into timeouts.
+@Suite("Membership on a simulated network", .serialized)
 struct MembershipSimulationTests {
     @Test("Nodes that join one seed all know each other within 2 s", arguments: [1, 2, 3] as [UInt64])
     func joinConverges(seed: UInt64) {
