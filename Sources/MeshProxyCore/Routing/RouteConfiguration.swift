@@ -61,8 +61,8 @@ package struct RouteConfiguration: Sendable, Equatable {
     package var localRateLimits: LocalRateLimits?
     /// Every RequestAuthentication loaded; which apply is decided per route.
     package var requestAuthentications: [RequestAuthentication] = []
-    /// Telemetry resources: their tag overrides on the HTTP metrics (`metricTags(for:)`).
-    package var telemetries: [Telemetry] = []
+    /// The Telemetry resources' tag overrides on the HTTP metrics, compiled (`metricTags(for:)`).
+    package var metricTagScopes: [MetricTagOverrides.Scoped] = []
     /// Their network jwksUris by URI, filled by the gateway's fetcher.
     package var remoteJWKS: [String: RemoteJWKS] = [:]
     /// Tokens verified at this gateway, for every route (state: not compared).

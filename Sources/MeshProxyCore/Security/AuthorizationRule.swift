@@ -58,8 +58,6 @@ package struct AuthorizationRule: Sendable, Equatable {
             self.notValues = notValues.map { $0.compactMap(compile) }
         }
 
-        var isEmpty: Bool { values == nil && notValues == nil }
-
         func check(_ holds: (borrowing Pattern) -> Bool) -> Bool {
             if let values, !AuthorizationRule.any(values, holds) { return false }
             if let notValues, AuthorizationRule.any(notValues, holds) { return false }
@@ -115,10 +113,10 @@ package struct AuthorizationRule: Sendable, Equatable {
                     guard let issuer = pattern.issuer, let subject = pattern.subject else { return !token.issuer.isEmpty && !token.subject.isEmpty }
                     return issuer.matches(token.issuer) && subject.matches(token.subject)
                 })
-                && (namespaces.isEmpty || namespaces.check { pattern in SpiffeParts(principal).map { pattern.matches($0.namespace) } ?? false })
-                && (serviceAccounts.isEmpty || serviceAccounts.check { account in
+                && namespaces.check { pattern in SpiffeParts(principal).map { pattern.matches($0.namespace) } ?? false }
+                && serviceAccounts.check { account in
                     SpiffeParts(principal).map { $0.namespace.utf8.elementsEqual(account.namespace.utf8) && $0.serviceAccount.utf8.elementsEqual(account.name.utf8) } ?? false
-                })
+                }
                 && ipBlocks.check { $0.contains(request.sourceIP) }
                 && remoteIpBlocks.check { $0.contains(request.remoteIP) }
         }

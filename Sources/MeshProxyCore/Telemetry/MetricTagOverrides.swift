@@ -22,14 +22,15 @@ package enum MetricTagOverrides {
         static func read(_ text: String) -> (Metric, exact: Bool)? {
             if let metric = Metric(rawValue: text) { return (metric, true) }
             let plain = text.hasPrefix("istio_") ? String(text.dropFirst("istio_".count)) : text
-            let byPrometheusName: [String: Metric] = [
-                "requests_total": .requestCount, "request_duration_milliseconds": .requestDuration, "request_bytes": .requestSize,
-                "response_bytes": .responseSize, "tcp_connections_opened_total": .tcpOpened, "tcp_connections_closed_total": .tcpClosed,
-                "tcp_sent_bytes_total": .tcpSent, "tcp_received_bytes_total": .tcpReceived,
-                "request_messages_total": .grpcRequestMessages, "response_messages_total": .grpcResponseMessages,
-            ]
             return byPrometheusName[plain].map { ($0, false) }
         }
+
+        private static let byPrometheusName: [String: Metric] = [
+            "requests_total": .requestCount, "request_duration_milliseconds": .requestDuration, "request_bytes": .requestSize,
+            "response_bytes": .responseSize, "tcp_connections_opened_total": .tcpOpened, "tcp_connections_closed_total": .tcpClosed,
+            "tcp_sent_bytes_total": .tcpSent, "tcp_received_bytes_total": .tcpReceived,
+            "request_messages_total": .grpcRequestMessages, "response_messages_total": .grpcResponseMessages,
+        ]
 
         var metrics: Metrics {
             switch self {
@@ -106,7 +107,7 @@ package enum MetricTagOverrides {
             case .header(let name): head.headers[name].first ?? "unknown"
             case .literal(let text): text
             case .method: head.method.rawValue
-            case .path: String(head.uri.split(separator: "?", maxSplits: 1).first ?? "")
+            case .path: head.uri.utf8.firstIndex(of: UInt8(ascii: "?")).map { String(head.uri[..<$0]) } ?? head.uri
             case .host: head.headers.first(name: "host") ?? "unknown"
             case .unknown: "unknown"
             }
@@ -130,7 +131,28 @@ package enum MetricTagOverrides {
         var value: String?
     }
 
-    /// The overrides of `telemetries`, in order.
+    /// One Telemetry's overrides with what decides where they apply, compiled when the
+    /// configuration loads (a route asks for them once per connection).
+    package struct Scoped: Sendable, Equatable {
+        var namespace: String
+        var selector: [String: String]?
+        var tags: [Tag]
+    }
+
+    /// `telemetries` compiled, the mesh's (root namespace) first, then namespaces', then those
+    /// with a selector, each group in file order: applied in that order, the most specific wins
+    /// a label, as Istio layers them.
+    static func compile(_ telemetries: [Telemetry], rootNamespace: String = "istio-system") -> [Scoped] {
+        func rank(_ telemetry: Telemetry) -> Int {
+            if telemetry.selector?.matchLabels?.isEmpty == false { return 2 }
+            return telemetry.namespace == rootNamespace ? 0 : 1
+        }
+        return telemetries.enumerated().sorted { (rank($0.element), $0.offset) < (rank($1.element), $1.offset) }
+            .map { Scoped(namespace: $0.element.namespace, selector: $0.element.selector?.matchLabels, tags: tags(of: $0.element)) }
+            .filter { !$0.tags.isEmpty }
+    }
+
+    /// The overrides of one Telemetry, in order.
     static func tags(of telemetry: Telemetry) -> [Tag] {
         var tags: [Tag] = []
         for metrics in telemetry.metrics ?? [] where (metrics.providers ?? []).isEmpty || metrics.providers!.contains(where: { $0.name == "prometheus" }) {
@@ -178,21 +200,14 @@ package enum MetricTagOverrides {
 }
 
 extension RouteConfiguration {
-    /// The Telemetry tag overrides for traffic through this gateway to `service`: the mesh's
-    /// (root namespace), then its namespace's, then those selecting it, so the most specific
-    /// wins a name, as Istio layers them.
+    /// The Telemetry tag overrides for traffic through this gateway to `service`, in the
+    /// order they apply (`MetricTagOverrides.compile`).
     package func metricTags(for service: ServiceKey, endpoints: MeshEndpoints) -> [MetricTagOverrides.Tag] {
-        guard !telemetries.isEmpty else { return [] }
+        guard !metricTagScopes.isEmpty else { return [] }
         let (namespace, labels) = Self.workloads(of: service, endpoints: endpoints)
-        let applying = telemetries.filter { telemetry in
-            PolicyScope.match(namespace: telemetry.namespace, selector: telemetry.selector?.matchLabels, gatewayLabels: gatewayLabels,
+        return metricTagScopes.filter { scoped in
+            PolicyScope.match(namespace: scoped.namespace, selector: scoped.selector, gatewayLabels: gatewayLabels,
                               gatewayNamespace: gatewayNamespace, serviceNamespace: namespace, serviceLabels: labels) != nil
-        }
-        func rank(_ telemetry: Telemetry) -> Int {
-            if telemetry.selector?.matchLabels?.isEmpty == false { return 2 }
-            return telemetry.namespace == "istio-system" ? 0 : 1
-        }
-        return applying.enumerated().sorted { (rank($0.element), $0.offset) < (rank($1.element), $1.offset) }
-            .flatMap { MetricTagOverrides.tags(of: $0.element) }
+        }.flatMap(\.tags)
     }
 }
