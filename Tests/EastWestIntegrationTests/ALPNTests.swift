@@ -3,7 +3,7 @@ import MeshProxyCore
 import Testing
 
 /// The gateway chooses its TLS context by SNI and offers the ALPN the route's service speaks.
-@Suite("ALPN on 15443", .serialized, .timeLimit(.minutes(3)))
+@Suite("ALPN on 15443", .serialized, .timeLimit(.minutes(3)), .sharesMachine)
 struct ALPNTests {
     static let hasTools = FileManager.default.isExecutableFile(atPath: "/usr/sbin/nghttpd")
         && ((try? runCommandBlocking("/usr/bin/env", ["python3", "-c", "import h2"]))?.status == 0)

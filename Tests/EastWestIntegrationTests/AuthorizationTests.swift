@@ -6,7 +6,7 @@ import Testing
 /// AuthorizationPolicy at the gateways, against the original client: east's clients reach
 /// reviews v2 in west through both gateways, and west's gateway — the only one with the ALLOW
 /// policy — judges them by the identity east carried in x-forwarded-client-cert.
-@Suite("AuthorizationPolicy at the gateways (processes on loopback)", .serialized)
+@Suite("AuthorizationPolicy at the gateways (processes on loopback)", .serialized, .sharesMachine)
 struct AuthorizationTests {
     static let routes = HTTPRoutingTests.reviewsRoutes + """
           - route: [{destination: {host: reviews, subset: v2}}]

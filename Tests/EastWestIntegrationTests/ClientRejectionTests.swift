@@ -2,7 +2,7 @@ import Foundation
 import MeshProxyCore
 import Testing
 
-@Suite("Who the gateway lets in (mTLS rejection matrix)", .serialized, .timeLimit(.minutes(3)))
+@Suite("Who the gateway lets in (mTLS rejection matrix)", .serialized, .timeLimit(.minutes(3)), .sharesMachine)
 struct ClientRejectionTests {
     @Test("No certificate, another root, expired, a foreign trust domain and TLS 1.1 are refused with a TLS alert and one log line naming the reason; everyone else is still served")
     func rejectionMatrix() async throws {
@@ -47,7 +47,7 @@ struct ClientRejectionTests {
     }
 }
 
-@Suite("Connections that never finish a handshake", .serialized, .timeLimit(.minutes(3)))
+@Suite("Connections that never finish a handshake", .serialized, .timeLimit(.minutes(3)), .sharesMachine)
 struct PreHandshakeTests {
     /// Sockets of the gateway's listen address that hold a file descriptor, as `ss` lists them:
     /// not the listener, and not TIME-WAIT (the kernel's memory of a close the gateway made).

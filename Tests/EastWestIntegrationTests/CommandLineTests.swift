@@ -3,7 +3,7 @@ import Foundation
 import MeshProxyCore
 import Testing
 
-@Suite("The eastwest command: CA, bad input, up", .serialized, .timeLimit(.minutes(3)))
+@Suite("The eastwest command: CA, bad input, up", .serialized, .timeLimit(.minutes(3)), .sharesMachine)
 struct CommandLineTests {
     func eastwest(_ arguments: String...) async throws -> CommandResult {
         try await runCommand(PackagePaths.eastwest, arguments)
@@ -207,7 +207,7 @@ struct SimulateCommandTests {
     }
 }
 
-@Suite("The shipped three-regions topology", .serialized, .timeLimit(.minutes(5)))
+@Suite("The shipped three-regions topology", .serialized, .timeLimit(.minutes(5)), .needsMachineAlone)
 struct ThreeRegionsTopologyTests {
     @Test("eastwest up topologies/three-regions.yaml federates its four gateways; a client in us-east reaches ledger in eu-west")
     func threeRegions() async throws {

@@ -6,7 +6,7 @@ import NIOPosix
 import NIOSSL
 import Testing
 
-@Suite("Data path: bytes, half-close, drain", .serialized, .timeLimit(.minutes(3)))
+@Suite("Data path: bytes, half-close, drain", .serialized, .timeLimit(.minutes(3)), .needsMachineAlone)
 struct DataPathTests {
     @Test("1 MiB up and 1 MiB back arrive intact (sha256) across two gateways, with half-close in both directions")
     func megabyteWithHalfClose() async throws {
@@ -145,7 +145,7 @@ struct DataPathTests {
     }
 }
 
-@Suite("HTTP/2 with prior knowledge through the gateway", .serialized, .timeLimit(.minutes(2)))
+@Suite("HTTP/2 with prior knowledge through the gateway", .serialized, .timeLimit(.minutes(2)), .sharesMachine)
 struct HTTP2PriorKnowledgeTests {
     static let hasTools = FileManager.default.isExecutableFile(atPath: "/usr/sbin/nghttpd")
         && ((try? runCommandBlocking("/usr/bin/env", ["python3", "-c", "import h2"]))?.status == 0)

@@ -5,7 +5,7 @@ import Testing
 /// gRPC through the gateways with Python's grpcio: ALPN h2 to the entry gateway, a VirtualService
 /// choosing the subset by metadata, the pooled HTTP/2 connection to the peer gateway, h2c to the
 /// backends, trailers back, and Envoy's gRPC local replies.
-@Suite("gRPC through the gateways (grpcio on loopback)", .serialized, .timeLimit(.minutes(3)))
+@Suite("gRPC through the gateways (grpcio on loopback)", .serialized, .timeLimit(.minutes(3)), .sharesMachine)
 struct GRPCTests {
     static let hasGRPC = (try? runCommandBlocking("/usr/bin/env", ["python3", "-c", "import grpc"]))?.status == 0
     static let ratings = "ratings.default.svc.cluster.local"

@@ -5,7 +5,7 @@ import Testing
 /// Istio's Gateway resource on 15443: AUTO_PASSTHROUGH hands an Istio workload's own mTLS to the
 /// endpoint (the backend, not the gateway, checks the client), ISTIO_MUTUAL servers terminate as
 /// always, and hosts no server exposes are refused.
-@Suite("Gateway resources on 15443 (openssl and curl on loopback)", .serialized, .timeLimit(.minutes(3)))
+@Suite("Gateway resources on 15443 (openssl and curl on loopback)", .serialized, .timeLimit(.minutes(3)), .sharesMachine)
 struct GatewayResourceTests {
     static let secure = "secure.default.svc.cluster.local"
     static let echo = "echo.default.svc.cluster.local"
@@ -110,7 +110,7 @@ struct GatewayResourceTests {
 
 /// ServiceEntry and WorkloadEntry in `policies:` declare a cluster's services; federation
 /// carries them to the other clusters like any endpoint.
-@Suite("ServiceEntry through federation (processes on loopback)", .serialized, .timeLimit(.minutes(3)))
+@Suite("ServiceEntry through federation (processes on loopback)", .serialized, .timeLimit(.minutes(3)), .sharesMachine)
 struct ServiceEntryFederationTests {
     @Test("One policy file for both clusters: west's endpoints (cluster label west, one inline, one a WorkloadEntry) are west's; east learns them by gossip and curl in east reaches both through west's gateway")
     func serviceEntryAcrossClusters() async throws {
@@ -171,7 +171,7 @@ struct ServiceEntryFederationTests {
 }
 
 /// VirtualService `tcp:` routes on a TCP service: the subset by weight, per connection.
-@Suite("VirtualService tcp routes (curl on loopback)", .serialized, .timeLimit(.minutes(3)))
+@Suite("VirtualService tcp routes (curl on loopback)", .serialized, .timeLimit(.minutes(3)), .sharesMachine)
 struct TCPRouteTests {
     @Test("tcp: a port match sends every connection to v2; a 50/50 split over 100 connections lands on both within a binomial tolerance; a tls: route for the server name comes before the tcp: routes")
     func weightedSubsets() async throws {

@@ -3,7 +3,7 @@ import MeshProxyCore
 import Testing
 
 /// Real gateways on 127.0.x.x:15443, real certificates, real curl and openssl.
-@Suite("Gateway routing (processes on loopback)", .serialized, .timeLimit(.minutes(3)))
+@Suite("Gateway routing (processes on loopback)", .serialized, .timeLimit(.minutes(3)), .sharesMachine)
 struct GatewayRoutingTests {
     @Test("A client in the cluster reaches a local endpoint; metrics and config dump show it")
     func localRoute() async throws {
@@ -128,7 +128,7 @@ struct GatewayRoutingTests {
     }
 }
 
-@Suite("Connect timeout against a black-holed endpoint (iptables)", .serialized, .timeLimit(.minutes(2)))
+@Suite("Connect timeout against a black-holed endpoint (iptables)", .serialized, .timeLimit(.minutes(2)), .sharesMachine)
 struct ConnectTimeoutTests {
     @Test("A silent endpoint costs the connect timeout, then the next endpoint serves",
           .enabled(if: isRoot && FileManager.default.isExecutableFile(atPath: "/usr/sbin/iptables"), "needs root and iptables to drop packets on loopback"))
@@ -155,7 +155,7 @@ struct ConnectTimeoutTests {
     }
 }
 
-@Suite("Peer gateway identity", .serialized, .timeLimit(.minutes(2)))
+@Suite("Peer gateway identity", .serialized, .timeLimit(.minutes(2)), .sharesMachine)
 struct PeerGatewayIdentityTests {
     @Test("A 'gateway' whose certificate is a workload identity is refused as a peer: the client gets no bytes, the log says why")
     func impostorGatewayRefused() async throws {
@@ -179,7 +179,7 @@ struct PeerGatewayIdentityTests {
     }
 }
 
-@Suite("Federation between gateway processes", .serialized, .timeLimit(.minutes(3)))
+@Suite("Federation between gateway processes", .serialized, .timeLimit(.minutes(3)), .needsMachineAlone)
 struct FederationIntegrationTests {
     func members(_ mesh: TestMesh, _ config: GatewayConfig) async -> [String: String] {
         struct Body: Decodable { struct Member: Decodable { var name: String; var state: String }; var members: [Member] }
@@ -373,7 +373,7 @@ struct FederationIntegrationTests {
     }
 }
 
-@Suite("Federation across a partition (iptables)", .serialized, .timeLimit(.minutes(3)))
+@Suite("Federation across a partition (iptables)", .serialized, .timeLimit(.minutes(3)), .needsMachineAlone)
 struct FederationPartitionTests {
     @Test("Cut one cluster's gateway off: both sides mark the other dead and keep serving local traffic; after heal everything converges",
           .enabled(if: isRoot && FileManager.default.isExecutableFile(atPath: "/usr/sbin/iptables"), "needs root and iptables to drop packets between loopback addresses"))
@@ -408,7 +408,7 @@ struct FederationPartitionTests {
     }
 }
 
-@Suite("Admin listener limits", .serialized, .timeLimit(.minutes(2)))
+@Suite("Admin listener limits", .serialized, .timeLimit(.minutes(2)), .sharesMachine)
 struct AdminLimitTests {
     @Test("A request body over 1 MiB gets 413 without being buffered (declared length or chunked); the admin API keeps answering")
     func bodyCap() async throws {

@@ -5,7 +5,7 @@ import Testing
 /// VirtualService `retries` and `fault` carried out by the entry gateway, against demo backends
 /// whose failure modes are driven by request headers (`x-demo-key`, `x-demo-fail`, …), so each
 /// case counts, on the backend itself, how many attempts reached it.
-@Suite("HTTP retries and faults at the entry gateway", .serialized)
+@Suite("HTTP retries and faults at the entry gateway", .serialized, .needsMachineAlone)
 struct HTTPRetryTests {
     typealias Mesh = HTTPRoutingTests.Mesh
 

@@ -4,7 +4,7 @@ import Testing
 
 /// The HTTP path end to end: Istio's Bookinfo routing pasted into `policies:`, requests with curl
 /// through the gateway where they enter the mesh, landing on subsets in both clusters.
-@Suite("HTTP routing with VirtualServices (processes on loopback)", .serialized, .timeLimit(.minutes(4)))
+@Suite("HTTP routing with VirtualServices (processes on loopback)", .serialized, .timeLimit(.minutes(4)), .sharesMachine)
 struct HTTPRoutingTests {
     static let reviews = "reviews.default.svc.cluster.local"
 

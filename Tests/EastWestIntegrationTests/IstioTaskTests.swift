@@ -8,7 +8,7 @@ import Testing
 /// (Tests/Fixtures/istio-tasks), through `eastwest up`: a client in east calls Bookinfo's
 /// services and httpbin in west, with the identities the tasks use, and gets the answers the
 /// task pages print.
-@Suite("Istio's task pages through eastwest up", .serialized, .timeLimit(.minutes(4)))
+@Suite("Istio's task pages through eastwest up", .serialized, .timeLimit(.minutes(4)), .sharesMachine)
 struct IstioTaskTests {
     static let fixtures = "\(PackagePaths.root)/Tests/Fixtures/istio-tasks"
 

@@ -3,7 +3,7 @@ import MeshProxyCore
 import Testing
 
 /// `eastwest load` against a real gateway and backend: what it reports is what the backend saw.
-@Suite("eastwest load: the mTLS load generator", .serialized, .timeLimit(.minutes(3)))
+@Suite("eastwest load: the mTLS load generator", .serialized, .timeLimit(.minutes(3)), .sharesMachine)
 struct LoadCommandTests {
     struct Summary: Decodable {
         var sent: Int

@@ -4,7 +4,7 @@ import Testing
 
 /// Client chains built with openssl as an attacker holding a legitimately issued certificate
 /// would build them, against a real gateway trusting an openssl-made root.
-@Suite("Peer chain verification (RFC 5280 and SPIFFE, openssl-built chains)", .serialized, .timeLimit(.minutes(3)))
+@Suite("Peer chain verification (RFC 5280 and SPIFFE, openssl-built chains)", .serialized, .timeLimit(.minutes(3)), .sharesMachine)
 struct PeerTrustTests {
     @Test("Every chain openssl verify rejects is refused with its own reason and a TLS alert; good clients are served before and after")
     func refusesInvalidChains() async throws {

@@ -2,7 +2,7 @@ import Foundation
 import Testing
 @testable import MeshProxyCore
 
-@Suite("Local rate limit from an EnvoyFilter (processes on loopback)", .serialized)
+@Suite("Local rate limit from an EnvoyFilter (processes on loopback)", .serialized, .sharesMachine)
 struct RateLimitTests {
     static let filter = "\n" + """
         ---

@@ -4,7 +4,7 @@ import Testing
 
 /// REFUSED_STREAM from an HTTP/2 backend (Python `h2`): Istio's default retry policy covers it,
 /// a policy without `refused-stream` does not.
-@Suite("HTTP/2 refused streams and retries (python h2 on loopback)", .serialized, .timeLimit(.minutes(2)))
+@Suite("HTTP/2 refused streams and retries (python h2 on loopback)", .serialized, .timeLimit(.minutes(2)), .sharesMachine)
 struct RefusedStreamTests {
     static let hasH2 = (try? runCommandBlocking("/usr/bin/env", ["python3", "-c", "import h2"]))?.status == 0
     static let host = "stock.default.svc.cluster.local"

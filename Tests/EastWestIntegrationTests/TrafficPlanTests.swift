@@ -2,7 +2,7 @@ import Foundation
 import MeshProxyCore
 import Testing
 
-@Suite("The data plane follows the traffic plan", .serialized, .timeLimit(.minutes(3)))
+@Suite("The data plane follows the traffic plan", .serialized, .timeLimit(.minutes(3)), .sharesMachine)
 struct TrafficPlanTests {
     /// Clusters east (us-east1/a) and west (us-west1/a), one echo endpoint and one gateway
     /// each on 127.0.<block>.x and 127.0.<block+1>.x; east's gateway knows west statically and

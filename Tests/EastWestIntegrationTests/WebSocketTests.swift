@@ -5,7 +5,7 @@ import Testing
 /// WebSocket upgrades through the HTTP connection manager, with Python's websockets on both
 /// ends: Istio turns upgrades on at gateways, and users run chat and live dashboards across
 /// clusters like any HTTP service.
-@Suite("WebSockets through the gateways (websockets on loopback)", .serialized, .timeLimit(.minutes(3)))
+@Suite("WebSockets through the gateways (websockets on loopback)", .serialized, .timeLimit(.minutes(3)), .sharesMachine)
 struct WebSocketTests {
     static let chat = "chat.default.svc.cluster.local"
     static let hasWebSockets = (try? runCommandBlocking("/usr/bin/env", ["python3", "-c", "import websockets.sync.client"]))?.status == 0
