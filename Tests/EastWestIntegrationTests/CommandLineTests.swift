@@ -271,6 +271,46 @@ struct PlanCommandTests {
         #expect(abs((failover?.shares.values.reduce(0, +) ?? 0) - 1) < 1e-9)
     }
 
+    @Test("A ServiceEntry's endpoints are planned without an endpoints file: per-locality shares under its DestinationRule's failover, one port's endpoints counted once; no endpoint for the host exits 2 saying so")
+    func serviceEntryEndpoints() async throws {
+        let directory = try TemporaryDirectory("plan-se")
+        defer { directory.cleanUp() }
+        let policy = "\(directory.path)/payments.yaml"
+        try """
+            apiVersion: networking.istio.io/v1
+            kind: ServiceEntry
+            metadata: {name: payments, namespace: default}
+            spec:
+              hosts: [payments.example.internal]
+              location: MESH_INTERNAL
+              resolution: STATIC
+              ports: [{number: 443, name: https, protocol: TLS}, {number: 80, name: http, protocol: HTTP}]
+              endpoints:
+              - {address: 10.0.1.10, locality: us-east1/us-east1-a}
+              - {address: 10.0.1.11, locality: us-east1/us-east1-a}
+              - {address: 10.0.2.10, locality: us-west1/us-west1-a}
+            ---
+            apiVersion: networking.istio.io/v1
+            kind: DestinationRule
+            metadata: {name: payments, namespace: default}
+            spec:
+              host: payments.example.internal
+              trafficPolicy:
+                loadBalancer:
+                  localityLbSetting: {enabled: true, failover: [{from: us-east1, to: us-west1}]}
+                outlierDetection: {consecutive5xxErrors: 5}
+            """.write(toFile: policy, atomically: true, encoding: .utf8)
+        let (planned, result) = try await plan(["--from", "us-east1/us-east1-a", "--policy", policy])
+        #expect(result.status == 0, "\(result.stderr)")
+        #expect(planned?.shares == ["us-east1/us-east1-a": 1])
+        #expect(planned?.priorities.first?.localities.first?.total == 2, "each endpoint once, not once per port")
+        #expect(planned?.priorities.flatMap(\.localities).map(\.locality).contains("us-west1/us-west1-a") == true)
+
+        let (_, missing) = try await plan(["--from", "us-east1/us-east1-a", "--policy", policy, "--host", "ledger.example.internal"])
+        #expect(missing.status == 2)
+        #expect(missing.stderr.contains("no ServiceEntry") && missing.stderr.contains("ledger.example.internal"), "\(missing.stderr)")
+    }
+
     @Test("A bad endpoints file exits 2 naming file, line and field")
     func badEndpoints() async throws {
         let directory = try TemporaryDirectory("plan-bad")

@@ -9,9 +9,9 @@ struct PlanCommand: AsyncParsableCommand {
         abstract: "Show the priorities, load and per-locality share of requests Envoy/Istio semantics give a client locality.")
 
     @Option(help: "Client locality, REGION/ZONE[/SUBZONE] (the gateway that accepts the connection).") var from: String?
-    @Option(help: "YAML file: endpoints: [{address, locality, labels, healthy}].") var endpoints: String?
+    @Option(help: "YAML file: endpoints: [{address, locality, labels, healthy}]. Optional when --policy has ServiceEntries with endpoints for the host.") var endpoints: String?
     @Option(help: "Admin address of a running gateway: show its live plan for --host instead.") var admin: String?
-    @Option(name: .customLong("policy"), help: "Istio YAML with DestinationRules (repeatable).") var policies: [String] = []
+    @Option(name: .customLong("policy"), help: "Istio YAML with DestinationRules, and ServiceEntries / WorkloadEntries whose endpoints join --endpoints' (repeatable).") var policies: [String] = []
     @Option(help: "Service host whose DestinationRule applies (default: the only one).") var host: String?
     @Option(help: "Subset name: only its endpoints, with its traffic policy.") var subset: String?
     @Option(help: "Service port, for portLevelSettings.") var port: Int?
@@ -19,15 +19,15 @@ struct PlanCommand: AsyncParsableCommand {
 
     func run() async throws {
         if let admin { return try await live(admin: admin) }
-        guard let from, let endpoints else { throw ValidationError("give --from and --endpoints, or --admin and --host") }
+        guard let from, endpoints != nil || !policies.isEmpty else { throw ValidationError("give --from and --endpoints (or --policy with ServiceEntries), or --admin and --host") }
         guard let client = Locality(parsing: from), !client.region.isEmpty else {
             throw ValidationError("--from '\(from)' must be REGION/ZONE[/SUBZONE]")
         }
-        let file: EndpointsFile
+        var file = EndpointsFile(endpoints: [])
         var rules: [DestinationRule] = []
         var loadedPolicies: [IstioPolicyLoader.Loaded] = []
         do {
-            file = try ConfigLoader.load(EndpointsFile.self, file: endpoints)
+            if let endpoints { file = try ConfigLoader.load(EndpointsFile.self, file: endpoints) }
             for path in policies {
                 let loaded = try IstioPolicyLoader.load(file: path)
                 (loaded.skipped + loaded.warnings.map(\.description)).forEach(printError)
@@ -48,7 +48,20 @@ struct PlanCommand: AsyncParsableCommand {
         } else {
             rule = rules.first
         }
+        // A ServiceEntry's endpoints are the service's as much as a listed one (Istio plans them alike).
+        let entries = loadedPolicies.flatMap(\.serviceEntries), workloads = loadedPolicies.flatMap(\.workloadEntries)
+        let declared = ServiceEntry.services(entries, workloads: workloads, cluster: nil)
+        let serviceHost = host ?? rule?.host ?? Set(declared.map(\.host)).first.flatMap { Set(declared.map(\.host)).count == 1 ? $0 : nil }
         var planned = file.planned
+        // One port's endpoints (--port, else the entry's first): the same workload on two ports is one endpoint to plan.
+        let ports = declared.filter { $0.host == serviceHost?.lowercased() }
+        if let service = ports.first(where: { port == nil || $0.port == port }) {
+            planned += service.endpoints.map { PlannedEndpoint(locality: $0.locality?.description ?? "", labels: $0.labels ?? [:]) }
+        }
+        if planned.isEmpty {
+            printError("error: no endpoints: --endpoints lists none, and no ServiceEntry in --policy declares endpoints for \(serviceHost ?? "the host (give --host)")")
+            throw ExitCode(2)
+        }
         if let subset {
             guard let selector = rule?.subsets?.first(where: { $0.name == subset }) else {
                 printError("error: subset '\(subset)' is not defined by \(rule.map { "the DestinationRule for \($0.host)" } ?? "any DestinationRule")")

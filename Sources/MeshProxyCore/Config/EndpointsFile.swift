@@ -10,6 +10,10 @@ package struct EndpointsFile: Codable, Sendable, Equatable {
     }
     package var endpoints: [Entry]
 
+    package init(endpoints: [Entry] = []) {
+        self.endpoints = endpoints
+    }
+
     package var planned: [PlannedEndpoint] {
         endpoints.map { PlannedEndpoint(locality: $0.locality, labels: $0.labels ?? [:], healthy: $0.healthy ?? true) }
     }

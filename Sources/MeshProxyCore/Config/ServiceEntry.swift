@@ -54,8 +54,9 @@ extension ServiceEntry {
     /// The service ports these entries declare for `cluster`, as a topology's `services:` would:
     /// one per host and port, with the endpoints (inline, or the namespace's WorkloadEntries the
     /// selector picks) that belong to the cluster, on the port the entry names for them
-    /// (`ports[name]`, else `targetPort`, else the service port).
-    package static func services(_ entries: [ServiceEntry], workloads: [WorkloadEntry], cluster: String) -> [GatewayConfig.ServiceConfig] {
+    /// (`ports[name]`, else `targetPort`, else the service port). `cluster` nil: every cluster's
+    /// (an offline `eastwest plan` over a policy file the whole topology shares).
+    package static func services(_ entries: [ServiceEntry], workloads: [WorkloadEntry], cluster: String?) -> [GatewayConfig.ServiceConfig] {
         var result: [GatewayConfig.ServiceConfig] = []
         for entry in entries {
             let members: [WorkloadEntry]
@@ -66,7 +67,7 @@ extension ServiceEntry {
             } else {
                 members = entry.endpoints ?? []
             }
-            let own = members.filter { ($0.labels?[WorkloadEntry.clusterLabel]).map { $0 == cluster } ?? true }
+            let own = members.filter { member in cluster.map { cluster in (member.labels?[WorkloadEntry.clusterLabel]).map { $0 == cluster } ?? true } ?? true }
             for host in entry.hosts ?? [] {
                 for port in entry.ports ?? [] {
                     let endpoints: [Endpoint] = own.compactMap { member in
