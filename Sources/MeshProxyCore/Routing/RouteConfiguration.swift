@@ -36,17 +36,10 @@ package struct RouteConfiguration: Sendable, Equatable {
     private let rulesByHost: [String: DestinationRule]
     /// Rules written with Istio's short host names (`reviews`), by that name.
     private let rulesByShortName: [String: DestinationRule]
-    /// VirtualService routes by exact host (FQDN, lower-case).
-    private let httpRoutesByHost: [String: HTTPRouteTable]
-    /// VirtualService `tcp:` routes by exact host.
-    private let tcpRoutesByHost: [String: [TCPRouteRule]]
-    /// `*.suffix` hosts, longest suffix first (Envoy's virtual host order), then `*`.
-    private let wildcardHTTPRoutes: [WildcardRoutes]
-
-    struct WildcardRoutes: Sendable, Equatable {
-        var suffix: String
-        var table: HTTPRouteTable
-    }
+    /// VirtualService `http:` routes by host (FQDN, lower-case, or `*.` wildcard).
+    private let httpRoutesByHost: VirtualHosts<HTTPRouteTable>
+    /// VirtualService `tls:` and `tcp:` routes by host.
+    private let tcpRoutesByHost: VirtualHosts<[TCPRouteRule]>
 
     /// The gateway's defaults where no DestinationRule says otherwise.
     package let connectTimeout: Duration
@@ -74,16 +67,13 @@ package struct RouteConfiguration: Sendable, Equatable {
                  connectTimeout: Duration = .seconds(5), maxConnectAttempts: Int = 3) {
         self.localCluster = localCluster
         self.gatewayServers = gatewayServers
-        self.tcpRoutesByHost = tcpRoutes
+        self.tcpRoutesByHost = VirtualHosts(tcpRoutes)
         self.client = client
         self.clientLabels = clientLabels
         self.destinationRules = destinationRules
         self.connectTimeout = connectTimeout
         self.maxConnectAttempts = maxConnectAttempts
-        httpRoutesByHost = httpRoutes.filter { !$0.key.hasPrefix("*") }
-        wildcardHTTPRoutes = httpRoutes.filter { $0.key.hasPrefix("*") }
-            .map { WildcardRoutes(suffix: String($0.key.dropFirst()), table: $0.value) }
-            .sorted { ($0.suffix.count, $0.suffix) > ($1.suffix.count, $1.suffix) }
+        httpRoutesByHost = VirtualHosts(httpRoutes)
         var byHost: [String: DestinationRule] = [:]
         var byShortName: [String: DestinationRule] = [:]
         var subsets = subsets
@@ -126,12 +116,12 @@ package struct RouteConfiguration: Sendable, Equatable {
             host = host[..<colon]
         }
         let name = host.utf8.contains(where: (UInt8(ascii: "A")...UInt8(ascii: "Z")).contains) ? host.lowercased() : String(host)
-        if let exact = httpRoutesByHost[name] { return exact }
-        return wildcardHTTPRoutes.first { $0.suffix.isEmpty || name.hasSuffix($0.suffix) }?.table
+        return httpRoutesByHost[name]
     }
 
-    /// The first `tcp:` route for a connection to `service` from a client in `sourceNamespace`,
-    /// and the destination `random` draws from it.
+    /// The first `tls:` or `tcp:` route for a connection to `service` from a client in
+    /// `sourceNamespace` (the service's own host, else the longest `*.` wildcard covering it, as
+    /// for HTTP), and the destination `random` draws from it.
     package func tcpRoute(for service: ServiceKey, sourceNamespace: String?, random: UInt64) -> (rule: TCPRouteRule, destination: HTTPDestination)? {
         guard let rules = tcpRoutesByHost[service.host] else { return nil }
         for rule in rules where rule.holds(port: service.port, sourceNamespace: sourceNamespace) {
@@ -145,7 +135,7 @@ package struct RouteConfiguration: Sendable, Equatable {
 
     /// Whether any VirtualService routes HTTP here (the HTTP path is taken only then, or for
     /// HTTP services).
-    package var hasHTTPRoutes: Bool { !httpRoutesByHost.isEmpty || !wildcardHTTPRoutes.isEmpty }
+    package var hasHTTPRoutes: Bool { !httpRoutesByHost.isEmpty }
 
     /// The labels of `subset` of `host`, when it is defined: the topology's or an exact-host
     /// rule's (compiled into `subsets`), else a short-name rule's. One subset, without building
@@ -224,4 +214,31 @@ package protocol ServiceDirectory {
     func ports(of host: String) -> [Int]
     /// What the service port speaks, when a config or a peer's catalog said so.
     func `protocol`(of service: ServiceKey) -> ServiceProtocol?
+}
+
+/// Values by VirtualService host, found as Envoy finds a virtual host: the exact name first,
+/// then the longest `*.` suffix covering it, then `*`.
+struct VirtualHosts<Value: Sendable & Equatable>: Sendable, Equatable {
+    private let exact: [String: Value]
+    /// `*.suffix` hosts as their suffix (`.example.com`; empty for `*`), longest first.
+    private let wildcards: [(suffix: String, value: Value)]
+
+    init(_ byHost: [String: Value]) {
+        exact = byHost.filter { !$0.key.hasPrefix("*") }
+        wildcards = byHost.filter { $0.key.hasPrefix("*") }
+            .map { (String($0.key.dropFirst()), $0.value) }
+            .sorted { ($0.suffix.count, $0.suffix) > ($1.suffix.count, $1.suffix) }
+    }
+
+    /// `name` lower-case, without a port.
+    subscript(name: String) -> Value? {
+        if let value = exact[name] { return value }
+        return wildcards.first { $0.suffix.isEmpty || name.hasSuffix($0.suffix) }?.value
+    }
+
+    var isEmpty: Bool { exact.isEmpty && wildcards.isEmpty }
+
+    static func == (lhs: Self, rhs: Self) -> Bool {
+        lhs.exact == rhs.exact && lhs.wildcards.elementsEqual(rhs.wildcards) { $0.suffix == $1.suffix && $0.value == $1.value }
+    }
 }

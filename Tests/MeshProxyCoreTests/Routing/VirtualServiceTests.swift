@@ -297,6 +297,41 @@ struct VirtualServiceTests {
         #expect(other.tcpRoute(for: db, sourceNamespace: "web", random: 0) == nil)
     }
 
+    @Test("tls: routes under a wildcard host serve every service it covers, by the longest suffix; a service's own host comes first")
+    func wildcardTLSRoutes() throws {
+        let loaded = try IstioPolicyLoader.load(yaml: """
+            apiVersion: networking.istio.io/v1
+            kind: VirtualService
+            metadata: {name: partners, namespace: shop}
+            spec:
+              hosts: ["*.partners.example.com"]
+              tls:
+              - match: [{sniHosts: ["*.partners.example.com"], port: 443}]
+                route: [{destination: {host: egress.shop.svc.cluster.local, subset: partners}}]
+            ---
+            apiVersion: networking.istio.io/v1
+            kind: VirtualService
+            metadata: {name: example, namespace: shop}
+            spec:
+              hosts: ["*.example.com", bank.partners.example.com]
+              tls:
+              - match: [{sniHosts: ["*.example.com"]}]
+                route: [{destination: {host: egress.shop.svc.cluster.local, subset: general}}]
+              - match: [{sniHosts: [bank.partners.example.com]}]
+                route: [{destination: {host: egress.shop.svc.cluster.local, subset: bank}}]
+            """, file: "wildcards.yaml")
+        #expect(loaded.warnings.isEmpty, "\(loaded.warnings)")
+        let routes = RouteConfiguration(localCluster: "east", tcpRoutes: VirtualServiceCompiler.compileTCP(loaded.virtualServices))
+        func subset(_ host: String, _ port: Int = 443) -> String? {
+            routes.tcpRoute(for: ServiceKey(host: host, port: port), sourceNamespace: nil, random: 0)?.destination.subset
+        }
+        #expect(subset("api.partners.example.com") == "partners")
+        #expect(subset("bank.partners.example.com") == "bank")
+        #expect(subset("www.example.com") == "general")
+        #expect(subset("api.partners.example.com", 8443) == nil, "the partners rule holds for port 443 only")
+        #expect(subset("example.org") == nil)
+    }
+
     @Test("sourceLabels select by the gateway's labels, as istiod decides them for the proxy it configures: a match the gateway's labels lack is left out, and a sourceLabels match is never a catch-all")
     func sourceLabels() throws {
         let loaded = try IstioPolicyLoader.load(yaml: """
