@@ -106,7 +106,7 @@ struct DataPathTests {
         #expect(process.log.contains("drained; every connection finished"))
     }
 
-    @Test("An idle connection is closed after the idle timeout, a TCP one and a keep-alive HTTP/1.1 one after its answer")
+    @Test("An idle connection is closed after the idle timeout: a TCP one, a keep-alive HTTP/1.1 one after its answer, an HTTP/2 one with GOAWAY NO_ERROR once its streams are done")
     func idleTimeout() async throws {
         let mesh = try TestMesh("idle", clusters: ["east"])
         defer { mesh.processes.stopAll() }
@@ -142,13 +142,26 @@ struct DataPathTests {
         let httpElapsed = ContinuousClock.now - httpStart
         #expect(String(decoding: answer, as: UTF8.self).hasPrefix("HTTP/1.1 200 OK"), "\(String(decoding: answer, as: UTF8.self).prefix(200))")
         #expect(httpElapsed >= .milliseconds(950) && httpElapsed < .seconds(6), "closed after \(httpElapsed)")
+        // HTTP/2 (ALPN h2): a stream longer than the timeout is answered (an open stream is not
+        // idle), then GOAWAY with NO_ERROR and the close come a timeout after it ended.
+        guard HTTP2PriorKnowledgeTests.hasPython else { return }
+        let client = mesh.clientCertPath("east")
+        let script = "\(PackagePaths.root)/Tests/EastWestIntegrationTests/Support/h2_prior_knowledge_client.py"
+        let h2 = try await runCommand("/usr/bin/env", ["WAIT_FOR_GOAWAY=1", "python3", script, "127.0.36.1", "15443", web, "\(client)/cert-chain.pem",
+                                                    "\(client)/key.pem", mesh.certs.rootCertificatePath, "/delay/1500", "h2"])
+        let lines = h2.stdout.split(separator: "\n").map(String.init)
+        #expect(lines.first == "alpn=h2" && lines.dropFirst().first == "200", "\(h2.stdout) \(h2.stderr)")
+        let goaway = try #require(lines.last { $0.hasPrefix("goaway") || $0.hasPrefix("closed") }, "\(h2.stdout) \(h2.stderr)")
+        #expect(goaway.hasPrefix("goaway 0 last=1 after "), "\(goaway)")
+        let seconds = Double(goaway.split(separator: " ").last ?? "") ?? -1
+        #expect(seconds >= 0.95 && seconds < 6, "\(goaway)")
     }
 }
 
 @Suite("HTTP/2 with prior knowledge through the gateway", .serialized, .timeLimit(.minutes(2)), .sharesMachine)
 struct HTTP2PriorKnowledgeTests {
-    static let hasTools = FileManager.default.isExecutableFile(atPath: "/usr/sbin/nghttpd")
-        && ((try? runCommandBlocking("/usr/bin/env", ["python3", "-c", "import h2"]))?.status == 0)
+    static let hasPython = (try? runCommandBlocking("/usr/bin/env", ["python3", "-c", "import h2"]))?.status == 0
+    static let hasTools = FileManager.default.isExecutableFile(atPath: "/usr/sbin/nghttpd") && hasPython
 
     @Test("An h2 client speaking prior knowledge over mTLS reaches an h2c backend (nghttpd) unchanged",
           .enabled(if: hasTools, "needs nghttpd (Debian nghttp2-server) and python3's h2 package; .ci/run installs both"))

@@ -124,7 +124,9 @@ package final class GatewayConnectionHandler: ChannelDuplexHandler, RemovableCha
             let operations = context.pipeline.syncOperations
             if h2 {
                 let action = routes.action(for: route, origin: origin)
-                let connection = NIOLoopBound((dataPlane, routes, route, record, action), eventLoop: context.eventLoop)
+                // Envoy's HCM idle timeout holds for an HTTP/2 connection too: no stream for the period, GOAWAY.
+                let idle = HTTP2IdleTimeout(period: dataPlane.config.idleTimeout)
+                let connection = NIOLoopBound((dataPlane, routes, route, record, action, idle), eventLoop: context.eventLoop)
                 // This handler is the pipeline's last and leaves right after.
                 try operations.addHandler(FlushCoalescer(), position: .last)
                 // A client's header blocks are validated; a peer gateway's were, where they entered.
@@ -133,13 +135,15 @@ package final class GatewayConnectionHandler: ChannelDuplexHandler, RemovableCha
                 _ = try operations.configureHTTP2Pipeline(mode: .server, connectionConfiguration: connectionConfiguration, streamConfiguration: .init(),
                                                           position: .last) { stream in
                     stream.eventLoop.makeCompletedFuture {
-                        let (dataPlane, routes, route, record, action) = connection.value
+                        let (dataPlane, routes, route, record, action, idle) = connection.value
+                        idle.streamOpened(stream)
                         try stream.pipeline.syncOperations.addHandler(HTTP2FramePayloadToHTTP1ServerCodec())
                         try stream.pipeline.syncOperations.addHandler(HTTPConnectionManager(
                             dataPlane: dataPlane, routes: routes, connectionRoute: route, connection: record, protocolName: "HTTP/2",
                             origin: origin, connectionAction: action))
                     }
                 }
+                try operations.addHandler(idle, position: .last)
             } else {
                 var limits = NIOHTTPDecoderLimitConfiguration()
                 limits.maxHeaderListSize = HTTPLocalReply.maximumRequestHeadersSize

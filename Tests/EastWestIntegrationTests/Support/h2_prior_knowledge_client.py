@@ -1,12 +1,16 @@
 """An HTTP/2 client over mutual TLS, as a mesh workload would talk through the gateway: with
 prior knowledge (no ALPN), or offering ALPN values and speaking h2 only if the server chose h2.
-Prints the response status and body; with ALPN, first a line `alpn=<chosen or none>`.
+Prints the response status and body; with ALPN, first a line `alpn=<chosen or none>`. With
+WAIT_FOR_GOAWAY=1 in the environment it then holds the idle connection until the server ends
+it and prints `goaway <error code> last=<stream> after <seconds>` (or `closed without goaway`).
 
 usage: h2_prior_knowledge_client.py HOST PORT SNI CERT_CHAIN KEY ROOT PATH [ALPN,...]
 """
+import os
 import socket
 import ssl
 import sys
+import time
 
 import h2.config
 import h2.connection
@@ -19,7 +23,7 @@ context.check_hostname = False  # the gateway certificate names service hosts, n
 context.load_cert_chain(chain, key)
 if alpn:
     context.set_alpn_protocols(alpn)
-with socket.create_connection((host, int(port)), timeout=10) as raw:
+with socket.create_connection((host, int(port)), timeout=30) as raw:
     with context.wrap_socket(raw, server_hostname=sni) as tls:
         if alpn:
             chosen = tls.selected_alpn_protocol()
@@ -48,3 +52,17 @@ with socket.create_connection((host, int(port)), timeout=10) as raw:
             tls.sendall(conn.data_to_send())
         print(status)
         print(body.decode(errors="replace"))
+        if os.environ.get("WAIT_FOR_GOAWAY") == "1":
+            idle_from, goaway = time.monotonic(), None
+            while True:
+                data = tls.recv(65536)
+                if not data:
+                    break
+                for event in conn.receive_data(data):
+                    if isinstance(event, h2.events.ConnectionTerminated):
+                        goaway = event
+            elapsed = time.monotonic() - idle_from
+            if goaway:
+                print(f"goaway {int(goaway.error_code)} last={goaway.last_stream_id} after {elapsed:.2f}")
+            else:
+                print(f"closed without goaway after {elapsed:.2f}")
