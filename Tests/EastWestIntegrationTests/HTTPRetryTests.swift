@@ -312,6 +312,44 @@ struct HTTPRetryTests {
                 "nothing pending once both ended: \(metrics.split(separator: "\n").filter { $0.contains("pending") })")
     }
 
+    /// Established connections to `destination` (HOST:PORT), as `ss` lists them.
+    static func established(to destination: String) async throws -> Int {
+        let parts = destination.split(separator: ":")
+        let listed = try await runCommand("/usr/bin/ss", ["-Htn", "state", "established", "dst", String(parts[0]), "dport", "=", ":\(parts[1])"])
+        return listed.stdout.split(separator: "\n").count
+    }
+
+    @Test("connectionPool.http.idleTimeout: the kept HTTP/1.1 connection to a local endpoint, the pooled HTTP/2 connection to the peer gateway and the peer's own connection to its endpoint close once idle that long; the next requests open new ones")
+    func upstreamIdleTimeout() async throws {
+        let mesh = try await HTTPRoutingTests.start("http-upstream-idle", block: 140, virtualService: HTTPRoutingTests.reviewsRoutes + """
+              - match: [{uri: {prefix: /remote}}]
+                route: [{destination: {host: reviews, subset: v2}}]
+              - route: [{destination: {host: reviews, subset: v1}}]
+            """, trafficPolicy: """
+                connectionPool: {http: {idleTimeout: 1s}}
+            """)
+        defer { mesh.mesh.processes.stopAll() }
+        let upstreams = ["127.0.140.10:9080", "127.0.141.1:15443", "127.0.141.10:9080"]
+        for round in 1...2 {
+            for path in ["/local", "/remote"] {
+                let answer = try await mesh.mesh.curl(mesh.east, host: HTTPRoutingTests.reviews, path: path)
+                #expect(answer.stdout.contains(path == "/local" ? #""version":"v1""# : #""version":"v2""#), "round \(round) \(path): \(answer.stdout) \(answer.stderr)")
+            }
+            let answered = ContinuousClock.now
+            for upstream in upstreams {
+                #expect(try await Self.established(to: upstream) == 1, "round \(round): the connection to \(upstream) is kept after its answer")
+            }
+            let closed = await eventually(timeout: .seconds(6)) {
+                var open = 0
+                for upstream in upstreams { open += (try? await Self.established(to: upstream)) ?? 1 }
+                return open == 0
+            }
+            let left = closed ? "" : try await runCommand("/usr/bin/ss", ["-Htn", "state", "established"]).stdout
+            #expect(closed, "round \(round): connections still open: \(left)")
+            #expect(ContinuousClock.now - answered >= .milliseconds(900), "closed only once idle for the timeout")
+        }
+    }
+
     @Test("mirror: a copy of each request reaches the mirror (in another cluster too) and its answer is dropped; mirrorPercentage holds within binomial bounds; a stopped or dead mirror changes nothing for the client")
     func mirroring() async throws {
         let mesh = try await HTTPRoutingTests.start("http-mirror", block: 115, virtualService: HTTPRoutingTests.reviewsRoutes + """

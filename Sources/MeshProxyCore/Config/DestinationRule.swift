@@ -147,6 +147,9 @@ package struct ConnectionPoolSettings: Codable, Sendable, Equatable {
         package var http2MaxRequests: Int?
         package var maxRequestsPerConnection: Int?
         package var maxRetries: Int?
+        /// How long an upstream connection may sit without a request (Envoy's cluster
+        /// `common_http_protocol_options.idle_timeout`; 1 h when unset).
+        package var idleTimeout: ConfigDuration?
 
         package init(http1MaxPendingRequests: Int? = nil, http2MaxRequests: Int? = nil, maxRequestsPerConnection: Int? = nil, maxRetries: Int? = nil) {
             self.http1MaxPendingRequests = http1MaxPendingRequests; self.http2MaxRequests = http2MaxRequests

@@ -900,7 +900,7 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
                 if ended, let target = record.upstream {
                     exchange.relay.requestsServed += 1
                     let underLimit = action?.maxRequestsPerConnection.map { exchange.relay.requestsServed < $0 } ?? true
-                    upstreams?.release(exchange, to: target, keepAlive: upstreamKeepAlive && underLimit)
+                    upstreams?.release(exchange, to: target, keepAlive: upstreamKeepAlive && underLimit, idleTimeout: action?.upstreamIdleTimeout)
                 } else {
                     exchange.channel.close(promise: nil)
                 }

@@ -18,6 +18,8 @@ final class UpstreamExchange {
     let channel: any Channel
     let relay: UpstreamResponseRelay
     let kind: Kind
+    /// A kept connection unused past this is closed by the pool's sweep.
+    var idleUntil = NIODeadline.distantFuture
 
     init(channel: any Channel, relay: UpstreamResponseRelay, kind: Kind) {
         self.channel = channel
@@ -123,7 +125,7 @@ final class HTTPUpstreams {
 
     /// The request on `exchange` is over: a keep-alive HTTP/1.1 connection waits for the next
     /// request to its target; anything else is closed (a stream closes itself).
-    func release(_ exchange: UpstreamExchange, to target: UpstreamTarget, keepAlive: Bool) {
+    func release(_ exchange: UpstreamExchange, to target: UpstreamTarget, keepAlive: Bool, idleTimeout: Duration? = nil) {
         guard case .http1 = exchange.kind else { return }
         guard keepAlive, exchange.channel.isActive else {
             exchange.channel.close(promise: nil)
@@ -137,7 +139,31 @@ final class HTTPUpstreams {
             case .writabilityChanged, .readComplete: break
             }
         }
-        idle[target, default: []].append(UpstreamExchange(channel: channel, relay: exchange.relay, kind: .http1(reused: true)))
+        let kept = UpstreamExchange(channel: channel, relay: exchange.relay, kind: .http1(reused: true))
+        let timeout = idleTimeout ?? settings.idleTimeout
+        kept.idleUntil = .now() + TimeAmount(timeout)
+        idle[target, default: []].append(kept)
+        sweepIdle(every: timeout)
+    }
+
+    /// Kept HTTP/1.1 connections are closed once idle past their timeout by a sweep a few times
+    /// per shortest timeout seen (no timer per request).
+    private var sweep: RepeatedTask?
+    private var sweepStep = TimeAmount.nanoseconds(.max)
+
+    private func sweepIdle(every timeout: Duration) {
+        let step = TimeAmount.nanoseconds(max(TimeAmount(timeout).nanoseconds / 4, 10_000_000))
+        guard step < sweepStep else { return }
+        sweepStep = step
+        sweep?.cancel()
+        let bound = NIOLoopBound(self, eventLoop: eventLoop)
+        sweep = eventLoop.scheduleRepeatedTask(initialDelay: step, delay: step) { _ in
+            let pool = bound.value, now = NIODeadline.now()
+            for (target, kept) in pool.idle where kept.contains(where: { $0.idleUntil <= now }) {
+                pool.idle[target] = kept.filter { $0.idleUntil > now }
+                for expired in kept where expired.idleUntil <= now { expired.channel.close(promise: nil) }
+            }
+        }
     }
 
     private func dialHTTP1(_ target: UpstreamTarget, action: RouteAction, _ done: @escaping Completion) {
@@ -169,7 +195,7 @@ final class HTTPUpstreams {
             return connection.openStream(done)
         }
         let connection = PooledHTTP2Connection(target: target, eventLoop: eventLoop, settings: settings,
-                                               maxStreams: action.maxRequestsPerConnection)
+                                               maxStreams: action.maxRequestsPerConnection, idleTimeout: action.upstreamIdleTimeout)
         let priorKnowledge = connection.priorKnowledge
         multiplexed[target, default: []].append(connection)
         connection.onClose = { [weak self, weak connection] in
@@ -215,6 +241,8 @@ final class PooledHTTP2Connection {
     /// `maxRequestsPerConnection`: after this many streams the connection takes no more and
     /// closes once they end (Envoy drains it); nil: no limit.
     private let maxStreams: Int?
+    /// No stream for this long: closed (the route's `connectionPool.http.idleTimeout`, else the pool's).
+    private let idleTimeout: Duration
     private var streamsOpened = 0
     /// False once the peer sent GOAWAY or the connection closed: no new streams.
     private(set) var isAccepting = true
@@ -225,11 +253,12 @@ final class PooledHTTP2Connection {
         var description: String
     }
 
-    init(target: UpstreamTarget, eventLoop: any EventLoop, settings: HTTPUpstreamSettings, maxStreams: Int? = nil) {
+    init(target: UpstreamTarget, eventLoop: any EventLoop, settings: HTTPUpstreamSettings, maxStreams: Int? = nil, idleTimeout: Duration? = nil) {
         self.target = target
         self.eventLoop = eventLoop
         self.settings = settings
         self.maxStreams = maxStreams
+        self.idleTimeout = idleTimeout ?? settings.idleTimeout
         priorKnowledge = target.cluster == nil
     }
 
@@ -351,7 +380,7 @@ final class PooledHTTP2Connection {
         }
         idleTimer?.cancel()
         let bound = NIOLoopBound(self, eventLoop: eventLoop)
-        idleTimer = eventLoop.scheduleTask(in: TimeAmount(settings.idleTimeout)) {
+        idleTimer = eventLoop.scheduleTask(in: TimeAmount(idleTimeout)) {
             if bound.value.streams == 0 { channel.close(promise: nil) }
         }
     }

@@ -16,6 +16,9 @@ package struct RouteAction: Sendable, Equatable {
     /// `connectionPool.http.maxRequestsPerConnection`: an HTTP/1.1 upstream connection closes
     /// after this many requests.
     package var maxRequestsPerConnection: Int?
+    /// `connectionPool.http.idleTimeout`: an upstream connection without a request for this long
+    /// is closed (nil: the pool's default, Envoy's 1 h).
+    package var upstreamIdleTimeout: Duration?
 
     package init(route: Route, origin: TrafficOrigin, retry: RetryPolicy, connectTimeout: Duration,
                  keepalive: ConnectionPoolSettings.TCP.Keepalive? = nil, maxConnections: Int? = nil) {

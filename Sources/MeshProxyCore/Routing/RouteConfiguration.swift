@@ -202,6 +202,7 @@ package struct RouteConfiguration: Sendable, Equatable {
         if let http = connectionPool?.http {
             action.httpLimits = http.limits
             action.maxRequestsPerConnection = http.maxRequestsPerConnection.flatMap { $0 > 0 ? $0 : nil }
+            action.upstreamIdleTimeout = http.idleTimeout.map(\.duration).flatMap { $0 > .zero ? $0 : nil }
         }
         return action
     }
