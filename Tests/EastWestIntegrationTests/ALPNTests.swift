@@ -94,4 +94,69 @@ struct ALPNTests {
         #expect(await eventually { c0Process.log.contains("\"127.0.80.1:15443\" outbound|8443||ratings.default.svc.cluster.local") },
                 "\(c0Process.log.suffix(1500))")
     }
+
+    @Test("connectionPool.http: h2UpgradePolicy UPGRADE speaks HTTP/2 to an HTTP/1.1 service's endpoints (an h2c-only nghttpd answers curl --http1.1; without it, it cannot); useClientProtocol speaks what the client spoke, across two gateways (curl --http2 answered by c1's h2c endpoint, curl --http1.1 not)",
+          .enabled(if: hasTools, "needs nghttpd (Debian nghttp2-server) and python3's h2 package; .ci/run installs both"))
+    func upstreamProtocolChoice() async throws {
+        let upgraded = "ratings.default.svc.cluster.local", plain = "plain.default.svc.cluster.local", details = "details.default.svc.cluster.local"
+        let mesh = try TestMesh("alpn-upgrade", clusters: ["c0", "c1"], serviceHosts: [upgraded, plain, details])
+        defer { mesh.processes.stopAll() }
+        let local = try startH2Backend(mesh, "127.0.142.10:8443")
+        defer { local.stop() }
+        let remote = try startH2Backend(mesh, "127.0.143.10:8443")
+        defer { remote.stop() }
+        func http1(_ host: String, _ address: String) -> GatewayConfig.ServiceConfig {
+            var service = GatewayConfig.ServiceConfig.echo(address, host: host, port: 8443)
+            service.protocol = .http
+            return service
+        }
+        let policy = "\(mesh.directory)/protocols.yaml"
+        try """
+            apiVersion: networking.istio.io/v1
+            kind: DestinationRule
+            metadata: {name: ratings}
+            spec:
+              host: ratings
+              trafficPolicy: {connectionPool: {http: {h2UpgradePolicy: UPGRADE, maxConcurrentStreams: 10}}}
+            ---
+            apiVersion: networking.istio.io/v1
+            kind: DestinationRule
+            metadata: {name: details}
+            spec:
+              host: details
+              trafficPolicy: {connectionPool: {http: {useClientProtocol: true, h2UpgradePolicy: DO_NOT_UPGRADE}}}
+            """.write(toFile: policy, atomically: true, encoding: .utf8)
+        var c0 = mesh.gatewayConfig(name: "gw-c0", cluster: "c0", ip: "127.0.142.1",
+                                    services: [http1(upgraded, "127.0.142.10:8443"), http1(plain, "127.0.142.10:8443")])
+        var c1 = mesh.gatewayConfig(name: "gw-c1", cluster: "c1", ip: "127.0.143.1", services: [http1(details, "127.0.143.10:8443")])
+        c0.policies = [policy]
+        c1.policies = [policy]
+        c0.federation = .init(seeds: [c1.listen])
+        c1.federation = .init(seeds: [c0.listen])
+        try await mesh.startGateway(c1)
+        let c0Process = try await mesh.startGateway(c0)
+
+        func get(_ host: String, _ version: String) async throws -> (code: String, body: String) {
+            let result = try await mesh.curl(c0, host: host, path: "/index.html", extra: [version, "-w", "\n%{http_code}"])
+            let lines = result.stdout.split(separator: "\n", omittingEmptySubsequences: false)
+            return (String(lines.last ?? ""), lines.dropLast().joined(separator: "\n") + result.stderr)
+        }
+        var answer = (code: "", body: "")
+        _ = await eventually(timeout: .seconds(5)) {
+            answer = (try? await get(upgraded, "--http1.1")) ?? answer
+            return answer.code == "200"
+        }
+        #expect(answer == ("200", "hello over h2\n"), "UPGRADE: \(answer) \(c0Process.log.suffix(1500))")
+        let notUpgraded = try await get(plain, "--http1.1")
+        #expect(notUpgraded.code != "200", "an HTTP/1.1 request to the h2c-only backend cannot be answered: \(notUpgraded)")
+
+        var h2 = (code: "", body: "")
+        _ = await eventually(timeout: .seconds(10)) {
+            h2 = (try? await get(details, "--http2")) ?? h2
+            return h2.code == "200"
+        }
+        #expect(h2 == ("200", "hello over h2\n"), "useClientProtocol, an h2 client: \(h2) \(c0Process.log.suffix(1500))")
+        let h1 = try await get(details, "--http1.1")
+        #expect(h1.code != "200", "useClientProtocol, an HTTP/1.1 client: HTTP/1.1 to the h2c-only backend in c1: \(h1)")
+    }
 }

@@ -150,6 +150,16 @@ package struct ConnectionPoolSettings: Codable, Sendable, Equatable {
         /// How long an upstream connection may sit without a request (Envoy's cluster
         /// `common_http_protocol_options.idle_timeout`; 1 h when unset).
         package var idleTimeout: ConfigDuration?
+        /// `DEFAULT` / `DO_NOT_UPGRADE` (HTTP/1.1 to an HTTP/1.1 service, Istio's mesh default) or
+        /// `UPGRADE` (HTTP/2 with prior knowledge to its endpoints).
+        package var h2UpgradePolicy: String?
+        /// The upstream speaks whatever the client spoke (Envoy's `use_downstream_protocol_config`);
+        /// wins over `h2UpgradePolicy`, as in Istio.
+        package var useClientProtocol: Bool?
+        /// Streams one HTTP/2 upstream connection carries at once (Envoy's `max_concurrent_streams`).
+        package var maxConcurrentStreams: Int?
+
+        package static let h2UpgradePolicies: Set<String> = ["DEFAULT", "DO_NOT_UPGRADE", "UPGRADE"]
 
         package init(http1MaxPendingRequests: Int? = nil, http2MaxRequests: Int? = nil, maxRequestsPerConnection: Int? = nil, maxRetries: Int? = nil) {
             self.http1MaxPendingRequests = http1MaxPendingRequests; self.http2MaxRequests = http2MaxRequests

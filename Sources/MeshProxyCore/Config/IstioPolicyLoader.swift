@@ -55,7 +55,7 @@ package enum IstioPolicyLoader {
     /// out yet: they load with a warning.
     static let notImplemented: Set<String> = [
         "workloadSelector", "tls", "tunnel", "proxyProtocol", "consistentHash", "warmupDurationSecs", "warmup",
-        "maxConnectionDuration", "idleTimeout", "h2UpgradePolicy", "useClientProtocol", "maxConcurrentStreams", "http2KeepAlive",
+        "maxConnectionDuration", "idleTimeout", "http2KeepAlive",
         "consecutiveErrors", "trafficDistribution",
     ]
 
@@ -219,6 +219,13 @@ package enum IstioPolicyLoader {
                     warnings.append(map.error(.istioDifference, at: settingPath,
                         "locality failover is configured but there is no outlierDetection: Istio (and EastWest) then do NO failover — every locality gets traffic as if in one priority. Add outlierDetection to turn failover on").asWarning)
                 }
+            }
+            if let upgrade = policy.connectionPool?.http?.h2UpgradePolicy, !ConnectionPoolSettings.HTTP.h2UpgradePolicies.contains(upgrade) {
+                errors.append(map.error(.invalidValue, at: path.key("connectionPool").key("http").key("h2UpgradePolicy"),
+                    "'\(upgrade)' is not one of \(ConnectionPoolSettings.HTTP.h2UpgradePolicies.sorted().joined(separator: ", "))"))
+            }
+            if let streams = policy.connectionPool?.http?.maxConcurrentStreams, streams < 0 {
+                errors.append(map.error(.invalidValue, at: path.key("connectionPool").key("http").key("maxConcurrentStreams"), "must not be negative"))
             }
             if policy.loadBalancer?.simple == .passthrough {
                 warnings.append(map.error(.istioDifference, at: path.key("loadBalancer").key("simple"),

@@ -95,6 +95,11 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
     /// The verified JWT's payload, from the entry gateway to the peer gateway (trusted from
     /// gateways only, like x-forwarded-client-cert), so its policies see the same principal.
     private static let verifiedPayload = "x-eastwest-jwt-payload"
+    /// The original client's protocol, from the entry gateway to the peer gateway when the route
+    /// has `useClientProtocol` (between gateways every request is an HTTP/2 stream).
+    private static let clientProtocol = "x-eastwest-client-protocol"
+    /// The original client spoke HTTP/2 (at a peer gateway: as the entry gateway says).
+    private var clientHTTP2 = false
     /// The AuthorizationPolicies that apply to the current route (none: nothing to decide).
     private var policies: [AuthorizationEngine.Policy] = []
     /// The route's cluster's circuit breakers (nil: no `connectionPool.http` limits), and the
@@ -132,7 +137,7 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
     /// Hop-by-hop headers (and the ones a gateway replaces) that never cross it.
     private static let hopByHop = ["connection", "keep-alive", "proxy-connection"]
     /// Set by the gateway itself, whatever the client sent.
-    private static let replacedAtTheEdge = ["x-request-id", "x-forwarded-client-cert", "x-forwarded-proto", "x-forwarded-for", verifiedPayload]
+    private static let replacedAtTheEdge = ["x-request-id", "x-forwarded-client-cert", "x-forwarded-proto", "x-forwarded-for", verifiedPayload, clientProtocol]
     private static let responseHeadersDropped = hopByHop + ["server"]
 
     /// - Parameters:
@@ -339,6 +344,8 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
         // An HTTP/2 stream ends with its response; `connection` headers are HTTP/1 only.
         requestKeepAlive = head.version.major >= 2 || head.isKeepAlive
         requestIsGRPC = head.headers.first(name: "content-type")?.hasASCIIPrefixIgnoringCase("application/grpc") == true
+        clientHTTP2 = head.version.major >= 2
+        if origin == .peerGateway, let spoken = head.headers.first(name: Self.clientProtocol) { clientHTTP2 = spoken == "HTTP/2" }
         requestIsWebSocket = head.version == .http1_1 && head.headers.first(name: "upgrade")?.lowercased() == "websocket"
             && head.headers[canonicalForm: "connection"].contains { $0.lowercased() == "upgrade" }
         switchingProtocols = false
@@ -644,6 +651,7 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
         if origin == .peerGateway {
             // For this gateway's policies only; the backend never sees it.
             upstream.headers.remove(name: Self.verifiedPayload)
+            upstream.headers.remove(name: Self.clientProtocol)
             applyTokenOutputs(to: &upstream.headers)
             record.requestHeaders = upstream.headers
             return upstream
@@ -796,7 +804,7 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
             guard breakers.acquire(.pending) else { return overflow("\(breakers.limits.maxPending ?? 0) requests pending (http1MaxPendingRequests)", context: context) }
             holdsPending = true
         }
-        upstreams.exchange(to: planned.target, action: action, upgrade: requestIsWebSocket) { [self] result in
+        upstreams.exchange(to: planned.target, action: action, upgrade: requestIsWebSocket, clientHTTP2: clientHTTP2) { [self] result in
             switch result {
             case .success(let exchange): connected(exchange, planned: planned, context: context)
             case .failure(let error): failed(planned, error: error, context: context)
@@ -844,7 +852,12 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
         state = .forwarding(upstream: exchange, ended: ended)
         let upstream = exchange.channel
         setUpstreamReads(exchange, on: context.channel.isWritable)
-        for part in held { upstream.write(part, promise: nil) }
+        var parts = held
+        if origin == .client, action?.upstreamProtocol == .asTheClient, !planned.target.isLocal, case .head(var head)? = parts.first {
+            head.headers.replaceOrAdd(name: Self.clientProtocol, value: clientHTTP2 ? "HTTP/2" : "HTTP/1.1")
+            parts[0] = .head(head)
+        }
+        for part in parts { upstream.write(part, promise: nil) }
         upstream.flush()
         if ended { upstreamRequestEnded = .now }
         heldBytes = 0

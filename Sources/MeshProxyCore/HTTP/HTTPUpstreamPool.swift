@@ -106,13 +106,14 @@ final class HTTPUpstreams {
     /// An `upgrade` (WebSocket) request gets an HTTP/1.1 connection whatever the target: its
     /// connection becomes the tunnel. To a peer gateway that is a TLS connection without ALPN
     /// `h2`, which the peer forwards as bytes to an endpoint of the subset its SNI names.
-    func exchange(to target: UpstreamTarget, action: RouteAction, upgrade: Bool = false, _ done: @escaping Completion) {
+    /// `clientHTTP2`: the client spoke HTTP/2, for `useClientProtocol`.
+    func exchange(to target: UpstreamTarget, action: RouteAction, upgrade: Bool = false, clientHTTP2: Bool = false, _ done: @escaping Completion) {
         switch target {
         case _ where upgrade:
             break
         case .peerGateway where http1Until[target].map { $0 <= .now() } ?? true:
             return stream(to: target, action: action, done)
-        case .local where action.route.protocol?.upstreamIsHTTP2 == true:
+        case .local where action.localUpstreamIsHTTP2(clientHTTP2: clientHTTP2):
             return stream(to: target, action: action, done)
         case .local, .peerGateway:
             break
@@ -191,7 +192,8 @@ final class HTTPUpstreams {
 
     private func stream(to target: UpstreamTarget, action: RouteAction, _ done: @escaping Completion) {
         let connections = multiplexed[target, default: []]
-        if let connection = connections.first(where: { $0.isAccepting && $0.streams < settings.maxStreamsPerConnection }) {
+        let streamLimit = action.maxConcurrentStreams ?? settings.maxStreamsPerConnection
+        if let connection = connections.first(where: { $0.isAccepting && $0.streams < streamLimit }) {
             return connection.openStream(done)
         }
         let connection = PooledHTTP2Connection(target: target, eventLoop: eventLoop, settings: settings,

@@ -19,6 +19,26 @@ package struct RouteAction: Sendable, Equatable {
     /// `connectionPool.http.idleTimeout`: an upstream connection without a request for this long
     /// is closed (nil: the pool's default, Envoy's 1 h).
     package var upstreamIdleTimeout: Duration?
+    /// How a local endpoint of an HTTP service is spoken to: HTTP/2 with prior knowledge when the
+    /// service speaks it or `h2UpgradePolicy: UPGRADE`; with `useClientProtocol`, as the client spoke.
+    package var upstreamProtocol = UpstreamProtocol.byService
+    /// `connectionPool.http.maxConcurrentStreams`: streams per HTTP/2 upstream connection.
+    package var maxConcurrentStreams: Int?
+
+    package enum UpstreamProtocol: Sendable, Equatable {
+        case byService
+        case upgradeToHTTP2
+        case asTheClient
+    }
+
+    /// Whether a request goes to a local endpoint as an HTTP/2 stream.
+    package func localUpstreamIsHTTP2(clientHTTP2: Bool) -> Bool {
+        switch upstreamProtocol {
+        case .asTheClient: clientHTTP2
+        case .upgradeToHTTP2: true
+        case .byService: route.protocol?.upstreamIsHTTP2 == true
+        }
+    }
 
     package init(route: Route, origin: TrafficOrigin, retry: RetryPolicy, connectTimeout: Duration,
                  keepalive: ConnectionPoolSettings.TCP.Keepalive? = nil, maxConnections: Int? = nil) {

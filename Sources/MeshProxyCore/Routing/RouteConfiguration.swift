@@ -203,6 +203,8 @@ package struct RouteConfiguration: Sendable, Equatable {
             action.httpLimits = http.limits
             action.maxRequestsPerConnection = http.maxRequestsPerConnection.flatMap { $0 > 0 ? $0 : nil }
             action.upstreamIdleTimeout = http.idleTimeout.map(\.duration).flatMap { $0 > .zero ? $0 : nil }
+            action.upstreamProtocol = http.useClientProtocol == true ? .asTheClient : http.h2UpgradePolicy == "UPGRADE" ? .upgradeToHTTP2 : .byService
+            action.maxConcurrentStreams = http.maxConcurrentStreams.flatMap { $0 > 0 ? $0 : nil }
         }
         return action
     }

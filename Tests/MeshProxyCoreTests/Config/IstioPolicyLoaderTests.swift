@@ -97,6 +97,36 @@ struct IstioPolicyLoaderTests {
         }
     }
 
+    @Test("connectionPool.http's protocol fields load into the route action: UPGRADE, useClientProtocol over it, maxConcurrentStreams; an unknown h2UpgradePolicy is an error at its line")
+    func upstreamProtocolFields() throws {
+        func action(_ http: String) throws(ConfigErrors) -> RouteAction {
+            let loaded = try IstioPolicyLoader.load(yaml: """
+                apiVersion: networking.istio.io/v1
+                kind: DestinationRule
+                metadata: {name: echo}
+                spec:
+                  host: echo.default.svc.cluster.local
+                  trafficPolicy: {connectionPool: {http: \(http)}}
+                """, file: "dr.yaml")
+            #expect(loaded.warnings.isEmpty, "\(loaded.warnings)")
+            let routes = RouteConfiguration(localCluster: "east", destinationRules: loaded.destinationRules)
+            return routes.action(for: Route(service: ServiceKey(host: "echo.default.svc.cluster.local", port: 80), subset: nil, selector: [:]), origin: .client)
+        }
+        #expect(try action("{h2UpgradePolicy: UPGRADE, maxConcurrentStreams: 10}").upstreamProtocol == .upgradeToHTTP2)
+        #expect(try action("{h2UpgradePolicy: UPGRADE, maxConcurrentStreams: 10}").maxConcurrentStreams == 10)
+        #expect(try action("{h2UpgradePolicy: UPGRADE, useClientProtocol: true}").upstreamProtocol == .asTheClient)
+        #expect(try action("{h2UpgradePolicy: DO_NOT_UPGRADE}").upstreamProtocol == .byService)
+        #expect(try action("{h2UpgradePolicy: UPGRADE}").localUpstreamIsHTTP2(clientHTTP2: false))
+        #expect(try !action("{useClientProtocol: true}").localUpstreamIsHTTP2(clientHTTP2: false))
+        #expect(try action("{useClientProtocol: true}").localUpstreamIsHTTP2(clientHTTP2: true))
+        do {
+            _ = try action("{h2UpgradePolicy: ALWAYS}")
+            Issue.record("expected an error")
+        } catch {
+            #expect(error.errors.map(\.description).contains { $0.hasPrefix("dr.yaml:6:") && $0.contains("'ALWAYS' is not one of DEFAULT, DO_NOT_UPGRADE, UPGRADE") }, "\(error)")
+        }
+    }
+
     @Test("Subset and port-level policies override the top level, field by field of the top level")
     func policyMerge() throws {
         let yaml = """
