@@ -52,12 +52,15 @@ struct ValidateCommand: AsyncParsableCommand {
 
     func run() async throws {
         var failed = false
+        // Istio files are checked together too: a delegate may be in another file than its root.
+        var istio = IstioPolicyLoader.Loaded()
         for file in files {
             do {
                 switch ConfigFileKind(file: file) {
                 case .istio:
                     let loaded = try IstioPolicyLoader.load(file: file)
                     (loaded.skipped + loaded.warnings.map(\.description)).forEach(printError)
+                    istio.merge(loaded)
                 case .topology:
                     _ = try ConfigLoader.load(Topology.self, file: file)
                 case .gatewayConfig:
@@ -71,6 +74,7 @@ struct ValidateCommand: AsyncParsableCommand {
                 failed = true
             }
         }
+        VirtualServiceDelegation.warnings(istio.virtualServices, origins: istio.virtualServiceOrigins).forEach(printError)
         if failed { throw ExitCode(2) }
     }
 }

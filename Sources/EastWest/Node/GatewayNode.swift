@@ -68,6 +68,7 @@ struct GatewayNode: Service {
             + ServiceEntry.services(resources.serviceEntries, workloads: resources.workloadEntries, cluster: config.cluster)
         let warnings = resources.skipped + resources.warnings.map(\.description)
             + GatewayServers.unserved(resources.gateways, origins: resources.gatewayOrigins, labels: config.effectiveLabels, port: config.listen.port)
+            + VirtualServiceDelegation.warnings(resources.virtualServices, origins: resources.virtualServiceOrigins)
             + PeerAuthentication.gatewayWarnings(resources.peerAuthentications)
             + EnvoyFilter.gatewayWarnings(resources.envoyFilters, labels: config.effectiveLabels, namespace: config.effectiveNamespace)
         return (PolicyCompiler.compile(config: config, resources: resources), warnings)

@@ -41,10 +41,19 @@ package struct VirtualService: Codable, Sendable, Equatable {
         package var mirrorPercentage: Percent?
         package var mirrorPercent: Int?
         package var mirrors: [HTTPMirrorPolicy]?
+        /// This rule's traffic is routed by another VirtualService's rules (one without hosts),
+        /// merged in as istiod merges them (`VirtualServiceDelegation`).
+        package var delegate: Delegate?
 
         package init(name: String? = nil, match: [HTTPMatchRequest]? = nil, route: [HTTPRouteDestination]? = nil) {
             self.name = name; self.match = match; self.route = route
         }
+    }
+
+    /// `delegate`: the VirtualService whose rules stand in for this one (namespace: the root's).
+    package struct Delegate: Codable, Sendable, Equatable {
+        package var name: String
+        package var namespace: String?
     }
 
     /// `retries` (istio/api HTTPRetry): `attempts` retries after the first try.

@@ -5,7 +5,7 @@ extension IstioPolicyLoader {
     /// Valid VirtualService fields (istio/api virtual_service.proto) EastWest does not carry out
     /// yet: they load with a warning naming them.
     static let virtualServiceNotImplemented: Set<String> = [
-        "delegate", "mirror_percent", "corsPolicy", "statPrefix",
+        "mirror_percent", "corsPolicy", "statPrefix",
     ]
 
     static func readVirtualService(_ spec: Node, _ map: SourceMap, _ loaded: inout Loaded) -> [ConfigError] {
@@ -24,8 +24,18 @@ extension IstioPolicyLoader {
         var errors: [ConfigError] = []
         var warnings: [ConfigError] = []
         let spec = FieldPath().key("spec")
-        if (service.hosts ?? []).isEmpty {
-            errors.append(map.error(.missingField, at: spec.key("hosts"), "a VirtualService needs at least one host"))
+        // Without hosts it is a delegate (istiod's validation): http rules only, none delegating again.
+        let isDelegate = (service.hosts ?? []).isEmpty
+        if isDelegate {
+            if service.http == nil {
+                errors.append(map.error(.missingField, at: spec.key("hosts"), "a VirtualService needs at least one host (one without hosts is a delegate, with 'http' rules)"))
+            }
+            if service.tcp != nil || service.tls != nil {
+                errors.append(map.error(.invalidValue, at: spec.key(service.tcp != nil ? "tcp" : "tls"), "a delegate VirtualService (no hosts) has only 'http' rules"))
+            }
+            for (i, rule) in (service.http ?? []).enumerated() where rule.delegate != nil {
+                errors.append(map.error(.invalidValue, at: spec.key("http").index(i).key("delegate"), "a delegate VirtualService cannot delegate again (Istio merges one level)"))
+            }
         }
         for (i, host) in (service.hosts ?? []).enumerated() where host.isEmpty || (host.contains("*") && host != "*" && !host.hasPrefix("*.")) || host.dropFirst().contains("*") {
             errors.append(map.error(.invalidValue, at: spec.key("hosts").index(i), "'\(host)' is not a host name (a wildcard is only a leading '*.')"))
@@ -250,7 +260,12 @@ extension IstioPolicyLoader {
         var errors: [ConfigError] = []
         errors += checkHeaders(rule.headers, at: rulePath.key("headers"), map: map)
         let hasRoute = !(rule.route ?? []).isEmpty
-        if let redirect = rule.redirect {
+        if let delegate = rule.delegate {
+            if hasRoute || rule.redirect != nil || rule.directResponse != nil {
+                errors.append(map.error(.invalidValue, at: rulePath.key("delegate"), "a delegate cannot be combined with route, redirect or directResponse"))
+            }
+            if delegate.name.isEmpty { errors.append(map.error(.missingField, at: rulePath.key("delegate").key("name"), "must not be empty")) }
+        } else if let redirect = rule.redirect {
             if hasRoute || rule.rewrite != nil || rule.directResponse != nil {
                 errors.append(map.error(.invalidValue, at: rulePath.key("redirect"), "a redirect cannot be combined with route, rewrite or directResponse"))
             }

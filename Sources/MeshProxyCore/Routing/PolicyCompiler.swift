@@ -25,8 +25,9 @@ package enum PolicyCompiler {
     package static let kinds: [KindCompiler] = [
         KindCompiler(kind: "DestinationRule") { loaded, draft in draft.destinationRules += loaded.destinationRules },
         KindCompiler(kind: "VirtualService") { loaded, draft in
-            draft.httpRoutes = VirtualServiceCompiler.compile(loaded.virtualServices, origins: loaded.virtualServiceOrigins, proxyLabels: draft.gatewayLabels)
-            draft.tcpRoutes = VirtualServiceCompiler.compileTCP(loaded.virtualServices, proxyLabels: draft.gatewayLabels)
+            let merged = VirtualServiceDelegation.merge(loaded.virtualServices, origins: loaded.virtualServiceOrigins)
+            draft.httpRoutes = VirtualServiceCompiler.compile(merged.services, origins: merged.origins, proxyLabels: draft.gatewayLabels)
+            draft.tcpRoutes = VirtualServiceCompiler.compileTCP(merged.services, proxyLabels: draft.gatewayLabels)
         },
         KindCompiler(kind: "AuthorizationPolicy") { loaded, draft in draft.authorization = AuthorizationEngine(policies: loaded.authorizationPolicies) },
         KindCompiler(kind: "Gateway") { loaded, draft in
