@@ -62,8 +62,9 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
     private var lastAction: RouteState?
 
     /// Everything decided once per route: its action and the route's circuit breakers,
-    /// AuthorizationPolicies and RequestAuthentication rules.
-    private struct RouteState {
+    /// AuthorizationPolicies and RequestAuthentication rules. An HTTP/2 connection decides its
+    /// own route's once and hands it to every stream's manager.
+    package struct RouteState {
         var route: Route
         var action: RouteAction
         var breakers: CircuitBreakers?
@@ -141,19 +142,19 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
     private static let responseHeadersDropped = hopByHop + ["server"]
 
     /// - Parameters:
-    ///   - connectionAction: the action of `connectionRoute`, when the caller has it already
+    ///   - connectionState: what `connectionRoute` decides, when the caller has it already
     ///     (decided once per HTTP/2 connection rather than once per stream).
     ///   - idleTimeout: an HTTP/1 connection with no request for this long is closed (Envoy's
     ///     HCM `idle_timeout`, 1 h by default like the TCP proxy's); nil for an HTTP/2 stream.
     package init(dataPlane: DataPlane, routes: RouteConfiguration, connectionRoute: Route, connection: ConnectionRecord,
-                 protocolName: String, origin: TrafficOrigin = .client, connectionAction: RouteAction? = nil, idleTimeout: Duration? = nil) {
+                 protocolName: String, origin: TrafficOrigin = .client, connectionState: RouteState? = nil, idleTimeout: Duration? = nil) {
         self.dataPlane = dataPlane
         self.routes = routes
         self.connectionRoute = connectionRoute
         self.connection = connection
         self.protocolName = protocolName
         self.origin = origin
-        lastAction = connectionAction.map { RouteState(connectionRoute, action: $0, routes: routes, clusters: dataPlane.clusters) }
+        lastAction = connectionState
         self.idleTimeout = idleTimeout
         random = SplitMix64.fresh()
     }
@@ -193,7 +194,9 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
     /// taken up one by one as responses end. Kept here rather than by NIO's pipelining handler,
     /// which stops and restarts the socket's reads around every request (two `epoll_ctl`s per
     /// request for clients that never pipeline).
-    private var pipelined = CircularBuffer<HTTPServerRequestPart>()
+    /// An array, not a `CircularBuffer`: that allocates 16 slots up front, once per request for an
+    /// HTTP/2 stream, which never pipelines; pipelining HTTP/1.1 clients are rare and capped.
+    private var pipelined: [HTTPServerRequestPart] = []
     private var drainingPipelined = false
     private static let pipelinedLimit = 256
     /// The client closed its side: the connection closes once nothing is left to answer.
@@ -1123,7 +1126,8 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
         // (a local reply), which comes back here: the outer loop takes the rest.
         if !drainingPipelined {
             drainingPipelined = true
-            while case .idle = state, let head = pipelined.popFirst() {
+            while case .idle = state, !pipelined.isEmpty {
+                let head = pipelined.removeFirst()
                 handle(head, context: context)
                 // The rest of that request (its body, its end) is the current request's.
                 while let next = pipelined.first, !isHeadPart(next) {

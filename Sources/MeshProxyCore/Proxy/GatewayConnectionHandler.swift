@@ -123,10 +123,10 @@ package final class GatewayConnectionHandler: ChannelDuplexHandler, RemovableCha
         do {
             let operations = context.pipeline.syncOperations
             if h2 {
-                let action = routes.action(for: route, origin: origin)
+                let decided = HTTPConnectionManager.RouteState(route, action: routes.action(for: route, origin: origin), routes: routes, clusters: dataPlane.clusters)
                 // Envoy's HCM idle timeout holds for an HTTP/2 connection too: no stream for the period, GOAWAY.
                 let idle = HTTP2IdleTimeout(period: dataPlane.config.idleTimeout)
-                let connection = NIOLoopBound((dataPlane, routes, route, record, action, idle), eventLoop: context.eventLoop)
+                let connection = NIOLoopBound((dataPlane, routes, route, record, decided, idle), eventLoop: context.eventLoop)
                 // This handler is the pipeline's last and leaves right after.
                 try operations.addHandler(FlushCoalescer(), position: .last)
                 // A client's header blocks are validated; a peer gateway's were, where they entered.
@@ -135,12 +135,12 @@ package final class GatewayConnectionHandler: ChannelDuplexHandler, RemovableCha
                 _ = try operations.configureHTTP2Pipeline(mode: .server, connectionConfiguration: connectionConfiguration, streamConfiguration: .init(),
                                                           position: .last) { stream in
                     stream.eventLoop.makeCompletedFuture {
-                        let (dataPlane, routes, route, record, action, idle) = connection.value
+                        let (dataPlane, routes, route, record, decided, idle) = connection.value
                         idle.streamOpened(stream)
                         try stream.pipeline.syncOperations.addHandler(HTTP2FramePayloadToHTTP1ServerCodec())
                         try stream.pipeline.syncOperations.addHandler(HTTPConnectionManager(
                             dataPlane: dataPlane, routes: routes, connectionRoute: route, connection: record, protocolName: "HTTP/2",
-                            origin: origin, connectionAction: action))
+                            origin: origin, connectionState: decided))
                     }
                 }
                 try operations.addHandler(idle, position: .last)
