@@ -410,6 +410,51 @@ struct FederationPartitionTests {
 
 @Suite("Admin listener limits", .serialized, .timeLimit(.minutes(2)), .sharesMachine)
 struct AdminLimitTests {
+    @Test("Admin writes by an operator certificate: TLS on the admin port with `eastwest ca operator`'s certificate adds a fault, logged by its SPIFFE ID; a workload certificate is refused 403 naming it; no certificate fails the handshake; plaintext reads stay open and plaintext writes still need the token")
+    func operatorCertificate() async throws {
+        let mesh = try TestMesh("admin-operator", clusters: ["east"])
+        defer { mesh.processes.stopAll() }
+        let (gateway, process) = try await mesh.startEchoCluster(block: 144)
+        let operatorDir = "\(mesh.directory)/operator"
+        let issued = try await runCommand(PackagePaths.eastwest, ["ca", "operator", "--dir", mesh.certs.path, "--cluster", "east", "--out", operatorDir])
+        #expect(issued.status == 0, "\(issued.stderr)")
+        let inspect = try await runCommand(PackagePaths.eastwest, ["ca", "inspect", "\(operatorDir)/cert-chain.pem"])
+        #expect(inspect.stdout.contains("spiffe://cluster.local/ns/istio-system/sa/eastwest-operator"), "\(inspect.stdout)")
+
+        // The gateway's certificate names the service hosts: the admin address is reached by one.
+        let host = "echo.default.svc.cluster.local", admin = gateway.effectiveAdmin
+        func call(_ method: String, _ path: String, tls: String?, data: String? = nil) async throws -> (code: String, body: String, error: String) {
+            var arguments = ["-sS", "--max-time", "10", "-w", "\n%{http_code}", "-X", method]
+            if let data { arguments += ["--data", data] }
+            if let tls {
+                arguments += ["--cacert", mesh.certs.rootCertificatePath, "--resolve", "\(host):\(admin.port):\(admin.host)"]
+                if !tls.isEmpty { arguments += ["--cert", "\(tls)/cert-chain.pem", "--key", "\(tls)/key.pem"] }
+                arguments.append("https://\(host):\(admin.port)\(path)")
+            } else {
+                arguments.append("http://\(admin)\(path)")
+            }
+            let result = try await runCommand("/usr/bin/curl", arguments)
+            let lines = result.stdout.split(separator: "\n", omittingEmptySubsequences: false)
+            return (String(lines.last ?? ""), lines.dropLast().joined(separator: "\n"), result.stderr)
+        }
+        let fault = #"{"blackhole": {"cluster": "west"}, "duration": "300s"}"#
+        let byOperator = try await call("POST", "/v1/faults", tls: operatorDir, data: fault)
+        #expect(byOperator.code == "201" && byOperator.body.contains("blackhole"), "\(byOperator)")
+        #expect(await eventually { process.log.contains("admin write") && process.log.contains("by=spiffe://cluster.local/ns/istio-system/sa/eastwest-operator") },
+                "\(process.log.suffix(1500))")
+        #expect(try await mesh.admin(gateway, "/v1/faults").contains("\"west\""))
+
+        let byWorkload = try await call("DELETE", "/v1/faults", tls: mesh.clientCertPath("east"))
+        #expect(byWorkload.code == "403" && byWorkload.body.contains("spiffe://cluster.local/ns/default/sa/client is not an admin operator"), "\(byWorkload)")
+        let anonymousTLS = try await call("DELETE", "/v1/faults", tls: "")
+        #expect(anonymousTLS.code == "000", "a TLS client without a certificate does not get through the handshake: \(anonymousTLS)")
+        let plaintext = try await call("DELETE", "/v1/faults", tls: nil)
+        #expect(plaintext.code == "401" && plaintext.body.contains("operator"), "\(plaintext)")
+        #expect(try await call("GET", "/healthz/ready", tls: nil).code == "200")
+        #expect(try await call("GET", "/healthz/ready", tls: operatorDir).code == "200")
+        #expect(try await mesh.admin(gateway, "/v1/faults").contains("\"west\""), "refused writes changed nothing")
+    }
+
     @Test("A request body over 1 MiB gets 413 without being buffered (declared length or chunked); the admin API keeps answering")
     func bodyCap() async throws {
         let mesh = try TestMesh("admin-cap", clusters: ["east"])

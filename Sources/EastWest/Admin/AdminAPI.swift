@@ -23,8 +23,11 @@ struct AdminAPI: Sendable {
     let dataPlane: DataPlane
     /// Drill faults (`/v1/faults`).
     let blackholes: Blackholes
-    /// The operator's bearer token for writes (`adminTokenFile`); nil: writes are refused.
+    /// The operator's bearer token for writes (`adminTokenFile`); nil: no token opens writes.
     var writeToken: String?
+    /// The identities whose verified mesh certificate (TLS on the admin port) makes a write an
+    /// operator's (`adminOperators`).
+    var operators: Set<String> = []
 
     func respond(_ request: ControlHTTPRequest, on eventLoop: any EventLoop) -> EventLoopFuture<ControlHTTPResponse> {
         // A blocking query parks until the federation view passes the index the caller saw.
@@ -47,15 +50,44 @@ struct AdminAPI: Sendable {
         return eventLoop.makeSucceededFuture(response(to: request))
     }
 
-    /// Reads are open on the admin address; a write needs the operator's token: 401 without one,
-    /// 403 with another (or when the gateway has none configured), each with the reason and
-    /// logged with the address it came from.
+    /// Who may write: an operator identity over mutual TLS, or the operator token.
+    enum Writer: Equatable {
+        case identity(String)
+        case token
+        var description: String {
+            switch self {
+            case .identity(let id): id
+            case .token: "operator token"
+            }
+        }
+    }
+
+    /// Reads are open on the admin address; a write needs an operator: a client certificate with
+    /// an operator SPIFFE ID (TLS on the same port), or the operator's token: 401 without either,
+    /// 403 with another identity or token (or when the gateway has no token configured), each
+    /// with the reason and logged with the address it came from.
+    private func writer(of request: ControlHTTPRequest) -> Result<Writer, Refusal> {
+        if let id = request.peerIdentity?.description, operators.contains(id) { return .success(.identity(id)) }
+        if let id = request.peerIdentity?.description, request.headers.first(name: "authorization") == nil {
+            let reason = "\(id) is not an admin operator of this gateway (adminOperators: \(operators.sorted().joined(separator: ", ")))"
+            dataPlane.logger.warning("admin write refused", metadata: ["path": "\(request.path)", "from": "\(request.remote)", "reason": "not an operator", "identity": "\(id)"])
+            return .failure(Refusal(ControlHTTPResponse(status: .forbidden, text: reason + "\n")))
+        }
+        if let refusal = refusal(of: request) { return .failure(Refusal(refusal)) }
+        return .success(.token)
+    }
+
+    struct Refusal: Error {
+        var response: ControlHTTPResponse
+        init(_ response: ControlHTTPResponse) { self.response = response }
+    }
+
     private func refusal(of request: ControlHTTPRequest) -> ControlHTTPResponse? {
         let reason: String
         let status: HTTPResponseStatus
         if let token = writeToken {
             guard let given = request.headers.first(name: "authorization"), given.hasPrefix("Bearer ") else {
-                var response = ControlHTTPResponse(status: .unauthorized, text: "admin writes need the operator token: Authorization: Bearer <the content of adminTokenFile>\n")
+                var response = ControlHTTPResponse(status: .unauthorized, text: "admin writes need an operator: a client certificate with an operator SPIFFE ID over TLS on this port, or the operator token: Authorization: Bearer <the content of adminTokenFile>\n")
                 response.headers.add(name: "www-authenticate", value: "Bearer realm=\"eastwest-admin\"")
                 dataPlane.logger.warning("admin write refused", metadata: ["path": "\(request.path)", "from": "\(request.remote)", "reason": "no token"])
                 return response
@@ -69,7 +101,7 @@ struct AdminAPI: Sendable {
             return nil
         }
         status = .forbidden
-        reason = "admin writes are off on this gateway: set adminTokenFile in its config (eastwest up does)"
+        reason = "admin writes need an operator certificate (TLS on this port, adminOperators) or an operator token, and this gateway has no adminTokenFile (eastwest up sets one)"
         dataPlane.logger.warning("admin write refused", metadata: ["path": "\(request.path)", "from": "\(request.remote)", "reason": "no adminTokenFile"])
         return ControlHTTPResponse(status: status, text: reason + "\n")
     }
@@ -88,9 +120,12 @@ struct AdminAPI: Sendable {
     private func response(to request: ControlHTTPRequest) -> ControlHTTPResponse {
         let isWrite = request.method != .GET && (request.path.hasPrefix("/v1/catalog/") || request.path == "/v1/faults")
         if isWrite {
-            if let refusal = refusal(of: request) { return refusal }
-            dataPlane.logger.notice("admin write", metadata: ["method": "\(request.method.rawValue)", "path": "\(request.path)",
-                                                              "by": "operator token", "from": "\(request.remote)"])
+            switch writer(of: request) {
+            case .failure(let refusal): return refusal.response
+            case .success(let writer):
+                dataPlane.logger.notice("admin write", metadata: ["method": "\(request.method.rawValue)", "path": "\(request.path)",
+                                                                  "by": "\(writer.description)", "from": "\(request.remote)"])
+            }
         }
         if request.method == .PUT, request.path == "/v1/catalog/register" || request.path == "/v1/catalog/deregister" {
             return catalogChange(request)

@@ -3,6 +3,7 @@ import MeshProxyCore
 import NIOCore
 import NIOHTTP1
 import NIOPosix
+import NIOSSL
 
 /// One request to an admin API (readiness checks, `eastwest members`, drills): NIOHTTP1's
 /// client codec and response aggregator over a fresh connection, closed after the answer.
@@ -15,9 +16,25 @@ enum AdminClient {
     /// Largest answer read (a big mesh's `/v1/endpoints` or `/stats/prometheus`).
     static let maximumResponseSize = 64 << 20
 
+    /// How an operator proves it may write: an operator certificate (TLS on the admin port,
+    /// preferred) or the bearer token.
+    struct Credentials: Sendable {
+        var token: String?
+        var certificate: GatewayConfig.TLSFiles?
+    }
+
     /// - Parameter token: the operator's bearer token, for writes.
     static func send(_ method: HTTPMethod, _ address: HostPort, path: String, body: String = "", token: String? = nil,
                      timeout: Duration = .seconds(10)) async throws -> Response {
+        try await send(method, address, path: path, body: body, credentials: Credentials(token: token), timeout: timeout)
+    }
+
+    /// With an operator certificate the request goes over TLS with it (the gateway's chain checked
+    /// against the same mesh root), and no token is sent.
+    static func send(_ method: HTTPMethod, _ address: HostPort, path: String, body: String = "", credentials: Credentials,
+                     timeout: Duration = .seconds(10)) async throws -> Response {
+        let tls = try credentials.certificate.map(Self.tlsContext)
+        let token = tls == nil ? credentials.token : nil
         let group = MultiThreadedEventLoopGroup.singleton
         let answer = group.next().makePromise(of: Response.self)
         let channel: any Channel
@@ -27,6 +44,7 @@ enum AdminClient {
                 .channelInitializer { channel in
                     channel.eventLoop.makeCompletedFuture {
                         let operations = channel.pipeline.syncOperations
+                        if let tls { try operations.addHandler(NIOSSLClientHandler(context: tls, serverHostname: nil)) }
                         try operations.addHTTPClientHandlers()
                         try operations.addHandler(NIOHTTPClientResponseAggregator(maxContentLength: maximumResponseSize))
                         try operations.addHandler(ResponseReceiver(answer: answer))
@@ -50,6 +68,16 @@ enum AdminClient {
         channel.writeAndFlush(HTTPClientRequestPart.end(nil), promise: nil)
         defer { deadline.cancel() }
         return try await answer.futureResult.get()
+    }
+
+    private static func tlsContext(_ files: GatewayConfig.TLSFiles) throws -> NIOSSLContext {
+        var configuration = TLSConfiguration.makeClientConfiguration()
+        configuration.certificateChain = try NIOSSLCertificate.fromPEMFile(files.certificateChain).map { .certificate($0) }
+        configuration.privateKey = .privateKey(try NIOSSLPrivateKey(file: files.privateKey, format: .pem))
+        configuration.trustRoots = .certificates(try NIOSSLCertificate.fromPEMFile(files.rootCertificate))
+        // The gateway's certificate names its SPIFFE ID and service hosts, not the admin address.
+        configuration.certificateVerification = .noHostnameVerification
+        return try NIOSSLContext(configuration: configuration)
     }
 
     private final class ResponseReceiver: ChannelInboundHandler {

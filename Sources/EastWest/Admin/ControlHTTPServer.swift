@@ -3,6 +3,7 @@ import Foundation
 import NIOCore
 import NIOHTTP1
 import NIOPosix
+import NIOSSL
 
 /// A request as the admin API and the demo backend see it: whole, body aggregated.
 package struct ControlHTTPRequest: Sendable {
@@ -12,6 +13,8 @@ package struct ControlHTTPRequest: Sendable {
     package var body: ByteBuffer
     /// The client's address, for the log of who changed what.
     package var remote = "-"
+    /// The client's SPIFFE ID, when it came over TLS with a mesh certificate the server verified.
+    package var peerIdentity: SpiffeID?
 
     package var path: String { String(uri.split(separator: "?", maxSplits: 1).first ?? "") }
 
@@ -64,8 +67,16 @@ package enum ControlHTTPServer {
 
     package typealias Responder = @Sendable (ControlHTTPRequest, any EventLoop) -> EventLoopFuture<ControlHTTPResponse>
 
+    /// TLS on the same port as plaintext: a connection that starts with a TLS handshake record
+    /// gets this context, and a client certificate the verifier accepts names the client.
+    package struct MutualTLS: Sendable {
+        package var context: NIOSSLContext
+        package var verifier: PeerVerifier
+        package init(context: NIOSSLContext, verifier: PeerVerifier) { self.context = context; self.verifier = verifier }
+    }
+
     /// Binds `address`; an address in use fails with an error naming it.
-    package static func bind(host: String, port: Int, role: String, group: any EventLoopGroup,
+    package static func bind(host: String, port: Int, role: String, group: any EventLoopGroup, tls: MutualTLS? = nil,
                              responder: @escaping Responder) async throws -> any Channel {
         do {
             return try await ServerBootstrap(group: group)
@@ -74,8 +85,10 @@ package enum ControlHTTPServer {
                 .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
                 .childChannelInitializer { channel in
                     channel.eventLoop.makeCompletedFuture {
+                        let peer = PeerIdentity()
+                        if let tls { try channel.pipeline.syncOperations.addHandler(TLSSniffer(tls: tls, peer: peer)) }
                         try channel.pipeline.syncOperations.configureHTTPServerPipeline()
-                        try channel.pipeline.syncOperations.addHandler(RequestHandler(responder: responder))
+                        try channel.pipeline.syncOperations.addHandler(RequestHandler(responder: responder, peer: peer))
                     }
                 }
                 .bind(host: host, port: port).get()
@@ -89,12 +102,13 @@ package enum ControlHTTPServer {
         typealias OutboundOut = HTTPServerResponsePart
 
         private let responder: Responder
+        private let peer: PeerIdentity
         private var head: HTTPRequestHead?
         private var body = ByteBuffer()
         /// Set once a request was refused as too large: the rest of it is dropped.
         private var refused = false
 
-        init(responder: @escaping Responder) { self.responder = responder }
+        init(responder: @escaping Responder, peer: PeerIdentity) { self.responder = responder; self.peer = peer }
 
         func channelRead(context: ChannelHandlerContext, data: NIOAny) {
             switch unwrapInboundIn(data) {
@@ -116,6 +130,7 @@ package enum ControlHTTPServer {
                 guard !refused, let head else { return }
                 var request = ControlHTTPRequest(method: head.method, uri: head.uri, headers: head.headers, body: body)
                 request.remote = context.remoteAddress?.description ?? "-"
+                request.peerIdentity = peer.id
                 let keepAlive = head.isKeepAlive
                 let version = head.version
                 let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
@@ -150,6 +165,42 @@ package enum ControlHTTPServer {
                 let channel = context.channel
                 done.whenComplete { _ in channel.close(promise: nil) }
             }
+        }
+    }
+
+    /// Who the client of one connection is, once its TLS handshake verified it.
+    private final class PeerIdentity: @unchecked Sendable {  // one connection's event loop writes and reads it
+        var id: SpiffeID?
+    }
+
+    /// Looks at a connection's first byte: a TLS handshake record (0x16) gets the TLS handler,
+    /// anything else stays plaintext. Leaves the pipeline after that first read.
+    private final class TLSSniffer: ChannelInboundHandler, RemovableChannelHandler {
+        typealias InboundIn = ByteBuffer
+        private let tls: MutualTLS
+        private let peer: PeerIdentity
+
+        init(tls: MutualTLS, peer: PeerIdentity) { self.tls = tls; self.peer = peer }
+
+        func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+            let buffer = unwrapInboundIn(data)
+            if buffer.getInteger(at: buffer.readerIndex, as: UInt8.self) == 0x16 {
+                let verifier = tls.verifier
+                let peer = NIOLoopBound(peer, eventLoop: context.eventLoop)
+                let handler = NIOSSLServerHandler(context: tls.context) { certificates, promise in
+                    verifier.verify(certificates, answering: promise) { result in
+                        if case .success(let id) = result { peer.value.id = id }
+                    }
+                }
+                do {
+                    try context.pipeline.syncOperations.addHandler(handler, position: .after(self))
+                } catch {
+                    context.close(promise: nil)
+                    return
+                }
+            }
+            context.fireChannelRead(data)
+            context.pipeline.syncOperations.removeHandler(context: context, promise: nil)
         }
     }
 }

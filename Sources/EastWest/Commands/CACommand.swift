@@ -7,7 +7,7 @@ struct CACommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "ca",
         abstract: "Mesh certificate authority with Istio's plugged-in CA file names.",
-        subcommands: [Init.self, Cluster.self, Workload.self, Gateway.self, Inspect.self])
+        subcommands: [Init.self, Cluster.self, Workload.self, Gateway.self, Operator.self, Inspect.self])
 
     struct Validity: ParsableArguments {
         @Option(help: "How long the certificate is valid, e.g. 365d, 8760h, 30m. Default depends on the kind.")
@@ -85,6 +85,24 @@ struct CACommand: AsyncParsableCommand {
             let trustDomain = try reportingFileErrors { try directory.rootTrustDomain() } ?? "cluster.local"
             let id = try GatewayIdentity.spiffeID(cluster: cluster, trustDomain: trustDomain)
             try issueLeaf(id, directory: directory, cluster: cluster, dns: dns, out: out, validity: validity, force: force)
+        }
+    }
+
+    struct Operator: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Issue an operator certificate (spiffe://TD/ns/istio-system/sa/eastwest-operator, a gateway's default adminOperators): admin writes over TLS with it. O/cert-chain.pem, O/key.pem, O/root-cert.pem.")
+        @Option(help: "CA directory.") var dir: String
+        @Option(help: "Cluster whose intermediate signs.") var cluster: String
+        @Option(help: "Service account of the identity (the default is what gateways accept unless adminOperators says otherwise).") var serviceAccount = "eastwest-operator"
+        @Option(help: "Output directory.") var out: String
+        @OptionGroup var validity: Validity
+        @Flag(help: "Replace an existing key.") var force = false
+
+        func run() async throws {
+            let directory = CertificateDirectory(path: dir)
+            let trustDomain = try reportingFileErrors { try directory.rootTrustDomain() } ?? "cluster.local"
+            let id: SpiffeID
+            do { id = try SpiffeID(trustDomain: trustDomain, namespace: "istio-system", serviceAccount: serviceAccount) } catch { throw ValidationError("--service-account: \(error)") }
+            try issueLeaf(id, directory: directory, cluster: cluster, dns: [], out: out, validity: validity, force: force)
         }
     }
 

@@ -48,7 +48,7 @@ struct DrillCommand: AsyncParsableCommand {
             }
             do {
                 deployment = try DrillRun.Deployment(readyFile: attach, topology: topology, from: drill.load.from)
-                injector.adminToken.withLock { $0 = deployment.adminToken }
+                injector.adminCredentials.withLock { $0 = deployment.adminCredentials }
             } catch {
                 printError("error: --attach \(attach): \(error)")
                 throw ExitCode(2)
@@ -71,7 +71,7 @@ struct DrillCommand: AsyncParsableCommand {
                 throw ExitCode(1)
             }
             deployment = try DrillRun.Deployment(plan: plan, from: drill.load.from)
-            injector.adminToken.withLock { $0 = deployment.adminToken }
+            injector.adminCredentials.withLock { $0 = deployment.adminCredentials }
         }
 
         let report: DrillReport
@@ -167,8 +167,8 @@ struct DrillRun {
         var admin: HostPort
         var fromGateways: [String]
         var client: GatewayConfig.TLSFiles
-        /// The operator token for the gateways' admin writes.
-        var adminToken: String?
+        /// The operator's certificate and token for the gateways' admin writes.
+        var adminCredentials = AdminClient.Credentials()
 
         static func token(_ file: String?) -> String? {
             file.flatMap { try? String(contentsOfFile: $0, encoding: .utf8) }?.trimmingCharacters(in: .whitespacesAndNewlines)
@@ -183,7 +183,7 @@ struct DrillRun {
             admin = gateway.effectiveAdmin
             fromGateways = plan.gatewayConfigs.filter { $0.cluster == from }.map(\.name)
             self.client = client
-            adminToken = Self.token(plan.gatewayConfigs.first?.adminTokenFile)
+            adminCredentials = .init(token: Self.token(plan.gatewayConfigs.first?.adminTokenFile), certificate: plan.operatorCertificate)
         }
 
         init(readyFile: String, topology: Topology, from: String) throws {
@@ -198,7 +198,9 @@ struct DrillRun {
             fromGateways = ready.gateways.filter { $0.cluster == from }.map(\.name)
             self.client = GatewayConfig.TLSFiles(certificateChain: client.certificateChain, privateKey: client.privateKey,
                                                  rootCertificate: client.rootCertificate)
-            adminToken = Self.token(ready.adminTokenFile)
+            adminCredentials = .init(token: Self.token(ready.adminTokenFile), certificate: ready.operatorCertificate.map {
+                GatewayConfig.TLSFiles(certificateChain: $0.certificateChain, privateKey: $0.privateKey, rootCertificate: $0.rootCertificate)
+            })
         }
     }
 

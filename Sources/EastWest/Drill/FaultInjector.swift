@@ -18,8 +18,8 @@ final class FaultInjector: Sendable {
     private let stopped = Mutex<Set<String>>([])
     /// What the blackhole in force hit (an unblackhole is its recovery).
     private let blackholed = Mutex<Hit?>(nil)
-    /// The operator token the gateways' admin writes need (known once the deployment is).
-    let adminToken = Mutex<String?>(nil)
+    /// What the gateways' admin writes need (known once the deployment is).
+    let adminCredentials = Mutex(AdminClient.Credentials())
 
     init(topology: Topology, supervisor: Supervisor) {
         self.topology = topology
@@ -122,7 +122,7 @@ final class FaultInjector: Sendable {
                                        duration: ConfigDuration(.seconds(Int(duration.seconds.rounded(.up)))))
             let body = String(decoding: try JSONEncoder().encode(request), as: UTF8.self)
             for admin in admins {
-                let reply = try await AdminClient.send(.POST, admin, path: "/v1/faults", body: body, token: adminToken.withLock { $0 })
+                let reply = try await AdminClient.send(.POST, admin, path: "/v1/faults", body: body, credentials: adminCredentials.withLock { $0 })
                 guard reply.status == 201 else { throw DrillError("blackhole at \(admin): \(reply.status) \(reply.body)") }
             }
             blackholed.withLock { $0 = hit }
@@ -137,8 +137,8 @@ final class FaultInjector: Sendable {
     private var admins: [HostPort] { topology.clusters.flatMap { $0.gateways.compactMap(\.admin) } }
 
     private func clearBlackholes() async {
-        let token = adminToken.withLock { $0 }
-        for admin in admins { _ = try? await AdminClient.send(.DELETE, admin, path: "/v1/faults", token: token) }
+        let credentials = adminCredentials.withLock { $0 }
+        for admin in admins { _ = try? await AdminClient.send(.DELETE, admin, path: "/v1/faults", credentials: credentials) }
         blackholed.withLock { $0 = nil }
     }
 

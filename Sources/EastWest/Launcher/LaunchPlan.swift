@@ -26,6 +26,8 @@ struct LaunchPlan {
     var children: [Child]
     var gatewayConfigs: [GatewayConfig]
     var clientCertificates: [String: GatewayConfig.TLSFiles]
+    /// The operator certificate for admin writes over TLS.
+    var operatorCertificate: GatewayConfig.TLSFiles?
 
     static func prepare(topology: Topology, stateDir: String, gatewayLogLevel: String) throws -> LaunchPlan {
         let fm = FileManager.default
@@ -54,6 +56,9 @@ struct LaunchPlan {
         }
         var clients: [String: GatewayConfig.TLSFiles] = [:]
         let parent = String(getpid())
+        // The operator's certificate for admin writes over TLS (every gateway's default
+        // adminOperators), signed by the first cluster's intermediate.
+        var operatorCertificate: GatewayConfig.TLSFiles?
 
         let dnsNames = servedHosts(topology)
         for cluster in topology.clusters {
@@ -65,6 +70,14 @@ struct LaunchPlan {
                 try certs.createWorkload(cluster: cluster.name, spiffeID: clientID, outputPath: clientDir)
             }
             clients[cluster.name] = files(in: clientDir)
+            if operatorCertificate == nil {
+                let operatorDir = "\(stateDir)/certs/operator"
+                if !fm.fileExists(atPath: "\(operatorDir)/key.pem") {
+                    try certs.createWorkload(cluster: cluster.name, spiffeID: try SpiffeID(trustDomain: trustDomain, namespace: "istio-system", serviceAccount: "eastwest-operator"),
+                                             outputPath: operatorDir)
+                }
+                operatorCertificate = files(in: operatorDir)
+            }
 
             let gatewayID = try GatewayIdentity.spiffeID(cluster: cluster.name, trustDomain: trustDomain)
             for gateway in cluster.gateways {
@@ -101,7 +114,8 @@ struct LaunchPlan {
             children.append(Child(name: "\(config.name) (federation)", kind: .gateway, arguments: [],
                                   readiness: .federated(config.effectiveAdmin, peers: topology.gatewayNames.filter { $0 != config.name })))
         }
-        return LaunchPlan(topology: topology, stateDir: stateDir, children: children, gatewayConfigs: configs, clientCertificates: clients)
+        return LaunchPlan(topology: topology, stateDir: stateDir, children: children, gatewayConfigs: configs, clientCertificates: clients,
+                          operatorCertificate: operatorCertificate)
     }
 
     /// Every host a client may name at a gateway: the topology's services and the ServiceEntry
@@ -136,6 +150,8 @@ struct LaunchPlan {
         var topology: String
         /// The operator token admin writes need (`adminTokenFile` of every gateway).
         var adminTokenFile: String?
+        /// The operator certificate that admin writes over TLS on the admin port take.
+        var operatorCertificate: Client?
         var trustDomain: String
         var gateways: [Gateway]
         var backends: [Backend]
@@ -145,7 +161,10 @@ struct LaunchPlan {
     func readyFile(pids: [String: Int32]) -> ReadyFile {
         let td = topology.effectiveTrustDomain
         return ReadyFile(
-            topology: topology.name, adminTokenFile: gatewayConfigs.first?.adminTokenFile, trustDomain: td,
+            topology: topology.name, adminTokenFile: gatewayConfigs.first?.adminTokenFile,
+            operatorCertificate: operatorCertificate.map { .init(certificateChain: $0.certificateChain, privateKey: $0.privateKey, rootCertificate: $0.rootCertificate,
+                                                               spiffeID: "spiffe://\(td)/ns/istio-system/sa/eastwest-operator") },
+            trustDomain: td,
             gateways: gatewayConfigs.map { .init(name: $0.name, cluster: $0.cluster, address: $0.listen.description,
                                                  admin: $0.effectiveAdmin.description, locality: $0.locality?.description,
                                                  pid: pids[$0.name] ?? 0) },

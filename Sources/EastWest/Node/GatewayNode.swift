@@ -129,11 +129,16 @@ struct GatewayNode: Service {
         let bound: SocketAddress
         do {
             bound = try await listener.bind()
+            // TLS on the admin port for operators' writes: the gateway's own certificate, any mesh
+            // client certificate verified; the identity decides (adminOperators).
+            let adminTLS = ControlHTTPServer.MutualTLS(context: try tls.contexts(applicationProtocols: ["http/1.1"]).server, verifier: tls.clients)
             admin = try await ControlHTTPServer.bind(
                 host: config.effectiveAdmin.host, port: config.effectiveAdmin.port, role: "admin listener",
-                group: group, responder: AdminAPI(config: config, registry: registry, ready: ready, gossip: gossip, dataPlane: dataPlane, blackholes: blackholes,
+                group: group, tls: adminTLS,
+                responder: AdminAPI(config: config, registry: registry, ready: ready, gossip: gossip, dataPlane: dataPlane, blackholes: blackholes,
                                     writeToken: config.adminTokenFile.flatMap { try? String(contentsOfFile: $0, encoding: .utf8) }
-                                        .map { $0.trimmingCharacters(in: .whitespacesAndNewlines) }.flatMap { $0.isEmpty ? nil : $0 }).respond)
+                                        .map { $0.trimmingCharacters(in: .whitespacesAndNewlines) }.flatMap { $0.isEmpty ? nil : $0 },
+                                    operators: config.effectiveAdminOperators).respond)
         } catch {
             printError("error: \(error)")
             _ = await listener.drain(timeout: .zero)

@@ -32,6 +32,14 @@ package struct GatewayConfig: Codable, Sendable, Equatable {
     /// A file whose content is the bearer token admin writes (`/v1/catalog/*`, `/v1/faults`)
     /// need; without one, writes are refused. `eastwest up` writes one per deployment.
     package var adminTokenFile: String?
+    /// SPIFFE IDs whose mesh certificate makes a write on the admin listener an operator's, over
+    /// TLS on the same port (reads stay open in plaintext). Default: the trust domain's
+    /// `ns/istio-system/sa/eastwest-operator`, which `eastwest ca operator` issues.
+    package var adminOperators: [String]?
+
+    package var effectiveAdminOperators: Set<String> {
+        Set(adminOperators ?? ["spiffe://\(effectiveTrustDomain)/ns/istio-system/sa/eastwest-operator"])
+    }
     /// PEM CA certificates trusted, besides the system's, for RequestAuthentication `jwksUri`
     /// servers (an issuer with a private CA).
     package var jwksCACertificates: String?
