@@ -162,6 +162,45 @@ struct HTTPRoutingTests {
         #expect(!durations.isEmpty && durations.allSatisfy { !$0.contains("organization_id") && !$0.contains("request_protocol=") }, "REQUEST_COUNT only: \(durations)")
     }
 
+    @Test("Telemetry accessLogging: a mesh-wide filter `response.code >= 400` keeps only the failed requests' lines in east's access log; a namespace's disabled: true silences the destination side in west")
+    func telemetryAccessLogging() async throws {
+        let telemetry = Self.reviewsRoutes + """
+              - route:
+                - destination: {host: reviews, subset: v2}
+            ---
+            apiVersion: telemetry.istio.io/v1
+            kind: Telemetry
+            metadata: {name: mesh-default, namespace: istio-system}
+            spec:
+              accessLogging:
+              - providers: [{name: envoy}]
+                filter: {expression: "response.code >= 400"}
+                match: {mode: CLIENT}
+            ---
+            apiVersion: telemetry.istio.io/v1
+            kind: Telemetry
+            metadata: {name: quiet, namespace: default}
+            spec:
+              accessLogging: [{disabled: true, match: {mode: SERVER}}]
+            """
+        let mesh = try await Self.start("http-access-logging", block: 145, virtualService: telemetry)
+        defer { mesh.mesh.processes.stopAll() }
+        for path in ["/reviews/ok", "/reviews/ok", "/status/404", "/reviews/ok", "/status/404"] {
+            let answer = try await mesh.mesh.curl(mesh.east, host: Self.reviews, path: path, extra: ["-o", "/dev/null", "-w", "%{http_code}"])
+            #expect(answer.stdout == (path == "/status/404" ? "404" : "200"), "\(path): \(answer.stdout) \(answer.stderr)")
+        }
+        let east = try #require(mesh.mesh.processes.children.first { $0.name == "east-gw" })
+        let west = try #require(mesh.mesh.processes.children.first { $0.name == "west-gw" })
+        #expect(await eventually { east.log.components(separatedBy: "\"GET /status/404 HTTP/2\" 404").count - 1 == 2 }, "\(east.log.suffix(2000))")
+        #expect(!east.log.contains("\"GET /reviews/ok "), "a 200 is filtered out: \(east.log.suffix(2000))")
+        // west delivered all five (its metrics count them) and logged none.
+        let westMetrics = try await mesh.mesh.admin(mesh.west, "/stats/prometheus")
+        let delivered = westMetrics.split(separator: "\n").filter { $0.hasPrefix("istio_requests_total{") && $0.contains("reporter=\"destination\"") }
+            .compactMap { Int($0.split(separator: " ").last ?? "") }.reduce(0, +)
+        #expect(delivered == 5, "\(westMetrics.split(separator: "\n").filter { $0.hasPrefix("istio_requests_total") })")
+        #expect(!west.log.contains("\"GET /status/404") && !west.log.contains("\"GET /reviews/ok"), "\(west.log.suffix(2000))")
+    }
+
     @Test("virtual-service-reviews-90-10: 1000 requests split 90/10 between v1 (east) and v2 (west), counted by istio_requests_total")
     func ninetyTen() async throws {
         let mesh = try await Self.start("http-90-10", block: 81, virtualService: Self.bookinfo("virtual-service-reviews-90-10"))

@@ -8,11 +8,25 @@ import Yams
 package struct Telemetry: Codable, Sendable, Equatable {
     package var selector: AuthorizationPolicy.WorkloadSelector?
     package var metrics: [Metrics]?
+    /// Envoy's access log for the selected workloads: off (`disabled`), or only the requests a
+    /// CEL `filter.expression` holds for (`AccessLogPolicy`).
+    package var accessLogging: [AccessLogging]?
     /// `metadata.namespace`, `metadata.name`; set by the loader.
     package var namespace: String = "default"
     package var name: String = ""
 
-    enum CodingKeys: String, CodingKey { case selector, metrics }
+    enum CodingKeys: String, CodingKey { case selector, metrics, accessLogging }
+
+    package struct AccessLogging: Codable, Sendable, Equatable {
+        package var providers: [Provider]?
+        package var disabled: Bool?
+        package var filter: Filter?
+        package var match: Match?
+
+        package struct Filter: Codable, Sendable, Equatable {
+            package var expression: String?
+        }
+    }
 
     package struct Metrics: Codable, Sendable, Equatable {
         package var providers: [Provider]?
@@ -43,11 +57,39 @@ package struct Telemetry: Codable, Sendable, Equatable {
 
 extension Telemetry: NamedIstioResource {}
 
+extension Telemetry {
+    /// `telemetries` in the order Istio layers them: the mesh's (root namespace) first, then
+    /// namespaces', then those with a workload selector, each group in file order — applied in
+    /// that order, the most specific wins.
+    static func layered(_ telemetries: [Telemetry], rootNamespace: String = "istio-system") -> [Telemetry] {
+        func rank(_ telemetry: Telemetry) -> Int {
+            if telemetry.selector?.matchLabels?.isEmpty == false { return 2 }
+            return telemetry.namespace == rootNamespace ? 0 : 1
+        }
+        return telemetries.enumerated().sorted { (rank($0.element), $0.offset) < (rank($1.element), $1.offset) }.map(\.element)
+    }
+}
+
+extension RouteConfiguration {
+    /// Of Telemetry-scoped `items` (namespace and selector each), those that select `service`'s
+    /// workloads through this gateway, in their order.
+    func telemetryScoped<Item>(_ items: [Item], for service: ServiceKey, endpoints: MeshEndpoints,
+                               scope: (Item) -> (namespace: String, selector: [String: String]?)) -> [Item] {
+        guard !items.isEmpty else { return [] }
+        let (namespace, labels) = Self.workloads(of: service, endpoints: endpoints)
+        return items.filter { item in
+            let (itemNamespace, selector) = scope(item)
+            return PolicyScope.match(namespace: itemNamespace, selector: selector, gatewayLabels: gatewayLabels,
+                                     gatewayNamespace: gatewayNamespace, serviceNamespace: namespace, serviceLabels: labels) != nil
+        }
+    }
+}
+
 extension IstioPolicyLoader {
     static let telemetryAPIVersions: Set<String> = ["telemetry.istio.io/v1", "telemetry.istio.io/v1alpha1"]
 
     /// Valid Telemetry fields (istio/api telemetry.proto) EastWest does not carry out yet.
-    static let telemetryNotImplemented: Set<String> = ["accessLogging", "tracing", "targetRef", "targetRefs", "reportingInterval"]
+    static let telemetryNotImplemented: Set<String> = ["tracing", "targetRef", "targetRefs", "reportingInterval"]
 
     static func readTelemetry(_ spec: Node, _ map: SourceMap, _ loaded: inout Loaded) -> [ConfigError] {
         readNamed(Telemetry.self, kind: "Telemetry", notImplemented: telemetryNotImplemented, spec: spec, map: map, loaded: &loaded,
@@ -60,6 +102,28 @@ extension IstioPolicyLoader {
         var errors: [ConfigError] = []
         var warnings: [ConfigError] = []
         let spec = FieldPath().key("spec")
+        for (i, logging) in (telemetry.accessLogging ?? []).enumerated() {
+            let at = spec.key("accessLogging").index(i)
+            if i > 0 {
+                warnings.append(map.error(.notImplemented, at: at, "EastWest applies the first accessLogging entry only; this one is ignored").asWarning)
+            }
+            for (p, provider) in (logging.providers ?? []).enumerated() where provider.name != "envoy" {
+                warnings.append(map.error(.notImplemented, at: at.key("providers").index(p).key("name"),
+                                          "EastWest writes Envoy's access log to its output only ('\(provider.name)' is not carried out; the rule applies to that log)").asWarning)
+            }
+            if let mode = logging.match?.mode, !["CLIENT", "SERVER", "CLIENT_AND_SERVER"].contains(mode) {
+                errors.append(map.error(.invalidValue, at: at.key("match").key("mode"), "'\(mode)' is not CLIENT, SERVER or CLIENT_AND_SERVER"))
+            }
+            if let expression = logging.filter?.expression {
+                do {
+                    _ = try AccessLogFilter(parsing: expression)
+                } catch where error.unsupported {
+                    warnings.append(map.error(.notImplemented, at: at.key("filter").key("expression"), "\(error); every request is logged").asWarning)
+                } catch {
+                    errors.append(map.error(.invalidValue, at: at.key("filter").key("expression"), error.description))
+                }
+            }
+        }
         for (i, metrics) in (telemetry.metrics ?? []).enumerated() {
             let at = spec.key("metrics").index(i)
             for (p, provider) in (metrics.providers ?? []).enumerated() where provider.name != "prometheus" {

@@ -74,6 +74,8 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
         var inboundLimits: [LocalRateLimits.Applied]
         /// Telemetry tag overrides on this route's metrics.
         var metricTags: [MetricTagOverrides.Tag]
+        /// Telemetry's access-log rules for this route, least specific first (none: every request logged).
+        var accessLogs: [AccessLogPolicy]
 
         init(_ route: Route, action: RouteAction, routes: RouteConfiguration, clusters: ClusterManager) {
             let endpoints = clusters.current.inputs.endpoints
@@ -84,6 +86,7 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
             authenticator = routes.requestAuthenticator(for: route.service, endpoints: endpoints)
             inboundLimits = routes.inboundRateLimits(for: route.service, endpoints: endpoints)
             metricTags = routes.metricTags(for: route.service, endpoints: endpoints)
+            accessLogs = routes.accessLogPolicies(for: route.service, endpoints: endpoints)
         }
     }
     /// The route's RequestAuthentication rules (nil: none), and what a verified token adds.
@@ -384,6 +387,7 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
             lastAction = decided
             let action = decided.action
             if !decided.metricTags.isEmpty { record.metricTags = MetricTagOverrides.evaluate(decided.metricTags, head, reporter: record.reporter) }
+            if !decided.accessLogs.isEmpty { record.accessLog = AccessLogPolicy.pick(decided.accessLogs, reporter: record.reporter) }
             breakers = decided.breakers
             policies = decided.policies
             authenticator = decided.authenticator

@@ -55,6 +55,7 @@ package enum PolicyCompiler {
         routes.gatewayNamespace = config.effectiveNamespace
         routes.requestAuthentications = resources.requestAuthentications
         routes.metricTagScopes = MetricTagOverrides.compile(resources.telemetries)
+        routes.accessLogScopes = AccessLogPolicy.compile(resources.telemetries)
         routes.remoteJWKS = Dictionary(uniqueKeysWithValues: RemoteJWKS.uris(in: resources.requestAuthentications).map { ($0, RemoteJWKS(uri: $0)) })
         let limits = LocalRateLimits(resources.envoyFilters, gatewayLabels: config.effectiveLabels, gatewayNamespace: config.effectiveNamespace)
         routes.localRateLimits = limits.isEmpty ? nil : limits

@@ -93,6 +93,8 @@ package struct HTTPRequestRecord: Sendable {
     package var grpcStatus: String?
     /// Telemetry tag overrides, as this request evaluated them.
     package var metricTags: [MetricTagOverrides.Applied] = []
+    /// Telemetry's access-log rule for the request's route (nil: logged).
+    package var accessLog: AccessLogPolicy?
     /// The route answered itself (redirect, direct response): Envoy's `direct_response`.
     package var directResponse = false
     package var serverName = "-"
@@ -174,7 +176,7 @@ package struct HTTPRequestRecord: Sendable {
         metrics.responseBytes.record(bytesSent)
         let level: Logger.Level = flags.isEmpty ? .info : .warning
         // The line is built only when it will be written.
-        guard logger.logLevel <= level else { return }
+        guard logger.logLevel <= level, accessLog?.writes(self) ?? true else { return }
         var line = format.render(self, duration: Int(milliseconds))
         // Istio's default line, plus why the gateway answered itself, for the reader of the log.
         if format == .istioDefault, let detail { line += " reason=\"\(detail)\"" }

@@ -143,12 +143,8 @@ package enum MetricTagOverrides {
     /// with a selector, each group in file order: applied in that order, the most specific wins
     /// a label, as Istio layers them.
     static func compile(_ telemetries: [Telemetry], rootNamespace: String = "istio-system") -> [Scoped] {
-        func rank(_ telemetry: Telemetry) -> Int {
-            if telemetry.selector?.matchLabels?.isEmpty == false { return 2 }
-            return telemetry.namespace == rootNamespace ? 0 : 1
-        }
-        return telemetries.enumerated().sorted { (rank($0.element), $0.offset) < (rank($1.element), $1.offset) }
-            .map { Scoped(namespace: $0.element.namespace, selector: $0.element.selector?.matchLabels, tags: tags(of: $0.element)) }
+        Telemetry.layered(telemetries, rootNamespace: rootNamespace)
+            .map { Scoped(namespace: $0.namespace, selector: $0.selector?.matchLabels, tags: tags(of: $0)) }
             .filter { !$0.tags.isEmpty }
     }
 
@@ -203,11 +199,6 @@ extension RouteConfiguration {
     /// The Telemetry tag overrides for traffic through this gateway to `service`, in the
     /// order they apply (`MetricTagOverrides.compile`).
     package func metricTags(for service: ServiceKey, endpoints: MeshEndpoints) -> [MetricTagOverrides.Tag] {
-        guard !metricTagScopes.isEmpty else { return [] }
-        let (namespace, labels) = Self.workloads(of: service, endpoints: endpoints)
-        return metricTagScopes.filter { scoped in
-            PolicyScope.match(namespace: scoped.namespace, selector: scoped.selector, gatewayLabels: gatewayLabels,
-                              gatewayNamespace: gatewayNamespace, serviceNamespace: namespace, serviceLabels: labels) != nil
-        }.flatMap(\.tags)
+        telemetryScoped(metricTagScopes, for: service, endpoints: endpoints) { ($0.namespace, $0.selector) }.flatMap(\.tags)
     }
 }
