@@ -704,6 +704,9 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
         switch state {
         case .connecting(var held, _):
             keep(part)
+            // The state lets go of its array first: appending to a copy the enum still holds
+            // would copy every held part, once per part, while the upstream is dialled.
+            state = .idle
             held.append(part)
             state = .connecting(held: held, ended: ended)
             if case .body(.byteBuffer(let buffer)) = part { heldBytes += buffer.readableBytes }
