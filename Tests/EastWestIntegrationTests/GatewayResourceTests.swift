@@ -173,10 +173,10 @@ struct ServiceEntryFederationTests {
 /// VirtualService `tcp:` routes on a TCP service: the subset by weight, per connection.
 @Suite("VirtualService tcp routes (curl on loopback)", .serialized, .timeLimit(.minutes(3)), .sharesMachine)
 struct TCPRouteTests {
-    @Test("tcp: a port match sends every connection to v2; a 50/50 split over 100 connections lands on both within a binomial tolerance; a tls: route for the server name comes before the tcp: routes")
+    @Test("tcp: a port match sends every connection to v2; a 50/50 split over 100 connections lands on both within a binomial tolerance; a tls: route for the server name comes before the tcp: routes; a server name no service has, under a wildcard tls: route, goes to that route's destination")
     func weightedSubsets() async throws {
         let host = "tcp-echo.default.svc.cluster.local"
-        let mesh = try TestMesh("tcp-routes", clusters: ["east"], serviceHosts: [host])
+        let mesh = try TestMesh("tcp-routes", clusters: ["east"], serviceHosts: [host, "api.partners.example.com", "api.other.example.com"])
         defer { mesh.processes.stopAll() }
         for (address, version) in [("127.0.102.10:9000", "v1"), ("127.0.102.11:9000", "v2")] {
             _ = try mesh.processes.start("backend-\(version)", ["demo-backend", "--listen", address, "--service", host, "--cluster", "east", "--version", version])
@@ -224,6 +224,28 @@ struct TCPRouteTests {
         let tls = try await versions("  tls:\n  - match: [{sniHosts: [tcp-echo.default.svc.cluster.local], port: 9000}]\n    route: [{destination: {host: tcp-echo, subset: v1}}]\n"
                                      + "  tcp:\n  - route: [{destination: {host: tcp-echo, subset: v2}}]", label: "tls", count: 10)
         #expect(tls == ["v1": 10], "\(tls)")
+        // A server name no service has, under a wildcard tls: route: the route's destination.
+        let wildcard = """
+            apiVersion: networking.istio.io/v1
+            kind: VirtualService
+            metadata: {name: partners}
+            spec:
+              hosts: ["*.partners.example.com"]
+              tls:
+              - match: [{sniHosts: ["*.partners.example.com"], port: 9000}]
+                route: [{destination: {host: tcp-echo, subset: v2}}]
+            """
+        let path = "\(mesh.directory)/wildcard.yaml"
+        try (TestFiles.versionSubsets("tcp-echo", ["v1", "v2"]) + wildcard).write(toFile: path, atomically: true, encoding: .utf8)
+        var gateway = mesh.gatewayConfig(name: "gw-wildcard", cluster: "east", ip: "127.0.102.1", services: [service])
+        gateway.policies = [path]
+        let process = try await mesh.startGateway(gateway)
+        defer { process.stop() }
+        let partner = "api.partners.example.com"
+        let answer = try await mesh.curl(gateway, host: partner, extra: ["--http1.0"])
+        #expect(answer.stdout.contains(#""version":"v2""#), "\(answer.stdout) \(answer.stderr) \(process.log.suffix(1500))")
+        let unknown = try await mesh.curl(gateway, host: "api.other.example.com", extra: ["--http1.0"])
+        #expect(unknown.status != 0, "a name neither a service nor a tls: route covers is refused: \(unknown.stdout)")
     }
 }
 

@@ -170,7 +170,16 @@ package struct RouteConfiguration: Sendable, Equatable {
     /// The route for a server name against the services the mesh serves now. Dictionary probes.
     package func resolve(_ name: ServerName, in services: some ServiceDirectory) -> Resolution {
         let ports = services.ports(of: name.host)
-        guard !ports.isEmpty else { return .noRoute(reason: "no service '\(name.host)' in the mesh") }
+        guard !ports.isEmpty else {
+            // A name no service has, under a `tls:` route (a `*.` wildcard in sniHosts, as a
+            // gateway's filter chain matches it): the route picks the destination, at the port
+            // its match names (any, without one).
+            if let rules = tcpRoutesByHost[name.host], !rules.isEmpty {
+                let port = name.port ?? rules.lazy.flatMap(\.matches).compactMap(\.port).first ?? 0
+                return .route(Route(service: ServiceKey(host: name.host, port: port), subset: nil, selector: [:]))
+            }
+            return .noRoute(reason: "no service '\(name.host)' in the mesh")
+        }
         let port: Int
         if let requested = name.port {
             guard ports.contains(requested) else {
