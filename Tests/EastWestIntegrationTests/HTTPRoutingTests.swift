@@ -162,7 +162,7 @@ struct HTTPRoutingTests {
         #expect(!durations.isEmpty && durations.allSatisfy { !$0.contains("organization_id") && !$0.contains("request_protocol=") }, "REQUEST_COUNT only: \(durations)")
     }
 
-    @Test("Telemetry accessLogging: a mesh-wide filter `response.code >= 400` keeps only the failed requests' lines in east's access log; a namespace's disabled: true silences the destination side in west")
+    @Test("Telemetry accessLogging: a mesh-wide filter `response.code >= 400` keeps only the failed requests' lines in east's access log; a namespace's disabled: true silences the destination side in west. A metrics override disabled: true drops REQUEST_DURATION from the CLIENT side only")
     func telemetryAccessLogging() async throws {
         let telemetry = Self.reviewsRoutes + """
               - route:
@@ -176,6 +176,10 @@ struct HTTPRoutingTests {
               - providers: [{name: envoy}]
                 filter: {expression: "response.code >= 400"}
                 match: {mode: CLIENT}
+              metrics:
+              - overrides:
+                - match: {metric: REQUEST_DURATION, mode: CLIENT}
+                  disabled: true
             ---
             apiVersion: telemetry.istio.io/v1
             kind: Telemetry
@@ -199,6 +203,10 @@ struct HTTPRoutingTests {
             .compactMap { Int($0.split(separator: " ").last ?? "") }.reduce(0, +)
         #expect(delivered == 5, "\(westMetrics.split(separator: "\n").filter { $0.hasPrefix("istio_requests_total") })")
         #expect(!west.log.contains("\"GET /status/404") && !west.log.contains("\"GET /reviews/ok"), "\(west.log.suffix(2000))")
+        let eastMetrics = try await mesh.mesh.admin(mesh.east, "/stats/prometheus")
+        #expect(eastMetrics.contains("istio_requests_total{") && !eastMetrics.contains("istio_request_duration_milliseconds"),
+                "REQUEST_DURATION off on the client side: \(eastMetrics.split(separator: "\n").filter { $0.hasPrefix("istio_") }.prefix(10))")
+        #expect(westMetrics.contains("istio_request_duration_milliseconds_count{"), "and still on the server side")
     }
 
     @Test("virtual-service-reviews-90-10: 1000 requests split 90/10 between v1 (east) and v2 (west), counted by istio_requests_total")

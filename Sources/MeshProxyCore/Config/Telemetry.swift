@@ -155,9 +155,6 @@ extension IstioPolicyLoader {
                         }
                     }
                 }
-                if override.disabled != nil {
-                    warnings.append(map.error(.notImplemented, at: place.key("disabled"), "valid Istio field, not carried out by EastWest yet; the metric is still reported").asWarning)
-                }
                 for (name, tag) in (override.tagOverrides ?? [:]).sorted(by: { $0.key < $1.key }) {
                     let tagAt = place.key("tagOverrides").key(name)
                     let operation = tag.operation ?? "UPSERT"

@@ -72,8 +72,9 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
         var authenticator: JWTAuthenticator?
         /// The workloads' inbound rate limits, for requests this gateway delivers itself.
         var inboundLimits: [LocalRateLimits.Applied]
-        /// Telemetry tag overrides on this route's metrics.
+        /// Telemetry tag overrides on this route's metrics, and the metrics it turns off.
         var metricTags: [MetricTagOverrides.Tag]
+        var metricToggles: [MetricTagOverrides.Toggle]
         /// Telemetry's access-log rules for this route, least specific first (none: every request logged).
         var accessLogs: [AccessLogPolicy]
 
@@ -86,6 +87,7 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
             authenticator = routes.requestAuthenticator(for: route.service, endpoints: endpoints)
             inboundLimits = routes.inboundRateLimits(for: route.service, endpoints: endpoints)
             metricTags = routes.metricTags(for: route.service, endpoints: endpoints)
+            metricToggles = routes.metricToggles(for: route.service, endpoints: endpoints)
             accessLogs = routes.accessLogPolicies(for: route.service, endpoints: endpoints)
         }
     }
@@ -387,6 +389,7 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
             lastAction = decided
             let action = decided.action
             if !decided.metricTags.isEmpty { record.metricTags = MetricTagOverrides.evaluate(decided.metricTags, head, reporter: record.reporter) }
+            if !decided.metricToggles.isEmpty { record.disabledMetrics = MetricTagOverrides.disabled(decided.metricToggles, reporter: record.reporter) }
             if !decided.accessLogs.isEmpty { record.accessLog = AccessLogPolicy.pick(decided.accessLogs, reporter: record.reporter) }
             breakers = decided.breakers
             policies = decided.policies

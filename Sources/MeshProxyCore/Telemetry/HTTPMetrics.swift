@@ -21,20 +21,21 @@ package enum HTTPMetrics {
     /// hashes the labels on each make, which at four makes per request was a fifth of the HTTP
     /// path's CPU. Found by `Key`.
     final class Handles: Sendable {
-        let requests: Counter
-        let duration: Recorder
-        let requestBytes: Recorder
-        let responseBytes: Recorder
+        /// Nil: turned off by a Telemetry's `disabled` (never registered, so never exported).
+        let requests: Counter?
+        let duration: Recorder?
+        let requestBytes: Recorder?
+        let responseBytes: Recorder?
 
-        /// `tags`: Telemetry overrides, each for the metrics it names.
-        init(_ dimensions: [(String, String)], tags: [MetricTagOverrides.Applied] = []) {
+        /// `tags`: Telemetry overrides, each for the metrics it names; `disabled`: the metrics not made.
+        init(_ dimensions: [(String, String)], tags: [MetricTagOverrides.Applied] = [], disabled: MetricTagOverrides.Metrics = []) {
             func labels(_ metric: MetricTagOverrides.Metrics) -> [(String, String)] {
                 tags.isEmpty ? dimensions : MetricTagOverrides.dimensions(dimensions, for: metric, tags)
             }
-            requests = Counter(label: HTTPMetrics.requests, dimensions: labels(.requests))
-            duration = Recorder(label: HTTPMetrics.duration, dimensions: labels(.duration), aggregate: true)
-            requestBytes = Recorder(label: HTTPMetrics.requestBytes, dimensions: labels(.requestBytes), aggregate: true)
-            responseBytes = Recorder(label: HTTPMetrics.responseBytes, dimensions: labels(.responseBytes), aggregate: true)
+            requests = disabled.contains(.requests) ? nil : Counter(label: HTTPMetrics.requests, dimensions: labels(.requests))
+            duration = disabled.contains(.duration) ? nil : Recorder(label: HTTPMetrics.duration, dimensions: labels(.duration), aggregate: true)
+            requestBytes = disabled.contains(.requestBytes) ? nil : Recorder(label: HTTPMetrics.requestBytes, dimensions: labels(.requestBytes), aggregate: true)
+            responseBytes = disabled.contains(.responseBytes) ? nil : Recorder(label: HTTPMetrics.responseBytes, dimensions: labels(.responseBytes), aggregate: true)
         }
     }
 
@@ -50,6 +51,7 @@ package enum HTTPMetrics {
         var flags: Set<ResponseFlag>
         var grpcStatus: String?
         var tags: [MetricTagOverrides.Applied]
+        var disabled: MetricTagOverrides.Metrics
     }
 
     private static let handles = Mutex<[Key: Handles]>([:])
@@ -57,10 +59,10 @@ package enum HTTPMetrics {
     static func handles(for record: HTTPRequestRecord) -> Handles {
         let key = Key(reporter: record.reporter, sourcePrincipal: record.sourcePrincipal, service: record.route?.service.host,
                       cluster: record.upstreamCluster, grpc: record.route?.protocol == .grpc, responseCode: record.responseCode,
-                      flags: record.flags, grpcStatus: record.grpcStatus, tags: record.metricTags)
+                      flags: record.flags, grpcStatus: record.grpcStatus, tags: record.metricTags, disabled: record.disabledMetrics)
         return handles.withLock { cache in
             if let known = cache[key] { return known }
-            let made = Handles(record.dimensions, tags: record.metricTags)
+            let made = Handles(record.dimensions, tags: record.metricTags, disabled: record.disabledMetrics)
             cache[key] = made
             return made
         }
@@ -93,6 +95,8 @@ package struct HTTPRequestRecord: Sendable {
     package var grpcStatus: String?
     /// Telemetry tag overrides, as this request evaluated them.
     package var metricTags: [MetricTagOverrides.Applied] = []
+    /// The metrics a Telemetry's `disabled` leaves unreported for this request.
+    package var disabledMetrics: MetricTagOverrides.Metrics = []
     /// Telemetry's access-log rule for the request's route (nil: logged).
     package var accessLog: AccessLogPolicy?
     /// The route answered itself (redirect, direct response): Envoy's `direct_response`.
@@ -168,12 +172,14 @@ package struct HTTPRequestRecord: Sendable {
 
     /// Counts the request and writes its access-log line in `format`.
     package func finish(logger: Logger, format: AccessLogFormat) {
-        let metrics = HTTPMetrics.handles(for: self)
-        metrics.requests.increment()
         let milliseconds = (ContinuousClock.now - start).timeInterval * 1000
-        metrics.duration.record(milliseconds)
-        metrics.requestBytes.record(bytesReceived)
-        metrics.responseBytes.record(bytesSent)
+        if disabledMetrics != .http {
+            let metrics = HTTPMetrics.handles(for: self)
+            metrics.requests?.increment()
+            metrics.duration?.record(milliseconds)
+            metrics.requestBytes?.record(bytesReceived)
+            metrics.responseBytes?.record(bytesSent)
+        }
         let level: Logger.Level = flags.isEmpty ? .info : .warning
         // The line is built only when it will be written.
         guard logger.logLevel <= level, accessLog?.writes(self) ?? true else { return }

@@ -123,6 +123,14 @@ package enum MetricTagOverrides {
         var value: Expression?
     }
 
+    /// `disabled` on an override: its metrics not reported (or, `false`, reported again) for
+    /// its reporters.
+    package struct Toggle: Hashable, Sendable {
+        var metrics: Metrics
+        var reporters: Set<String>
+        var disabled: Bool
+    }
+
     /// A tag as one request carries it to its metrics.
     package struct Applied: Hashable, Sendable {
         var name: String
@@ -137,6 +145,7 @@ package enum MetricTagOverrides {
         var namespace: String
         var selector: [String: String]?
         var tags: [Tag]
+        var toggles: [Toggle] = []
     }
 
     /// `telemetries` compiled, the mesh's (root namespace) first, then namespaces', then those
@@ -144,13 +153,14 @@ package enum MetricTagOverrides {
     /// a label, as Istio layers them.
     static func compile(_ telemetries: [Telemetry], rootNamespace: String = "istio-system") -> [Scoped] {
         Telemetry.layered(telemetries, rootNamespace: rootNamespace)
-            .map { Scoped(namespace: $0.namespace, selector: $0.selector?.matchLabels, tags: tags(of: $0)) }
-            .filter { !$0.tags.isEmpty }
+            .map { Scoped(namespace: $0.namespace, selector: $0.selector?.matchLabels, tags: tags(of: $0), toggles: toggles(of: $0)) }
+            .filter { !$0.tags.isEmpty || !$0.toggles.isEmpty }
     }
 
-    /// The overrides of one Telemetry, in order.
-    static func tags(of telemetry: Telemetry) -> [Tag] {
-        var tags: [Tag] = []
+    /// The Prometheus overrides of one Telemetry that name HTTP metrics, in order, with the
+    /// metrics and reporters each selects.
+    private static func overrides(of telemetry: Telemetry) -> [(override: Telemetry.Override, metrics: Metrics, reporters: Set<String>)] {
+        var result: [(Telemetry.Override, Metrics, Set<String>)] = []
         for metrics in telemetry.metrics ?? [] where (metrics.providers ?? []).isEmpty || metrics.providers!.contains(where: { $0.name == "prometheus" }) {
             for override in metrics.overrides ?? [] {
                 let selected = override.match?.metric.flatMap { Metric.read($0)?.0 } ?? .all
@@ -160,22 +170,47 @@ package enum MetricTagOverrides {
                 case "SERVER": ["destination"]
                 default: ["source", "destination"]
                 }
-                for (name, tag) in (override.tagOverrides ?? [:]).sorted(by: { $0.key < $1.key }) {
-                    let value: Expression?
-                    if tag.operation == "REMOVE" {
-                        value = nil
-                    } else {
-                        switch Expression.read(tag.value ?? "") {
-                        case .cel(let expression), .envoyFormat(let expression): value = expression
-                        case .unsupported: value = .unknown
-                        }
+                result.append((override, selected.metrics, reporters))
+            }
+        }
+        return result
+    }
+
+    static func toggles(of telemetry: Telemetry) -> [Toggle] {
+        overrides(of: telemetry).compactMap { entry in
+            entry.override.disabled.map { Toggle(metrics: entry.metrics, reporters: entry.reporters, disabled: $0) }
+        }
+    }
+
+    /// The metrics `toggles` (in order, the last word wins) leave unreported for `reporter`.
+    static func disabled(_ toggles: [Toggle], reporter: String) -> Metrics {
+        var off: Metrics = []
+        for toggle in toggles where toggle.reporters.contains(reporter) {
+            if toggle.disabled { off.formUnion(toggle.metrics) } else { off.subtract(toggle.metrics) }
+        }
+        return off
+    }
+
+    /// The overrides of one Telemetry, in order.
+    static func tags(of telemetry: Telemetry) -> [Tag] {
+        var tags: [Tag] = []
+        for (override, metrics, reporters) in overrides(of: telemetry) {
+            for (name, tag) in (override.tagOverrides ?? [:]).sorted(by: { $0.key < $1.key }) {
+                let value: Expression?
+                if tag.operation == "REMOVE" {
+                    value = nil
+                } else {
+                    switch Expression.read(tag.value ?? "") {
+                    case .cel(let expression), .envoyFormat(let expression): value = expression
+                    case .unsupported: value = .unknown
                     }
-                    tags.append(Tag(name: name, metrics: selected.metrics, reporters: reporters, value: value))
                 }
+                tags.append(Tag(name: name, metrics: metrics, reporters: reporters, value: value))
             }
         }
         return tags
     }
+
 
     /// What `tags` say for one request reported by `reporter`.
     static func evaluate(_ tags: [Tag], _ head: HTTPRequestHead, reporter: String) -> [Applied] {
@@ -200,5 +235,10 @@ extension RouteConfiguration {
     /// order they apply (`MetricTagOverrides.compile`).
     package func metricTags(for service: ServiceKey, endpoints: MeshEndpoints) -> [MetricTagOverrides.Tag] {
         telemetryScoped(metricTagScopes, for: service, endpoints: endpoints) { ($0.namespace, $0.selector) }.flatMap(\.tags)
+    }
+
+    /// The Telemetry `disabled` overrides for traffic to `service`, in the order they apply.
+    package func metricToggles(for service: ServiceKey, endpoints: MeshEndpoints) -> [MetricTagOverrides.Toggle] {
+        telemetryScoped(metricTagScopes, for: service, endpoints: endpoints) { ($0.namespace, $0.selector) }.flatMap(\.toggles)
     }
 }

@@ -172,4 +172,25 @@ struct TelemetryTests {
             #expect(error.description.contains("bad-logging.yaml:5:") && error.description.contains("CEL filter") && error.description.contains("'BOTH' is not CLIENT"), "\(error.description)")
         }
     }
+
+    @Test("metrics overrides disabled: off for the metrics and mode they name, in order (a later disabled: false turns one back on); no warning")
+    func disabledMetrics() throws {
+        let loaded = try IstioPolicyLoader.load(yaml: """
+            apiVersion: telemetry.istio.io/v1
+            kind: Telemetry
+            metadata: {name: quiet, namespace: istio-system}
+            spec:
+              metrics:
+              - overrides:
+                - match: {metric: ALL_METRICS, mode: CLIENT}
+                  disabled: true
+                - match: {metric: REQUEST_COUNT}
+                  disabled: false
+            """, file: "quiet.yaml")
+        #expect(loaded.warnings.isEmpty, "\(loaded.warnings)")
+        let toggles = MetricTagOverrides.toggles(of: loaded.telemetries[0])
+        #expect(MetricTagOverrides.disabled(toggles, reporter: "source") == [.duration, .requestBytes, .responseBytes])
+        #expect(MetricTagOverrides.disabled(toggles, reporter: "destination") == [])
+        #expect(MetricTagOverrides.compile(loaded.telemetries).count == 1, "a Telemetry with only toggles is kept")
+    }
 }
