@@ -321,7 +321,9 @@ run_cell() { # target workload repeat
     [ "$workload" = w4 ] && sni=$host_h2
     [[ "$target" == eastwest-http* ]] && sni=$host_http
     local flags=(--target "$addr:$port" --sni "$sni" "${args[@]}" --json)
-    [ "$target" = eastwest-http-authz ] && flags+=(--header "Authorization: Bearer $(cat "$work/jwt-token")")
+    # The security row's baseline (eastwest-http-token: the plain route) carries the same token,
+    # so the row prices the policy and the JWT check, not parsing and decrypting a longer request.
+    case "$target" in eastwest-http-authz|eastwest-http-token) flags+=(--header "Authorization: Bearer $(cat "$work/jwt-token")") ;; esac
     [ "$target" != direct ] && flags+=("${tls_flags[@]}")
     local before rss_base=0 rss_peak=0 summary
     before=$(cpu_of)
@@ -390,7 +392,7 @@ if wants l7; then
     # take turns, one repeat of each per round (a gateway started for each), so drift falls on
     # every target alike instead of on whichever ran last.
     rotating=()
-    for target in eastwest-http eastwest-http-vs50 eastwest-http-resilience eastwest-http-authz; do
+    for target in eastwest-http eastwest-http-vs50 eastwest-http-resilience eastwest-http-token eastwest-http-authz; do
         runs_target "$target" && rotating+=("$target")
     done
     if [ "${#rotating[@]}" -gt 1 ]; then
@@ -398,13 +400,13 @@ if wants l7; then
             for target in "${rotating[@]}"; do start_target "$target"; rotated=1 run_cell "$target" l1 "$r"; stop_target "$target"; done
         done
     fi
-    for target in eastwest-http eastwest-http-vs50 eastwest-http-resilience eastwest-http-authz haproxy-http nginx-http eastwest-http-chain haproxy-http-chain; do
+    for target in eastwest-http eastwest-http-vs50 eastwest-http-resilience eastwest-http-token eastwest-http-authz haproxy-http nginx-http eastwest-http-chain haproxy-http-chain; do
         runs_target "$target" || continue
         # The cost rows have l1 cells only: done in the rotation above.
         [ "${#rotating[@]}" -gt 1 ] && [[ " ${rotating[*]} " == *" $target "* ]] && [ "$target" != eastwest-http ] && continue
         start_target "$target"
         for workload in l1 l2 l4; do
-            case "$target:$workload" in eastwest-http-vs50:l2|eastwest-http-vs50:l4|eastwest-http-resilience:l2|eastwest-http-resilience:l4|eastwest-http-authz:l2|eastwest-http-authz:l4|*-chain:l4) continue ;; esac
+            case "$target:$workload" in eastwest-http-vs50:l2|eastwest-http-vs50:l4|eastwest-http-resilience:l2|eastwest-http-resilience:l4|eastwest-http-authz:l2|eastwest-http-authz:l4|eastwest-http-token:l2|eastwest-http-token:l4|*-chain:l4) continue ;; esac
             [ "${#rotating[@]}" -gt 1 ] && [ "$workload" = l1 ] && [[ " ${rotating[*]} " == *" $target "* ]] && continue
             for r in $(seq 1 "$repeats"); do run_cell "$target" "$workload" "$r"; done
         done

@@ -8,7 +8,7 @@ start_target() {
     target_pids=()
     case "$1" in
         direct) ;;
-        eastwest|eastwest-http)
+        eastwest|eastwest-http|eastwest-http-token)
             $proxy_cpu "$gw_bin" gateway --config "$work/gw-a.yaml" --concurrency 1 --log-level warning 2>>"$work/gw.log" &
             target_pids+=($!); wait_port 127.0.61.1 15443 ;;
         eastwest-http-vs50)
