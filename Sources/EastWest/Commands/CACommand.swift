@@ -92,7 +92,7 @@ struct CACommand: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Issue an operator certificate (spiffe://TD/ns/istio-system/sa/eastwest-operator, a gateway's default adminOperators): admin writes over TLS with it. O/cert-chain.pem, O/key.pem, O/root-cert.pem.")
         @Option(help: "CA directory.") var dir: String
         @Option(help: "Cluster whose intermediate signs.") var cluster: String
-        @Option(help: "Service account of the identity (the default is what gateways accept unless adminOperators says otherwise).") var serviceAccount = "eastwest-operator"
+        @Option(help: "Service account of the identity (the default is what gateways accept unless adminOperators says otherwise).") var serviceAccount = GatewayIdentity.operatorServiceAccount
         @Option(help: "Output directory.") var out: String
         @OptionGroup var validity: Validity
         @Flag(help: "Replace an existing key.") var force = false
@@ -101,7 +101,7 @@ struct CACommand: AsyncParsableCommand {
             let directory = CertificateDirectory(path: dir)
             let trustDomain = try reportingFileErrors { try directory.rootTrustDomain() } ?? "cluster.local"
             let id: SpiffeID
-            do { id = try SpiffeID(trustDomain: trustDomain, namespace: "istio-system", serviceAccount: serviceAccount) } catch { throw ValidationError("--service-account: \(error)") }
+            do { id = try GatewayIdentity.operatorID(trustDomain: trustDomain, serviceAccount: serviceAccount) } catch { throw ValidationError("--service-account: \(error)") }
             try issueLeaf(id, directory: directory, cluster: cluster, dns: [], out: out, validity: validity, force: force)
         }
     }

@@ -196,11 +196,8 @@ struct DrillRun {
             self.listen = listen
             self.admin = admin
             fromGateways = ready.gateways.filter { $0.cluster == from }.map(\.name)
-            self.client = GatewayConfig.TLSFiles(certificateChain: client.certificateChain, privateKey: client.privateKey,
-                                                 rootCertificate: client.rootCertificate)
-            adminCredentials = .init(token: Self.token(ready.adminTokenFile), certificate: ready.operatorCertificate.map {
-                GatewayConfig.TLSFiles(certificateChain: $0.certificateChain, privateKey: $0.privateKey, rootCertificate: $0.rootCertificate)
-            })
+            self.client = client.files
+            adminCredentials = .init(token: Self.token(ready.adminTokenFile), certificate: ready.operatorCertificate?.files)
         }
     }
 

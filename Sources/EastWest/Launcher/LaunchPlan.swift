@@ -73,8 +73,7 @@ struct LaunchPlan {
             if operatorCertificate == nil {
                 let operatorDir = "\(stateDir)/certs/operator"
                 if !fm.fileExists(atPath: "\(operatorDir)/key.pem") {
-                    try certs.createWorkload(cluster: cluster.name, spiffeID: try SpiffeID(trustDomain: trustDomain, namespace: "istio-system", serviceAccount: "eastwest-operator"),
-                                             outputPath: operatorDir)
+                    try certs.createWorkload(cluster: cluster.name, spiffeID: try GatewayIdentity.operatorID(trustDomain: trustDomain), outputPath: operatorDir)
                 }
                 operatorCertificate = files(in: operatorDir)
             }
@@ -146,7 +145,18 @@ struct LaunchPlan {
     struct ReadyFile: Codable {
         struct Gateway: Codable { var name, cluster, address, admin: String; var locality: String?; var pid: Int32 }
         struct Backend: Codable { var service, cluster, address: String; var pid: Int32 }
-        struct Client: Codable { var certificateChain, privateKey, rootCertificate, spiffeID: String }
+        struct Client: Codable {
+            var certificateChain, privateKey, rootCertificate, spiffeID: String
+
+            init(_ files: GatewayConfig.TLSFiles, spiffeID: String) {
+                certificateChain = files.certificateChain; privateKey = files.privateKey; rootCertificate = files.rootCertificate
+                self.spiffeID = spiffeID
+            }
+
+            var files: GatewayConfig.TLSFiles {
+                GatewayConfig.TLSFiles(certificateChain: certificateChain, privateKey: privateKey, rootCertificate: rootCertificate)
+            }
+        }
         var topology: String
         /// The operator token admin writes need (`adminTokenFile` of every gateway).
         var adminTokenFile: String?
@@ -162,8 +172,7 @@ struct LaunchPlan {
         let td = topology.effectiveTrustDomain
         return ReadyFile(
             topology: topology.name, adminTokenFile: gatewayConfigs.first?.adminTokenFile,
-            operatorCertificate: operatorCertificate.map { .init(certificateChain: $0.certificateChain, privateKey: $0.privateKey, rootCertificate: $0.rootCertificate,
-                                                               spiffeID: "spiffe://\(td)/ns/istio-system/sa/eastwest-operator") },
+            operatorCertificate: operatorCertificate.map { .init($0, spiffeID: (try? GatewayIdentity.operatorID(trustDomain: td))?.description ?? "") },
             trustDomain: td,
             gateways: gatewayConfigs.map { .init(name: $0.name, cluster: $0.cluster, address: $0.listen.description,
                                                  admin: $0.effectiveAdmin.description, locality: $0.locality?.description,
@@ -173,8 +182,7 @@ struct LaunchPlan {
                     ReadyFile.Backend(service: service.host, cluster: cluster.name, address: e.address.description,
                                       pid: pids[backendName(service.host, e.address)] ?? 0)
                 } } },
-            clients: clientCertificates.mapValues { .init(certificateChain: $0.certificateChain, privateKey: $0.privateKey,
-                                                          rootCertificate: $0.rootCertificate, spiffeID: "spiffe://\(td)/ns/default/sa/client") })
+            clients: clientCertificates.mapValues { .init($0, spiffeID: "spiffe://\(td)/ns/default/sa/client") })
     }
 
     func writeReadyFile(pids: [String: Int32]) throws {

@@ -38,7 +38,7 @@ package struct GatewayConfig: Codable, Sendable, Equatable {
     package var adminOperators: [String]?
 
     package var effectiveAdminOperators: Set<String> {
-        Set(adminOperators ?? ["spiffe://\(effectiveTrustDomain)/ns/istio-system/sa/eastwest-operator"])
+        Set(adminOperators ?? [(try? GatewayIdentity.operatorID(trustDomain: effectiveTrustDomain))?.description].compactMap { $0 })
     }
     /// PEM CA certificates trusted, besides the system's, for RequestAuthentication `jwksUri`
     /// servers (an issuer with a private CA).

@@ -15,6 +15,14 @@ package enum GatewayIdentity {
         try SpiffeID(trustDomain: trustDomain, namespace: namespace, serviceAccount: serviceAccountPrefix + cluster)
     }
 
+    /// The operator identity admin writes take over TLS by default (a gateway's `adminOperators`),
+    /// in the gateways' namespace; `eastwest ca operator` and `eastwest up` issue it.
+    package static let operatorServiceAccount = "eastwest-operator"
+
+    package static func operatorID(trustDomain: String, serviceAccount: String = operatorServiceAccount) throws(SpiffeIDError) -> SpiffeID {
+        try SpiffeID(trustDomain: trustDomain, namespace: namespace, serviceAccount: serviceAccount)
+    }
+
     /// The cluster a gateway identity speaks for; nil when `id` is not a gateway identity.
     package static func cluster(of id: SpiffeID) -> String? {
         guard id.namespace == namespace, let account = id.serviceAccount, account.hasPrefix(serviceAccountPrefix),
