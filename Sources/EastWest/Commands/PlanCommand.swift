@@ -51,7 +51,8 @@ struct PlanCommand: AsyncParsableCommand {
         // A ServiceEntry's endpoints are the service's as much as a listed one (Istio plans them alike).
         let entries = loadedPolicies.flatMap(\.serviceEntries), workloads = loadedPolicies.flatMap(\.workloadEntries)
         let declared = ServiceEntry.services(entries, workloads: workloads, cluster: nil)
-        let serviceHost = host ?? rule?.host ?? Set(declared.map(\.host)).first.flatMap { Set(declared.map(\.host)).count == 1 ? $0 : nil }
+        let declaredHosts = Set(declared.map(\.host))
+        let serviceHost = host ?? rule?.host ?? (declaredHosts.count == 1 ? declaredHosts.first : nil)
         var planned = file.planned
         // One port's endpoints (--port, else the entry's first): the same workload on two ports is one endpoint to plan.
         let ports = declared.filter { $0.host == serviceHost?.lowercased() }

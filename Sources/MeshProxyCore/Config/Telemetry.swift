@@ -47,6 +47,19 @@ package struct Telemetry: Codable, Sendable, Equatable {
         package var metric: String?
         package var customMetric: String?
         package var mode: String?
+
+        /// Istio's `WorkloadMode`.
+        static let modes = ["CLIENT", "SERVER", "CLIENT_AND_SERVER"]
+
+        /// The reporters `mode` covers at a gateway: `CLIENT` is the entry gateway's
+        /// `reporter="source"`, `SERVER` the delivering gateway's `destination`; unset, both.
+        var reporters: Set<String> {
+            switch mode {
+            case "CLIENT": ["source"]
+            case "SERVER": ["destination"]
+            default: ["source", "destination"]
+            }
+        }
     }
 
     package struct TagOverride: Codable, Sendable, Equatable {
@@ -91,6 +104,12 @@ extension IstioPolicyLoader {
     /// Valid Telemetry fields (istio/api telemetry.proto) EastWest does not carry out yet.
     static let telemetryNotImplemented: Set<String> = ["tracing", "targetRef", "targetRefs", "reportingInterval"]
 
+    /// A `match.mode` Istio's enum has.
+    static func checkMode(_ match: Telemetry.Match?, at place: FieldPath, map: SourceMap) -> [ConfigError] {
+        guard let mode = match?.mode, !Telemetry.Match.modes.contains(mode) else { return [] }
+        return [map.error(.invalidValue, at: place.key("match").key("mode"), "'\(mode)' is not CLIENT, SERVER or CLIENT_AND_SERVER")]
+    }
+
     static func readTelemetry(_ spec: Node, _ map: SourceMap, _ loaded: inout Loaded) -> [ConfigError] {
         readNamed(Telemetry.self, kind: "Telemetry", notImplemented: telemetryNotImplemented, spec: spec, map: map, loaded: &loaded,
                   check: { check($0, map: map) }) { telemetry, loaded in loaded.telemetries.append(telemetry) }
@@ -111,9 +130,7 @@ extension IstioPolicyLoader {
                 warnings.append(map.error(.notImplemented, at: at.key("providers").index(p).key("name"),
                                           "EastWest writes Envoy's access log to its output only ('\(provider.name)' is not carried out; the rule applies to that log)").asWarning)
             }
-            if let mode = logging.match?.mode, !["CLIENT", "SERVER", "CLIENT_AND_SERVER"].contains(mode) {
-                errors.append(map.error(.invalidValue, at: at.key("match").key("mode"), "'\(mode)' is not CLIENT, SERVER or CLIENT_AND_SERVER"))
-            }
+            errors += checkMode(logging.match, at: at, map: map)
             if let expression = logging.filter?.expression {
                 do {
                     _ = try AccessLogFilter(parsing: expression)
@@ -132,9 +149,7 @@ extension IstioPolicyLoader {
             }
             for (o, override) in (metrics.overrides ?? []).enumerated() {
                 let place = at.key("overrides").index(o)
-                if let mode = override.match?.mode, !["CLIENT", "SERVER", "CLIENT_AND_SERVER"].contains(mode) {
-                    errors.append(map.error(.invalidValue, at: place.key("match").key("mode"), "'\(mode)' is not CLIENT, SERVER or CLIENT_AND_SERVER"))
-                }
+                errors += checkMode(override.match, at: place, map: map)
                 if override.match?.customMetric != nil {
                     warnings.append(map.error(.notImplemented, at: place.key("match").key("customMetric"),
                                               "valid Istio field, not carried out by EastWest yet (custom metrics); ignored").asWarning)

@@ -24,7 +24,7 @@ final class HTTP2IdleTimeout: ChannelInboundHandler, RemovableChannelHandler {
     }
 
     func handlerAdded(context: ChannelHandlerContext) {
-        let step = TimeAmount.nanoseconds(max(period.nanoseconds / 4, 1_000_000))
+        let step = TimeAmount.idleCheckStep(for: period)
         let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
         check = context.eventLoop.scheduleRepeatedTask(initialDelay: step, delay: step) { _ in
             let (handler, context) = bound.value

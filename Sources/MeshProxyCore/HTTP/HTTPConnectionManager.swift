@@ -179,7 +179,7 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
         upstreams = dataPlane.httpUpstreams.on(context.eventLoop)
         guard let idleTimeout else { return }
         // Checked a few times per period rather than a timer re-armed per request.
-        let period = TimeAmount(idleTimeout), step = TimeAmount.nanoseconds(max(period.nanoseconds / 4, 1_000_000))
+        let period = TimeAmount(idleTimeout), step = TimeAmount.idleCheckStep(for: period)
         let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
         idleCheck = context.eventLoop.scheduleRepeatedTask(initialDelay: step, delay: step) { _ in
             let (manager, context) = bound.value
@@ -1161,6 +1161,11 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
 
 
 extension String {
+    /// A request target without its query (`/a/b?c=1` → `/a/b`), as Envoy's `url_path`.
+    var pathWithoutQuery: String {
+        utf8.firstIndex(of: UInt8(ascii: "?")).map { String(self[..<$0]) } ?? self
+    }
+
     /// Whether it starts with `prefix` (lower-case ASCII) in any case: a header name or a
     /// media type, compared without making a lower-cased copy.
     func hasASCIIPrefixIgnoringCase(_ prefix: StaticString) -> Bool {

@@ -153,7 +153,7 @@ final class HTTPUpstreams {
     private var sweepStep = TimeAmount.nanoseconds(.max)
 
     private func sweepIdle(every timeout: Duration) {
-        let step = TimeAmount.nanoseconds(max(TimeAmount(timeout).nanoseconds / 4, 10_000_000))
+        let step = TimeAmount.idleCheckStep(for: TimeAmount(timeout), atLeast: .milliseconds(10))
         guard step < sweepStep else { return }
         sweepStep = step
         sweep?.cancel()

@@ -100,7 +100,7 @@ package final class GlueHandler {
     package func closeWhenIdle(for timeout: Duration) {
         guard let context, let partner else { return }
         let period = TimeAmount(timeout)
-        let step = TimeAmount.nanoseconds(max(period.nanoseconds / 4, 1_000_000))
+        let step = TimeAmount.idleCheckStep(for: period)
         idleLastBytes = bytesRead &+ partner.bytesRead
         idleSince = NIODeadline.now()
         let bound = NIOLoopBound(self, eventLoop: context.eventLoop)
@@ -194,5 +194,14 @@ extension GlueHandler: ChannelDuplexHandler {
         } else {
             pendingRead = true
         }
+    }
+}
+
+extension TimeAmount {
+    /// How often an idle timeout of `period` is checked: four times per period, so a
+    /// connection closes at most a quarter late, and no timer is re-armed per read, write or
+    /// request.
+    static func idleCheckStep(for period: TimeAmount, atLeast floor: TimeAmount = .milliseconds(1)) -> TimeAmount {
+        .nanoseconds(max(period.nanoseconds / 4, floor.nanoseconds))
     }
 }

@@ -56,7 +56,7 @@ package struct RouteConfiguration: Sendable, Equatable {
     package var requestAuthentications: [RequestAuthentication] = []
     /// The Telemetry resources' tag overrides on the HTTP metrics, compiled (`metricTags(for:)`).
     package var metricTagScopes: [MetricTagOverrides.Scoped] = []
-    /// The Telemetry resources' access-log rules, compiled (`accessLogPolicy(for:endpoints:)`).
+    /// The Telemetry resources' access-log rules, compiled (`accessLogPolicies(for:endpoints:)`).
     package var accessLogScopes: [AccessLogPolicy.Scoped] = []
     /// Their network jwksUris by URI, filled by the gateway's fetcher.
     package var remoteJWKS: [String: RemoteJWKS] = [:]

@@ -154,7 +154,7 @@ package struct AuthorizationEngine: Sendable, Equatable {
     /// characters percent-decoded.
     package static func normalized(_ raw: String) -> String {
         // Mostly a plain path without a query: returned as it is, nothing allocated.
-        let path = raw.utf8.firstIndex(of: UInt8(ascii: "?")).map { String(raw[..<$0]) } ?? raw
+        let path = raw.pathWithoutQuery
         guard path.utf8.contains(where: { $0 == UInt8(ascii: ".") || $0 == UInt8(ascii: "\\") || $0 == UInt8(ascii: "%") }) else { return path }
         var decoded = ""
         var bytes = Array(path.replacingOccurrences(of: "\\", with: "/").utf8)[...]

@@ -7,8 +7,8 @@ package struct AccessLogPolicy: Sendable, Equatable {
     /// `disabled: true`: no line for these requests.
     package var disabled = false
     package var filter: AccessLogFilter?
-    /// `match.mode`: which reporter's requests the rule is for (nil: both).
-    package var reporter: String?
+    /// `match.mode`: which reporters' requests the rule is for.
+    package var reporters = Telemetry.Match().reporters
 
     /// Whether `record`'s line is written (the rule was picked for its reporter).
     func writes(_ record: HTTPRequestRecord) -> Bool {
@@ -18,7 +18,7 @@ package struct AccessLogPolicy: Sendable, Equatable {
 
     /// The rule for requests `reporter` reports, from a route's rules least specific first.
     static func pick(_ policies: [AccessLogPolicy], reporter: String) -> AccessLogPolicy? {
-        policies.last { $0.reporter == nil || $0.reporter == reporter }
+        policies.last { $0.reporters.contains(reporter) }
     }
 
     /// One Telemetry's access-log rule and whom it selects.
@@ -35,7 +35,7 @@ package struct AccessLogPolicy: Sendable, Equatable {
             var policy = AccessLogPolicy()
             policy.disabled = logging.disabled ?? false
             policy.filter = logging.filter?.expression.flatMap { try? AccessLogFilter(parsing: $0) }
-            policy.reporter = logging.match?.mode.flatMap { $0 == "CLIENT" ? "source" : $0 == "SERVER" ? "destination" : nil }
+            policy.reporters = logging.match?.reporters ?? policy.reporters
             return Scoped(namespace: telemetry.namespace, selector: telemetry.selector?.matchLabels, policy: policy)
         }
     }
@@ -145,7 +145,7 @@ package struct AccessLogFilter: Sendable, Equatable {
         case .responseCodeDetails: return text(record.responseCodeDetails)
         case .method: return .string(record.method)
         case .path: return .string(record.path)
-        case .urlPath: return .string(String(record.path.split(separator: "?", maxSplits: 1, omittingEmptySubsequences: false).first ?? ""))
+        case .urlPath: return .string(record.path.pathWithoutQuery)
         case .host: return record.authority == "-" ? .error : .string(record.authority)
         case .scheme: return .string("https")
         case .protocol: return .string(record.protocol)

@@ -107,7 +107,7 @@ package enum MetricTagOverrides {
             case .header(let name): head.headers[name].first ?? "unknown"
             case .literal(let text): text
             case .method: head.method.rawValue
-            case .path: head.uri.utf8.firstIndex(of: UInt8(ascii: "?")).map { String(head.uri[..<$0]) } ?? head.uri
+            case .path: head.uri.pathWithoutQuery
             case .host: head.headers.first(name: "host") ?? "unknown"
             case .unknown: "unknown"
             }
@@ -165,12 +165,7 @@ package enum MetricTagOverrides {
             for override in metrics.overrides ?? [] {
                 let selected = override.match?.metric.flatMap { Metric.read($0)?.0 } ?? .all
                 guard override.match?.customMetric == nil, !selected.metrics.isEmpty else { continue }
-                let reporters: Set<String> = switch override.match?.mode {
-                case "CLIENT": ["source"]
-                case "SERVER": ["destination"]
-                default: ["source", "destination"]
-                }
-                result.append((override, selected.metrics, reporters))
+                result.append((override, selected.metrics, override.match?.reporters ?? Telemetry.Match().reporters))
             }
         }
         return result
