@@ -18,12 +18,12 @@ struct IstioTaskTests {
 
     /// One request through east's gateway: the status, the body and the response headers.
     static func call(_ client: Client, _ host: String, port: Int, path: String, method: String = "GET", headers: [String] = [],
-                     gateway: String = "127.0.125.1") async throws -> (code: String, body: String, headers: String) {
+                     gateway: String = "127.0.125.1", extra: [String] = []) async throws -> (code: String, body: String, headers: String) {
         let dir = try TemporaryDirectory("task-call")
         defer { dir.cleanUp() }
         var arguments = ["-sS", "--max-time", "10", "--cacert", client.rootCertificate, "--cert", client.certificateChain, "--key", client.privateKey,
                          "--resolve", "\(host):15443:\(gateway)", "-X", method, "-D", "\(dir.path)/headers", "-w", "\n%{http_code}"]
-        arguments += headers.flatMap { ["-H", $0] }
+        arguments += headers.flatMap { ["-H", $0] } + extra
         arguments.append("https://\(host):15443\(path)")
         let result = try await runCommand("/usr/bin/curl", arguments)
         let lines = result.stdout.split(separator: "\n", omittingEmptySubsequences: false)
@@ -195,5 +195,117 @@ struct IstioTaskTests {
         #expect(try await call(["Authorization: Bearer \(demo)"]).code == "403")
         #expect(try await call(["Authorization: Bearer \(groups)"]).code == "200")
     }
-}
 
+    /// Istio's sample ext-authz HTTP server (samples/extauthz/src/main.go): allows a request with
+    /// `x-ext-authz: allow`, else 403 with its deny body; says what it received in
+    /// `x-ext-authz-check-received`, and its verdict in `x-ext-authz-check-result`.
+    static func extAuthzServer(_ address: String, port: Int, log: String) throws -> ChildProcess {
+        try ChildProcess(name: "ext-authz", arguments: ["/usr/bin/python3", "-c", """
+            import http.server
+            class Handler(http.server.BaseHTTPRequestHandler):
+                protocol_version = "HTTP/1.1"
+                def handle_one_request(self):
+                    return super().handle_one_request()
+                def answer(self):
+                    length = int(self.headers.get("content-length") or 0)
+                    body = self.rfile.read(length) if length else b""
+                    received = "%s %s%s, headers: %s, body: [%s]" % (self.command, self.headers.get("host"), self.path,
+                        sorted(k.lower() for k in self.headers.keys()), body.decode())
+                    allowed = self.headers.get("x-ext-authz") == "allow"
+                    deny = b"denied by ext_authz for not found header `x-ext-authz: allow` in the request"
+                    self.send_response(200 if allowed else 403)
+                    self.send_header("x-ext-authz-check-result", "allowed" if allowed else "denied")
+                    self.send_header("x-ext-authz-check-received", received)
+                    self.send_header("content-length", "0" if allowed else str(len(deny)))
+                    self.end_headers()
+                    if not allowed: self.wfile.write(deny)
+                do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = answer
+            http.server.ThreadingHTTPServer(("\(address)", \(port)), Handler).serve_forever()
+            """], logPath: log)
+    }
+
+    @Test("authz-custom: the task's mesh config (istio ConfigMap) and CUSTOM policy; the ext-authz server in west, asked by east's gateway over the pooled connection: x-ext-authz allow 200, deny 403 with the server's body and headers (UAEX), /ip not checked; the server down: 403 UAEX")
+    func extAuthzTask() async throws {
+        let dir = try TemporaryDirectory("istio-task-ext-authz")
+        defer { dir.cleanUp() }
+        let task = "\(Self.fixtures)/authz-custom.yaml"
+        let validate = try await runCommand(PackagePaths.eastwest, ["validate", task])
+        #expect(validate.status == 0 && !validate.stderr.contains("skipped"), "\(validate.stderr)")
+        // The only thing not carried out: the task's gRPC provider (which its policy does not use).
+        let warnings = validate.stderr.split(separator: "\n").filter { $0.contains("warning") }
+        #expect(warnings.count == 1 && warnings[0].contains("gRPC"), "\(validate.stderr)")
+
+        // The ext-authz service (the task deploys it in foo), endpoint in west.
+        try """
+            apiVersion: networking.istio.io/v1
+            kind: ServiceEntry
+            metadata: {name: ext-authz, namespace: foo}
+            spec:
+              hosts: [ext-authz.foo.svc.cluster.local]
+              ports: [{number: 8000, name: http, protocol: HTTP}]
+              location: MESH_INTERNAL
+              resolution: STATIC
+              endpoints: [{address: 127.0.148.20, labels: {app: ext-authz, topology.istio.io/cluster: west}, locality: us-west1/us-west1-a}]
+            """.write(toFile: "\(dir.path)/ext-authz-service.yaml", atomically: true, encoding: .utf8)
+        let topology = "\(dir.path)/topology.yaml"
+        try """
+            name: istio-task-ext-authz
+            policies: [\(task), \(dir.path)/ext-authz-service.yaml]
+            clusters:
+            - name: east
+              gateways: [{name: authz-east-gw, address: 127.0.147.1, locality: us-east1/us-east1-a}]
+            - name: west
+              gateways: [{name: authz-west-gw, address: 127.0.148.1, locality: us-west1/us-west1-a}]
+              services:
+              - host: httpbin.foo.svc.cluster.local
+                port: 8000
+                protocol: http
+                endpoints: [{address: "127.0.148.14:8000", locality: us-west1/us-west1-a, labels: {app: httpbin}}]
+            """.write(toFile: topology, atomically: true, encoding: .utf8)
+        var server: ChildProcess? = try Self.extAuthzServer("127.0.148.20", port: 8000, log: "\(dir.path)/ext-authz.log")
+        defer { server?.stop() }
+        let (up, state) = try await startUp(topology, in: dir)
+        defer { up.stop() }
+        struct Ready: Decodable { var clients: [String: Client] }
+        let ready = try JSONDecoder().decode(Ready.self, from: try Data(contentsOf: URL(fileURLWithPath: "\(state)/ready.json")))
+        let sleep = try #require(ready.clients["east"])
+        let httpbin = "httpbin.foo.svc.cluster.local"
+        func call(_ path: String, _ headers: [String], method: String = "GET", extra: [String] = []) async throws -> (code: String, body: String, headers: String) {
+            try await Self.call(sleep, httpbin, port: 8000, path: path, method: method, headers: headers, gateway: "127.0.147.1", extra: extra)
+        }
+        // West's endpoints reach east by gossip.
+        #expect(await eventually(timeout: .seconds(30)) { (try? await call("/headers", ["x-ext-authz: allow"]).code) == "200" }, "\(up.log.suffix(3000))")
+
+        let denied = try await call("/headers", ["x-ext-authz: deny", "x-other: not-for-the-check"])
+        #expect(denied.code == "403" && denied.body == "denied by ext_authz for not found header `x-ext-authz: allow` in the request", "\(denied)")
+        #expect(denied.headers.contains("x-ext-authz-check-result: denied"), "\(denied.headers)")
+        // What the server received: the client's method and path, the task's header and host, not the others.
+        let received = denied.headers.split(whereSeparator: \.isNewline).first { $0.hasPrefix("x-ext-authz-check-received:") }.map(String.init) ?? ""
+        #expect(received.contains("get httpbin.foo.svc.cluster.local:15443/headers") && received.contains("'x-ext-authz'") && !received.contains("x-other"),
+                "\(denied.headers)")
+        let allowed = try await call("/headers", ["x-ext-authz: allow"])
+        #expect(allowed.code == "200" && allowed.body.contains(#""x-ext-authz":"allow""#), "\(allowed)")
+        // A body that came while the server was asked follows the request (HTTP/2 and HTTP/1.1).
+        for version in ["--http2", "--http1.1"] {
+            let posted = try await call("/headers", ["x-ext-authz: allow"], method: "POST", extra: [version, "--data-binary", "twelve bytes"])
+            #expect(posted.code == "200" && posted.body.contains(#""method":"POST""#) && posted.body.contains(#""content-length":"12""#), "\(version): \(posted)")
+        }
+        // The rule names /headers only: /ip is never sent to the server.
+        #expect(try await call("/ip", ["x-ext-authz: deny"]).code == "200")
+
+        let stats = try await runCommand("/usr/bin/curl", ["-sS", "http://127.0.147.1:15000/stats/prometheus"]).stdout
+        #expect(stats.contains("envoy_cluster_ext_authz_denied{cluster_name=\"outbound|8000||httpbin.foo.svc.cluster.local\"} 1"), "\(stats.suffix(2000))")
+        let log = try String(contentsOfFile: "\(state)/logs/authz-east-gw.log", encoding: .utf8)
+        #expect(log.contains("UAEX"), "\(log.suffix(2000))")
+
+        // The server gone: Envoy's error path, statusOnError (403) with no body, UAEX.
+        server?.stop()
+        server = nil
+        let failed = await eventually(timeout: .seconds(15)) {
+            guard let answer = try? await call("/headers", ["x-ext-authz: allow"]) else { return false }
+            return answer.code == "403" && answer.body.isEmpty
+        }
+        #expect(failed)
+        #expect(try await call("/ip", []).code == "200")
+    }
+}

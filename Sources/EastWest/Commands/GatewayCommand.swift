@@ -75,6 +75,7 @@ struct ValidateCommand: AsyncParsableCommand {
             }
         }
         VirtualServiceDelegation.warnings(istio.virtualServices, origins: istio.virtualServiceOrigins).forEach(printError)
+        ExternalAuthorizers.warnings(istio).forEach(printError)
         if failed { throw ExitCode(2) }
     }
 }

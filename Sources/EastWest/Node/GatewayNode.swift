@@ -71,6 +71,7 @@ struct GatewayNode: Service {
             + VirtualServiceDelegation.warnings(resources.virtualServices, origins: resources.virtualServiceOrigins)
             + PeerAuthentication.gatewayWarnings(resources.peerAuthentications)
             + EnvoyFilter.gatewayWarnings(resources.envoyFilters, labels: config.effectiveLabels, namespace: config.effectiveNamespace)
+            + ExternalAuthorizers.warnings(resources)
         return (PolicyCompiler.compile(config: config, resources: resources), warnings)
     }
 

@@ -37,8 +37,9 @@ extension IstioPolicyLoader {
             errors.append(map.error(.missingField, at: spec.key("rules"), "a \(action.rawValue) policy needs rules (Istio rejects one without)"))
         }
         if action == .custom {
-            warnings.append(map.error(.notImplemented, at: spec.key("action"),
-                                      "CUSTOM needs an ext-authz provider, which EastWest does not have: requests its rules match are refused (fail closed)").asWarning)
+            if (policy.provider?.name ?? "").isEmpty {
+                errors.append(map.error(.missingField, at: spec.key("provider"), "a CUSTOM policy needs provider.name (an extensionProviders entry of the mesh config)"))
+            }
         } else if policy.provider != nil {
             errors.append(map.error(.invalidValue, at: spec.key("provider"), "provider is only for action CUSTOM"))
         }

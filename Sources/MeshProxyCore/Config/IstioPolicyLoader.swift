@@ -22,6 +22,8 @@ package enum IstioPolicyLoader {
         package var envoyFilters: [EnvoyFilter] = []
         package var requestAuthentications: [RequestAuthentication] = []
         package var telemetries: [Telemetry] = []
+        /// MeshConfig `extensionProviders`, from an `istio` ConfigMap or an IstioOperator.
+        package var extensionProviders: [MeshConfig.ExtensionProvider] = []
         package var warnings: [ConfigError] = []
         /// One line per document of a kind EastWest does not read.
         package var skipped: [String] = []
@@ -44,6 +46,7 @@ package enum IstioPolicyLoader {
             envoyFilters += other.envoyFilters
             requestAuthentications += other.requestAuthentications
             telemetries += other.telemetries
+            extensionProviders += other.extensionProviders
             warnings += other.warnings
             skipped += other.skipped
         }
@@ -89,6 +92,10 @@ package enum IstioPolicyLoader {
             let kind = mapping["kind"]?.string ?? ""
             let apiVersion = mapping["apiVersion"]?.string ?? ""
             let name = mapping["metadata"]?.mapping?["name"]?.string ?? "document \(index + 1)"
+            if kind == "ConfigMap", apiVersion == "v1", isMeshConfigMap(name: name) {
+                errors += readMeshConfigMap(mapping["data"] ?? Node.mapping(Node.Mapping([])), map, &loaded)
+                continue
+            }
             guard let reader = kinds[kind] else {
                 loaded.skipped.append("\(file): note: skipped \(kind.isEmpty ? "a document without kind" : kind) '\(name)' (EastWest reads \(kinds.keys.sorted().joined(separator: ", ")))")
                 continue
@@ -128,6 +135,7 @@ package enum IstioPolicyLoader {
         "EnvoyFilter": KindReader(apiVersions: envoyFilterAPIVersions, read: readEnvoyFilter),
         "RequestAuthentication": KindReader(apiVersions: securityAPIVersions, read: readRequestAuthentication),
         "Telemetry": KindReader(apiVersions: telemetryAPIVersions, read: readTelemetry),
+        "IstioOperator": KindReader(apiVersions: istioOperatorAPIVersions, read: readIstioOperator),
     ]
 
     private static func readDestinationRule(_ spec: Node, _ map: SourceMap, _ loaded: inout Loaded) -> [ConfigError] {

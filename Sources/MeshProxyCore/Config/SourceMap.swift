@@ -39,8 +39,13 @@ package struct FieldPath: Hashable, Sendable, CustomStringConvertible, Expressib
 package struct SourceMap {
     package var file: String
     package var root: Node?
+    /// Where `root` sits in `file` when it was parsed from text embedded in it (the mesh config
+    /// in an `istio` ConfigMap): added to every position.
+    package var lineOffset = 0, columnOffset = 0
 
-    package init(file: String, root: Node?) { self.file = file; self.root = root }
+    package init(file: String, root: Node?, lineOffset: Int = 0, columnOffset: Int = 0) {
+        self.file = file; self.root = root; self.lineOffset = lineOffset; self.columnOffset = columnOffset
+    }
 
     /// The mark of the deepest node on `path` that exists: a missing field points at the
     /// mapping that should have held it.
@@ -66,7 +71,7 @@ package struct SourceMap {
 
     package func error(_ code: ConfigError.Code, at path: FieldPath, _ message: String) -> ConfigError {
         let mark = mark(of: path)
-        var error = ConfigError(code: code, file: file, line: mark?.line ?? 0, column: mark?.column ?? 0,
+        var error = ConfigError(code: code, file: file, line: mark.map { $0.line + lineOffset } ?? 0, column: mark.map { $0.column + columnOffset } ?? 0,
                                 field: path.description, message: message)
         error.fieldPath = path
         return error

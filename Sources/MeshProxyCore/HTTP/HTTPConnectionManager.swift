@@ -46,6 +46,9 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
         /// Between attempts (a retry's back-off) or in an injected delay: request parts are
         /// kept for the next attempt.
         case waiting(ended: Bool)
+        /// An ext-authz provider is being asked (a CUSTOM policy matched): request parts are
+        /// kept, nothing is routed or timed yet.
+        case authorizing(ended: Bool)
         /// A local reply went out; the rest of the request body is read and dropped.
         case discarding
         /// A WebSocket upgrade was accepted: both sides carry bytes now, not HTTP.
@@ -232,17 +235,24 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
             record.bytesReceived += body.readableBytes
             send(.body(.byteBuffer(body)), ended: false, context: context)
         case .end(let trailers):
-            send(.end(trailers), ended: true, context: context)
-            startRequestTimer(context: context)
-            if let mirrors = forward?.mirrors, !mirrors.isEmpty { sendMirrors(mirrors, context: context) }
-            switch state {
-            case .connecting, .forwarding: startPerTryTimer(context: context)
-            case .idle, .discarding, .tunnel, .waiting: break
-            }
-            if case .discarding = state {
-                state = .idle
-                finishRequest(context: context)
-            }
+            requestEnded(trailers, context: context)
+        }
+    }
+
+    /// The whole request is in: the route's timer starts, mirrors go out, the attempt's per-try
+    /// timer starts. Waiting for an ext-authz answer, the end is kept for when it comes.
+    private func requestEnded(_ trailers: HTTPHeaders?, context: ChannelHandlerContext) {
+        send(.end(trailers), ended: true, context: context)
+        if case .authorizing = state { return }
+        startRequestTimer(context: context)
+        if let mirrors = forward?.mirrors, !mirrors.isEmpty { sendMirrors(mirrors, context: context) }
+        switch state {
+        case .connecting, .forwarding: startPerTryTimer(context: context)
+        case .idle, .discarding, .tunnel, .waiting, .authorizing: break
+        }
+        if case .discarding = state {
+            state = .idle
+            finishRequest(context: context)
         }
     }
 
@@ -324,6 +334,8 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
     package func channelInactive(context: ChannelHandlerContext) {
         stopDeadlines()
         cancelAttemptTimer()
+        authorizationCheck?.cancel()
+        authorizationCheck = nil
         if case .forwarding(let exchange, _) = state {
             state = .idle
             exchange.channel.close(promise: nil)
@@ -339,7 +351,7 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
     private func begin(_ head: HTTPRequestHead, context: ChannelHandlerContext) {
         if idleTimeout != nil { lastActive = .now() }
         record = HTTPRequestRecord(connection: connection)
-        if !rateLimitHeaders.isEmpty { rateLimitHeaders = [] }
+        if !filterResponseHeaders.isEmpty { filterResponseHeaders = [] }
         record.method = head.method.rawValue
         record.path = head.uri
         record.protocol = protocolName
@@ -387,7 +399,6 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
             let decided = lastAction.flatMap { $0.route == forward.route ? $0 : nil }
                 ?? RouteState(forward.route, action: routes.action(for: forward.route, origin: origin), routes: routes, clusters: clusters)
             lastAction = decided
-            let action = decided.action
             if !decided.metricTags.isEmpty { record.metricTags = MetricTagOverrides.evaluate(decided.metricTags, head, reporter: record.reporter) }
             if !decided.metricToggles.isEmpty { record.disabledMetrics = MetricTagOverrides.disabled(decided.metricToggles, reporter: record.reporter) }
             if !decided.accessLogs.isEmpty { record.accessLog = AccessLogPolicy.pick(decided.accessLogs, reporter: record.reporter) }
@@ -397,46 +408,140 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
             requestPrincipal = nil
             tokenHeaders = []
             tokenHeaderRemoved = nil
-            // At a peer gateway, what the entry gateway verified; else (the entry gateway had no
-            // rule for it) the token itself, under this gateway's rules.
-            if origin == .peerGateway, let verified = head.headers.first(name: Self.verifiedPayload).flatMap(RequestPrincipal.init(payload:)) {
-                requestPrincipal = verified
-            } else if let authenticator, !authenticated(head, authenticator: authenticator, context: context) {
-                return
-            }
-            if !policies.isEmpty, !authorized(head, facts: facts, route: forward.route, context: context) { return }
-            self.action = action
-            // A peer gateway only walks its local endpoints on connect failures: the entry
-            // gateway's retry policy covers the request end to end, once.
-            retry = RetryState(policy: origin == .peerGateway ? action.retry : forward.retry)
-            guard let first = retry.nextTarget(in: clusters.candidates(for: forward.route, origin: origin)) else {
-                localReply(origin == .peerGateway
-                    ? .noHealthyUpstream("no local endpoint for \(forward.route.service) (traffic from a peer gateway is never forwarded again)")
-                    : .noHealthyUpstream(for: forward.route), context: context)
-                return
-            }
-            // The inbound sidecar's rate limit, where this gateway is the last hop to the workload.
-            if origin == .peerGateway || first.target.isLocal, let limit = LocalRateLimits.pick(decided.inboundLimits, routeName: forward.routeName),
-               !admitted(by: limit, context: context) { return }
-            target = first
-            let upstream = HTTPClientRequestPart.head(upstreamHead(head, forward: forward, context: context))
-            keep(upstream)
-            let fault = forward.fault?.decide(delayRandom: random.next(), abortRandom: random.next())
-            if let delay = fault?.delay {
-                // Envoy's fault filter runs before the router: the route's timer starts after it.
-                record.flags.insert(.delayInjected)
-                state = .waiting(ended: false)
-                attemptTimer = schedule(in: delay, context: context) { manager, context in
-                    manager.afterDelay(abort: fault?.abort, context: context)
+            // Istio's CUSTOM first (ext_authz runs before jwt_authn and RBAC).
+            if !policies.isEmpty {
+                switch AuthorizationEngine.custom(authorizationRequest(head, facts: facts, route: forward.route), policies: policies,
+                                                  providers: routes.externalAuthorizers, forwarded: origin == .peerGateway) {
+                case .pass:
+                    break
+                case .refuse(let rule, let why):
+                    record.codeDetails = "rbac_access_denied_matched_policy[\(rule)]"
+                    localReply(.forbidden("\(record.codeDetails ?? ""): \(why)"), context: context)
+                    return
+                case .check(let authorizer):
+                    askExternalAuthorizer(authorizer, head: head, facts: facts, decided: decided, context: context)
+                    return
                 }
-                return
             }
-            if let abort = fault?.abort {
-                localReply(.faultAbort(abort), context: context)
-                return
+            admit(head, facts: facts, forward: forward, decided: decided, context: context)
+        }
+    }
+
+    /// The rest of a routed request's way in, once CUSTOM let it through: the token
+    /// (RequestAuthentication), the policies (RBAC), the inbound rate limit, the fault, the
+    /// first attempt.
+    private func admit(_ head: HTTPRequestHead, facts: HTTPRequestFacts, forward: HTTPRequestRouter.Forward, decided: RouteState,
+                       context: ChannelHandlerContext) {
+        let clusters = dataPlane.clusters
+        let action = decided.action
+        // At a peer gateway, what the entry gateway verified; else (the entry gateway had no
+        // rule for it) the token itself, under this gateway's rules.
+        if origin == .peerGateway, let verified = head.headers.first(name: Self.verifiedPayload).flatMap(RequestPrincipal.init(payload:)) {
+            requestPrincipal = verified
+        } else if let authenticator, !authenticated(head, authenticator: authenticator, context: context) {
+            return
+        }
+        if !policies.isEmpty, !authorized(head, facts: facts, route: forward.route, context: context) { return }
+        self.action = action
+        // A peer gateway only walks its local endpoints on connect failures: the entry
+        // gateway's retry policy covers the request end to end, once.
+        retry = RetryState(policy: origin == .peerGateway ? action.retry : forward.retry)
+        guard let first = retry.nextTarget(in: clusters.candidates(for: forward.route, origin: origin)) else {
+            localReply(origin == .peerGateway
+                ? .noHealthyUpstream("no local endpoint for \(forward.route.service) (traffic from a peer gateway is never forwarded again)")
+                : .noHealthyUpstream(for: forward.route), context: context)
+            return
+        }
+        // The inbound sidecar's rate limit, where this gateway is the last hop to the workload.
+        if origin == .peerGateway || first.target.isLocal, let limit = LocalRateLimits.pick(decided.inboundLimits, routeName: forward.routeName),
+           !admitted(by: limit, context: context) { return }
+        target = first
+        let upstream = HTTPClientRequestPart.head(upstreamHead(head, forward: forward, context: context))
+        keep(upstream)
+        let fault = forward.fault?.decide(delayRandom: random.next(), abortRandom: random.next())
+        if let delay = fault?.delay {
+            // Envoy's fault filter runs before the router: the route's timer starts after it.
+            record.flags.insert(.delayInjected)
+            state = .waiting(ended: false)
+            attemptTimer = schedule(in: delay, context: context) { manager, context in
+                manager.afterDelay(abort: fault?.abort, context: context)
             }
-            state = .connecting(held: [upstream], ended: false)
-            openExchange(context: context)
+            return
+        }
+        if let abort = fault?.abort {
+            localReply(.faultAbort(abort), context: context)
+            return
+        }
+        state = .connecting(held: [upstream], ended: false)
+        openExchange(context: context)
+    }
+
+    /// A CUSTOM policy matched: the provider is asked, the request waits (its parts kept), and
+    /// its answer lets the request in, or answers the client.
+    private func askExternalAuthorizer(_ authorizer: ExternalAuthorizer, head: HTTPRequestHead, facts: HTTPRequestFacts, decided: RouteState,
+                                       context: ChannelHandlerContext) {
+        guard let upstreams, let forward else { return }
+        let clusters = dataPlane.clusters
+        state = .authorizing(ended: false)
+        guard case .success(let route) = HTTPRequestRouter.resolve(HTTPDestination(host: authorizer.host, port: authorizer.port, weight: 100),
+                                                                   origin: "ext-authz provider \(authorizer.name)", routes: routes, services: clusters.current),
+              let target = clusters.candidates(for: route, origin: .client).first else {
+            // Envoy: the provider's cluster does not exist, or has no host: an error.
+            return externalAuthorizationAnswered(authorizer, nil, head: head, facts: facts, decided: decided, context: context)
+        }
+        let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+        authorizationCheck = ExternalAuthorizationCheck(authorizer.checkRequest(for: head), to: target.target, action: routes.action(for: route, origin: .client),
+                                                        timeout: authorizer.timeout, upstreams: upstreams, eventLoop: context.eventLoop) { answer in
+            let (manager, context) = bound.value
+            manager.authorizationCheck = nil
+            guard case .authorizing = manager.state, manager.forward?.route == forward.route else { return }
+            manager.externalAuthorizationAnswered(authorizer, answer, head: head, facts: facts, decided: decided, context: context)
+        }
+    }
+
+    private var authorizationCheck: ExternalAuthorizationCheck?
+
+    /// Envoy's ext_authz `onComplete`: allowed (with its headers) goes on; denied answers with the
+    /// provider's status, headers and body; an error is `statusOnError` unless `failOpen`. Both
+    /// refusals carry `UAEX`.
+    private func externalAuthorizationAnswered(_ authorizer: ExternalAuthorizer, _ answer: ExternalAuthorizationCheck.Answer?, head: HTTPRequestHead,
+                                               facts: HTTPRequestFacts, decided: RouteState, context: ChannelHandlerContext) {
+        guard let forward else { return }
+        let cluster = forward.route.envoyClusterName
+        var head = head
+        switch answer.map({ authorizer.verdict(status: $0.status, headers: $0.headers, body: $0.body) }) ?? .failed {
+        case .allowed(let allowed):
+            ExternalAuthorizationMetrics.count(.ok, cluster: cluster)
+            for header in allowed.setOnRequest { head.headers.replaceOrAdd(name: header.name, value: header.value) }
+            for name in allowed.removeFromRequest where name != "host" { head.headers.remove(name: name) }
+            filterResponseHeaders += allowed.addToResponse.map { ($0.name, $0.value) }
+        case .denied(let status, let headers, let body):
+            ExternalAuthorizationMetrics.count(.denied, cluster: cluster)
+            record.codeDetails = "ext_authz_denied"
+            localReply(.externalAuthorizationDenied(status: status, headers: headers, body: body, provider: authorizer.name), context: context)
+            return
+        case .failed where authorizer.failOpen:
+            ExternalAuthorizationMetrics.count(.failureModeAllowed, cluster: cluster)
+        case .failed:
+            ExternalAuthorizationMetrics.count(.error, cluster: cluster)
+            record.codeDetails = "ext_authz_error"
+            localReply(.externalAuthorizationFailed(status: authorizer.statusOnError, provider: authorizer.name), context: context)
+            return
+        }
+        // The parts that came while waiting follow the head, as if they had just arrived.
+        guard case .authorizing(let ended) = state else { return }
+        let waited = kept ?? []
+        kept = []
+        keptBytes = 0
+        // As a delay would leave it: a refusal now knows whether the request is all in.
+        state = .waiting(ended: ended)
+        admit(head, facts: facts, forward: forward, decided: decided, context: context)
+        for part in waited {
+            switch state {
+            case .connecting, .forwarding, .waiting: break
+            case .idle, .discarding, .tunnel, .authorizing: return
+            }
+            if case .end(let trailers) = part { requestEnded(trailers, context: context) } else { send(part, ended: false, context: context) }
         }
     }
 
@@ -444,7 +549,7 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
     /// limit's `x-ratelimit-*` headers go on whatever answers the request.
     private func admitted(by limit: LocalRateLimit, context: ChannelHandlerContext) -> Bool {
         guard let consulted = limit.consult(enabledRoll: random.next(), enforcedRoll: random.next()) else { return true }
-        rateLimitHeaders += limit.headers(consulted)
+        filterResponseHeaders += limit.headers(consulted)
         switch consulted.verdict {
         case .pass, .limitedNotEnforced:  // counted when not enforced; Envoy lets it through
             return true
@@ -455,8 +560,10 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
         }
     }
 
-    /// `x-ratelimit-*` for the current request's response (Envoy adds them in encodeHeaders).
-    private var rateLimitHeaders: [(name: String, value: String)] = []
+    /// What the request's filters add to whatever answers it (Envoy adds them in their
+    /// encodeHeaders): the local rate limit's `x-ratelimit-*`, the ext-authz provider's
+    /// `headersToDownstreamOnAllow`.
+    private var filterResponseHeaders: [(name: String, value: String)] = []
 
     /// The verified token's payload for the current target: a peer gateway gets it, a backend
     /// never sees what the gateways tell each other.
@@ -497,6 +604,19 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
     /// Istio's RBAC filter, before any fault or upstream: the request as the original client
     /// sent it, judged by the AuthorizationPolicies of the route. False: refused with 403.
     private func authorized(_ head: HTTPRequestHead, facts: HTTPRequestFacts, route: Route, context: ChannelHandlerContext) -> Bool {
+        let decision = AuthorizationEngine.decide(authorizationRequest(head, facts: facts, route: route), policies: policies)
+        for audited in decision.audited { dataPlane.logger.info("AuthorizationPolicy AUDIT matched", metadata: ["policy": "\(audited)", "path": "\(facts.path)"]) }
+        for shadow in decision.shadow { dataPlane.logger.info("AuthorizationPolicy dry run", metadata: ["result": "\(shadow)", "path": "\(facts.path)"]) }
+        guard !decision.allowed else { return true }
+        record.codeDetails = decision.responseDetails
+        localReply(.forbidden("\(decision.responseDetails): \(record.sourcePrincipal ?? "a client without a certificate") \(facts.method) \(facts.path)"),
+                   context: context)
+        return false
+    }
+
+    /// The request as policies judge it: the original client, its addresses, its HTTP parts, the
+    /// token's principal once verified.
+    private func authorizationRequest(_ head: HTTPRequestHead, facts: HTTPRequestFacts, route: Route) -> AuthorizationRequest {
         let peer = connection.downstreamRemoteAddress
         // The original client's address: the first hop the entry gateway recorded.
         let remote = origin == .peerGateway ? head.headers.first(name: "x-forwarded-for").flatMap { $0.split(separator: ",").first }
@@ -505,14 +625,7 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
                                            listenerPort: dataPlane.config.listen.port, servicePort: route.service.port, serverName: connection.serverName,
                                            http: .init(host: facts.authority, method: facts.method, path: facts.path, headers: head.headers))
         request.requestPrincipal = requestPrincipal
-        let decision = AuthorizationEngine.decide(request, policies: policies)
-        for audited in decision.audited { dataPlane.logger.info("AuthorizationPolicy AUDIT matched", metadata: ["policy": "\(audited)", "path": "\(facts.path)"]) }
-        for shadow in decision.shadow { dataPlane.logger.info("AuthorizationPolicy dry run", metadata: ["result": "\(shadow)", "path": "\(facts.path)"]) }
-        guard !decision.allowed else { return true }
-        record.codeDetails = decision.responseDetails
-        localReply(.forbidden("\(decision.responseDetails): \(record.sourcePrincipal ?? "a client without a certificate") \(facts.method) \(facts.path)"),
-                   context: context)
-        return false
+        return request
     }
 
     /// A fault's delay is over: its abort, if the roll gave one, else the first attempt.
@@ -574,7 +687,7 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
             ended = requestEnded
             state = .waiting(ended: ended)
             exchange.channel.close(promise: nil)
-        case .idle, .discarding, .tunnel, .waiting: return
+        case .idle, .discarding, .tunnel, .waiting, .authorizing: return
         }
         state = .waiting(ended: ended)
         reportOutlier(.localOriginTimeout)
@@ -591,7 +704,7 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
             let ended: Bool
             switch state {
             case .connecting(_, let requestEnded), .forwarding(_, let requestEnded), .waiting(let requestEnded): ended = requestEnded
-            case .idle, .discarding, .tunnel: return
+            case .idle, .discarding, .tunnel, .authorizing: return
             }
             state = .waiting(ended: ended)
             scheduleRetry(after: backoff, context: context)
@@ -724,6 +837,10 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
             state = .waiting(ended: ended)
             // Nothing takes the body while waiting; a large one waits in the client.
             if keptBytes > Self.resendLimit { pauseClient(true, context: context) }
+        case .authorizing:
+            keep(part)
+            state = .authorizing(ended: ended)
+            if keptBytes > Self.resendLimit { pauseClient(true, context: context) }
         case .idle, .discarding, .tunnel:
             break
         }
@@ -796,7 +913,7 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
     private var awaitsResponse: Bool {
         switch state {
         case .connecting, .forwarding, .waiting: true
-        case .idle, .discarding, .tunnel: false
+        case .idle, .discarding, .tunnel, .authorizing: false
         }
     }
 
@@ -900,9 +1017,10 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
             let serviceTime = Int(((upstreamRequestEnded.map { .now - $0 }) ?? .zero).timeInterval * 1000)
             record.upstreamServiceTime = serviceTime
             record.grpcStatus = head.headers.first(name: "grpc-status")
-            head.headers.add(name: "x-envoy-upstream-service-time", value: String(serviceTime))
+            // Set, not added: a peer gateway's own is replaced (Envoy's router sets it).
+            head.headers.replaceOrAdd(name: "x-envoy-upstream-service-time", value: String(serviceTime))
             head.headers.add(name: "server", value: "istio-envoy")
-            for header in rateLimitHeaders { head.headers.replaceOrAdd(name: header.name, value: header.value) }
+            for header in filterResponseHeaders { head.headers.replaceOrAdd(name: header.name, value: header.value) }
             forward.responseHeaders.apply(to: &head.headers)
             record.responseHeaders = head.headers
             if !requestKeepAlive && !switchingProtocols { head.headers.add(name: "connection", value: "close") }
@@ -1064,10 +1182,10 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
         cancelRequestTimer()
         cancelAttemptTimer()
         var reply = reply
-        reply.headers += rateLimitHeaders
+        reply.headers += filterResponseHeaders
         let requestEnded: Bool
         switch state {
-        case .connecting(_, let ended), .waiting(let ended): requestEnded = ended
+        case .connecting(_, let ended), .waiting(let ended), .authorizing(let ended): requestEnded = ended
         case .forwarding(let exchange, let ended):
             requestEnded = ended
             // The state moves first: closing fires the relay's end at once.

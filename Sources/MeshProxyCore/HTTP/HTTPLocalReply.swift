@@ -47,7 +47,11 @@ package struct HTTPLocalReply: Sendable, Equatable {
         if length > 0 { head.headers.add(name: "content-type", value: "text/plain") }
         head.headers.add(name: "date", value: Self.httpDate())
         head.headers.add(name: "server", value: "istio-envoy")
-        for header in headers { head.headers.add(name: header.name, value: header.value) }
+        for header in headers {
+            // A provider's own (an ext-authz denial's) replace the gateway's, as Envoy's setCopy.
+            if Self.replaceable.contains(header.name) { head.headers.replaceOrAdd(name: header.name, value: header.value) }
+            else { head.headers.add(name: header.name, value: header.value) }
+        }
         if closing { head.headers.add(name: "connection", value: "close") }
         return head
     }
@@ -151,6 +155,23 @@ package struct HTTPLocalReply: Sendable, Equatable {
         .init(status: .forbidden, body: "RBAC: access denied", flags: [], detail: detail)
     }
 
+    /// An ext-authz provider denied the request (CUSTOM): its status, headers and body as it
+    /// answered, `UAEX` (Envoy's ext_authz `onComplete`, details `ext_authz_denied`).
+    package static func externalAuthorizationDenied(status: Int, headers: [HTTPHeaderPair], body: [UInt8], provider: String) -> HTTPLocalReply {
+        var reply = HTTPLocalReply(status: HTTPResponseStatus(statusCode: status), body: "", flags: [.unauthorizedExternalService],
+                                   detail: "ext_authz_denied: provider \(provider) answered \(status)")
+        reply.bytes = body
+        reply.headers = headers.map { ($0.name, $0.value) }
+        return reply
+    }
+
+    /// The ext-authz provider could not be asked (no answer, a 5xx, its timeout): the provider's
+    /// `statusOnError` (403) with no body, `UAEX` (details `ext_authz_error`).
+    package static func externalAuthorizationFailed(status: Int, provider: String) -> HTTPLocalReply {
+        .init(status: HTTPResponseStatus(statusCode: status), body: "", flags: [.unauthorizedExternalService],
+              detail: "ext_authz_error: no answer from provider \(provider)")
+    }
+
     /// Circuit breaker open: 503 with `x-envoy-overloaded: true`, `UO`.
     package static func overflow(_ detail: String) -> HTTPLocalReply {
         var reply = HTTPLocalReply(status: .serviceUnavailable, body: "upstream connect error or disconnect/reset before headers. reset reason: overflow",
@@ -158,6 +179,8 @@ package struct HTTPLocalReply: Sendable, Equatable {
         reply.headers = [("x-envoy-overloaded", "true")]
         return reply
     }
+
+    private static let replaceable: Set<String> = ["content-type", "date", "server"]
 
     package static func == (a: HTTPLocalReply, b: HTTPLocalReply) -> Bool {
         a.status == b.status && a.payload == b.payload && a.flags == b.flags && a.detail == b.detail

@@ -216,6 +216,10 @@ package final class GatewayConnectionHandler: ChannelDuplexHandler, RemovableCha
                 let request = AuthorizationRequest(principal: record.sourcePrincipal, sourceIP: record.downstreamRemoteAddress,
                                                    remoteIP: record.originalClientAddress, destinationIP: record.downstreamLocalAddress,
                                                    listenerPort: dataPlane.config.listen.port, servicePort: route.service.port, serverName: record.serverName)
+                if case .refuse(let rule, let why) = AuthorizationEngine.custom(request, policies: policies, providers: routes.externalAuthorizers) {
+                    Counter(label: "envoy_tcp_rbac_denied", dimensions: OutlierTracker.cluster(route.service)).increment()
+                    return machine.refused(flags: [], detail: "rbac_access_denied_matched_policy[\(rule)] (\(why))")
+                }
                 let decision = AuthorizationEngine.decide(request, policies: policies)
                 if !decision.allowed {
                     Counter(label: "envoy_tcp_rbac_denied", dimensions: OutlierTracker.cluster(route.service)).increment()

@@ -51,6 +51,7 @@ package enum PolicyCompiler {
                                         tcpRoutes: draft.tcpRoutes, gatewayServers: draft.gatewayServers,
                                         connectTimeout: config.connectTimeout, maxConnectAttempts: config.effectiveMaxConnectAttempts)
         routes.authorization = draft.authorization
+        routes.externalAuthorizers = ExternalAuthorizers(resources.extensionProviders)
         routes.gatewayLabels = config.effectiveLabels
         routes.gatewayNamespace = config.effectiveNamespace
         routes.requestAuthentications = resources.requestAuthentications

@@ -47,6 +47,8 @@ package struct RouteConfiguration: Sendable, Equatable {
     /// The AuthorizationPolicies this gateway loaded, and the labels and namespace they select
     /// the gateway by.
     package var authorization = AuthorizationEngine()
+    /// The mesh config's ext-authz providers, which CUSTOM policies name.
+    package var externalAuthorizers = ExternalAuthorizers()
     package var gatewayLabels: [String: String] = [:]
     package var gatewayNamespace = "istio-system"
     /// `envoy.filters.http.local_ratelimit` from EnvoyFilters: the gateway's own, and the

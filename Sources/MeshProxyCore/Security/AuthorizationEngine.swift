@@ -62,6 +62,8 @@ package struct AuthorizationEngine: Sendable, Equatable {
         package var namespace: String
         /// Workload labels it selects; nil: every workload of its namespace (the mesh's from the root).
         package var selector: [String: String]?
+        /// CUSTOM: the MeshConfig extension provider that decides what its rules match.
+        package var provider: String?
         /// Applies because it selected the gateway (its labels, or its namespace): ports are the
         /// gateway's listener port. Set by `applicable`.
         package var atGateway = false
@@ -75,7 +77,8 @@ package struct AuthorizationEngine: Sendable, Equatable {
         self.rootNamespace = rootNamespace
         self.policies = policies.map { policy in
             Policy(name: "ns[\(policy.namespace)]-policy[\(policy.name)]", action: policy.action ?? .allow, dryRun: policy.dryRun,
-                   rules: (policy.rules ?? []).map { AuthorizationRule($0, namespace: policy.namespace) }, namespace: policy.namespace, selector: policy.selector?.matchLabels.flatMap { $0.isEmpty ? nil : $0 })
+                   rules: (policy.rules ?? []).map { AuthorizationRule($0, namespace: policy.namespace) }, namespace: policy.namespace, selector: policy.selector?.matchLabels.flatMap { $0.isEmpty ? nil : $0 },
+                   provider: policy.action == .custom ? policy.provider?.name ?? "" : nil)
         }
     }
 
@@ -129,11 +132,10 @@ package struct AuthorizationEngine: Sendable, Equatable {
         return decision
     }
 
-    /// Nil when allowed; else the denying policy's rule name (or `none`).
+    /// Nil when allowed; else the denying policy's rule name (or `none`). CUSTOM is decided
+    /// before, by `custom`.
     private static func verdict(_ request: AuthorizationRequest, _ policies: [Policy]) -> String? {
-        // CUSTOM needs an ext-authz provider EastWest does not have: a matching request is
-        // refused (closed, not open); the loader warned about it.
-        for policy in policies where policy.action == .custom || policy.action == .deny {
+        for policy in policies where policy.action == .deny {
             if let rule = matchedRule(policy, request) { return "\(policy.name)-rule[\(rule)]" }
         }
         var anyAllow = false
@@ -142,6 +144,48 @@ package struct AuthorizationEngine: Sendable, Equatable {
             if matchedRule(policy, request) != nil { return nil }
         }
         return anyAllow ? "none" : nil
+    }
+
+    /// What the CUSTOM policies say, first of all (Envoy's ext_authz filter runs before
+    /// jwt_authn and RBAC: a CUSTOM rule never sees a token's principal).
+    package enum CustomDecision: Sendable, Equatable {
+        /// No CUSTOM rule matched (or none applies): go on.
+        case pass
+        /// A rule matched: ask this provider.
+        case check(ExternalAuthorizer)
+        /// A rule matched, but its provider cannot be asked (unknown, gRPC, or several for one
+        /// workload): istiod turns such rules into DENY rules.
+        case refuse(rule: String, why: String)
+    }
+
+    /// Istio's CUSTOM (builder.go): the enforced CUSTOM policies' rules; one provider per
+    /// workload (without PILOT_ENABLE_MULTIPLE_CUSTOM_AUTHZ_PROVIDERS). On TCP (`request.http`
+    /// nil) an HTTP provider does nothing ("ignored CUSTOM action with HTTP provider on TCP
+    /// filter chain"). Dry-run CUSTOM policies are not sent to the provider.
+    ///
+    /// `forwarded`: a peer gateway sent the request, and the entry gateway asked the provider
+    /// for the policies of the destination service already (one check per request, as one
+    /// sidecar makes it); only the policies that select this gateway itself are left.
+    package static func custom(_ request: AuthorizationRequest, policies: [Policy], providers: ExternalAuthorizers,
+                               forwarded: Bool = false) -> CustomDecision {
+        var matched: (rule: String, provider: String)?
+        var names = Set<String>()
+        for policy in policies where policy.action == .custom && !policy.dryRun && (!forwarded || policy.atGateway) {
+            names.insert(policy.provider ?? "")
+            if matched == nil, let rule = matchedRule(policy, request) { matched = ("\(policy.name)-rule[\(rule)]", policy.provider ?? "") }
+        }
+        guard let matched else { return .pass }
+        guard names.count == 1 else {
+            return .refuse(rule: matched.rule, why: "several CUSTOM providers for one workload (\(names.sorted().joined(separator: ", ")))")
+        }
+        guard let authorizer = providers[matched.provider] else {
+            return .refuse(rule: matched.rule, why: "extension provider '\(matched.provider)' is not in the mesh config")
+        }
+        switch authorizer.transport {
+        case .http where request.http == nil: return .pass
+        case .http: return .check(authorizer)
+        case .grpc: return .refuse(rule: matched.rule, why: "provider '\(matched.provider)' is ext-authz over gRPC, which EastWest does not speak")
+        }
     }
 
     /// The index of the first rule of `policy` that holds for `request`.

@@ -29,4 +29,6 @@ package enum ResponseFlag: String, Sendable, CaseIterable {
     case faultInjected = "FI"
     /// A local rate limit refused it.
     case rateLimited = "RL"
+    /// An ext-authz provider refused it, or could not be asked (Envoy's UnauthorizedExternalService).
+    case unauthorizedExternalService = "UAEX"
 }

@@ -45,7 +45,7 @@ struct IstioPolicyLoaderTests {
         // Its PeerAuthentication (STRICT, what the gateway does) is read too: nothing is skipped.
         #expect(loaded.skipped.isEmpty, "\(loaded.skipped)")
         #expect(loaded.peerAuthentications.map(\.name) == ["mcp-mtls"])
-        #expect(IstioPolicyLoader.kinds.keys.sorted() == ["AuthorizationPolicy", "DestinationRule", "EnvoyFilter", "Gateway", "PeerAuthentication",
+        #expect(IstioPolicyLoader.kinds.keys.sorted() == ["AuthorizationPolicy", "DestinationRule", "EnvoyFilter", "Gateway", "IstioOperator", "PeerAuthentication",
                                                           "RequestAuthentication", "ServiceEntry", "Telemetry", "VirtualService", "WorkloadEntry"])
         let warnings = loaded.warnings.map(\.description)
         #expect(warnings.contains("dr.yaml:22:5: warning: spec.trafficPolicy.tls: valid Istio field, not carried out by EastWest yet; ignored"))
