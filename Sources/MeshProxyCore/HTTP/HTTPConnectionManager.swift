@@ -67,19 +67,24 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
     /// Everything decided once per route: its action and the route's circuit breakers,
     /// AuthorizationPolicies and RequestAuthentication rules. An HTTP/2 connection decides its
     /// own route's once and hands it to every stream's manager.
-    package struct RouteState {
-        var route: Route
-        var action: RouteAction
-        var breakers: CircuitBreakers?
-        var policies: [AuthorizationEngine.Policy]
-        var authenticator: JWTAuthenticator?
+    /// A class: a keep-alive connection's requests share one, and each request takes it by one
+    /// retain rather than copying (and releasing) its nine fields.
+    package final class RouteState: Sendable {
+        let route: Route
+        let action: RouteAction
+        let breakers: CircuitBreakers?
+        let policies: [AuthorizationEngine.Policy]
+        let authenticator: JWTAuthenticator?
         /// The workloads' inbound rate limits, for requests this gateway delivers itself.
-        var inboundLimits: [LocalRateLimits.Applied]
+        let inboundLimits: [LocalRateLimits.Applied]
         /// Telemetry tag overrides on this route's metrics, and the metrics it turns off.
-        var metricTags: [MetricTagOverrides.Tag]
-        var metricToggles: [MetricTagOverrides.Toggle]
+        let metricTags: [MetricTagOverrides.Tag]
+        let metricToggles: [MetricTagOverrides.Toggle]
         /// Telemetry's access-log rules for this route, least specific first (none: every request logged).
-        var accessLogs: [AccessLogPolicy]
+        let accessLogs: [AccessLogPolicy]
+
+        /// A CUSTOM policy applies: the ext-authz step has something to decide.
+        let hasCustomPolicy: Bool
 
         init(_ route: Route, action: RouteAction, routes: RouteConfiguration, clusters: ClusterManager) {
             let endpoints = clusters.current.inputs.endpoints
@@ -87,6 +92,7 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
             self.action = action
             breakers = action.httpLimits.isEmpty ? nil : clusters.breakers(for: route, limits: action.httpLimits)
             policies = routes.authorizationPolicies(for: route.service, endpoints: endpoints)
+            hasCustomPolicy = policies.contains { $0.action == .custom }
             authenticator = routes.requestAuthenticator(for: route.service, endpoints: endpoints)
             inboundLimits = routes.inboundRateLimits(for: route.service, endpoints: endpoints)
             metricTags = routes.metricTags(for: route.service, endpoints: endpoints)
@@ -409,7 +415,7 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
             tokenHeaders = []
             tokenHeaderRemoved = nil
             // Istio's CUSTOM first (ext_authz runs before jwt_authn and RBAC).
-            if !policies.isEmpty {
+            if decided.hasCustomPolicy {
                 switch AuthorizationEngine.custom(authorizationRequest(head, facts: facts, route: forward.route), policies: policies,
                                                   providers: routes.externalAuthorizers, forwarded: origin == .peerGateway) {
                 case .pass:

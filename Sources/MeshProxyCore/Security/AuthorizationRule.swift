@@ -5,10 +5,10 @@ import Foundation
 /// parsed, ports as numbers, `when` keys resolved. A request is then matched without parsing
 /// or allocating, which matters with many rules: each request walks all of them until one holds.
 package struct AuthorizationRule: Sendable, Equatable {
-    /// `from`: any holds (nil: no `from`, holds); an entry without a source holds.
-    var sources: [Source?]?
-    /// `to`: any holds (nil: no `to`); an entry without an operation holds.
-    var operations: [Operation?]?
+    /// `from`: any holds (nil: no `from`, or an entry without a source, which holds).
+    var sources: [Source]?
+    /// `to`: any holds (nil: no `to`, or an entry without an operation).
+    var operations: [Operation]?
     /// `when`: every one holds.
     var conditions: [Condition]
     /// It names an attribute only HTTP has (request principals, hosts, methods, paths,
@@ -16,8 +16,12 @@ package struct AuthorizationRule: Sendable, Equatable {
     var usesHTTPOnly: Bool
 
     init(_ rule: AuthorizationPolicy.Rule, namespace: String) {
-        sources = rule.from.map { $0.map { $0.source.map { Source($0, namespace: namespace) } } }
-        operations = rule.to.map { $0.map { $0.operation.map(Operation.init) } }
+        // An entry without a source (operation) makes the whole `from` (`to`) hold: no list to
+        // walk, and the rest are plain values, matched in place without copying an optional out.
+        sources = rule.from.flatMap { entries in
+            entries.contains { $0.source == nil } ? nil : entries.compactMap { $0.source.map { Source($0, namespace: namespace) } }
+        }
+        operations = rule.to.flatMap { entries in entries.contains { $0.operation == nil } ? nil : entries.compactMap { $0.operation.map(Operation.init) } }
         conditions = (rule.when ?? []).map(Condition.init)
         usesHTTPOnly = (rule.from ?? []).contains { $0.source.map { $0.requestPrincipals != nil || $0.notRequestPrincipals != nil } ?? false }
             || (rule.to ?? []).contains { from in
@@ -35,8 +39,8 @@ package struct AuthorizationRule: Sendable, Equatable {
         let port = atGateway ? request.listenerPort : request.servicePort
         // By index: the entries are matched where they are, not copied out (retaining every
         // pattern list in them) once per rule per request.
-        if let sources, !Self.any(sources, { $0?.matches(request) ?? true }) { return false }
-        if let operations, !Self.any(operations, { $0?.matches(request, port: port) ?? true }) { return false }
+        if let sources, !Self.any(sources, { $0.matches(request) }) { return false }
+        if let operations, !Self.any(operations, { $0.matches(request, port: port) }) { return false }
         for index in conditions.indices where !conditions[index].matches(request, port: port) { return false }
         return true
     }

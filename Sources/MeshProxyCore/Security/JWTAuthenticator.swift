@@ -84,6 +84,13 @@ package struct JWT: Sendable {
     package var encodedPayload: String
     package var signingInput: Data
     package var signature: Data
+    /// The registered claims every request checks, read once when the token is parsed (a
+    /// cached token is then checked without a dictionary lookup per claim).
+    package var issuer: String?
+    package var subject: String
+    package var notBefore: Double?
+    package var expires: Double?
+    package var audiences: [String]
 
     package init?(_ token: String) {
         let parts = token.split(separator: ".", omittingEmptySubsequences: false)
@@ -98,6 +105,11 @@ package struct JWT: Sendable {
         encodedPayload = String(parts[1])
         signingInput = Data("\(parts[0]).\(parts[1])".utf8)
         self.signature = signature
+        if case .string(let iss)? = claims["iss"] { issuer = iss } else { issuer = nil }
+        if case .string(let sub)? = claims["sub"] { subject = sub } else { subject = "" }
+        if case .number(let nbf)? = claims["nbf"] { notBefore = nbf } else { notBefore = nil }
+        if case .number(let exp)? = claims["exp"] { expires = exp } else { expires = nil }
+        audiences = claims["aud"]?.strings ?? []
     }
 
     package static func base64URLDecoded(_ text: String) -> Data? {
@@ -332,18 +344,26 @@ package struct JWTAuthenticator: Sendable {
                 return pair.count == 2 && pair[0] == name ? String(pair[1]).removingPercentEncoding : nil
             }.first
         }
-        for provider in providers {
-            let rule = provider.rule
-            let explicit = rule.fromHeaders != nil || rule.fromParams != nil || rule.fromCookies != nil
-            for header in rule.fromHeaders ?? (explicit ? [] : [.init(name: "authorization", prefix: "Bearer ")]) {
+        // By index, each rule's lists read in place: copying a rule out retains all its fields.
+        for index in providers.indices {
+            let explicit = providers[index].rule.fromHeaders != nil || providers[index].rule.fromParams != nil || providers[index].rule.fromCookies != nil
+            if !explicit {
+                // Envoy's default: `Authorization: Bearer <token>`, else `?access_token=`.
+                if let value = headers.first(name: "authorization"), value.hasPrefix("Bearer ") {
+                    return (value.dropFirst("Bearer ".count).trimmingASCIISpaces(), "authorization")
+                }
+                if let value = param("access_token") { return (Substring(value), nil) }
+                continue
+            }
+            for header in providers[index].rule.fromHeaders ?? [] {
                 guard let value = headers.first(name: header.name) else { continue }
                 let prefix = header.prefix ?? ""
                 if value.hasPrefix(prefix) { return (value.dropFirst(prefix.count).trimmingASCIISpaces(), header.name) }
             }
-            for name in rule.fromParams ?? (explicit ? [] : ["access_token"]) {
+            for name in providers[index].rule.fromParams ?? [] {
                 if let value = param(name) { return (Substring(value), nil) }
             }
-            for name in rule.fromCookies ?? [] {
+            for name in providers[index].rule.fromCookies ?? [] {
                 for cookie in headers["cookie"].flatMap({ $0.split(separator: ";") }) {
                     let pair = cookie.trimmingASCIISpaces().split(separator: "=", maxSplits: 1)
                     if pair.count == 2, pair[0] == name { return (pair[1], nil) }
@@ -376,21 +396,22 @@ package struct JWTAuthenticator: Sendable {
         let cached = remembered.map { (jwt: $0.jwt, source: $0.source) } ?? verified?.lookup(raw)
         guard let jwt = cached?.jwt ?? JWT(raw) else { return .rejected(status: 401, message: "Jwt is not in the form of Header.Payload.Signature with two dots and 3 sections") }
         guard JWT.algorithms.contains(jwt.alg) else { return .rejected(status: 401, message: "Jwt header [alg] is not supported") }
-        guard case .string(let issuer)? = jwt.claims["iss"], let provider = providers.first(where: { $0.rule.issuer == issuer }) else {
+        // By index: the provider (its rule and keys) is read in place, not copied per request.
+        guard let issuer = jwt.issuer, let index = providers.firstIndex(where: { $0.rule.issuer == issuer }) else {
             return .rejected(status: 401, message: "Jwt issuer is not configured")
         }
         let skew = 60.0, seconds = now.timeIntervalSince1970
-        if case .number(let nbf)? = jwt.claims["nbf"], seconds + skew < nbf { return .rejected(status: 401, message: "Jwt not yet valid") }
-        if case .number(let exp)? = jwt.claims["exp"], seconds > exp + skew { return .rejected(status: 401, message: "Jwt is expired") }
-        if let allowed = provider.allowedAudiences {
-            guard (jwt.claims["aud"]?.strings ?? []).contains(where: { allowed.contains($0) || allowed.contains(Self.plainAudience($0)) }) else {
+        if let nbf = jwt.notBefore, seconds + skew < nbf { return .rejected(status: 401, message: "Jwt not yet valid") }
+        if let exp = jwt.expires, seconds > exp + skew { return .rejected(status: 401, message: "Jwt is expired") }
+        if let allowed = providers[index].allowedAudiences {
+            guard jwt.audiences.contains(where: { allowed.contains($0) || allowed.contains(Self.plainAudience($0)) }) else {
                 return .rejected(status: 403, message: "Audiences in Jwt are not allowed")
             }
         }
-        let source = provider.keySource
+        let source = providers[index].keySource
         if cached?.source != source {
             // Keys whose kid or alg (when both sides say) differ are skipped; the rest are tried.
-            let candidates = provider.currentKeys.keys.filter { key in
+            let candidates = providers[index].currentKeys.keys.filter { key in
                 (key.kid == nil || jwt.kid == nil || key.kid == jwt.kid) && (key.alg == nil || key.alg == jwt.alg)
             }
             guard !candidates.isEmpty else { return .rejected(status: 401, message: "Jwks doesn't have key to match kid or alg from Jwt") }
@@ -401,15 +422,13 @@ package struct JWTAuthenticator: Sendable {
             last = LastToken(raw: raw, jwt: cached.jwt, source: cached.source)
         }
 
-        let subject: String
-        if case .string(let sub)? = jwt.claims["sub"] { subject = sub } else { subject = "" }
         var added: [(name: String, value: String)] = []
-        if let name = provider.rule.outputPayloadToHeader { added.append((name, jwt.encodedPayload)) }
-        for output in provider.rule.outputClaimToHeaders ?? [] {
+        if let name = providers[index].rule.outputPayloadToHeader { added.append((name, jwt.encodedPayload)) }
+        for output in providers[index].rule.outputClaimToHeaders ?? [] {
             if let value = Self.claim(output.claim.split(separator: ".").map(String.init), in: jwt.claims)?.headerValue { added.append((output.header, value)) }
         }
-        let forward = provider.rule.forwardOriginalToken ?? false
-        var principal = RequestPrincipal(issuer: issuer, subject: subject, claims: jwt.claims)
+        let forward = providers[index].rule.forwardOriginalToken ?? false
+        var principal = RequestPrincipal(issuer: issuer, subject: jwt.subject, claims: jwt.claims)
         principal.encodedPayload = jwt.encodedPayload
         return .verified(principal, headers: added, removing: forward ? nil : header)
     }
