@@ -390,14 +390,18 @@ if wants l7; then
     # The cost rows (one rule against 50 rules, resilience, security) are ratios of l1 cells a few
     # per cent apart, while this machine drifts by tens of per cent over minutes: their l1 cells
     # take turns, one repeat of each per round (a gateway started for each), so drift falls on
-    # every target alike instead of on whichever ran last.
+    # every target alike instead of on whichever ran last. Each round starts one target further
+    # on, so no target always runs first or right after the same neighbour.
     rotating=()
     for target in eastwest-http eastwest-http-vs50 eastwest-http-resilience eastwest-http-token eastwest-http-authz; do
         runs_target "$target" && rotating+=("$target")
     done
     if [ "${#rotating[@]}" -gt 1 ]; then
         for r in $(seq 1 "$repeats"); do
-            for target in "${rotating[@]}"; do start_target "$target"; rotated=1 run_cell "$target" l1 "$r"; stop_target "$target"; done
+            for i in "${!rotating[@]}"; do
+                target=${rotating[$(( (i + r - 1) % ${#rotating[@]} ))]}
+                start_target "$target"; rotated=1 run_cell "$target" l1 "$r"; stop_target "$target"
+            done
         done
     fi
     for target in eastwest-http eastwest-http-vs50 eastwest-http-resilience eastwest-http-token eastwest-http-authz haproxy-http nginx-http eastwest-http-chain haproxy-http-chain; do
