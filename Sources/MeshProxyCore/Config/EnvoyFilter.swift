@@ -146,8 +146,10 @@ extension IstioPolicyLoader {
                 warnings.append(map.error(.notImplemented, at: path, "EnvoyFilter patch not carried out by EastWest (\(what)); it reads HTTP_FILTER patches that insert envoy.filters.http.local_ratelimit, HTTP_ROUTE patches that configure it per route, and NETWORK_FILTER patches that insert envoy.filters.network.local_ratelimit").asWarning)
             case .invalid(let field, let message):
                 let value = path.key("patch").key("value")
-                errors.append(map.error(.invalidValue, at: patch.applyTo == "HTTP_ROUTE" ? value.key("typed_per_filter_config") : value.key("typed_config").key(field), message))
-            case .filter(_, _, let notices), .route(_, _, _, _, let notices), .connections(_, _, _, _, let notices):
+                let at = field == LocalRateLimitPatch.routeRateLimitsField ? value.key("route").key("rate_limits")
+                    : patch.applyTo == "HTTP_ROUTE" ? value.key("typed_per_filter_config") : value.key("typed_config").key(field)
+                errors.append(map.error(.invalidValue, at: at, message))
+            case .filter(_, _, let notices), .route(_, _, _, _, _, let notices), .connections(_, _, _, _, let notices):
                 for notice in notices { warnings.append(map.error(.istioDifference, at: path.key("patch").key("value"), notice).asWarning) }
             }
         }
@@ -169,9 +171,10 @@ package enum LocalRateLimitPatch {
         case invalid(field: String, message: String)
         /// The filter inserted, with its filter-level settings (nil: no token_bucket).
         case filter(LocalRateLimit.Settings?, context: Context, notices: [String])
-        /// A route's own settings: the inbound port its virtual host names (`inbound|http|9080`)
-        /// and the route's name, each nil for any.
-        case route(LocalRateLimit.Settings, context: Context, port: Int?, routeName: String?, notices: [String])
+        /// A route's own settings (nil: the route only adds `rate_limits`, for the filter's
+        /// descriptors) and its `route.rate_limits`: the inbound port its virtual host names
+        /// (`inbound|http|9080`) and the route's name, each nil for any.
+        case route(LocalRateLimit.Settings?, rateLimits: [RateLimitPolicyEntry], context: Context, port: Int?, routeName: String?, notices: [String])
         /// `envoy.filters.network.local_ratelimit`: new connections take a token, on the
         /// filter chains `chain` names (nil: every chain) of the listener `port` names.
         case connections(ConnectionRateLimit.Settings, context: Context, chain: ConnectionRateLimit.Chain?, port: Int?, notices: [String])
@@ -206,19 +209,29 @@ package enum LocalRateLimitPatch {
             }
         case "HTTP_ROUTE":
             guard operation == "MERGE" else { return .notRateLimit("HTTP_ROUTE operation \(operation)") }
-            guard let typed = patch.patch?.value?["typed_per_filter_config"]?[filterName] else {
-                return .notRateLimit("an HTTP_ROUTE patch without typed_per_filter_config for \(filterName)")
+            let typed = patch.patch?.value?["typed_per_filter_config"]?[filterName]
+            let routeRateLimits = patch.patch?.value?["route"]?["rate_limits"]
+            guard typed != nil || routeRateLimits != nil else {
+                return .notRateLimit("an HTTP_ROUTE patch without typed_per_filter_config for \(filterName) or route.rate_limits")
             }
             let vhost = patch.match?.routeConfiguration?["vhost"]
             let port = vhost?["name"]?.string.flatMap { name in name.split(whereSeparator: { $0 == "|" || $0 == ":" }).last.flatMap { Int($0) } }
             let routeName = vhost?["route"]?["name"]?.string
             var notices: [String] = []
+            var rateLimits: [RateLimitPolicyEntry] = []
+            if let routeRateLimits {
+                switch Self.rateLimits(routeRateLimits, notices: &notices) {
+                case .failure(let invalid): return .invalid(field: routeRateLimitsField, message: invalid.message)
+                case .success(let read): rateLimits = read
+                }
+            }
+            guard let typed else { return .route(nil, rateLimits: rateLimits, context: context, port: port, routeName: routeName, notices: notices) }
             switch settings(typed, origin: origin, notices: &notices) {
             case .failure(let invalid): return .invalid(field: invalid.field, message: invalid.message)
             case .success(nil):
                 // Envoy: "local rate limit token bucket must be set for per filter configs".
                 return .invalid(field: "token_bucket", message: "a route's local rate limit (typed_per_filter_config) needs a token_bucket; Envoy rejects it without one")
-            case .success(let settings?): return .route(settings, context: context, port: port, routeName: routeName, notices: notices)
+            case .success(let settings?): return .route(settings, rateLimits: rateLimits, context: context, port: port, routeName: routeName, notices: notices)
             }
         case "NETWORK_FILTER":
             guard ["INSERT_BEFORE", "INSERT_AFTER", "INSERT_FIRST", "ADD"].contains(operation) else { return .notRateLimit("operation \(operation)") }
@@ -307,9 +320,174 @@ package enum LocalRateLimitPatch {
         if let version = config["enable_x_ratelimit_headers"]?.string {
             settings.xRateLimitHeaders = version == "DRAFT_VERSION_03"
         }
-        for key in ["descriptors", "local_rate_limit_per_downstream_connection"] where config[key] != nil {
-            notices.append("\(key) is not carried out by EastWest yet: one bucket per scope")
+        settings.perDownstreamConnection = config["local_rate_limit_per_downstream_connection"] == .bool(true)
+        if case .bool(let always)? = config["always_consume_default_token_bucket"] { settings.alwaysConsumeDefaultTokenBucket = always }
+        settings.stage = config["stage"]?.int ?? 0
+        if let limits = config["rate_limits"] {
+            switch rateLimits(limits, notices: &notices) {
+            case .failure(let invalid): return .failure(invalid)
+            case .success(let read): settings.rateLimits = read
+            }
+        }
+        if let listed = config["descriptors"] {
+            switch descriptors(listed, filterInterval: bucket.fillInterval, notices: &notices) {
+            case .failure(let invalid): return .failure(invalid)
+            case .success(let read): settings.descriptors = read
+            }
+        }
+        for key in ["local_cluster_rate_limit", "vh_rate_limits", "request_headers_to_add_when_not_enforced", "rate_limited_as_resource_exhausted"] where config[key] != nil {
+            notices.append("\(key) is not carried out by EastWest: the filter runs without it")
         }
         return .success(settings)
+    }
+
+    /// Where an invalid route-level `rate_limits` is said to be.
+    static let routeRateLimitsField = "route.rate_limits"
+
+    /// `descriptors`: each with its entries and its own token bucket, whose fill interval must be
+    /// a multiple of the filter's, none twice (Envoy rejects both).
+    static func descriptors(_ listed: ConfigValue, filterInterval: Duration, notices: inout [String]) -> Result<[LocalRateLimit.Descriptor], Invalid> {
+        guard case .list(let items) = listed else { return .failure(Invalid(field: "descriptors", message: "descriptors must be a list")) }
+        var read: [LocalRateLimit.Descriptor] = []
+        for (i, item) in items.enumerated() {
+            guard case .list(let entries)? = item["entries"], !entries.isEmpty else {
+                return .failure(Invalid(field: "descriptors", message: "descriptors[\(i)] needs at least one entry (key and value)"))
+            }
+            var descriptor: [RateLimitDescriptor.Entry] = []
+            for entry in entries {
+                guard let key = entry["key"]?.string, !key.isEmpty else {
+                    return .failure(Invalid(field: "descriptors", message: "descriptors[\(i)]: every entry needs a key"))
+                }
+                let value = entry["value"]?.string ?? ""
+                if value.isEmpty {
+                    notices.append("descriptors[\(i)] entry '\(key)' has no value: Envoy 1.34+ makes a bucket per value seen (a dynamic descriptor), which EastWest does not carry out; it matches only an empty value")
+                }
+                descriptor.append(.init(key: key, value: value))
+            }
+            let bucket: (maxTokens: Int, tokensPerFill: Int, fillInterval: Duration)
+            switch tokenBucket(item) {
+            case .failure(let invalid): return .failure(Invalid(field: "descriptors", message: "descriptors[\(i)].\(invalid.message)"))
+            case .success(nil): return .failure(Invalid(field: "descriptors", message: "descriptors[\(i)] needs a token_bucket"))
+            case .success(let found?): bucket = found
+            }
+            let multiple = bucket.fillInterval / filterInterval
+            guard multiple >= 1, filterInterval * Int(multiple.rounded()) == bucket.fillInterval else {
+                return .failure(Invalid(field: "descriptors", message: "descriptors[\(i)]: local rate descriptor limit is not a multiple of token bucket fill timer (\(bucket.fillInterval) is not a multiple of the filter's \(filterInterval)); Envoy rejects it"))
+            }
+            let made = RateLimitDescriptor(descriptor)
+            guard !read.contains(where: { $0.descriptor == made }) else {
+                return .failure(Invalid(field: "descriptors", message: "duplicate descriptor in the local rate descriptor: \(made)"))
+            }
+            read.append(LocalRateLimit.Descriptor(made, maxTokens: bucket.maxTokens, tokensPerFill: bucket.tokensPerFill, fillInterval: bucket.fillInterval))
+        }
+        return .success(read)
+    }
+
+    /// A `rate_limits` list (`config.route.v3.RateLimit`): each entry's actions. An entry with an
+    /// action EastWest does not carry out is dropped with a notice (it would never make its
+    /// descriptor here); a malformed action is an error, as Envoy rejects it.
+    static func rateLimits(_ listed: ConfigValue, notices: inout [String]) -> Result<[RateLimitPolicyEntry], Invalid> {
+        guard case .list(let items) = listed else { return .failure(Invalid(field: "rate_limits", message: "rate_limits must be a list")) }
+        var read: [RateLimitPolicyEntry] = []
+        entries: for (i, item) in items.enumerated() {
+            guard case .list(let actions)? = item["actions"], !actions.isEmpty else {
+                return .failure(Invalid(field: "rate_limits", message: "rate_limits[\(i)] needs at least one action"))
+            }
+            var entry = RateLimitPolicyEntry(actions: [], stage: item["stage"]?.int ?? 0, disabled: !(item["disable_key"]?.string ?? "").isEmpty)
+            if item["limit"] != nil { notices.append("rate_limits[\(i)].limit overrides the global rate limit service's limit; a local rate limit ignores it") }
+            for (j, action) in actions.enumerated() {
+                func fail(_ message: String) -> Result<[RateLimitPolicyEntry], Invalid> {
+                    .failure(Invalid(field: "rate_limits", message: "rate_limits[\(i)].actions[\(j)]: \(message)"))
+                }
+                guard case .object(let object) = action, object.count == 1, let (kind, body) = object.first else {
+                    return fail("an action is an object with exactly one kind (request_headers, remote_address, generic_key, …)")
+                }
+                switch kind {
+                case "source_cluster": entry.actions.append(.sourceCluster)
+                case "destination_cluster": entry.actions.append(.destinationCluster)
+                case "remote_address": entry.actions.append(.remoteAddress)
+                case "request_headers":
+                    guard let header = body["header_name"]?.string, !header.isEmpty, let key = body["descriptor_key"]?.string, !key.isEmpty else {
+                        return fail("request_headers needs header_name and descriptor_key")
+                    }
+                    entry.actions.append(.requestHeaders(header: header, key: key, skipIfAbsent: body["skip_if_absent"] == .bool(true)))
+                case "query_parameters":
+                    guard let name = body["query_parameter_name"]?.string, !name.isEmpty, let key = body["descriptor_key"]?.string, !key.isEmpty else {
+                        return fail("query_parameters needs query_parameter_name and descriptor_key")
+                    }
+                    entry.actions.append(.queryParameters(parameter: name, key: key, skipIfAbsent: body["skip_if_absent"] == .bool(true)))
+                case "generic_key":
+                    guard let value = body["descriptor_value"]?.string, !value.isEmpty else { return fail("generic_key needs a descriptor_value") }
+                    entry.actions.append(.genericKey(key: body["descriptor_key"]?.string.flatMap { $0.isEmpty ? nil : $0 } ?? "generic_key", value: value))
+                case "masked_remote_address":
+                    let v4 = body["v4_prefix_mask_len"]?.int ?? 32, v6 = body["v6_prefix_mask_len"]?.int ?? 128
+                    guard (0...32).contains(v4), (0...128).contains(v6) else { return fail("masked_remote_address prefix lengths are 0-32 (v4) and 0-128 (v6)") }
+                    entry.actions.append(.maskedRemoteAddress(v4PrefixLength: v4, v6PrefixLength: v6))
+                case "header_value_match":
+                    guard let value = body["descriptor_value"]?.string, !value.isEmpty else { return fail("header_value_match needs a descriptor_value") }
+                    guard case .list(let listed)? = body["headers"], !listed.isEmpty else { return fail("header_value_match needs at least one header matcher") }
+                    var matchers: [HeaderMatcher] = []
+                    for matcher in listed {
+                        switch headerMatcher(matcher) {
+                        case .failure(let problem): return fail(problem.message)
+                        case .success(let made?): matchers.append(made)
+                        case .success(nil):
+                            notices.append("rate_limits[\(i)] matches a header by range_match, which EastWest does not carry out: that entry never makes a descriptor here")
+                            continue entries
+                        }
+                    }
+                    let expect = body["expect_match"].map { $0 != .bool(false) } ?? true
+                    entry.actions.append(.headerValueMatch(key: body["descriptor_key"]?.string.flatMap { $0.isEmpty ? nil : $0 } ?? "header_match", value: value,
+                                                           expectMatch: expect, headers: matchers))
+                case "metadata", "dynamic_metadata", "extension", "query_parameter_value_match":
+                    notices.append("rate_limits[\(i)] uses the \(kind) action, which EastWest does not carry out: that entry never makes a descriptor here")
+                    continue entries
+                default:
+                    return fail("unknown rate limit action '\(kind)'")
+                }
+            }
+            read.append(entry)
+        }
+        return .success(read)
+    }
+
+    /// Envoy's `HeaderMatcher`: the legacy `exact_match` … `contains_match`, `safe_regex_match`,
+    /// `present_match`, or `string_match`; `invert_match`, `treat_missing_header_as_empty`.
+    /// nil: a `range_match`, which is not carried out.
+    static func headerMatcher(_ value: ConfigValue) -> Result<HeaderMatcher?, Invalid> {
+        guard let name = value["name"]?.string, !name.isEmpty else { return .failure(Invalid(field: "rate_limits", message: "a header matcher needs a name")) }
+        func regex(_ spec: ConfigValue?, ignoreCase: Bool = false) -> Result<StringMatcher, Invalid> {
+            guard let pattern = spec?["regex"]?.string else { return .failure(Invalid(field: "rate_limits", message: "safe_regex needs a regex")) }
+            if let problem = RE2Syntax.problem(in: pattern) { return .failure(Invalid(field: "rate_limits", message: problem)) }
+            guard let compiled = try? FullMatchRegex(pattern, caseInsensitive: ignoreCase) else {
+                return .failure(Invalid(field: "rate_limits", message: "'\(pattern)' is not a regular expression"))
+            }
+            return .success(.regex(compiled))
+        }
+        var matcher = HeaderMatcher(name: name, match: nil, invert: value["invert_match"] == .bool(true),
+                                    treatMissingAsEmpty: value["treat_missing_header_as_empty"] == .bool(true))
+        if let exact = value["exact_match"]?.string { matcher.match = .exact(exact, ignoreCase: false) }
+        else if let prefix = value["prefix_match"]?.string { matcher.match = .prefix(prefix, ignoreCase: false) }
+        else if let suffix = value["suffix_match"]?.string { matcher.match = .suffix(suffix, ignoreCase: false) }
+        else if let part = value["contains_match"]?.string { matcher.match = .contains(part, ignoreCase: false) }
+        else if let spec = value["safe_regex_match"] {
+            switch regex(spec) { case .failure(let problem): return .failure(problem); case .success(let made): matcher.match = made }
+        } else if case .bool(let present)? = value["present_match"] {
+            matcher.present = present
+        } else if let spec = value["string_match"] {
+            let ignoreCase = spec["ignore_case"] == .bool(true)
+            if let exact = spec["exact"]?.string { matcher.match = .exact(exact, ignoreCase: ignoreCase) }
+            else if let prefix = spec["prefix"]?.string { matcher.match = .prefix(prefix, ignoreCase: ignoreCase) }
+            else if let suffix = spec["suffix"]?.string { matcher.match = .suffix(suffix, ignoreCase: ignoreCase) }
+            else if let part = spec["contains"]?.string { matcher.match = .contains(part, ignoreCase: ignoreCase) }
+            else if let regexSpec = spec["safe_regex"] {
+                switch regex(regexSpec, ignoreCase: ignoreCase) { case .failure(let problem): return .failure(problem); case .success(let made): matcher.match = made }
+            } else {
+                return .failure(Invalid(field: "rate_limits", message: "string_match of header '\(name)' needs exact, prefix, suffix, contains or safe_regex"))
+            }
+        } else if value["range_match"] != nil {
+            return .success(nil)
+        }
+        return .success(matcher)
     }
 }

@@ -388,9 +388,9 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
                                        listenerPort: dataPlane.config.listen.port, random: random.next())
         if let limits = routes.localRateLimits?.gateway, !limits.isEmpty {
             // Envoy's local_ratelimit, first in the HTTP filters (the EnvoyFilter inserts it).
-            let routeName: String
-            if case .forward(let forward) = decision { routeName = forward.routeName } else { routeName = "" }
-            if let limit = LocalRateLimits.pick(limits, routeName: routeName), !admitted(by: limit, context: context) {
+            var routeName = "", route = connectionRoute
+            if case .forward(let forward) = decision { routeName = forward.routeName; route = forward.route }
+            if let limit = LocalRateLimits.pick(limits, routeName: routeName), !admitted(by: limit, facts: facts, route: route, context: context) {
                 if case .forward(let forward) = decision { self.forward = forward; record.route = forward.route; record.routeName = forward.routeName }
                 return
             }
@@ -460,7 +460,7 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
         }
         // The inbound sidecar's rate limit, where this gateway is the last hop to the workload.
         if origin == .peerGateway || first.target.isLocal, let limit = LocalRateLimits.pick(decided.inboundLimits, routeName: forward.routeName),
-           !admitted(by: limit, context: context) { return }
+           !admitted(by: limit, facts: facts, route: forward.route, context: context) { return }
         target = first
         let upstream = HTTPClientRequestPart.head(upstreamHead(head, forward: forward, context: context))
         keep(upstream)
@@ -553,8 +553,13 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
 
     /// One request through a local rate limit; false: refused with its local reply. The
     /// limit's `x-ratelimit-*` headers go on whatever answers the request.
-    private func admitted(by limit: LocalRateLimit, context: ChannelHandlerContext) -> Bool {
-        guard let consulted = limit.consult(enabledRoll: random.next(), enforcedRoll: random.next()) else { return true }
+    private func admitted(by picked: LocalRateLimits.Picked, facts: HTTPRequestFacts, route: Route, context: ChannelHandlerContext) -> Bool {
+        let limit = picked.limit
+        let descriptors = picked.descriptors(for: RateLimitRequest(
+            facts: facts, remoteAddress: forwardedClientAddress(facts.headers) ?? connection.downstreamRemoteAddress,
+            sourceCluster: "\(dataPlane.config.name).\(dataPlane.config.effectiveNamespace)", destinationCluster: route.envoyClusterName))
+        guard let consulted = limit.consult(enabledRoll: random.next(), enforcedRoll: random.next(), descriptors: descriptors,
+                                            connectionBuckets: &connection.rateLimitBuckets) else { return true }
         filterResponseHeaders += limit.headers(consulted)
         switch consulted.verdict {
         case .pass, .limitedNotEnforced:  // counted when not enforced; Envoy lets it through
@@ -624,14 +629,19 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
     /// token's principal once verified.
     private func authorizationRequest(_ head: HTTPRequestHead, facts: HTTPRequestFacts, route: Route) -> AuthorizationRequest {
         let peer = connection.downstreamRemoteAddress
-        // The original client's address: the first hop the entry gateway recorded.
-        let remote = origin == .peerGateway ? head.headers.first(name: "x-forwarded-for").flatMap { $0.split(separator: ",").first }
-            .map { $0.trimmingCharacters(in: .whitespaces) } : nil
+        let remote = forwardedClientAddress(head.headers)
         var request = AuthorizationRequest(principal: record.sourcePrincipal, sourceIP: peer, remoteIP: remote, destinationIP: connection.downstreamLocalAddress,
                                            listenerPort: dataPlane.config.listen.port, servicePort: route.service.port, serverName: connection.serverName,
                                            http: .init(host: facts.authority, method: facts.method, path: facts.path, headers: head.headers))
         request.requestPrincipal = requestPrincipal
         return request
+    }
+
+    /// At a peer gateway, the original client's address: the first hop the entry gateway
+    /// recorded in `x-forwarded-for`. nil elsewhere (the connection's peer is the client).
+    private func forwardedClientAddress(_ headers: HTTPHeaders) -> String? {
+        guard origin == .peerGateway else { return nil }
+        return headers.first(name: "x-forwarded-for").flatMap { $0.split(separator: ",").first }.map { $0.trimmingCharacters(in: .whitespaces) }
     }
 
     /// A fault's delay is over: its abort, if the roll gave one, else the first attempt.

@@ -98,6 +98,9 @@ package enum StringMatcher: Sendable, Equatable {
     case regex(FullMatchRegex)
     /// `{}`: the value is present, whatever it is.
     case present
+    /// Envoy's own StringMatcher kinds (rate-limit header matchers), beyond Istio's three.
+    case suffix(String, ignoreCase: Bool)
+    case contains(String, ignoreCase: Bool)
 
     /// Byte for byte, as Envoy's StringMatcher compares (no Unicode canonical equivalence, which
     /// Swift's `==` and `hasPrefix` apply and which cost a grapheme walk per rule).
@@ -109,6 +112,10 @@ package enum StringMatcher: Sendable, Equatable {
             ignoreCase ? value.lowercased().utf8.starts(with: prefix.lowercased().utf8) : value.utf8.starts(with: prefix.utf8)
         case .regex(let regex): regex.matches(value)
         case .present: true
+        case .suffix(let suffix, let ignoreCase):
+            ignoreCase ? value.lowercased().utf8.reversed().starts(with: suffix.lowercased().utf8.reversed()) : value.utf8.reversed().starts(with: suffix.utf8.reversed())
+        case .contains(let part, let ignoreCase):
+            ignoreCase ? value.lowercased().contains(part.lowercased()) : value.utf8.firstRange(of: part.utf8) != nil
         }
     }
 }

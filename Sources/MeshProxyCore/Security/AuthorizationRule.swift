@@ -377,6 +377,26 @@ struct IPBlock: Sendable, Equatable {
         }
     }
 
+    /// `text` with its host bits cleared, as `address/length` (the length by family): Envoy's
+    /// `masked_remote_address` descriptor value. nil: not an address.
+    static func masked(_ text: String, v4PrefixLength: Int, v6PrefixLength: Int) -> String? {
+        let isV6 = text.utf8.contains(UInt8(ascii: ":"))
+        let length = isV6 ? v6PrefixLength : v4PrefixLength
+        let bytes: [UInt8]? = withAddress(of: text) { address in
+            guard let address else { return nil }
+            var bits = length
+            return address.map { byte in
+                defer { bits -= 8 }
+                return bits >= 8 ? byte : bits <= 0 ? 0 : byte & ~(0xFF >> UInt8(bits))
+            }
+        }
+        guard let bytes else { return nil }
+        var buffer = [CChar](repeating: 0, count: Int(INET6_ADDRSTRLEN))
+        let written = bytes.withUnsafeBytes { raw in inet_ntop(isV6 ? AF_INET6 : AF_INET, raw.baseAddress, &buffer, socklen_t(buffer.count)) }
+        guard written != nil else { return nil }
+        return String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self) + "/\(length)"
+    }
+
     private static func withAddress<R>(of text: String, _ body: (UnsafeRawBufferPointer?) -> R) -> R {
         if text.utf8.contains(UInt8(ascii: ":")) {
             var storage = in6_addr()

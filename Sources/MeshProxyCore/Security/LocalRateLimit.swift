@@ -57,17 +57,85 @@ package final class LocalRateLimit: Sendable, Equatable {
         package var xRateLimitHeaders = false
         /// Where it was written, for the log and `eastwest validate`.
         package var origin: String
+        /// `descriptors`: buckets of their own for requests whose rate-limit actions produce
+        /// exactly these entries.
+        package var descriptors: [Descriptor] = []
+        /// The filter's own `rate_limits` (Envoy 1.33+): when set, they make the request's
+        /// descriptors instead of the route's `rate_limits`.
+        package var rateLimits: [RateLimitPolicyEntry] = []
+        /// `stage`: only `rate_limits` entries of this stage make descriptors.
+        package var stage = 0
+        /// `always_consume_default_token_bucket` (default true): a request a descriptor matched
+        /// takes a token from the default bucket too.
+        package var alwaysConsumeDefaultTokenBucket = true
+        /// `local_rate_limit_per_downstream_connection`: every downstream connection has buckets
+        /// of its own.
+        package var perDownstreamConnection = false
 
         package static func == (a: Settings, b: Settings) -> Bool {
             a.statPrefix == b.statPrefix && a.maxTokens == b.maxTokens && a.tokensPerFill == b.tokensPerFill && a.fillInterval == b.fillInterval
                 && a.enabledPerMillion == b.enabledPerMillion && a.enforcedPerMillion == b.enforcedPerMillion && a.status == b.status
                 && a.responseHeaders.elementsEqual(b.responseHeaders, by: { $0 == $1 }) && a.origin == b.origin
-                && a.xRateLimitHeaders == b.xRateLimitHeaders
+                && a.xRateLimitHeaders == b.xRateLimitHeaders && a.descriptors == b.descriptors && a.rateLimits == b.rateLimits
+                && a.stage == b.stage && a.alwaysConsumeDefaultTokenBucket == b.alwaysConsumeDefaultTokenBucket
+                && a.perDownstreamConnection == b.perDownstreamConnection
         }
     }
 
+    /// One `descriptors` entry: its entries and its token bucket.
+    package struct Descriptor: Sendable, Equatable {
+        package var descriptor: RateLimitDescriptor
+        package var maxTokens: Int
+        package var tokensPerFill: Int
+        package var fillInterval: Duration
+
+        package init(_ descriptor: RateLimitDescriptor, maxTokens: Int, tokensPerFill: Int, fillInterval: Duration) {
+            self.descriptor = descriptor
+            self.maxTokens = maxTokens
+            self.tokensPerFill = tokensPerFill
+            self.fillInterval = fillInterval
+        }
+    }
+
+    /// A downstream connection's own buckets for one limit, which it holds so that no other
+    /// limit (after a reload) can take its identifier while the connection lives.
+    package struct ConnectionBuckets {
+        let limit: LocalRateLimit
+        var buckets: Buckets
+        init(_ limit: LocalRateLimit, now: ContinuousClock.Instant) { self.limit = limit; buckets = Buckets(limit.settings, now: now) }
+    }
+
+    /// The buckets of one scope (the filter's, or one downstream connection's): the default
+    /// bucket and one per descriptor, in `settings.descriptors` order.
+    package struct Buckets: Sendable {
+        var `default`: TokenBucket
+        var descriptors: [TokenBucket]
+
+        init(_ settings: Settings, now: ContinuousClock.Instant) {
+            `default` = TokenBucket(maxTokens: settings.maxTokens, tokensPerFill: settings.tokensPerFill, fillInterval: settings.fillInterval, now: now)
+            descriptors = settings.descriptors.map { TokenBucket(maxTokens: $0.maxTokens, tokensPerFill: $0.tokensPerFill, fillInterval: $0.fillInterval, now: now) }
+        }
+
+        /// Envoy's `requestAllowed`: the matched descriptors' buckets, slowest-filling first, each
+        /// give a token (the first that has none refuses, and the tokens already taken stay
+        /// taken); then the default bucket, unless a descriptor matched and
+        /// `alwaysConsumeDefault` is off. Returns whether the request may go, and the bucket its
+        /// `x-ratelimit-*` headers speak of (nil: the default).
+        mutating func take(matched: [Int], alwaysConsumeDefault: Bool, now: ContinuousClock.Instant) -> (allowed: Bool, bucket: Int?) {
+            for index in matched where !descriptors[index].take(now: now) { return (false, index) }
+            if matched.isEmpty || alwaysConsumeDefault {
+                if !`default`.take(now: now) { return (false, nil) }
+            }
+            return (true, matched.first)
+        }
+
+        func bucket(_ index: Int?) -> TokenBucket { index.map { descriptors[$0] } ?? `default` }
+    }
+
     package let settings: Settings
-    private let bucket: Mutex<TokenBucket>
+    private let buckets: Mutex<Buckets>
+    /// Where each configured descriptor is in `settings.descriptors`.
+    private let descriptorIndex: [RateLimitDescriptor: Int]
     /// Made at the first request: the config is compiled before the metrics system starts.
     private let counters = Mutex<Counters?>(nil)
 
@@ -77,7 +145,8 @@ package final class LocalRateLimit: Sendable, Equatable {
 
     package init(_ settings: Settings) {
         self.settings = settings
-        bucket = Mutex(TokenBucket(maxTokens: settings.maxTokens, tokensPerFill: settings.tokensPerFill, fillInterval: settings.fillInterval, now: .now))
+        buckets = Mutex(Buckets(settings, now: .now))
+        descriptorIndex = Dictionary(settings.descriptors.enumerated().map { ($1.descriptor, $0) }, uniquingKeysWith: { first, _ in first })
     }
 
     private var handles: Counters {
@@ -108,45 +177,81 @@ package final class LocalRateLimit: Sendable, Equatable {
     }
 
     /// One request: the `filter_enabled` roll, a token, the `filter_enforced` roll.
-    package func check(enabledRoll: UInt64, enforcedRoll: UInt64) -> Verdict {
-        consult(enabledRoll: enabledRoll, enforcedRoll: enforcedRoll)?.verdict ?? .pass
+    package func check(enabledRoll: UInt64, enforcedRoll: UInt64, descriptors: [RateLimitDescriptor] = []) -> Verdict {
+        consult(enabledRoll: enabledRoll, enforcedRoll: enforcedRoll, descriptors: descriptors)?.verdict ?? .pass
     }
 
-    /// What the bucket said about one request, for its `x-ratelimit-*` headers.
+    /// What the buckets said about one request, for its `x-ratelimit-*` headers: the bucket of
+    /// the descriptor that refused it or matched it first, else the default.
     package struct Consulted: Sendable, Equatable {
         package var verdict: Verdict
+        package var limit: Int
         package var remaining: Int
         package var resetSeconds: Int
     }
 
-    /// `check`, with the bucket's state after it; nil when the filter did not look at the
-    /// request (`filter_enabled` said no).
-    package func consult(enabledRoll: UInt64, enforcedRoll: UInt64, now: ContinuousClock.Instant = .now) -> Consulted? {
+    /// Whether the request's descriptors are worth making: only configured descriptors can
+    /// match them (Envoy populates none otherwise).
+    package var usesDescriptors: Bool { !settings.descriptors.isEmpty }
+
+    /// `check`, with the buckets' state after it; nil when the filter did not look at the
+    /// request (`filter_enabled` said no). `connectionBuckets` holds a downstream connection's
+    /// own buckets (`local_rate_limit_per_downstream_connection`), made at its first request.
+    package func consult(enabledRoll: UInt64, enforcedRoll: UInt64, descriptors: [RateLimitDescriptor] = [],
+                         connectionBuckets: inout [ObjectIdentifier: ConnectionBuckets], now: ContinuousClock.Instant = .now) -> Consulted? {
         guard enabledRoll % 1_000_000 < UInt64(settings.enabledPerMillion) else { return nil }
         let counters = handles
         counters.enabled.increment()
-        let (taken, remaining, reset) = bucket.withLock { bucket in
-            let taken = bucket.take(now: now)
-            return (taken, bucket.remaining, bucket.secondsToNextToken)
+        var matched = descriptors.compactMap { descriptorIndex[$0] }
+        if matched.count > 1 {
+            // Slowest fill first, so a refusing descriptor rarely costs the others a token;
+            // stable, so equal rates keep the request's order.
+            matched = matched.enumerated().sorted { a, b in
+                let (rateA, rateB) = (settings.descriptors[a.element].fillRate, settings.descriptors[b.element].fillRate)
+                return rateA != rateB ? rateA < rateB : a.offset < b.offset
+            }.map(\.element)
+        }
+        func take(_ buckets: inout Buckets) -> (Bool, Int, Int, Int) {
+            let (allowed, index) = buckets.take(matched: matched, alwaysConsumeDefault: settings.alwaysConsumeDefaultTokenBucket, now: now)
+            let bucket = buckets.bucket(index)
+            return (allowed, index.map { settings.descriptors[$0].maxTokens } ?? settings.maxTokens, bucket.remaining, bucket.secondsToNextToken)
+        }
+        let (taken, limit, remaining, reset): (Bool, Int, Int, Int)
+        if settings.perDownstreamConnection {
+            (taken, limit, remaining, reset) = take(&connectionBuckets[ObjectIdentifier(self), default: ConnectionBuckets(self, now: now)].buckets)
+        } else {
+            (taken, limit, remaining, reset) = buckets.withLock { take(&$0) }
         }
         if taken {
             counters.ok.increment()
-            return Consulted(verdict: .pass, remaining: remaining, resetSeconds: reset)
+            return Consulted(verdict: .pass, limit: limit, remaining: remaining, resetSeconds: reset)
         }
         counters.rateLimited.increment()
         guard enforcedRoll % 1_000_000 < UInt64(settings.enforcedPerMillion) else {
-            return Consulted(verdict: .limitedNotEnforced, remaining: remaining, resetSeconds: reset)
+            return Consulted(verdict: .limitedNotEnforced, limit: limit, remaining: remaining, resetSeconds: reset)
         }
         counters.enforced.increment()
-        return Consulted(verdict: .refuse, remaining: remaining, resetSeconds: reset)
+        return Consulted(verdict: .refuse, limit: limit, remaining: remaining, resetSeconds: reset)
+    }
+
+    /// `consult` for a request on a connection of its own.
+    package func consult(enabledRoll: UInt64, enforcedRoll: UInt64, descriptors: [RateLimitDescriptor] = [],
+                         now: ContinuousClock.Instant = .now) -> Consulted? {
+        var own: [ObjectIdentifier: ConnectionBuckets] = [:]
+        return consult(enabledRoll: enabledRoll, enforcedRoll: enforcedRoll, descriptors: descriptors, connectionBuckets: &own, now: now)
     }
 
     /// The `x-ratelimit-*` headers for a request `consulted` says about; none unless enabled.
     package func headers(_ consulted: Consulted) -> [(name: String, value: String)] {
         guard settings.xRateLimitHeaders else { return [] }
-        return [("x-ratelimit-limit", String(settings.maxTokens)), ("x-ratelimit-remaining", String(consulted.remaining)),
+        return [("x-ratelimit-limit", String(consulted.limit)), ("x-ratelimit-remaining", String(consulted.remaining)),
                 ("x-ratelimit-reset", String(consulted.resetSeconds))]
     }
+}
+
+extension LocalRateLimit.Descriptor {
+    /// Envoy's sort key for matched descriptors: tokens per second.
+    var fillRate: Double { Double(tokensPerFill) / max(fillInterval.seconds, 0.05) }
 }
 
 /// The local rate limits EnvoyFilters set up around this gateway, as Envoy would run them:
@@ -169,14 +274,19 @@ package final class LocalRateLimits: Sendable, Equatable {
         /// The route a route patch names; nil: any (or the filter-level bucket).
         package var routeName: String?
         package var perRoute: Bool
-        package var settings: LocalRateLimit.Settings
+        /// nil: a route patch that only adds `rate_limits`.
+        package var settings: LocalRateLimit.Settings?
+        /// A route patch's `route.rate_limits`: the actions that make the request's descriptors.
+        package var rateLimits: [RateLimitPolicyEntry] = []
     }
 
     /// A limit that applies, and the route name it is for (nil: any route).
     package struct Applied: Sendable {
         package var routeName: String?
         package var perRoute: Bool
-        package var limit: LocalRateLimit
+        /// nil: only the route's `rate_limits`.
+        package var limit: LocalRateLimit?
+        package var rateLimits: [RateLimitPolicyEntry] = []
     }
 
     package let rules: [Rule]
@@ -200,11 +310,15 @@ package final class LocalRateLimits: Sendable, Equatable {
         for (filter, reading) in patches {
             let selector = filter.workloadSelector?.labels
             let context: LocalRateLimitPatch.Context, settings: LocalRateLimit.Settings?, port: Int?, routeName: String?, perRoute: Bool
+            var rateLimits: [RateLimitPolicyEntry] = []
             switch reading {
-            case .filter(let s, let c, _): (settings, context, port, routeName, perRoute) = (s, c, nil, nil, false)
-            case .route(let s, let c, let p, let r, _):
+            case .filter(let s, let c, _):
+                guard let s else { continue }
+                (settings, context, port, routeName, perRoute) = (s, c, nil, nil, false)
+            case .route(let s, let limits, let c, let p, let r, _):
                 guard inserted.contains(where: { $0.0 == filter.namespace && $0.1 == selector }) else { continue }
-                (settings, context, port, routeName, perRoute) = (s as LocalRateLimit.Settings?, c, p, r, true)
+                (settings, context, port, routeName, perRoute) = (s, c, p, r, true)
+                rateLimits = limits
             case .connections(let limit, let c, let chain, let port, _):
                 if c != .inbound, filter.applies(toLabels: gatewayLabels, namespace: gatewayNamespace, root: root) {
                     connectionLimits.append(ConnectionRateLimit(limit, chain: chain, port: port))
@@ -212,18 +326,19 @@ package final class LocalRateLimits: Sendable, Equatable {
                 continue
             case .notRateLimit, .invalid: continue
             }
-            guard let settings else { continue }
             if context != .inbound, filter.applies(toLabels: gatewayLabels, namespace: gatewayNamespace, root: root) {
-                rules.append(Rule(scope: .gateway, port: nil, routeName: routeName, perRoute: perRoute, settings: settings))
+                rules.append(Rule(scope: .gateway, port: nil, routeName: routeName, perRoute: perRoute, settings: settings, rateLimits: rateLimits))
             }
             if context != .gateway {
                 rules.append(Rule(scope: .workloads(namespace: filter.namespace, selector: selector), port: port, routeName: routeName,
-                                  perRoute: perRoute, settings: settings))
+                                  perRoute: perRoute, settings: settings, rateLimits: rateLimits))
             }
         }
         self.rules = rules
         self.connections = connectionLimits
-        gateway = rules.filter { $0.scope == .gateway }.map { Applied(routeName: $0.routeName, perRoute: $0.perRoute, limit: LocalRateLimit($0.settings)) }
+        gateway = rules.filter { $0.scope == .gateway }.map {
+            Applied(routeName: $0.routeName, perRoute: $0.perRoute, limit: $0.settings.map(LocalRateLimit.init), rateLimits: $0.rateLimits)
+        }
     }
 
     /// The gateway's `envoy.filters.network.local_ratelimit`s: every new connection on a chain
@@ -255,24 +370,45 @@ package final class LocalRateLimits: Sendable, Equatable {
                   ruleNamespace == root || ruleNamespace == namespace,
                   rule.port.map({ $0 == service.port }) ?? true,
                   selector.map({ selector in labels.contains { selector.selects($0) } }) ?? true else { continue }
-            let limit = buckets.withLock { buckets in
-                if let made = buckets[Key(rule: index, service: service)] { return made }
-                let made = LocalRateLimit(rule.settings)
-                buckets[Key(rule: index, service: service)] = made
-                return made
+            let limit = rule.settings.map { settings in
+                buckets.withLock { buckets in
+                    if let made = buckets[Key(rule: index, service: service)] { return made }
+                    let made = LocalRateLimit(settings)
+                    buckets[Key(rule: index, service: service)] = made
+                    return made
+                }
             }
-            applied.append(Applied(routeName: rule.routeName, perRoute: rule.perRoute, limit: limit))
+            applied.append(Applied(routeName: rule.routeName, perRoute: rule.perRoute, limit: limit, rateLimits: rule.rateLimits))
         }
         return applied
     }
 
+    /// The limit a request runs into, and the route's `rate_limits` that make its descriptors.
+    package struct Picked {
+        package var limit: LocalRateLimit
+        package var routeRateLimits: [RateLimitPolicyEntry]
+
+        /// The request's descriptors (Envoy's order): made only when the limit has descriptors
+        /// to match them, by the filter's own `rate_limits` when it has them, else the route's.
+        package func descriptors(for request: @autoclosure () -> RateLimitRequest) -> [RateLimitDescriptor] {
+            guard limit.usesDescriptors else { return [] }
+            let entries = limit.settings.rateLimits.isEmpty ? routeRateLimits : limit.settings.rateLimits
+            return entries.isEmpty ? [] : RateLimitPolicyEntry.descriptors(entries, stage: limit.settings.stage, for: request())
+        }
+    }
+
     /// Which of `applied` limits a request on the route named `routeName`: the first route
-    /// patch for it (by name, then any route), else the first filter-level bucket.
-    package static func pick(_ applied: [Applied], routeName: String) -> LocalRateLimit? {
+    /// patch with a bucket for it (by name, then any route), else the first filter-level
+    /// bucket; with the `rate_limits` of every route patch for it, in order (a MERGE appends
+    /// repeated fields).
+    package static func pick(_ applied: [Applied], routeName: String) -> Picked? {
         if applied.isEmpty { return nil }
-        return applied.first { $0.perRoute && $0.routeName == routeName }?.limit
-            ?? applied.first { $0.perRoute && $0.routeName == nil }?.limit
-            ?? applied.first { !$0.perRoute }?.limit
+        let forRoute = { (entry: Applied) in entry.perRoute && (entry.routeName == nil || entry.routeName == routeName) }
+        guard let limit = applied.first(where: { $0.perRoute && $0.routeName == routeName && $0.limit != nil })?.limit
+            ?? applied.first(where: { $0.perRoute && $0.routeName == nil && $0.limit != nil })?.limit
+            ?? applied.first(where: { !$0.perRoute })?.limit else { return nil }
+        let routeRateLimits = applied.contains { forRoute($0) && !$0.rateLimits.isEmpty } ? applied.filter(forRoute).flatMap(\.rateLimits) : []
+        return Picked(limit: limit, routeRateLimits: routeRateLimits)
     }
 }
 

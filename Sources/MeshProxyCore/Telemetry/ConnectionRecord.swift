@@ -42,6 +42,9 @@ package final class ConnectionRecord {
     /// The namespace of an Istio identity (`sourceNamespace` matches).
     package private(set) var sourceNamespace: String?
     package var route: Route?
+    /// The connection's own local rate-limit buckets (`local_rate_limit_per_downstream_connection`),
+    /// shared by its HTTP/2 streams.
+    package var rateLimitBuckets: [ObjectIdentifier: LocalRateLimit.ConnectionBuckets] = [:]
     package var upstream: UpstreamTarget?
     package var upstreamCluster: String?
     /// Where the traffic plan sent it: the endpoint locality and its priority.

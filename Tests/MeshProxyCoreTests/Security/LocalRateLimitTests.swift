@@ -1,4 +1,5 @@
 import Foundation
+import NIOHTTP1
 import Testing
 @testable import MeshProxyCore
 
@@ -49,7 +50,7 @@ struct LocalRateLimitTests {
         let inbound = limits.inbound(for: echo, namespace: "default", labels: [["app": "echo"]])
         #expect(inbound.count == 1)
         #expect(limits.inbound(for: ServiceKey(host: "a.other.svc.cluster.local", port: 80), namespace: "other", labels: []).isEmpty)
-        let limit = try #require(LocalRateLimits.pick(inbound, routeName: ""))
+        let limit = try #require(LocalRateLimits.pick(inbound, routeName: "")).limit
         #expect(limit.settings.maxTokens == 1000 && limit.settings.fillInterval == .seconds(60) && limit.settings.enabledPerMillion == 0)
         #expect(limits.inbound(for: echo, namespace: "default", labels: [])[0].limit === limit, "one bucket per service, kept across requests")
         for _ in 0..<2000 { #expect(limit.check(enabledRoll: 0, enforcedRoll: 0) == .pass) }
@@ -73,7 +74,7 @@ struct LocalRateLimitTests {
             #expect(limits.gateway.isEmpty, "\(name)")
             #expect(limits.inbound(for: ServiceKey(host: "reviews.default.svc.cluster.local", port: 9080), namespace: "default", labels: [["app": "reviews"]]).isEmpty)
             let limit = try #require(LocalRateLimits.pick(limits.inbound(for: productpage, namespace: "default", labels: [["app": "productpage"]]), routeName: ""),
-                                     "\(name)")
+                                     "\(name)").limit
             let verdicts = (0..<5).map { _ in limit.check(enabledRoll: 0, enforcedRoll: 0) }
             #expect(verdicts == [.pass, .pass, .pass, .pass, .refuse], "\(name)")
             #expect(HTTPLocalReply.rateLimited(limit.settings).headers.contains { $0 == ("x-local-rate-limit", "true") })
@@ -144,5 +145,164 @@ struct LocalRateLimitTests {
                     patch: {operation: INSERT_FIRST, value: {name: envoy.filters.network.local_ratelimit, typed_config: {stat_prefix: c}}}
                 """, file: "conn.yaml")
         }
+    }
+
+    /// A gateway filter with a 10-a-minute default bucket and descriptors, and a route patch
+    /// whose `rate_limits` make the request's descriptors, as users write them.
+    static func descriptorLimits(_ descriptors: String, actions: String, extra: String = "") throws -> (LocalRateLimits, [ConfigError]) {
+        let loaded = try IstioPolicyLoader.load(yaml: """
+            apiVersion: networking.istio.io/v1alpha3
+            kind: EnvoyFilter
+            metadata: {name: by-path, namespace: istio-system}
+            spec:
+              configPatches:
+              - applyTo: HTTP_FILTER
+                match: {context: GATEWAY}
+                patch:
+                  operation: INSERT_BEFORE
+                  value:
+                    name: envoy.filters.http.local_ratelimit
+                    typed_config:
+                      "@type": type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit
+                      stat_prefix: by_path
+                      token_bucket: {max_tokens: 10, tokens_per_fill: 10, fill_interval: 60s}
+                      filter_enabled: {runtime_key: e, default_value: {numerator: 100, denominator: HUNDRED}}
+                      filter_enforced: {runtime_key: f, default_value: {numerator: 100, denominator: HUNDRED}}
+                      enable_x_ratelimit_headers: DRAFT_VERSION_03
+            \(extra)
+                      descriptors:
+            \(descriptors)
+              - applyTo: HTTP_ROUTE
+                match: {context: GATEWAY}
+                patch:
+                  operation: MERGE
+                  value:
+                    route:
+                      rate_limits:
+            \(actions)
+            """, file: "limits.yaml")
+        return (LocalRateLimits(loaded.envoyFilters, gatewayLabels: [:], gatewayNamespace: "istio-system"), loaded.warnings)
+    }
+
+    static func request(_ path: String, headers: [(String, String)] = [], from address: String = "10.1.2.3") -> RateLimitRequest {
+        RateLimitRequest(facts: HTTPRequestFacts(method: "GET", path: path, authority: "web.bench.svc.cluster.local", headers: HTTPHeaders(headers)),
+                         remoteAddress: address, sourceCluster: "gw.istio-system", destinationCluster: "outbound|80||web.bench.svc.cluster.local")
+    }
+
+    @Test("Descriptors from the route's rate_limits (request_headers :path): /slow has a bucket of 2 and also drains the default bucket; other paths only the default; x-ratelimit-* speak of the bucket that matched")
+    func descriptorsFromRouteActions() throws {
+        let (limits, warnings) = try Self.descriptorLimits("""
+                      - entries: [{key: path, value: /slow}]
+                        token_bucket: {max_tokens: 2, tokens_per_fill: 2, fill_interval: 120s}
+            """, actions: """
+                      - actions: [{request_headers: {header_name: ":path", descriptor_key: path}}]
+            """)
+        #expect(warnings.isEmpty, "\(warnings)")
+        let picked = try #require(LocalRateLimits.pick(limits.gateway, routeName: ""))
+        #expect(picked.descriptors(for: Self.request("/slow")) == [RateLimitDescriptor([.init(key: "path", value: "/slow")])])
+        let slow = (0..<3).map { _ in picked.limit.consult(enabledRoll: 0, enforcedRoll: 0, descriptors: picked.descriptors(for: Self.request("/slow"))) }
+        #expect(slow.map(\.?.verdict) == [.pass, .pass, .refuse])
+        #expect(slow.map(\.?.limit) == [2, 2, 2] && slow.map(\.?.remaining) == [1, 0, 0])
+        // The two /slow requests that went through took default tokens too (always_consume_default_token_bucket).
+        let other = (0..<9).map { _ in picked.limit.consult(enabledRoll: 0, enforcedRoll: 0, descriptors: picked.descriptors(for: Self.request("/other"))) }
+        #expect(other.map(\.?.verdict) == Array(repeating: .pass, count: 8) + [.refuse])
+        #expect(other.first??.limit == 10 && other.first??.remaining == 7)
+    }
+
+    @Test("always_consume_default_token_bucket: false leaves the default bucket to requests no descriptor matched; matched descriptors drain slowest first, and a refusal leaves the faster one's tokens")
+    func descriptorOrder() throws {
+        let (limits, warnings) = try Self.descriptorLimits("""
+                      - entries: [{key: generic_key, value: everyone}]
+                        token_bucket: {max_tokens: 5, tokens_per_fill: 5, fill_interval: 60s}
+                      - entries: [{key: client, value: batch}]
+                        token_bucket: {max_tokens: 1, tokens_per_fill: 1, fill_interval: 60s}
+            """, actions: """
+                      - actions: [{generic_key: {descriptor_value: everyone}}]
+                      - actions: [{request_headers: {header_name: x-client, descriptor_key: client}}]
+            """, extra: "          always_consume_default_token_bucket: false")
+        #expect(warnings.isEmpty, "\(warnings)")
+        let picked = try #require(LocalRateLimits.pick(limits.gateway, routeName: ""))
+        let batch = Self.request("/", headers: [("x-client", "batch")])
+        #expect(picked.descriptors(for: batch).map(\.description) == ["generic_key=everyone", "client=batch"])
+        // The batch descriptor (1 a minute) is the slower: the second batch request is refused
+        // by it before it costs an `everyone` token.
+        let verdicts = (0..<2).map { _ in picked.limit.check(enabledRoll: 0, enforcedRoll: 0, descriptors: picked.descriptors(for: batch)) }
+        #expect(verdicts == [.pass, .refuse])
+        let everyone = (0..<5).map { _ in picked.limit.check(enabledRoll: 0, enforcedRoll: 0, descriptors: picked.descriptors(for: Self.request("/"))) }
+        #expect(everyone == [.pass, .pass, .pass, .pass, .refuse], "4 left after the one batch request took one")
+        // Nothing took from the default bucket: a request without descriptors still has all 10.
+        #expect(picked.limit.consult(enabledRoll: 0, enforcedRoll: 0)?.remaining == 9)
+    }
+
+    @Test("Every rate-limit action makes its entry as Envoy's: a missing header drops the descriptor unless skip_if_absent; header_value_match with expect_match; remote and masked addresses; clusters; query parameters")
+    func actions() throws {
+        func entry(_ actions: [RateLimitPolicyEntry.Action], _ request: RateLimitRequest = LocalRateLimitTests.request("/a?user=7")) -> String? {
+            RateLimitPolicyEntry(actions: actions).descriptor(for: request)?.description
+        }
+        #expect(entry([.requestHeaders(header: "x-user", key: "user", skipIfAbsent: false), .genericKey(key: "generic_key", value: "g")]) == nil)
+        #expect(entry([.requestHeaders(header: "x-user", key: "user", skipIfAbsent: true), .genericKey(key: "generic_key", value: "g")]) == "generic_key=g")
+        #expect(entry([.requestHeaders(header: ":method", key: "m", skipIfAbsent: false), .remoteAddress]) == "m=GET, remote_address=10.1.2.3")
+        #expect(entry([.maskedRemoteAddress(v4PrefixLength: 16, v6PrefixLength: 64)]) == "masked_remote_address=10.1.0.0/16")
+        #expect(entry([.maskedRemoteAddress(v4PrefixLength: 32, v6PrefixLength: 64)], Self.request("/", from: "2001:db8:1:2:3::9")) == "masked_remote_address=2001:db8:1:2::/64")
+        #expect(entry([.sourceCluster, .destinationCluster]) == "source_cluster=gw.istio-system, destination_cluster=outbound|80||web.bench.svc.cluster.local")
+        #expect(entry([.queryParameters(parameter: "user", key: "u", skipIfAbsent: false)]) == "u=7")
+        #expect(entry([.queryParameters(parameter: "team", key: "t", skipIfAbsent: false)]) == nil)
+        let isAPI = HeaderMatcher(name: ":path", match: .prefix("/api/", ignoreCase: false))
+        #expect(entry([.headerValueMatch(key: "header_match", value: "api", expectMatch: true, headers: [isAPI])], Self.request("/api/x")) == "header_match=api")
+        #expect(entry([.headerValueMatch(key: "header_match", value: "api", expectMatch: true, headers: [isAPI])]) == nil)
+        #expect(entry([.headerValueMatch(key: "anon", value: "yes", expectMatch: false, headers: [HeaderMatcher(name: "x-user-auth", match: nil)])]) == "anon=yes",
+                "the question from users: limit requests without a header")
+        // Envoy's HeaderMatcher on a missing header: only present_match false holds (inverted: true).
+        let missing = Self.request("/")
+        #expect(!HeaderMatcher(name: "x-a", match: .exact("", ignoreCase: false)).matches(missing))
+        #expect(HeaderMatcher(name: "x-a", match: .exact("", ignoreCase: false), treatMissingAsEmpty: true).matches(missing))
+        #expect(HeaderMatcher(name: "x-a", match: nil, present: false).matches(missing))
+        #expect(HeaderMatcher(name: "x-a", match: nil, invert: true).matches(missing))
+        #expect(!HeaderMatcher(name: "x-a", match: .suffix("z", ignoreCase: false), invert: true).matches(missing))
+        #expect(HeaderMatcher(name: "x-a", match: .contains("MID", ignoreCase: true)).matches(Self.request("/", headers: [("x-a", "a-mid-b")])))
+        #expect(HeaderMatcher(name: "x-a", match: .suffix("-b", ignoreCase: false)).matches(Self.request("/", headers: [("x-a", "a-mid-b")])))
+    }
+
+    @Test("What Envoy rejects is an error at its line: a descriptor interval that is not a multiple of the filter's, a duplicate descriptor, an action without its key; actions EastWest does not carry out warn")
+    func descriptorErrors() throws {
+        func problems(_ descriptors: String, actions: String) -> [String] {
+            do {
+                let (_, warnings) = try Self.descriptorLimits(descriptors, actions: actions)
+                return warnings.map(\.description)
+            } catch let errors as ConfigErrors { return errors.errors.map(\.description) } catch { return ["\(error)"] }
+        }
+        let good = "          - actions: [{remote_address: {}}]"
+        #expect(problems("""
+                      - entries: [{key: remote_address, value: 10.0.0.1}]
+                        token_bucket: {max_tokens: 1, fill_interval: 90s}
+            """, actions: good).contains { $0.contains("limits.yaml:") && $0.contains("not a multiple of token bucket fill timer") })
+        #expect(problems("""
+                      - entries: [{key: a, value: b}]
+                        token_bucket: {max_tokens: 1, fill_interval: 60s}
+                      - entries: [{key: a, value: b}]
+                        token_bucket: {max_tokens: 2, fill_interval: 60s}
+            """, actions: good).contains { $0.contains("duplicate descriptor in the local rate descriptor: a=b") })
+        let descriptor = """
+                      - entries: [{key: a, value: b}]
+                        token_bucket: {max_tokens: 1, fill_interval: 60s}
+            """
+        let missingKey = problems(descriptor, actions: "          - actions: [{request_headers: {header_name: x-a}}]")
+        #expect(missingKey.contains { $0.contains("limits.yaml:") && $0.contains("rate_limits[0].actions[0]: request_headers needs header_name and descriptor_key") }, "\(missingKey)")
+        let metadata = problems(descriptor, actions: "          - actions: [{metadata: {descriptor_key: a, metadata_key: {key: k, path: [{key: p}]}}}]")
+        #expect(metadata.contains { $0.contains("warning") && $0.contains("metadata action, which EastWest does not carry out") }, "\(metadata)")
+    }
+
+    @Test("local_rate_limit_per_downstream_connection: each connection has buckets of its own, kept across its requests")
+    func perConnection() throws {
+        let (limits, _) = try Self.descriptorLimits("""
+                      - entries: [{key: a, value: b}]
+                        token_bucket: {max_tokens: 1, fill_interval: 60s}
+            """, actions: "          - actions: [{remote_address: {}}]", extra: "          local_rate_limit_per_downstream_connection: true")
+        let limit = try #require(LocalRateLimits.pick(limits.gateway, routeName: "")).limit
+        #expect(limit.settings.perDownstreamConnection)
+        var first: [ObjectIdentifier: LocalRateLimit.ConnectionBuckets] = [:], second: [ObjectIdentifier: LocalRateLimit.ConnectionBuckets] = [:]
+        let one = (0..<11).map { _ in limit.consult(enabledRoll: 0, enforcedRoll: 0, connectionBuckets: &first)?.verdict }
+        #expect(one == Array(repeating: .pass, count: 10) + [.refuse])
+        #expect(limit.consult(enabledRoll: 0, enforcedRoll: 0, connectionBuckets: &second)?.verdict == .pass, "another connection starts full")
     }
 }
