@@ -68,6 +68,71 @@ struct RateLimitTests {
         }
     }
 
+    static let descriptorFilter = "\n" + """
+        ---
+        apiVersion: networking.istio.io/v1alpha3
+        kind: EnvoyFilter
+        metadata: {name: batch-clients, namespace: istio-system}
+        spec:
+          workloadSelector: {labels: {istio: eastwestgateway}}
+          configPatches:
+          - applyTo: HTTP_FILTER
+            match: {context: GATEWAY}
+            patch:
+              operation: INSERT_BEFORE
+              value:
+                name: envoy.filters.http.local_ratelimit
+                typed_config:
+                  "@type": type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit
+                  stat_prefix: batch
+                  token_bucket: {max_tokens: 100, tokens_per_fill: 100, fill_interval: 60s}
+                  filter_enabled: {runtime_key: e, default_value: {numerator: 100, denominator: HUNDRED}}
+                  filter_enforced: {runtime_key: f, default_value: {numerator: 100, denominator: HUNDRED}}
+                  enable_x_ratelimit_headers: DRAFT_VERSION_03
+                  local_rate_limit_per_downstream_connection: true
+                  descriptors:
+                  - entries: [{key: client, value: batch}]
+                    token_bucket: {max_tokens: 2, tokens_per_fill: 2, fill_interval: 60s}
+          - applyTo: HTTP_ROUTE
+            match: {context: GATEWAY}
+            patch:
+              operation: MERGE
+              value:
+                route:
+                  rate_limits:
+                  - actions: [{request_headers: {header_name: x-client, descriptor_key: client}}]
+        """
+
+    @Test("Descriptors through a real gateway: the route's rate_limits turn x-client: batch into a descriptor with 2 requests a minute, per downstream connection (one curl, one connection: 200 200 429 429; a new connection starts again); other clients share the 100-token default")
+    func descriptorsPerConnection() async throws {
+        let mesh = try await HTTPRoutingTests.start("ratelimit-descriptors", block: 149, virtualService: HTTPRoutingTests.reviewsRoutes + """
+              - route: [{destination: {host: reviews, subset: v1}}]
+            """ + Self.descriptorFilter)
+        defer { mesh.mesh.processes.stopAll() }
+        let url = "https://\(HTTPRoutingTests.reviews):\(mesh.east.listen.port)/reviews/1"
+        func codes(_ headers: [String], requests: Int) async throws -> (codes: [String], output: String) {
+            // curl sends every URL of one invocation over the same connection.
+            let result = try await mesh.mesh.curl(mesh.east, host: HTTPRoutingTests.reviews, path: "/reviews/1",
+                                                  extra: headers.flatMap { ["-H", $0] } + ["-D", "-", "-w", "code=%{http_code} connects=%{num_connects}\n"]
+                                                    + Array(repeating: url, count: requests - 1))
+            return (result.stdout.components(separatedBy: "code=").dropFirst().map { String($0.prefix(3)) }, result.stdout)
+        }
+        let batch = try await codes(["x-client: batch"], requests: 4)
+        #expect(batch.codes == ["200", "200", "429", "429"], "\(batch.output)")
+        #expect(batch.output.components(separatedBy: "connects=1").count == 2, "one connection for the four requests: \(batch.output)")
+        #expect(batch.output.lowercased().contains("x-ratelimit-limit: 2"), "the headers speak of the descriptor's bucket: \(batch.output)")
+        let again = try await codes(["x-client: batch"], requests: 1)
+        #expect(again.codes == ["200"], "a new connection has buckets of its own: \(again.output)")
+        let others = try await codes([], requests: 4)
+        #expect(others.codes == ["200", "200", "200", "200"], "\(others.output)")
+        #expect(others.output.lowercased().contains("x-ratelimit-limit: 100"), "\(others.output)")
+        let gateway = try #require(mesh.mesh.processes.children.first { $0.name == "east-gw" })
+        let logged = await eventually(timeout: .seconds(5)) { gateway.log.contains("\"GET /reviews/1 HTTP/2\" 429 RL") }
+        #expect(logged, "\(gateway.log.suffix(2000))")
+        let metrics = try await mesh.mesh.admin(mesh.east, "/stats/prometheus")
+        #expect(metrics.contains("envoy_batch_http_local_rate_limit_enforced 2"), "\(metrics.split(separator: "\n").filter { $0.contains("rate_limit") })")
+    }
+
     static let networkFilter = "\n" + """
         ---
         apiVersion: networking.istio.io/v1alpha3
