@@ -14,6 +14,7 @@ struct IstioTaskTests {
 
     struct Client: Decodable {
         var certificateChain: String, privateKey: String, rootCertificate: String
+        var spiffeID: String?
     }
 
     /// One request through east's gateway: the status, the body and the response headers.
@@ -224,6 +225,39 @@ struct IstioTaskTests {
             """], logPath: log)
     }
 
+    /// The task's two clusters: the client in east (block `east`), httpbin and the ext-authz
+    /// service (the task deploys both in foo, here as a ServiceEntry with `port`) in west.
+    static func extAuthzTopology(in dir: TemporaryDirectory, name: String, task: String, block: (east: Int, west: Int),
+                                 gateways: (east: String, west: String), port: String) throws -> String {
+        try """
+            apiVersion: networking.istio.io/v1
+            kind: ServiceEntry
+            metadata: {name: ext-authz, namespace: foo}
+            spec:
+              hosts: [ext-authz.foo.svc.cluster.local]
+              ports: [\(port)]
+              location: MESH_INTERNAL
+              resolution: STATIC
+              endpoints: [{address: 127.0.\(block.west).20, labels: {app: ext-authz, topology.istio.io/cluster: west}, locality: us-west1/us-west1-a}]
+            """.write(toFile: "\(dir.path)/ext-authz-service.yaml", atomically: true, encoding: .utf8)
+        let topology = "\(dir.path)/topology.yaml"
+        try """
+            name: \(name)
+            policies: [\(task), \(dir.path)/ext-authz-service.yaml]
+            clusters:
+            - name: east
+              gateways: [{name: \(gateways.east), address: 127.0.\(block.east).1, locality: us-east1/us-east1-a}]
+            - name: west
+              gateways: [{name: \(gateways.west), address: 127.0.\(block.west).1, locality: us-west1/us-west1-a}]
+              services:
+              - host: httpbin.foo.svc.cluster.local
+                port: 8000
+                protocol: http
+                endpoints: [{address: "127.0.\(block.west).14:8000", locality: us-west1/us-west1-a, labels: {app: httpbin}}]
+            """.write(toFile: topology, atomically: true, encoding: .utf8)
+        return topology
+    }
+
     @Test("authz-custom: the task's mesh config (istio ConfigMap) and CUSTOM policy; the ext-authz server in west, asked by east's gateway over the pooled connection: x-ext-authz allow 200, deny 403 with the server's body and headers (UAEX), /ip not checked; the server down: 403 UAEX")
     func extAuthzTask() async throws {
         let dir = try TemporaryDirectory("istio-task-ext-authz")
@@ -231,37 +265,10 @@ struct IstioTaskTests {
         let task = "\(Self.fixtures)/authz-custom.yaml"
         let validate = try await runCommand(PackagePaths.eastwest, ["validate", task])
         #expect(validate.status == 0 && !validate.stderr.contains("skipped"), "\(validate.stderr)")
-        // The only thing not carried out: the task's gRPC provider (which its policy does not use).
-        let warnings = validate.stderr.split(separator: "\n").filter { $0.contains("warning") }
-        #expect(warnings.count == 1 && warnings[0].contains("gRPC"), "\(validate.stderr)")
+        #expect(!validate.stderr.contains("warning"), "\(validate.stderr)")
 
-        // The ext-authz service (the task deploys it in foo), endpoint in west.
-        try """
-            apiVersion: networking.istio.io/v1
-            kind: ServiceEntry
-            metadata: {name: ext-authz, namespace: foo}
-            spec:
-              hosts: [ext-authz.foo.svc.cluster.local]
-              ports: [{number: 8000, name: http, protocol: HTTP}]
-              location: MESH_INTERNAL
-              resolution: STATIC
-              endpoints: [{address: 127.0.148.20, labels: {app: ext-authz, topology.istio.io/cluster: west}, locality: us-west1/us-west1-a}]
-            """.write(toFile: "\(dir.path)/ext-authz-service.yaml", atomically: true, encoding: .utf8)
-        let topology = "\(dir.path)/topology.yaml"
-        try """
-            name: istio-task-ext-authz
-            policies: [\(task), \(dir.path)/ext-authz-service.yaml]
-            clusters:
-            - name: east
-              gateways: [{name: authz-east-gw, address: 127.0.147.1, locality: us-east1/us-east1-a}]
-            - name: west
-              gateways: [{name: authz-west-gw, address: 127.0.148.1, locality: us-west1/us-west1-a}]
-              services:
-              - host: httpbin.foo.svc.cluster.local
-                port: 8000
-                protocol: http
-                endpoints: [{address: "127.0.148.14:8000", locality: us-west1/us-west1-a, labels: {app: httpbin}}]
-            """.write(toFile: topology, atomically: true, encoding: .utf8)
+        let topology = try Self.extAuthzTopology(in: dir, name: "istio-task-ext-authz", task: task, block: (147, 148), gateways: ("authz-east-gw", "authz-west-gw"),
+                                                 port: "{number: 8000, name: http, protocol: HTTP}")
         var server: ChildProcess? = try Self.extAuthzServer("127.0.148.20", port: 8000, log: "\(dir.path)/ext-authz.log")
         defer { server?.stop() }
         let (up, state) = try await startUp(topology, in: dir)
@@ -293,19 +300,80 @@ struct IstioTaskTests {
         // The rule names /headers only: /ip is never sent to the server.
         #expect(try await call("/ip", ["x-ext-authz: deny"]).code == "200")
 
-        let stats = try await runCommand("/usr/bin/curl", ["-sS", "http://127.0.147.1:15000/stats/prometheus"]).stdout
-        #expect(stats.contains("envoy_cluster_ext_authz_denied{cluster_name=\"outbound|8000||httpbin.foo.svc.cluster.local\"} 1"), "\(stats.suffix(2000))")
-        let log = try String(contentsOfFile: "\(state)/logs/authz-east-gw.log", encoding: .utf8)
-        #expect(log.contains("UAEX"), "\(log.suffix(2000))")
+        try await Self.expectDenialCountedThenFailClosed(admin: "127.0.147.1", log: "\(state)/logs/authz-east-gw.log", stopServer: { server?.stop(); server = nil }) {
+            try await call("/headers", ["x-ext-authz: allow"])
+        }
+        #expect(try await call("/ip", []).code == "200")
+    }
 
-        // The server gone: Envoy's error path, statusOnError (403) with no body, UAEX.
-        server?.stop()
-        server = nil
+    /// What both providers end with: the one denial counted under Envoy's name and `UAEX` in the
+    /// entry gateway's log; then, the server gone, Envoy's error path: `statusOnError` (403) with
+    /// no body.
+    static func expectDenialCountedThenFailClosed(admin: String, log: String, stopServer: () -> Void,
+                                                  call: @escaping () async throws -> (code: String, body: String, headers: String)) async throws {
+        let stats = try await runCommand("/usr/bin/curl", ["-sS", "http://\(admin):15000/stats/prometheus"]).stdout
+        #expect(stats.contains("envoy_cluster_ext_authz_denied{cluster_name=\"outbound|8000||httpbin.foo.svc.cluster.local\"} 1"), "\(stats.suffix(2000))")
+        let logged = try String(contentsOfFile: log, encoding: .utf8)
+        #expect(logged.contains("UAEX"), "\(logged.suffix(2000))")
+        stopServer()
         let failed = await eventually(timeout: .seconds(15)) {
-            guard let answer = try? await call("/headers", ["x-ext-authz: allow"]) else { return false }
+            guard let answer = try? await call() else { return false }
             return answer.code == "403" && answer.body.isEmpty
         }
         #expect(failed)
-        #expect(try await call("/ip", []).code == "200")
+    }
+
+    static let hasGRPCAndProtobuf = (try? runCommandBlocking("/usr/bin/env", ["python3", "-c", "import grpc, google.protobuf"]))?.status == 0
+
+    @Test("authz-custom with the task's gRPC provider: Authorization/Check over HTTP/2 to the server in west (read by the official protobuf runtime); allow 200 with its headers set and removed, deny 403 with its body (UAEX); the check names the client, the gateway and the request; server down: 403",
+          .enabled(if: hasGRPCAndProtobuf, "needs python3's grpcio and protobuf (.ci/run installs them from PyPI)"))
+    func extAuthzGRPCTask() async throws {
+        let dir = try TemporaryDirectory("istio-task-ext-authz-grpc")
+        defer { dir.cleanUp() }
+        // The task's policy as the page has it: the gRPC provider.
+        let task = "\(dir.path)/authz-custom-grpc.yaml"
+        let text = try String(contentsOfFile: "\(Self.fixtures)/authz-custom.yaml", encoding: .utf8)
+        #expect(text.contains("    name: sample-ext-authz-http\n"))
+        try text.replacingOccurrences(of: "    name: sample-ext-authz-http\n", with: "    name: sample-ext-authz-grpc\n")
+            .write(toFile: task, atomically: true, encoding: .utf8)
+        let validate = try await runCommand(PackagePaths.eastwest, ["validate", task])
+        #expect(validate.status == 0 && !validate.stderr.contains("skipped") && !validate.stderr.contains("warning"), "\(validate.stderr)")
+        let topology = try Self.extAuthzTopology(in: dir, name: "istio-task-ext-authz-grpc", task: task, block: (150, 151),
+                                                 gateways: ("grpc-authz-east-gw", "grpc-authz-west-gw"), port: "{number: 9000, name: grpc, protocol: GRPC}")
+        let checks = "\(dir.path)/checks.log"
+        var server: ChildProcess? = try ChildProcess(name: "ext-authz-grpc", arguments: [
+            "/usr/bin/env", "python3", "\(PackagePaths.root)/Tests/EastWestIntegrationTests/Support/ext_authz_grpc.py", "serve", "127.0.151.20:9000", checks,
+        ], logPath: "\(dir.path)/ext-authz.log")
+        defer { server?.stop() }
+        let (up, state) = try await startUp(topology, in: dir)
+        defer { up.stop() }
+        struct Ready: Decodable { var clients: [String: Client] }
+        let ready = try JSONDecoder().decode(Ready.self, from: try Data(contentsOf: URL(fileURLWithPath: "\(state)/ready.json")))
+        let sleep = try #require(ready.clients["east"])
+        let httpbin = "httpbin.foo.svc.cluster.local"
+        func call(_ path: String, _ headers: [String], extra: [String] = []) async throws -> (code: String, body: String, headers: String) {
+            try await Self.call(sleep, httpbin, port: 8000, path: path, headers: headers, gateway: "127.0.150.1", extra: extra)
+        }
+        #expect(await eventually(timeout: .seconds(30)) { (try? await call("/headers", ["x-ext-authz: allow"]).code) == "200" }, "\(up.log.suffix(3000))")
+
+        let denied = try await call("/headers", ["x-ext-authz: deny"])
+        #expect(denied.code == "403" && denied.body == "denied by ext_authz for not found header `x-ext-authz: allow` in the request", "\(denied)")
+        #expect(denied.headers.contains("x-ext-authz-check-result: denied"), "\(denied.headers)")
+        let allowed = try await call("/headers", ["x-ext-authz: allow", "x-remove-me: secret"], extra: ["--http1.1"])
+        #expect(allowed.code == "200" && allowed.body.contains(#""x-ext-authz-check-result":"allowed""#) && !allowed.body.contains(#""x-remove-me":"#), "\(allowed)")
+        #expect(allowed.headers.contains("x-ext-authz-response: seen"), "\(allowed.headers)")
+        #expect(try await call("/ip", ["x-ext-authz: deny"]).code == "200", "the rule names /headers only")
+
+        // What the server read with the protobuf runtime: the original client, the gateway, the request.
+        let seen = try String(contentsOfFile: checks, encoding: .utf8)
+        let last = seen.components(separatedBy: "\n----\n").dropLast().last ?? ""
+        for part in [#"principal: "\#(sleep.spiffeID ?? "the client's")""#, #"principal: "spiffe://cluster.local/ns/istio-system/sa/eastwest-gateway-east""#,
+                     #"method: "GET""#, #"path: "/headers""#, #"host: "httpbin.foo.svc.cluster.local:15443""#, #"protocol: "HTTP/1.1""#,
+                     #"key: "x-ext-authz""#, #"value: "allow""#, #"key: ":method""#, #"address: "127.0.150.1""#, #"scheme: "https""#] {
+            #expect(last.contains(part), "\(part) in \(last)")
+        }
+        try await Self.expectDenialCountedThenFailClosed(admin: "127.0.150.1", log: "\(state)/logs/grpc-authz-east-gw.log", stopServer: { server?.stop(); server = nil }) {
+            try await call("/headers", ["x-ext-authz: allow"])
+        }
     }
 }

@@ -50,8 +50,9 @@ package struct MeshConfig: Codable, Sendable, Equatable {
         }
     }
 
-    /// `EnvoyExternalAuthorizationGrpcProvider`: read so its errors and name are known; EastWest
-    /// does not speak Envoy's gRPC `CheckRequest`, so requests it would check are refused.
+    /// `EnvoyExternalAuthorizationGrpcProvider`: Envoy's `Authorization/Check` over HTTP/2 to the
+    /// service (`ExternalAuthorizationGRPC.swift`); on a TCP service its rules refuse, as Envoy's
+    /// network ext_authz is not carried out.
     package struct ExtAuthzGRPC: Codable, Sendable, Equatable {
         package var service: String
         package var port: ProtoUInt32
@@ -169,8 +170,6 @@ extension IstioPolicyLoader {
                     errors += check(http, at: at.key("envoyExtAuthzHttp"), map: map)
                 } else if let grpc = provider.envoyExtAuthzGrpc {
                     errors += checkService(grpc.service, port: grpc.port.value, statusOnError: grpc.statusOnError, at: at.key("envoyExtAuthzGrpc"), map: map)
-                    loaded.warnings.append(map.error(.notImplemented, at: at.key("envoyExtAuthzGrpc"),
-                        "ext-authz over gRPC is not carried out by EastWest: requests a CUSTOM policy sends to '\(provider.name)' are refused (403); use envoyExtAuthzHttp").asWarning)
                 }
                 loaded.extensionProviders.append(provider)
             }

@@ -10,6 +10,8 @@ final class ExternalAuthorizationCheck {
         var status: Int
         var headers: HTTPHeaders
         var body: [UInt8]
+        /// A gRPC answer's trailers (its `grpc-status`).
+        var trailers: HTTPHeaders?
     }
 
     /// Envoy's async client buffers the whole answer; past this it is an error.
@@ -19,7 +21,7 @@ final class ExternalAuthorizationCheck {
     private var channel: (any Channel)?
     private var deadline: Scheduled<Void>?
 
-    init(_ request: HTTPRequestHead, to target: UpstreamTarget, action: RouteAction, timeout: Duration, upstreams: HTTPUpstreams,
+    init(_ request: HTTPRequestHead, body requestBody: [UInt8] = [], to target: UpstreamTarget, action: RouteAction, timeout: Duration, upstreams: HTTPUpstreams,
          eventLoop: any EventLoop, done: @escaping (Answer?) -> Void) {
         self.done = done
         let bound = NIOLoopBound(self, eventLoop: eventLoop)
@@ -40,11 +42,11 @@ final class ExternalAuthorizationCheck {
                 case .response(.body(let buffer)):
                     body += buffer.readableBytesView
                     if body.count > Self.bodyLimit { self?.finish(nil) }
-                case .response(.end):
+                case .response(.end(let trailers)):
                     guard let self, let head else { return }
                     self.channel = nil
                     upstreams?.release(exchange, to: target, keepAlive: head.isKeepAlive)
-                    self.finish(Answer(status: Int(head.status.code), headers: head.headers, body: body))
+                    self.finish(Answer(status: Int(head.status.code), headers: head.headers, body: body, trailers: trailers))
                 case .closed:
                     self?.finish(nil)
                 case .writabilityChanged, .readComplete:
@@ -56,6 +58,9 @@ final class ExternalAuthorizationCheck {
                 exchange.channel.setOption(ChannelOptions.autoRead, value: true).whenSuccess { exchange.channel.read() }
             }
             exchange.channel.write(HTTPClientRequestPart.head(request), promise: nil)
+            if !requestBody.isEmpty {
+                exchange.channel.write(HTTPClientRequestPart.body(.byteBuffer(exchange.channel.allocator.buffer(bytes: requestBody))), promise: nil)
+            }
             exchange.channel.writeAndFlush(HTTPClientRequestPart.end(nil), promise: nil)
         }
     }

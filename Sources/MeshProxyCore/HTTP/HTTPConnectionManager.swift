@@ -496,7 +496,20 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
             return externalAuthorizationAnswered(authorizer, nil, head: head, facts: facts, decided: decided, context: context)
         }
         let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
-        authorizationCheck = ExternalAuthorizationCheck(authorizer.checkRequest(for: head), to: target.target, action: routes.action(for: route, origin: .client),
+        var action = routes.action(for: route, origin: .client)
+        let request: (head: HTTPRequestHead, body: [UInt8])
+        switch authorizer.transport {
+        case .http:
+            request = (authorizer.checkRequest(for: head), [])
+        case .grpc:
+            // istiod gives a gRPC provider's cluster HTTP/2 whatever its port is named.
+            action.upstreamProtocol = .upgradeToHTTP2
+            request = authorizer.grpcCheckRequest(.init(
+                source: .init(hostPort: connection.downstreamRemote, principal: record.sourcePrincipal),
+                destination: .init(hostPort: connection.downstreamLocal, principal: dataPlane.tls.identity?.description),
+                time: record.startDate, streamID: random.next(), head: head, authority: facts.authority, protocolName: clientHTTP2 ? "HTTP/2" : "HTTP/1.1"))
+        }
+        authorizationCheck = ExternalAuthorizationCheck(request.head, body: request.body, to: target.target, action: action,
                                                         timeout: authorizer.timeout, upstreams: upstreams, eventLoop: context.eventLoop) { answer in
             let (manager, context) = bound.value
             manager.authorizationCheck = nil
@@ -515,10 +528,16 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
         guard let forward else { return }
         let cluster = forward.route.envoyClusterName
         var head = head
-        switch answer.map({ authorizer.verdict(status: $0.status, headers: $0.headers, body: $0.body) }) ?? .failed {
+        let verdict = answer.map { answer in
+            switch authorizer.transport {
+            case .http: authorizer.verdict(status: answer.status, headers: answer.headers, body: answer.body)
+            case .grpc: authorizer.grpcVerdict(status: answer.status, headers: answer.headers, trailers: answer.trailers, body: answer.body)
+            }
+        }
+        switch verdict ?? .failed {
         case .allowed(let allowed):
             ExternalAuthorizationMetrics.count(.ok, cluster: cluster)
-            for header in allowed.setOnRequest { head.headers.replaceOrAdd(name: header.name, value: header.value) }
+            for header in allowed.requestHeaders { header.apply(to: &head.headers) }
             for name in allowed.removeFromRequest where name != "host" { head.headers.remove(name: name) }
             filterResponseHeaders += allowed.addToResponse.map { ($0.name, $0.value) }
         case .denied(let status, let headers, let body):

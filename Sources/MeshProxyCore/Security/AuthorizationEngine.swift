@@ -153,8 +153,8 @@ package struct AuthorizationEngine: Sendable, Equatable {
         case pass
         /// A rule matched: ask this provider.
         case check(ExternalAuthorizer)
-        /// A rule matched, but its provider cannot be asked (unknown, gRPC, or several for one
-        /// workload): istiod turns such rules into DENY rules.
+        /// A rule matched, but its provider cannot be asked (unknown, gRPC on TCP, or several for
+        /// one workload): istiod turns such rules into DENY rules.
         case refuse(rule: String, why: String)
     }
 
@@ -184,7 +184,9 @@ package struct AuthorizationEngine: Sendable, Equatable {
         switch authorizer.transport {
         case .http where request.http == nil: return .pass
         case .http: return .check(authorizer)
-        case .grpc: return .refuse(rule: matched.rule, why: "provider '\(matched.provider)' is ext-authz over gRPC, which EastWest does not speak")
+        case .grpc where request.http == nil:
+            return .refuse(rule: matched.rule, why: "provider '\(matched.provider)' is ext-authz over gRPC on a TCP service (Envoy's network ext_authz), which EastWest does not carry out yet")
+        case .grpc: return .check(authorizer)
         }
     }
 

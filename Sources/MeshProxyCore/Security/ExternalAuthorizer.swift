@@ -95,9 +95,42 @@ package struct ExternalAuthorizer: Sendable, Equatable {
     }
 
     package struct Allowed: Sendable, Equatable {
-        package var setOnRequest: [HTTPHeaderPair] = []
+        /// Headers the provider puts on the request (the HTTP provider's allowed ones replace;
+        /// a gRPC answer says how, per header).
+        package var requestHeaders: [HeaderMutation] = []
         package var removeFromRequest: [String] = []
         package var addToResponse: [HTTPHeaderPair] = []
+    }
+
+    /// One header an answer sets on the request, with Envoy's `HeaderValueOption` append action.
+    package struct HeaderMutation: Sendable, Equatable {
+        package enum Action: Int, Sendable, Equatable {
+            /// `APPEND_IF_EXISTS_OR_ADD` (0, protobuf's default): another value, or the first.
+            case appendOrAdd = 0
+            /// `ADD_IF_ABSENT`: only when the request has none.
+            case addIfAbsent = 1
+            /// `OVERWRITE_IF_EXISTS_OR_ADD`: replaces every value.
+            case overwriteOrAdd = 2
+            /// `OVERWRITE_IF_EXISTS`: replaces, never adds.
+            case overwriteIfExists = 3
+        }
+
+        package var name: String
+        package var value: String
+        package var action: Action
+
+        package init(name: String, value: String, action: Action = .overwriteOrAdd) {
+            self.name = name; self.value = value; self.action = action
+        }
+
+        package func apply(to headers: inout HTTPHeaders) {
+            switch action {
+            case .appendOrAdd: headers.add(name: name, value: value)
+            case .addIfAbsent: if !headers.contains(name: name) { headers.add(name: name, value: value) }
+            case .overwriteOrAdd: headers.replaceOrAdd(name: name, value: value)
+            case .overwriteIfExists: if headers.contains(name: name) { headers.replaceOrAdd(name: name, value: value) }
+            }
+        }
     }
 
     /// Envoy's `toResponse`: 200 allows; a 5xx is an error (`status_on_error`); anything else
@@ -112,7 +145,7 @@ package struct ExternalAuthorizer: Sendable, Equatable {
                     allowed.removeFromRequest += value.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces).lowercased() }.filter { !$0.isEmpty }
                     continue
                 }
-                if upstreamOnAllow.contains(where: { $0.matchesIgnoringCase(lower) }) { allowed.setOnRequest.append(HTTPHeaderPair(name: lower, value: value)) }
+                if upstreamOnAllow.contains(where: { $0.matchesIgnoringCase(lower) }) { allowed.requestHeaders.append(HeaderMutation(name: lower, value: value)) }
                 if downstreamOnAllow.contains(where: { $0.matchesIgnoringCase(lower) }) { allowed.addToResponse.append(HTTPHeaderPair(name: lower, value: value)) }
             }
             return .allowed(allowed)
@@ -128,7 +161,7 @@ package struct ExternalAuthorizer: Sendable, Equatable {
     }
 
     /// The gateway frames the reply itself: the provider's framing headers never pass.
-    private static let framing: Set<String> = ["content-length", "transfer-encoding", "connection", "keep-alive"]
+    static let framing: Set<String> = ["content-length", "transfer-encoding", "connection", "keep-alive"]
 }
 
 /// A header name and value, comparable (NIO's tuples are not `Equatable`).

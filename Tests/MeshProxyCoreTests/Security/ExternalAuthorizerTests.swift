@@ -26,17 +26,20 @@ struct ExternalAuthorizerTests {
                 includeRequestHeadersInCheck: ["x-ext-authz"]
         """
 
-    @Test("The task's istio ConfigMap loads both providers (port as a string); the gRPC one warns that requests it would check are refused; other ConfigMaps are skipped")
+    @Test("The task's istio ConfigMap loads both providers (port as a string) without a warning; a field not carried out warns at its line inside the embedded mesh text; other ConfigMaps are skipped")
     func configMap() throws {
         let loaded = try IstioPolicyLoader.load(yaml: Self.taskConfigMap + "\n---\napiVersion: v1\nkind: ConfigMap\nmetadata: {name: app-settings}\ndata: {a: b}\n",
                                                 file: "mesh.yaml")
         #expect(loaded.extensionProviders.map(\.name) == ["sample-ext-authz-grpc", "sample-ext-authz-http"])
         let http = try #require(loaded.extensionProviders[1].envoyExtAuthzHttp)
         #expect(http.port.value == 8000 && http.includeRequestHeadersInCheck == ["x-ext-authz"])
-        #expect(loaded.warnings.count == 1)
-        // The warning points into the embedded text, as a line of the file (line 11, column 7: envoyExtAuthzGrpc).
-        #expect(loaded.warnings.first?.description.hasPrefix("mesh.yaml:11:7:") == true, "\(loaded.warnings)")
-        #expect(loaded.warnings.first?.description.contains("gRPC") == true)
+        #expect(loaded.warnings.isEmpty, "\(loaded.warnings)")
+        // A field not carried out is warned about inside the embedded text, as a line of the
+        // file (line 14, column 9: under envoyExtAuthzGrpc).
+        let withBody = try IstioPolicyLoader.load(yaml: Self.taskConfigMap.replacingOccurrences(
+            of: "port: \"9000\"", with: "port: \"9000\"\n        includeRequestBodyInCheck: {maxRequestBytes: 1024}"), file: "mesh.yaml")
+        #expect(withBody.warnings.count == 1 && withBody.warnings[0].description.hasPrefix("mesh.yaml:14:9:")
+                && withBody.warnings[0].description.contains("includeRequestBodyInCheck"), "\(withBody.warnings)")
         #expect(loaded.skipped.count == 1 && loaded.skipped[0].contains("ConfigMap 'app-settings'"))
     }
 
@@ -121,13 +124,13 @@ struct ExternalAuthorizerTests {
         let listed = authorizer(.init(service: "a", port: 1, headersToUpstreamOnAllow: ["x-user-*"], headersToDownstreamOnAllow: ["x-trace"],
                                       headersToDownstreamOnDeny: ["x-reason"]))
         let allowedHeaders = HTTPHeaders([("X-User-Id", "42"), ("x-trace", "t1"), ("x-other", "no")])
-        #expect(listed.verdict(status: 200, headers: allowedHeaders, body: []) == .allowed(.init(setOnRequest: [.init(name: "x-user-id", value: "42")],
+        #expect(listed.verdict(status: 200, headers: allowedHeaders, body: []) == .allowed(.init(requestHeaders: [.init(name: "x-user-id", value: "42")],
                                                                                               addToResponse: [.init(name: "x-trace", value: "t1")])))
         #expect(listed.verdict(status: 403, headers: HTTPHeaders([("x-reason", "r"), ("x-other", "o"), ("www-authenticate", "Basic")]), body: [])
             == .denied(status: 403, headers: [.init(name: "x-reason", value: "r"), .init(name: "www-authenticate", value: "Basic")], body: []))
     }
 
-    @Test("CUSTOM decides first: a matching rule asks its provider; no match passes; an unknown, gRPC or second provider refuses what its rules match; an HTTP provider does nothing on TCP; a forwarded request is asked only for policies selecting the gateway")
+    @Test("CUSTOM decides first: a matching rule asks its provider (HTTP or gRPC); no match passes; an unknown or second provider, or gRPC on TCP, refuses what its rules match; an HTTP provider does nothing on TCP; a forwarded request is asked only for policies selecting the gateway")
     func customDecision() throws {
         let loaded = try IstioPolicyLoader.load(yaml: Self.taskConfigMap, file: "mesh.yaml")
         let providers = ExternalAuthorizers(loaded.extensionProviders)
@@ -150,6 +153,8 @@ struct ExternalAuthorizerTests {
         #expect(decide([policy("sample-ext-authz-http")], forwarded: true) == .pass)
         guard case .refuse(let rule, let why) = decide([policy("missing")]) else { Issue.record("unknown provider passed"); return }
         #expect(rule == "ns[foo]-policy[ext-authz]-rule[0]" && why.contains("'missing'"))
+        guard case .check(let grpcAuthorizer) = decide([policy("sample-ext-authz-grpc")]) else { Issue.record("gRPC not checked"); return }
+        #expect(grpcAuthorizer.transport == .grpc && grpcAuthorizer.port == 9000)
         guard case .refuse(_, let grpc) = decide([policy("sample-ext-authz-grpc")], tcp: true) else { Issue.record("gRPC on TCP passed"); return }
         #expect(grpc.contains("gRPC"))
         guard case .refuse(_, let several) = decide([policy("sample-ext-authz-http"), policy("sample-ext-authz-grpc", name: "second")]) else {
