@@ -262,10 +262,16 @@ struct IstioTaskTests {
     func extAuthzTask() async throws {
         let dir = try TemporaryDirectory("istio-task-ext-authz")
         defer { dir.cleanUp() }
-        let task = "\(Self.fixtures)/authz-custom.yaml"
-        let validate = try await runCommand(PackagePaths.eastwest, ["validate", task])
+        let fixture = "\(Self.fixtures)/authz-custom.yaml"
+        let validate = try await runCommand(PackagePaths.eastwest, ["validate", fixture])
         #expect(validate.status == 0 && !validate.stderr.contains("skipped"), "\(validate.stderr)")
         #expect(!validate.stderr.contains("warning"), "\(validate.stderr)")
+        // The task's mesh config, with the body sent too (the first 16 bytes, the rest allowed on).
+        let task = "\(dir.path)/authz-custom.yaml"
+        try String(contentsOfFile: fixture, encoding: .utf8).replacingOccurrences(of: #"includeRequestHeadersInCheck: ["x-ext-authz"]"#, with: """
+            includeRequestHeadersInCheck: ["x-ext-authz", "x-envoy-auth-partial-body"]
+                    includeRequestBodyInCheck: {maxRequestBytes: 16, allowPartialMessage: true}
+            """).write(toFile: task, atomically: true, encoding: .utf8)
 
         let topology = try Self.extAuthzTopology(in: dir, name: "istio-task-ext-authz", task: task, block: (147, 148), gateways: ("authz-east-gw", "authz-west-gw"),
                                                  port: "{number: 8000, name: http, protocol: HTTP}")
@@ -297,22 +303,30 @@ struct IstioTaskTests {
             let posted = try await call("/headers", ["x-ext-authz: allow"], method: "POST", extra: [version, "--data-binary", "twelve bytes"])
             #expect(posted.code == "200" && posted.body.contains(#""method":"POST""#) && posted.body.contains(#""content-length":"12""#), "\(version): \(posted)")
         }
+        // includeRequestBodyInCheck with allowPartialMessage: the server is sent the first 16
+        // bytes and told the body goes on; the backend gets all of it.
+        let long = String(repeating: "0123456789", count: 4)
+        let partial = try await call("/headers", ["x-ext-authz: deny"], method: "POST", extra: ["--data-binary", long])
+        let partialCheck = partial.headers.split(whereSeparator: \.isNewline).first { $0.hasPrefix("x-ext-authz-check-received:") }.map(String.init) ?? ""
+        #expect(partial.code == "403" && partialCheck.contains("body: [0123456789012345]") && partialCheck.contains("'x-envoy-auth-partial-body'"), "\(partial)")
+        let whole = try await call("/headers", ["x-ext-authz: allow", "x-envoy-auth-partial-body: forged"], method: "POST", extra: ["--data-binary", long])
+        #expect(whole.code == "200" && whole.body.contains(#""content-length":"40""#) && !whole.body.contains("forged"), "\(whole)")
         // The rule names /headers only: /ip is never sent to the server.
         #expect(try await call("/ip", ["x-ext-authz: deny"]).code == "200")
 
-        try await Self.expectDenialCountedThenFailClosed(admin: "127.0.147.1", log: "\(state)/logs/authz-east-gw.log", stopServer: { server?.stop(); server = nil }) {
+        try await Self.expectDenialCountedThenFailClosed(admin: "127.0.147.1", log: "\(state)/logs/authz-east-gw.log", denials: 2, stopServer: { server?.stop(); server = nil }) {
             try await call("/headers", ["x-ext-authz: allow"])
         }
         #expect(try await call("/ip", []).code == "200")
     }
 
-    /// What both providers end with: the one denial counted under Envoy's name and `UAEX` in the
+    /// What both providers end with: the denials counted under Envoy's name and `UAEX` in the
     /// entry gateway's log; then, the server gone, Envoy's error path: `statusOnError` (403) with
     /// no body.
-    static func expectDenialCountedThenFailClosed(admin: String, log: String, stopServer: () -> Void,
+    static func expectDenialCountedThenFailClosed(admin: String, log: String, denials: Int = 1, stopServer: () -> Void,
                                                   call: @escaping () async throws -> (code: String, body: String, headers: String)) async throws {
         let stats = try await runCommand("/usr/bin/curl", ["-sS", "http://\(admin):15000/stats/prometheus"]).stdout
-        #expect(stats.contains("envoy_cluster_ext_authz_denied{cluster_name=\"outbound|8000||httpbin.foo.svc.cluster.local\"} 1"), "\(stats.suffix(2000))")
+        #expect(stats.contains("envoy_cluster_ext_authz_denied{cluster_name=\"outbound|8000||httpbin.foo.svc.cluster.local\"} \(denials)"), "\(stats.suffix(2000))")
         let logged = try String(contentsOfFile: log, encoding: .utf8)
         #expect(logged.contains("UAEX"), "\(logged.suffix(2000))")
         stopServer()
@@ -334,7 +348,9 @@ struct IstioTaskTests {
         let task = "\(dir.path)/authz-custom-grpc.yaml"
         let text = try String(contentsOfFile: "\(Self.fixtures)/authz-custom.yaml", encoding: .utf8)
         #expect(text.contains("    name: sample-ext-authz-http\n"))
+        // With the body in the check, up to 16 bytes (more is 413, as Envoy's buffer limit).
         try text.replacingOccurrences(of: "    name: sample-ext-authz-http\n", with: "    name: sample-ext-authz-grpc\n")
+            .replacingOccurrences(of: #"port: "9000""#, with: #"port: "9000"\#n        includeRequestBodyInCheck: {maxRequestBytes: 16}"#)
             .write(toFile: task, atomically: true, encoding: .utf8)
         let validate = try await runCommand(PackagePaths.eastwest, ["validate", task])
         #expect(validate.status == 0 && !validate.stderr.contains("skipped") && !validate.stderr.contains("warning"), "\(validate.stderr)")
@@ -372,6 +388,13 @@ struct IstioTaskTests {
                      #"key: "x-ext-authz""#, #"value: "allow""#, #"key: ":method""#, #"address: "127.0.150.1""#, #"scheme: "https""#] {
             #expect(last.contains(part), "\(part) in \(last)")
         }
+        let posted = try await call("/headers", ["x-ext-authz: allow"], extra: ["--data-binary", "twelve bytes"])
+        #expect(posted.code == "200" && posted.body.contains(#""content-length":"12""#), "\(posted)")
+        let postCheck = (try String(contentsOfFile: checks, encoding: .utf8)).components(separatedBy: "\n----\n").dropLast().last ?? ""
+        #expect(postCheck.contains(#"body: "twelve bytes""#) && postCheck.contains("size: 12") && postCheck.contains(#"key: "x-envoy-auth-partial-body""#),
+                "\(postCheck)")
+        let tooLong = try await call("/headers", ["x-ext-authz: allow"], extra: ["--data-binary", String(repeating: "x", count: 40)])
+        #expect(tooLong.code == "413" && tooLong.body == "Payload Too Large", "\(tooLong)")
         try await Self.expectDenialCountedThenFailClosed(admin: "127.0.150.1", log: "\(state)/logs/grpc-authz-east-gw.log", stopServer: { server?.stop(); server = nil }) {
             try await call("/headers", ["x-ext-authz: allow"])
         }

@@ -36,6 +36,7 @@ package struct MeshConfig: Codable, Sendable, Equatable {
         /// Deprecated; read when `includeRequestHeadersInCheck` is absent, as istiod does.
         package var includeHeadersInCheck: [String]?
         package var includeAdditionalHeadersInCheck: [String: String]?
+        package var includeRequestBodyInCheck: RequestBody?
         package var headersToUpstreamOnAllow: [String]?
         package var headersToDownstreamOnAllow: [String]?
         package var headersToDownstreamOnDeny: [String]?
@@ -59,6 +60,19 @@ package struct MeshConfig: Codable, Sendable, Equatable {
         package var timeout: ConfigDuration?
         package var failOpen: Bool?
         package var statusOnError: String?
+        package var includeRequestBodyInCheck: RequestBody?
+    }
+
+    /// `includeRequestBodyInCheck` (Envoy's `with_request_body`): the body is buffered before the
+    /// check, up to `maxRequestBytes`.
+    package struct RequestBody: Codable, Sendable, Equatable {
+        package var maxRequestBytes: ProtoUInt32?
+        package var allowPartialMessage: Bool?
+        package var packAsBytes: Bool?
+
+        package init(maxRequestBytes: Int? = nil, allowPartialMessage: Bool? = nil, packAsBytes: Bool? = nil) {
+            self.maxRequestBytes = maxRequestBytes.map(ProtoUInt32.init); self.allowPartialMessage = allowPartialMessage; self.packAsBytes = packAsBytes
+        }
     }
 }
 
@@ -104,7 +118,7 @@ extension IstioPolicyLoader {
         "zipkin", "lightstep", "datadog", "stackdriver", "opencensus", "skywalking", "opentelemetry", "prometheus",
         "envoyFileAccessLog", "envoyHttpAls", "envoyTcpAls", "envoyOtelAls", "sds",
         // ext-authz fields EastWest does not carry out.
-        "includeRequestBodyInCheck", "clearRouteCache",
+        "clearRouteCache",
     ]
 
     /// `install.istio.io` IstioOperator: its `meshConfig`; the rest installs Istio.
@@ -168,13 +182,22 @@ extension IstioPolicyLoader {
                 }
                 if let http = provider.envoyExtAuthzHttp {
                     errors += check(http, at: at.key("envoyExtAuthzHttp"), map: map)
+                    errors += checkBody(http.includeRequestBodyInCheck, at: at.key("envoyExtAuthzHttp"), map: map)
                 } else if let grpc = provider.envoyExtAuthzGrpc {
                     errors += checkService(grpc.service, port: grpc.port.value, statusOnError: grpc.statusOnError, at: at.key("envoyExtAuthzGrpc"), map: map)
+                    errors += checkBody(grpc.includeRequestBodyInCheck, at: at.key("envoyExtAuthzGrpc"), map: map)
                 }
                 loaded.extensionProviders.append(provider)
             }
             return errors
         }
+    }
+
+    /// Envoy's `BufferSettings.max_request_bytes` must be above 0: istiod passes it on as written.
+    private static func checkBody(_ body: MeshConfig.RequestBody?, at: FieldPath, map: SourceMap) -> [ConfigError] {
+        guard let body, (body.maxRequestBytes?.value ?? 0) == 0 else { return [] }
+        return [map.error(.invalidValue, at: at.key("includeRequestBodyInCheck"),
+                          "includeRequestBodyInCheck.maxRequestBytes must be above 0 (Envoy rejects the filter without it, so Istio's push fails)")]
     }
 
     private static func check(_ http: MeshConfig.ExtAuthzHTTP, at: FieldPath, map: SourceMap) -> [ConfigError] {

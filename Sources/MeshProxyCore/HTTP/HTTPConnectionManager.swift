@@ -378,6 +378,7 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
         responseStarted = false
         kept = []
         keptBytes = 0
+        checkAwaitingBody = nil
 
         let facts = HTTPRequestFacts(method: head.method.rawValue, path: head.uri, authority: record.authority == "-" ? "" : record.authority,
                                      headers: head.headers, sourceNamespace: connection.sourceNamespace)
@@ -423,6 +424,11 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
                 case .refuse(let rule, let why):
                     record.codeDetails = "rbac_access_denied_matched_policy[\(rule)]"
                     localReply(.forbidden("\(record.codeDetails ?? ""): \(why)"), context: context)
+                    return
+                case .check(let authorizer) where authorizer.requestBody != nil && !requestIsWebSocket:
+                    // includeRequestBodyInCheck: the body first (its parts are kept as they come).
+                    state = .authorizing(ended: false)
+                    checkAwaitingBody = PendingCheck(authorizer: authorizer, head: head, facts: facts, decided: decided)
                     return
                 case .check(let authorizer):
                     askExternalAuthorizer(authorizer, head: head, facts: facts, decided: decided, context: context)
@@ -485,7 +491,7 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
     /// A CUSTOM policy matched: the provider is asked, the request waits (its parts kept), and
     /// its answer lets the request in, or answers the client.
     private func askExternalAuthorizer(_ authorizer: ExternalAuthorizer, head: HTTPRequestHead, facts: HTTPRequestFacts, decided: RouteState,
-                                       context: ChannelHandlerContext) {
+                                       body: ExternalAuthorizer.CheckedBody? = nil, context: ChannelHandlerContext) {
         guard let upstreams, let forward else { return }
         let clusters = dataPlane.clusters
         state = .authorizing(ended: false)
@@ -500,14 +506,19 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
         let request: (head: HTTPRequestHead, body: [UInt8])
         switch authorizer.transport {
         case .http:
-            request = (authorizer.checkRequest(for: head), [])
+            // The partial-body header is the gateway's to say, never the client's.
+            var checked = head
+            checked.headers.remove(name: ExternalAuthorizer.partialBodyHeader)
+            if let body { checked.headers.add(name: ExternalAuthorizer.partialBodyHeader, value: String(body.partial)) }
+            request = (authorizer.checkRequest(for: checked, body: body?.bytes ?? []), body?.bytes ?? [])
         case .grpc:
             // istiod gives a gRPC provider's cluster HTTP/2 whatever its port is named.
             action.upstreamProtocol = .upgradeToHTTP2
             request = authorizer.grpcCheckRequest(.init(
                 source: .init(hostPort: connection.downstreamRemote, principal: record.sourcePrincipal),
                 destination: .init(hostPort: connection.downstreamLocal, principal: dataPlane.tls.identity?.description),
-                time: record.startDate, streamID: random.next(), head: head, authority: facts.authority, protocolName: clientHTTP2 ? "HTTP/2" : "HTTP/1.1"))
+                time: record.startDate, streamID: random.next(), head: head, authority: facts.authority, protocolName: clientHTTP2 ? "HTTP/2" : "HTTP/1.1",
+                body: body))
         }
         authorizationCheck = ExternalAuthorizationCheck(request.head, body: request.body, to: target.target, action: action,
                                                         timeout: authorizer.timeout, upstreams: upstreams, eventLoop: context.eventLoop) { answer in
@@ -519,6 +530,41 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
     }
 
     private var authorizationCheck: ExternalAuthorizationCheck?
+
+    /// A CUSTOM check waiting for the request's body (`includeRequestBodyInCheck`).
+    private struct PendingCheck {
+        var authorizer: ExternalAuthorizer
+        var head: HTTPRequestHead
+        var facts: HTTPRequestFacts
+        var decided: RouteState
+    }
+    private var checkAwaitingBody: PendingCheck?
+
+    /// Envoy's ext_authz `decodeData` with `with_request_body`: the check goes once the request
+    /// has ended, or — `allowPartialMessage` — once `maxRequestBytes` are in (the check gets
+    /// those); without it, a body past `maxRequestBytes` is Envoy's buffer-limit answer, 413.
+    private func bodyArrived(for pending: PendingCheck, ended: Bool, context: ChannelHandlerContext) {
+        guard let settings = pending.authorizer.requestBody else { return }
+        let full = keptBytes >= settings.maxRequestBytes
+        guard ended || full || kept == nil else { return }
+        checkAwaitingBody = nil
+        if kept == nil || (!settings.allowPartialMessage && keptBytes > settings.maxRequestBytes) {
+            record.codeDetails = "request_payload_too_large"
+            localReply(.payloadTooLarge("the body is over includeRequestBodyInCheck.maxRequestBytes (\(settings.maxRequestBytes)) of provider \(pending.authorizer.name)"),
+                       context: context)
+            return
+        }
+        if !full, !ended { return }
+        var body: [UInt8] = []
+        for part in kept ?? [] {
+            guard case .body(.byteBuffer(let buffer)) = part, body.count < settings.maxRequestBytes else { continue }
+            body += buffer.readableBytesView.prefix(settings.maxRequestBytes - body.count)
+        }
+        // A request that ended without a body is checked as Envoy checks one that ended at its
+        // headers: no body, no partial-body header.
+        let checked = keptBytes == 0 ? nil : ExternalAuthorizer.CheckedBody(bytes: body, partial: keptBytes > body.count, received: keptBytes)
+        askExternalAuthorizer(pending.authorizer, head: pending.head, facts: pending.facts, decided: pending.decided, body: checked, context: context)
+    }
 
     /// Envoy's ext_authz `onComplete`: allowed (with its headers) goes on; denied answers with the
     /// provider's status, headers and body; an error is `statusOnError` unless `failOpen`. Both
@@ -875,7 +921,12 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
         case .authorizing:
             keep(part)
             state = .authorizing(ended: ended)
-            if keptBytes > Self.resendLimit { pauseClient(true, context: context) }
+            if let pending = checkAwaitingBody {
+                // Bounded by maxRequestBytes, not by pausing the client: the check needs the body.
+                bodyArrived(for: pending, ended: ended, context: context)
+            } else if keptBytes > Self.resendLimit {
+                pauseClient(true, context: context)
+            }
         case .idle, .discarding, .tunnel:
             break
         }

@@ -66,6 +66,12 @@ package struct HTTPLocalReply: Sendable, Equatable {
         .init(status: .requestHeaderFieldsTooLarge, body: "Request Header Fields Too Large", flags: [.downstreamProtocolError], detail: detail)
     }
 
+    /// A body over the limit a filter buffers it to (ext_authz's `maxRequestBytes`): Envoy's
+    /// buffer-limit answer, 413 `Payload Too Large`.
+    package static func payloadTooLarge(_ detail: String) -> HTTPLocalReply {
+        .init(status: .payloadTooLarge, body: "Payload Too Large", flags: [], detail: detail)
+    }
+
     /// Envoy's `max_request_headers_kb` default.
     package static let maximumRequestHeadersSize = 60 * 1024
 

@@ -41,10 +41,13 @@ extension ExternalAuthorizer {
         package var authority: String
         /// "HTTP/1.1" or "HTTP/2".
         package var protocolName: String
+        /// The buffered body (`includeRequestBodyInCheck`); nil: none was buffered.
+        package var body: CheckedBody?
 
-        package init(source: Peer, destination: Peer, time: Date, streamID: UInt64, head: HTTPRequestHead, authority: String, protocolName: String) {
+        package init(source: Peer, destination: Peer, time: Date, streamID: UInt64, head: HTTPRequestHead, authority: String, protocolName: String,
+                     body: CheckedBody? = nil) {
             self.source = source; self.destination = destination; self.time = time; self.streamID = streamID
-            self.head = head; self.authority = authority; self.protocolName = protocolName
+            self.head = head; self.authority = authority; self.protocolName = protocolName; self.body = body
         }
     }
 
@@ -77,6 +80,7 @@ extension ExternalAuthorizer {
                 headers.append((lower, value))
             }
         }
+        if let body = attributes.body { headers.append((Self.partialBodyHeader, String(body.partial))) }
         let seconds = attributes.time.timeIntervalSince1970
         var writer = ProtobufWire.Writer()
         writer.message(1) { context in
@@ -94,7 +98,13 @@ extension ExternalAuthorizer {
                     http.string(4, attributes.head.uri)
                     http.string(5, attributes.authority)
                     http.string(6, "https")
+                    // Envoy's bytesReceived: what had come when the check left.
+                    http.integer(9, Int64(attributes.body?.received ?? 0))
                     http.string(10, attributes.protocolName)
+                    if let body = attributes.body {
+                        // As a string (invalid UTF-8 replaced, as Envoy sanitizes it), or as bytes.
+                        if requestBody?.packAsBytes == true { http.bytes(12, body.bytes) } else { http.string(11, String(decoding: body.bytes, as: UTF8.self)) }
+                    }
                 }
             }
         }

@@ -27,6 +27,31 @@ package struct ExternalAuthorizer: Sendable, Equatable {
     var downstreamOnAllow: [StringPattern]
     /// Nil: every header of a denial reaches the client but `host` (Envoy's default).
     var downstreamOnDeny: [StringPattern]?
+    /// `includeRequestBodyInCheck`; nil: the check is sent at the request's head.
+    package var requestBody: RequestBody?
+
+    /// Envoy's `with_request_body`: the body is buffered before the check, up to
+    /// `maxRequestBytes` (above 0: the loader refuses 0, as Envoy does).
+    package struct RequestBody: Sendable, Equatable {
+        package var maxRequestBytes: Int
+        package var allowPartialMessage: Bool
+        package var packAsBytes: Bool
+    }
+
+    /// What of the request's body a check carries.
+    package struct CheckedBody: Sendable, Equatable {
+        /// At most `maxRequestBytes`.
+        package var bytes: [UInt8]
+        /// More had come than the check carries.
+        package var partial: Bool
+        /// Body bytes received when the check left.
+        package var received: Int
+
+        package init(bytes: [UInt8], partial: Bool, received: Int) { self.bytes = bytes; self.partial = partial; self.received = received }
+    }
+
+    /// The header that says whether the check saw the whole body.
+    package static let partialBodyHeader = "x-envoy-auth-partial-body"
 
     package init(_ provider: MeshConfig.ExtensionProvider) {
         name = provider.name
@@ -44,6 +69,7 @@ package struct ExternalAuthorizer: Sendable, Equatable {
             downstreamOnAllow = patterns(http.headersToDownstreamOnAllow)
             // Envoy: with a list, the list plus the four it always passes.
             downstreamOnDeny = http.headersToDownstreamOnDeny.map { patterns($0 + [":status", "content-length", "www-authenticate", "location"]) }
+            requestBody = http.includeRequestBodyInCheck.map(Self.requestBody)
         } else {
             let grpc = provider.envoyExtAuthzGrpc
             transport = .grpc
@@ -53,7 +79,13 @@ package struct ExternalAuthorizer: Sendable, Equatable {
             failOpen = grpc?.failOpen ?? false
             statusOnError = grpc?.statusOnError.flatMap(Self.statusCode) ?? 403
             requestHeaders = []; additionalHeaders = []; upstreamOnAllow = []; downstreamOnAllow = []; downstreamOnDeny = nil
+            requestBody = grpc?.includeRequestBodyInCheck.map(Self.requestBody)
         }
+    }
+
+    private static func requestBody(_ body: MeshConfig.RequestBody) -> RequestBody {
+        RequestBody(maxRequestBytes: body.maxRequestBytes?.value ?? 0, allowPartialMessage: body.allowPartialMessage ?? false,
+                    packAsBytes: body.packAsBytes ?? false)
     }
 
     /// `statusOnError` as istiod parses it: an HTTP status code Envoy knows.
@@ -68,11 +100,11 @@ package struct ExternalAuthorizer: Sendable, Equatable {
     }
 
     /// Envoy's check request: the client's method, the provider's path prefix before the path,
-    /// `content-length: 0`, the headers it always passes and the allowed ones, then the
-    /// provider's additional headers (set, replacing).
-    package func checkRequest(for head: HTTPRequestHead) -> HTTPRequestHead {
+    /// the buffered body (`includeRequestBodyInCheck`; none: `content-length: 0`), the headers it
+    /// always passes and the allowed ones, then the provider's additional headers (set, replacing).
+    package func checkRequest(for head: HTTPRequestHead, body: [UInt8] = []) -> HTTPRequestHead {
         var check = HTTPRequestHead(version: .http1_1, method: head.method, uri: pathPrefix + head.uri)
-        check.headers.add(name: "content-length", value: "0")
+        check.headers.add(name: "content-length", value: String(body.count))
         for (name, value) in head.headers {
             let lower = name.lowercased()
             guard lower != "content-length" else { continue }

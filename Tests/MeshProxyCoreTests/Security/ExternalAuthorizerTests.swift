@@ -35,11 +35,19 @@ struct ExternalAuthorizerTests {
         #expect(http.port.value == 8000 && http.includeRequestHeadersInCheck == ["x-ext-authz"])
         #expect(loaded.warnings.isEmpty, "\(loaded.warnings)")
         // A field not carried out is warned about inside the embedded text, as a line of the
-        // file (line 14, column 9: under envoyExtAuthzGrpc).
-        let withBody = try IstioPolicyLoader.load(yaml: Self.taskConfigMap.replacingOccurrences(
-            of: "port: \"9000\"", with: "port: \"9000\"\n        includeRequestBodyInCheck: {maxRequestBytes: 1024}"), file: "mesh.yaml")
-        #expect(withBody.warnings.count == 1 && withBody.warnings[0].description.hasPrefix("mesh.yaml:14:9:")
-                && withBody.warnings[0].description.contains("includeRequestBodyInCheck"), "\(withBody.warnings)")
+        // file (line 18, column 9: under envoyExtAuthzHttp); a body limit of 0, which Envoy
+        // rejects, is an error at its line (14, under envoyExtAuthzGrpc).
+        let clearing = try IstioPolicyLoader.load(yaml: Self.taskConfigMap.replacingOccurrences(
+            of: "port: \"8000\"", with: "port: \"8000\"\n        clearRouteCache: true"), file: "mesh.yaml")
+        #expect(clearing.warnings.count == 1 && clearing.warnings[0].description.hasPrefix("mesh.yaml:18:9:")
+                && clearing.warnings[0].description.contains("clearRouteCache"), "\(clearing.warnings)")
+        let problems: [String]
+        do {
+            _ = try IstioPolicyLoader.load(yaml: Self.taskConfigMap.replacingOccurrences(
+                of: "port: \"9000\"", with: "port: \"9000\"\n        includeRequestBodyInCheck: {allowPartialMessage: true}"), file: "mesh.yaml")
+            problems = []
+        } catch { problems = error.errors.map(\.description) }
+        #expect(problems.count == 1 && problems[0].hasPrefix("mesh.yaml:14:9:") && problems[0].contains("maxRequestBytes must be above 0"), "\(problems)")
         #expect(loaded.skipped.count == 1 && loaded.skipped[0].contains("ConfigMap 'app-settings'"))
     }
 
