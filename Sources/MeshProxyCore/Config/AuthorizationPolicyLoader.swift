@@ -20,18 +20,44 @@ extension IstioPolicyLoader {
         }
     }
 
+    /// Istio's `validatePolicyTargetReferences` for a security policy: not with a selector, the
+    /// kinds Istio attaches them to, a name, no other namespace; a GatewayClass (waypoints) is
+    /// said to attach to nothing here.
+    static func checkTargets(_ single: AuthorizationPolicy.PolicyTargetReference?, _ list: [AuthorizationPolicy.PolicyTargetReference]?,
+                             selected: Bool, namespace: String, map: SourceMap) -> (errors: [ConfigError], warnings: [ConfigError]) {
+        var errors: [ConfigError] = []
+        var warnings: [ConfigError] = []
+        let spec = FieldPath().key("spec")
+        if selected, single != nil || list != nil {
+            errors.append(map.error(.invalidValue, at: spec.key(single != nil ? "targetRef" : "targetRefs"), "selector and targetRefs cannot both be set"))
+        }
+        let references = (single.map { [(spec.key("targetRef"), $0)] } ?? []) + (list ?? []).enumerated().map { (spec.key("targetRefs").index($0), $1) }
+        for (path, reference) in references {
+            let kind = "\(reference.group ?? "")/\(reference.kind ?? "")"
+            switch (reference.group ?? "", reference.kind ?? "") {
+            case ("gateway.networking.k8s.io", "Gateway"), ("", "Service"), ("core", "Service"), ("networking.istio.io", "ServiceEntry"):
+                break
+            case ("gateway.networking.k8s.io", "GatewayClass"):
+                warnings.append(map.error(.istioDifference, at: path, "a GatewayClass target attaches the policy to Istio's waypoints, which an EastWest gateway is not: it applies to nothing here").asWarning)
+            default:
+                errors.append(map.error(.invalidValue, at: path.key("kind"), "targetRef must be to a Gateway (gateway.networking.k8s.io), GatewayClass, Service or ServiceEntry (networking.istio.io), not \(kind)"))
+            }
+            if (reference.name ?? "").isEmpty { errors.append(map.error(.missingField, at: path.key("name"), "a targetRef needs a name")) }
+            if let other = reference.namespace, !other.isEmpty, other != namespace {
+                errors.append(map.error(.invalidValue, at: path.key("namespace"), "cross namespace referencing is not currently supported (\(other), the policy is in \(namespace))"))
+            }
+        }
+        return (errors, warnings)
+    }
+
     /// Istio's `ValidateAuthorizationPolicy`, and what EastWest does differently.
     static func check(_ policy: AuthorizationPolicy, map: SourceMap) -> (errors: [ConfigError], warnings: [ConfigError]) {
         var errors: [ConfigError] = []
         var warnings: [ConfigError] = []
         let spec = FieldPath().key("spec")
-        if policy.selector != nil, policy.targetRef != nil || policy.targetRefs != nil {
-            errors.append(map.error(.invalidValue, at: spec.key("targetRefs"), "selector and targetRefs cannot both be set"))
-        }
-        if policy.targetRef != nil || policy.targetRefs != nil {
-            warnings.append(map.error(.notImplemented, at: spec.key(policy.targetRef != nil ? "targetRef" : "targetRefs"),
-                                      "valid Istio field, not carried out by EastWest yet: the policy applies to nothing (use selector)").asWarning)
-        }
+        let targets = checkTargets(policy.targetRef, policy.targetRefs, selected: policy.selector != nil, namespace: policy.namespace, map: map)
+        errors += targets.errors
+        warnings += targets.warnings
         let action = policy.action ?? .allow
         if action == .deny || action == .custom, policy.rules == nil {
             errors.append(map.error(.missingField, at: spec.key("rules"), "a \(action.rawValue) policy needs rules (Istio rejects one without)"))

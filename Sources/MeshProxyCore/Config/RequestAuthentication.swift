@@ -76,9 +76,9 @@ extension IstioPolicyLoader {
         var errors: [ConfigError] = []
         var warnings: [ConfigError] = []
         let spec = FieldPath().key("spec")
-        if policy.targetRef != nil || policy.targetRefs != nil {
-            warnings.append(map.error(.notImplemented, at: spec.key("targetRefs"), "valid Istio field, not carried out by EastWest yet: the policy applies to nothing (use selector)").asWarning)
-        }
+        let targets = checkTargets(policy.targetRef, policy.targetRefs, selected: policy.selector != nil, namespace: policy.namespace, map: map)
+        errors += targets.errors
+        warnings += targets.warnings
         for (i, rule) in (policy.jwtRules ?? []).enumerated() {
             let path = spec.key("jwtRules").index(i)
             if rule.issuer.isEmpty { errors.append(map.error(.missingField, at: path.key("issuer"), "issuer must not be empty")) }

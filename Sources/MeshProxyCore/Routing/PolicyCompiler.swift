@@ -29,7 +29,9 @@ package enum PolicyCompiler {
             draft.httpRoutes = VirtualServiceCompiler.compile(merged.services, origins: merged.origins, proxyLabels: draft.gatewayLabels)
             draft.tcpRoutes = VirtualServiceCompiler.compileTCP(merged.services, proxyLabels: draft.gatewayLabels)
         },
-        KindCompiler(kind: "AuthorizationPolicy") { loaded, draft in draft.authorization = AuthorizationEngine(policies: loaded.authorizationPolicies) },
+        KindCompiler(kind: "AuthorizationPolicy") { loaded, draft in 
+            draft.authorization = AuthorizationEngine(policies: loaded.authorizationPolicies, serviceEntries: loaded.serviceEntries)
+        },
         KindCompiler(kind: "Gateway") { loaded, draft in
             draft.gatewayServers = GatewayServers.compile(loaded.gateways, origins: loaded.gatewayOrigins, labels: draft.gatewayLabels, port: draft.listenerPort)
         },
@@ -55,6 +57,7 @@ package enum PolicyCompiler {
         routes.gatewayLabels = config.effectiveLabels
         routes.gatewayNamespace = config.effectiveNamespace
         routes.requestAuthentications = resources.requestAuthentications
+        routes.serviceEntries = resources.serviceEntries
         routes.metricTagScopes = MetricTagOverrides.compile(resources.telemetries)
         routes.accessLogScopes = AccessLogPolicy.compile(resources.telemetries)
         routes.remoteJWKS = Dictionary(uniqueKeysWithValues: RemoteJWKS.uris(in: resources.requestAuthentications).map { ($0, RemoteJWKS(uri: $0)) })

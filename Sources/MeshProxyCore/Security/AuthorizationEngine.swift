@@ -62,6 +62,8 @@ package struct AuthorizationEngine: Sendable, Equatable {
         package var namespace: String
         /// Workload labels it selects; nil: every workload of its namespace (the mesh's from the root).
         package var selector: [String: String]?
+        /// Its `targetRefs`, resolved; nil: the selector decides.
+        package var targets: [PolicyTarget]?
         /// CUSTOM: the MeshConfig extension provider that decides what its rules match.
         package var provider: String?
         /// Applies because it selected the gateway (its labels, or its namespace): ports are the
@@ -73,11 +75,12 @@ package struct AuthorizationEngine: Sendable, Equatable {
     /// Istio's root namespace: a policy there without a selector applies to the whole mesh.
     package var rootNamespace: String
 
-    package init(policies: [AuthorizationPolicy] = [], rootNamespace: String = "istio-system") {
+    package init(policies: [AuthorizationPolicy] = [], serviceEntries: [ServiceEntry] = [], rootNamespace: String = "istio-system") {
         self.rootNamespace = rootNamespace
         self.policies = policies.map { policy in
             Policy(name: "ns[\(policy.namespace)]-policy[\(policy.name)]", action: policy.action ?? .allow, dryRun: policy.dryRun,
                    rules: (policy.rules ?? []).map { AuthorizationRule($0, namespace: policy.namespace) }, namespace: policy.namespace, selector: policy.selector?.matchLabels.flatMap { $0.isEmpty ? nil : $0 },
+                   targets: PolicyTarget.resolve(policy.targetRef, policy.targetRefs, namespace: policy.namespace, serviceEntries: serviceEntries),
                    provider: policy.action == .custom ? policy.provider?.name ?? "" : nil)
         }
     }
@@ -87,11 +90,14 @@ package struct AuthorizationEngine: Sendable, Equatable {
     /// The policies for traffic through a gateway with `gatewayLabels` in `gatewayNamespace` to a
     /// service in `serviceNamespace` whose workloads carry `serviceLabels` (one set per endpoint).
     package func applicable(gatewayLabels: [String: String], gatewayNamespace: String, serviceNamespace: String?,
-                            serviceLabels: [[String: String]]) -> [Policy] {
+                            serviceLabels: [[String: String]], serviceHost: String? = nil) -> [Policy] {
         policies.compactMap { policy in
             var applying = policy
-            switch PolicyScope.match(namespace: policy.namespace, selector: policy.selector, gatewayLabels: gatewayLabels, gatewayNamespace: gatewayNamespace,
-                                     serviceNamespace: serviceNamespace, serviceLabels: serviceLabels, root: rootNamespace) {
+            let scope = policy.targets.map {
+                PolicyTarget.match($0, policyNamespace: policy.namespace, gatewayLabels: gatewayLabels, gatewayNamespace: gatewayNamespace, serviceHost: serviceHost)
+            } ?? PolicyScope.match(namespace: policy.namespace, selector: policy.selector, gatewayLabels: gatewayLabels, gatewayNamespace: gatewayNamespace,
+                                   serviceNamespace: serviceNamespace, serviceLabels: serviceLabels, root: rootNamespace)
+            switch scope {
             case nil: return nil
             case .gateway: applying.atGateway = true
             case .service: applying.atGateway = false
@@ -232,7 +238,8 @@ extension RouteConfiguration {
     package func authorizationPolicies(for service: ServiceKey, endpoints: MeshEndpoints) -> [AuthorizationEngine.Policy] {
         guard !authorization.isEmpty else { return [] }
         let (namespace, labels) = Self.workloads(of: service, endpoints: endpoints)
-        return authorization.applicable(gatewayLabels: gatewayLabels, gatewayNamespace: gatewayNamespace, serviceNamespace: namespace, serviceLabels: labels)
+        return authorization.applicable(gatewayLabels: gatewayLabels, gatewayNamespace: gatewayNamespace, serviceNamespace: namespace, serviceLabels: labels,
+                                        serviceHost: service.host)
     }
 
     /// The JWT rules of the RequestAuthentications for traffic to `service`; nil when none applies.
@@ -240,9 +247,12 @@ extension RouteConfiguration {
         guard !requestAuthentications.isEmpty else { return nil }
         let (namespace, labels) = Self.workloads(of: service, endpoints: endpoints)
         let applying = requestAuthentications.filter { policy in
-            PolicyScope.match(namespace: policy.namespace, selector: policy.selector?.matchLabels, gatewayLabels: gatewayLabels,
-                              gatewayNamespace: gatewayNamespace, serviceNamespace: namespace, serviceLabels: labels) != nil
-                && policy.targetRef == nil && policy.targetRefs == nil
+            if let targets = PolicyTarget.resolve(policy.targetRef, policy.targetRefs, namespace: policy.namespace, serviceEntries: serviceEntries) {
+                return PolicyTarget.match(targets, policyNamespace: policy.namespace, gatewayLabels: gatewayLabels, gatewayNamespace: gatewayNamespace,
+                                          serviceHost: service.host) != nil
+            }
+            return PolicyScope.match(namespace: policy.namespace, selector: policy.selector?.matchLabels, gatewayLabels: gatewayLabels,
+                                     gatewayNamespace: gatewayNamespace, serviceNamespace: namespace, serviceLabels: labels) != nil
         }
         let authenticator = JWTAuthenticator(applying, remote: remoteJWKS, verified: verifiedTokens)
         return authenticator.isEmpty ? nil : authenticator
