@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # fuzz/run.sh TARGET [SECONDS] — runs one libFuzzer target (client-hello, gossip, config,
-# admin-json, jwt) for SECONDS (default 60) with AddressSanitizer.
+# admin-json, jwt, ext-authz-grpc) for SECONDS (default 60) with AddressSanitizer.
 #
 # Seeds: fuzz/corpus/TARGET (committed, read-only here). New inputs the fuzzer finds go to
 # fuzz/.work/TARGET (a cache, not committed). A crash lands in fuzz/crashes/TARGET/; commit it
@@ -8,7 +8,7 @@
 # on every test run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-target=${1:?usage: fuzz/run.sh client-hello|gossip|config|admin-json|jwt [SECONDS]}
+target=${1:?usage: fuzz/run.sh client-hello|gossip|config|admin-json|jwt|ext-authz-grpc [SECONDS]}
 seconds=${2:-60}
 case $target in
   client-hello) max_len=17000 ;;
@@ -16,6 +16,7 @@ case $target in
   config) max_len=16384 ;;
   admin-json) max_len=8192 ;;
   jwt) max_len=8192 ;;
+  ext-authz-grpc) max_len=8192 ;;
   *) echo "unknown target '$target'" >&2; exit 2 ;;
 esac
 # Every Swift module in the graph is instrumented, so the fuzzer can steer into NIO's and our

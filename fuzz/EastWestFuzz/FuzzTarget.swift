@@ -23,6 +23,8 @@ enum FuzzTarget: String, CaseIterable, Sendable {
     case adminJSON = "admin-json"
     /// A bearer token a client sends (RequestAuthentication), and a JWKS document.
     case jwt
+    /// What an ext-authz gRPC provider answers: a CheckResponse in its gRPC frame.
+    case extAuthzGRPC = "ext-authz-grpc"
 
     /// Runs one input; returns what happened, for the corpus replay to show.
     @discardableResult
@@ -33,6 +35,7 @@ enum FuzzTarget: String, CaseIterable, Sendable {
         case .config: Self.config(bytes)
         case .adminJSON: Self.adminJSON(bytes)
         case .jwt: Self.jwt(bytes)
+        case .extAuthzGRPC: Self.extAuthzGRPC(bytes)
         }
     }
 
@@ -63,6 +66,30 @@ enum FuzzTarget: String, CaseIterable, Sendable {
         switch JWKSet.parse(Data(bytes)) {
         case .success(let set): outcomes.append("jwks with \(set.keys.count) keys")
         case .failure(let problem): outcomes.append("jwks refused: \(problem.message)")
+        }
+        return outcomes.joined(separator: "; ")
+    }
+
+    static let grpcAuthorizer = ExternalAuthorizer(MeshConfig.ExtensionProvider(name: "fuzz", envoyExtAuthzGrpc: .init(
+        service: "ext-authz.foo.svc.cluster.local", port: ProtoUInt32(9000), timeout: nil, failOpen: nil, statusOnError: nil)))
+
+    /// The bytes as a provider's gRPC answer (framed as they are, and framed by us): nothing
+    /// traps; what an allowed answer puts on the request has a name, lower-cased; a denial's
+    /// status is an HTTP status.
+    static func extAuthzGRPC(_ bytes: [UInt8]) -> String {
+        let length = UInt32(bytes.count)
+        var outcomes: [String] = []
+        for body in [bytes, [0, UInt8(length >> 24), UInt8(length >> 16 & 0xFF), UInt8(length >> 8 & 0xFF), UInt8(length & 0xFF)] + bytes] {
+            let verdict = grpcAuthorizer.grpcVerdict(status: 200, headers: [:], trailers: ["grpc-status": "0"], body: body)
+            switch verdict {
+            case .allowed(let allowed):
+                for header in allowed.requestHeaders { precondition(!header.name.isEmpty && header.name == header.name.lowercased()) }
+            case .denied(let status, _, _):
+                precondition(status > 0)
+            case .failed:
+                break
+            }
+            outcomes.append("\(verdict)")
         }
         return outcomes.joined(separator: "; ")
     }
@@ -255,6 +282,28 @@ extension FuzzTarget {
                 "alg-none": Array((b64(#"{"alg":"none"}"#) + "." + b64(#"{"iss":"https://issuer.example"}"#) + ".").utf8),
                 "jwks": Array(#"{"keys":[{"kty":"RSA","n":"sXch","e":"AQAB","kid":"r"},{"kty":"OKP","crv":"Ed25519","x":"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"}]}"#.utf8),
             ]
+        case .extAuthzGRPC:
+            // The Istio sample's two answers, as the protobuf runtime writes them.
+            var ok = ProtobufWire.Writer()
+            ok.message(1) { _ in }
+            ok.message(3) { response in
+                response.message(2) { option in option.message(1) { $0.string(1, "x-ext-authz-check-result"); $0.string(2, "allowed") } }
+                response.string(5, "authorization")
+                response.message(6) { option in option.message(1) { $0.string(1, "x-seen"); $0.string(2, "yes") }; option.integer(3, 2) }
+            }
+            var denied = ProtobufWire.Writer()
+            denied.message(1) { $0.integer(1, 7) }
+            denied.message(2) { response in
+                response.message(1) { $0.integer(1, 403) }
+                response.message(2) { option in option.message(1) { $0.string(1, "x-ext-authz-check-result"); $0.string(2, "denied") } }
+                response.string(3, "denied by ext_authz")
+            }
+            var error = ProtobufWire.Writer()
+            error.message(1) { $0.integer(1, 13) }
+            error.message(5) { response in response.message(1) { $0.integer(1, 500) }; response.string(3, "provider broke") }
+            var bare = ProtobufWire.Writer()
+            bare.message(3) { _ in }
+            return ["ok": ok.bytes, "denied": denied.bytes, "error-response": error.bytes, "ok-bare": bare.bytes]
         case .clientHello, .config:
             return [:]
         }

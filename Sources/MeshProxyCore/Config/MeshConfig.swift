@@ -61,6 +61,12 @@ package struct MeshConfig: Codable, Sendable, Equatable {
         package var failOpen: Bool?
         package var statusOnError: String?
         package var includeRequestBodyInCheck: RequestBody?
+
+        package init(service: String, port: ProtoUInt32, timeout: ConfigDuration? = nil, failOpen: Bool? = nil, statusOnError: String? = nil,
+                     includeRequestBodyInCheck: RequestBody? = nil) {
+            self.service = service; self.port = port; self.timeout = timeout; self.failOpen = failOpen; self.statusOnError = statusOnError
+            self.includeRequestBodyInCheck = includeRequestBodyInCheck
+        }
     }
 
     /// `includeRequestBodyInCheck` (Envoy's `with_request_body`): the body is buffered before the
