@@ -186,4 +186,64 @@ struct AuthorizationTests {
         let own = try await direct(mesh.clientCertPath("east"), claiming: "spiffe://cluster.local/ns/default/sa/intruder")
         #expect(own.contains("HTTP/1.") && own.contains("\"cluster\":\"west\""), "the allowed client, judged by its own certificate, with its bytes intact: \(own) \(westProcess.log.suffix(1500))")
     }
+
+    @Test("TCP with a CUSTOM gRPC provider: east's gateway asks the ext-authz server in west (Envoy's network ext_authz: the connection's source and destination, no request) before the client's bytes go on; allowed by its principal the client reaches ratings, refused it is closed after the handshake (UAEX); west does not ask again",
+          .enabled(if: IstioTaskTests.hasGRPCAndProtobuf, "needs python3's grpcio and protobuf (.ci/run installs them from PyPI)"))
+    func tcpExternalAuthorization() async throws {
+        let mesh = try TestMesh("authz-tcp-grpc", clusters: ["east", "west"])
+        defer { mesh.processes.stopAll() }
+        let ratingsHost = "ratings.default.svc.cluster.local"
+        try await mesh.startBackend("127.0.153.20:9080", service: ratingsHost, cluster: "west")
+        let allow = "\(mesh.directory)/allowed-principal", checks = "\(mesh.directory)/checks.log"
+        try "/sa/client".write(toFile: allow, atomically: true, encoding: .utf8)
+        let server = try ChildProcess(name: "ext-authz-grpc", arguments: [
+            "/usr/bin/env", "python3", "\(PackagePaths.root)/Tests/EastWestIntegrationTests/Support/ext_authz_grpc.py", "serve", "127.0.153.21:9000", checks, allow,
+        ], logPath: "\(mesh.directory)/ext-authz.log")
+        defer { server.stop() }
+        let ratings = GatewayConfig.ServiceConfig.echo("127.0.153.20:9080", host: ratingsHost, port: 9080)
+        let extAuthz = GatewayConfig.ServiceConfig(host: "ext-authz.foo.svc.cluster.local", port: 9000,
+                                                   endpoints: [.init(address: HostPort(host: "127.0.153.21", port: 9000))], protocol: .grpc)
+        let policy = "\(mesh.directory)/tcp-custom.yaml"
+        try """
+            apiVersion: v1
+            kind: ConfigMap
+            metadata: {name: istio, namespace: istio-system}
+            data:
+              mesh: |-
+                extensionProviders:
+                - name: sample-ext-authz-grpc
+                  envoyExtAuthzGrpc: {service: ext-authz.foo.svc.cluster.local, port: "9000"}
+            ---
+            apiVersion: security.istio.io/v1
+            kind: AuthorizationPolicy
+            metadata: {name: ratings-ext-authz, namespace: default}
+            spec:
+              action: CUSTOM
+              provider: {name: sample-ext-authz-grpc}
+              rules: [{to: [{operation: {ports: ["9080"]}}]}]
+            """.write(toFile: policy, atomically: true, encoding: .utf8)
+        var west = mesh.gatewayConfig(name: "west-gw", cluster: "west", ip: "127.0.153.1", services: [ratings, extAuthz])
+        var east = mesh.gatewayConfig(name: "east-gw", cluster: "east", ip: "127.0.152.1", services: [], remotes: [
+            .init(name: "west", gateways: [.init(name: "west-gw", address: west.listen)], services: [ratings, extAuthz]),
+        ])
+        west.policies = [policy]
+        east.policies = [policy]
+        let westProcess = try await mesh.startGateway(west)
+        let eastProcess = try await mesh.startGateway(east)
+
+        let allowed = await eventually(timeout: .seconds(20)) { mesh.answer((try? await mesh.curl(east, host: ratingsHost)) ?? .init(status: 1, stdout: "", stderr: ""))?["cluster"] == "west" }
+        #expect(allowed, "\(eastProcess.log.suffix(2000))")
+        let seen = try String(contentsOfFile: checks, encoding: .utf8).components(separatedBy: "\n----\n").filter { !$0.isEmpty }
+        let first = seen.first ?? ""
+        #expect(first.contains(#"principal: "spiffe://cluster.local/ns/default/sa/client""#) && first.contains(#"service: "ratings.default.svc.cluster.local""#)
+                && first.contains(#"principal: "spiffe://cluster.local/ns/istio-system/sa/eastwest-gateway-east""#) && !first.contains("request {"), "\(first)")
+
+        try "/sa/nobody".write(toFile: allow, atomically: true, encoding: .utf8)
+        let refused = try await mesh.curl(east, host: ratingsHost)
+        #expect(mesh.answer(refused) == nil && refused.status != 0, "\(refused)")
+        #expect(await eventually { eastProcess.log.contains("ext_authz_denied") && eastProcess.log.contains("UAEX") }, "\(eastProcess.log.suffix(2000))")
+        let checked = try String(contentsOfFile: checks, encoding: .utf8).components(separatedBy: "\n----\n").filter { !$0.isEmpty }.count
+        #expect(checked == seen.count + 1, "one check per connection, at the entry gateway only (\(checked) checks)")
+        #expect(!westProcess.log.contains("ext_authz"), "\(westProcess.log.suffix(1500))")
+    }
 }

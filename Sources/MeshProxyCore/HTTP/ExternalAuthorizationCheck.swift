@@ -65,6 +65,24 @@ final class ExternalAuthorizationCheck {
         }
     }
 
+    /// Sends `request` to a target of the provider's service (any cluster: a local endpoint or
+    /// through its gateway; a gRPC provider always over HTTP/2, as istiod configures its
+    /// cluster). No such service or no healthy target is Envoy's error: `done(nil)` at once.
+    static func ask(_ authorizer: ExternalAuthorizer, request: (head: HTTPRequestHead, body: [UInt8]), routes: RouteConfiguration,
+                    clusters: ClusterManager, upstreams: HTTPUpstreams, eventLoop: any EventLoop,
+                    done: @escaping (Answer?) -> Void) -> ExternalAuthorizationCheck? {
+        guard case .success(let route) = HTTPRequestRouter.resolve(HTTPDestination(host: authorizer.host, port: authorizer.port, weight: 100),
+                                                                   origin: "ext-authz provider \(authorizer.name)", routes: routes, services: clusters.current),
+              let target = clusters.candidates(for: route, origin: .client).first else {
+            done(nil)
+            return nil
+        }
+        var action = routes.action(for: route, origin: .client)
+        if authorizer.transport == .grpc { action.upstreamProtocol = .upgradeToHTTP2 }
+        return ExternalAuthorizationCheck(request.head, body: request.body, to: target.target, action: action, timeout: authorizer.timeout,
+                                          upstreams: upstreams, eventLoop: eventLoop, done: done)
+    }
+
     /// The request it checks is gone: nothing more is reported.
     func cancel() {
         done = nil

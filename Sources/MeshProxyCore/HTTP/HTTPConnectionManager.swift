@@ -493,16 +493,8 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
     private func askExternalAuthorizer(_ authorizer: ExternalAuthorizer, head: HTTPRequestHead, facts: HTTPRequestFacts, decided: RouteState,
                                        body: ExternalAuthorizer.CheckedBody? = nil, context: ChannelHandlerContext) {
         guard let upstreams, let forward else { return }
-        let clusters = dataPlane.clusters
         state = .authorizing(ended: false)
-        guard case .success(let route) = HTTPRequestRouter.resolve(HTTPDestination(host: authorizer.host, port: authorizer.port, weight: 100),
-                                                                   origin: "ext-authz provider \(authorizer.name)", routes: routes, services: clusters.current),
-              let target = clusters.candidates(for: route, origin: .client).first else {
-            // Envoy: the provider's cluster does not exist, or has no host: an error.
-            return externalAuthorizationAnswered(authorizer, nil, head: head, facts: facts, decided: decided, context: context)
-        }
         let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
-        var action = routes.action(for: route, origin: .client)
         let request: (head: HTTPRequestHead, body: [UInt8])
         switch authorizer.transport {
         case .http:
@@ -512,16 +504,14 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
             if let body { checked.headers.add(name: ExternalAuthorizer.partialBodyHeader, value: String(body.partial)) }
             request = (authorizer.checkRequest(for: checked, body: body?.bytes ?? []), body?.bytes ?? [])
         case .grpc:
-            // istiod gives a gRPC provider's cluster HTTP/2 whatever its port is named.
-            action.upstreamProtocol = .upgradeToHTTP2
             request = authorizer.grpcCheckRequest(.init(
                 source: .init(hostPort: connection.downstreamRemote, principal: record.sourcePrincipal),
                 destination: .init(hostPort: connection.downstreamLocal, principal: dataPlane.tls.identity?.description),
                 time: record.startDate, streamID: random.next(), head: head, authority: facts.authority, protocolName: clientHTTP2 ? "HTTP/2" : "HTTP/1.1",
                 body: body))
         }
-        authorizationCheck = ExternalAuthorizationCheck(request.head, body: request.body, to: target.target, action: action,
-                                                        timeout: authorizer.timeout, upstreams: upstreams, eventLoop: context.eventLoop) { answer in
+        authorizationCheck = ExternalAuthorizationCheck.ask(authorizer, request: request, routes: routes, clusters: dataPlane.clusters,
+                                                            upstreams: upstreams, eventLoop: context.eventLoop) { answer in
             let (manager, context) = bound.value
             manager.authorizationCheck = nil
             guard case .authorizing = manager.state, manager.forward?.route == forward.route else { return }
@@ -574,13 +564,7 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
         guard let forward else { return }
         let cluster = forward.route.envoyClusterName
         var head = head
-        let verdict = answer.map { answer in
-            switch authorizer.transport {
-            case .http: authorizer.verdict(status: answer.status, headers: answer.headers, body: answer.body)
-            case .grpc: authorizer.grpcVerdict(status: answer.status, headers: answer.headers, trailers: answer.trailers, body: answer.body)
-            }
-        }
-        switch verdict ?? .failed {
+        switch authorizer.verdict(answer) {
         case .allowed(let allowed):
             ExternalAuthorizationMetrics.count(.ok, cluster: cluster)
             for header in allowed.requestHeaders { header.apply(to: &head.headers) }

@@ -93,8 +93,16 @@ package final class GatewayConnectionHandler: ChannelDuplexHandler, RemovableCha
     }
 
     package func read(context: ChannelHandlerContext) {
+        // While the ext-authz provider is asked, the client waits (Envoy's network ext_authz stops
+        // iteration): what it sent stays in the machine, what it sends next in the kernel.
+        if authorizationCheck != nil { readHeld = true; return }
         if machine.readRequested() == .forward { context.read() }
     }
+
+    /// A CUSTOM policy's gRPC check of this connection in flight, and whether the client's next
+    /// read waits for it.
+    private var authorizationCheck: ExternalAuthorizationCheck?
+    private var readHeld = false
 
     package func errorCaught(context: ChannelHandlerContext, error: any Error) {
         if action == nil, record.detail == nil {
@@ -104,6 +112,8 @@ package final class GatewayConnectionHandler: ChannelDuplexHandler, RemovableCha
     }
 
     package func channelInactive(context: ChannelHandlerContext) {
+        authorizationCheck?.cancel()
+        authorizationCheck = nil
         record.flags += machine.channelInactive()
         context.fireChannelInactive()
     }
@@ -216,17 +226,76 @@ package final class GatewayConnectionHandler: ChannelDuplexHandler, RemovableCha
                 let request = AuthorizationRequest(principal: record.sourcePrincipal, sourceIP: record.downstreamRemoteAddress,
                                                    remoteIP: record.originalClientAddress, destinationIP: record.downstreamLocalAddress,
                                                    listenerPort: dataPlane.config.listen.port, servicePort: route.service.port, serverName: record.serverName)
-                if case .refuse(let rule, let why) = AuthorizationEngine.custom(request, policies: policies, providers: routes.externalAuthorizers) {
+                // The entry gateway asked the provider for the service's policies already.
+                switch AuthorizationEngine.custom(request, policies: policies, providers: routes.externalAuthorizers, forwarded: record.vouchedByPeerGateway) {
+                case .pass:
+                    break
+                case .refuse(let rule, let why):
                     Counter(label: "envoy_tcp_rbac_denied", dimensions: OutlierTracker.cluster(route.service)).increment()
                     return machine.refused(flags: [], detail: "rbac_access_denied_matched_policy[\(rule)] (\(why))")
+                case .check(let authorizer):
+                    askExternalAuthorizer(authorizer, request: request, policies: policies, origin: origin, context: context)
+                    return .none
                 }
-                let decision = AuthorizationEngine.decide(request, policies: policies)
-                if !decision.allowed {
-                    Counter(label: "envoy_tcp_rbac_denied", dimensions: OutlierTracker.cluster(route.service)).increment()
-                    return machine.refused(flags: [], detail: decision.responseDetails)
-                }
+                if let refusal = refusedByRBAC(request, policies: policies) { return refusal }
             }
         }
+        return planTargets(origin: origin, context: context)
+    }
+
+    /// Istio's network RBAC filter (DENY, then ALLOW): nil lets the connection on.
+    private func refusedByRBAC(_ request: AuthorizationRequest, policies: [AuthorizationEngine.Policy]) -> GatewayConnectionStateMachine.Action? {
+        let decision = AuthorizationEngine.decide(request, policies: policies)
+        guard !decision.allowed else { return nil }
+        Counter(label: "envoy_tcp_rbac_denied", dimensions: OutlierTracker.cluster(route.service)).increment()
+        return machine.refused(flags: [], detail: decision.responseDetails)
+    }
+
+    /// A CUSTOM rule with a gRPC provider matched a TCP connection: Envoy's network ext_authz
+    /// asks the provider (`createTcpCheck`: the source, the destination with the server name)
+    /// before RBAC, and the connection waits. OK goes on; a denial closes it (`UAEX`); an error
+    /// closes it too, unless `failOpen`.
+    private func askExternalAuthorizer(_ authorizer: ExternalAuthorizer, request: AuthorizationRequest, policies: [AuthorizationEngine.Policy],
+                                       origin: TrafficOrigin, context: ChannelHandlerContext) {
+        let check = authorizer.grpcConnectionCheckRequest(source: .init(hostPort: record.downstreamRemote, principal: record.sourcePrincipal),
+                                                          destination: .init(hostPort: record.downstreamLocal, principal: dataPlane.tls.identity?.description),
+                                                          serverName: record.serverName)
+        let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+        let cluster = route.envoyClusterName
+        var answered = false
+        let started = ExternalAuthorizationCheck.ask(authorizer, request: check, routes: routes, clusters: dataPlane.clusters,
+                                                     upstreams: dataPlane.httpUpstreams.on(context.eventLoop), eventLoop: context.eventLoop) { answer in
+            answered = true
+            let (handler, context) = bound.value
+            handler.authorizationCheck = nil
+            let next: GatewayConnectionStateMachine.Action
+            switch authorizer.verdict(answer) {
+            case .allowed:
+                ExternalAuthorizationMetrics.count(.ok, cluster: cluster)
+                next = handler.refusedByRBAC(request, policies: policies) ?? handler.planTargets(origin: origin, context: context)
+            case .failed where authorizer.failOpen:
+                ExternalAuthorizationMetrics.count(.failureModeAllowed, cluster: cluster)
+                next = handler.refusedByRBAC(request, policies: policies) ?? handler.planTargets(origin: origin, context: context)
+            case .denied:
+                ExternalAuthorizationMetrics.count(.denied, cluster: cluster)
+                next = handler.machine.refused(flags: [.unauthorizedExternalService], detail: "ext_authz_denied by provider \(authorizer.name)")
+            case .failed:
+                ExternalAuthorizationMetrics.count(.error, cluster: cluster)
+                next = handler.machine.refused(flags: [.unauthorizedExternalService], detail: "ext_authz_error: no answer from provider \(authorizer.name)")
+            }
+            handler.run(next, context: context)
+            if handler.readHeld {
+                handler.readHeld = false
+                handler.read(context: context)
+            }
+        }
+        if !answered { authorizationCheck = started }
+    }
+
+    /// The connection may go on: its route action, a connection slot under `maxConnections`,
+    /// and the plan's targets.
+    private func planTargets(origin: TrafficOrigin, context: ChannelHandlerContext) -> GatewayConnectionStateMachine.Action {
+        let clusters = dataPlane.clusters
         let action = routes.action(for: route, origin: origin)
         self.action = action
         if let limit = action.maxConnections {

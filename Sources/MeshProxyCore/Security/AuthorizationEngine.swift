@@ -159,8 +159,8 @@ package struct AuthorizationEngine: Sendable, Equatable {
         case pass
         /// A rule matched: ask this provider.
         case check(ExternalAuthorizer)
-        /// A rule matched, but its provider cannot be asked (unknown, gRPC on TCP, or several for
-        /// one workload): istiod turns such rules into DENY rules.
+        /// A rule matched, but its provider cannot be asked (unknown, or several for one
+        /// workload): istiod turns such rules into DENY rules.
         case refuse(rule: String, why: String)
     }
 
@@ -190,8 +190,7 @@ package struct AuthorizationEngine: Sendable, Equatable {
         switch authorizer.transport {
         case .http where request.http == nil: return .pass
         case .http: return .check(authorizer)
-        case .grpc where request.http == nil:
-            return .refuse(rule: matched.rule, why: "provider '\(matched.provider)' is ext-authz over gRPC on a TCP service (Envoy's network ext_authz), which EastWest does not carry out yet")
+        // On TCP, Envoy's network ext_authz (gRPC only) checks the connection.
         case .grpc: return .check(authorizer)
         }
     }

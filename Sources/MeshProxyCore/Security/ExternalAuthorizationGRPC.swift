@@ -51,20 +51,36 @@ extension ExternalAuthorizer {
         }
     }
 
+    /// An `AttributeContext.Peer`: its address (`Address { socket_address { address = 2,
+    /// port_value = 3 } }`), its `service` and its principal.
+    static func peer(_ peer: CheckAttributes.Peer, service: String = "") -> (inout ProtobufWire.Writer) -> Void {
+        { writer in
+            writer.message(1) { address in
+                address.message(1) { socket in
+                    socket.string(2, peer.address)
+                    socket.integer(3, Int64(peer.port))
+                }
+            }
+            writer.string(2, service)
+            writer.string(4, peer.principal ?? "")
+        }
+    }
+
+    /// Envoy's network ext_authz check for a TCP connection (`createTcpCheck`): the source, and
+    /// the destination with the requested server name as its `service`; no request.
+    package func grpcConnectionCheckRequest(source: CheckAttributes.Peer, destination: CheckAttributes.Peer, serverName: String)
+        -> (head: HTTPRequestHead, body: [UInt8]) {
+        var writer = ProtobufWire.Writer()
+        writer.message(1) { context in
+            context.message(1, Self.peer(source))
+            context.message(2, Self.peer(destination, service: serverName))
+        }
+        return grpcCall(writer.bytes)
+    }
+
     /// The `CheckRequest` message (`attributes`: source, destination, request).
     package func grpcCheckMessage(_ attributes: CheckAttributes) -> [UInt8] {
-        func peer(_ peer: CheckAttributes.Peer) -> (inout ProtobufWire.Writer) -> Void {
-            { writer in
-                // Address { socket_address { address = 2, port_value = 3 } }
-                writer.message(1) { address in
-                    address.message(1) { socket in
-                        socket.string(2, peer.address)
-                        socket.integer(3, Int64(peer.port))
-                    }
-                }
-                writer.string(4, peer.principal ?? "")
-            }
-        }
+        let peer = { (peer: CheckAttributes.Peer) in Self.peer(peer) }
         // Every header, pseudo-headers first as Envoy's map holds them, names lower-cased,
         // repeated ones joined by ",".
         var headers: [(String, String)] = [(":authority", attributes.authority), (":method", attributes.head.method.rawValue),
@@ -114,6 +130,11 @@ extension ExternalAuthorizer {
     /// The unary call: the request head (`:authority` the provider's host, the provider's
     /// timeout as `grpc-timeout`) and its one length-prefixed, uncompressed message.
     package func grpcCheckRequest(_ attributes: CheckAttributes) -> (head: HTTPRequestHead, body: [UInt8]) {
+        grpcCall(grpcCheckMessage(attributes))
+    }
+
+    /// `message` as the unary call's request.
+    private func grpcCall(_ message: [UInt8]) -> (head: HTTPRequestHead, body: [UInt8]) {
         var head = HTTPRequestHead(version: .http1_1, method: .POST, uri: Self.grpcCheckPath)
         head.headers.add(name: "host", value: host)
         head.headers.add(name: "content-type", value: "application/grpc")
@@ -121,7 +142,6 @@ extension ExternalAuthorizer {
         let milliseconds = max(1, Int64(timeout.components.seconds) * 1000 + timeout.components.attoseconds / 1_000_000_000_000_000)
         // grpc-timeout takes at most eight digits.
         head.headers.add(name: "grpc-timeout", value: milliseconds < 100_000_000 ? "\(milliseconds)m" : "\(min(99_999_999, milliseconds / 1000))S")
-        let message = grpcCheckMessage(attributes)
         let length = UInt32(message.count)
         let prefix: [UInt8] = [0, UInt8(length >> 24), UInt8(length >> 16 & 0xFF), UInt8(length >> 8 & 0xFF), UInt8(length & 0xFF)]
         return (head, prefix + message)

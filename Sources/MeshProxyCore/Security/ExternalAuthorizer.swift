@@ -165,6 +165,15 @@ package struct ExternalAuthorizer: Sendable, Equatable {
         }
     }
 
+    /// What an answer means for this provider's transport; no answer is the error path.
+    func verdict(_ answer: ExternalAuthorizationCheck.Answer?) -> Verdict {
+        guard let answer else { return .failed }
+        switch transport {
+        case .http: return verdict(status: answer.status, headers: answer.headers, body: answer.body)
+        case .grpc: return grpcVerdict(status: answer.status, headers: answer.headers, trailers: answer.trailers, body: answer.body)
+        }
+    }
+
     /// Envoy's `toResponse`: 200 allows; a 5xx is an error (`status_on_error`); anything else
     /// denies with that status.
     package func verdict(status: Int, headers: HTTPHeaders, body: [UInt8]) -> Verdict {

@@ -4,11 +4,13 @@ with Envoy's field numbers (api/envoy/service/auth/v3, config/core/v3, type/v3, 
 the official protobuf library, not EastWest's codec, reads the gateway's CheckRequest and writes
 the CheckResponse.
 
-    ext_authz_grpc.py serve ADDRESS LOG
+    ext_authz_grpc.py serve ADDRESS LOG [ALLOW_FILE]
         Check allows a request with header `x-ext-authz: allow` (OK, headers
         x-ext-authz-check-result: allowed and x-ext-authz-check-received: <the attributes>),
         denies any other (PERMISSION_DENIED, 403, the sample's body, x-ext-authz-check-result:
-        denied); appends each CheckRequest in text format to LOG.
+        denied); appends each CheckRequest in text format to LOG. A check without the header (a
+        TCP connection's) is allowed, as the sample's, when the source principal ends with
+        ALLOW_FILE's text (the sample's `/sa/<service account>`), read at each check.
 """
 import sys
 from concurrent import futures
@@ -84,7 +86,7 @@ def build_messages():
 DENY_BODY = "denied by ext_authz for not found header `x-ext-authz: allow` in the request"
 
 
-def serve(address, log):
+def serve(address, log, allow_file=None):
     messages = build_messages()
 
     def check(request_bytes, context):
@@ -92,7 +94,12 @@ def serve(address, log):
         attributes = request.attributes
         with open(log, "a") as out:
             out.write(text_format.MessageToString(request) + "\n----\n")
-        allowed = attributes.request.http.headers.get("x-ext-authz") == "allow"
+        header = attributes.request.http.headers.get("x-ext-authz")
+        if header is not None:
+            allowed = header == "allow"
+        else:
+            suffix = open(allow_file).read().strip() if allow_file else None
+            allowed = bool(suffix) and attributes.source.principal.endswith(suffix)
         received = text_format.MessageToString(attributes, as_one_line=True)[:2000]
         response = messages["CheckResponse"]()
         if allowed:
@@ -123,4 +130,4 @@ def serve(address, log):
 
 
 if __name__ == "__main__":
-    serve(sys.argv[2], sys.argv[3])
+    serve(sys.argv[2], sys.argv[3], sys.argv[4] if len(sys.argv) > 4 else None)
