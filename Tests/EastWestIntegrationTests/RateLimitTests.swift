@@ -181,4 +181,48 @@ struct RateLimitTests {
         #expect(await eventually(timeout: .seconds(5)) { gateway.log.contains("local_ratelimit_close_over_limit") && gateway.log.contains(" URX ") },
                 "\(gateway.log.suffix(1500))")
     }
+
+    @Test("A SIDECAR_INBOUND envoy.filters.network.local_ratelimit for default's workloads: the gateway that delivers a TCP connection to them (here west, for east's clients) takes the token; 2 a minute go through, the third is closed after the handshake; east's own connections take none")
+    func inboundConnections() async throws {
+        let mesh = try TestMesh("inbound-connlimit", clusters: ["east", "west"])
+        defer { mesh.processes.stopAll() }
+        let ratingsHost = "ratings.default.svc.cluster.local"
+        try await mesh.startBackend("127.0.155.20:9080", service: ratingsHost, cluster: "west")
+        let ratings = GatewayConfig.ServiceConfig.echo("127.0.155.20:9080", host: ratingsHost, port: 9080)
+        let policy = "\(mesh.directory)/inbound-limit.yaml"
+        try """
+            apiVersion: networking.istio.io/v1alpha3
+            kind: EnvoyFilter
+            metadata: {name: ratings-connections, namespace: default}
+            spec:
+              configPatches:
+              - applyTo: NETWORK_FILTER
+                match: {context: SIDECAR_INBOUND, listener: {portNumber: 9080, filterChain: {filter: {name: envoy.filters.network.tcp_proxy}}}}
+                patch:
+                  operation: INSERT_FIRST
+                  value:
+                    name: envoy.filters.network.local_ratelimit
+                    typed_config:
+                      "@type": type.googleapis.com/envoy.extensions.filters.network.local_ratelimit.v3.LocalRateLimit
+                      stat_prefix: ratings_inbound
+                      token_bucket: {max_tokens: 2, tokens_per_fill: 2, fill_interval: 60s}
+            """.write(toFile: policy, atomically: true, encoding: .utf8)
+        var west = mesh.gatewayConfig(name: "west-gw", cluster: "west", ip: "127.0.155.1", services: [ratings])
+        var east = mesh.gatewayConfig(name: "east-gw", cluster: "east", ip: "127.0.154.1", services: [], remotes: [
+            .init(name: "west", gateways: [.init(name: "west-gw", address: west.listen)], services: [ratings]),
+        ])
+        west.policies = [policy]
+        east.policies = [policy]
+        let validate = try await runCommand(PackagePaths.eastwest, ["validate", policy])
+        #expect(validate.status == 0 && !validate.stderr.contains("warning"), "\(validate.stderr)")
+        let westProcess = try await mesh.startGateway(west)
+        let eastProcess = try await mesh.startGateway(east)
+        var answers: [String] = []
+        for _ in 0..<3 { answers.append(mesh.answer(try await mesh.curl(east, host: ratingsHost))?["cluster"] ?? "closed") }
+        #expect(answers == ["west", "west", "closed"], "\(answers) \(westProcess.log.suffix(1500))")
+        #expect(await eventually(timeout: .seconds(5)) { westProcess.log.contains("local_ratelimit_close_over_limit") }, "\(westProcess.log.suffix(1500))")
+        let metrics = try await mesh.admin(west, "/stats/prometheus")
+        #expect(metrics.contains("envoy_local_rate_limit_ratings_inbound_rate_limited 1"), "\(metrics.split(separator: "\n").filter { $0.contains("rate_limit") })")
+        #expect(!eastProcess.log.contains("local_ratelimit_close_over_limit"), "east delivers nothing itself")
+    }
 }

@@ -252,7 +252,6 @@ package enum LocalRateLimitPatch {
             case "envoy.filters.network.tcp_proxy": .tcp
             default: nil
             }
-            if context == .inbound { return .notRateLimit("a network local rate limit at SIDECAR_INBOUND: the workload's own connections, which the gateway does not hold") }
             let settings = ConnectionRateLimit.Settings(statPrefix: config["stat_prefix"]?.string ?? "local_rate_limit", maxTokens: bucket.maxTokens,
                                                         tokensPerFill: bucket.tokensPerFill, fillInterval: bucket.fillInterval,
                                                         enabled: config["runtime_enabled"]?["default_value"].map { $0 != .bool(false) } ?? true)

@@ -308,6 +308,14 @@ package final class GatewayConnectionHandler: ChannelDuplexHandler, RemovableCha
             context.channel.closeFuture.whenComplete { _ in clusters.connections.release(service) }
         }
         let targets = Array(clusters.candidates(for: route, origin: origin).prefix(action.retry.maxAttempts))
+        if let limits = routes.localRateLimits, !limits.inboundConnectionRules.isEmpty, targets.first?.target.isLocal == true {
+            // The workload's inbound sidecar would count this connection: this gateway opens it.
+            let (namespace, labels) = RouteConfiguration.workloads(of: route.service, endpoints: clusters.current.inputs.endpoints)
+            if let limit = limits.admitInboundConnection(to: route, namespace: namespace, labels: labels) {
+                return machine.refused(flags: [.upstreamRetryLimitExceeded],
+                                       detail: "local_ratelimit_close_over_limit: new connections to \(route.service)'s workloads over \(limit.settings.maxTokens) per \(limit.settings.fillInterval) (their inbound envoy.filters.network.local_ratelimit)")
+            }
+        }
         return machine.planned(targets, retry: action.retry, noTarget: origin == .peerGateway
             ? "no local endpoint for \(route.service) (traffic from a peer gateway is never forwarded again)"
             : "no healthy endpoint for \(route.service) in any cluster")

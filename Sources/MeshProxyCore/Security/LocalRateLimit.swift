@@ -301,6 +301,7 @@ package final class LocalRateLimits: Sendable, Equatable {
         self.root = root
         var rules: [Rule] = []
         var connectionLimits: [ConnectionRateLimit] = []
+        var inboundConnectionRules: [InboundConnectionRule] = []
         let patches = EnvoyFilter.rateLimitPatches(filters)
         // A route patch needs the filter in the same workloads' chain.
         let inserted = patches.compactMap { filter, reading -> (String, [String: String]?)? in
@@ -323,6 +324,9 @@ package final class LocalRateLimits: Sendable, Equatable {
                 if c != .inbound, filter.applies(toLabels: gatewayLabels, namespace: gatewayNamespace, root: root) {
                     connectionLimits.append(ConnectionRateLimit(limit, chain: chain, port: port))
                 }
+                if c != .gateway {
+                    inboundConnectionRules.append(InboundConnectionRule(namespace: filter.namespace, selector: selector, chain: chain, port: port, settings: limit))
+                }
                 continue
             case .notRateLimit, .invalid: continue
             }
@@ -336,6 +340,7 @@ package final class LocalRateLimits: Sendable, Equatable {
         }
         self.rules = rules
         self.connections = connectionLimits
+        self.inboundConnectionRules = inboundConnectionRules
         gateway = rules.filter { $0.scope == .gateway }.map {
             Applied(routeName: $0.routeName, perRoute: $0.perRoute, limit: $0.settings.map(LocalRateLimit.init), rateLimits: $0.rateLimits)
         }
@@ -345,7 +350,42 @@ package final class LocalRateLimits: Sendable, Equatable {
     /// they cover takes a token from each.
     package let connections: [ConnectionRateLimit]
 
-    package var isEmpty: Bool { rules.isEmpty && connections.isEmpty }
+    package var isEmpty: Bool { rules.isEmpty && connections.isEmpty && inboundConnectionRules.isEmpty }
+
+    /// A `SIDECAR_INBOUND` (or `ANY`) `envoy.filters.network.local_ratelimit`: the selected
+    /// workloads' own connections, which this gateway opens when it delivers a TCP connection
+    /// to one of them itself — one bucket per service here, where Istio has one per pod.
+    package struct InboundConnectionRule: Sendable, Equatable {
+        package var namespace: String
+        package var selector: [String: String]?
+        package var chain: ConnectionRateLimit.Chain?
+        /// The workload's port the listener match names (nil: any).
+        package var port: Int?
+        package var settings: ConnectionRateLimit.Settings
+    }
+
+    package let inboundConnectionRules: [InboundConnectionRule]
+    private let inboundConnectionBuckets = Mutex<[Key: ConnectionRateLimit]>([:])
+
+    /// Whether a TCP connection this gateway delivers to a workload of `service` (in
+    /// `namespace`, its endpoints' labels) may be opened: a token from each inbound network rate
+    /// limit covering it; false: the limit that refused it.
+    package func admitInboundConnection(to route: Route, namespace: String?, labels: [[String: String]]) -> ConnectionRateLimit? {
+        for (index, rule) in inboundConnectionRules.enumerated() {
+            guard rule.settings.enabled, rule.namespace == root || rule.namespace == namespace, rule.port.map({ $0 == route.service.port }) ?? true,
+                  rule.selector.map({ selector in labels.contains { selector.selects($0) } }) ?? true else { continue }
+            let limit = inboundConnectionBuckets.withLock { buckets in
+                let key = Key(rule: index, service: route.service)
+                if let made = buckets[key] { return made }
+                let made = ConnectionRateLimit(rule.settings, chain: rule.chain, port: nil)
+                buckets[key] = made
+                return made
+            }
+            guard limit.covers(route, listenerPort: route.service.port) else { continue }
+            if !limit.take() { return limit }
+        }
+        return nil
+    }
 
     /// Whether a new connection to `route` on the listener port may go on (a token from each
     /// network rate limit covering it); false: the limit that refused it.
@@ -358,7 +398,8 @@ package final class LocalRateLimits: Sendable, Equatable {
 
     /// Same rules (their buckets are state, not configuration).
     package static func == (a: LocalRateLimits, b: LocalRateLimits) -> Bool {
-        a.rules == b.rules && a.connections.elementsEqual(b.connections) { $0.settings == $1.settings && $0.chain == $1.chain && $0.port == $1.port }
+        a.rules == b.rules && a.inboundConnectionRules == b.inboundConnectionRules
+            && a.connections.elementsEqual(b.connections) { $0.settings == $1.settings && $0.chain == $1.chain && $0.port == $1.port }
     }
 
     /// The inbound limits for requests to `service`, whose workloads are in `namespace` with

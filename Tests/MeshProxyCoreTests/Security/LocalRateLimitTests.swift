@@ -305,4 +305,35 @@ struct LocalRateLimitTests {
         #expect(one == Array(repeating: .pass, count: 10) + [.refuse])
         #expect(limit.consult(enabledRoll: 0, enforcedRoll: 0, connectionBuckets: &second)?.verdict == .pass, "another connection starts full")
     }
+
+    @Test("A SIDECAR_INBOUND network rate limit: the selected workloads' connections, one bucket per service, its port and chain; the gateway's own connections take none")
+    func inboundConnectionLimit() throws {
+        let loaded = try IstioPolicyLoader.load(yaml: """
+            apiVersion: networking.istio.io/v1alpha3
+            kind: EnvoyFilter
+            metadata: {name: db-connections, namespace: default}
+            spec:
+              workloadSelector: {labels: {app: db}}
+              configPatches:
+              - applyTo: NETWORK_FILTER
+                match: {context: SIDECAR_INBOUND, listener: {portNumber: 5432}}
+                patch:
+                  operation: INSERT_FIRST
+                  value:
+                    name: envoy.filters.network.local_ratelimit
+                    typed_config:
+                      "@type": type.googleapis.com/envoy.extensions.filters.network.local_ratelimit.v3.LocalRateLimit
+                      stat_prefix: db
+                      token_bucket: {max_tokens: 2, fill_interval: 60s}
+            """, file: "db.yaml")
+        #expect(loaded.warnings.isEmpty, "\(loaded.warnings)")
+        let limits = LocalRateLimits(loaded.envoyFilters, gatewayLabels: [:], gatewayNamespace: "istio-system")
+        let db = Route(service: ServiceKey(host: "db.default.svc.cluster.local", port: 5432), selector: [:], protocol: .tcp)
+        let other = Route(service: ServiceKey(host: "cache.default.svc.cluster.local", port: 5432), selector: [:], protocol: .tcp)
+        #expect((0..<3).map { _ in limits.admitInboundConnection(to: db, namespace: "default", labels: [["app": "db"]]) == nil } == [true, true, false])
+        #expect(limits.admitInboundConnection(to: other, namespace: "default", labels: [["app": "cache"]]) == nil, "not selected")
+        #expect(limits.admitInboundConnection(to: Route(service: ServiceKey(host: "db.default.svc.cluster.local", port: 80), selector: [:], protocol: .tcp),
+                                              namespace: "default", labels: [["app": "db"]]) == nil, "another port")
+        #expect(limits.admitConnection(to: db, listenerPort: 15443) == nil, "the gateway's own listener")
+    }
 }
