@@ -535,16 +535,19 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
     /// those); without it, a body past `maxRequestBytes` is Envoy's buffer-limit answer, 413.
     private func bodyArrived(for pending: PendingCheck, ended: Bool, context: ChannelHandlerContext) {
         guard let settings = pending.authorizer.requestBody else { return }
-        let full = keptBytes >= settings.maxRequestBytes
-        guard ended || full || kept == nil else { return }
-        checkAwaitingBody = nil
+        // Without allowPartialMessage the check waits for the end, and a body past the limit is
+        // refused (Envoy's decoder buffer limit); a body past what the gateway keeps for a
+        // request (`retryBufferLimit`) can be neither checked nor replayed.
         if kept == nil || (!settings.allowPartialMessage && keptBytes > settings.maxRequestBytes) {
+            checkAwaitingBody = nil
             record.codeDetails = "request_payload_too_large"
             localReply(.payloadTooLarge("the body is over includeRequestBodyInCheck.maxRequestBytes (\(settings.maxRequestBytes)) of provider \(pending.authorizer.name)"),
                        context: context)
             return
         }
-        if !full, !ended { return }
+        let full = settings.allowPartialMessage && keptBytes >= settings.maxRequestBytes
+        guard ended || full else { return }
+        checkAwaitingBody = nil
         var body: [UInt8] = []
         for part in kept ?? [] {
             guard case .body(.byteBuffer(let buffer)) = part, body.count < settings.maxRequestBytes else { continue }
