@@ -143,13 +143,13 @@ extension IstioPolicyLoader {
             let path = FieldPath().key("spec").key("configPatches").index(i)
             switch LocalRateLimitPatch.read(patch, origin: "\(map.file):\(map.mark(of: path)?.line ?? 0)") {
             case .notRateLimit(let what):
-                warnings.append(map.error(.notImplemented, at: path, "EnvoyFilter patch not carried out by EastWest (\(what)); it reads HTTP_FILTER patches that insert envoy.filters.http.local_ratelimit, HTTP_ROUTE patches that configure it per route, and NETWORK_FILTER patches that insert envoy.filters.network.local_ratelimit").asWarning)
+                warnings.append(map.error(.notImplemented, at: path, "EnvoyFilter patch not carried out by EastWest (\(what)); it reads HTTP_FILTER patches that insert envoy.filters.http.local_ratelimit, HTTP_ROUTE and VIRTUAL_HOST patches that configure it per route or virtual host, and NETWORK_FILTER patches that insert envoy.filters.network.local_ratelimit").asWarning)
             case .invalid(let field, let message):
                 let value = path.key("patch").key("value")
-                let at = field == LocalRateLimitPatch.routeRateLimitsField ? value.key("route").key("rate_limits")
-                    : patch.applyTo == "HTTP_ROUTE" ? value.key("typed_per_filter_config") : value.key("typed_config").key(field)
+                let at = field == LocalRateLimitPatch.routeRateLimitsField ? (patch.applyTo == "HTTP_ROUTE" ? value.key("route") : value).key("rate_limits")
+                    : patch.applyTo == "HTTP_ROUTE" || patch.applyTo == "VIRTUAL_HOST" ? value.key("typed_per_filter_config") : value.key("typed_config").key(field)
                 errors.append(map.error(.invalidValue, at: at, message))
-            case .filter(_, _, let notices), .route(_, _, _, _, _, let notices), .connections(_, _, _, _, let notices):
+            case .filter(_, _, let notices), .route(_, _, _, _, _, _, let notices), .connections(_, _, _, _, let notices):
                 for notice in notices { warnings.append(map.error(.istioDifference, at: path.key("patch").key("value"), notice).asWarning) }
             }
         }
@@ -166,6 +166,14 @@ package enum LocalRateLimitPatch {
     /// gateway that delivers to them), or both.
     package enum Context: Sendable, Equatable { case any, gateway, inbound }
 
+    /// An `HTTP_ROUTE` patch (a route; `include_vh_rate_limits` adds its virtual host's
+    /// `rate_limits` to its own) or a `VIRTUAL_HOST` patch (every route of the virtual host,
+    /// below a route's own settings).
+    package enum RouteScope: Sendable, Equatable {
+        case route(includeVirtualHostRateLimits: Bool)
+        case virtualHost
+    }
+
     package enum Reading {
         case notRateLimit(String)
         case invalid(field: String, message: String)
@@ -174,7 +182,8 @@ package enum LocalRateLimitPatch {
         /// A route's own settings (nil: the route only adds `rate_limits`, for the filter's
         /// descriptors) and its `route.rate_limits`: the inbound port its virtual host names
         /// (`inbound|http|9080`) and the route's name, each nil for any.
-        case route(LocalRateLimit.Settings?, rateLimits: [RateLimitPolicyEntry], context: Context, port: Int?, routeName: String?, notices: [String])
+        case route(LocalRateLimit.Settings?, rateLimits: [RateLimitPolicyEntry], context: Context, port: Int?, routeName: String?, scope: RouteScope,
+                   notices: [String])
         /// `envoy.filters.network.local_ratelimit`: new connections take a token, on the
         /// filter chains `chain` names (nil: every chain) of the listener `port` names.
         case connections(ConnectionRateLimit.Settings, context: Context, chain: ConnectionRateLimit.Chain?, port: Int?, notices: [String])
@@ -207,16 +216,18 @@ package enum LocalRateLimitPatch {
             case .failure(let invalid): return .invalid(field: invalid.field, message: invalid.message)
             case .success(let settings): return .filter(settings, context: context, notices: notices)
             }
-        case "HTTP_ROUTE":
-            guard operation == "MERGE" else { return .notRateLimit("HTTP_ROUTE operation \(operation)") }
+        case "HTTP_ROUTE", "VIRTUAL_HOST":
+            let isRoute = patch.applyTo == "HTTP_ROUTE"
+            guard operation == "MERGE" else { return .notRateLimit("\(patch.applyTo ?? "") operation \(operation)") }
             let typed = patch.patch?.value?["typed_per_filter_config"]?[filterName]
-            let routeRateLimits = patch.patch?.value?["route"]?["rate_limits"]
+            let routeRateLimits = isRoute ? patch.patch?.value?["route"]?["rate_limits"] : patch.patch?.value?["rate_limits"]
             guard typed != nil || routeRateLimits != nil else {
-                return .notRateLimit("an HTTP_ROUTE patch without typed_per_filter_config for \(filterName) or route.rate_limits")
+                return .notRateLimit("an \(patch.applyTo ?? "") patch without typed_per_filter_config for \(filterName) or \(isRoute ? "route." : "")rate_limits")
             }
             let vhost = patch.match?.routeConfiguration?["vhost"]
             let port = vhost?["name"]?.string.flatMap { name in name.split(whereSeparator: { $0 == "|" || $0 == ":" }).last.flatMap { Int($0) } }
-            let routeName = vhost?["route"]?["name"]?.string
+            let routeName = isRoute ? vhost?["route"]?["name"]?.string : nil
+            let scope: RouteScope = isRoute ? .route(includeVirtualHostRateLimits: patch.patch?.value?["route"]?["include_vh_rate_limits"] == .bool(true)) : .virtualHost
             var notices: [String] = []
             var rateLimits: [RateLimitPolicyEntry] = []
             if let routeRateLimits {
@@ -225,13 +236,13 @@ package enum LocalRateLimitPatch {
                 case .success(let read): rateLimits = read
                 }
             }
-            guard let typed else { return .route(nil, rateLimits: rateLimits, context: context, port: port, routeName: routeName, notices: notices) }
+            guard let typed else { return .route(nil, rateLimits: rateLimits, context: context, port: port, routeName: routeName, scope: scope, notices: notices) }
             switch settings(typed, origin: origin, notices: &notices) {
             case .failure(let invalid): return .invalid(field: invalid.field, message: invalid.message)
             case .success(nil):
                 // Envoy: "local rate limit token bucket must be set for per filter configs".
-                return .invalid(field: "token_bucket", message: "a route's local rate limit (typed_per_filter_config) needs a token_bucket; Envoy rejects it without one")
-            case .success(let settings?): return .route(settings, rateLimits: rateLimits, context: context, port: port, routeName: routeName, notices: notices)
+                return .invalid(field: "token_bucket", message: "a \(isRoute ? "route" : "virtual host")'s local rate limit (typed_per_filter_config) needs a token_bucket; Envoy rejects it without one")
+            case .success(let settings?): return .route(settings, rateLimits: rateLimits, context: context, port: port, routeName: routeName, scope: scope, notices: notices)
             }
         case "NETWORK_FILTER":
             guard ["INSERT_BEFORE", "INSERT_AFTER", "INSERT_FIRST", "ADD"].contains(operation) else { return .notRateLimit("operation \(operation)") }
@@ -334,7 +345,13 @@ package enum LocalRateLimitPatch {
             case .success(let read): settings.descriptors = read
             }
         }
-        for key in ["local_cluster_rate_limit", "vh_rate_limits", "request_headers_to_add_when_not_enforced", "rate_limited_as_resource_exhausted"] where config[key] != nil {
+        switch config["vh_rate_limits"]?.string {
+        case nil, "OVERRIDE": settings.virtualHostRateLimits = .override
+        case "INCLUDE": settings.virtualHostRateLimits = .include
+        case "IGNORE": settings.virtualHostRateLimits = .ignore
+        case let other?: return .failure(Invalid(field: "vh_rate_limits", message: "vh_rate_limits is OVERRIDE, INCLUDE or IGNORE, not \(other)"))
+        }
+        for key in ["local_cluster_rate_limit", "request_headers_to_add_when_not_enforced", "rate_limited_as_resource_exhausted"] where config[key] != nil {
             notices.append("\(key) is not carried out by EastWest: the filter runs without it")
         }
         return .success(settings)

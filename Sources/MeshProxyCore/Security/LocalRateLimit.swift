@@ -71,6 +71,18 @@ package final class LocalRateLimit: Sendable, Equatable {
         /// `local_rate_limit_per_downstream_connection`: every downstream connection has buckets
         /// of its own.
         package var perDownstreamConnection = false
+        /// `vh_rate_limits`: whether the virtual host's `rate_limits` make descriptors too.
+        package var virtualHostRateLimits = VirtualHostRateLimits.override
+
+        /// Envoy's `VhRateLimitsOptions`.
+        package enum VirtualHostRateLimits: Sendable, Equatable {
+            /// The virtual host's only when the route has none (the default).
+            case override
+            /// The route's, then the virtual host's.
+            case include
+            /// The route's only.
+            case ignore
+        }
 
         package static func == (a: Settings, b: Settings) -> Bool {
             a.statPrefix == b.statPrefix && a.maxTokens == b.maxTokens && a.tokensPerFill == b.tokensPerFill && a.fillInterval == b.fillInterval
@@ -78,7 +90,7 @@ package final class LocalRateLimit: Sendable, Equatable {
                 && a.responseHeaders.elementsEqual(b.responseHeaders, by: { $0 == $1 }) && a.origin == b.origin
                 && a.xRateLimitHeaders == b.xRateLimitHeaders && a.descriptors == b.descriptors && a.rateLimits == b.rateLimits
                 && a.stage == b.stage && a.alwaysConsumeDefaultTokenBucket == b.alwaysConsumeDefaultTokenBucket
-                && a.perDownstreamConnection == b.perDownstreamConnection
+                && a.perDownstreamConnection == b.perDownstreamConnection && a.virtualHostRateLimits == b.virtualHostRateLimits
         }
     }
 
@@ -273,17 +285,29 @@ package final class LocalRateLimits: Sendable, Equatable {
         package var port: Int?
         /// The route a route patch names; nil: any (or the filter-level bucket).
         package var routeName: String?
-        package var perRoute: Bool
+        package var level: Level
         /// nil: a route patch that only adds `rate_limits`.
         package var settings: LocalRateLimit.Settings?
-        /// A route patch's `route.rate_limits`: the actions that make the request's descriptors.
+        /// A route patch's `route.rate_limits` (a virtual host patch's `rate_limits`): the
+        /// actions that make the request's descriptors.
         package var rateLimits: [RateLimitPolicyEntry] = []
+    }
+
+    /// Where a limit was written, most specific last: Envoy uses the route's settings, else the
+    /// virtual host's, else the filter's.
+    package enum Level: Sendable, Equatable {
+        case filter
+        case virtualHost
+        /// `include_vh_rate_limits`: the virtual host's `rate_limits` count for this route too.
+        case route(includeVirtualHostRateLimits: Bool)
+
+        var isRoute: Bool { if case .route = self { true } else { false } }
     }
 
     /// A limit that applies, and the route name it is for (nil: any route).
     package struct Applied: Sendable {
         package var routeName: String?
-        package var perRoute: Bool
+        package var level: Level
         /// nil: only the route's `rate_limits`.
         package var limit: LocalRateLimit?
         package var rateLimits: [RateLimitPolicyEntry] = []
@@ -310,15 +334,19 @@ package final class LocalRateLimits: Sendable, Equatable {
         }
         for (filter, reading) in patches {
             let selector = filter.workloadSelector?.labels
-            let context: LocalRateLimitPatch.Context, settings: LocalRateLimit.Settings?, port: Int?, routeName: String?, perRoute: Bool
+            let context: LocalRateLimitPatch.Context, settings: LocalRateLimit.Settings?, port: Int?, routeName: String?, level: Level
             var rateLimits: [RateLimitPolicyEntry] = []
             switch reading {
             case .filter(let s, let c, _):
                 guard let s else { continue }
-                (settings, context, port, routeName, perRoute) = (s, c, nil, nil, false)
-            case .route(let s, let limits, let c, let p, let r, _):
+                (settings, context, port, routeName, level) = (s, c, nil, nil, .filter)
+            case .route(let s, let limits, let c, let p, let r, let scope, _):
                 guard inserted.contains(where: { $0.0 == filter.namespace && $0.1 == selector }) else { continue }
-                (settings, context, port, routeName, perRoute) = (s, c, p, r, true)
+                switch scope {
+                case .route(let include): level = .route(includeVirtualHostRateLimits: include)
+                case .virtualHost: level = .virtualHost
+                }
+                (settings, context, port, routeName) = (s, c, p, r)
                 rateLimits = limits
             case .connections(let limit, let c, let chain, let port, _):
                 if c != .inbound, filter.applies(toLabels: gatewayLabels, namespace: gatewayNamespace, root: root) {
@@ -331,18 +359,18 @@ package final class LocalRateLimits: Sendable, Equatable {
             case .notRateLimit, .invalid: continue
             }
             if context != .inbound, filter.applies(toLabels: gatewayLabels, namespace: gatewayNamespace, root: root) {
-                rules.append(Rule(scope: .gateway, port: nil, routeName: routeName, perRoute: perRoute, settings: settings, rateLimits: rateLimits))
+                rules.append(Rule(scope: .gateway, port: nil, routeName: routeName, level: level, settings: settings, rateLimits: rateLimits))
             }
             if context != .gateway {
                 rules.append(Rule(scope: .workloads(namespace: filter.namespace, selector: selector), port: port, routeName: routeName,
-                                  perRoute: perRoute, settings: settings, rateLimits: rateLimits))
+                                  level: level, settings: settings, rateLimits: rateLimits))
             }
         }
         self.rules = rules
         self.connections = connectionLimits
         self.inboundConnectionRules = inboundConnectionRules
         gateway = rules.filter { $0.scope == .gateway }.map {
-            Applied(routeName: $0.routeName, perRoute: $0.perRoute, limit: $0.settings.map(LocalRateLimit.init), rateLimits: $0.rateLimits)
+            Applied(routeName: $0.routeName, level: $0.level, limit: $0.settings.map(LocalRateLimit.init), rateLimits: $0.rateLimits)
         }
     }
 
@@ -419,37 +447,64 @@ package final class LocalRateLimits: Sendable, Equatable {
                     return made
                 }
             }
-            applied.append(Applied(routeName: rule.routeName, perRoute: rule.perRoute, limit: limit, rateLimits: rule.rateLimits))
+            applied.append(Applied(routeName: rule.routeName, level: rule.level, limit: limit, rateLimits: rule.rateLimits))
         }
         return applied
     }
 
-    /// The limit a request runs into, and the route's `rate_limits` that make its descriptors.
+    /// The limit a request runs into, and the `rate_limits` of its route and virtual host.
     package struct Picked {
         package var limit: LocalRateLimit
         package var routeRateLimits: [RateLimitPolicyEntry]
+        package var virtualHostRateLimits: [RateLimitPolicyEntry] = []
+        /// The route says `include_vh_rate_limits`.
+        package var includeVirtualHost = false
 
-        /// The request's descriptors (Envoy's order): made only when the limit has descriptors
-        /// to match them, by the filter's own `rate_limits` when it has them, else the route's.
+        /// The request's descriptors (Envoy's order, the route's before the virtual host's):
+        /// made only when the limit has descriptors to match them, by the filter's own
+        /// `rate_limits` when it has them, else the route's and — as `vh_rate_limits` says —
+        /// the virtual host's.
         package func descriptors(for request: @autoclosure () -> RateLimitRequest) -> [RateLimitDescriptor] {
             guard limit.usesDescriptors else { return [] }
-            let entries = limit.settings.rateLimits.isEmpty ? routeRateLimits : limit.settings.rateLimits
+            let entries: [RateLimitPolicyEntry]
+            if !limit.settings.rateLimits.isEmpty {
+                entries = limit.settings.rateLimits
+            } else if includeVirtualHost {
+                entries = routeRateLimits + virtualHostRateLimits
+            } else {
+                switch limit.settings.virtualHostRateLimits {
+                case .include: entries = routeRateLimits + virtualHostRateLimits
+                case .ignore: entries = routeRateLimits
+                case .override: entries = routeRateLimits.isEmpty ? virtualHostRateLimits : routeRateLimits
+                }
+            }
             return entries.isEmpty ? [] : RateLimitPolicyEntry.descriptors(entries, stage: limit.settings.stage, for: request())
         }
     }
 
     /// Which of `applied` limits a request on the route named `routeName`: the first route
-    /// patch with a bucket for it (by name, then any route), else the first filter-level
-    /// bucket; with the `rate_limits` of every route patch for it, in order (a MERGE appends
-    /// repeated fields).
+    /// patch with a bucket for it (by name, then any route), else the first virtual host patch
+    /// with one, else the first filter-level bucket; with the `rate_limits` of every route and
+    /// virtual host patch for it, in order (a MERGE appends repeated fields).
     package static func pick(_ applied: [Applied], routeName: String) -> Picked? {
         if applied.isEmpty { return nil }
-        let forRoute = { (entry: Applied) in entry.perRoute && (entry.routeName == nil || entry.routeName == routeName) }
-        guard let limit = applied.first(where: { $0.perRoute && $0.routeName == routeName && $0.limit != nil })?.limit
-            ?? applied.first(where: { $0.perRoute && $0.routeName == nil && $0.limit != nil })?.limit
-            ?? applied.first(where: { !$0.perRoute })?.limit else { return nil }
-        let routeRateLimits = applied.contains { forRoute($0) && !$0.rateLimits.isEmpty } ? applied.filter(forRoute).flatMap(\.rateLimits) : []
-        return Picked(limit: limit, routeRateLimits: routeRateLimits)
+        let forRoute = { (entry: Applied) in entry.level.isRoute && (entry.routeName == nil || entry.routeName == routeName) }
+        guard let limit = applied.first(where: { $0.level.isRoute && $0.routeName == routeName && $0.limit != nil })?.limit
+            ?? applied.first(where: { $0.level.isRoute && $0.routeName == nil && $0.limit != nil })?.limit
+            ?? applied.first(where: { $0.level == .virtualHost && $0.limit != nil })?.limit
+            ?? applied.first(where: { $0.level == .filter })?.limit else { return nil }
+        var picked = Picked(limit: limit, routeRateLimits: [])
+        // Nothing is gathered for the usual filter-only limit.
+        guard applied.contains(where: { !$0.rateLimits.isEmpty }) else { return picked }
+        for entry in applied {
+            if forRoute(entry) {
+                picked.routeRateLimits += entry.rateLimits
+                if case .route(true) = entry.level { picked.includeVirtualHost = true }
+            } else if entry.level == .virtualHost {
+                picked.virtualHostRateLimits += entry.rateLimits
+            }
+        }
+        return picked
     }
 }
 

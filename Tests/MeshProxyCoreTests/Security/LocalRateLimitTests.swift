@@ -336,4 +336,57 @@ struct LocalRateLimitTests {
                                               namespace: "default", labels: [["app": "db"]]) == nil, "another port")
         #expect(limits.admitConnection(to: db, listenerPort: 15443) == nil, "the gateway's own listener")
     }
+
+    @Test("VIRTUAL_HOST patches: their rate_limits make descriptors when the route has none (vh_rate_limits OVERRIDE), with the route's under INCLUDE or include_vh_rate_limits, never under IGNORE; their bucket applies below a route's own")
+    func virtualHost() throws {
+        func limits(option: String? = nil, routeInclude: Bool = false, routeActions: Bool = true) throws -> LocalRateLimits {
+            let loaded = try IstioPolicyLoader.load(yaml: """
+                apiVersion: networking.istio.io/v1alpha3
+                kind: EnvoyFilter
+                metadata: {name: vh, namespace: istio-system}
+                spec:
+                  configPatches:
+                  - applyTo: HTTP_FILTER
+                    match: {context: GATEWAY}
+                    patch:
+                      operation: INSERT_BEFORE
+                      value:
+                        name: envoy.filters.http.local_ratelimit
+                        typed_config:
+                          "@type": type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit
+                          stat_prefix: vh
+                          token_bucket: {max_tokens: 10, fill_interval: 60s}
+                          filter_enabled: {runtime_key: e, default_value: {numerator: 100, denominator: HUNDRED}}
+                          filter_enforced: {runtime_key: f, default_value: {numerator: 100, denominator: HUNDRED}}
+                \(option.map { "          vh_rate_limits: \($0)" } ?? "")
+                          descriptors:
+                          - {entries: [{key: generic_key, value: host-wide}], token_bucket: {max_tokens: 1, fill_interval: 60s}}
+                          - {entries: [{key: route, value: mine}], token_bucket: {max_tokens: 1, fill_interval: 60s}}
+                  - applyTo: VIRTUAL_HOST
+                    match: {context: GATEWAY, routeConfiguration: {vhost: {name: "web.bench.svc.cluster.local:80"}}}
+                    patch:
+                      operation: MERGE
+                      value:
+                        rate_limits: [{actions: [{generic_key: {descriptor_value: host-wide}}]}]
+                  - applyTo: HTTP_ROUTE
+                    match: {context: GATEWAY}
+                    patch:
+                      operation: MERGE
+                      value:
+                        route:
+                \(routeInclude ? "          include_vh_rate_limits: true" : "")
+                          rate_limits: [{actions: [{generic_key: {descriptor_key: route, descriptor_value: \(routeActions ? "mine" : "other")}}]}]
+                """, file: "vh.yaml")
+            #expect(loaded.warnings.isEmpty, "\(loaded.warnings)")
+            return LocalRateLimits(loaded.envoyFilters, gatewayLabels: [:], gatewayNamespace: "istio-system")
+        }
+        func descriptors(_ limits: LocalRateLimits) throws -> [String] {
+            try #require(LocalRateLimits.pick(limits.gateway, routeName: "")).descriptors(for: Self.request("/")).map(\.description)
+        }
+        #expect(try descriptors(limits()) == ["route=mine"], "OVERRIDE: the route has its own")
+        #expect(try descriptors(limits(option: "INCLUDE")) == ["route=mine", "generic_key=host-wide"])
+        #expect(try descriptors(limits(routeInclude: true)) == ["route=mine", "generic_key=host-wide"])
+        #expect(try descriptors(limits(option: "IGNORE", routeInclude: false)) == ["route=mine"])
+        #expect(throws: ConfigErrors.self) { try limits(option: "SOMETIMES") }
+    }
 }
