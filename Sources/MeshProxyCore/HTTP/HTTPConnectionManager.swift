@@ -635,7 +635,7 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
         if target?.target.isLocal == false {
             headers.replaceOrAdd(name: Self.verifiedPayload, value: principal.payload)
         } else {
-            headers.remove(name: Self.verifiedPayload)
+            headers.removeIfPresent(Self.verifiedPayload)
         }
     }
 
@@ -835,19 +835,19 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
     /// the hop-by-hop headers. Edited in place: no header is copied or lower-cased per request.
     private func upstreamHead(_ head: HTTPRequestHead, forward: HTTPRequestRouter.Forward, context: ChannelHandlerContext) -> HTTPRequestHead {
         var upstream = HTTPRequestHead(version: .http1_1, method: head.method, uri: forward.path ?? head.uri, headers: head.headers)
-        for name in Self.hopByHop { upstream.headers.remove(name: name) }
+        upstream.headers.removeAll(named: Self.hopByHop)
         // `upgrade` is hop-by-hop too, unless the request is upgrading (Envoy's
         // mutateRequestHeaders): then it goes on with the `connection` that names it.
-        if requestIsWebSocket { upstream.headers.add(name: "connection", value: "upgrade") } else { upstream.headers.remove(name: "upgrade") }
+        if requestIsWebSocket { upstream.headers.add(name: "connection", value: "upgrade") } else { upstream.headers.removeIfPresent("upgrade") }
         if origin == .peerGateway {
             // For this gateway's policies only; the backend never sees it.
-            upstream.headers.remove(name: Self.verifiedPayload)
-            upstream.headers.remove(name: Self.clientProtocol)
+            upstream.headers.removeIfPresent(Self.verifiedPayload)
+            upstream.headers.removeIfPresent(Self.clientProtocol)
             applyTokenOutputs(to: &upstream.headers)
             record.requestHeaders = upstream.headers
             return upstream
         }
-        for name in Self.replacedAtTheEdge { upstream.headers.remove(name: name) }
+        upstream.headers.removeAll(named: Self.replacedAtTheEdge)
         // One pass; nothing is allocated when the client sent none (the usual case).
         for name in upstream.headers.compactMap({ $0.name.hasASCIIPrefixIgnoringCase("x-envoy-") ? $0.name : nil }) {
             upstream.headers.remove(name: name)
@@ -1086,7 +1086,7 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
             upstreamKeepAlive = head.isKeepAlive
             record.responseCode = Int(head.status.code)
             switchingProtocols = requestIsWebSocket && head.status == .switchingProtocols
-            for name in Self.responseHeadersDropped where !(switchingProtocols && name == "connection") { head.headers.remove(name: name) }
+            for name in Self.responseHeadersDropped where !(switchingProtocols && name == "connection") { head.headers.removeIfPresent(name) }
             let serviceTime = Int(((upstreamRequestEnded.map { .now - $0 }) ?? .zero).timeInterval * 1000)
             record.upstreamServiceTime = serviceTime
             record.grpcStatus = head.headers.first(name: "grpc-status")

@@ -91,6 +91,8 @@ package struct JWT: Sendable {
     package var notBefore: Double?
     package var expires: Double?
     package var audiences: [String]
+    /// `audiences` without scheme or trailing `/`, as Envoy compares them: made once per token.
+    package var plainAudiences: [String]
 
     package init?(_ token: String) {
         let parts = token.split(separator: ".", omittingEmptySubsequences: false)
@@ -110,6 +112,7 @@ package struct JWT: Sendable {
         if case .number(let nbf)? = claims["nbf"] { notBefore = nbf } else { notBefore = nil }
         if case .number(let exp)? = claims["exp"] { expires = exp } else { expires = nil }
         audiences = claims["aud"]?.strings ?? []
+        plainAudiences = audiences.map(JWTAuthenticator.plainAudience)
     }
 
     package static func base64URLDecoded(_ text: String) -> Data? {
@@ -277,8 +280,9 @@ package struct JWTAuthenticator: Sendable {
         package var keys: JWKSet
         /// A jwksUri fetched over the network: its keys as last fetched replace `keys`.
         package var remote: RemoteJWKS?
-        /// `audiences` without scheme or trailing `/`, as Envoy compares them; nil: any.
-        var allowedAudiences: Set<String>?
+        /// `audiences` without scheme or trailing `/`, as Envoy compares them; nil: any. A list:
+        /// a few short strings compare faster than they hash.
+        var allowedAudiences: [String]?
 
         var currentKeys: JWKSet { remote?.current ?? keys }
         /// Which keys a cached verification was made with.
@@ -300,7 +304,7 @@ package struct JWTAuthenticator: Sendable {
         providers = policies.flatMap { $0.jwtRules ?? [] }.sorted { $0.issuer < $1.issuer }.map { rule in
             Provider(rule: rule, keys: rule.jwks.flatMap { try? JWKSet.parse(Data($0.utf8)).get() } ?? JWKSet(keys: []),
                      remote: rule.jwksUri.flatMap { remote[$0] },
-                     allowedAudiences: rule.audiences.flatMap { $0.isEmpty ? nil : Set($0.map(Self.plainAudience)) })
+                     allowedAudiences: rule.audiences.flatMap { $0.isEmpty ? nil : Array(Set($0.map(Self.plainAudience))).sorted() })
         }
     }
 
@@ -404,7 +408,7 @@ package struct JWTAuthenticator: Sendable {
         if let nbf = jwt.notBefore, seconds + skew < nbf { return .rejected(status: 401, message: "Jwt not yet valid") }
         if let exp = jwt.expires, seconds > exp + skew { return .rejected(status: 401, message: "Jwt is expired") }
         if let allowed = providers[index].allowedAudiences {
-            guard jwt.audiences.contains(where: { allowed.contains($0) || allowed.contains(Self.plainAudience($0)) }) else {
+            guard jwt.plainAudiences.contains(where: { audience in allowed.contains { $0.utf8.elementsEqual(audience.utf8) } }) else {
                 return .rejected(status: 403, message: "Audiences in Jwt are not allowed")
             }
         }
