@@ -125,10 +125,12 @@ package struct AuthorizationEngine: Sendable, Equatable {
         var decision = Decision()
         if policies.isEmpty { return decision }
         // Mostly no dry-run policy: the list as it is, no copy.
-        let anyDryRun = policies.contains(where: \.dryRun)
+        let anyDryRun = policies.contains { $0.dryRun }
         decision.deniedBy = verdict(request, anyDryRun ? policies.filter { !$0.dryRun } : policies)
-        for policy in policies where policy.action == .audit && !policy.dryRun {
-            if let rule = matchedRule(policy, request) { decision.audited.append("\(policy.name)-rule[\(rule)]") }
+        // By index, here and below: a policy is read in place, not copied (its name, rules and
+        // selector retained and released) once per loop per request.
+        for index in policies.indices where policies[index].action == .audit && !policies[index].dryRun {
+            if let rule = matchedRule(policies[index], request) { decision.audited.append("\(policies[index].name)-rule[\(rule)]") }
         }
         if anyDryRun {
             let shadows = policies.filter(\.dryRun)
@@ -141,13 +143,13 @@ package struct AuthorizationEngine: Sendable, Equatable {
     /// Nil when allowed; else the denying policy's rule name (or `none`). CUSTOM is decided
     /// before, by `custom`.
     private static func verdict(_ request: AuthorizationRequest, _ policies: [Policy]) -> String? {
-        for policy in policies where policy.action == .deny {
-            if let rule = matchedRule(policy, request) { return "\(policy.name)-rule[\(rule)]" }
+        for index in policies.indices where policies[index].action == .deny {
+            if let rule = matchedRule(policies[index], request) { return "\(policies[index].name)-rule[\(rule)]" }
         }
         var anyAllow = false
-        for policy in policies where policy.action == .allow {
+        for index in policies.indices where policies[index].action == .allow {
             anyAllow = true
-            if matchedRule(policy, request) != nil { return nil }
+            if matchedRule(policies[index], request) != nil { return nil }
         }
         return anyAllow ? "none" : nil
     }
@@ -196,8 +198,10 @@ package struct AuthorizationEngine: Sendable, Equatable {
     }
 
     /// The index of the first rule of `policy` that holds for `request`.
-    static func matchedRule(_ policy: Policy, _ request: AuthorizationRequest) -> Int? {
-        policy.rules.indices.first { policy.rules[$0].holds(for: request, action: policy.action, atGateway: policy.atGateway) }
+    static func matchedRule(_ policy: borrowing Policy, _ request: borrowing AuthorizationRequest) -> Int? {
+        let action = policy.action, atGateway = policy.atGateway
+        for index in policy.rules.indices where policy.rules[index].holds(for: request, action: action, atGateway: atGateway) { return index }
+        return nil
     }
 
     /// Istio's default path normalization (`BASE`: Envoy's `normalize_path`) as policies see
