@@ -11,6 +11,9 @@ package struct RequestAuthentication: Codable, Sendable, Equatable {
     /// `metadata`; set by the loader.
     package var namespace: String = "default"
     package var name: String = ""
+    /// `targetRef`/`targetRefs` resolved against the loaded ServiceEntries when the
+    /// configuration compiles (`PolicyTarget.attach`); nil: the selector decides.
+    package var targets: [PolicyTarget]?
 
     enum CodingKeys: String, CodingKey { case selector, targetRef, targetRefs, jwtRules }
 

@@ -56,8 +56,7 @@ package enum PolicyCompiler {
         routes.externalAuthorizers = ExternalAuthorizers(resources.extensionProviders)
         routes.gatewayLabels = config.effectiveLabels
         routes.gatewayNamespace = config.effectiveNamespace
-        routes.requestAuthentications = resources.requestAuthentications
-        routes.serviceEntries = resources.serviceEntries
+        routes.requestAuthentications = PolicyTarget.attach(resources.requestAuthentications, serviceEntries: resources.serviceEntries)
         routes.metricTagScopes = MetricTagOverrides.compile(resources.telemetries)
         routes.accessLogScopes = AccessLogPolicy.compile(resources.telemetries)
         routes.remoteJWKS = Dictionary(uniqueKeysWithValues: RemoteJWKS.uris(in: resources.requestAuthentications).map { ($0, RemoteJWKS(uri: $0)) })

@@ -54,8 +54,6 @@ package struct RouteConfiguration: Sendable, Equatable {
     /// `envoy.filters.http.local_ratelimit` from EnvoyFilters: the gateway's own, and the
     /// inbound ones of the workloads it delivers to; nil: none.
     package var localRateLimits: LocalRateLimits?
-    /// The ServiceEntries loaded, for the policies whose `targetRefs` name one.
-    package var serviceEntries: [ServiceEntry] = []
     /// Every RequestAuthentication loaded; which apply is decided per route.
     package var requestAuthentications: [RequestAuthentication] = []
     /// The Telemetry resources' tag overrides on the HTTP metrics, compiled (`metricTags(for:)`).

@@ -250,7 +250,7 @@ extension RouteConfiguration {
         guard !requestAuthentications.isEmpty else { return nil }
         let (namespace, labels) = Self.workloads(of: service, endpoints: endpoints)
         let applying = requestAuthentications.filter { policy in
-            if let targets = PolicyTarget.resolve(policy.targetRef, policy.targetRefs, namespace: policy.namespace, serviceEntries: serviceEntries) {
+            if let targets = policy.targets {
                 return PolicyTarget.match(targets, policyNamespace: policy.namespace, gatewayLabels: gatewayLabels, gatewayNamespace: gatewayNamespace,
                                           serviceHost: service.host) != nil
             }

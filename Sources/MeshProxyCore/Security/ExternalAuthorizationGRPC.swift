@@ -23,10 +23,8 @@ extension ExternalAuthorizer {
 
             /// `ip:port` (or `[ip]:port`) as a connection record keeps it.
             package init(hostPort: String, principal: String?) {
-                let colon = hostPort.lastIndex(of: ":")
-                var host = colon.map { String(hostPort[..<$0]) } ?? hostPort
-                if host.hasPrefix("["), host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }
-                self.init(address: host, port: colon.flatMap { Int(hostPort[hostPort.index(after: $0)...]) } ?? 0, principal: principal)
+                let parsed = HostPort(parsing: hostPort)
+                self.init(address: parsed?.host ?? hostPort, port: parsed?.port ?? 0, principal: principal)
             }
         }
 

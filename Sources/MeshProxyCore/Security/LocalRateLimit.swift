@@ -400,8 +400,8 @@ package final class LocalRateLimits: Sendable, Equatable {
     /// limit covering it; false: the limit that refused it.
     package func admitInboundConnection(to route: Route, namespace: String?, labels: [[String: String]]) -> ConnectionRateLimit? {
         for (index, rule) in inboundConnectionRules.enumerated() {
-            guard rule.settings.enabled, rule.namespace == root || rule.namespace == namespace, rule.port.map({ $0 == route.service.port }) ?? true,
-                  rule.selector.map({ selector in labels.contains { selector.selects($0) } }) ?? true else { continue }
+            guard rule.settings.enabled, selects(namespace: rule.namespace, selector: rule.selector, port: rule.port,
+                                                 service: route.service, serviceNamespace: namespace, labels: labels) else { continue }
             let limit = inboundConnectionBuckets.withLock { buckets in
                 let key = Key(rule: index, service: route.service)
                 if let made = buckets[key] { return made }
@@ -430,15 +430,22 @@ package final class LocalRateLimits: Sendable, Equatable {
             && a.connections.elementsEqual(b.connections) { $0.settings == $1.settings && $0.chain == $1.chain && $0.port == $1.port }
     }
 
+    /// Whether a workload-scoped filter (its namespace, or the root's for every namespace; its
+    /// selector; the port its listener match names) covers `service`'s workloads.
+    private func selects(namespace ruleNamespace: String, selector: [String: String]?, port: Int?, service: ServiceKey,
+                         serviceNamespace: String?, labels: [[String: String]]) -> Bool {
+        (ruleNamespace == root || ruleNamespace == serviceNamespace) && (port.map { $0 == service.port } ?? true)
+            && (selector.map { selector in labels.contains { selector.selects($0) } } ?? true)
+    }
+
     /// The inbound limits for requests to `service`, whose workloads are in `namespace` with
     /// these labels (its endpoints'), each with the bucket this gateway keeps for the service.
     package func inbound(for service: ServiceKey, namespace: String?, labels: [[String: String]]) -> [Applied] {
         var applied: [Applied] = []
         for (index, rule) in rules.enumerated() {
             guard case .workloads(let ruleNamespace, let selector) = rule.scope,
-                  ruleNamespace == root || ruleNamespace == namespace,
-                  rule.port.map({ $0 == service.port }) ?? true,
-                  selector.map({ selector in labels.contains { selector.selects($0) } }) ?? true else { continue }
+                  selects(namespace: ruleNamespace, selector: selector, port: rule.port, service: service, serviceNamespace: namespace, labels: labels)
+            else { continue }
             let limit = rule.settings.map { settings in
                 buckets.withLock { buckets in
                     if let made = buckets[Key(rule: index, service: service)] { return made }

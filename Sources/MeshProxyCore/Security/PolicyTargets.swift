@@ -33,6 +33,15 @@ package enum PolicyTarget: Sendable, Equatable {
         }
     }
 
+    /// The RequestAuthentications with their targets resolved, once per configuration.
+    package static func attach(_ policies: [RequestAuthentication], serviceEntries: [ServiceEntry]) -> [RequestAuthentication] {
+        policies.map { policy in
+            var attached = policy
+            attached.targets = resolve(policy.targetRef, policy.targetRefs, namespace: policy.namespace, serviceEntries: serviceEntries)
+            return attached
+        }
+    }
+
     /// Whether traffic through a gateway (its labels and namespace) to `serviceHost` is what the
     /// targets name: `.gateway` when a target is this gateway, `.service` when one is the service.
     package static func match(_ targets: [PolicyTarget], policyNamespace: String, gatewayLabels: [String: String], gatewayNamespace: String,

@@ -74,8 +74,7 @@ struct PolicyTargetTests {
 
         // RequestAuthentication attaches the same way.
         var routes = RouteConfiguration(localCluster: "east")
-        routes.requestAuthentications = loaded.requestAuthentications
-        routes.serviceEntries = loaded.serviceEntries
+        routes.requestAuthentications = PolicyTarget.attach(loaded.requestAuthentications, serviceEntries: loaded.serviceEntries)
         let endpoints = MeshEndpoints(localCluster: "east", clusters: [:])
         #expect(routes.requestAuthenticator(for: ServiceKey(host: "httpbin.foo.svc.cluster.local", port: 8000), endpoints: endpoints) != nil)
         #expect(routes.requestAuthenticator(for: ServiceKey(host: "ratings.foo.svc.cluster.local", port: 8000), endpoints: endpoints) == nil)
