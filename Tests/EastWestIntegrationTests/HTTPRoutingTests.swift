@@ -342,6 +342,37 @@ struct HTTPRoutingTests {
         #expect(peak - before < 16_000, "gateway RSS grew \((peak - before) / 1000) MB during a 20 MB download to a slow client")
     }
 
+    @Test("An HTTP/2 client's request body many times its 64 KiB stream window crosses whole: the gateway opens the windows as it passes the bytes on; five at once on one connection")
+    func http2UploadPastTheWindow() async throws {
+        let mesh = try await Self.start("http2-upload", block: 156, virtualService: Self.reviewsRoutes + """
+              - route: [{destination: {host: reviews, subset: v1}}]
+            """)
+        defer { mesh.mesh.processes.stopAll() }
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("eastwest-h2-upload-\(getpid())")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: directory) }
+        var bytes = [UInt8](repeating: 0, count: 900_000)
+        var generator = SystemRandomNumberGenerator()
+        for index in bytes.indices { bytes[index] = generator.next() }
+        let body = directory.appendingPathComponent("body").path
+        try Data(bytes).write(to: URL(fileURLWithPath: body))
+        // curl --parallel multiplexes the five uploads as streams of one HTTP/2 connection.
+        var extra = ["--http2", "--parallel", "-w", "%{http_version} %{http_code} %{size_download} %{num_connects}\\n",
+                     "--data-binary", "@\(body)"]
+        for index in 0..<5 {
+            // The helper appends the last URL.
+            extra += ["-o", "\(directory.path)/out\(index)"]
+            if index < 4 { extra += ["https://\(Self.reviews):\(mesh.east.listen.port)/echo"] }
+        }
+        let result = try await mesh.mesh.curl(mesh.east, host: Self.reviews, path: "/echo", extra: extra)
+        let lines = result.stdout.split(separator: "\n").map { $0.split(separator: " ") }
+        #expect(lines.map { $0.prefix(3).joined(separator: " ") } == Array(repeating: "2 200 900000", count: 5), "\(result.stdout) \(result.stderr)")
+        #expect(lines.compactMap { $0.last.flatMap { Int($0) } }.reduce(0, +) == 1, "one connection for the five: \(result.stdout)")
+        for index in 0..<5 {
+            #expect(FileManager.default.contents(atPath: "\(directory.path)/out\(index)") == Data(bytes), "upload \(index) came back changed")
+        }
+    }
+
     @Test("Between gateways, requests share a pooled HTTP/2 connection: 100 client connections to west's v2 make at most one gateway connection per event loop; bodies cross both ways; west reports the original client")
     func pooledBetweenGateways() async throws {
         let mesh = try await Self.start("http-pool", block: 89, virtualService: Self.bookinfo("virtual-service-reviews-jason-v2-v3"))

@@ -4,8 +4,9 @@ import NIOCore
 import NIOHTTP1
 
 /// Envoy's HTTP connection manager at the gateway where a request enters the mesh: one per
-/// HTTP/1.1 connection (requests one after another) or per HTTP/2 stream (behind
-/// `HTTP2FramePayloadToHTTP1ServerCodec`). For each request it asks `HTTPRequestRouter` where it
+/// HTTP/1.1 connection (requests one after another; the manager is a handler on its pipeline) or
+/// per HTTP/2 stream (fed by the connection's `HTTP2ServerStreams`; it answers through the
+/// `HTTPDownstream` it was started on). For each request it asks `HTTPRequestRouter` where it
 /// goes, asks the cluster manager for the plan's targets, carries out the route's fault and
 /// retry policy (`FaultInjection`, `RetryState`: which outcome is retried, after which back-off,
 /// at which target), relays the request and streams the response back, and answers with Envoy's
@@ -184,17 +185,27 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
     /// When the last request began or ended.
     private var lastActive = NIODeadline.now()
 
+    /// Where the responses go: the HTTP/1 connection this handler sits on, or one HTTP/2 stream.
+    private var downstream: (any HTTPDownstream)!
+
+    /// Starts serving `downstream` (an HTTP/2 stream's manager is not a channel handler: its
+    /// connection's `HTTP2ServerStreams` hands it the stream's parts).
+    package func start(on downstream: any HTTPDownstream) {
+        self.downstream = downstream
+        upstreams = dataPlane.httpUpstreams.on(downstream.eventLoop)
+    }
+
     package func handlerAdded(context: ChannelHandlerContext) {
-        upstreams = dataPlane.httpUpstreams.on(context.eventLoop)
+        start(on: HTTP1Downstream(context))
         guard let idleTimeout else { return }
         // Checked a few times per period rather than a timer re-armed per request.
         let period = TimeAmount(idleTimeout), step = TimeAmount.idleCheckStep(for: period)
-        let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+        let bound = NIOLoopBound(self, eventLoop: context.eventLoop)
         idleCheck = context.eventLoop.scheduleRepeatedTask(initialDelay: step, delay: step) { _ in
-            let (manager, context) = bound.value
+            let manager = bound.value
             if case .idle = manager.state, manager.pipelined.isEmpty, NIODeadline.now() - manager.lastActive >= period {
                 manager.idleCheck?.cancel()
-                context.close(promise: nil)
+                manager.downstream.close()
             }
         }
     }
@@ -202,6 +213,8 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
     package func handlerRemoved(context: ChannelHandlerContext) {
         idleCheck?.cancel()
         stopDeadlines()
+        // The downstream holds the context, which holds this handler.
+        (downstream as? HTTP1Downstream)?.detach()
     }
 
     /// HTTP/1.1 requests a client sent before the current response ended (pipelining), in order:
@@ -217,14 +230,18 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
     private var clientInputClosed = false
 
     package func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        let part = unwrapInboundIn(data)
+        received(unwrapInboundIn(data))
+    }
+
+    /// One part of the client's request (or of a pipelined one).
+    package func received(_ part: HTTPServerRequestPart) {
         if !pipelined.isEmpty || isPipelined(part) {
             pipelined.append(part)
             // A client far ahead of its answers waits (its requests stay in its socket).
-            if pipelined.count > Self.pipelinedLimit { pauseClient(true, context: context) }
+            if pipelined.count > Self.pipelinedLimit { pauseClient(true) }
             return
         }
-        handle(part, context: context)
+        handle(part)
     }
 
     /// A request head while the previous request is still being answered.
@@ -234,31 +251,31 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
         return true
     }
 
-    private func handle(_ part: HTTPServerRequestPart, context: ChannelHandlerContext) {
+    private func handle(_ part: HTTPServerRequestPart) {
         switch part {
-        case .head(let head): begin(head, context: context)
+        case .head(let head): begin(head)
         case .body(let body):
             record.bytesReceived += body.readableBytes
-            send(.body(.byteBuffer(body)), ended: false, context: context)
+            send(.body(.byteBuffer(body)), ended: false)
         case .end(let trailers):
-            requestEnded(trailers, context: context)
+            requestEnded(trailers)
         }
     }
 
     /// The whole request is in: the route's timer starts, mirrors go out, the attempt's per-try
     /// timer starts. Waiting for an ext-authz answer, the end is kept for when it comes.
-    private func requestEnded(_ trailers: HTTPHeaders?, context: ChannelHandlerContext) {
-        send(.end(trailers), ended: true, context: context)
+    private func requestEnded(_ trailers: HTTPHeaders?) {
+        send(.end(trailers), ended: true)
         if case .authorizing = state { return }
-        startRequestTimer(context: context)
-        if let mirrors = forward?.mirrors, !mirrors.isEmpty { sendMirrors(mirrors, context: context) }
+        startRequestTimer()
+        if let mirrors = forward?.mirrors, !mirrors.isEmpty { sendMirrors(mirrors) }
         switch state {
-        case .connecting, .forwarding: startPerTryTimer(context: context)
+        case .connecting, .forwarding: startPerTryTimer()
         case .idle, .discarding, .tunnel, .waiting, .authorizing: break
         }
         if case .discarding = state {
             state = .idle
-            finishRequest(context: context)
+            finishRequest()
         }
     }
 
@@ -266,15 +283,23 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
     /// the gateway until its end (and an HTTP/2 stream, counting it as pending, would stop the
     /// client for good).
     package func channelReadComplete(context: ChannelHandlerContext) {
-        if case .forwarding(let exchange, _) = state { exchange.channel.flush() }
+        readComplete()
         context.fireChannelReadComplete()
+    }
+
+    package func readComplete() {
+        if case .forwarding(let exchange, _) = state { exchange.channel.flush() }
+    }
+
+    package func channelWritabilityChanged(context: ChannelHandlerContext) {
+        downstreamWritabilityChanged()
+        context.fireChannelWritabilityChanged()
     }
 
     /// Backpressure, response direction: a client that reads slowly stops the upstream's reads
     /// instead of the response piling up in the gateway.
-    package func channelWritabilityChanged(context: ChannelHandlerContext) {
-        if case .forwarding(let exchange, _) = state { setUpstreamReads(exchange, on: context.channel.isWritable) }
-        context.fireChannelWritabilityChanged()
+    package func downstreamWritabilityChanged() {
+        if case .forwarding(let exchange, _) = state { setUpstreamReads(exchange, on: downstream.isWritable) }
     }
 
     /// Turns the upstream's reads on or off, only when that changes anything (a kept connection
@@ -288,25 +313,24 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
 
     /// Backpressure, request direction: an upstream that takes the body slowly (or is still
     /// being dialled with more than `resendLimit` held) stops the client's reads.
-    private func upstreamWritabilityChanged(_ exchange: UpstreamExchange, context: ChannelHandlerContext) {
+    private func upstreamWritabilityChanged(_ exchange: UpstreamExchange) {
         guard case .forwarding(let current, _) = state, current === exchange else { return }
-        pauseClient(!exchange.channel.isWritable, context: context)
+        pauseClient(!exchange.channel.isWritable)
     }
 
     private var clientPaused = false
 
-    private func pauseClient(_ pause: Bool, context: ChannelHandlerContext) {
+    private func pauseClient(_ pause: Bool) {
         guard pause != clientPaused else { return }
         clientPaused = pause
-        let bound = NIOLoopBound(context, eventLoop: context.eventLoop)
-        context.channel.setOption(ChannelOptions.autoRead, value: !pause).whenSuccess { if !pause { bound.value.read() } }
+        downstream.pauseReads(pause)
     }
 
     package func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
         if let event = event as? ChannelEvent, case .inputClosed = event {
             // A client that half-closed after its requests still gets their answers.
             clientInputClosed = true
-            if case .idle = state, pipelined.isEmpty { context.close(promise: nil) }
+            if case .idle = state, pipelined.isEmpty { downstream.close() }
             return
         }
         context.fireUserInboundEventTriggered(event)
@@ -329,15 +353,21 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
         if !responseOpen {
             malformed.responseCode = Int(reply.status.code)
             malformed.bytesSent = reply.payload.count
-            context.write(wrapOutboundOut(.head(reply.head(closing: true))), promise: nil)
-            context.write(wrapOutboundOut(.body(.byteBuffer(ByteBuffer(bytes: reply.payload)))), promise: nil)
-            context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: nil)
+            downstream.write(.head(reply.head(closing: true)))
+            downstream.write(.body(.byteBuffer(ByteBuffer(bytes: reply.payload))))
+            downstream.writeAndFlush(.end(nil))
         }
         malformed.finish(logger: dataPlane.logger, format: dataPlane.accessLog)
-        context.close(promise: nil)
+        downstream.close()
     }
 
     package func channelInactive(context: ChannelHandlerContext) {
+        downstreamClosed()
+        context.fireChannelInactive()
+    }
+
+    /// The client's connection (or its HTTP/2 stream) is gone.
+    package func downstreamClosed() {
         stopDeadlines()
         cancelAttemptTimer()
         authorizationCheck?.cancel()
@@ -349,12 +379,11 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
         if forward != nil, record.responseCode == 0 { record.flags.insert(.downstreamTermination) }
         logRequest()
         state = .idle
-        context.fireChannelInactive()
     }
 
     // MARK: - One request
 
-    private func begin(_ head: HTTPRequestHead, context: ChannelHandlerContext) {
+    private func begin(_ head: HTTPRequestHead) {
         if idleTimeout != nil { lastActive = .now() }
         record = HTTPRequestRecord(connection: connection)
         if !filterResponseHeaders.isEmpty { filterResponseHeaders = [] }
@@ -391,14 +420,14 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
             // Envoy's local_ratelimit, first in the HTTP filters (the EnvoyFilter inserts it).
             var routeName = "", route = connectionRoute
             if case .forward(let forward) = decision { routeName = forward.routeName; route = forward.route }
-            if let limit = LocalRateLimits.pick(limits, routeName: routeName), !admitted(by: limit, facts: facts, route: route, context: context) {
+            if let limit = LocalRateLimits.pick(limits, routeName: routeName), !admitted(by: limit, facts: facts, route: route) {
                 if case .forward(let forward) = decision { self.forward = forward; record.route = forward.route; record.routeName = forward.routeName }
                 return
             }
         }
         switch decision {
         case .reply(let reply):
-            localReply(reply, context: context)
+            localReply(reply)
         case .forward(let forward):
             self.forward = forward
             record.route = forward.route
@@ -423,7 +452,7 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
                     break
                 case .refuse(let rule, let why):
                     record.codeDetails = "rbac_access_denied_matched_policy[\(rule)]"
-                    localReply(.forbidden("\(record.codeDetails ?? ""): \(why)"), context: context)
+                    localReply(.forbidden("\(record.codeDetails ?? ""): \(why)"))
                     return
                 case .check(let authorizer) where authorizer.requestBody != nil && !requestIsWebSocket:
                     // includeRequestBodyInCheck: the body first (its parts are kept as they come).
@@ -431,29 +460,28 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
                     checkAwaitingBody = PendingCheck(authorizer: authorizer, head: head, facts: facts, decided: decided)
                     return
                 case .check(let authorizer):
-                    askExternalAuthorizer(authorizer, head: head, facts: facts, decided: decided, context: context)
+                    askExternalAuthorizer(authorizer, head: head, facts: facts, decided: decided)
                     return
                 }
             }
-            admit(head, facts: facts, forward: forward, decided: decided, context: context)
+            admit(head, facts: facts, forward: forward, decided: decided)
         }
     }
 
     /// The rest of a routed request's way in, once CUSTOM let it through: the token
     /// (RequestAuthentication), the policies (RBAC), the inbound rate limit, the fault, the
     /// first attempt.
-    private func admit(_ head: HTTPRequestHead, facts: HTTPRequestFacts, forward: HTTPRequestRouter.Forward, decided: RouteState,
-                       context: ChannelHandlerContext) {
+    private func admit(_ head: HTTPRequestHead, facts: HTTPRequestFacts, forward: HTTPRequestRouter.Forward, decided: RouteState) {
         let clusters = dataPlane.clusters
         let action = decided.action
         // At a peer gateway, what the entry gateway verified; else (the entry gateway had no
         // rule for it) the token itself, under this gateway's rules.
         if origin == .peerGateway, let verified = head.headers.first(name: Self.verifiedPayload).flatMap(RequestPrincipal.init(payload:)) {
             requestPrincipal = verified
-        } else if let authenticator, !authenticated(head, authenticator: authenticator, context: context) {
+        } else if let authenticator, !authenticated(head, authenticator: authenticator) {
             return
         }
-        if !policies.isEmpty, !authorized(head, facts: facts, route: forward.route, context: context) { return }
+        if !policies.isEmpty, !authorized(head, facts: facts, route: forward.route) { return }
         self.action = action
         // A peer gateway only walks its local endpoints on connect failures: the entry
         // gateway's retry policy covers the request end to end, once.
@@ -461,40 +489,40 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
         guard let first = retry.nextTarget(in: clusters.candidates(for: forward.route, origin: origin)) else {
             localReply(origin == .peerGateway
                 ? .noHealthyUpstream("no local endpoint for \(forward.route.service) (traffic from a peer gateway is never forwarded again)")
-                : .noHealthyUpstream(for: forward.route), context: context)
+                : .noHealthyUpstream(for: forward.route))
             return
         }
         // The inbound sidecar's rate limit, where this gateway is the last hop to the workload.
         if origin == .peerGateway || first.target.isLocal, let limit = LocalRateLimits.pick(decided.inboundLimits, routeName: forward.routeName),
-           !admitted(by: limit, facts: facts, route: forward.route, context: context) { return }
+           !admitted(by: limit, facts: facts, route: forward.route) { return }
         target = first
-        let upstream = HTTPClientRequestPart.head(upstreamHead(head, forward: forward, context: context))
+        let upstream = HTTPClientRequestPart.head(upstreamHead(head, forward: forward))
         keep(upstream)
         let fault = forward.fault?.decide(delayRandom: random.next(), abortRandom: random.next())
         if let delay = fault?.delay {
             // Envoy's fault filter runs before the router: the route's timer starts after it.
             record.flags.insert(.delayInjected)
             state = .waiting(ended: false)
-            attemptTimer = schedule(in: delay, context: context) { manager, context in
-                manager.afterDelay(abort: fault?.abort, context: context)
+            attemptTimer = schedule(in: delay) { manager in
+                manager.afterDelay(abort: fault?.abort)
             }
             return
         }
         if let abort = fault?.abort {
-            localReply(.faultAbort(abort), context: context)
+            localReply(.faultAbort(abort))
             return
         }
         state = .connecting(held: [upstream], ended: false)
-        openExchange(context: context)
+        openExchange()
     }
 
     /// A CUSTOM policy matched: the provider is asked, the request waits (its parts kept), and
     /// its answer lets the request in, or answers the client.
     private func askExternalAuthorizer(_ authorizer: ExternalAuthorizer, head: HTTPRequestHead, facts: HTTPRequestFacts, decided: RouteState,
-                                       body: ExternalAuthorizer.CheckedBody? = nil, context: ChannelHandlerContext) {
+                                       body: ExternalAuthorizer.CheckedBody? = nil) {
         guard let upstreams, let forward else { return }
         state = .authorizing(ended: false)
-        let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+        let bound = NIOLoopBound(self, eventLoop: downstream.eventLoop)
         let request: (head: HTTPRequestHead, body: [UInt8])
         switch authorizer.transport {
         case .http:
@@ -511,11 +539,11 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
                 body: body))
         }
         authorizationCheck = ExternalAuthorizationCheck.ask(authorizer, request: request, routes: routes, clusters: dataPlane.clusters,
-                                                            upstreams: upstreams, eventLoop: context.eventLoop) { answer in
-            let (manager, context) = bound.value
+                                                            upstreams: upstreams, eventLoop: downstream.eventLoop) { answer in
+            let manager = bound.value
             manager.authorizationCheck = nil
             guard case .authorizing = manager.state, manager.forward?.route == forward.route else { return }
-            manager.externalAuthorizationAnswered(authorizer, answer, head: head, facts: facts, decided: decided, context: context)
+            manager.externalAuthorizationAnswered(authorizer, answer, head: head, facts: facts, decided: decided)
         }
     }
 
@@ -533,7 +561,7 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
     /// Envoy's ext_authz `decodeData` with `with_request_body`: the check goes once the request
     /// has ended, or — `allowPartialMessage` — once `maxRequestBytes` are in (the check gets
     /// those); without it, a body past `maxRequestBytes` is Envoy's buffer-limit answer, 413.
-    private func bodyArrived(for pending: PendingCheck, ended: Bool, context: ChannelHandlerContext) {
+    private func bodyArrived(for pending: PendingCheck, ended: Bool) {
         guard let settings = pending.authorizer.requestBody else { return }
         // Without allowPartialMessage the check waits for the end, and a body past the limit is
         // refused (Envoy's decoder buffer limit); a body past what the gateway keeps for a
@@ -541,8 +569,7 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
         if kept == nil || (!settings.allowPartialMessage && keptBytes > settings.maxRequestBytes) {
             checkAwaitingBody = nil
             record.codeDetails = "request_payload_too_large"
-            localReply(.payloadTooLarge("the body is over includeRequestBodyInCheck.maxRequestBytes (\(settings.maxRequestBytes)) of provider \(pending.authorizer.name)"),
-                       context: context)
+            localReply(.payloadTooLarge("the body is over includeRequestBodyInCheck.maxRequestBytes (\(settings.maxRequestBytes)) of provider \(pending.authorizer.name)"))
             return
         }
         let full = settings.allowPartialMessage && keptBytes >= settings.maxRequestBytes
@@ -556,14 +583,14 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
         // A request that ended without a body is checked as Envoy checks one that ended at its
         // headers: no body, no partial-body header.
         let checked = keptBytes == 0 ? nil : ExternalAuthorizer.CheckedBody(bytes: body, partial: keptBytes > body.count, received: keptBytes)
-        askExternalAuthorizer(pending.authorizer, head: pending.head, facts: pending.facts, decided: pending.decided, body: checked, context: context)
+        askExternalAuthorizer(pending.authorizer, head: pending.head, facts: pending.facts, decided: pending.decided, body: checked)
     }
 
     /// Envoy's ext_authz `onComplete`: allowed (with its headers) goes on; denied answers with the
     /// provider's status, headers and body; an error is `statusOnError` unless `failOpen`. Both
     /// refusals carry `UAEX`.
     private func externalAuthorizationAnswered(_ authorizer: ExternalAuthorizer, _ answer: ExternalAuthorizationCheck.Answer?, head: HTTPRequestHead,
-                                               facts: HTTPRequestFacts, decided: RouteState, context: ChannelHandlerContext) {
+                                               facts: HTTPRequestFacts, decided: RouteState) {
         guard let forward else { return }
         let cluster = forward.route.envoyClusterName
         var head = head
@@ -576,14 +603,14 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
         case .denied(let status, let headers, let body):
             ExternalAuthorizationMetrics.count(.denied, cluster: cluster)
             record.codeDetails = "ext_authz_denied"
-            localReply(.externalAuthorizationDenied(status: status, headers: headers, body: body, provider: authorizer.name), context: context)
+            localReply(.externalAuthorizationDenied(status: status, headers: headers, body: body, provider: authorizer.name))
             return
         case .failed where authorizer.failOpen:
             ExternalAuthorizationMetrics.count(.failureModeAllowed, cluster: cluster)
         case .failed:
             ExternalAuthorizationMetrics.count(.error, cluster: cluster)
             record.codeDetails = "ext_authz_error"
-            localReply(.externalAuthorizationFailed(status: authorizer.statusOnError, provider: authorizer.name), context: context)
+            localReply(.externalAuthorizationFailed(status: authorizer.statusOnError, provider: authorizer.name))
             return
         }
         // The parts that came while waiting follow the head, as if they had just arrived.
@@ -593,19 +620,19 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
         keptBytes = 0
         // As a delay would leave it: a refusal now knows whether the request is all in.
         state = .waiting(ended: ended)
-        admit(head, facts: facts, forward: forward, decided: decided, context: context)
+        admit(head, facts: facts, forward: forward, decided: decided)
         for part in waited {
             switch state {
             case .connecting, .forwarding, .waiting: break
             case .idle, .discarding, .tunnel, .authorizing: return
             }
-            if case .end(let trailers) = part { requestEnded(trailers, context: context) } else { send(part, ended: false, context: context) }
+            if case .end(let trailers) = part { requestEnded(trailers) } else { send(part, ended: false) }
         }
     }
 
     /// One request through a local rate limit; false: refused with its local reply. The
     /// limit's `x-ratelimit-*` headers go on whatever answers the request.
-    private func admitted(by picked: LocalRateLimits.Picked, facts: HTTPRequestFacts, route: Route, context: ChannelHandlerContext) -> Bool {
+    private func admitted(by picked: LocalRateLimits.Picked, facts: HTTPRequestFacts, route: Route) -> Bool {
         let limit = picked.limit
         let descriptors = picked.descriptors(for: RateLimitRequest(
             facts: facts, remoteAddress: forwardedClientAddress(facts.headers) ?? connection.downstreamRemoteAddress,
@@ -618,7 +645,7 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
             return true
         case .refuse:
             record.codeDetails = "local_rate_limited"
-            localReply(.rateLimited(limit.settings), context: context)
+            localReply(.rateLimited(limit.settings))
             return false
         }
     }
@@ -648,7 +675,7 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
 
     /// Envoy's jwt_authn with Istio's requirement: no token passes, a token must verify.
     /// False: refused (401, or 403 for audiences).
-    private func authenticated(_ head: HTTPRequestHead, authenticator: JWTAuthenticator, context: ChannelHandlerContext) -> Bool {
+    private func authenticated(_ head: HTTPRequestHead, authenticator: JWTAuthenticator) -> Bool {
         switch authenticator.authenticate(head.headers, path: head.uri, last: &lastToken) {
         case .noToken:
             return true
@@ -659,21 +686,20 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
             return true
         case .rejected(let status, let message):
             record.codeDetails = "jwt_authn_access_denied{\(message)}"
-            localReply(.jwtRejected(status: status, message: message, uri: "https://\(record.authority)\(head.uri)"), context: context)
+            localReply(.jwtRejected(status: status, message: message, uri: "https://\(record.authority)\(head.uri)"))
             return false
         }
     }
 
     /// Istio's RBAC filter, before any fault or upstream: the request as the original client
     /// sent it, judged by the AuthorizationPolicies of the route. False: refused with 403.
-    private func authorized(_ head: HTTPRequestHead, facts: HTTPRequestFacts, route: Route, context: ChannelHandlerContext) -> Bool {
+    private func authorized(_ head: HTTPRequestHead, facts: HTTPRequestFacts, route: Route) -> Bool {
         let decision = AuthorizationEngine.decide(authorizationRequest(head, facts: facts, route: route), policies: policies)
         for audited in decision.audited { dataPlane.logger.info("AuthorizationPolicy AUDIT matched", metadata: ["policy": "\(audited)", "path": "\(facts.path)"]) }
         for shadow in decision.shadow { dataPlane.logger.info("AuthorizationPolicy dry run", metadata: ["result": "\(shadow)", "path": "\(facts.path)"]) }
         guard !decision.allowed else { return true }
         record.codeDetails = decision.responseDetails
-        localReply(.forbidden("\(decision.responseDetails): \(record.sourcePrincipal ?? "a client without a certificate") \(facts.method) \(facts.path)"),
-                   context: context)
+        localReply(.forbidden("\(decision.responseDetails): \(record.sourcePrincipal ?? "a client without a certificate") \(facts.method) \(facts.path)"))
         return false
     }
 
@@ -697,24 +723,24 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
     }
 
     /// A fault's delay is over: its abort, if the roll gave one, else the first attempt.
-    private func afterDelay(abort: FaultInjection.Abort?, context: ChannelHandlerContext) {
+    private func afterDelay(abort: FaultInjection.Abort?) {
         guard case .waiting(let ended) = state else { return }
         if let abort {
-            localReply(.faultAbort(abort), context: context)
+            localReply(.faultAbort(abort))
             return
         }
-        startRequestTimer(context: context)
-        startAttempt(ended: ended, context: context)
+        startRequestTimer()
+        startAttempt(ended: ended)
     }
 
-    /// Runs `task` on the loop after `delay`, with the manager and its context.
-    private func schedule(in delay: Duration, context: ChannelHandlerContext,
-                          _ task: @escaping (HTTPConnectionManager, ChannelHandlerContext) -> Void) -> Scheduled<Void> {
-        let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
-        return context.eventLoop.scheduleTask(in: TimeAmount(delay)) {
-            let (manager, context) = bound.value
+    /// Runs `task` on the loop after `delay`, with the manager.
+    private func schedule(in delay: Duration,
+                          _ task: @escaping (HTTPConnectionManager) -> Void) -> Scheduled<Void> {
+        let bound = NIOLoopBound((self, task), eventLoop: downstream.eventLoop)
+        return downstream.eventLoop.scheduleTask(in: TimeAmount(delay)) {
+            let (manager, task) = bound.value
             manager.attemptTimer = nil
-            task(manager, context)
+            task(manager)
         }
     }
 
@@ -726,7 +752,7 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
     }
 
     /// Sends the kept request to `target` (a retry, or the first attempt after a delay).
-    private func startAttempt(ended: Bool, context: ChannelHandlerContext) {
+    private func startAttempt(ended: Bool) {
         guard var parts = kept else { return }
         if origin == .client, case .head(var head) = parts.first {
             // Envoy's `x-envoy-attempt-count` (Istio turns it on): which attempt this is.
@@ -736,17 +762,17 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
             parts[0] = .head(head)
         }
         state = .connecting(held: parts, ended: ended)
-        openExchange(context: context)
-        if ended { startPerTryTimer(context: context) }
+        openExchange()
+        if ended { startPerTryTimer() }
     }
 
     /// The policy's per-try timeout, from the whole request sent on (Envoy's per-try timer).
-    private func startPerTryTimer(context: ChannelHandlerContext) {
+    private func startPerTryTimer() {
         guard let perTry = retry.policy.perTryTimeout, attemptTimer == nil, !deadlines.isSet(.perTry), !responseStarted else { return }
-        if let at = deadlines.set(.perTry, at: .now() + TimeAmount(perTry)) { armDeadlines(at: at, context: context) }
+        if let at = deadlines.set(.perTry, at: .now() + TimeAmount(perTry)) { armDeadlines(at: at) }
     }
 
-    private func perTryTimedOut(after perTry: Duration, context: ChannelHandlerContext) {
+    private func perTryTimedOut(after perTry: Duration) {
         guard !responseStarted else { return }
         let ended: Bool
         switch state {
@@ -760,12 +786,12 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
         state = .waiting(ended: ended)
         reportOutlier(.localOriginTimeout)
         let reason = "no response from \(target?.target.description ?? "the upstream") within the per-try timeout \(perTry)"
-        attemptEnded(.perTryTimeout, reason: reason, reply: .upstreamTimeout(reason), context: context)
+        attemptEnded(.perTryTimeout, reason: reason, reply: .upstreamTimeout(reason))
     }
 
     /// The attempt in flight ended with `outcome` and its exchange is gone: another attempt
     /// after the back-off, or `reply` (with the retry's flags) as the answer.
-    private func attemptEnded(_ outcome: AttemptOutcome, reason: String, reply: HTTPLocalReply, context: ChannelHandlerContext) {
+    private func attemptEnded(_ outcome: AttemptOutcome, reason: String, reply: HTTPLocalReply) {
         cancelAttemptTimer()
         switch decideRetry(outcome, reason: reason) {
         case .retry(let backoff):
@@ -775,12 +801,12 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
             case .idle, .discarding, .tunnel, .authorizing: return
             }
             state = .waiting(ended: ended)
-            scheduleRetry(after: backoff, context: context)
+            scheduleRetry(after: backoff)
         case .giveUp(let why):
             var reply = reply
             reply.flags.remove(.upstreamRetryLimitExceeded)
             reply.flags.formUnion(Self.flags(why, attempts: retry.attempts))
-            localReply(reply, context: context)
+            localReply(reply)
         }
     }
 
@@ -815,25 +841,25 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
 
     /// The back-off is over: the next target from a fresh look at the plan (health may have
     /// moved the load), then the attempt.
-    private func retryNow(context: ChannelHandlerContext) {
+    private func retryNow() {
         guard case .waiting(let ended) = state, let forward else { return }
         if holdsRetry {
             holdsRetry = false
             breakers?.release(.retries)
         }
         guard let next = retry.nextTarget(in: dataPlane.clusters.candidates(for: forward.route, origin: origin)) else {
-            localReply(.noHealthyUpstream(for: forward.route), context: context)
+            localReply(.noHealthyUpstream(for: forward.route))
             return
         }
         target = next
-        startAttempt(ended: ended, context: context)
+        startAttempt(ended: ended)
     }
 
     /// The request as the upstream gets it: Envoy's edge handling at a gateway (x-request-id
     /// replaced, x-forwarded-*, the client's identity in x-forwarded-client-cert, x-envoy-*
     /// stripped) and the route's header operations. From a peer gateway, as it was sent, less
     /// the hop-by-hop headers. Edited in place: no header is copied or lower-cased per request.
-    private func upstreamHead(_ head: HTTPRequestHead, forward: HTTPRequestRouter.Forward, context: ChannelHandlerContext) -> HTTPRequestHead {
+    private func upstreamHead(_ head: HTTPRequestHead, forward: HTTPRequestRouter.Forward) -> HTTPRequestHead {
         var upstream = HTTPRequestHead(version: .http1_1, method: head.method, uri: forward.path ?? head.uri, headers: head.headers)
         upstream.headers.removeAll(named: Self.hopByHop)
         // `upgrade` is hop-by-hop too, unless the request is upgrading (Envoy's
@@ -884,7 +910,7 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
         return upstream
     }
 
-    private func send(_ part: HTTPClientRequestPart, ended: Bool, context: ChannelHandlerContext) {
+    private func send(_ part: HTTPClientRequestPart, ended: Bool) {
         switch state {
         case .connecting(var held, _):
             keep(part)
@@ -894,7 +920,7 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
             held.append(part)
             state = .connecting(held: held, ended: ended)
             if case .body(.byteBuffer(let buffer)) = part { heldBytes += buffer.readableBytes }
-            if heldBytes > Self.resendLimit { pauseClient(true, context: context) }
+            if heldBytes > Self.resendLimit { pauseClient(true) }
         case .forwarding(let exchange, _):
             keep(part)
             exchange.channel.write(part, promise: nil)
@@ -904,15 +930,15 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
             keep(part)
             state = .waiting(ended: ended)
             // Nothing takes the body while waiting; a large one waits in the client.
-            if keptBytes > Self.resendLimit { pauseClient(true, context: context) }
+            if keptBytes > Self.resendLimit { pauseClient(true) }
         case .authorizing:
             keep(part)
             state = .authorizing(ended: ended)
             if let pending = checkAwaitingBody {
                 // Bounded by maxRequestBytes, not by pausing the client: the check needs the body.
-                bodyArrived(for: pending, ended: ended, context: context)
+                bodyArrived(for: pending, ended: ended)
             } else if keptBytes > Self.resendLimit {
-                pauseClient(true, context: context)
+                pauseClient(true)
             }
         case .idle, .discarding, .tunnel:
             break
@@ -921,42 +947,42 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
 
     /// The route's mirrors, each rolled for this request: a copy of the whole request (when it
     /// was small enough to keep, as Envoy needs it buffered) to the mirror's first target.
-    private func sendMirrors(_ mirrors: [RequestMirror], context: ChannelHandlerContext) {
+    private func sendMirrors(_ mirrors: [RequestMirror]) {
         guard origin == .client, let parts = kept, let upstreams, let forward else { return }
         for mirror in mirrors where mirror.holds(random: random.next()) {
             guard case .success(let route) = HTTPRequestRouter.resolve(mirror.destination, origin: forward.origin ?? "mirror", routes: routes,
                                                                        services: dataPlane.clusters.current),
                   let target = dataPlane.clusters.candidates(for: route, origin: origin).first else { continue }
             MirroredRequest.send(parts, to: target.target, action: routes.action(for: route, origin: origin), timeout: forward.timeout,
-                                 upstreams: upstreams, eventLoop: context.eventLoop)
+                                 upstreams: upstreams, eventLoop: downstream.eventLoop)
         }
     }
 
     /// Envoy's route timeout: from the whole request received to the whole response, across
     /// every attempt. Before the response starts it is a 504 `UT`; after, the client's stream is
     /// ended (the status has gone out already).
-    private func startRequestTimer(context: ChannelHandlerContext) {
+    private func startRequestTimer() {
         guard let timeout = forward?.timeout, !deadlines.isSet(.route), awaitsResponse else { return }
-        if let at = deadlines.set(.route, at: .now() + TimeAmount(timeout)) { armDeadlines(at: at, context: context) }
+        if let at = deadlines.set(.route, at: .now() + TimeAmount(timeout)) { armDeadlines(at: at) }
     }
 
-    private func armDeadlines(at deadline: NIODeadline, context: ChannelHandlerContext) {
+    private func armDeadlines(at deadline: NIODeadline) {
         deadlineTimer?.cancel()
-        let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
-        deadlineTimer = context.eventLoop.scheduleTask(deadline: deadline) {
-            let (manager, context) = bound.value
+        let bound = NIOLoopBound(self, eventLoop: downstream.eventLoop)
+        deadlineTimer = downstream.eventLoop.scheduleTask(deadline: deadline) {
+            let manager = bound.value
             manager.deadlineTimer = nil
-            manager.deadlinesPassed(context: context)
+            manager.deadlinesPassed()
         }
     }
 
     /// The timer ran: the deadlines that passed take effect (a per-try timeout may start the
     /// next attempt and its own), and the timer is armed for what is left.
-    private func deadlinesPassed(context: ChannelHandlerContext) {
+    private func deadlinesPassed() {
         let passed = deadlines.fired(now: .now())
-        if passed.perTry, let perTry = retry.policy.perTryTimeout { perTryTimedOut(after: perTry, context: context) }
-        if passed.route, let timeout = forward?.timeout { requestTimedOut(after: timeout, context: context) }
-        if let at = deadlines.armIfNeeded() { armDeadlines(at: at, context: context) }
+        if passed.perTry, let perTry = retry.policy.perTryTimeout { perTryTimedOut(after: perTry) }
+        if passed.route, let timeout = forward?.timeout { requestTimedOut(after: timeout) }
+        if let at = deadlines.armIfNeeded() { armDeadlines(at: at) }
     }
 
     private func stopDeadlines() {
@@ -965,7 +991,7 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
         deadlines.reset()
     }
 
-    private func requestTimedOut(after timeout: Duration, context: ChannelHandlerContext) {
+    private func requestTimedOut(after timeout: Duration) {
         guard awaitsResponse else { return }
         cancelAttemptTimer()
         // A local-origin timeout: a 504 for outlier detection unless split (Envoy).
@@ -974,12 +1000,11 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
             record.flags.insert(.upstreamRequestTimeout)
             if case .forwarding(let exchange, _) = state { exchange.channel.close(promise: nil) }
             state = .idle
-            finishRequest(context: context)
-            context.close(promise: nil)
+            finishRequest()
+            downstream.close()
             return
         }
-        localReply(.upstreamTimeout("no response from \(record.upstream?.description ?? "the upstream") within the route's timeout \(timeout)"),
-                   context: context)
+        localReply(.upstreamTimeout("no response from \(record.upstream?.description ?? "the upstream") within the route's timeout \(timeout)"))
     }
 
     /// A request is with an upstream (being dialled or answered), not answered yet.
@@ -996,26 +1021,26 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
 
     /// Asks the loop's pool for a way to the current target: a new or kept connection, or a
     /// stream of the pooled connection to a peer gateway.
-    private func openExchange(context: ChannelHandlerContext) {
+    private func openExchange() {
         guard let action, let upstreams, let planned = target else { return }
         if let breakers {
             // Envoy's connection pool: a request in flight, then one waiting for a connection.
             if !holdsRequest {
-                guard breakers.acquire(.requests) else { return overflow("\(breakers.limits.maxRequests ?? 0) requests in flight (http2MaxRequests)", context: context) }
+                guard breakers.acquire(.requests) else { return overflow("\(breakers.limits.maxRequests ?? 0) requests in flight (http2MaxRequests)") }
                 holdsRequest = true
             }
-            guard breakers.acquire(.pending) else { return overflow("\(breakers.limits.maxPending ?? 0) requests pending (http1MaxPendingRequests)", context: context) }
+            guard breakers.acquire(.pending) else { return overflow("\(breakers.limits.maxPending ?? 0) requests pending (http1MaxPendingRequests)") }
             holdsPending = true
         }
         upstreams.exchange(to: planned.target, action: action, upgrade: requestIsWebSocket, clientHTTP2: clientHTTP2) { [self] result in
             switch result {
-            case .success(let exchange): connected(exchange, planned: planned, context: context)
-            case .failure(let error): failed(planned, error: error, context: context)
+            case .success(let exchange): connected(exchange, planned: planned)
+            case .failure(let error): failed(planned, error: error)
             }
         }
     }
 
-    private func failed(_ planned: PlannedTarget, error: any Error, context: ChannelHandlerContext) {
+    private func failed(_ planned: PlannedTarget, error: any Error) {
         guard case .connecting(_, let ended) = state, planned == target, let forward else { return }
         releasePending()
         dataPlane.connectFailed(to: planned.target, for: forward.route.service)
@@ -1023,11 +1048,11 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
         state = .waiting(ended: ended)
         let reason = "\(planned.target): \(UpstreamConnector.describe(error))"
         attemptEnded(.connectFailure, reason: reason,
-                     reply: .connectFailure(timedOut: UpstreamConnector.isTimeout(error), attempts: retry.attempts, detail: reason), context: context)
+                     reply: .connectFailure(timedOut: UpstreamConnector.isTimeout(error), attempts: retry.attempts, detail: reason))
     }
 
     /// Sends the held request on `exchange` and takes its response events.
-    private func connected(_ exchange: UpstreamExchange, planned: PlannedTarget, context: ChannelHandlerContext) {
+    private func connected(_ exchange: UpstreamExchange, planned: PlannedTarget) {
         guard case .connecting(let held, let ended) = state, planned == target else {
             exchange.channel.close(promise: nil)
             return
@@ -1037,24 +1062,24 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
             dataPlane.connected(to: planned.target)
             reportOutlier(.connected)
         }
-        let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+        let bound = NIOLoopBound(self, eventLoop: downstream.eventLoop)
         exchange.relay.owner = { event in
-            let (handler, context) = bound.value
+            let handler = bound.value
             switch event {
-            case .response(let part): handler.upstreamResponse(part, context: context)
-            case .closed: handler.upstreamClosed(exchange, context: context)
-            case .writabilityChanged: handler.upstreamWritabilityChanged(exchange, context: context)
+            case .response(let part): handler.upstreamResponse(part)
+            case .closed: handler.upstreamClosed(exchange)
+            case .writabilityChanged: handler.upstreamWritabilityChanged(exchange)
             case .readComplete:
                 // What one read of the upstream brought goes out now: held unflushed in TLS it
                 // would escape backpressure (the channel only counts what was flushed to it).
-                context.flush()
+                handler.downstream.flush()
             }
         }
         record.upstream = planned.target
         record.upstreamCluster = planned.target.cluster ?? routes.localCluster
         state = .forwarding(upstream: exchange, ended: ended)
         let upstream = exchange.channel
-        setUpstreamReads(exchange, on: context.channel.isWritable)
+        setUpstreamReads(exchange, on: downstream.isWritable)
         var parts = held
         if origin == .client, action?.upstreamProtocol == .asTheClient, !planned.target.isLocal, case .head(var head)? = parts.first {
             head.headers.replaceOrAdd(name: Self.clientProtocol, value: clientHTTP2 ? "HTTP/2" : "HTTP/1.1")
@@ -1064,7 +1089,7 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
         upstream.flush()
         if ended { upstreamRequestEnded = .now }
         heldBytes = 0
-        pauseClient(!upstream.isWritable, context: context)
+        pauseClient(!upstream.isWritable)
     }
 
     /// Keeps a request part for another attempt, until the response begins or the limit.
@@ -1074,12 +1099,12 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
         if keptBytes > Self.retryBufferLimit { kept = nil } else { kept?.append(part) }
     }
 
-    private func upstreamResponse(_ part: HTTPClientResponsePart, context: ChannelHandlerContext) {
+    private func upstreamResponse(_ part: HTTPClientResponsePart) {
         guard case .forwarding = state, let forward else { return }
         switch part {
         case .head(var head):
             if case .local = target?.target { reportOutlier(.response(Self.outlierStatus(head))) }
-            if retryResponse(head, context: context) { return }
+            if retryResponse(head) { return }
             responseStarted = true
             kept = nil
             cancelAttemptTimer()
@@ -1098,14 +1123,14 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
             record.responseHeaders = head.headers
             if !requestKeepAlive && !switchingProtocols { head.headers.add(name: "connection", value: "close") }
             head.version = .http1_1
-            context.write(wrapOutboundOut(.head(head)), promise: nil)
+            downstream.write(.head(head))
         case .body(let body):
             record.bytesSent += body.readableBytes
-            context.write(wrapOutboundOut(.body(.byteBuffer(body))), promise: nil)
+            downstream.write(.body(.byteBuffer(body)))
         case .end(let trailers):
             if switchingProtocols, case .forwarding(let exchange, _) = state {
-                context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: nil)
-                joinAsBytes(exchange, context: context)
+                downstream.writeAndFlush(.end(nil))
+                joinAsBytes(exchange)
                 return
             }
             if let status = trailers?.first(name: "grpc-status") { record.grpcStatus = status }
@@ -1123,8 +1148,8 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
                 }
             }
             cancelRequestTimer()
-            context.writeAndFlush(wrapOutboundOut(.end(trailers)), promise: nil)
-            finishRequest(context: context)
+            downstream.writeAndFlush(.end(trailers))
+            finishRequest()
         }
     }
 
@@ -1136,9 +1161,9 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
 
     /// A full circuit breaker: Envoy's 503 `UO` with `x-envoy-overloaded`, never retried and
     /// never an outlier signal.
-    private func overflow(_ what: String, context: ChannelHandlerContext) {
+    private func overflow(_ what: String) {
         breakers?.overflowed()
-        localReply(.overflow("\(forward?.route.envoyClusterName ?? "cluster") has \(what)"), context: context)
+        localReply(.overflow("\(forward?.route.envoyClusterName ?? "cluster") has \(what)"))
     }
 
     /// What the attempt's local endpoint did, for outlier detection (a peer gateway is judged
@@ -1161,7 +1186,7 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
     /// A response head the retry policy retries (a 503 under `5xx`, a gRPC `unavailable`):
     /// not passed on; its exchange is dropped and the next attempt follows the back-off.
     /// False when it is the answer.
-    private func retryResponse(_ head: HTTPResponseHead, context: ChannelHandlerContext) -> Bool {
+    private func retryResponse(_ head: HTTPResponseHead) -> Bool {
         guard origin == .client, case .forwarding(let exchange, let ended) = state else { return false }
         let outcome = AttemptOutcome.response(status: Int(head.status.code), grpcStatus: head.headers.first(name: "grpc-status").flatMap { Int($0) },
                                               rateLimited: head.headers.contains(name: "x-envoy-ratelimited"))
@@ -1179,30 +1204,30 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
         // The state moves first: closing fires the relay's end at once.
         state = .waiting(ended: ended)
         exchange.channel.close(promise: nil)
-        scheduleRetry(after: backoff, context: context)
+        scheduleRetry(after: backoff)
         return true
     }
 
     /// The next attempt, once the back-off is over.
-    private func scheduleRetry(after backoff: Duration, context: ChannelHandlerContext) {
-        attemptTimer = schedule(in: backoff, context: context) { manager, context in manager.retryNow(context: context) }
+    private func scheduleRetry(after backoff: Duration) {
+        attemptTimer = schedule(in: backoff) { manager in manager.retryNow() }
     }
 
-    private func upstreamClosed(_ exchange: UpstreamExchange, context: ChannelHandlerContext) {
+    private func upstreamClosed(_ exchange: UpstreamExchange) {
         guard case .forwarding(let current, let ended) = state, current === exchange else { return }
         if responseStarted {
             // Mid-response: the client cannot be told otherwise than by the end of its stream.
             record.flags.insert(.upstreamConnectionTermination)
             state = .idle
-            finishRequest(context: context)
-            context.close(promise: nil)
+            finishRequest()
+            downstream.close()
         } else {
             reportOutlier(.localOriginFailure)
             state = .waiting(ended: ended)
             let refused = exchange.relay.refusedStream
             let reason = "\(record.upstream?.description ?? "upstream") \(refused ? "refused the stream" : "closed before its response")"
             attemptEnded(refused ? .refusedStream : .reset(requestSent: true), reason: reason,
-                         reply: .upstreamTerminated(reason, retried: retry.attempts > 1), context: context)
+                         reply: .upstreamTerminated(reason, retried: retry.attempts > 1))
         }
     }
 
@@ -1210,14 +1235,18 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
     /// and the upstream's lose their HTTP handlers (this one included) and are glued as the TCP
     /// path glues them, idle timeout included. The request is logged when the client's
     /// connection ends, with the bytes that crossed, as Envoy logs an upgraded stream.
-    private func joinAsBytes(_ exchange: UpstreamExchange, context: ChannelHandlerContext) {
+    private func joinAsBytes(_ exchange: UpstreamExchange) {
         // The upgrade's response is complete; the tunnel has the idle timeout instead.
         cancelRequestTimer()
         state = .tunnel
-        let downstream = context.pipeline.syncOperations, upstream = exchange.channel.pipeline.syncOperations
+        guard let context = downstream.http1Context else {
+            exchange.channel.close(promise: nil)
+            return downstream.close()
+        }
+        let client = context.pipeline.syncOperations, upstream = exchange.channel.pipeline.syncOperations
         let (downstreamGlue, upstreamGlue) = GlueHandler.matchedPair()
         do {
-            try downstream.addHandler(downstreamGlue, position: .last)
+            try client.addHandler(downstreamGlue, position: .last)
             try upstream.addHandler(upstreamGlue, position: .last)
         } catch {
             record.detail = "cannot join the upgraded connections: \(error)"
@@ -1227,15 +1256,15 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
         }
         // The client's side first: bytes the upstream sent right after its 101 come out of its
         // decoder as it leaves, and must find no HTTP encoder on their way to the client.
-        downstream.removeHandler(ofType: HTTPResponseEncoder.self)
-        downstream.removeHandler(ofType: ByteToMessageHandler<HTTPRequestDecoder>.self)
+        client.removeHandler(ofType: HTTPResponseEncoder.self)
+        client.removeHandler(ofType: ByteToMessageHandler<HTTPRequestDecoder>.self)
         upstream.removeHandler(exchange.relay, promise: nil)
         upstream.removeHandler(ofType: HTTPRequestEncoder.self)
         upstream.removeHandler(ofType: ByteToMessageHandler<HTTPResponseDecoder>.self)
         // A decoder leaves in a task of its own, handing on the bytes it held (what the server
         // sent with its 101) with no read-complete after them: flushed by the next task.
-        let client = context.channel
-        context.eventLoop.execute { client.flush() }
+        let clientChannel = context.channel
+        context.eventLoop.execute { clientChannel.flush() }
         downstreamGlue.closeWhenIdle(for: dataPlane.config.idleTimeout)
         let bound = NIOLoopBound((self, downstreamGlue, upstreamGlue), eventLoop: context.eventLoop)
         context.channel.closeFuture.whenComplete { _ in
@@ -1248,10 +1277,10 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
         for channel in [context.channel, exchange.channel] {
             channel.setOption(ChannelOptions.autoRead, value: true).whenSuccess { channel.read() }
         }
-        downstream.removeHandler(context: context, promise: nil)
+        client.removeHandler(context: context, promise: nil)
     }
 
-    private func localReply(_ reply: HTTPLocalReply, context: ChannelHandlerContext) {
+    private func localReply(_ reply: HTTPLocalReply) {
         cancelRequestTimer()
         cancelAttemptTimer()
         var reply = reply
@@ -1280,22 +1309,22 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
             for header in reply.headers { head.headers.add(name: header.name, value: header.value) }
             var trailers = HTTPHeaders([("grpc-status", String(reply.grpcStatus))])
             if !reply.body.isEmpty { trailers.add(name: "grpc-message", value: reply.body) }
-            context.write(wrapOutboundOut(.head(head)), promise: nil)
-            context.writeAndFlush(wrapOutboundOut(.end(trailers)), promise: nil)
+            downstream.write(.head(head))
+            downstream.writeAndFlush(.end(trailers))
             state = requestEnded ? .idle : .discarding
-            if requestEnded { finishRequest(context: context) }
+            if requestEnded { finishRequest() }
             return
         }
         record.responseCode = Int(reply.status.code)
         let payload = reply.payload
-        context.write(wrapOutboundOut(.head(reply.head(closing: !requestKeepAlive))), promise: nil)
+        downstream.write(.head(reply.head(closing: !requestKeepAlive)))
         if !payload.isEmpty {
             record.bytesSent += payload.count
-            context.write(wrapOutboundOut(.body(.byteBuffer(ByteBuffer(bytes: payload)))), promise: nil)
+            downstream.write(.body(.byteBuffer(ByteBuffer(bytes: payload))))
         }
-        context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: nil)
+        downstream.writeAndFlush(.end(nil))
         state = requestEnded ? .idle : .discarding
-        if requestEnded { finishRequest(context: context) }
+        if requestEnded { finishRequest() }
     }
 
     /// Logs and counts the request once (an HTTP/2 stream may close, and end the handler, while
@@ -1315,12 +1344,12 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
 
     /// The response is out and the request fully read: log, count, and for a client that asked
     /// to close, close.
-    private func finishRequest(context: ChannelHandlerContext) {
+    private func finishRequest() {
         if idleTimeout != nil { lastActive = .now() }
         logRequest()
         guard case .idle = state else { return }
         if !requestKeepAlive {
-            context.close(promise: nil)
+            downstream.close()
             return
         }
         // The next pipelined request, if the client sent one; handling it may end it at once
@@ -1329,18 +1358,18 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
             drainingPipelined = true
             while case .idle = state, !pipelined.isEmpty {
                 let head = pipelined.removeFirst()
-                handle(head, context: context)
+                handle(head)
                 // The rest of that request (its body, its end) is the current request's.
                 while let next = pipelined.first, !isHeadPart(next) {
                     pipelined.removeFirst()
-                    handle(next, context: context)
+                    handle(next)
                 }
             }
             drainingPipelined = false
         }
         if case .idle = state {
-            if clientInputClosed, pipelined.isEmpty { context.close(promise: nil) }
-            pauseClient(false, context: context)
+            if clientInputClosed, pipelined.isEmpty { downstream.close() }
+            pauseClient(false)
         }
     }
 

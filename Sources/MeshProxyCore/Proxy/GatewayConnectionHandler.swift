@@ -126,34 +126,25 @@ package final class GatewayConnectionHandler: ChannelDuplexHandler, RemovableCha
     /// without ALPN it is forwarded as bytes, as an older gateway sends it.
     private var fromPeerGateway: Bool { record.sourceIdentity.map(dataPlane.tls.isPeerGateway) == true }
 
-    /// HTTP/2 (ALPN `h2`): one connection manager per stream, behind NIOHTTP2's HTTP/1-style
-    /// stream codec, so both protocols share every routing and upstream decision.
+    /// HTTP/2 (ALPN `h2`): one connection manager per stream, fed by `HTTP2ServerStreams`, so
+    /// both protocols share every routing and upstream decision.
     private func startHTTP(h2: Bool, origin: TrafficOrigin, context: ChannelHandlerContext) {
         record.carriesHTTP = true
         do {
             let operations = context.pipeline.syncOperations
             if h2 {
                 let decided = HTTPConnectionManager.RouteState(route, action: routes.action(for: route, origin: origin), routes: routes, clusters: dataPlane.clusters)
-                // Envoy's HCM idle timeout holds for an HTTP/2 connection too: no stream for the period, GOAWAY.
-                let idle = HTTP2IdleTimeout(period: dataPlane.config.idleTimeout)
-                let connection = NIOLoopBound((dataPlane, routes, route, record, decided, idle), eventLoop: context.eventLoop)
+                let (dataPlane, routes, route, record) = (dataPlane, routes, route, record)
                 // This handler is the pipeline's last and leaves right after.
                 try operations.addHandler(FlushCoalescer(), position: .last)
                 // A client's header blocks are validated; a peer gateway's were, where they entered.
                 var connectionConfiguration = NIOHTTP2Handler.ConnectionConfiguration()
                 if origin == .peerGateway { connectionConfiguration.headerBlockValidation = .disabled }
-                _ = try operations.configureHTTP2Pipeline(mode: .server, connectionConfiguration: connectionConfiguration, streamConfiguration: .init(),
-                                                          position: .last) { stream in
-                    stream.eventLoop.makeCompletedFuture {
-                        let (dataPlane, routes, route, record, decided, idle) = connection.value
-                        idle.streamOpened(stream)
-                        try stream.pipeline.syncOperations.addHandler(HTTP2FramePayloadToHTTP1ServerCodec())
-                        try stream.pipeline.syncOperations.addHandler(HTTPConnectionManager(
-                            dataPlane: dataPlane, routes: routes, connectionRoute: route, connection: record, protocolName: "HTTP/2",
-                            origin: origin, connectionState: decided))
-                    }
-                }
-                try operations.addHandler(idle, position: .last)
+                try operations.addHandler(NIOHTTP2Handler(mode: .server, connectionConfiguration: connectionConfiguration), position: .last)
+                try operations.addHandler(HTTP2ServerStreams(eventLoop: context.eventLoop, idleTimeout: dataPlane.config.idleTimeout) {
+                    HTTPConnectionManager(dataPlane: dataPlane, routes: routes, connectionRoute: route, connection: record, protocolName: "HTTP/2",
+                                          origin: origin, connectionState: decided)
+                }, position: .last)
             } else {
                 var limits = NIOHTTPDecoderLimitConfiguration()
                 limits.maxHeaderListSize = HTTPLocalReply.maximumRequestHeadersSize
