@@ -1337,7 +1337,7 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
             holdsRequest = false; holdsPending = false; holdsRetry = false
         }
         guard forward != nil || record.responseCode != 0 || !record.flags.isEmpty else { return }
-        record.finish(logger: dataPlane.logger, format: dataPlane.accessLog)
+        record.finish(logger: dataPlane.logger, format: dataPlane.accessLog, lastUsed: connection.lastHTTPMetrics)
         forward = nil
         record = HTTPRequestRecord()
     }

@@ -17,6 +17,8 @@ package final class ConnectionRecord {
     /// connection, for every request and policy check on it.
     package private(set) lazy var downstreamLocalAddress = downstreamLocal.split(separator: ":").dropLast().joined(separator: ":")
     package var serverName: String = "-"
+    /// The HTTP metrics its last request was counted under (HTTP/2: any of its streams).
+    package let lastHTTPMetrics = HTTPMetrics.LastUsed()
     /// The client's SPIFFE ID, as the trust policy verified it.
     package var sourceIdentity: SpiffeID? {
         didSet {

@@ -56,16 +56,29 @@ package enum HTTPMetrics {
 
     private static let handles = Mutex<[Key: Handles]>([:])
 
-    static func handles(for record: HTTPRequestRecord) -> Handles {
+    /// The label set a connection's last request was counted under: its next request is
+    /// mostly the same (same client, route and status), and comparing two keys whose strings
+    /// share storage costs less than hashing one and taking the lock.
+    package final class LastUsed {
+        fileprivate var key: Key?
+        fileprivate var handles: Handles?
+        package init() {}
+    }
+
+    static func handles(for record: HTTPRequestRecord, lastUsed: LastUsed?) -> Handles {
         let key = Key(reporter: record.reporter, sourcePrincipal: record.sourcePrincipal, service: record.route?.service.host,
                       cluster: record.upstreamCluster, grpc: record.route?.protocol == .grpc, responseCode: record.responseCode,
                       flags: record.flags, grpcStatus: record.grpcStatus, tags: record.metricTags, disabled: record.disabledMetrics)
-        return handles.withLock { cache in
+        if let lastUsed, let handles = lastUsed.handles, lastUsed.key == key { return handles }
+        let found = handles.withLock { cache in
             if let known = cache[key] { return known }
             let made = Handles(record.dimensions, tags: record.metricTags, disabled: record.disabledMetrics)
             cache[key] = made
             return made
         }
+        lastUsed?.key = key
+        lastUsed?.handles = found
+        return found
     }
 }
 
@@ -170,11 +183,12 @@ package struct HTTPRequestRecord: Sendable {
         ]
     }
 
-    /// Counts the request and writes its access-log line in `format`.
-    package func finish(logger: Logger, format: AccessLogFormat) {
+    /// Counts the request and writes its access-log line in `format`. `lastUsed`: the
+    /// connection's last label set.
+    package func finish(logger: Logger, format: AccessLogFormat, lastUsed: HTTPMetrics.LastUsed? = nil) {
         let milliseconds = (ContinuousClock.now - start).timeInterval * 1000
         if disabledMetrics != .http {
-            let metrics = HTTPMetrics.handles(for: self)
+            let metrics = HTTPMetrics.handles(for: self, lastUsed: lastUsed)
             metrics.requests?.increment()
             metrics.duration?.record(milliseconds)
             metrics.requestBytes?.record(bytesReceived)
