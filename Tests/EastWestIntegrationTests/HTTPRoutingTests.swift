@@ -373,6 +373,27 @@ struct HTTPRoutingTests {
         }
     }
 
+    @Test("Malformed HTTP/2: a header block without :path, or with an upper-case name, resets that stream (PROTOCOL_ERROR) while a request in flight on the same connection is answered; DATA on stream 0 ends its connection with GOAWAY; the gateway keeps serving",
+          .enabled(if: HTTP2PriorKnowledgeTests.hasPython, "needs python3's h2 package; .ci/run installs it"))
+    func malformedHTTP2() async throws {
+        let mesh = try await Self.start("http2-malformed", block: 158, virtualService: Self.reviewsRoutes + """
+              - route: [{destination: {host: reviews, subset: v1}}]
+            """)
+        defer { mesh.mesh.processes.stopAll() }
+        let client = mesh.mesh.clientCertPath(mesh.east.cluster)
+        let script = "\(PackagePaths.root)/Tests/EastWestIntegrationTests/Support/h2_malformed_client.py"
+        let result = try await runCommand("/usr/bin/env", ["python3", script, mesh.east.listen.host, "\(mesh.east.listen.port)", Self.reviews,
+                                                           "\(client)/cert-chain.pem", "\(client)/key.pem", mesh.mesh.certs.rootCertificatePath,
+                                                           Self.reviews, "/delay/300"])
+        let lines = result.stdout.split(separator: "\n").map(String.init)
+        #expect(lines.count == 4, "\(result.stdout) \(result.stderr)")
+        #expect(lines.first?.hasPrefix("1 200 ") == true, "\(result.stdout)")
+        #expect(Array(lines.dropFirst().prefix(2)) == ["3 reset 1", "5 reset 1"], "\(result.stdout)")
+        #expect(lines.last == "goaway 1", "\(result.stdout) \(result.stderr)")
+        let after = try await mesh.mesh.curl(mesh.east, host: Self.reviews, path: "/", extra: ["--http2", "-o", "/dev/null", "-w", "%{http_code}"])
+        #expect(after.stdout == "200", "\(after.stdout) \(after.stderr)")
+    }
+
     @Test("Between gateways, requests share a pooled HTTP/2 connection: 100 client connections to west's v2 make at most one gateway connection per event loop; bodies cross both ways; west reports the original client")
     func pooledBetweenGateways() async throws {
         let mesh = try await Self.start("http-pool", block: 89, virtualService: Self.bookinfo("virtual-service-reviews-jason-v2-v3"))
