@@ -594,21 +594,20 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
         guard let forward else { return }
         let cluster = forward.route.envoyClusterName
         var head = head
-        switch authorizer.verdict(answer) {
+        let verdict = authorizer.verdict(answer)
+        ExternalAuthorizationMetrics.count(verdict, failOpen: authorizer.failOpen, cluster: cluster)
+        switch verdict {
         case .allowed(let allowed):
-            ExternalAuthorizationMetrics.count(.ok, cluster: cluster)
             for header in allowed.requestHeaders { header.apply(to: &head.headers) }
             for name in allowed.removeFromRequest where name != "host" { head.headers.remove(name: name) }
             filterResponseHeaders += allowed.addToResponse.map { ($0.name, $0.value) }
         case .denied(let status, let headers, let body):
-            ExternalAuthorizationMetrics.count(.denied, cluster: cluster)
             record.codeDetails = "ext_authz_denied"
             localReply(.externalAuthorizationDenied(status: status, headers: headers, body: body, provider: authorizer.name))
             return
         case .failed where authorizer.failOpen:
-            ExternalAuthorizationMetrics.count(.failureModeAllowed, cluster: cluster)
+            break  // on, as if allowed with nothing to change
         case .failed:
-            ExternalAuthorizationMetrics.count(.error, cluster: cluster)
             record.codeDetails = "ext_authz_error"
             localReply(.externalAuthorizationFailed(status: authorizer.statusOnError, provider: authorizer.name))
             return

@@ -260,18 +260,16 @@ package final class GatewayConnectionHandler: ChannelDuplexHandler, RemovableCha
             let (handler, context) = bound.value
             handler.authorizationCheck = nil
             let next: GatewayConnectionStateMachine.Action
-            switch authorizer.verdict(answer) {
+            let verdict = authorizer.verdict(answer)
+            ExternalAuthorizationMetrics.count(verdict, failOpen: authorizer.failOpen, cluster: cluster)
+            switch verdict {
             case .allowed:
-                ExternalAuthorizationMetrics.count(.ok, cluster: cluster)
                 next = handler.refusedByRBAC(request, policies: policies) ?? handler.planTargets(origin: origin, context: context)
             case .failed where authorizer.failOpen:
-                ExternalAuthorizationMetrics.count(.failureModeAllowed, cluster: cluster)
                 next = handler.refusedByRBAC(request, policies: policies) ?? handler.planTargets(origin: origin, context: context)
             case .denied:
-                ExternalAuthorizationMetrics.count(.denied, cluster: cluster)
                 next = handler.machine.refused(flags: [.unauthorizedExternalService], detail: "ext_authz_denied by provider \(authorizer.name)")
             case .failed:
-                ExternalAuthorizationMetrics.count(.error, cluster: cluster)
                 next = handler.machine.refused(flags: [.unauthorizedExternalService], detail: "ext_authz_error: no answer from provider \(authorizer.name)")
             }
             handler.run(next, context: context)

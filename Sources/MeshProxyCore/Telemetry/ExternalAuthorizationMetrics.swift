@@ -14,6 +14,16 @@ package enum ExternalAuthorizationMetrics {
     /// Made once per cluster and outcome: a counter's make validates its name and hashes its labels.
     private static let counters = Mutex<[String: Counter]>([:])
 
+    /// Counts a check's verdict as Envoy does: a failure let through by `failOpen` is
+    /// `failure_mode_allowed`, not an error.
+    static func count(_ verdict: ExternalAuthorizer.Verdict, failOpen: Bool, cluster: String) {
+        switch verdict {
+        case .allowed: count(.ok, cluster: cluster)
+        case .denied: count(.denied, cluster: cluster)
+        case .failed: count(failOpen ? .failureModeAllowed : .error, cluster: cluster)
+        }
+    }
+
     static func count(_ outcome: Outcome, cluster: String) {
         let key = "\(outcome.rawValue)|\(cluster)"
         let counter = counters.withLock { cache in
