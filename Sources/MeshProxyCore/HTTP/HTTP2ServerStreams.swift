@@ -119,7 +119,8 @@ final class HTTP2ServerStreams: ChannelInboundHandler {
     /// Streams given request parts in the current read, told when it completes.
     private var touched: [Stream] = []
     fileprivate var context: ChannelHandlerContext?
-    fileprivate var eventLoop: any EventLoop
+    /// The connection's loop (the handler is added on it).
+    fileprivate let eventLoop: any EventLoop
     fileprivate var channelWritable = true
     /// The window each stream and the connection start with (NIOHTTP2's default target), and
     /// are topped up to once below half of it, as NIOHTTP2's `InboundWindowManager` does.
@@ -138,7 +139,6 @@ final class HTTP2ServerStreams: ChannelInboundHandler {
 
     func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
-        eventLoop = context.eventLoop
         channelWritable = context.channel.isWritable
         // Checked a few times per period rather than re-armed per stream.
         let step = TimeAmount.idleCheckStep(for: idlePeriod)
@@ -342,7 +342,7 @@ extension HTTPRequestHead {
         case .GET, .HEAD, .DELETE, .CONNECT, .TRACE: break
         default: if !hasLength { raw.append(endStream ? ("content-length", "0") : ("transfer-encoding", "chunked")) }
         }
-        for (name, value, _) in headers where name.utf8.first != UInt8(ascii: ":") { raw.append((name, value)) }
+        raw.appendRegularFields(of: headers)
         self.init(version: .init(major: 2, minor: 0), method: httpMethod, uri: path, headers: HTTPHeaders(raw))
     }
 }
@@ -354,8 +354,15 @@ extension HTTPHeaders {
     init(regularHeadersFrom headers: HPACKHeaders) {
         var raw: [(String, String)] = []
         raw.reserveCapacity(headers.count)
-        for (name, value, _) in headers where name.utf8.first != UInt8(ascii: ":") { raw.append((name, value)) }
+        raw.appendRegularFields(of: headers)
         self.init(raw)
+    }
+}
+
+extension [(String, String)] {
+    /// An HTTP/2 header block's fields, its pseudo-headers left out.
+    fileprivate mutating func appendRegularFields(of headers: HPACKHeaders) {
+        for (name, value, _) in headers where name.utf8.first != UInt8(ascii: ":") { append((name, value)) }
     }
 }
 

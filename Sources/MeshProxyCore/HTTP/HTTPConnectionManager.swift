@@ -1134,7 +1134,7 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
             }
             if let status = trailers?.first(name: "grpc-status") { record.grpcStatus = status }
             // The upstream is released before the end goes out: on an HTTP/2 stream that end
-            // closes the stream at once, and with it this handler.
+            // closes the stream at once, and `downstreamClosed` runs inside the write.
             if case .forwarding(let exchange, let ended) = state {
                 // The state moves first: closing fires the relay's end at once.
                 state = ended ? .idle : .discarding
@@ -1326,8 +1326,8 @@ package final class HTTPConnectionManager: ChannelInboundHandler, RemovableChann
         if requestEnded { finishRequest() }
     }
 
-    /// Logs and counts the request once (an HTTP/2 stream may close, and end the handler, while
-    /// its response end is being written), and gives its circuit-breaker slots back.
+    /// Logs and counts the request once (an HTTP/2 stream may close, and `downstreamClosed` run,
+    /// while its response end is being written), and gives its circuit-breaker slots back.
     private func logRequest() {
         if let breakers {
             if holdsRequest { breakers.release(.requests) }

@@ -134,6 +134,7 @@ package final class GatewayConnectionHandler: ChannelDuplexHandler, RemovableCha
             let operations = context.pipeline.syncOperations
             if h2 {
                 let decided = HTTPConnectionManager.RouteState(route, action: routes.action(for: route, origin: origin), routes: routes, clusters: dataPlane.clusters)
+                // Captured for each stream's manager; not `self`, which leaves the pipeline below.
                 let (dataPlane, routes, route, record) = (dataPlane, routes, route, record)
                 // This handler is the pipeline's last and leaves right after.
                 try operations.addHandler(FlushCoalescer(), position: .last)

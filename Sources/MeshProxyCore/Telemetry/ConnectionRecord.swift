@@ -17,8 +17,9 @@ package final class ConnectionRecord {
     /// connection, for every request and policy check on it.
     package private(set) lazy var downstreamLocalAddress = downstreamLocal.split(separator: ":").dropLast().joined(separator: ":")
     package var serverName: String = "-"
-    /// The HTTP metrics its last request was counted under (HTTP/2: any of its streams).
-    package let lastHTTPMetrics = HTTPMetrics.LastUsed()
+    /// The HTTP metrics its last request was counted under (HTTP/2: any of its streams); made
+    /// on the first request, so a TCP connection allocates nothing for it.
+    package private(set) lazy var lastHTTPMetrics = HTTPMetrics.LastUsed()
     /// The client's SPIFFE ID, as the trust policy verified it.
     package var sourceIdentity: SpiffeID? {
         didSet {

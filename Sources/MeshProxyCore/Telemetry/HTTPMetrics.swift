@@ -60,8 +60,7 @@ package enum HTTPMetrics {
     /// mostly the same (same client, route and status), and comparing two keys whose strings
     /// share storage costs less than hashing one and taking the lock.
     package final class LastUsed {
-        fileprivate var key: Key?
-        fileprivate var handles: Handles?
+        fileprivate var last: (key: Key, handles: Handles)?
         package init() {}
     }
 
@@ -69,15 +68,14 @@ package enum HTTPMetrics {
         let key = Key(reporter: record.reporter, sourcePrincipal: record.sourcePrincipal, service: record.route?.service.host,
                       cluster: record.upstreamCluster, grpc: record.route?.protocol == .grpc, responseCode: record.responseCode,
                       flags: record.flags, grpcStatus: record.grpcStatus, tags: record.metricTags, disabled: record.disabledMetrics)
-        if let lastUsed, let handles = lastUsed.handles, lastUsed.key == key { return handles }
+        if let last = lastUsed?.last, last.key == key { return last.handles }
         let found = handles.withLock { cache in
             if let known = cache[key] { return known }
             let made = Handles(record.dimensions, tags: record.metricTags, disabled: record.disabledMetrics)
             cache[key] = made
             return made
         }
-        lastUsed?.key = key
-        lastUsed?.handles = found
+        lastUsed?.last = (key, found)
         return found
     }
 }
