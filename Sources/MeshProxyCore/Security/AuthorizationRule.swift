@@ -69,15 +69,22 @@ package struct AuthorizationRule: Sendable, Equatable {
         }
     }
 
-    struct Source: Sendable, Equatable {
+    /// A class, immutable: a request walks every rule's sources, and reading one out of its
+    /// list then costs one reference count, not one per pattern list in it (twelve).
+    final class Source: Sendable, Equatable {
         /// With `spiffe://` in front unless written `*…` (then matched against the whole ID).
-        var principals: Field<StringPattern>
+        let principals: Field<StringPattern>
         /// `iss/sub` split at the last `/`; `*`: both present.
-        var requestPrincipals: Field<RequestPrincipalPattern>
-        var namespaces: Field<StringPattern>
-        var serviceAccounts: Field<ServiceAccount>
-        var ipBlocks: Field<IPBlock>
-        var remoteIpBlocks: Field<IPBlock>
+        let requestPrincipals: Field<RequestPrincipalPattern>
+        let namespaces: Field<StringPattern>
+        let serviceAccounts: Field<ServiceAccount>
+        let ipBlocks: Field<IPBlock>
+        let remoteIpBlocks: Field<IPBlock>
+
+        static func == (a: Source, b: Source) -> Bool {
+            a.principals == b.principals && a.requestPrincipals == b.requestPrincipals && a.namespaces == b.namespaces
+                && a.serviceAccounts == b.serviceAccounts && a.ipBlocks == b.ipBlocks && a.remoteIpBlocks == b.remoteIpBlocks
+        }
 
         struct ServiceAccount: Sendable, Equatable {
             var namespace: String
@@ -126,12 +133,17 @@ package struct AuthorizationRule: Sendable, Equatable {
         }
     }
 
-    struct Operation: Sendable, Equatable {
+    /// A class, immutable, for the reason `Source` is one.
+    final class Operation: Sendable, Equatable {
         /// Lower-cased, matched ignoring case.
-        var hosts: Field<StringPattern>
-        var ports: Field<Int>
-        var methods: Field<StringPattern>
-        var paths: Field<PathPattern>
+        let hosts: Field<StringPattern>
+        let ports: Field<Int>
+        let methods: Field<StringPattern>
+        let paths: Field<PathPattern>
+
+        static func == (a: Operation, b: Operation) -> Bool {
+            a.hosts == b.hosts && a.ports == b.ports && a.methods == b.methods && a.paths == b.paths
+        }
 
         init(_ operation: AuthorizationPolicy.Operation) {
             hosts = Field(operation.hosts, operation.notHosts) { StringPattern($0.lowercased()) }

@@ -73,26 +73,30 @@ package struct JWKSet: Sendable {
     }
 }
 
-/// One JWT, split and decoded (not yet trusted).
-package struct JWT: Sendable {
-    package var alg: String
-    package var kid: String?
+/// One JWT, split and decoded (not yet trusted). A class, immutable: a verified token is kept
+/// by the gateway's cache and by each connection that sent it, and handed out per request
+/// for one reference count, not one per field.
+package final class JWT: Sendable {
+    package let alg: String
+    package let kid: String?
     /// The payload's claims as JSON values.
-    package var claims: [String: ConfigValue]
-    package var payload: Data
+    package let claims: [String: ConfigValue]
+    package let payload: Data
     /// The payload as the token carries it (base64url JSON), passed on as it is.
-    package var encodedPayload: String
-    package var signingInput: Data
-    package var signature: Data
+    package let encodedPayload: String
+    package let signingInput: Data
+    package let signature: Data
     /// The registered claims every request checks, read once when the token is parsed (a
     /// cached token is then checked without a dictionary lookup per claim).
-    package var issuer: String?
-    package var subject: String
-    package var notBefore: Double?
-    package var expires: Double?
-    package var audiences: [String]
+    package let issuer: String?
+    package let subject: String
+    package let notBefore: Double?
+    package let expires: Double?
+    package let audiences: [String]
     /// `audiences` without scheme or trailing `/`, as Envoy compares them: made once per token.
-    package var plainAudiences: [String]
+    package let plainAudiences: [String]
+    /// `alg` is one of `algorithms`: looked up once per token.
+    let hasSupportedAlgorithm: Bool
 
     package init?(_ token: String) {
         let parts = token.split(separator: ".", omittingEmptySubsequences: false)
@@ -101,6 +105,7 @@ package struct JWT: Sendable {
               let headerJSON = try? JSONDecoder().decode([String: ConfigValue].self, from: header),
               let claims = try? JSONDecoder().decode([String: ConfigValue].self, from: payload) else { return nil }
         alg = headerJSON["alg"]?.string ?? ""
+        hasSupportedAlgorithm = Self.algorithms.contains(alg)
         kid = headerJSON["kid"]?.string
         self.claims = claims
         self.payload = payload
@@ -111,7 +116,8 @@ package struct JWT: Sendable {
         if case .string(let sub)? = claims["sub"] { subject = sub } else { subject = "" }
         if case .number(let nbf)? = claims["nbf"] { notBefore = nbf } else { notBefore = nil }
         if case .number(let exp)? = claims["exp"] { expires = exp } else { expires = nil }
-        audiences = claims["aud"]?.strings ?? []
+        let audiences = claims["aud"]?.strings ?? []
+        self.audiences = audiences
         plainAudiences = audiences.map(JWTAuthenticator.plainAudience)
     }
 
@@ -399,7 +405,7 @@ package struct JWTAuthenticator: Sendable {
         let raw = remembered?.raw ?? String(found)
         let cached = remembered.map { (jwt: $0.jwt, source: $0.source) } ?? verified?.lookup(raw)
         guard let jwt = cached?.jwt ?? JWT(raw) else { return .rejected(status: 401, message: "Jwt is not in the form of Header.Payload.Signature with two dots and 3 sections") }
-        guard JWT.algorithms.contains(jwt.alg) else { return .rejected(status: 401, message: "Jwt header [alg] is not supported") }
+        guard jwt.hasSupportedAlgorithm else { return .rejected(status: 401, message: "Jwt header [alg] is not supported") }
         // By index: the provider (its rule and keys) is read in place, not copied per request.
         guard let issuer = jwt.issuer, let index = providers.firstIndex(where: { $0.rule.issuer == issuer }) else {
             return .rejected(status: 401, message: "Jwt issuer is not configured")
@@ -448,13 +454,20 @@ package struct JWTAuthenticator: Sendable {
     }
 }
 
-extension StringProtocol {
+extension String {
+    func trimmingASCIISpaces() -> Substring { self[...].trimmingASCIISpaces() }
+}
+
+extension Substring {
     /// Without leading and trailing spaces and tabs (HTTP's OWS), without Foundation's
-    /// Unicode-aware trimming, which costs more than the rest of a token lookup.
-    func trimmingASCIISpaces() -> SubSequence {
-        var start = startIndex, end = endIndex
-        while start < end, self[start] == " " || self[start] == "\t" { start = index(after: start) }
-        while end > start, self[index(before: end)] == " " || self[index(before: end)] == "\t" { end = index(before: end) }
+    /// Unicode-aware trimming, which costs more than the rest of a token lookup; byte by byte,
+    /// as stepping over a token's hundreds of Characters costs a grapheme-boundary check each.
+    func trimmingASCIISpaces() -> Substring {
+        let bytes = utf8
+        func isSpace(_ byte: UInt8) -> Bool { byte == UInt8(ascii: " ") || byte == UInt8(ascii: "\t") }
+        var start = bytes.startIndex, end = bytes.endIndex
+        while start < end, isSpace(bytes[start]) { start = bytes.index(after: start) }
+        while end > start, isSpace(bytes[bytes.index(before: end)]) { end = bytes.index(before: end) }
         return self[start..<end]
     }
 }

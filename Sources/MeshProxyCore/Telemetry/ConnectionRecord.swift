@@ -7,12 +7,11 @@ import Logging
 package final class ConnectionRecord {
     package let start = ContinuousClock.now
     package let startDate = Date()
-    package var downstreamRemote: String
-    package var downstreamLocal: String
-    /// The client's address without its port (`x-forwarded-for`).
-    package var downstreamRemoteAddress: String {
-        downstreamRemote.lastIndex(of: ":").map { String(downstreamRemote[..<$0]) } ?? downstreamRemote
-    }
+    package let downstreamRemote: String
+    package let downstreamLocal: String
+    /// The client's address without its port (`x-forwarded-for`, `source.ip`): split once per
+    /// connection, like the local one.
+    package private(set) lazy var downstreamRemoteAddress = downstreamRemote.utf8.lastIndex(of: UInt8(ascii: ":")).map { String(downstreamRemote[..<$0]) } ?? downstreamRemote
     /// The address the client reached, without its port (`destination.ip`): split once per
     /// connection, for every request and policy check on it.
     package private(set) lazy var downstreamLocalAddress = downstreamLocal.split(separator: ":").dropLast().joined(separator: ":")
