@@ -44,6 +44,9 @@ package struct GatewayConfig: Codable, Sendable, Equatable {
     /// servers (an issuer with a private CA).
     package var jwksCACertificates: String?
     package var tls: TLSFiles
+    /// Istio's `COMPLIANCE_POLICY` for this gateway's mTLS, both ways. Absent: Envoy's default
+    /// key exchange groups, X25519 and P-256, as an Istio gateway negotiates them.
+    package var compliancePolicy: CompliancePolicy?
     /// The labels Gateway resources select this gateway by. Default `{istio: eastwestgateway}`,
     /// the label of Istio's east-west gateway.
     package var labels: [String: String]?
@@ -78,6 +81,22 @@ package struct GatewayConfig: Codable, Sendable, Equatable {
     package var federation: FederationConfig?
     /// Istio YAML files with DestinationRules (relative to this config file).
     package var policies: [String]?
+
+    /// Istio's compliance policies (`COMPLIANCE_POLICY`, pilot/pkg/features): `pqc` is TLS 1.3
+    /// with the post-quantum hybrid X25519MLKEM768 as the only key exchange. Istio's
+    /// `fips-140-2` is not carried out, and is refused rather than half done.
+    package enum CompliancePolicy: String, Codable, Sendable, Equatable {
+        case pqc
+
+        package init(from decoder: any Decoder) throws {
+            let text = try decoder.singleValueContainer().decode(String.self)
+            guard let policy = Self(rawValue: text) else {
+                throw DecodingError.dataCorrupted(.init(codingPath: decoder.codingPath,
+                    debugDescription: "'\(text)' is not a compliance policy EastWest carries out (pqc is; Istio's fips-140-2 is not)"))
+            }
+            self = policy
+        }
+    }
 
     package struct TLSFiles: Codable, Sendable, Equatable {
         package var certificateChain: String

@@ -17,6 +17,8 @@ package struct Topology: Codable, Sendable, Equatable {
     package var jwksCACertificates: String?
     /// `TEXT` (default) or `JSON`, for every gateway.
     package var accessLogEncoding: AccessLogEncoding?
+    /// Istio's `COMPLIANCE_POLICY` for every gateway's mTLS (`pqc`); absent, Envoy's defaults.
+    package var compliancePolicy: GatewayConfig.CompliancePolicy?
 
     package struct Cluster: Codable, Sendable, Equatable {
         package var name: String
@@ -68,6 +70,7 @@ package struct Topology: Codable, Sendable, Equatable {
         config.accessLogFormat = accessLogFormat
         config.jwksCACertificates = jwksCACertificates
         config.accessLogEncoding = accessLogEncoding
+        config.compliancePolicy = compliancePolicy
         return config
     }
 

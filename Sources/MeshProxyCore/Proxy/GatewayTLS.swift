@@ -53,9 +53,11 @@ package struct GatewayTLS: Sendable {
         }
         identity = try? leaf.spiffeID()
 
+        let keyExchange = KeyExchange(config.compliancePolicy)
         var server = TLSConfiguration.makeServerConfiguration(
             certificateChain: chain.map { .certificate($0) }, privateKey: .privateKey(key))
-        server.minimumTLSVersion = .tlsv12
+        server.minimumTLSVersion = keyExchange.minimumTLSVersion
+        server.curves = keyExchange.groups
         // Requires a client certificate; the chain and SPIFFE checks are ours (MeshTrustPolicy),
         // run from the per-connection verification callback.
         server.certificateVerification = .noHostnameVerification
@@ -79,7 +81,8 @@ package struct GatewayTLS: Sendable {
         serverContextsByALPN = byALPN
 
         var client = TLSConfiguration.makeClientConfiguration()
-        client.minimumTLSVersion = .tlsv12
+        client.minimumTLSVersion = keyExchange.minimumTLSVersion
+        client.curves = keyExchange.groups
         client.certificateChain = chain.map { .certificate($0) }
         client.privateKey = .privateKey(key)
         client.trustRoots = .certificates(roots)
@@ -105,6 +108,23 @@ package struct GatewayTLS: Sendable {
         federationPeers = PeerVerifier(policy: MeshTrustPolicy(
             roots: rootCertificates, allowedTrustDomains: allowedTrustDomains, admits: { rule.admits($0) }))
         peerGatewaysByCluster = NIOLockedValueBox([:])
+    }
+
+    /// The key exchange groups both sides of the gateway's mTLS offer, and the oldest TLS
+    /// version. By default Envoy's (`DEFAULT_CURVES`, X25519 then P-256, the same for its
+    /// listeners and clusters), not BoringSSL's, which adds X25519MLKEM768: an Istio gateway
+    /// does not negotiate the post-quantum hybrid unless its compliance policy says `pqc`, and
+    /// the hybrid costs a new connection's handshake an ML-KEM encapsulation and ~2 KB more.
+    struct KeyExchange: Equatable {
+        var groups: [NIOTLSCurve]
+        var minimumTLSVersion: TLSVersion
+
+        init(_ policy: GatewayConfig.CompliancePolicy?) {
+            switch policy {
+            case nil: (groups, minimumTLSVersion) = ([.x25519, .secp256r1], .tlsv12)
+            case .pqc: (groups, minimumTLSVersion) = ([.x25519_MLKEM768], .tlsv13)
+            }
+        }
     }
 
     /// The verifier for dialling `cluster`'s gateways.

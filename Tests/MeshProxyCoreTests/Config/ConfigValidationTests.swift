@@ -1,4 +1,5 @@
 import Testing
+import NIOSSL
 @testable import MeshProxyCore
 
 @Suite("Config validation messages")
@@ -106,5 +107,24 @@ struct ConfigValidationTests {
             "topo.yaml:5:85: error: peerGatewayIdentities[1]: 'https://x' is not a SPIFFE ID: must start with 'spiffe://'",
             "topo.yaml:6:12: error: timeouts.connect: must be longer than 0s",
         ])
+    }
+
+    @Test("compliancePolicy: pqc loads; Istio's fips-140-2, not carried out, is an error at its position; absent is Envoy's key exchange")
+    func compliancePolicy() throws {
+        let yaml = """
+            name: gw
+            cluster: east
+            listen: 127.0.1.1:15443
+            tls: {certificateChain: a.pem, privateKey: k.pem, rootCertificate: r.pem}
+            compliancePolicy: fips-140-2
+            """
+        #expect(errors(GatewayConfig.self, yaml) == [
+            "topo.yaml:5:1: error: compliancePolicy: 'fips-140-2' is not a compliance policy EastWest carries out (pqc is; Istio's fips-140-2 is not)",
+        ])
+        let pqc = try ConfigLoader.load(GatewayConfig.self, yaml: yaml.replacingOccurrences(of: "fips-140-2", with: "pqc"), file: "gw.yaml")
+        #expect(pqc.compliancePolicy == .pqc)
+        let pqcExchange = GatewayTLS.KeyExchange(.pqc), envoyDefaults = GatewayTLS.KeyExchange(nil)
+        #expect(pqcExchange.groups == [.x25519_MLKEM768] && pqcExchange.minimumTLSVersion == .tlsv13)
+        #expect(envoyDefaults.groups == [.x25519, .secp256r1] && envoyDefaults.minimumTLSVersion == .tlsv12)
     }
 }
