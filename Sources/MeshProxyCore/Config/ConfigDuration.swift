@@ -25,12 +25,7 @@ package struct ConfigDuration: Hashable, Sendable, Codable, CustomStringConverti
     package var description: String { text }
 
     package init(from decoder: any Decoder) throws {
-        let text = try decoder.singleValueContainer().decode(String.self)
-        guard let value = ConfigDuration(parsing: text) else {
-            throw DecodingError.dataCorrupted(.init(codingPath: decoder.codingPath,
-                debugDescription: "'\(text)' is not a duration such as 500ms, 10s, 5m or 1h"))
-        }
-        self = value
+        self = try decoder.parsedString(ConfigDuration.init(parsing:)) { "'\($0)' is not a duration such as 500ms, 10s, 5m or 1h" }
     }
 
     package func encode(to encoder: any Encoder) throws {

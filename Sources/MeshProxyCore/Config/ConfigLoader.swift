@@ -144,3 +144,13 @@ package enum ConfigLoader {
 package protocol ConfigValidatable {
     func validate(_ map: SourceMap) -> [ConfigError]
 }
+
+extension Decoder {
+    /// A scalar read as text and parsed; text that does not parse is an error at its position
+    /// saying what was expected (`problem`, given the text).
+    func parsedString<Value>(_ parse: (String) -> Value?, _ problem: (String) -> String) throws -> Value {
+        let text = try singleValueContainer().decode(String.self)
+        guard let value = parse(text) else { throw DecodingError.dataCorrupted(.init(codingPath: codingPath, debugDescription: problem(text))) }
+        return value
+    }
+}

@@ -89,12 +89,7 @@ package struct GatewayConfig: Codable, Sendable, Equatable {
         case pqc
 
         package init(from decoder: any Decoder) throws {
-            let text = try decoder.singleValueContainer().decode(String.self)
-            guard let policy = Self(rawValue: text) else {
-                throw DecodingError.dataCorrupted(.init(codingPath: decoder.codingPath,
-                    debugDescription: "'\(text)' is not a compliance policy EastWest carries out (pqc is; Istio's fips-140-2 is not)"))
-            }
-            self = policy
+            self = try decoder.parsedString(Self.init(rawValue:)) { "'\($0)' is not a compliance policy EastWest carries out (pqc is; Istio's fips-140-2 is not)" }
         }
     }
 

@@ -27,12 +27,7 @@ package struct HostPort: Hashable, Sendable, CustomStringConvertible, Codable {
     package var description: String { host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)" }
 
     package init(from decoder: any Decoder) throws {
-        let text = try decoder.singleValueContainer().decode(String.self)
-        guard let value = HostPort(parsing: text) else {
-            throw DecodingError.dataCorrupted(.init(codingPath: decoder.codingPath,
-                debugDescription: "'\(text)' is not an address of the form host:port with a port from 1 to 65535"))
-        }
-        self = value
+        self = try decoder.parsedString(HostPort.init(parsing:)) { "'\($0)' is not an address of the form host:port with a port from 1 to 65535" }
     }
 
     package func encode(to encoder: any Encoder) throws {
