@@ -142,9 +142,7 @@ struct AuthorizationTests {
         try await mesh.startBackend("127.0.132.20:9080", service: ratingsHost, cluster: "west")
         let ratings = GatewayConfig.ServiceConfig.echo("127.0.132.20:9080", host: ratingsHost, port: 9080)
         var west = mesh.gatewayConfig(name: "west-gw", cluster: "west", ip: "127.0.132.1", services: [ratings])
-        let east = mesh.gatewayConfig(name: "east-gw", cluster: "east", ip: "127.0.131.1", services: [], remotes: [
-            .init(name: "west", gateways: [.init(name: "west-gw", address: west.listen)], services: [ratings]),
-        ])
+        let east = mesh.eastGateway(ip: "127.0.131.1", reaching: west)
         let policy = "\(mesh.directory)/west-tcp-policy.yaml"
         try """
             apiVersion: security.istio.io/v1
@@ -223,9 +221,7 @@ struct AuthorizationTests {
               rules: [{to: [{operation: {ports: ["9080"]}}]}]
             """.write(toFile: policy, atomically: true, encoding: .utf8)
         var west = mesh.gatewayConfig(name: "west-gw", cluster: "west", ip: "127.0.153.1", services: [ratings, extAuthz])
-        var east = mesh.gatewayConfig(name: "east-gw", cluster: "east", ip: "127.0.152.1", services: [], remotes: [
-            .init(name: "west", gateways: [.init(name: "west-gw", address: west.listen)], services: [ratings, extAuthz]),
-        ])
+        var east = mesh.eastGateway(ip: "127.0.152.1", reaching: west)
         west.policies = [policy]
         east.policies = [policy]
         let westProcess = try await mesh.startGateway(west)

@@ -17,8 +17,7 @@ struct DataPathTests {
         defer { echoServer.stop() }
         let tcpEcho = GatewayConfig.ServiceConfig.echo("127.0.33.30:7000", host: "tcp-echo.default.svc.cluster.local", port: 7000)
         let west = mesh.gatewayConfig(name: "west-gw", cluster: "west", ip: "127.0.33.1", services: [tcpEcho])
-        let east = mesh.gatewayConfig(name: "east-gw", cluster: "east", ip: "127.0.32.1", services: [], remotes: [
-            .init(name: "west", gateways: [.init(name: "west-gw", address: west.listen)], services: [tcpEcho])])
+        let east = mesh.eastGateway(ip: "127.0.32.1", reaching: west)
         try await mesh.startGateway(west)
         try await mesh.startGateway(east)
 

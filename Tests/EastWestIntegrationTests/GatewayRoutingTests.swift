@@ -31,9 +31,7 @@ struct GatewayRoutingTests {
         try await mesh.startBackend("127.0.23.20:9080", service: "ratings.default.svc.cluster.local", cluster: "west")
         let ratings = GatewayConfig.ServiceConfig.echo("127.0.23.20:9080", host: "ratings.default.svc.cluster.local", port: 9080)
         let west = mesh.gatewayConfig(name: "west-gw", cluster: "west", ip: "127.0.23.1", services: [ratings])
-        let east = mesh.gatewayConfig(name: "east-gw", cluster: "east", ip: "127.0.22.1", services: [], remotes: [
-            .init(name: "west", gateways: [.init(name: "west-gw", address: west.listen)], services: [ratings]),
-        ])
+        let east = mesh.eastGateway(ip: "127.0.22.1", reaching: west)
         let westProcess = try await mesh.startGateway(west)
         let eastProcess = try await mesh.startGateway(east)
 
@@ -166,8 +164,7 @@ struct PeerGatewayIdentityTests {
         // West runs with a client workload certificate instead of the gateway identity.
         var west = mesh.gatewayConfig(name: "west-gw", cluster: "west", ip: "127.0.43.1", services: [ratings])
         west.tls = mesh.tlsFiles(mesh.clientCertPath("west"))
-        let east = mesh.gatewayConfig(name: "east-gw", cluster: "east", ip: "127.0.42.1", services: [], remotes: [
-            .init(name: "west", gateways: [.init(name: "west-gw", address: west.listen)], services: [ratings])])
+        let east = mesh.eastGateway(ip: "127.0.42.1", reaching: west)
         try await mesh.startGateway(west)
         let eastProcess = try await mesh.startGateway(east)
         let result = try await mesh.curl(east, host: "ratings.default.svc.cluster.local")

@@ -39,9 +39,7 @@ struct KeyExchangeTests {
         var ratings = GatewayConfig.ServiceConfig.echo("127.0.161.20:9080", host: "ratings.default.svc.cluster.local", port: 9080)
         ratings.protocol = .http
         var west = mesh.gatewayConfig(name: "west-gw", cluster: "west", ip: "127.0.161.1", services: [ratings])
-        var east = mesh.gatewayConfig(name: "east-gw", cluster: "east", ip: "127.0.160.1", services: [], remotes: [
-            .init(name: "west", gateways: [.init(name: "west-gw", address: west.listen)], services: [ratings]),
-        ])
+        var east = mesh.eastGateway(ip: "127.0.160.1", reaching: west)
         west.compliancePolicy = .pqc
         east.compliancePolicy = .pqc
         try await mesh.startGateway(west)

@@ -208,9 +208,7 @@ struct RateLimitTests {
                       token_bucket: {max_tokens: 2, tokens_per_fill: 2, fill_interval: 60s}
             """.write(toFile: policy, atomically: true, encoding: .utf8)
         var west = mesh.gatewayConfig(name: "west-gw", cluster: "west", ip: "127.0.155.1", services: [ratings])
-        var east = mesh.gatewayConfig(name: "east-gw", cluster: "east", ip: "127.0.154.1", services: [], remotes: [
-            .init(name: "west", gateways: [.init(name: "west-gw", address: west.listen)], services: [ratings]),
-        ])
+        var east = mesh.eastGateway(ip: "127.0.154.1", reaching: west)
         west.policies = [policy]
         east.policies = [policy]
         let validate = try await runCommand(PackagePaths.eastwest, ["validate", policy])

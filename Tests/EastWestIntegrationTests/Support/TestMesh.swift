@@ -83,6 +83,14 @@ final class TestMesh: @unchecked Sendable {  // used from one test task only
         return config
     }
 
+    /// Cluster `east`'s gateway `east-gw` on `ip`, serving nothing itself, which knows that
+    /// `remote`'s gateway serves `remote`'s services: the client side of a cross-cluster test.
+    func eastGateway(ip: String, reaching remote: GatewayConfig) -> GatewayConfig {
+        gatewayConfig(name: "east-gw", cluster: "east", ip: ip, services: [], remotes: [
+            .init(name: remote.cluster, gateways: [.init(name: remote.name, address: remote.listen)], services: remote.services),
+        ])
+    }
+
     /// The operator token every test gateway's admin writes need.
     static let adminToken = "test-operator-token"
     var adminTokenFile: String {
