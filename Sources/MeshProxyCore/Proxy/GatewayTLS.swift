@@ -115,7 +115,7 @@ package struct GatewayTLS: Sendable {
     /// listeners and clusters), not BoringSSL's, which adds X25519MLKEM768: an Istio gateway
     /// does not negotiate the post-quantum hybrid unless its compliance policy says `pqc`, and
     /// the hybrid costs a new connection's handshake an ML-KEM encapsulation and ~2 KB more.
-    struct KeyExchange: Equatable {
+    struct KeyExchange {
         var groups: [NIOTLSCurve]
         var minimumTLSVersion: TLSVersion
 
